@@ -1,0 +1,307 @@
+//! The decision path, on plain Rust types: parse and validate a request against the schema,
+//! slice the store, evaluate only the policies indexed under the action, and explain the
+//! decision with the `@id`s of the determining policies.
+
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
+    Request,
+};
+use serde_json::Value;
+
+use crate::error::RequestError;
+use crate::policy::PolicyPack;
+use crate::store::{parse_entities, value_refs, EntityStore, Overlay};
+
+/// How many attribute hops a slice follows from the request's entities by default. Blue's
+/// policies dereference one hop (`resource.project.member`); a policy that needs more shows up
+/// as an evaluation error in the policy tests, which run through this same path.
+pub const DEFAULT_SLICE_DEPTH: usize = 1;
+
+/// An entity reference as callers send it: a Cedar type name and an id.
+#[derive(Debug, Clone, Copy)]
+pub struct UidRef<'a> {
+    pub ty: &'a str,
+    pub id: &'a str,
+}
+
+/// A decision request as it arrives, before any validation.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRequest<'a> {
+    pub principal: UidRef<'a>,
+    pub action: &'a str,
+    pub resource: UidRef<'a>,
+    /// A Cedar JSON record; empty means `{}`.
+    pub context_json: &'a str,
+    /// A Cedar JSON array of request-scoped entities; empty means none.
+    pub entities_json: &'a str,
+}
+
+/// A request validated against the schema, ready to decide.
+#[derive(Debug)]
+pub struct CheckedRequest {
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+    request: Request,
+    context_refs: Vec<EntityUid>,
+    overlay: Overlay,
+}
+
+/// A decision with its explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// `@id`s of the policies that determined the decision, sorted.
+    pub determining: Vec<String>,
+    /// Evaluation errors, each naming its policy.
+    pub errors: Vec<String>,
+}
+
+/// Parses an entity reference; `field` names it in errors.
+pub fn parse_uid(pack: &PolicyPack, r: UidRef<'_>, field: &str) -> Result<EntityUid, RequestError> {
+    if r.ty.is_empty() {
+        return Err(RequestError::new(format!("{field}.type"), "is empty"));
+    }
+    let ty = EntityTypeName::from_str(r.ty).map_err(|e| {
+        RequestError::new(
+            format!("{field}.type"),
+            format!("`{}` is not a Cedar type name: {e}", r.ty),
+        )
+    })?;
+    if !pack.has_entity_type(&ty) && pack.action_type() != Some(&ty) {
+        return Err(RequestError::new(
+            format!("{field}.type"),
+            format!("unknown entity type `{ty}`"),
+        ));
+    }
+    if r.id.is_empty() {
+        return Err(RequestError::new(format!("{field}.id"), "is empty"));
+    }
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(r.id)))
+}
+
+/// Parses an action id: a bare id (`viewProject`) or a full uid (`Blue::Action::"viewProject"`).
+pub fn parse_action(pack: &PolicyPack, action: &str) -> Result<EntityUid, RequestError> {
+    if action.is_empty() {
+        return Err(RequestError::new("action", "is empty"));
+    }
+    let uid = match pack.action_type() {
+        Some(ty) if !action.contains("::") => {
+            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(action))
+        }
+        _ => EntityUid::from_str(action)
+            .map_err(|e| RequestError::new("action", format!("`{action}` is not an action: {e}")))?,
+    };
+    if pack.action(&uid).is_none() {
+        return Err(RequestError::new(
+            "action",
+            format!("unknown action `{}`", uid.id().unescaped()),
+        ));
+    }
+    Ok(uid)
+}
+
+/// Parses request-scoped entities (Cedar JSON array), validated against the schema.
+pub fn parse_overlay(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    entities_json: &str,
+) -> Result<Overlay, RequestError> {
+    if entities_json.trim().is_empty() {
+        return Ok(Overlay::default());
+    }
+    let value: Value = serde_json::from_str(entities_json)
+        .map_err(|e| RequestError::new("entities_json", format!("invalid JSON: {e}")))?;
+    let batch = parse_entities(value, &pack.schema, "entities_json")
+        .map_err(|e| RequestError::new("entities_json", e))?;
+    store
+        .overlay(batch)
+        .map_err(|e| RequestError::new("entities_json", e))
+}
+
+/// Parses a context for one action, validated against the schema. Also returns the entities
+/// the context references, for the slice.
+pub fn parse_context(
+    pack: &PolicyPack,
+    action: &EntityUid,
+    context_json: &str,
+) -> Result<(Context, Vec<EntityUid>), RequestError> {
+    let value: Value = if context_json.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(context_json)
+            .map_err(|e| RequestError::new("context_json", format!("invalid JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(RequestError::new("context_json", "must be a JSON object"));
+    }
+    let mut refs = Vec::new();
+    value_refs(&value, &mut refs);
+    let context = Context::from_json_value(value, Some((&pack.schema, action))).map_err(|e| {
+        RequestError::new(
+            "context_json",
+            format!("does not match the schema for `{}`: {e}", action.id().unescaped()),
+        )
+    })?;
+    Ok((context, refs))
+}
+
+/// Validates a whole request against the schema, naming the field at fault.
+pub fn check(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    raw: &RawRequest<'_>,
+) -> Result<CheckedRequest, RequestError> {
+    let principal = parse_uid(pack, raw.principal, "principal")?;
+    let action = parse_action(pack, raw.action)?;
+    let resource = parse_uid(pack, raw.resource, "resource")?;
+    let overlay = parse_overlay(pack, store, raw.entities_json)?;
+    check_parsed(pack, principal, action, resource, raw.context_json, overlay)
+}
+
+/// The rest of [`check`], once uids and request-scoped entities are parsed.
+pub fn check_parsed(
+    pack: &PolicyPack,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context_json: &str,
+    overlay: Overlay,
+) -> Result<CheckedRequest, RequestError> {
+    let entry = pack
+        .action(&action)
+        .ok_or_else(|| RequestError::new("action", "unknown action"))?;
+    if !entry.principal_types.contains(principal.type_name()) {
+        return Err(RequestError::new(
+            "principal.type",
+            format!(
+                "action `{}` does not apply to principals of type `{}`",
+                action.id().unescaped(),
+                principal.type_name()
+            ),
+        ));
+    }
+    if !entry.resource_types.contains(resource.type_name()) {
+        return Err(RequestError::new(
+            "resource.type",
+            format!(
+                "action `{}` does not apply to resources of type `{}`",
+                action.id().unescaped(),
+                resource.type_name()
+            ),
+        ));
+    }
+    let (context, context_refs) = parse_context(pack, &action, context_json)?;
+    let request = Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        Some(&pack.schema),
+    )
+    .map_err(|e| RequestError::new(request_error_field(&e), e))?;
+    Ok(CheckedRequest {
+        principal,
+        action,
+        resource,
+        request,
+        context_refs,
+        overlay,
+    })
+}
+
+fn request_error_field(e: &cedar_policy::RequestValidationError) -> &'static str {
+    use cedar_policy::RequestValidationError as E;
+    match e {
+        E::UndeclaredAction(_) | E::ExternalAction(_) => "action",
+        E::UndeclaredPrincipalType(_) | E::InvalidPrincipalType(_) => "principal.type",
+        E::UndeclaredResourceType(_) | E::InvalidResourceType(_) => "resource.type",
+        E::InvalidContext(_) | E::TypeOfContext(_) => "context_json",
+        _ => "request",
+    }
+}
+
+/// Decides a checked request against the store.
+pub fn decide(pack: &PolicyPack, store: &EntityStore, req: &CheckedRequest, depth: usize) -> Decision {
+    let Some(entry) = pack.action(&req.action) else {
+        return deny_with("action is not in the live policy set");
+    };
+    let mut seeds: Vec<&EntityUid> = Vec::with_capacity(2 + req.context_refs.len());
+    seeds.push(&req.principal);
+    seeds.push(&req.resource);
+    seeds.extend(req.context_refs.iter());
+    let mut slice = store.slice(&seeds, &req.overlay, depth);
+    slice.push(entry.entity.clone());
+    let entities = match Entities::from_entities(slice, None) {
+        Ok(e) => e,
+        // Fail closed: a slice Cedar will not accept decides nothing.
+        Err(e) => return deny_with(&format!("entity slice rejected: {e}")),
+    };
+    let response = Authorizer::new().is_authorized(&req.request, &entry.policies, &entities);
+    let mut determining: Vec<String> = response
+        .diagnostics()
+        .reason()
+        .map(ToString::to_string)
+        .collect();
+    determining.sort();
+    let errors = response
+        .diagnostics()
+        .errors()
+        .map(ToString::to_string)
+        .collect();
+    Decision {
+        allow: response.decision() == CedarDecision::Allow,
+        determining,
+        errors,
+    }
+}
+
+fn deny_with(error: &str) -> Decision {
+    Decision {
+        allow: false,
+        determining: Vec::new(),
+        errors: vec![error.to_string()],
+    }
+}
+
+/// One action's outcome in [`list_allowed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOutcome {
+    Decided(Decision),
+    /// The given context does not fit this action's context type, so it was not evaluated.
+    NotEvaluated(String),
+}
+
+/// Decides every action that applies to the principal's and resource's types, with the same
+/// context and request-scoped entities. Sorted by action id.
+pub fn list_allowed(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    principal: &EntityUid,
+    resource: &EntityUid,
+    context_json: &str,
+    entities_json: &str,
+    depth: usize,
+) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
+    let actions = pack.actions_for(principal.type_name(), resource.type_name());
+    let mut out = Vec::with_capacity(actions.len());
+    for (action, _) in actions {
+        let overlay = parse_overlay(pack, store, entities_json)?;
+        let outcome = match check_parsed(
+            pack,
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context_json,
+            overlay,
+        ) {
+            Ok(req) => ActionOutcome::Decided(decide(pack, store, &req, depth)),
+            Err(e) if e.field == "context_json" => ActionOutcome::NotEvaluated(e.message),
+            Err(e) => return Err(e),
+        };
+        out.push((action.id().unescaped().to_string(), outcome));
+    }
+    Ok(out)
+}

@@ -1,0 +1,15 @@
+//! blue-authz: a generic Cedar decision engine behind a gRPC API.
+//!
+//! The engine knows nothing of Blue: every rule lives in `policies/`. The modules, by path:
+//! - policy-loading path: [`policy`] (files, overlays, strict validation, index by action),
+//!   [`suite`] (data-driven policy tests), [`matrix`] (the effective permission table);
+//! - data path: [`store`] (entities with ancestors precomputed, per-request slices);
+//! - decision path: [`decide`] (plain Rust request in, decision with explanation out);
+//! - transport: [`grpc`] (proto types stop there) and [`server`].
+
+pub mod decide;
+pub mod error;
+pub mod matrix;
+pub mod policy;
+pub mod store;
+pub mod suite;

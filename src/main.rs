@@ -1,0 +1,217 @@
+//! The `blue-authz` binary: the service (`serve`) and the policy authors' commands. Errors are
+//! mapped to exit codes here: 0 success, 1 a check that found problems (invalid policies,
+//! failed tests, a matrix difference), 2 a usage or I/O error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
+use blue_authz::error::LoadError;
+use blue_authz::matrix;
+use blue_authz::policy::{PackSpec, PolicyPack};
+use blue_authz::store::EntityStore;
+use blue_authz::suite;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "blue-authz", version, about = "Blue's authorization service: Cedar policies behind gRPC")]
+struct Cli {
+    #[command(flatten)]
+    pack: PackArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct PackArgs {
+    /// Policy directory: schema.cedarschema, *.cedar, optional/, tests/, matrix.toml.
+    #[arg(long, global = true, env = "BLUE_AUTHZ_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// Enable an optional overlay from <policies>/optional/ (repeatable, or comma-separated).
+    #[arg(long = "overlay", global = true, env = "BLUE_AUTHZ_OVERLAYS", value_delimiter = ',')]
+    overlays: Vec<String>,
+}
+
+impl PackArgs {
+    fn spec(&self) -> PackSpec {
+        PackSpec::new(&self.policies, &self.overlays)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and strictly validate every policy against the schema.
+    Validate,
+    /// Run the policy test suites in <policies>/tests/.
+    Test,
+    /// Print the effective permission table, computed by evaluating the policies.
+    Matrix {
+        /// Compare with this file instead of printing; exit 1 on any difference.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
+    /// One decision against an entities file, with its explanation.
+    Check {
+        /// Cedar JSON entities file.
+        #[arg(long)]
+        entities: PathBuf,
+        /// Principal, e.g. 'Blue::User::"ada"'.
+        #[arg(long)]
+        principal: String,
+        /// Action id, e.g. viewProject.
+        #[arg(long)]
+        action: String,
+        /// Resource, e.g. 'Blue::Project::"apollo"'.
+        #[arg(long)]
+        resource: String,
+        /// Context as a Cedar JSON record.
+        #[arg(long, default_value = "{}")]
+        context: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn run(cli: Cli) -> Result<ExitCode, AnyError> {
+    let spec = cli.pack.spec();
+    match cli.command {
+        Command::Validate => {
+            let Some(pack) = load_or_report(&spec)? else {
+                return Ok(ExitCode::from(1));
+            };
+            println!(
+                "ok: {} policies in {} validated strictly against the schema (version {}, overlays: {})",
+                pack.policies.policies().count(),
+                spec.dir.display(),
+                pack.version,
+                overlays(&spec)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test => {
+            if load_or_report(&spec)?.is_none() {
+                return Ok(ExitCode::from(1));
+            }
+            let report = suite::run(&spec)?;
+            for failure in report.failed() {
+                println!("{}", failure.describe());
+            }
+            println!("{}", report.summary());
+            Ok(if report.failed().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Matrix { check } => {
+            let Some(pack) = load_or_report(&spec)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let table = matrix::render(&pack)?;
+            match check {
+                None => {
+                    print!("{table}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(path) => {
+                    let expected = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let diff = matrix::diff(&expected, &table);
+                    if diff.is_empty() {
+                        println!("ok: the policies give the table in {}", path.display());
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        println!(
+                            "the policies differ from {} in {} line(s):",
+                            path.display(),
+                            diff.len()
+                        );
+                        for d in diff {
+                            println!("{d}");
+                        }
+                        Ok(ExitCode::from(1))
+                    }
+                }
+            }
+        }
+        Command::Check {
+            entities,
+            principal,
+            action,
+            resource,
+            context,
+        } => {
+            let Some(pack) = load_or_report(&spec)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let store = EntityStore::load_file(&entities, &pack.schema)?;
+            let (pt, pid) = split_uid(&principal, "--principal")?;
+            let (rt, rid) = split_uid(&resource, "--resource")?;
+            let raw = RawRequest {
+                principal: UidRef { ty: &pt, id: &pid },
+                action: &action,
+                resource: UidRef { ty: &rt, id: &rid },
+                context_json: &context,
+                entities_json: "",
+            };
+            let req = decide::check(&pack, &store, &raw)?;
+            let d = decide::decide(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+            println!("decision: {}", if d.allow { "ALLOW" } else { "DENY" });
+            println!("determining policies: {}", list(&d.determining));
+            println!("errors: {}", list(&d.errors));
+            println!("policy version: {}", pack.version);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads the pack; on invalid policies prints every diagnostic and returns None.
+fn load_or_report(spec: &PackSpec) -> Result<Option<std::sync::Arc<PolicyPack>>, AnyError> {
+    match PolicyPack::load(spec) {
+        Ok(pack) => Ok(Some(pack)),
+        Err(LoadError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{}", d.render());
+            }
+            eprintln!("{} problem(s); the policy set is not valid", diags.len());
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn overlays(spec: &PackSpec) -> String {
+    if spec.overlays.is_empty() {
+        "none".into()
+    } else {
+        spec.overlays.join(", ")
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Splits `Type::"id"` (or `Type::id`) into type and id.
+fn split_uid(s: &str, flag: &str) -> Result<(String, String), String> {
+    let (ty, id) = s
+        .rsplit_once("::")
+        .ok_or_else(|| format!("{flag}: `{s}` is not an entity reference like Blue::User::\"ada\""))?;
+    let id = id.strip_prefix('"').and_then(|i| i.strip_suffix('"')).unwrap_or(id);
+    Ok((ty.to_string(), id.to_string()))
+}

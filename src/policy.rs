@@ -1,0 +1,443 @@
+//! The policy-loading path: read a policy pack (schema, `*.cedar` files, enabled overlays),
+//! name every policy by its `@id`, validate strictly against the schema, and index the policies
+//! by action. Every problem is reported with file:line:col and Cedar's own diagnostic.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    ActionConstraint, Entities, Entity, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    Schema, ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{LoadError, Location, PolicyDiagnostic, Severity};
+
+/// The schema file inside a policy directory.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+/// The folder of optional overlays inside a policy directory.
+pub const OVERLAY_DIR: &str = "optional";
+
+/// What to load: a policy directory and the overlays to enable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackSpec {
+    pub dir: PathBuf,
+    pub overlays: Vec<String>,
+}
+
+impl PackSpec {
+    pub fn new(dir: impl Into<PathBuf>, overlays: &[String]) -> Self {
+        let mut overlays: Vec<String> = overlays
+            .iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        overlays.sort();
+        overlays.dedup();
+        PackSpec {
+            dir: dir.into(),
+            overlays,
+        }
+    }
+}
+
+/// Everything the decision path needs to know about one action.
+#[derive(Debug)]
+pub struct ActionEntry {
+    /// Only the policies whose action scope can match this action.
+    pub policies: PolicySet,
+    /// The action entity with its action-group ancestors, for the per-request slice.
+    pub entity: Entity,
+    pub principal_types: HashSet<EntityTypeName>,
+    pub resource_types: HashSet<EntityTypeName>,
+}
+
+/// A loaded, strictly validated policy pack. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct PolicyPack {
+    pub spec: PackSpec,
+    pub schema: Schema,
+    /// All policies, named by their `@id`.
+    pub policies: PolicySet,
+    /// The file each policy came from.
+    pub origin: BTreeMap<String, PathBuf>,
+    /// Content hash of the schema, the policy files and the enabled overlays.
+    pub version: String,
+    actions: HashMap<EntityUid, ActionEntry>,
+    entity_types: HashSet<EntityTypeName>,
+}
+
+impl PolicyPack {
+    /// Loads and strictly validates a pack. Warnings count as problems: a pack that loads has
+    /// zero errors and zero warnings.
+    pub fn load(spec: &PackSpec) -> Result<Arc<PolicyPack>, LoadError> {
+        let dir = &spec.dir;
+        let mut diags = Vec::new();
+        let mut hasher = Sha256::new();
+
+        let schema_path = dir.join(SCHEMA_FILE);
+        let schema_text = read(&schema_path)?;
+        hasher.update(SCHEMA_FILE.as_bytes());
+        hasher.update(schema_text.as_bytes());
+        let schema = match Schema::from_cedarschema_str(&schema_text) {
+            Ok((schema, warnings)) => {
+                for w in warnings {
+                    diags.push(diagnostic(&schema_path, &schema_text, Severity::Warning, w));
+                }
+                Some(schema)
+            }
+            Err(e) => {
+                diags.push(diagnostic(&schema_path, &schema_text, Severity::Error, e));
+                None
+            }
+        };
+
+        let mut files = cedar_files(dir)?;
+        let available = overlay_names(dir)?;
+        for name in &spec.overlays {
+            if !available.contains(name) {
+                return Err(LoadError::UnknownOverlay {
+                    name: name.clone(),
+                    available: available.join(", "),
+                });
+            }
+            files.push(dir.join(OVERLAY_DIR).join(format!("{name}.cedar")));
+        }
+
+        let mut policies = PolicySet::new();
+        let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut texts: HashMap<PathBuf, String> = HashMap::new();
+        for path in &files {
+            let text = read(path)?;
+            let rel = path.strip_prefix(dir).unwrap_or(path);
+            hasher.update(rel.to_string_lossy().as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            match PolicySet::from_str(&text) {
+                Err(errs) => {
+                    let first = diags.len();
+                    for e in errs.iter() {
+                        diags.push(locate(path, &text, Severity::Error, e));
+                    }
+                    // Cedar's own diagnostic (all errors, with spans) rides on the first.
+                    diags[first].cedar = Some(Box::new(errs));
+                }
+                Ok(set) => {
+                    if let Some(t) = set.templates().next() {
+                        diags.push(at_policy_text(
+                            path,
+                            &text,
+                            &t.to_string(),
+                            "templates are not supported: write static policies",
+                        ));
+                    }
+                    let mut parsed: Vec<&Policy> = set.policies().collect();
+                    // `policy0`, `policy1`, ... follow source order.
+                    parsed.sort_by_key(|p| {
+                        p.id().to_string()[6..].parse::<usize>().unwrap_or(usize::MAX)
+                    });
+                    for p in parsed {
+                        add_named(p, path, &text, &mut policies, &mut origin, &mut diags);
+                    }
+                }
+            }
+            texts.insert(path.clone(), text);
+        }
+        hasher.update(spec.overlays.join(",").as_bytes());
+
+        let Some(schema) = schema else {
+            return Err(LoadError::Invalid(diags));
+        };
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let file = origin.get(&e.policy_id().to_string()).cloned();
+            let file = file.unwrap_or_else(|| schema_path.clone());
+            let text = texts.get(&file).map(String::as_str).unwrap_or("");
+            diags.push(diagnostic(&file, text, Severity::Error, e.clone()));
+        }
+        for w in result.validation_warnings() {
+            let file = origin.get(&w.policy_id().to_string()).cloned();
+            let file = file.unwrap_or_else(|| schema_path.clone());
+            let text = texts.get(&file).map(String::as_str).unwrap_or("");
+            diags.push(diagnostic(&file, text, Severity::Warning, w.clone()));
+        }
+        if !diags.is_empty() {
+            return Err(LoadError::Invalid(diags));
+        }
+
+        let actions = index_actions(&schema, &policies, &schema_path)?;
+        let entity_types = schema.entity_types().cloned().collect();
+        let digest = hasher.finalize();
+        let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Arc::new(PolicyPack {
+            spec: spec.clone(),
+            schema,
+            policies,
+            origin,
+            version,
+            actions,
+            entity_types,
+        }))
+    }
+
+    pub fn action(&self, uid: &EntityUid) -> Option<&ActionEntry> {
+        self.actions.get(uid)
+    }
+
+    /// All actions of the schema, sorted by id.
+    pub fn actions(&self) -> Vec<&EntityUid> {
+        let mut all: Vec<&EntityUid> = self.actions.keys().collect();
+        all.sort_by_key(|a| a.to_string());
+        all
+    }
+
+    /// The actions that apply to this principal and resource type, sorted by id.
+    pub fn actions_for(
+        &self,
+        principal: &EntityTypeName,
+        resource: &EntityTypeName,
+    ) -> Vec<(&EntityUid, &ActionEntry)> {
+        let mut all: Vec<(&EntityUid, &ActionEntry)> = self
+            .actions
+            .iter()
+            .filter(|(_, e)| {
+                e.principal_types.contains(principal) && e.resource_types.contains(resource)
+            })
+            .collect();
+        all.sort_by_key(|(a, _)| a.id().unescaped().to_string());
+        all
+    }
+
+    pub fn has_entity_type(&self, ty: &EntityTypeName) -> bool {
+        self.entity_types.contains(ty)
+    }
+
+    /// The action type name of this schema (`Blue::Action`), taken from its first action.
+    pub fn action_type(&self) -> Option<&EntityTypeName> {
+        self.actions.keys().next().map(EntityUid::type_name)
+    }
+}
+
+/// Names of the overlays available in `dir/optional/`, sorted.
+pub fn overlay_names(dir: &Path) -> Result<Vec<String>, LoadError> {
+    let odir = dir.join(OVERLAY_DIR);
+    if !odir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<String> = list(&odir, "cedar")?
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The `*.cedar` files directly in `dir`, sorted by name.
+fn cedar_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    list(dir, "cedar")
+}
+
+fn list(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Renames a parsed policy to its `@id` and adds it, or records why it cannot be added.
+fn add_named(
+    p: &Policy,
+    path: &Path,
+    text: &str,
+    policies: &mut PolicySet,
+    origin: &mut BTreeMap<String, PathBuf>,
+    diags: &mut Vec<PolicyDiagnostic>,
+) {
+    let src = p.to_string();
+    let Some(id) = p.annotation("id") else {
+        diags.push(at_policy_text(
+            path,
+            text,
+            &src,
+            "policy has no @id(\"area.action\") annotation",
+        ));
+        return;
+    };
+    if id.trim().is_empty() || id.chars().any(char::is_whitespace) {
+        diags.push(at_policy_text(
+            path,
+            text,
+            &src,
+            &format!("@id \"{id}\" must be a non-empty name without spaces"),
+        ));
+        return;
+    }
+    if let Some(first) = origin.get(id) {
+        diags.push(at_policy_text(
+            path,
+            text,
+            &src,
+            &format!("duplicate @id \"{id}\" (first used in {})", first.display()),
+        ));
+        return;
+    }
+    match policies.add(p.new_id(PolicyId::new(id))) {
+        Ok(()) => {
+            origin.insert(id.to_string(), path.to_path_buf());
+        }
+        Err(e) => diags.push(at_policy_text(path, text, &src, &e.to_string())),
+    }
+}
+
+/// Builds the per-action index: which policies can apply, the action entity, and what the
+/// action applies to.
+fn index_actions(
+    schema: &Schema,
+    policies: &PolicySet,
+    schema_path: &Path,
+) -> Result<HashMap<EntityUid, ActionEntry>, LoadError> {
+    let action_entities: Entities = schema.action_entities().map_err(|e| {
+        LoadError::Invalid(vec![PolicyDiagnostic {
+            location: Location {
+                file: schema_path.to_path_buf(),
+                line: 1,
+                col: 1,
+            },
+            severity: Severity::Error,
+            message: format!("cannot build the action hierarchy: {e}"),
+            help: None,
+            source_line: None,
+            cedar: Some(Box::new(e)),
+        }])
+    })?;
+    let mut out = HashMap::new();
+    for action in schema.actions() {
+        let ancestors: HashSet<EntityUid> = action_entities
+            .ancestors(action)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        let mut set = PolicySet::new();
+        for p in policies.policies() {
+            let applies = match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => &a == action,
+                ActionConstraint::In(list) => list
+                    .iter()
+                    .any(|a| a == action || ancestors.contains(a)),
+            };
+            if applies {
+                // Ids are unique in `policies`, so adding to a fresh set cannot fail.
+                let _ = set.add(p.clone());
+            }
+        }
+        let principal_types = schema
+            .principals_for_action(action)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        let resource_types = schema
+            .resources_for_action(action)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        let entity = Entity::new_no_attrs(action.clone(), ancestors);
+        out.insert(
+            action.clone(),
+            ActionEntry {
+                policies: set,
+                entity,
+                principal_types,
+                resource_types,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// 1-based line and column of a byte offset in `text`, and that line.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = text[start..offset].chars().count() + 1;
+    let end = text[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
+    (line, col, text[start..end].to_string())
+}
+
+/// A diagnostic located by Cedar's first source label, in `path` whose text is `text`; keeps
+/// Cedar's diagnostic as the source.
+fn diagnostic<D>(path: &Path, text: &str, severity: Severity, d: D) -> PolicyDiagnostic
+where
+    D: miette::Diagnostic + Send + Sync + 'static,
+{
+    let mut out = locate(path, text, severity, &d);
+    out.cedar = Some(Box::new(d));
+    out
+}
+
+/// Location, message and help of a Cedar diagnostic in `path` whose text is `text`.
+fn locate(path: &Path, text: &str, severity: Severity, d: &dyn miette::Diagnostic) -> PolicyDiagnostic {
+    let offset = d
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset());
+    let (line, col, source_line) = match offset {
+        Some(o) => {
+            let (l, c, s) = line_col(text, o);
+            (l, c, Some(s))
+        }
+        None => (1, 1, None),
+    };
+    PolicyDiagnostic {
+        location: Location {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        severity,
+        message: d.to_string(),
+        help: d.help().map(|h| h.to_string()),
+        source_line,
+        cedar: None,
+    }
+}
+
+/// A diagnostic of ours (no Cedar error), located at the policy whose text is `policy_text`.
+fn at_policy_text(path: &Path, text: &str, policy_text: &str, message: &str) -> PolicyDiagnostic {
+    let offset = text.find(policy_text.trim()).unwrap_or(0);
+    let (line, col, source_line) = line_col(text, offset);
+    PolicyDiagnostic {
+        location: Location {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        severity: Severity::Error,
+        message: message.to_string(),
+        help: None,
+        source_line: Some(source_line),
+        cedar: None,
+    }
+}
