@@ -91,8 +91,9 @@ pub fn parse_action(pack: &PolicyPack, action: &str) -> Result<EntityUid, Reques
         Some(ty) if !action.contains("::") => {
             EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(action))
         }
-        _ => EntityUid::from_str(action)
-            .map_err(|e| RequestError::new("action", format!("`{action}` is not an action: {e}")))?,
+        _ => EntityUid::from_str(action).map_err(|e| {
+            RequestError::new("action", format!("`{action}` is not an action: {e}"))
+        })?,
     };
     if pack.action(&uid).is_none() {
         return Err(RequestError::new(
@@ -142,7 +143,10 @@ pub fn parse_context(
     let context = Context::from_json_value(value, Some((&pack.schema, action))).map_err(|e| {
         RequestError::new(
             "context_json",
-            format!("does not match the schema for `{}`: {e}", action.id().unescaped()),
+            format!(
+                "does not match the schema for `{}`: {e}",
+                action.id().unescaped()
+            ),
         )
     })?;
     Ok((context, refs))
@@ -224,7 +228,12 @@ fn request_error_field(e: &cedar_policy::RequestValidationError) -> &'static str
 }
 
 /// Decides a checked request against the store.
-pub fn decide(pack: &PolicyPack, store: &EntityStore, req: &CheckedRequest, depth: usize) -> Decision {
+pub fn decide(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &CheckedRequest,
+    depth: usize,
+) -> Decision {
     let Some(entry) = pack.action(&req.action) else {
         return deny_with("action is not in the live policy set");
     };

@@ -14,7 +14,11 @@ use blue_authz::suite;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "blue-authz", version, about = "Blue's authorization service: Cedar policies behind gRPC")]
+#[command(
+    name = "blue-authz",
+    version,
+    about = "Blue's authorization service: Cedar policies behind gRPC"
+)]
 struct Cli {
     #[command(flatten)]
     pack: PackArgs,
@@ -25,10 +29,20 @@ struct Cli {
 #[derive(Args, Clone)]
 struct PackArgs {
     /// Policy directory: schema.cedarschema, *.cedar, optional/, tests/, matrix.toml.
-    #[arg(long, global = true, env = "BLUE_AUTHZ_POLICIES", default_value = "policies")]
+    #[arg(
+        long,
+        global = true,
+        env = "BLUE_AUTHZ_POLICIES",
+        default_value = "policies"
+    )]
     policies: PathBuf,
     /// Enable an optional overlay from <policies>/optional/ (repeatable, or comma-separated).
-    #[arg(long = "overlay", global = true, env = "BLUE_AUTHZ_OVERLAYS", value_delimiter = ',')]
+    #[arg(
+        long = "overlay",
+        global = true,
+        env = "BLUE_AUTHZ_OVERLAYS",
+        value_delimiter = ','
+    )]
     overlays: Vec<String>,
 }
 
@@ -209,9 +223,12 @@ fn list(items: &[String]) -> String {
 
 /// Splits `Type::"id"` (or `Type::id`) into type and id.
 fn split_uid(s: &str, flag: &str) -> Result<(String, String), String> {
-    let (ty, id) = s
-        .rsplit_once("::")
-        .ok_or_else(|| format!("{flag}: `{s}` is not an entity reference like Blue::User::\"ada\""))?;
-    let id = id.strip_prefix('"').and_then(|i| i.strip_suffix('"')).unwrap_or(id);
+    let (ty, id) = s.rsplit_once("::").ok_or_else(|| {
+        format!("{flag}: `{s}` is not an entity reference like Blue::User::\"ada\"")
+    })?;
+    let id = id
+        .strip_prefix('"')
+        .and_then(|i| i.strip_suffix('"'))
+        .unwrap_or(id);
     Ok((ty.to_string(), id.to_string()))
 }

@@ -159,8 +159,11 @@ fn render_table(
         let mut cells = Vec::new();
         let mut resource_type = String::new();
         for col in &table.columns {
-            let resource = short_uid(&row.resource.replace("{principal}", &col.principal), namespace)
-                .map_err(err)?;
+            let resource = short_uid(
+                &row.resource.replace("{principal}", &col.principal),
+                namespace,
+            )
+            .map_err(err)?;
             resource_type = resource.type_name().basename().to_string();
             let principal = short_uid(
                 &format!("{}::{}", table.principal_type, col.principal),
@@ -194,7 +197,10 @@ fn render_table(
         if !row.note.is_empty() {
             let _ = write!(label, " ({})", row.note);
         }
-        let marks: Vec<&str> = allowed.iter().map(|a| if *a { "✅" } else { "❌" }).collect();
+        let marks: Vec<&str> = allowed
+            .iter()
+            .map(|a| if *a { "✅" } else { "❌" })
+            .collect();
         let _ = writeln!(
             out,
             "| {label} | {resource_type} | {} | {lowest} | {allowed_by} | {denied_by} |",

@@ -138,7 +138,9 @@ impl PolicyPack {
                     let mut parsed: Vec<&Policy> = set.policies().collect();
                     // `policy0`, `policy1`, ... follow source order.
                     parsed.sort_by_key(|p| {
-                        p.id().to_string()[6..].parse::<usize>().unwrap_or(usize::MAX)
+                        p.id().to_string()[6..]
+                            .parse::<usize>()
+                            .unwrap_or(usize::MAX)
                     });
                     for p in parsed {
                         add_named(p, path, &text, &mut policies, &mut origin, &mut diags);
@@ -341,9 +343,9 @@ fn index_actions(
             let applies = match p.action_constraint() {
                 ActionConstraint::Any => true,
                 ActionConstraint::Eq(a) => &a == action,
-                ActionConstraint::In(list) => list
-                    .iter()
-                    .any(|a| a == action || ancestors.contains(a)),
+                ActionConstraint::In(list) => {
+                    list.iter().any(|a| a == action || ancestors.contains(a))
+                }
             };
             if applies {
                 // Ids are unique in `policies`, so adding to a fresh set cannot fail.
@@ -398,7 +400,12 @@ where
 }
 
 /// Location, message and help of a Cedar diagnostic in `path` whose text is `text`.
-fn locate(path: &Path, text: &str, severity: Severity, d: &dyn miette::Diagnostic) -> PolicyDiagnostic {
+fn locate(
+    path: &Path,
+    text: &str,
+    severity: Severity,
+    d: &dyn miette::Diagnostic,
+) -> PolicyDiagnostic {
     let offset = d
         .labels()
         .and_then(|mut labels| labels.next())

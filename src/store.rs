@@ -53,16 +53,22 @@ pub fn parse_entity(value: Value, schema: &Schema, what: &str) -> Result<NewEnti
         what: what.to_string(),
         message: e.to_string(),
     })?;
-    let json = entity.to_json_value().map_err(|source| DataError::Entities {
-        what: what.to_string(),
-        source,
-    })?;
+    let json = entity
+        .to_json_value()
+        .map_err(|source| DataError::Entities {
+            what: what.to_string(),
+            source,
+        })?;
     Ok(NewEntity { entity, json })
 }
 
 /// Parses a Cedar JSON array of entities, validating each against the schema. `what` names
 /// the input in errors (`entities_json`, a file name); each error names the index and uid.
-pub fn parse_entities(value: Value, schema: &Schema, what: &str) -> Result<Vec<NewEntity>, DataError> {
+pub fn parse_entities(
+    value: Value,
+    schema: &Schema,
+    what: &str,
+) -> Result<Vec<NewEntity>, DataError> {
     let Value::Array(items) = value else {
         return Err(DataError::Invalid {
             what: what.to_string(),
@@ -138,7 +144,10 @@ impl EntityStore {
                 }
             }
             for p in &parents {
-                self.children.entry(p.clone()).or_default().insert(uid.clone());
+                self.children
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(uid.clone());
             }
             self.entities.insert(
                 uid.clone(),
@@ -169,12 +178,11 @@ impl EntityStore {
                 continue;
             };
             let ancestors = self.ancestors_of(&stored.parents, &HashMap::new());
-            let entity = with_ancestors(&stored.json, &ancestors).map_err(|source| {
-                DataError::Entities {
+            let entity =
+                with_ancestors(&stored.json, &ancestors).map_err(|source| DataError::Entities {
                     what: uid.to_string(),
                     source,
-                }
-            })?;
+                })?;
             if let Some(s) = self.entities.get_mut(&uid) {
                 s.entity = entity;
             }

@@ -99,7 +99,11 @@ impl FromStr for Expect {
         let allow = match words.next() {
             Some("allow") => true,
             Some("deny") => false,
-            _ => return Err(format!("expectation `{s}` must start with `allow` or `deny`")),
+            _ => {
+                return Err(format!(
+                    "expectation `{s}` must start with `allow` or `deny`"
+                ))
+            }
         };
         let mut determining: Vec<String> = words.map(str::to_string).collect();
         determining.sort();
@@ -160,7 +164,10 @@ pub fn short_uid(s: &str, namespace: &str) -> Result<EntityUid, String> {
     let (ty, id) = s
         .rsplit_once("::")
         .ok_or_else(|| format!("`{s}` is not an entity reference (Type::id)"))?;
-    let id = id.strip_prefix('"').and_then(|i| i.strip_suffix('"')).unwrap_or(id);
+    let id = id
+        .strip_prefix('"')
+        .and_then(|i| i.strip_suffix('"'))
+        .unwrap_or(id);
     let ty = if ty.contains("::") || namespace.is_empty() {
         ty.to_string()
     } else {
@@ -340,7 +347,11 @@ pub fn run_cases(pack: &PolicyPack, cases: &[Case]) -> Result<Vec<CaseResult>, S
 }
 
 /// One case through the decision path.
-pub fn decide_case(pack: &PolicyPack, store: &EntityStore, case: &Case) -> Result<Decision, String> {
+pub fn decide_case(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    case: &Case,
+) -> Result<Decision, String> {
     let action = decide::parse_action(pack, &case.action).map_err(|e| e.to_string())?;
     let req = decide::check_parsed(
         pack,

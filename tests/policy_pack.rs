@@ -1,0 +1,439 @@
+//! Acceptance tests of the policy pack: validation, the suites, the matrix against SPEC.md, a
+//! flipped cell caught, located errors, and the overlays changing only what SPEC.md section 4
+//! says.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use blue_authz::decide::Decision;
+use blue_authz::policy::{PackSpec, PolicyPack};
+use blue_authz::suite::{self, Case};
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+}
+
+fn run(args: &[&str], policies: &Path) -> (i32, String, String) {
+    let out = bin()
+        .arg("--policies")
+        .arg(policies)
+        .args(args)
+        .env_remove("BLUE_AUTHZ_OVERLAYS")
+        .output()
+        .expect("run blue-authz");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const OVERLAYS: [&str; 2] = ["clients-read-only", "invite-client-and-above"];
+
+#[test]
+fn validate_is_clean_in_strict_mode() {
+    // Loading fails on any error or warning, so Ok means zero of both.
+    let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).expect("valid pack");
+    assert!(pack.policies.policies().count() >= 30);
+    for o in OVERLAYS {
+        PolicyPack::load(&PackSpec::new(policies(), &[o.to_string()])).expect("valid overlay");
+    }
+    let (code, out, err) = run(&["validate"], &policies());
+    assert_eq!(code, 0, "validate failed: {out}{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+    assert!(err.is_empty(), "validate printed diagnostics: {err}");
+}
+
+#[test]
+fn every_policy_is_named_by_its_id() {
+    let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
+    for p in pack.policies.policies() {
+        assert_eq!(Some(p.id().to_string().as_str()), p.annotation("id"));
+    }
+}
+
+#[test]
+fn suites_pass_by_default_and_with_each_overlay() {
+    for overlays in [
+        vec![],
+        vec!["clients-read-only"],
+        vec!["invite-client-and-above"],
+        OVERLAYS.to_vec(),
+    ] {
+        let overlays: Vec<String> = overlays.into_iter().map(String::from).collect();
+        let report = suite::run(&PackSpec::new(policies(), &overlays)).expect("suites run");
+        let failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
+        println!("overlays {overlays:?}: {}", report.summary());
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(report.results.len() > 300);
+    }
+    // The CLI runs the same suites and prints the same summary line.
+    let (code, out, _) = run(&["test"], &policies());
+    assert_eq!(code, 0, "{out}");
+    let report = suite::run(&PackSpec::new(policies(), &[])).unwrap();
+    assert!(out.ends_with(&format!("{}\n", report.summary())), "{out}");
+}
+
+/// The principals that stand for each role in the fixture.
+const PROJECT_ROLES: [(&str, &str); 6] = [
+    ("admin", "ada"),
+    ("member", "max"),
+    ("client", "cleo"),
+    ("comment", "cora"),
+    ("view", "vic"),
+    ("non-member", "gus"),
+];
+const DASHBOARD_ROLES: [(&str, &str); 5] = [
+    ("owner", "dora"),
+    ("editor", "eli"),
+    ("viewer", "val"),
+    ("no access", "vic"),
+    ("other company", "olaf"),
+];
+
+#[test]
+fn suites_cover_every_role_and_action() {
+    let spec = PackSpec::new(policies(), &[]);
+    let pack = PolicyPack::load(&spec).unwrap();
+    let suites = suite::load_suites(&policies().join("tests")).unwrap();
+    let cases = suite::effective_cases(&suites, &[]);
+    let mut missing = Vec::new();
+    for action in pack.actions() {
+        let action = action.id().unescaped().to_string();
+        let dashboard = action.contains("Dashboard") && action != "createDashboard";
+        let roles: &[(&str, &str)] = if dashboard {
+            &DASHBOARD_ROLES
+        } else {
+            &PROJECT_ROLES
+        };
+        for (role, user) in roles {
+            let covered = cases
+                .iter()
+                .any(|c| c.action == action && c.principal.id().unescaped() == *user);
+            if !covered {
+                missing.push(format!("{action} for {role} ({user})"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no case for: {missing:?}");
+    // Own versus someone else's record, for every role.
+    for (_, user) in PROJECT_ROLES {
+        let own = format!("apollo-by-{user}");
+        assert!(cases
+            .iter()
+            .any(|c| c.action == "deleteRecord" && c.resource.id().unescaped() == own.as_str()));
+    }
+    // Invite for every (inviter role, invited role) pair.
+    for (_, user) in PROJECT_ROLES {
+        for role in ["admin", "member", "client", "comment", "view"] {
+            assert!(cases.iter().any(|c| c.action == "inviteMember"
+                && c.principal.id().unescaped() == user
+                && c.context["role"] == role
+                && c.resource.id().unescaped() == "apollo"));
+        }
+    }
+}
+
+/// SPEC.md sections 2 and 3, transcribed: row (as the matrix labels it) -> lowest column.
+const SPEC_TABLE: &[(&str, &str)] = &[
+    ("`createProject`", "member"),
+    ("`createDashboard`", "view"),
+    ("`copyProject`", "admin"),
+    ("`createProjectTemplate`", "admin"),
+    ("`archiveProject`", "admin"),
+    ("`deleteProject`", "admin"),
+    ("`editProject`", "admin"),
+    ("`editWiki`", "member"),
+    ("`editDocuments`", "member"),
+    ("`importCsv`", "admin"),
+    ("`exportCsv`", "admin"),
+    ("`createRecord`", "client"),
+    ("`createList`", "member"),
+    ("`deleteRecord` (any record)", "member"),
+    ("`deleteRecord` (own record)", "client"),
+    ("`manageAutomations`", "admin"),
+    ("`manageCustomFields`", "admin"),
+    ("`uploadFile`", "comment"),
+    ("`editForms`", "member"),
+    ("`comment`", "comment"),
+    ("`inviteMember` (invite as admin)", "admin"),
+    ("`inviteMember` (invite as member)", "member"),
+    ("`inviteMember` (invite as client)", "client"),
+    ("`inviteMember` (invite as comment)", "comment"),
+    ("`inviteMember` (invite as view)", "view"),
+    ("`viewProject`", "view"),
+    ("`viewRecord`", "view"),
+    ("`viewPeople`", "view"),
+    ("`removeMember`", "admin"),
+    ("`changeMemberRole` (to member)", "admin"),
+    ("`editRecord`", "member"),
+    ("`viewDashboard`", "viewer"),
+    ("`editDashboard`", "editor"),
+    ("`shareDashboard` (as viewer)", "viewer"),
+    ("`shareDashboard` (as editor)", "editor"),
+    (
+        "`shareDashboard` (as viewer, with another company)",
+        "nobody",
+    ),
+    ("`revokeDashboardAccess`", "owner"),
+    ("`deleteDashboard`", "owner"),
+];
+
+#[test]
+fn matrix_equals_committed_table_and_spec() {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/permissions.md");
+    let (code, out, err) = run(
+        &["matrix", "--check", committed.to_str().unwrap()],
+        &policies(),
+    );
+    assert_eq!(
+        code, 0,
+        "matrix differs from docs/permissions.md: {out}{err}"
+    );
+    let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
+    let rendered = blue_authz::matrix::render(&pack).unwrap();
+    assert_eq!(rendered, std::fs::read_to_string(&committed).unwrap());
+
+    // Cell by cell against SPEC.md: columns are ranked highest first, so every column up to
+    // the lowest allowed one is ✅ and every column after it is ❌.
+    let spec: HashMap<&str, &str> = SPEC_TABLE.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    let mut header: Vec<String> = Vec::new();
+    for line in rendered.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split(" | ")
+            .map(|c| c.trim().to_string())
+            .collect();
+        if cells[0] == "action" {
+            header = cells;
+            continue;
+        }
+        let label = cells[0].as_str();
+        let lowest = spec
+            .get(label)
+            .unwrap_or_else(|| panic!("row {label} is not in SPEC.md"));
+        let roles = &header[2..header.len() - 3];
+        let marks = &cells[2..cells.len() - 3];
+        let cut = if *lowest == "nobody" {
+            0
+        } else {
+            roles.iter().position(|r| r == lowest).unwrap() + 1
+        };
+        for (i, (role, mark)) in roles.iter().zip(marks).enumerate() {
+            let want = if i < cut { "✅" } else { "❌" };
+            assert_eq!(mark, want, "row {label}, column {role}");
+        }
+        assert_eq!(&cells[cells.len() - 3], lowest, "row {label}");
+        seen.insert(label.to_string());
+    }
+    let expected: BTreeSet<String> = spec.keys().map(|s| s.to_string()).collect();
+    assert_eq!(seen, expected, "the matrix rows are exactly SPEC.md's rows");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains(from),
+        "{} does not contain {from}",
+        path.display()
+    );
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn a_flipped_cell_fails_test_and_matrix_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("policies");
+    copy_dir(&policies(), &copy);
+    // Clients may edit the wiki: one cell of the table flipped.
+    let wiki = "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };";
+    edit(
+        &copy.join("project.cedar"),
+        wiki,
+        &wiki.replace("resource.member", "resource.client"),
+    );
+    let (code, _, err) = run(&["validate"], &copy);
+    assert_eq!(code, 0, "the flipped copy is still valid Cedar: {err}");
+
+    let (code, out, _) = run(&["test"], &copy);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("editWiki / cleo"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected: deny") && out.contains("actual:   allow project.editWiki"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("1 failed"), "{out}");
+
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/permissions.md");
+    let (code, out, _) = run(&["matrix", "--check", committed.to_str().unwrap()], &copy);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`editWiki`"), "{out}");
+}
+
+#[test]
+fn syntax_and_schema_errors_name_file_line_col() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("policies");
+    copy_dir(&policies(), &copy);
+    edit(
+        &copy.join("company.cedar"),
+        "when { principal in resource.member };",
+        "when { principal in resource.member ;",
+    );
+    let (code, _, err) = run(&["validate"], &copy);
+    assert_ne!(code, 0);
+    let file = copy.join("company.cedar");
+    assert!(
+        err.contains(&format!(
+            "{}:10:37: error: unexpected token",
+            file.display()
+        )),
+        "{err}"
+    );
+
+    copy_dir(&policies(), &copy);
+    edit(
+        &copy.join("records.cedar"),
+        "resource.project.view",
+        "resource.project.viewers",
+    );
+    let (code, _, err) = run(&["validate"], &copy);
+    assert_ne!(code, 0);
+    let file = copy.join("records.cedar");
+    assert!(
+        err.contains(&format!("{}:11:21: error:", file.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("attribute `viewers` on entity type `Blue::Project` not found"),
+        "{err}"
+    );
+    // Cedar's own help survives.
+    assert!(err.contains("did you mean `view`?"), "{err}");
+
+    // A schema error is located in the schema file.
+    copy_dir(&policies(), &copy);
+    edit(
+        &copy.join("schema.cedarschema"),
+        "entity Role in [Role, Project, Company];",
+        "entity Role in [Role, Project, Company]",
+    );
+    let (code, _, err) = run(&["validate"], &copy);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("{}:", copy.join("schema.cedarschema").display())),
+        "{err}"
+    );
+
+    // A policy without @id is refused, located.
+    copy_dir(&policies(), &copy);
+    edit(
+        &copy.join("company.cedar"),
+        "@id(\"company.createDashboard\")\n",
+        "",
+    );
+    let (code, _, err) = run(&["validate"], &copy);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("company.cedar:12:1: error: policy has no @id"),
+        "{err}"
+    );
+}
+
+fn decisions(pack: &PolicyPack, cases: &[Case]) -> Vec<Decision> {
+    suite::run_cases(pack, cases)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.actual.expect("case request is valid"))
+        .collect()
+}
+
+#[test]
+fn overlays_change_only_what_spec_section_4_says() {
+    let suites = suite::load_suites(&policies().join("tests")).unwrap();
+    let defaults = suite::effective_cases(&suites, &[]);
+    let base = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
+    let before = decisions(&base, &defaults);
+    for overlay in OVERLAYS {
+        let pack = PolicyPack::load(&PackSpec::new(policies(), &[overlay.to_string()])).unwrap();
+        let after = decisions(&pack, &defaults);
+        let overridden: BTreeSet<String> = suites
+            .iter()
+            .filter(|s| s.overlay.as_deref() == Some(overlay))
+            .flat_map(|s| s.cases.iter().map(Case::key))
+            .collect();
+        let mut changed = BTreeSet::new();
+        for ((case, b), a) in defaults.iter().zip(&before).zip(&after) {
+            if a == b {
+                continue;
+            }
+            changed.insert(case.key());
+            // Overlays only take rights away.
+            assert!(!a.allow, "{overlay} allows {}", case.key());
+            let user = case.principal.id().unescaped().to_string();
+            let in_scope = match overlay {
+                // 4.1: clients (cleo) adding and deleting records.
+                "clients-read-only" => {
+                    user == "cleo"
+                        && ["createRecord", "deleteRecord"].contains(&case.action.as_str())
+                }
+                // 4.2: comment and view users (cora, vic) inviting.
+                _ => ["cora", "vic"].contains(&user.as_str()) && case.action == "inviteMember",
+            };
+            assert!(
+                in_scope,
+                "{overlay} changed a case outside SPEC.md section 4: {}",
+                case.key()
+            );
+        }
+        // Every change is pinned by the overlay's suite, and the suite pins nothing else.
+        let default_keys: BTreeSet<String> = defaults.iter().map(Case::key).collect();
+        let overridden_defaults: BTreeSet<String> =
+            overridden.intersection(&default_keys).cloned().collect();
+        assert_eq!(changed, overridden_defaults, "{overlay}");
+        // And the decisions that SPEC.md section 4 says flip really flip.
+        let flipped: Vec<String> = defaults
+            .iter()
+            .zip(&before)
+            .zip(&after)
+            .filter(|((_, b), a)| b.allow && !a.allow)
+            .map(|((c, _), _)| c.name.clone())
+            .collect();
+        match overlay {
+            "clients-read-only" => assert_eq!(
+                flipped,
+                vec!["createRecord / cleo", "deleteRecord own (cleo) / cleo"]
+            ),
+            _ => assert_eq!(
+                flipped,
+                vec![
+                    "inviteMember as comment / cora",
+                    "inviteMember as view / cora",
+                    "inviteMember as view / vic"
+                ]
+            ),
+        }
+    }
+}
