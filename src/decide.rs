@@ -30,7 +30,7 @@ pub struct UidRef<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct RawRequest<'a> {
     pub principal: UidRef<'a>,
-    pub action: &'a str,
+    pub action: UidRef<'a>,
     pub resource: UidRef<'a>,
     /// A Cedar JSON record; empty means `{}`.
     pub context_json: &'a str,
@@ -82,26 +82,45 @@ pub fn parse_uid(pack: &PolicyPack, r: UidRef<'_>, field: &str) -> Result<Entity
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(r.id)))
 }
 
-/// Parses an action id: a bare id (`viewProject`) or a full uid (`Blue::Action::"viewProject"`).
-pub fn parse_action(pack: &PolicyPack, action: &str) -> Result<EntityUid, RequestError> {
-    if action.is_empty() {
-        return Err(RequestError::new("action", "is empty"));
+/// Parses an action reference. An empty type means the schema's action type, so callers may
+/// send a bare action id (`viewProject`).
+pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, RequestError> {
+    if r.id.is_empty() {
+        return Err(RequestError::new("action.id", "is empty"));
     }
-    let uid = match pack.action_type() {
-        Some(ty) if !action.contains("::") => {
-            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(action))
-        }
-        _ => EntityUid::from_str(action).map_err(|e| {
-            RequestError::new("action", format!("`{action}` is not an action: {e}"))
-        })?,
-    };
-    if pack.action(&uid).is_none() {
+    let Some(action_type) = pack.action_type() else {
         return Err(RequestError::new(
             "action",
-            format!("unknown action `{}`", uid.id().unescaped()),
+            "the schema declares no actions",
+        ));
+    };
+    if !r.ty.is_empty() {
+        let ty = EntityTypeName::from_str(r.ty).map_err(|e| {
+            RequestError::new(
+                "action.type",
+                format!("`{}` is not a Cedar type name: {e}", r.ty),
+            )
+        })?;
+        if &ty != action_type {
+            return Err(RequestError::new(
+                "action.type",
+                format!("`{ty}` is not the action type `{action_type}`"),
+            ));
+        }
+    }
+    let uid = EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(r.id));
+    if pack.action(&uid).is_none() {
+        return Err(RequestError::new(
+            "action.id",
+            format!("unknown action `{}`", r.id),
         ));
     }
     Ok(uid)
+}
+
+/// A bare action id, as policy authors write it in suites and the matrix.
+pub fn action_id(id: &str) -> UidRef<'_> {
+    UidRef { ty: "", id }
 }
 
 /// Parses request-scoped entities (Cedar JSON array), validated against the schema.
@@ -295,9 +314,10 @@ pub fn list_allowed(
     depth: usize,
 ) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
     let actions = pack.actions_for(principal.type_name(), resource.type_name());
+    let overlay = parse_overlay(pack, store, entities_json)?;
     let mut out = Vec::with_capacity(actions.len());
     for (action, _) in actions {
-        let overlay = parse_overlay(pack, store, entities_json)?;
+        let overlay = overlay.clone();
         let outcome = match check_parsed(
             pack,
             principal.clone(),

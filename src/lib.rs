@@ -9,7 +9,9 @@
 
 pub mod decide;
 pub mod error;
+pub mod grpc;
 pub mod matrix;
 pub mod policy;
+pub mod server;
 pub mod store;
 pub mod suite;

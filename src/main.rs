@@ -9,6 +9,7 @@ use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
 use blue_authz::error::LoadError;
 use blue_authz::matrix;
 use blue_authz::policy::{PackSpec, PolicyPack};
+use blue_authz::server::{self, Limits, ServeConfig, ServeError};
 use blue_authz::store::EntityStore;
 use blue_authz::suite;
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,8 @@ impl PackArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve decisions over gRPC (health and reflection included).
+    Serve(ServeArgs),
     /// Parse and strictly validate every policy against the schema.
     Validate,
     /// Run the policy test suites in <policies>/tests/.
@@ -84,6 +87,25 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Address of the decision service.
+    #[arg(long, env = "BLUE_AUTHZ_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: std::net::SocketAddr,
+    /// Cedar JSON entities file to load at start.
+    #[arg(long, env = "BLUE_AUTHZ_DATA", default_value = "data/demo.json")]
+    data: PathBuf,
+    /// Attribute hops a per-request entity slice follows from the request's entities.
+    #[arg(long, env = "BLUE_AUTHZ_SLICE_DEPTH", default_value_t = DEFAULT_SLICE_DEPTH)]
+    slice_depth: usize,
+    /// Most requests in one BatchIsAuthorized call.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_BATCH", default_value_t = 10_000)]
+    max_batch: usize,
+    /// Largest request message, in bytes.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_message_bytes: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -100,6 +122,7 @@ type AnyError = Box<dyn std::error::Error>;
 fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     let spec = cli.pack.spec();
     match cli.command {
+        Command::Serve(args) => serve(spec, args),
         Command::Validate => {
             let Some(pack) = load_or_report(&spec)? else {
                 return Ok(ExitCode::from(1));
@@ -174,7 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             let (rt, rid) = split_uid(&resource, "--resource")?;
             let raw = RawRequest {
                 principal: UidRef { ty: &pt, id: &pid },
-                action: &action,
+                action: decide::action_id(&action),
                 resource: UidRef { ty: &rt, id: &rid },
                 context_json: &context,
                 entities_json: "",
@@ -188,6 +211,51 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn serve(spec: PackSpec, args: ServeArgs) -> Result<ExitCode, AnyError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BLUE_AUTHZ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = ServeConfig {
+        listen: args.listen,
+        pack: spec,
+        data: args.data,
+        limits: Limits {
+            slice_depth: args.slice_depth,
+            max_batch: args.max_batch,
+            max_message_bytes: args.max_message_bytes,
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let running = server::start(config).await?;
+        if let Err(e) = running.load().await {
+            match &e {
+                ServeError::Load(LoadError::Invalid(diags)) => {
+                    for d in diags {
+                        eprintln!("{}", d.render());
+                    }
+                    eprintln!(
+                        "{} problem(s); refusing to serve an invalid policy set",
+                        diags.len()
+                    );
+                }
+                other => eprintln!("error: {other}"),
+            }
+            running.shutdown().await?;
+            return Ok(ExitCode::from(1));
+        }
+        tracing::info!(addr = %running.addr, "serving");
+        server::shutdown_signal().await;
+        running.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Loads the pack; on invalid policies prints every diagnostic and returns None.

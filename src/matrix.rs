@@ -155,7 +155,8 @@ fn render_table(
             Some(c) => serde_json::to_value(c).map_err(|e| err(e.to_string()))?,
             None => Value::Object(Default::default()),
         };
-        let action = decide::parse_action(pack, &row.action).map_err(|e| err(e.to_string()))?;
+        let action = decide::parse_action(pack, decide::action_id(&row.action))
+            .map_err(|e| err(e.to_string()))?;
         let mut cells = Vec::new();
         let mut resource_type = String::new();
         for col in &table.columns {

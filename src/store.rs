@@ -272,12 +272,12 @@ impl EntityStore {
 }
 
 /// Request-scoped entities, ready to overlay the store for one request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Overlay {
     entities: HashMap<EntityUid, OverlayEntity>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OverlayEntity {
     refs: Vec<EntityUid>,
     slice_entity: Entity,

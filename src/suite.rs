@@ -352,7 +352,8 @@ pub fn decide_case(
     store: &EntityStore,
     case: &Case,
 ) -> Result<Decision, String> {
-    let action = decide::parse_action(pack, &case.action).map_err(|e| e.to_string())?;
+    let action =
+        decide::parse_action(pack, decide::action_id(&case.action)).map_err(|e| e.to_string())?;
     let req = decide::check_parsed(
         pack,
         case.principal.clone(),

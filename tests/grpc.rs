@@ -1,0 +1,624 @@
+//! The decision service over real gRPC: the server on 127.0.0.1:0 and a tonic client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
+use blue_authz::policy::PackSpec;
+use blue_authz::server::{self, Limits, Running, ServeConfig, AUTHORIZER_SERVICE};
+use blue_authz::suite::{self, Case};
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config(limits: Limits) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pack: PackSpec::new(root().join("policies"), &[]),
+        data: root().join("policies/tests/fixture.json"),
+        limits,
+    }
+}
+
+async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>) {
+    let running = server::start(config(limits)).await.expect("start");
+    running.load().await.expect("load");
+    let client = AuthorizerClient::connect(format!("http://{}", running.addr))
+        .await
+        .expect("connect");
+    (running, client)
+}
+
+fn uid(ty: &str, id: &str) -> Option<pb::EntityUid> {
+    Some(pb::EntityUid {
+        r#type: ty.to_string(),
+        id: id.to_string(),
+    })
+}
+
+fn euid(u: &cedar_policy::EntityUid) -> Option<pb::EntityUid> {
+    uid(&u.type_name().to_string(), u.id().unescaped())
+}
+
+fn request(case: &Case) -> pb::IsAuthorizedRequest {
+    pb::IsAuthorizedRequest {
+        principal: euid(&case.principal),
+        action: uid("Blue::Action", &case.action),
+        resource: euid(&case.resource),
+        context_json: case.context.to_string(),
+        entities_json: String::new(),
+    }
+}
+
+fn default_cases() -> Vec<Case> {
+    let suites = suite::load_suites(&root().join("policies/tests")).unwrap();
+    suite::effective_cases(&suites, &[])
+}
+
+fn assert_matches(case: &Case, r: &pb::IsAuthorizedResponse) {
+    let allow = r.decision == pb::Decision::Allow as i32;
+    assert_eq!(allow, case.expect.allow, "{}: {r:?}", case.name);
+    assert_eq!(
+        r.determining_policies, case.expect.determining,
+        "{}",
+        case.name
+    );
+    assert_eq!(
+        r.errors.is_empty(),
+        !case.errors_expected,
+        "{}: {r:?}",
+        case.name
+    );
+    assert!(!r.policy_version.is_empty());
+}
+
+#[tokio::test]
+async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
+    let (running, mut client) = serve(Limits::default()).await;
+    let cases = default_cases();
+    assert!(cases.len() > 300);
+    for case in &cases {
+        let r = client
+            .is_authorized(request(case))
+            .await
+            .expect(&case.name)
+            .into_inner();
+        assert_matches(case, &r);
+    }
+    let batch = pb::BatchIsAuthorizedRequest {
+        requests: cases.iter().map(request).collect(),
+    };
+    let r = client
+        .batch_is_authorized(batch)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.responses.len(), cases.len());
+    for (case, resp) in cases.iter().zip(&r.responses) {
+        assert_matches(case, resp);
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_of_a_thousand_and_more() {
+    let (running, mut client) = serve(Limits::default()).await;
+    let cases = default_cases();
+    let requests: Vec<_> = cases.iter().cycle().take(2500).map(request).collect();
+    let r = client
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest { requests })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.responses.len(), 2500);
+    for (case, resp) in cases.iter().cycle().zip(&r.responses) {
+        assert_matches(case, resp);
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// The matrix rows without a note or context, parsed from the committed table: table title ->
+/// (action, resource type) -> column -> allowed.
+fn matrix_rows() -> Vec<(String, String, BTreeMap<String, bool>)> {
+    let text = std::fs::read_to_string(root().join("docs/permissions.md")).unwrap();
+    let mut header: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split(" | ")
+            .map(|c| c.trim().to_string())
+            .collect();
+        if cells[0] == "action" {
+            header = cells;
+            continue;
+        }
+        // Rows that need a context or a particular record are asked elsewhere; "any record"
+        // is the row of the record the tests ask about (apollo-task, someone else's).
+        let label = cells[0].replace(" (any record)", "");
+        if label.contains('(') {
+            continue;
+        }
+        let action = label.trim_matches('`').to_string();
+        let cols = header[2..header.len() - 3]
+            .iter()
+            .cloned()
+            .zip(cells[2..cells.len() - 3].iter().map(|m| m == "✅"))
+            .collect();
+        out.push((action, cells[1].clone(), cols));
+    }
+    out
+}
+
+#[tokio::test]
+async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_authorized() {
+    let (running, mut client) = serve(Limits::default()).await;
+    let columns: &[(&str, &str)] = &[
+        ("admin", "ada"),
+        ("member", "max"),
+        ("client", "cleo"),
+        ("comment", "cora"),
+        ("view", "vic"),
+        ("non-member", "gus"),
+        ("owner", "dora"),
+        ("editor", "eli"),
+        ("viewer", "val"),
+        ("no access", "vic"),
+        ("other company", "olaf"),
+    ];
+    // The resource each matrix table asks about, by resource type.
+    let resources: &[(&str, &str)] = &[
+        ("Company", "acme"),
+        ("Project", "apollo"),
+        ("Record", "apollo-task"),
+        ("Dashboard", "acme-kpis"),
+    ];
+    let rows = matrix_rows();
+    let mut compared = 0;
+    for (column, user) in columns {
+        for (rtype, rid) in resources {
+            let expected: BTreeSet<String> = rows
+                .iter()
+                .filter(|(_, t, cols)| t == rtype && cols.contains_key(*column))
+                .filter(|(_, _, cols)| cols[*column])
+                .map(|(a, _, _)| a.clone())
+                .collect();
+            let asked = rows
+                .iter()
+                .any(|(_, t, cols)| t == rtype && cols.contains_key(*column));
+            if !asked {
+                continue;
+            }
+            let r = client
+                .list_allowed_actions(pb::ListAllowedActionsRequest {
+                    principal: uid("Blue::User", user),
+                    resource: uid(&format!("Blue::{rtype}"), rid),
+                    context_json: String::new(),
+                    entities_json: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let got: BTreeSet<String> = r.allowed.iter().map(|a| a.action.clone()).collect();
+            assert_eq!(got, expected, "{column} ({user}) on {rtype}");
+            compared += 1;
+            // Agreement with IsAuthorized for every evaluated action.
+            for a in &r.allowed {
+                let d = client
+                    .is_authorized(pb::IsAuthorizedRequest {
+                        principal: uid("Blue::User", user),
+                        action: uid("Blue::Action", &a.action),
+                        resource: uid(&format!("Blue::{rtype}"), rid),
+                        context_json: String::new(),
+                        entities_json: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(d.decision, pb::Decision::Allow as i32);
+                assert_eq!(d.determining_policies, a.determining_policies);
+            }
+            // Actions with a context of their own are reported, not guessed.
+            for n in &r.not_evaluated {
+                assert!(
+                    ["inviteMember", "changeMemberRole", "shareDashboard"]
+                        .contains(&n.action.as_str()),
+                    "{n:?}"
+                );
+            }
+        }
+    }
+    assert!(compared >= 20, "compared {compared} rows");
+
+    // With a context, the actions that take it are decided, and still agree.
+    let r = client
+        .list_allowed_actions(pb::ListAllowedActionsRequest {
+            principal: uid("Blue::User", "cleo"),
+            resource: uid("Blue::Project", "apollo"),
+            context_json: r#"{"role": "client"}"#.into(),
+            entities_json: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<&str> = r.allowed.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(got, vec!["inviteMember"]);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_scoped_entities_apply_to_that_request_only() {
+    let (running, mut client) = serve(Limits::default()).await;
+    let new_record = r#"[{"uid": {"type": "Blue::Record", "id": "apollo-draft"},
+        "attrs": {"project": {"type": "Blue::Project", "id": "apollo"},
+                  "creator": {"type": "Blue::User", "id": "cleo"}},
+        "parents": []}]"#;
+    let ask = |entities: &str| pb::IsAuthorizedRequest {
+        principal: uid("Blue::User", "cleo"),
+        action: uid("Blue::Action", "deleteRecord"),
+        resource: uid("Blue::Record", "apollo-draft"),
+        context_json: String::new(),
+        entities_json: entities.to_string(),
+    };
+    let r = client
+        .is_authorized(ask(new_record))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
+    assert_eq!(r.determining_policies, vec!["record.deleteOwn"]);
+    let r = client.is_authorized(ask("")).await.unwrap().into_inner();
+    assert_eq!(r.decision, pb::Decision::Deny as i32, "{r:?}");
+    assert!(r.determining_policies.is_empty());
+
+    // A request-scoped user joining through a stored role group.
+    let newcomer = r#"[{"uid": {"type": "Blue::User", "id": "newcomer"}, "attrs": {},
+        "parents": [{"type": "Blue::Role", "id": "apollo/member"}]}]"#;
+    let r = client
+        .is_authorized(pb::IsAuthorizedRequest {
+            principal: uid("Blue::User", "newcomer"),
+            action: uid("Blue::Action", "editWiki"),
+            resource: uid("Blue::Project", "apollo"),
+            context_json: String::new(),
+            entities_json: newcomer.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision, pb::Decision::Allow as i32, "{r:?}");
+    running.shutdown().await.unwrap();
+}
+
+fn valid() -> pb::IsAuthorizedRequest {
+    pb::IsAuthorizedRequest {
+        principal: uid("Blue::User", "ada"),
+        action: uid("Blue::Action", "inviteMember"),
+        resource: uid("Blue::Project", "apollo"),
+        context_json: r#"{"role": "view"}"#.into(),
+        entities_json: String::new(),
+    }
+}
+
+async fn expect_invalid(
+    client: &mut AuthorizerClient<Channel>,
+    req: pb::IsAuthorizedRequest,
+    field: &str,
+) {
+    let err = client.is_authorized(req).await.expect_err(field);
+    assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+    assert!(
+        err.message().starts_with(field),
+        "message should name {field}: {}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let limits = Limits {
+        max_batch: 1000,
+        max_message_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let (running, mut client) = serve(limits).await;
+    let ok = client.is_authorized(valid()).await.unwrap().into_inner();
+    assert_eq!(ok.decision, pb::Decision::Allow as i32);
+
+    // Malformed uids.
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            principal: None,
+            ..valid()
+        },
+        "principal",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            principal: uid("", "ada"),
+            ..valid()
+        },
+        "principal.type",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            principal: uid("Blue::", "ada"),
+            ..valid()
+        },
+        "principal.type",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            principal: uid("Blue::User", ""),
+            ..valid()
+        },
+        "principal.id",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            resource: uid("not a type!", "x"),
+            ..valid()
+        },
+        "resource.type",
+    )
+    .await;
+    // Unknown entity type, unknown action.
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            principal: uid("Blue::Robot", "r2"),
+            ..valid()
+        },
+        "principal.type",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            action: uid("Blue::Action", "fly"),
+            ..valid()
+        },
+        "action.id",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            action: uid("Blue::User", "viewProject"),
+            ..valid()
+        },
+        "action.type",
+    )
+    .await;
+    // An action that does not apply to the resource type, or to the principal type.
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            resource: uid("Blue::Record", "apollo-task"),
+            ..valid()
+        },
+        "resource.type",
+    )
+    .await;
+    expect_invalid(
+        &mut client,
+        pb::IsAuthorizedRequest {
+            principal: uid("Blue::Project", "apollo"),
+            ..valid()
+        },
+        "principal.type",
+    )
+    .await;
+    // Contexts that do not match the schema.
+    for ctx in [
+        "",
+        "{}",
+        r#"{"role": 5}"#,
+        r#"{"role": "view", "extra": 1}"#,
+        "[1]",
+        "{not json",
+    ] {
+        expect_invalid(
+            &mut client,
+            pb::IsAuthorizedRequest {
+                context_json: ctx.into(),
+                ..valid()
+            },
+            "context_json",
+        )
+        .await;
+    }
+    // Malformed request-scoped entities.
+    for ents in [
+        "{",
+        r#"{"uid": 1}"#,
+        r#"[{"uid": {"type": "Blue::Record", "id": "r"}, "attrs": {}, "parents": []}]"#,
+        r#"[{"uid": {"type": "Blue::Nope", "id": "r"}, "attrs": {}, "parents": []}]"#,
+    ] {
+        expect_invalid(
+            &mut client,
+            pb::IsAuthorizedRequest {
+                entities_json: ents.into(),
+                ..valid()
+            },
+            "entities_json",
+        )
+        .await;
+    }
+    // In a batch, the index is named.
+    let mut requests = vec![valid(); 3];
+    requests[2].action = uid("Blue::Action", "fly");
+    let err = client
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest { requests })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("requests[2].action.id"),
+        "{}",
+        err.message()
+    );
+    // A batch over the limit.
+    let err = client
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest {
+            requests: vec![valid(); 1001],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("requests:"), "{}", err.message());
+    // An oversized message.
+    let big = pb::IsAuthorizedRequest {
+        entities_json: " ".repeat(70 * 1024),
+        ..valid()
+    };
+    expect_invalid(&mut client, big, "request").await;
+    // Unknown principals and resources are not errors: they are denied.
+    for req in [
+        pb::IsAuthorizedRequest {
+            principal: uid("Blue::User", "nobody"),
+            ..valid()
+        },
+        pb::IsAuthorizedRequest {
+            resource: uid("Blue::Project", "nowhere"),
+            ..valid()
+        },
+    ] {
+        let r = client.is_authorized(req).await.unwrap().into_inner();
+        assert_eq!(r.decision, pb::Decision::Deny as i32);
+    }
+    // And the server still serves.
+    let ok = client.is_authorized(valid()).await.unwrap().into_inner();
+    assert_eq!(ok.decision, pb::Decision::Allow as i32);
+    running.shutdown().await.unwrap();
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health(addr: std::net::SocketAddr, service: &str) -> i32 {
+    let mut h = HealthClient::new(channel(addr).await);
+    h.check(HealthCheckRequest {
+        service: service.to_string(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+}
+
+#[tokio::test]
+async fn health_goes_from_not_serving_to_serving_and_reflection_lists_the_service() {
+    let running = server::start(config(Limits::default())).await.unwrap();
+    for service in ["", AUTHORIZER_SERVICE] {
+        assert_eq!(
+            health(running.addr, service).await,
+            ServingStatus::NotServing as i32
+        );
+    }
+    // Before loading, decisions are refused, not guessed.
+    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let err = client.is_authorized(valid()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    running.load().await.unwrap();
+    for service in ["", AUTHORIZER_SERVICE] {
+        assert_eq!(
+            health(running.addr, service).await,
+            ServingStatus::Serving as i32
+        );
+    }
+    let services = reflection_services(running.addr).await;
+    assert!(
+        services.contains(&AUTHORIZER_SERVICE.to_string()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_string()),
+        "{services:?}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut c = ServerReflectionClient::new(channel(addr).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_policy_set_is_never_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    copy_dir(&root().join("policies"), &dir);
+    let path = dir.join("company.cedar");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("resource.member", "resource.boss")).unwrap();
+    let mut cfg = config(Limits::default());
+    cfg.pack = PackSpec::new(&dir, &[]);
+    let running = server::start(cfg).await.unwrap();
+    let err = running.load().await.unwrap_err().to_string();
+    assert!(err.contains("company.cedar:10:21"), "{err}");
+    assert_eq!(
+        health(running.addr, "").await,
+        ServingStatus::NotServing as i32
+    );
+    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.is_authorized(valid()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    running.shutdown().await.unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
