@@ -136,8 +136,20 @@ pub enum DataError {
     Entities {
         what: String,
         #[source]
-        source: cedar_policy::entities_errors::EntitiesError,
+        source: Box<cedar_policy::entities_errors::EntitiesError>,
     },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+}
+
+impl DataError {
+    pub fn entities(
+        what: impl fmt::Display,
+        source: cedar_policy::entities_errors::EntitiesError,
+    ) -> Self {
+        DataError::Entities {
+            what: what.to_string(),
+            source: Box::new(source),
+        }
+    }
 }

@@ -29,7 +29,7 @@ pub enum MatrixError {
     Toml {
         path: PathBuf,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("{path}: table `{table}`, row `{row}`: {message}")]
     Row {
@@ -95,7 +95,7 @@ pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
     })?;
     let spec: MatrixFile = toml::from_str(&text).map_err(|source| MatrixError::Toml {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let store = EntityStore::load_file(&dir.join(&spec.entities), &pack.schema)?;
 

@@ -55,10 +55,7 @@ pub fn parse_entity(value: Value, schema: &Schema, what: &str) -> Result<NewEnti
     })?;
     let json = entity
         .to_json_value()
-        .map_err(|source| DataError::Entities {
-            what: what.to_string(),
-            source,
-        })?;
+        .map_err(|source| DataError::entities(what, source))?;
     Ok(NewEntity { entity, json })
 }
 
@@ -178,11 +175,7 @@ impl EntityStore {
                 continue;
             };
             let ancestors = self.ancestors_of(&stored.parents, &HashMap::new());
-            let entity =
-                with_ancestors(&stored.json, &ancestors).map_err(|source| DataError::Entities {
-                    what: uid.to_string(),
-                    source,
-                })?;
+            let entity = with_ancestors(&uid, &stored.json, &ancestors)?;
             if let Some(s) = self.entities.get_mut(&uid) {
                 s.entity = entity;
             }
@@ -252,11 +245,7 @@ impl EntityStore {
         for NewEntity { json, entity } in &batch {
             let uid = entity.uid();
             let ancestors = self.ancestors_of(&parents[&uid], &parents);
-            let slice_entity =
-                with_ancestors(json, &ancestors).map_err(|source| DataError::Entities {
-                    what: uid.to_string(),
-                    source,
-                })?;
+            let slice_entity = with_ancestors(&uid, json, &ancestors)?;
             let refs = attr_refs(json);
             entities.insert(uid, OverlayEntity { refs, slice_entity });
         }
@@ -285,9 +274,10 @@ struct OverlayEntity {
 
 /// The entity of `json` with its parents replaced by `ancestors`.
 fn with_ancestors(
+    uid: &EntityUid,
     json: &Value,
     ancestors: &[EntityUid],
-) -> Result<Entity, cedar_policy::entities_errors::EntitiesError> {
+) -> Result<Entity, DataError> {
     let mut json = json.clone();
     if let Value::Object(map) = &mut json {
         let parents: Vec<Value> = ancestors
@@ -299,7 +289,7 @@ fn with_ancestors(
         map.insert("parents".into(), Value::Array(parents));
     }
     // Already validated against the schema on the way in.
-    Entity::from_json_value(json, None)
+    Entity::from_json_value(json, None).map_err(|source| DataError::entities(uid, source))
 }
 
 /// A uid from `{"type": .., "id": ..}` or `{"__entity": {..}}`.

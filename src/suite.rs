@@ -37,7 +37,7 @@ pub enum SuiteError {
     Toml {
         path: PathBuf,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("{path}: test {index}: {message}")]
     Case {
@@ -206,7 +206,7 @@ fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
     })?;
     let file: SuiteFile = toml::from_str(&text).map_err(|source| SuiteError::Toml {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let entities = base.join(&file.entities);
