@@ -1,15 +1,20 @@
-//! The gRPC edge. Proto types stop here: requests are turned into the decision path's plain
-//! Rust types, and [`ServiceError`] becomes a `Status` in exactly one place
+//! The gRPC edge. Proto types stop here: requests are turned into the decision and data paths'
+//! plain Rust types, and [`ServiceError`] becomes a `Status` in exactly one place
 //! (`impl From<ServiceError> for Status`).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
+use tokio_stream::Stream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::decide::{self, ActionOutcome, Decision, RawRequest, UidRef};
+use crate::engine::{Engine, EngineError};
 use crate::error::RequestError;
-use crate::server::Shared;
+use crate::store::{json_uid, WriteOp};
 
 /// Generated code for `blue.authz.v1`.
 pub mod pb {
@@ -21,41 +26,56 @@ pub mod pb {
 }
 
 use pb::authorizer_server::Authorizer;
+use pb::entity_store_server::EntityStore as EntityStoreRpc;
 
 /// What can go wrong in a call, before it becomes a `Status`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
-    InvalidArgument(#[from] RequestError),
-    #[error("no validated policy set and entity data are loaded yet")]
-    NotReady,
-    /// Logged with its detail; the caller sees only that it happened.
-    #[error("internal error: {0}")]
-    Internal(String),
+    Engine(#[from] EngineError),
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+}
+
+impl From<RequestError> for ServiceError {
+    fn from(e: RequestError) -> Self {
+        ServiceError::Engine(EngineError::Invalid(e))
+    }
 }
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         match e {
-            ServiceError::InvalidArgument(e) => Status::invalid_argument(e.to_string()),
-            ServiceError::NotReady => Status::unavailable(e.to_string()),
-            ServiceError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Status::internal("internal error")
-            }
+            ServiceError::Unauthenticated => Status::unauthenticated(e.to_string()),
+            ServiceError::Engine(e) => match e {
+                EngineError::Invalid(e) => Status::invalid_argument(e.to_string()),
+                EngineError::NotReady => Status::unavailable(e.to_string()),
+                EngineError::RevisionNotReached { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                EngineError::Storage(_) | EngineError::Data(_) => {
+                    tracing::error!(error = %e, "internal error");
+                    Status::internal("internal error")
+                }
+            },
         }
     }
 }
 
-/// The `Authorizer` service over the shared engine state.
-pub struct AuthorizerService {
-    shared: Arc<Shared>,
-}
-
-impl AuthorizerService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        AuthorizerService { shared }
-    }
+/// The call's deadline, from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+fn deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn uid<'a>(v: &'a Option<pb::EntityUid>, field: &str) -> Result<UidRef<'a>, RequestError> {
@@ -78,7 +98,7 @@ fn raw(req: &pb::IsAuthorizedRequest) -> Result<RawRequest<'_>, RequestError> {
     })
 }
 
-fn response(d: Decision, version: &str) -> pb::IsAuthorizedResponse {
+fn response(d: Decision, version: &str, revision: u64) -> pb::IsAuthorizedResponse {
     pb::IsAuthorizedResponse {
         decision: if d.allow {
             pb::Decision::Allow
@@ -88,12 +108,22 @@ fn response(d: Decision, version: &str) -> pb::IsAuthorizedResponse {
         determining_policies: d.determining,
         errors: d.errors,
         policy_version: version.to_string(),
+        revision,
     }
 }
 
+/// The `Authorizer` service.
+pub struct AuthorizerService {
+    engine: Arc<Engine>,
+}
+
 impl AuthorizerService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        AuthorizerService { engine }
+    }
+
     fn check_size(&self, len: usize) -> Result<(), ServiceError> {
-        let limit = self.shared.limits.max_message_bytes;
+        let limit = self.engine.limits.max_message_bytes;
         if len > limit {
             return Err(RequestError::new(
                 "request",
@@ -108,51 +138,38 @@ impl AuthorizerService {
         &self,
         req: &pb::IsAuthorizedRequest,
     ) -> Result<pb::IsAuthorizedResponse, ServiceError> {
-        self.check_size(req.encoded_len())?;
-        let live = self.shared.live().ok_or(ServiceError::NotReady)?;
+        let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
         let checked = decide::check(&live.pack, &store, &raw(req)?)?;
-        let d = decide::decide(&live.pack, &store, &checked, self.shared.limits.slice_depth);
-        Ok(response(d, &live.pack.version))
+        let d = decide::decide(&live.pack, &store, &checked, self.engine.limits.slice_depth);
+        Ok(response(d, &live.pack.version, store.revision()))
     }
 
     fn batch_inner(
         &self,
         req: &pb::BatchIsAuthorizedRequest,
     ) -> Result<pb::BatchIsAuthorizedResponse, ServiceError> {
-        let max = self.shared.limits.max_batch;
-        if req.requests.len() > max {
-            return Err(RequestError::new(
-                "requests",
-                format!(
-                    "{} requests exceed the limit of {max} per call",
-                    req.requests.len()
-                ),
-            )
-            .into());
-        }
-        self.check_size(req.encoded_len())?;
-        let live = self.shared.live().ok_or(ServiceError::NotReady)?;
+        let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
         let mut checked = Vec::with_capacity(req.requests.len());
         for (i, r) in req.requests.iter().enumerate() {
             let within = |e: RequestError| e.within(&format!("requests[{i}]"));
-            checked
-                .push(decide::check(&live.pack, &store, &raw(r).map_err(within)?).map_err(within)?);
+            let raw = raw(r).map_err(within)?;
+            checked.push(decide::check(&live.pack, &store, &raw).map_err(within)?);
         }
-        let depth = self.shared.limits.slice_depth;
+        let depth = self.engine.limits.slice_depth;
+        let revision = store.revision();
         let responses = checked
             .iter()
             .map(|c| {
-                response(
-                    decide::decide(&live.pack, &store, c, depth),
-                    &live.pack.version,
-                )
+                let d = decide::decide(&live.pack, &store, c, depth);
+                response(d, &live.pack.version, revision)
             })
             .collect();
         Ok(pb::BatchIsAuthorizedResponse {
             responses,
             policy_version: live.pack.version.clone(),
+            revision,
         })
     }
 
@@ -160,12 +177,12 @@ impl AuthorizerService {
         &self,
         req: &pb::ListAllowedActionsRequest,
     ) -> Result<pb::ListAllowedActionsResponse, ServiceError> {
-        self.check_size(req.encoded_len())?;
-        let live = self.shared.live().ok_or(ServiceError::NotReady)?;
+        let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
-        let principal =
-            decide::parse_uid(&live.pack, uid(&req.principal, "principal")?, "principal")?;
-        let resource = decide::parse_uid(&live.pack, uid(&req.resource, "resource")?, "resource")?;
+        let principal = uid(&req.principal, "principal")?;
+        let principal = decide::parse_uid(&live.pack, principal, "principal")?;
+        let resource = uid(&req.resource, "resource")?;
+        let resource = decide::parse_uid(&live.pack, resource, "resource")?;
         let outcomes = decide::list_allowed(
             &live.pack,
             &store,
@@ -173,10 +190,11 @@ impl AuthorizerService {
             &resource,
             &req.context_json,
             &req.entities_json,
-            self.shared.limits.slice_depth,
+            self.engine.limits.slice_depth,
         )?;
         let mut out = pb::ListAllowedActionsResponse {
             policy_version: live.pack.version.clone(),
+            revision: store.revision(),
             ..Default::default()
         };
         for (action, outcome) in outcomes {
@@ -193,6 +211,13 @@ impl AuthorizerService {
         }
         Ok(out)
     }
+
+    async fn wait(&self, metadata: &MetadataMap, min: u64) -> Result<(), ServiceError> {
+        Ok(self
+            .engine
+            .wait_for_revision(min, deadline(metadata))
+            .await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -201,20 +226,222 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
-        Ok(Response::new(self.is_authorized_inner(request.get_ref())?))
+        let req = request.get_ref();
+        self.check_size(req.encoded_len())?;
+        self.wait(request.metadata(), req.min_revision).await?;
+        Ok(Response::new(self.is_authorized_inner(req)?))
     }
 
     async fn batch_is_authorized(
         &self,
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
-        Ok(Response::new(self.batch_inner(request.get_ref())?))
+        let req = request.get_ref();
+        let max = self.engine.limits.max_batch;
+        if req.requests.len() > max {
+            let n = req.requests.len();
+            let e = RequestError::new(
+                "requests",
+                format!("{n} requests exceed the limit of {max} per call"),
+            );
+            return Err(ServiceError::from(e).into());
+        }
+        self.check_size(req.encoded_len())?;
+        let min = req
+            .requests
+            .iter()
+            .map(|r| r.min_revision)
+            .fold(req.min_revision, u64::max);
+        self.wait(request.metadata(), min).await?;
+        Ok(Response::new(self.batch_inner(req)?))
     }
 
     async fn list_allowed_actions(
         &self,
         request: Request<pb::ListAllowedActionsRequest>,
     ) -> Result<Response<pb::ListAllowedActionsResponse>, Status> {
-        Ok(Response::new(self.list_inner(request.get_ref())?))
+        let req = request.get_ref();
+        self.check_size(req.encoded_len())?;
+        self.wait(request.metadata(), req.min_revision).await?;
+        Ok(Response::new(self.list_inner(req)?))
+    }
+}
+
+/// The `EntityStore` data service. Reached only through its own listener, behind the token
+/// interceptor ([`bearer_auth`]).
+pub struct EntityStoreService {
+    engine: Arc<Engine>,
+}
+
+impl EntityStoreService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        EntityStoreService { engine }
+    }
+}
+
+/// Checks `authorization: Bearer <token>` in constant time.
+pub fn bearer_auth(
+    token: String,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let expected = format!("Bearer {token}").into_bytes();
+    move |req: Request<()>| {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(given, &expected) {
+            Ok(req)
+        } else {
+            Err(ServiceError::Unauthenticated.into())
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn cedar_uid(
+    v: &Option<pb::EntityUid>,
+    field: &str,
+) -> Result<cedar_policy::EntityUid, RequestError> {
+    let u = uid(v, field)?;
+    let value = serde_json::json!({"type": u.ty, "id": u.id});
+    json_uid(Some(&value))
+        .ok_or_else(|| RequestError::new(field, format!("`{}` is not a Cedar type name", u.ty)))
+}
+
+fn write_op(i: usize, op: &pb::WriteOp) -> Result<WriteOp, RequestError> {
+    use pb::write_op::Op;
+    let field = format!("ops[{i}]");
+    let edge = |e: &pb::Edge, kind: &str| -> Result<_, RequestError> {
+        Ok((
+            cedar_uid(&e.child, &format!("{field}.{kind}.child"))?,
+            cedar_uid(&e.parent, &format!("{field}.{kind}.parent"))?,
+        ))
+    };
+    match &op.op {
+        None => Err(RequestError::new(field, "names no operation")),
+        Some(Op::UpsertJson(text)) => {
+            serde_json::from_str(text)
+                .map(WriteOp::Upsert)
+                .map_err(|e| {
+                    RequestError::new(format!("{field}.upsert_json"), format!("invalid JSON: {e}"))
+                })
+        }
+        Some(Op::Delete(u)) => Ok(WriteOp::Delete(cedar_uid(
+            &Some(u.clone()),
+            &format!("{field}.delete"),
+        )?)),
+        Some(Op::AddParent(e)) => {
+            let (child, parent) = edge(e, "add_parent")?;
+            Ok(WriteOp::AddParent { child, parent })
+        }
+        Some(Op::RemoveParent(e)) => {
+            let (child, parent) = edge(e, "remove_parent")?;
+            Ok(WriteOp::RemoveParent { child, parent })
+        }
+    }
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportEntitiesChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EntityStoreRpc for EntityStoreService {
+    async fn write_entities(
+        &self,
+        request: Request<pb::WriteEntitiesRequest>,
+    ) -> Result<Response<pb::WriteEntitiesResponse>, Status> {
+        let ops = request
+            .get_ref()
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| write_op(i, op))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServiceError::from)?;
+        let engine = self.engine.clone();
+        let revision = tokio::task::spawn_blocking(move || engine.write(ops))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "write task failed");
+                Status::internal("internal error")
+            })?
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::WriteEntitiesResponse { revision }))
+    }
+
+    async fn read_entities(
+        &self,
+        request: Request<pb::ReadEntitiesRequest>,
+    ) -> Result<Response<pb::ReadEntitiesResponse>, Status> {
+        let live = self
+            .engine
+            .live()
+            .ok_or(ServiceError::from(EngineError::NotReady))?;
+        let uids = request
+            .get_ref()
+            .uids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| cedar_uid(&Some(u.clone()), &format!("uids[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServiceError::from)?;
+        let store = live.store();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for (u, given) in uids.iter().zip(&request.get_ref().uids) {
+            match store.get_json(u) {
+                Some(json) => found.push(json.clone()),
+                None => missing.push(given.clone()),
+            }
+        }
+        Ok(Response::new(pb::ReadEntitiesResponse {
+            entities_json: serde_json::Value::Array(found).to_string(),
+            missing,
+            revision: store.revision(),
+        }))
+    }
+
+    type ExportEntitiesStream = ExportStream;
+
+    async fn export_entities(
+        &self,
+        request: Request<pb::ExportEntitiesRequest>,
+    ) -> Result<Response<ExportStream>, Status> {
+        let chunk = match request.get_ref().chunk_size {
+            0 => 1000,
+            n => n as usize,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = engine.export(chunk, &mut |revision, items| {
+                let mut text = Vec::with_capacity(items.iter().map(Vec::len).sum::<usize>() + 2);
+                text.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        text.push(b',');
+                    }
+                    text.extend_from_slice(item);
+                }
+                text.push(b']');
+                let chunk = pb::ExportEntitiesChunk {
+                    entities_json: String::from_utf8_lossy(&text).into_owned(),
+                    revision,
+                };
+                tx.blocking_send(Ok(chunk)).is_ok()
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(ServiceError::from(e).into()));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -8,10 +8,12 @@
 //! - transport: [`grpc`] (proto types stop there) and [`server`].
 
 pub mod decide;
+pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod matrix;
 pub mod policy;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod suite;

@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
+use blue_authz::engine::load_store;
 use blue_authz::error::LoadError;
 use blue_authz::matrix;
 use blue_authz::policy::{PackSpec, PolicyPack};
 use blue_authz::server::{self, Limits, ServeConfig, ServeError};
+use blue_authz::storage::{RedbStorage, Storage};
 use blue_authz::store::EntityStore;
 use blue_authz::suite;
 use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +70,18 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Write a Cedar JSON entities file into the database, as one atomic batch.
+    Import {
+        /// Cedar JSON entities file.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Print every entity of the database as a Cedar JSON array.
+    Export {
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// One decision against an entities file, with its explanation.
     Check {
         /// Cedar JSON entities file.
@@ -92,9 +107,25 @@ struct ServeArgs {
     /// Address of the decision service.
     #[arg(long, env = "BLUE_AUTHZ_LISTEN", default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
-    /// Cedar JSON entities file to load at start.
-    #[arg(long, env = "BLUE_AUTHZ_DATA", default_value = "data/demo.json")]
-    data: PathBuf,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Cedar JSON entities file written into the database when the database is empty
+    /// (an empty value: none).
+    #[arg(long, env = "BLUE_AUTHZ_SEED", default_value = "data/demo.json")]
+    seed: PathBuf,
+    /// Address of the data service (EntityStore); it runs only when a token is set.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_DATA_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    data_listen: std::net::SocketAddr,
+    /// Bearer token the data service requires (`authorization: Bearer <token>`).
+    #[arg(long, env = "BLUE_AUTHZ_DATA_TOKEN", hide_env_values = true)]
+    data_token: Option<String>,
+    /// Longest wait for a request's min_revision when the call sets no deadline, in ms.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_REVISION_WAIT_MS", default_value_t = 5000)]
+    max_revision_wait_ms: u64,
     /// Attribute hops a per-request entity slice follows from the request's entities.
     #[arg(long, env = "BLUE_AUTHZ_SLICE_DEPTH", default_value_t = DEFAULT_SLICE_DEPTH)]
     slice_depth: usize,
@@ -104,6 +135,13 @@ struct ServeArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "BLUE_AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_message_bytes: usize,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// The embedded database file (redb).
+    #[arg(long, env = "BLUE_AUTHZ_DB", default_value = "blue-authz.redb")]
+    db: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -182,6 +220,46 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                 }
             }
         }
+        Command::Import { file, db } => {
+            let Some(pack) = load_or_report(&spec)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let storage = RedbStorage::open(&db.db)?;
+            let store = load_store(&storage, &pack, None)?;
+            let prepared = store.prepare_file(&file, &pack.schema)?;
+            let count = prepared.changes.puts.len();
+            storage.apply(&prepared.changes)?;
+            println!(
+                "imported {count} entities into {} (revision {})",
+                db.db.display(),
+                prepared.revision()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { db } => {
+            let storage = RedbStorage::open(&db.db)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut first = true;
+            let mut io_error = None;
+            out.write_all(b"[")?;
+            storage.scan(1000, &mut |_, items| {
+                for item in items {
+                    let sep: &[u8] = if first { b"\n" } else { b",\n" };
+                    first = false;
+                    if let Err(e) = out.write_all(sep).and_then(|_| out.write_all(&item)) {
+                        io_error = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })?;
+            if let Some(e) = io_error {
+                return Err(e.into());
+            }
+            out.write_all(b"\n]\n")?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check {
             entities,
             principal,
@@ -224,11 +302,15 @@ fn serve(spec: PackSpec, args: ServeArgs) -> Result<ExitCode, AnyError> {
     let config = ServeConfig {
         listen: args.listen,
         pack: spec,
-        data: args.data,
+        db: args.db.db,
+        seed: Some(args.seed).filter(|s| !s.as_os_str().is_empty()),
+        data_listen: args.data_listen,
+        data_token: args.data_token.filter(|t| !t.is_empty()),
         limits: Limits {
             slice_depth: args.slice_depth,
             max_batch: args.max_batch,
             max_message_bytes: args.max_message_bytes,
+            max_revision_wait: std::time::Duration::from_millis(args.max_revision_wait_ms),
         },
     };
     let runtime = tokio::runtime::Runtime::new()?;

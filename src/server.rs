@@ -1,14 +1,14 @@
-//! Serving: the shared engine state, the listener, health and reflection, graceful shutdown.
+//! Serving: the listeners (decisions; data, separately and behind a token), health and
+//! reflection, graceful shutdown.
 //!
 //! Start-up is two steps so that health is truthful: [`start`] binds and serves with health
-//! NOT_SERVING (decisions answer UNAVAILABLE), then [`Running::load`] loads and validates the
-//! policies and the entity data and flips health to SERVING.
+//! NOT_SERVING (calls answer UNAVAILABLE), then [`Running::load`] loads and validates the
+//! policies, opens the database (seeding it if empty) and flips health to SERVING.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,78 +17,14 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::decide::DEFAULT_SLICE_DEPTH;
-use crate::error::{DataError, LoadError};
+pub use crate::engine::Limits;
+use crate::engine::{load_store, Engine, EngineError};
+use crate::error::LoadError;
 use crate::grpc::pb::authorizer_server::AuthorizerServer;
-use crate::grpc::{pb, AuthorizerService};
+use crate::grpc::pb::entity_store_server::EntityStoreServer;
+use crate::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService};
 use crate::policy::{PackSpec, PolicyPack};
-use crate::store::EntityStore;
-
-/// Request limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Attribute hops a slice follows from the request's entities.
-    pub slice_depth: usize,
-    /// Requests per `BatchIsAuthorized` call.
-    pub max_batch: usize,
-    /// Encoded size of one request message.
-    pub max_message_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            slice_depth: DEFAULT_SLICE_DEPTH,
-            max_batch: 10_000,
-            max_message_bytes: 4 * 1024 * 1024,
-        }
-    }
-}
-
-/// The engine state every call reads: the live policy pack and the entity store.
-pub struct Shared {
-    pack: ArcSwapOption<PolicyPack>,
-    store: RwLock<EntityStore>,
-    pub limits: Limits,
-}
-
-/// A consistent view for one call: the pack it started with and the store.
-pub struct Live<'a> {
-    pub pack: Arc<PolicyPack>,
-    store: &'a RwLock<EntityStore>,
-}
-
-impl Live<'_> {
-    pub fn store(&self) -> RwLockReadGuard<'_, EntityStore> {
-        // The store is only ever replaced whole, so a poisoned lock still guards consistent
-        // data.
-        self.store.read().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Shared {
-    pub fn new(limits: Limits) -> Self {
-        Shared {
-            pack: ArcSwapOption::empty(),
-            store: RwLock::new(EntityStore::default()),
-            limits,
-        }
-    }
-
-    /// The live state, or None until a validated pack and the data are loaded.
-    pub fn live(&self) -> Option<Live<'_>> {
-        let pack = self.pack.load_full()?;
-        Some(Live {
-            pack,
-            store: &self.store,
-        })
-    }
-
-    fn install(&self, pack: Arc<PolicyPack>, store: EntityStore) {
-        *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
-        self.pack.store(Some(pack));
-    }
-}
+use crate::storage::{RedbStorage, Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -101,7 +37,7 @@ pub enum ServeError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
-    Data(#[from] DataError),
+    Engine(#[from] EngineError),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -113,22 +49,46 @@ pub enum ServeError {
 /// What `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The decision service's address.
     pub listen: SocketAddr,
     pub pack: PackSpec,
-    /// Cedar JSON entities file.
-    pub data: PathBuf,
+    /// The embedded database file.
+    pub db: PathBuf,
+    /// Cedar JSON entities file written into the database when it is empty.
+    pub seed: Option<PathBuf>,
+    /// The data service's address; it runs only with a token.
+    pub data_listen: SocketAddr,
+    /// Bearer token the data service requires. None: no data service.
+    pub data_token: Option<String>,
     pub limits: Limits,
+}
+
+impl ServeConfig {
+    /// Defaults for one policy directory and database: loopback ports 50051 and 50052.
+    pub fn new(pack: PackSpec, db: PathBuf) -> Self {
+        ServeConfig {
+            listen: ([127, 0, 0, 1], 50051).into(),
+            pack,
+            db,
+            seed: None,
+            data_listen: ([127, 0, 0, 1], 50052).into(),
+            data_token: None,
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// A running server.
 pub struct Running {
-    /// The address actually bound (useful with port 0).
+    /// The decision service's address as bound (useful with port 0).
     pub addr: SocketAddr,
-    pub shared: Arc<Shared>,
+    /// The data service's address as bound, if it runs.
+    pub data_addr: Option<SocketAddr>,
+    pub engine: Arc<Engine>,
     config: ServeConfig,
     health: HealthReporter,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 /// The name the health service reports the decision service under.
@@ -136,16 +96,7 @@ pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";
 
 /// Binds and starts serving, with health NOT_SERVING until [`Running::load`] succeeds.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(config.listen).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -157,14 +108,17 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let shared = Arc::new(Shared::new(config.limits));
+    let engine = Arc::new(Engine::new(config.limits));
     // tonic refuses anything over twice our limit itself; between the two, the handlers
     // answer INVALID_ARGUMENT naming the limit.
     let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
-    let authorizer = AuthorizerServer::new(AuthorizerService::new(shared.clone()))
+    let authorizer = AuthorizerServer::new(AuthorizerService::new(engine.clone()))
         .max_decoding_message_size(decode_cap);
+    let mut shutdown = Vec::new();
+    let mut tasks = Vec::new();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(
+    shutdown.push(tx);
+    tasks.push(tokio::spawn(
         Server::builder()
             .add_service(health_service)
             .add_service(reflection)
@@ -172,16 +126,48 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = rx.await;
             }),
-    );
-    tracing::info!(%addr, "listening (not serving until policies and data are loaded)");
+    ));
+    tracing::info!(%addr, "decision service listening (not serving until loaded)");
+
+    let mut data_addr = None;
+    match &config.data_token {
+        Some(token) if !token.is_empty() => {
+            let (listener, bound) = bind(config.data_listen).await?;
+            let service = tonic::service::interceptor::InterceptedService::new(
+                EntityStoreServer::new(EntityStoreService::new(engine.clone()))
+                    .max_decoding_message_size(decode_cap),
+                bearer_auth(token.clone()),
+            );
+            let (tx, rx) = oneshot::channel::<()>();
+            shutdown.push(tx);
+            tasks.push(tokio::spawn(
+                Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                        let _ = rx.await;
+                    }),
+            ));
+            tracing::info!(addr = %bound, "data service listening");
+            data_addr = Some(bound);
+        }
+        _ => tracing::warn!("no data token configured: the data service is off"),
+    }
     Ok(Running {
         addr,
-        shared,
+        data_addr,
+        engine,
         config,
         health,
-        shutdown: Some(tx),
-        task,
+        shutdown,
+        tasks,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 impl Running {
@@ -189,21 +175,26 @@ impl Running {
     /// decisions (health SERVING). On error nothing is installed and health stays NOT_SERVING.
     pub async fn load(&self) -> Result<(), ServeError> {
         let spec = self.config.pack.clone();
-        let data = self.config.data.clone();
-        let (pack, store) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
-            let pack = PolicyPack::load(&spec)?;
-            let store = EntityStore::load_file(&data, &pack.schema)?;
-            Ok((pack, store))
-        })
-        .await??;
+        let db = self.config.db.clone();
+        let seed = self.config.seed.clone();
+        let (pack, store, storage) =
+            tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+                let pack = PolicyPack::load(&spec)?;
+                let storage: Arc<dyn Storage> =
+                    Arc::new(RedbStorage::open(&db).map_err(EngineError::from)?);
+                let store = load_store(storage.as_ref(), &pack, seed.as_deref())?;
+                Ok((pack, store, storage))
+            })
+            .await??;
         tracing::info!(
             policies = pack.policies.policies().count(),
             version = %pack.version,
             overlays = ?pack.spec.overlays,
             entities = store.len(),
+            revision = store.revision(),
             "policies and data loaded"
         );
-        self.shared.install(pack, store);
+        self.engine.install(pack, store, storage);
         self.health
             .set_service_status("", ServingStatus::Serving)
             .await;
@@ -218,10 +209,12 @@ impl Running {
         self.health
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        if let Some(tx) = self.shutdown.take() {
+        for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
         }
-        self.task.await??;
+        for task in self.tasks.drain(..) {
+            task.await??;
+        }
         Ok(())
     }
 }

@@ -12,7 +12,8 @@ use std::path::Path;
 use cedar_policy::{Entity, EntityUid, Schema};
 use serde_json::Value;
 
-use crate::error::DataError;
+use crate::error::{DataError, RequestError};
+use crate::storage::ChangeSet;
 
 /// One stored entity.
 #[derive(Debug, Clone)]
@@ -32,6 +33,45 @@ struct Stored {
 pub struct EntityStore {
     entities: HashMap<EntityUid, Stored>,
     children: HashMap<EntityUid, HashSet<EntityUid>>,
+    /// The revision of the last committed change set (0: nothing written yet).
+    revision: u64,
+}
+
+/// One operation of an atomic write batch.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert or replace an entity (Cedar JSON, validated against the schema).
+    Upsert(Value),
+    /// Delete an entity (a no-op if it does not exist).
+    Delete(EntityUid),
+    /// Add a parent edge; both entities must exist.
+    AddParent { child: EntityUid, parent: EntityUid },
+    /// Remove a parent edge (a no-op if absent); the child must exist.
+    RemoveParent { child: EntityUid, parent: EntityUid },
+}
+
+/// A validated batch with every affected entity recomputed, ready to commit. Building it
+/// reads the store; committing it cannot fail.
+#[derive(Debug)]
+pub struct Prepared {
+    revision: u64,
+    puts: Vec<(EntityUid, Stored)>,
+    deletes: Vec<EntityUid>,
+    /// What the durable storage must write: the entities as written, by uid text.
+    pub changes: ChangeSet,
+}
+
+impl Prepared {
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Replaces the revision (when rebuilding from storage, which knows it).
+    pub fn with_revision(mut self, revision: u64) -> Self {
+        self.revision = revision;
+        self.changes.revision = revision;
+        self
+    }
 }
 
 /// An entity parsed and validated against the schema, not yet stored.
@@ -94,6 +134,14 @@ pub fn parse_entities(
 impl EntityStore {
     /// Loads a Cedar JSON entities file, validating every entity against the schema.
     pub fn load_file(path: &Path, schema: &Schema) -> Result<Self, DataError> {
+        let mut store = EntityStore::default();
+        let prepared = store.prepare_file(path, schema)?;
+        store.commit(prepared);
+        Ok(store)
+    }
+
+    /// Reads and validates a Cedar JSON entities file into one batch of upserts.
+    pub fn prepare_file(&self, path: &Path, schema: &Schema) -> Result<Prepared, DataError> {
         let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -103,9 +151,21 @@ impl EntityStore {
             what: what.clone(),
             source,
         })?;
-        let mut store = EntityStore::default();
-        store.upsert(parse_entities(value, schema, &what)?)?;
-        Ok(store)
+        let batch = parse_entities(value, schema, &what)?;
+        self.prepare_entities(batch)
+    }
+
+    /// A batch of already validated upserts.
+    pub fn prepare_entities(&self, batch: Vec<NewEntity>) -> Result<Prepared, DataError> {
+        let mut working = Working::new(self);
+        for e in batch {
+            working.set(e.uid(), Some(e));
+        }
+        working.finish()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub fn len(&self) -> usize {
@@ -125,62 +185,83 @@ impl EntityStore {
         self.entities.get(uid).map(|s| &s.json)
     }
 
-    /// Inserts or replaces entities, then recomputes the ancestors of every entity whose
-    /// ancestry the change can affect.
-    pub fn upsert(&mut self, batch: Vec<NewEntity>) -> Result<(), DataError> {
-        let mut touched = Vec::with_capacity(batch.len());
-        for NewEntity { entity, json } in batch {
-            let uid = entity.uid();
-            let parents = json_uids(json.get("parents"));
-            let refs = attr_refs(&json);
-            if let Some(old) = self.entities.get(&uid) {
-                for p in &old.parents {
-                    if let Some(c) = self.children.get_mut(p) {
-                        c.remove(&uid);
+    /// Validates a write batch against the schema and the current data, and computes
+    /// everything it changes. An error names the operation (`ops[3]`) and the entity.
+    pub fn prepare(&self, ops: Vec<WriteOp>, schema: &Schema) -> Result<Prepared, RequestError> {
+        let mut working = Working::new(self);
+        for (i, op) in ops.into_iter().enumerate() {
+            let field = format!("ops[{i}]");
+            match op {
+                WriteOp::Upsert(value) => {
+                    let e = parse_entity(value, schema, "upsert")
+                        .map_err(|e| RequestError::new(&field, e))?;
+                    working.set(e.uid(), Some(e));
+                }
+                WriteOp::Delete(uid) => working.set(uid, None),
+                WriteOp::AddParent { child, parent } => {
+                    if !working.exists(&parent) {
+                        return Err(RequestError::new(
+                            field,
+                            format!("add_parent: parent {parent} does not exist"),
+                        ));
                     }
+                    let e = working.edit_parents(&child, schema, |parents| {
+                        if !parents.contains(&parent) {
+                            parents.push(parent.clone());
+                        }
+                    });
+                    working.set(
+                        child,
+                        Some(e.map_err(|m| RequestError::new(&field, format!("add_parent: {m}")))?),
+                    );
+                }
+                WriteOp::RemoveParent { child, parent } => {
+                    let e = working
+                        .edit_parents(&child, schema, |parents| parents.retain(|p| p != &parent));
+                    working.set(
+                        child,
+                        Some(e.map_err(|m| {
+                            RequestError::new(&field, format!("remove_parent: {m}"))
+                        })?),
+                    );
                 }
             }
-            for p in &parents {
+        }
+        working.finish().map_err(|e| RequestError::new("ops", e))
+    }
+
+    /// Applies a prepared batch. Infallible: everything that can fail happened in `prepare`.
+    pub fn commit(&mut self, prepared: Prepared) {
+        for uid in &prepared.deletes {
+            if let Some(old) = self.entities.remove(uid) {
+                self.unlink(uid, &old.parents);
+            }
+        }
+        for (uid, stored) in prepared.puts {
+            if let Some(old) = self.entities.get(&uid) {
+                let parents = old.parents.clone();
+                self.unlink(&uid, &parents);
+            }
+            for p in &stored.parents {
                 self.children
                     .entry(p.clone())
                     .or_default()
                     .insert(uid.clone());
             }
-            self.entities.insert(
-                uid.clone(),
-                Stored {
-                    entity,
-                    parents,
-                    refs,
-                    json,
-                },
-            );
-            touched.push(uid);
+            self.entities.insert(uid, stored);
         }
-        self.refresh_ancestors(touched)
+        self.revision = prepared.revision;
     }
 
-    /// Recomputes the slice entity (with full ancestors) of `roots` and all their descendants.
-    fn refresh_ancestors(&mut self, roots: Vec<EntityUid>) -> Result<(), DataError> {
-        let mut queue: VecDeque<EntityUid> = roots.into();
-        let mut done = HashSet::new();
-        while let Some(uid) = queue.pop_front() {
-            if !done.insert(uid.clone()) {
-                continue;
-            }
-            if let Some(children) = self.children.get(&uid) {
-                queue.extend(children.iter().cloned());
-            }
-            let Some(stored) = self.entities.get(&uid) else {
-                continue;
-            };
-            let ancestors = self.ancestors_of(&stored.parents, &HashMap::new());
-            let entity = with_ancestors(&uid, &stored.json, &ancestors)?;
-            if let Some(s) = self.entities.get_mut(&uid) {
-                s.entity = entity;
+    fn unlink(&mut self, uid: &EntityUid, parents: &[EntityUid]) {
+        for p in parents {
+            if let Some(c) = self.children.get_mut(p) {
+                c.remove(uid);
+                if c.is_empty() {
+                    self.children.remove(p);
+                }
             }
         }
-        Ok(())
     }
 
     /// Every ancestor reachable from `parents`, looking in `overlay` before the store.
@@ -260,6 +341,157 @@ impl EntityStore {
     }
 }
 
+/// The state of a batch being prepared: the final version of every touched entity (None:
+/// deleted), over the unchanged store.
+struct Working<'a> {
+    store: &'a EntityStore,
+    touched: HashMap<EntityUid, Option<NewEntity>>,
+    order: Vec<EntityUid>,
+}
+
+impl<'a> Working<'a> {
+    fn new(store: &'a EntityStore) -> Self {
+        Working {
+            store,
+            touched: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, uid: EntityUid, e: Option<NewEntity>) {
+        if self.touched.insert(uid.clone(), e).is_none() {
+            self.order.push(uid);
+        }
+    }
+
+    fn exists(&self, uid: &EntityUid) -> bool {
+        match self.touched.get(uid) {
+            Some(e) => e.is_some(),
+            None => self.store.contains(uid),
+        }
+    }
+
+    fn json(&self, uid: &EntityUid) -> Option<&Value> {
+        match self.touched.get(uid) {
+            Some(e) => e.as_ref().map(|e| &e.json),
+            None => self.store.get_json(uid),
+        }
+    }
+
+    /// The final direct parents of an entity, or None if it does not exist.
+    fn parents(&self, uid: &EntityUid) -> Option<Vec<EntityUid>> {
+        match self.touched.get(uid) {
+            Some(e) => e.as_ref().map(|e| json_uids(e.json.get("parents"))),
+            None => self.store.entities.get(uid).map(|s| s.parents.clone()),
+        }
+    }
+
+    /// The entity with its parents edited, validated against the schema again.
+    fn edit_parents(
+        &self,
+        child: &EntityUid,
+        schema: &Schema,
+        edit: impl FnOnce(&mut Vec<EntityUid>),
+    ) -> Result<NewEntity, String> {
+        let Some(json) = self.json(child) else {
+            return Err(format!("entity {child} does not exist"));
+        };
+        let mut json = json.clone();
+        let mut parents = json_uids(json.get("parents"));
+        edit(&mut parents);
+        json["parents"] = Value::Array(parents.iter().map(uid_json).collect());
+        parse_entity(json, schema, &child.to_string()).map_err(|e| e.to_string())
+    }
+
+    /// Recomputes every touched entity and every descendant of one.
+    fn finish(self) -> Result<Prepared, DataError> {
+        // Children added by this batch, on top of the store's index.
+        let mut new_children: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
+        for (uid, e) in &self.touched {
+            if let Some(e) = e {
+                for p in json_uids(e.json.get("parents")) {
+                    new_children.entry(p).or_default().push(uid.clone());
+                }
+            }
+        }
+        let mut affected: Vec<EntityUid> = Vec::new();
+        let mut seen: HashSet<EntityUid> = HashSet::new();
+        let mut queue: VecDeque<EntityUid> = self.order.iter().cloned().collect();
+        while let Some(uid) = queue.pop_front() {
+            if !seen.insert(uid.clone()) {
+                continue;
+            }
+            if let Some(c) = self.store.children.get(&uid) {
+                queue.extend(c.iter().cloned());
+            }
+            if let Some(c) = new_children.get(&uid) {
+                queue.extend(c.iter().cloned());
+            }
+            affected.push(uid);
+        }
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        let mut changes = ChangeSet::default();
+        for uid in affected {
+            let Some(parents) = self.parents(&uid) else {
+                if self.touched.contains_key(&uid) {
+                    if self.store.contains(&uid) {
+                        changes.deletes.push(uid.to_string());
+                    }
+                    deletes.push(uid);
+                }
+                continue;
+            };
+            let json = self.json(&uid).expect("exists: it has parents").clone();
+            let ancestors = self.ancestors(&parents);
+            let entity = with_ancestors(&uid, &json, &ancestors)?;
+            if self.touched.contains_key(&uid) {
+                changes
+                    .puts
+                    .push((uid.to_string(), json.to_string().into_bytes()));
+            }
+            let refs = attr_refs(&json);
+            puts.push((
+                uid,
+                Stored {
+                    entity,
+                    parents,
+                    refs,
+                    json,
+                },
+            ));
+        }
+        let revision = self.store.revision + 1;
+        changes.revision = revision;
+        Ok(Prepared {
+            revision,
+            puts,
+            deletes,
+            changes,
+        })
+    }
+
+    fn ancestors(&self, parents: &[EntityUid]) -> Vec<EntityUid> {
+        let mut seen: HashSet<EntityUid> = HashSet::new();
+        let mut queue: VecDeque<EntityUid> = parents.iter().cloned().collect();
+        let mut out = Vec::new();
+        while let Some(uid) = queue.pop_front() {
+            if !seen.insert(uid.clone()) {
+                continue;
+            }
+            if let Some(p) = self.parents(&uid) {
+                queue.extend(p);
+            }
+            out.push(uid);
+        }
+        out
+    }
+}
+
+fn uid_json(a: &EntityUid) -> Value {
+    serde_json::json!({"type": a.type_name().to_string(), "id": a.id().unescaped()})
+}
+
 /// Request-scoped entities, ready to overlay the store for one request.
 #[derive(Debug, Default, Clone)]
 pub struct Overlay {
@@ -280,12 +512,7 @@ fn with_ancestors(
 ) -> Result<Entity, DataError> {
     let mut json = json.clone();
     if let Value::Object(map) = &mut json {
-        let parents: Vec<Value> = ancestors
-            .iter()
-            .map(|a| {
-                serde_json::json!({"type": a.type_name().to_string(), "id": a.id().unescaped()})
-            })
-            .collect();
+        let parents: Vec<Value> = ancestors.iter().map(uid_json).collect();
         map.insert("parents".into(), Value::Array(parents));
     }
     // Already validated against the schema on the way in.

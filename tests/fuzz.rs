@@ -2,11 +2,10 @@
 //! decision or INVALID_ARGUMENT, never a panic, an internal error or a dropped connection, and
 //! the server keeps serving correctly afterwards.
 
-use std::path::PathBuf;
+mod common;
 
 use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
-use blue_authz::policy::PackSpec;
-use blue_authz::server::{self, Limits, ServeConfig};
+use blue_authz::server::{self, Limits};
 use blue_authz::suite;
 use tonic::Code;
 
@@ -97,15 +96,11 @@ fn uid(ty: String, id: String) -> Option<pb::EntityUid> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_random_and_mutated_requests() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let running = server::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        pack: PackSpec::new(root.join("policies"), &[]),
-        data: root.join("policies/tests/fixture.json"),
-        limits: Limits::default(),
-    })
-    .await
-    .unwrap();
+    let root = common::root();
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(common::config(dir.path(), Limits::default()))
+        .await
+        .unwrap();
     running.load().await.unwrap();
     let addr = running.addr;
 
@@ -146,6 +141,7 @@ async fn ten_thousand_random_and_mutated_requests() {
                     ),
                     context_json: case.context.to_string(),
                     entities_json: String::new(),
+                    min_revision: 0,
                 };
                 // Mutate up to 3 fields, or replace them with random ones.
                 for _ in 0..rng.below(4) {
@@ -211,6 +207,7 @@ async fn ten_thousand_random_and_mutated_requests() {
                             resource: req.resource.clone(),
                             context_json: req.context_json.clone(),
                             entities_json: req.entities_json.clone(),
+                            min_revision: 0,
                         })
                         .await
                         .map(|_| ())
@@ -265,6 +262,7 @@ async fn ten_thousand_random_and_mutated_requests() {
                 ),
                 context_json: case.context.to_string(),
                 entities_json: String::new(),
+                min_revision: 0,
             })
             .await
             .unwrap()

@@ -1,44 +1,29 @@
 //! The decision service over real gRPC: the server on 127.0.0.1:0 and a tonic client.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::policy::PackSpec;
-use blue_authz::server::{self, Limits, Running, ServeConfig, AUTHORIZER_SERVICE};
+use blue_authz::server::{self, Limits, Running, AUTHORIZER_SERVICE};
 use blue_authz::suite::{self, Case};
+use common::{config, copy_dir, root, uid};
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn config(limits: Limits) -> ServeConfig {
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        pack: PackSpec::new(root().join("policies"), &[]),
-        data: root().join("policies/tests/fixture.json"),
-        limits,
-    }
-}
-
-async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>) {
-    let running = server::start(config(limits)).await.expect("start");
+async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(config(dir.path(), limits))
+        .await
+        .expect("start");
     running.load().await.expect("load");
     let client = AuthorizerClient::connect(format!("http://{}", running.addr))
         .await
         .expect("connect");
-    (running, client)
-}
-
-fn uid(ty: &str, id: &str) -> Option<pb::EntityUid> {
-    Some(pb::EntityUid {
-        r#type: ty.to_string(),
-        id: id.to_string(),
-    })
+    (running, client, dir)
 }
 
 fn euid(u: &cedar_policy::EntityUid) -> Option<pb::EntityUid> {
@@ -52,6 +37,7 @@ fn request(case: &Case) -> pb::IsAuthorizedRequest {
         resource: euid(&case.resource),
         context_json: case.context.to_string(),
         entities_json: String::new(),
+        min_revision: 0,
     }
 }
 
@@ -79,7 +65,7 @@ fn assert_matches(case: &Case, r: &pb::IsAuthorizedResponse) {
 
 #[tokio::test]
 async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
-    let (running, mut client) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve(Limits::default()).await;
     let cases = default_cases();
     assert!(cases.len() > 300);
     for case in &cases {
@@ -92,6 +78,7 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
     }
     let batch = pb::BatchIsAuthorizedRequest {
         requests: cases.iter().map(request).collect(),
+        min_revision: 0,
     };
     let r = client
         .batch_is_authorized(batch)
@@ -107,11 +94,14 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
 
 #[tokio::test]
 async fn a_batch_of_a_thousand_and_more() {
-    let (running, mut client) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve(Limits::default()).await;
     let cases = default_cases();
     let requests: Vec<_> = cases.iter().cycle().take(2500).map(request).collect();
     let r = client
-        .batch_is_authorized(pb::BatchIsAuthorizedRequest { requests })
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest {
+            requests,
+            min_revision: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -157,7 +147,7 @@ fn matrix_rows() -> Vec<(String, String, BTreeMap<String, bool>)> {
 
 #[tokio::test]
 async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_authorized() {
-    let (running, mut client) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve(Limits::default()).await;
     let columns: &[(&str, &str)] = &[
         ("admin", "ada"),
         ("member", "max"),
@@ -200,6 +190,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
                     resource: uid(&format!("Blue::{rtype}"), rid),
                     context_json: String::new(),
                     entities_json: String::new(),
+                    min_revision: 0,
                 })
                 .await
                 .unwrap()
@@ -216,6 +207,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
                         resource: uid(&format!("Blue::{rtype}"), rid),
                         context_json: String::new(),
                         entities_json: String::new(),
+                        min_revision: 0,
                     })
                     .await
                     .unwrap()
@@ -242,6 +234,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
             resource: uid("Blue::Project", "apollo"),
             context_json: r#"{"role": "client"}"#.into(),
             entities_json: String::new(),
+            min_revision: 0,
         })
         .await
         .unwrap()
@@ -253,7 +246,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
 
 #[tokio::test]
 async fn request_scoped_entities_apply_to_that_request_only() {
-    let (running, mut client) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve(Limits::default()).await;
     let new_record = r#"[{"uid": {"type": "Blue::Record", "id": "apollo-draft"},
         "attrs": {"project": {"type": "Blue::Project", "id": "apollo"},
                   "creator": {"type": "Blue::User", "id": "cleo"}},
@@ -264,6 +257,7 @@ async fn request_scoped_entities_apply_to_that_request_only() {
         resource: uid("Blue::Record", "apollo-draft"),
         context_json: String::new(),
         entities_json: entities.to_string(),
+        min_revision: 0,
     };
     let r = client
         .is_authorized(ask(new_record))
@@ -286,6 +280,7 @@ async fn request_scoped_entities_apply_to_that_request_only() {
             resource: uid("Blue::Project", "apollo"),
             context_json: String::new(),
             entities_json: newcomer.to_string(),
+            min_revision: 0,
         })
         .await
         .unwrap()
@@ -301,6 +296,7 @@ fn valid() -> pb::IsAuthorizedRequest {
         resource: uid("Blue::Project", "apollo"),
         context_json: r#"{"role": "view"}"#.into(),
         entities_json: String::new(),
+        min_revision: 0,
     }
 }
 
@@ -325,7 +321,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         max_message_bytes: 64 * 1024,
         ..Limits::default()
     };
-    let (running, mut client) = serve(limits).await;
+    let (running, mut client, _dir) = serve(limits).await;
     let ok = client.is_authorized(valid()).await.unwrap().into_inner();
     assert_eq!(ok.decision, pb::Decision::Allow as i32);
 
@@ -462,7 +458,10 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let mut requests = vec![valid(); 3];
     requests[2].action = uid("Blue::Action", "fly");
     let err = client
-        .batch_is_authorized(pb::BatchIsAuthorizedRequest { requests })
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest {
+            requests,
+            min_revision: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -475,6 +474,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let err = client
         .batch_is_authorized(pb::BatchIsAuthorizedRequest {
             requests: vec![valid(); 1001],
+            min_revision: 0,
         })
         .await
         .unwrap_err();
@@ -527,7 +527,10 @@ async fn health(addr: std::net::SocketAddr, service: &str) -> i32 {
 
 #[tokio::test]
 async fn health_goes_from_not_serving_to_serving_and_reflection_lists_the_service() {
-    let running = server::start(config(Limits::default())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(config(dir.path(), Limits::default()))
+        .await
+        .unwrap();
     for service in ["", AUTHORIZER_SERVICE] {
         assert_eq!(
             health(running.addr, service).await,
@@ -591,7 +594,7 @@ async fn an_invalid_policy_set_is_never_served() {
     let path = dir.join("company.cedar");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("resource.member", "resource.boss")).unwrap();
-    let mut cfg = config(Limits::default());
+    let mut cfg = config(tmp.path(), Limits::default());
     cfg.pack = PackSpec::new(&dir, &[]);
     let running = server::start(cfg).await.unwrap();
     let err = running.load().await.unwrap_err().to_string();
@@ -608,17 +611,4 @@ async fn an_invalid_policy_set_is_never_served() {
         Code::Unavailable
     );
     running.shutdown().await.unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -1,0 +1,230 @@
+//! The engine state every call shares: the live policy pack, the entity index, the durable
+//! storage behind it, and the store revision. Writes are serialized, validated whole, made
+//! durable, then made visible at once; decisions read one consistent view.
+
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
+use crate::decide::DEFAULT_SLICE_DEPTH;
+use crate::error::{DataError, RequestError};
+use crate::policy::PolicyPack;
+use crate::storage::{Storage, StorageError};
+use crate::store::{parse_entity, EntityStore, WriteOp};
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Attribute hops a slice follows from the request's entities.
+    pub slice_depth: usize,
+    /// Requests per `BatchIsAuthorized` call.
+    pub max_batch: usize,
+    /// Encoded size of one request message.
+    pub max_message_bytes: usize,
+    /// Longest wait for `min_revision` when the call has no deadline.
+    pub max_revision_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            slice_depth: DEFAULT_SLICE_DEPTH,
+            max_batch: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_revision_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a write or a wait failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error("no validated policy set and entity data are loaded yet")]
+    NotReady,
+    #[error("revision {wanted} not reached within {waited:?} (this node is at {current})")]
+    RevisionNotReached {
+        wanted: u64,
+        current: u64,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// The shared engine state.
+pub struct Engine {
+    pack: ArcSwapOption<PolicyPack>,
+    store: RwLock<EntityStore>,
+    storage: OnceLock<Arc<dyn Storage>>,
+    /// Serializes writers; decisions never take it.
+    writer: Mutex<()>,
+    revision: watch::Sender<u64>,
+    pub limits: Limits,
+}
+
+/// A consistent view for one call: the pack it started with and the store.
+pub struct Live<'a> {
+    pub pack: Arc<PolicyPack>,
+    store: &'a RwLock<EntityStore>,
+}
+
+impl Live<'_> {
+    /// The store, read-locked: a write becomes visible all at once, never half.
+    pub fn store(&self) -> RwLockReadGuard<'_, EntityStore> {
+        // Commits cannot fail halfway (see `EntityStore::commit`), so a poisoned lock still
+        // guards consistent data.
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Engine {
+    pub fn new(limits: Limits) -> Self {
+        Engine {
+            pack: ArcSwapOption::empty(),
+            store: RwLock::new(EntityStore::default()),
+            storage: OnceLock::new(),
+            writer: Mutex::new(()),
+            revision: watch::channel(0).0,
+            limits,
+        }
+    }
+
+    /// The live state, or None until a validated pack and the data are loaded.
+    pub fn live(&self) -> Option<Live<'_>> {
+        let pack = self.pack.load_full()?;
+        Some(Live {
+            pack,
+            store: &self.store,
+        })
+    }
+
+    pub fn pack(&self) -> Option<Arc<PolicyPack>> {
+        self.pack.load_full()
+    }
+
+    /// Installs the data and then the pack: from here on decisions are served.
+    pub fn install(&self, pack: Arc<PolicyPack>, store: EntityStore, storage: Arc<dyn Storage>) {
+        let revision = store.revision();
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
+        let _ = self.storage.set(storage);
+        self.revision.send_replace(revision);
+        self.pack.store(Some(pack));
+    }
+
+    /// Replaces the live policy pack (calls in flight finish on the one they started with).
+    pub fn swap_pack(&self, pack: Arc<PolicyPack>) {
+        self.pack.store(Some(pack));
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Validates a batch whole against the schema and the data, commits it durably, then
+    /// makes it visible; returns the new revision. An invalid batch changes nothing.
+    pub fn write(&self, ops: Vec<WriteOp>) -> Result<u64, EngineError> {
+        let pack = self.pack().ok_or(EngineError::NotReady)?;
+        let storage = self.storage.get().ok_or(EngineError::NotReady)?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let prepared = {
+            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+            store.prepare(ops, &pack.schema)?
+        };
+        storage.apply(&prepared.changes)?;
+        let revision = prepared.revision();
+        self.store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .commit(prepared);
+        self.revision.send_replace(revision);
+        Ok(revision)
+    }
+
+    /// Waits until the store has reached `min` (0: no wait), for at most `deadline` (or the
+    /// configured maximum).
+    pub async fn wait_for_revision(
+        &self,
+        min: u64,
+        deadline: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        if min <= self.revision() {
+            return Ok(());
+        }
+        let waited = deadline.unwrap_or(self.limits.max_revision_wait);
+        let mut rx = self.revision.subscribe();
+        let reached = matches!(
+            tokio::time::timeout(waited, rx.wait_for(|r| *r >= min)).await,
+            Ok(Ok(_))
+        );
+        if reached {
+            return Ok(());
+        }
+        Err(EngineError::RevisionNotReached {
+            wanted: min,
+            current: self.revision(),
+            waited,
+        })
+    }
+
+    /// Streams a consistent snapshot of the durable store, chunk by chunk.
+    pub fn export(
+        &self,
+        chunk: usize,
+        visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
+    ) -> Result<(), EngineError> {
+        let storage = self.storage.get().ok_or(EngineError::NotReady)?;
+        storage.scan(chunk.max(1), visit)?;
+        Ok(())
+    }
+}
+
+/// Builds the in-memory index from durable storage, seeding an empty storage from a Cedar
+/// JSON entities file first (the seed is written durably, as revision 1).
+pub fn load_store(
+    storage: &dyn Storage,
+    pack: &PolicyPack,
+    seed: Option<&std::path::Path>,
+) -> Result<EntityStore, EngineError> {
+    let mut store = EntityStore::default();
+    let revision = storage.revision()?;
+    if revision == 0 {
+        if let Some(seed) = seed {
+            let prepared = store.prepare_file(seed, &pack.schema)?;
+            storage.apply(&prepared.changes)?;
+            store.commit(prepared);
+        }
+        return Ok(store);
+    }
+    let mut batch = Vec::new();
+    let mut failure = None;
+    storage.scan(10_000, &mut |_, chunk| {
+        for bytes in chunk {
+            let parsed = serde_json::from_slice(&bytes)
+                .map_err(|source| DataError::Json {
+                    what: "stored entity".into(),
+                    source,
+                })
+                .and_then(|v| parse_entity(v, &pack.schema, "stored entity"));
+            match parsed {
+                Ok(e) => batch.push(e),
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+        }
+        true
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let prepared = store.prepare_entities(batch)?.with_revision(revision);
+    store.commit(prepared);
+    Ok(store)
+}

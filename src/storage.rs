@@ -1,0 +1,166 @@
+//! Durable entity storage behind one small trait, so another backend (a shared PostgreSQL, say)
+//! can be added without touching the decision path. The default is redb, an embedded
+//! transactional database: every commit is synced before it returns.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// The entities table: canonical uid text -> the entity as written (Cedar JSON).
+const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
+/// Store metadata: `revision` -> u64.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+
+#[derive(Debug, thiserror::Error)]
+#[error("storage {path}: {message}")]
+pub struct StorageError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// One atomic change set: what to put, what to delete, and the revision it makes.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub revision: u64,
+    /// (uid text, entity JSON)
+    pub puts: Vec<(String, Vec<u8>)>,
+    /// uid texts
+    pub deletes: Vec<String>,
+}
+
+/// Durable storage of entities.
+pub trait Storage: Send + Sync {
+    /// The last committed revision (0 for an empty store).
+    fn revision(&self) -> Result<u64, StorageError>;
+    /// Applies a change set atomically and durably; returns only once it is synced.
+    fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError>;
+    /// Visits every entity of one consistent snapshot, in chunks, with that snapshot's
+    /// revision. The visitor returns false to stop.
+    fn scan(
+        &self,
+        chunk: usize,
+        visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
+    ) -> Result<(), StorageError>;
+    /// Reads some entities by uid text from the latest snapshot.
+    fn read(&self, uids: &[String]) -> Result<(u64, Vec<Option<Vec<u8>>>), StorageError>;
+}
+
+/// redb-backed storage: one file.
+pub struct RedbStorage {
+    path: PathBuf,
+    db: Database,
+}
+
+impl RedbStorage {
+    /// Opens (or creates) the database file, recovering from an unclean shutdown if needed.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let err = |e: &dyn std::fmt::Display| StorageError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        }
+        let db = Database::create(path).map_err(|e| err(&e))?;
+        let storage = RedbStorage {
+            path: path.to_path_buf(),
+            db,
+        };
+        // Create the tables so that readers never meet a missing table.
+        storage.apply(&ChangeSet {
+            revision: storage.revision()?,
+            ..Default::default()
+        })?;
+        Ok(storage)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StorageError {
+        StorageError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Storage for RedbStorage {
+    fn revision(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(self.err(e)),
+        };
+        let rev = meta.get(REVISION).map_err(|e| self.err(e))?;
+        Ok(rev.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        // Keeps recovery after a crash quick (no full scan of the allocator state).
+        txn.set_quick_repair(true);
+        {
+            let mut entities = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
+            for (uid, json) in &changes.puts {
+                entities
+                    .insert(uid.as_str(), json.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            for uid in &changes.deletes {
+                entities.remove(uid.as_str()).map_err(|e| self.err(e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(REVISION, changes.revision)
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn scan(
+        &self,
+        chunk: usize,
+        visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
+    ) -> Result<(), StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let revision = txn
+            .open_table(META)
+            .map_err(|e| self.err(e))?
+            .get(REVISION)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let table = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
+        let mut batch = Vec::with_capacity(chunk);
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            batch.push(v.value().to_vec());
+            if batch.len() >= chunk && !visit(revision, std::mem::take(&mut batch)) {
+                return Ok(());
+            }
+        }
+        if !batch.is_empty() {
+            visit(revision, batch);
+        }
+        Ok(())
+    }
+
+    fn read(&self, uids: &[String]) -> Result<(u64, Vec<Option<Vec<u8>>>), StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let revision = txn
+            .open_table(META)
+            .map_err(|e| self.err(e))?
+            .get(REVISION)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let table = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let v = table.get(uid.as_str()).map_err(|e| self.err(e))?;
+            out.push(v.map(|v| v.value().to_vec()));
+        }
+        Ok((revision, out))
+    }
+}
