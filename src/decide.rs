@@ -134,7 +134,7 @@ pub fn parse_overlay(
     }
     let value: Value = serde_json::from_str(entities_json)
         .map_err(|e| RequestError::new("entities_json", format!("invalid JSON: {e}")))?;
-    let batch = parse_entities(value, &pack.schema, "entities_json")
+    let batch = parse_entities(value, pack, "entities_json")
         .map_err(|e| RequestError::new("entities_json", e))?;
     store
         .overlay(batch)

@@ -134,7 +134,7 @@ impl Engine {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let prepared = {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-            store.prepare(ops, &pack.schema)?
+            store.prepare(ops, &pack)?
         };
         storage.apply(&prepared.changes)?;
         let revision = prepared.revision();
@@ -156,7 +156,10 @@ impl Engine {
         if min <= self.revision() {
             return Ok(());
         }
-        let waited = deadline.unwrap_or(self.limits.max_revision_wait);
+        // Answer a little before the caller's deadline, so the caller hears why.
+        let waited = deadline
+            .map(|d| d.saturating_sub(d / 10))
+            .unwrap_or(self.limits.max_revision_wait);
         let mut rx = self.revision.subscribe();
         let reached = matches!(
             tokio::time::timeout(waited, rx.wait_for(|r| *r >= min)).await,
@@ -195,7 +198,7 @@ pub fn load_store(
     let revision = storage.revision()?;
     if revision == 0 {
         if let Some(seed) = seed {
-            let prepared = store.prepare_file(seed, &pack.schema)?;
+            let prepared = store.prepare_file(seed, pack)?;
             storage.apply(&prepared.changes)?;
             store.commit(prepared);
         }
@@ -210,7 +213,7 @@ pub fn load_store(
                     what: "stored entity".into(),
                     source,
                 })
-                .and_then(|v| parse_entity(v, &pack.schema, "stored entity"));
+                .and_then(|v| parse_entity(v, pack, "stored entity"));
             match parsed {
                 Ok(e) => batch.push(e),
                 Err(e) => {

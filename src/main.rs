@@ -226,7 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             };
             let storage = RedbStorage::open(&db.db)?;
             let store = load_store(&storage, &pack, None)?;
-            let prepared = store.prepare_file(&file, &pack.schema)?;
+            let prepared = store.prepare_file(&file, &pack)?;
             let count = prepared.changes.puts.len();
             storage.apply(&prepared.changes)?;
             println!(
@@ -270,7 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             let Some(pack) = load_or_report(&spec)? else {
                 return Ok(ExitCode::from(1));
             };
-            let store = EntityStore::load_file(&entities, &pack.schema)?;
+            let store = EntityStore::load_file(&entities, &pack)?;
             let (pt, pid) = split_uid(&principal, "--principal")?;
             let (rt, rid) = split_uid(&resource, "--resource")?;
             let raw = RawRequest {

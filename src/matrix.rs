@@ -97,7 +97,7 @@ pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
         path: path.clone(),
         source: Box::new(source),
     })?;
-    let store = EntityStore::load_file(&dir.join(&spec.entities), &pack.schema)?;
+    let store = EntityStore::load_file(&dir.join(&spec.entities), pack)?;
 
     let mut out = String::new();
     out.push_str("# Effective permissions\n\n");

@@ -68,6 +68,8 @@ pub struct PolicyPack {
     pub version: String,
     actions: HashMap<EntityUid, ActionEntry>,
     entity_types: HashSet<EntityTypeName>,
+    /// The parent types each entity type declares (`entity User in [Role, ...]`), direct only.
+    parent_types: HashMap<EntityTypeName, HashSet<EntityTypeName>>,
 }
 
 impl PolicyPack {
@@ -172,6 +174,7 @@ impl PolicyPack {
         }
 
         let actions = index_actions(&schema, &policies, &schema_path)?;
+        let parent_types = declared_parent_types(&schema_text);
         let entity_types = schema.entity_types().cloned().collect();
         let digest = hasher.finalize();
         let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -183,6 +186,7 @@ impl PolicyPack {
             version,
             actions,
             entity_types,
+            parent_types,
         }))
     }
 
@@ -214,6 +218,14 @@ impl PolicyPack {
         all
     }
 
+    /// Whether the schema lets an entity of type `child` have a direct parent of type
+    /// `parent` (Cedar itself only checks transitive ancestor types).
+    pub fn allows_parent(&self, child: &EntityTypeName, parent: &EntityTypeName) -> bool {
+        self.parent_types
+            .get(child)
+            .is_some_and(|p| p.contains(parent))
+    }
+
     pub fn has_entity_type(&self, ty: &EntityTypeName) -> bool {
         self.entity_types.contains(ty)
     }
@@ -222,6 +234,43 @@ impl PolicyPack {
     pub fn action_type(&self) -> Option<&EntityTypeName> {
         self.actions.keys().next().map(EntityUid::type_name)
     }
+}
+
+/// The direct parent types each entity type declares, read from the schema's JSON form
+/// (`memberOfTypes`, relative to the type's namespace).
+fn declared_parent_types(schema_text: &str) -> HashMap<EntityTypeName, HashSet<EntityTypeName>> {
+    let mut out = HashMap::new();
+    let Ok((fragment, _)) = cedar_policy::SchemaFragment::from_cedarschema_str(schema_text) else {
+        return out;
+    };
+    let Ok(json) = fragment.to_json_value() else {
+        return out;
+    };
+    let qualify = |ns: &str, name: &str| -> Option<EntityTypeName> {
+        let full = if ns.is_empty() || name.contains("::") {
+            name.to_string()
+        } else {
+            format!("{ns}::{name}")
+        };
+        full.parse().ok()
+    };
+    for (ns, body) in json.as_object().into_iter().flatten() {
+        let types = body.get("entityTypes").and_then(|t| t.as_object());
+        for (name, def) in types.into_iter().flatten() {
+            let Some(ty) = qualify(ns, name) else {
+                continue;
+            };
+            let parents = def
+                .get("memberOfTypes")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().and_then(|p| qualify(ns, p)))
+                .collect();
+            out.insert(ty, parents);
+        }
+    }
+    out
 }
 
 /// Names of the overlays available in `dir/optional/`, sorted.

@@ -9,10 +9,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
-use cedar_policy::{Entity, EntityUid, Schema};
+use cedar_policy::{Entity, EntityUid};
 use serde_json::Value;
 
 use crate::error::{DataError, RequestError};
+use crate::policy::PolicyPack;
 use crate::storage::ChangeSet;
 
 /// One stored entity.
@@ -87,23 +88,58 @@ impl NewEntity {
     }
 }
 
-/// Parses one entity (Cedar JSON) and validates it against the schema.
-pub fn parse_entity(value: Value, schema: &Schema, what: &str) -> Result<NewEntity, DataError> {
+/// Parses one entity (Cedar JSON) and validates it against the schema. Errors name `what`,
+/// the entity, and Cedar's whole diagnostic chain.
+pub fn parse_entity(value: Value, pack: &PolicyPack, what: &str) -> Result<NewEntity, DataError> {
+    let schema = &pack.schema;
+    let label = match value.get("uid") {
+        Some(uid) => format!("{what} {uid}"),
+        None => what.to_string(),
+    };
     let entity = Entity::from_json_value(value, Some(schema)).map_err(|e| DataError::Invalid {
-        what: what.to_string(),
-        message: e.to_string(),
+        what: label.clone(),
+        message: error_chain(&e),
     })?;
     let json = entity
         .to_json_value()
-        .map_err(|source| DataError::entities(what, source))?;
+        .map_err(|source| DataError::entities(&label, source))?;
+    // Cedar checks ancestor types only once a transitive closure exists, and then against
+    // the closed set; the direct parents are checked against the declared `in` types here.
+    let ty = entity.uid().type_name().clone();
+    for parent in json_uids(json.get("parents")) {
+        if !pack.allows_parent(&ty, parent.type_name()) {
+            return Err(DataError::Invalid {
+                what: label,
+                message: format!(
+                    "parent {parent}: the schema does not allow a `{ty}` in a `{}`",
+                    parent.type_name()
+                ),
+            });
+        }
+    }
     Ok(NewEntity { entity, json })
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// Parses a Cedar JSON array of entities, validating each against the schema. `what` names
 /// the input in errors (`entities_json`, a file name); each error names the index and uid.
 pub fn parse_entities(
     value: Value,
-    schema: &Schema,
+    pack: &PolicyPack,
     what: &str,
 ) -> Result<Vec<NewEntity>, DataError> {
     let Value::Array(items) = value else {
@@ -115,11 +151,8 @@ pub fn parse_entities(
     let mut out = Vec::with_capacity(items.len());
     let mut seen = HashSet::new();
     for (i, item) in items.into_iter().enumerate() {
-        let label = match item.get("uid") {
-            Some(uid) => format!("{what}[{i}] ({uid})"),
-            None => format!("{what}[{i}]"),
-        };
-        let e = parse_entity(item, schema, &label)?;
+        let label = format!("{what}[{i}]");
+        let e = parse_entity(item, pack, &label)?;
         if !seen.insert(e.uid()) {
             return Err(DataError::Invalid {
                 what: label,
@@ -133,15 +166,15 @@ pub fn parse_entities(
 
 impl EntityStore {
     /// Loads a Cedar JSON entities file, validating every entity against the schema.
-    pub fn load_file(path: &Path, schema: &Schema) -> Result<Self, DataError> {
+    pub fn load_file(path: &Path, pack: &PolicyPack) -> Result<Self, DataError> {
         let mut store = EntityStore::default();
-        let prepared = store.prepare_file(path, schema)?;
+        let prepared = store.prepare_file(path, pack)?;
         store.commit(prepared);
         Ok(store)
     }
 
     /// Reads and validates a Cedar JSON entities file into one batch of upserts.
-    pub fn prepare_file(&self, path: &Path, schema: &Schema) -> Result<Prepared, DataError> {
+    pub fn prepare_file(&self, path: &Path, pack: &PolicyPack) -> Result<Prepared, DataError> {
         let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -151,7 +184,7 @@ impl EntityStore {
             what: what.clone(),
             source,
         })?;
-        let batch = parse_entities(value, schema, &what)?;
+        let batch = parse_entities(value, pack, &what)?;
         self.prepare_entities(batch)
     }
 
@@ -187,13 +220,13 @@ impl EntityStore {
 
     /// Validates a write batch against the schema and the current data, and computes
     /// everything it changes. An error names the operation (`ops[3]`) and the entity.
-    pub fn prepare(&self, ops: Vec<WriteOp>, schema: &Schema) -> Result<Prepared, RequestError> {
+    pub fn prepare(&self, ops: Vec<WriteOp>, pack: &PolicyPack) -> Result<Prepared, RequestError> {
         let mut working = Working::new(self);
         for (i, op) in ops.into_iter().enumerate() {
             let field = format!("ops[{i}]");
             match op {
                 WriteOp::Upsert(value) => {
-                    let e = parse_entity(value, schema, "upsert")
+                    let e = parse_entity(value, pack, "upsert")
                         .map_err(|e| RequestError::new(&field, e))?;
                     working.set(e.uid(), Some(e));
                 }
@@ -205,7 +238,7 @@ impl EntityStore {
                             format!("add_parent: parent {parent} does not exist"),
                         ));
                     }
-                    let e = working.edit_parents(&child, schema, |parents| {
+                    let e = working.edit_parents(&child, pack, |parents| {
                         if !parents.contains(&parent) {
                             parents.push(parent.clone());
                         }
@@ -217,7 +250,7 @@ impl EntityStore {
                 }
                 WriteOp::RemoveParent { child, parent } => {
                     let e = working
-                        .edit_parents(&child, schema, |parents| parents.retain(|p| p != &parent));
+                        .edit_parents(&child, pack, |parents| parents.retain(|p| p != &parent));
                     working.set(
                         child,
                         Some(e.map_err(|m| {
@@ -390,7 +423,7 @@ impl<'a> Working<'a> {
     fn edit_parents(
         &self,
         child: &EntityUid,
-        schema: &Schema,
+        pack: &PolicyPack,
         edit: impl FnOnce(&mut Vec<EntityUid>),
     ) -> Result<NewEntity, String> {
         let Some(json) = self.json(child) else {
@@ -400,7 +433,7 @@ impl<'a> Working<'a> {
         let mut parents = json_uids(json.get("parents"));
         edit(&mut parents);
         json["parents"] = Value::Array(parents.iter().map(uid_json).collect());
-        parse_entity(json, schema, &child.to_string()).map_err(|e| e.to_string())
+        parse_entity(json, pack, &child.to_string()).map_err(|e| e.to_string())
     }
 
     /// Recomputes every touched entity and every descendant of one.

@@ -334,7 +334,7 @@ pub fn run_cases(pack: &PolicyPack, cases: &[Case]) -> Result<Vec<CaseResult>, S
     let mut out = Vec::with_capacity(cases.len());
     for case in cases {
         if !stores.contains_key(&case.entities) {
-            let store = EntityStore::load_file(&case.entities, &pack.schema)?;
+            let store = EntityStore::load_file(&case.entities, pack)?;
             stores.insert(case.entities.clone(), store);
         }
         let store = &stores[&case.entities];

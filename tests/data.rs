@@ -1,0 +1,771 @@
+//! Durable entity data over real gRPC: writes and the decisions right after them, restarts,
+//! a SIGKILL in the middle of a write stream, atomic batches, torn-read freedom, the token.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blue_authz::grpc::pb::{
+    self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
+};
+use blue_authz::server::{self, Limits, Running};
+use common::{config, root, uid, TOKEN};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Adds `authorization: Bearer <token>` when it has one.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+async fn data_client(addr: std::net::SocketAddr, token: Option<&str>) -> EntityStoreClient<Authed> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let header = token.map(|t| format!("Bearer {t}").parse().unwrap());
+    EntityStoreClient::with_interceptor(channel, Bearer(header))
+}
+
+struct Node {
+    running: Running,
+    decisions: AuthorizerClient<Channel>,
+    data: EntityStoreClient<Authed>,
+}
+
+async fn node(dir: &std::path::Path) -> Node {
+    let running = server::start(config(dir, Limits::default())).await.unwrap();
+    running.load().await.unwrap();
+    let decisions = AuthorizerClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let data = data_client(running.data_addr.unwrap(), Some(TOKEN)).await;
+    Node {
+        running,
+        decisions,
+        data,
+    }
+}
+
+fn upsert(json: serde_json::Value) -> pb::WriteOp {
+    pb::WriteOp {
+        op: Some(pb::write_op::Op::UpsertJson(json.to_string())),
+    }
+}
+
+fn edge(add: bool, child: (&str, &str), parent: (&str, &str)) -> pb::WriteOp {
+    let e = pb::Edge {
+        child: uid(child.0, child.1),
+        parent: uid(parent.0, parent.1),
+    };
+    pb::WriteOp {
+        op: Some(if add {
+            pb::write_op::Op::AddParent(e)
+        } else {
+            pb::write_op::Op::RemoveParent(e)
+        }),
+    }
+}
+
+fn delete(ty: &str, id: &str) -> pb::WriteOp {
+    pb::WriteOp {
+        op: Some(pb::write_op::Op::Delete(uid(ty, id).unwrap())),
+    }
+}
+
+async fn write(data: &mut EntityStoreClient<Authed>, ops: Vec<pb::WriteOp>) -> u64 {
+    data.write_entities(pb::WriteEntitiesRequest { ops })
+        .await
+        .expect("write")
+        .into_inner()
+        .revision
+}
+
+fn ask(user: &str, action: &str, rtype: &str, rid: &str, context: &str) -> pb::IsAuthorizedRequest {
+    pb::IsAuthorizedRequest {
+        principal: uid("Blue::User", user),
+        action: uid("Blue::Action", action),
+        resource: uid(rtype, rid),
+        context_json: context.to_string(),
+        entities_json: String::new(),
+        min_revision: 0,
+    }
+}
+
+async fn allowed(
+    c: &mut AuthorizerClient<Channel>,
+    req: pb::IsAuthorizedRequest,
+    after: u64,
+) -> bool {
+    let r = c.is_authorized(req).await.unwrap().into_inner();
+    assert!(
+        r.revision >= after,
+        "decision at revision {} after write {after}",
+        r.revision
+    );
+    r.decision == pb::Decision::Allow as i32
+}
+
+const USER: &str = "Blue::User";
+const ROLE: &str = "Blue::Role";
+const GROUP: &str = "Blue::DashboardGroup";
+
+#[tokio::test]
+async fn decisions_follow_membership_and_sharing_writes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let project = |a| ask("newbie", a, "Blue::Project", "apollo", "");
+
+    // A new user, in no project yet.
+    let rev = write(
+        &mut n.data,
+        vec![upsert(serde_json::json!({
+            "uid": {"type": USER, "id": "newbie"}, "attrs": {}, "parents": []
+        }))],
+    )
+    .await;
+    assert!(!allowed(&mut n.decisions, project("viewProject"), rev).await);
+
+    // Grant: joins apollo as a member (one edge).
+    let rev2 = write(
+        &mut n.data,
+        vec![edge(true, (USER, "newbie"), (ROLE, "apollo/member"))],
+    )
+    .await;
+    assert!(rev2 > rev, "revisions are monotonic");
+    assert!(allowed(&mut n.decisions, project("editWiki"), rev2).await);
+    assert!(!allowed(&mut n.decisions, project("editProject"), rev2).await);
+
+    // Role change: member -> view, one call with two edge operations.
+    let rev3 = write(
+        &mut n.data,
+        vec![
+            edge(false, (USER, "newbie"), (ROLE, "apollo/member")),
+            edge(true, (USER, "newbie"), (ROLE, "apollo/view")),
+        ],
+    )
+    .await;
+    assert!(!allowed(&mut n.decisions, project("editWiki"), rev3).await);
+    assert!(allowed(&mut n.decisions, project("viewProject"), rev3).await);
+
+    // Removed: everything denied.
+    let rev4 = write(
+        &mut n.data,
+        vec![edge(false, (USER, "newbie"), (ROLE, "apollo/view"))],
+    )
+    .await;
+    let list = n
+        .decisions
+        .list_allowed_actions(pb::ListAllowedActionsRequest {
+            principal: uid(USER, "newbie"),
+            resource: uid("Blue::Project", "apollo"),
+            min_revision: rev4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.allowed.is_empty(), "{list:?}");
+    assert!(list.revision >= rev4);
+
+    // Share a dashboard (newbie joins acme first: dashboards stay in their company).
+    let dash = || {
+        ask(
+            "newbie",
+            "viewDashboard",
+            "Blue::Dashboard",
+            "acme-kpis",
+            "",
+        )
+    };
+    let rev5 = write(
+        &mut n.data,
+        vec![edge(true, (USER, "newbie"), (ROLE, "acme/view"))],
+    )
+    .await;
+    assert!(!allowed(&mut n.decisions, dash(), rev5).await);
+    let rev6 = write(
+        &mut n.data,
+        vec![edge(true, (USER, "newbie"), (GROUP, "acme-kpis/viewers"))],
+    )
+    .await;
+    assert!(allowed(&mut n.decisions, dash(), rev6).await);
+    // Revoke.
+    let rev7 = write(
+        &mut n.data,
+        vec![edge(false, (USER, "newbie"), (GROUP, "acme-kpis/viewers"))],
+    )
+    .await;
+    assert!(!allowed(&mut n.decisions, dash(), rev7).await);
+    n.running.shutdown().await.unwrap();
+}
+
+/// Every default suite case, decided in one batch: the decisions and the revision.
+async fn all_decisions(c: &mut AuthorizerClient<Channel>) -> (Vec<(i32, Vec<String>)>, u64) {
+    let suites = blue_authz::suite::load_suites(&root().join("policies/tests")).unwrap();
+    let cases = blue_authz::suite::effective_cases(&suites, &[]);
+    let requests = cases
+        .iter()
+        .map(|c| {
+            ask(
+                c.principal.id().unescaped(),
+                &c.action,
+                &c.resource.type_name().to_string(),
+                c.resource.id().unescaped(),
+                &c.context.to_string(),
+            )
+        })
+        .collect();
+    let r = c
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest {
+            requests,
+            min_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        r.responses
+            .into_iter()
+            .map(|r| (r.decision, r.determining_policies))
+            .collect(),
+        r.revision,
+    )
+}
+
+#[tokio::test]
+async fn a_restart_keeps_every_write_and_every_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let rev = write(&mut n.data, vec![
+        upsert(serde_json::json!({"uid": {"type": USER, "id": "newbie"}, "attrs": {}, "parents": [{"type": ROLE, "id": "apollo/client"}]})),
+        edge(false, (USER, "max"), (ROLE, "apollo/member")),
+        edge(true, (USER, "max"), (ROLE, "apollo/admin")),
+        delete("Blue::Record", "apollo-by-vic"),
+    ]).await;
+    let before = all_decisions(&mut n.decisions).await;
+    assert_eq!(before.1, rev);
+    let export_before = export(&mut n.data).await;
+    n.running.shutdown().await.unwrap();
+
+    let mut n = node(dir.path()).await; // same database; the seed is not applied again
+    let after = all_decisions(&mut n.decisions).await;
+    assert_eq!(before, after);
+    assert_eq!(export_before, export(&mut n.data).await);
+    assert!(
+        allowed(
+            &mut n.decisions,
+            ask("max", "editProject", "Blue::Project", "apollo", ""),
+            rev
+        )
+        .await
+    );
+    assert!(
+        allowed(
+            &mut n.decisions,
+            ask("newbie", "createRecord", "Blue::Project", "apollo", ""),
+            rev
+        )
+        .await
+    );
+    let read = n
+        .data
+        .read_entities(pb::ReadEntitiesRequest {
+            uids: vec![
+                uid(USER, "newbie").unwrap(),
+                uid("Blue::Record", "apollo-by-vic").unwrap(),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        read.missing,
+        vec![uid("Blue::Record", "apollo-by-vic").unwrap()]
+    );
+    assert!(read.entities_json.contains("newbie"));
+    n.running.shutdown().await.unwrap();
+}
+
+/// The whole store through the streamed export: uid text -> entity JSON.
+async fn export(
+    data: &mut EntityStoreClient<Authed>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut stream = data
+        .export_entities(pb::ExportEntitiesRequest { chunk_size: 7 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = std::collections::BTreeMap::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        chunks += 1;
+        let items: Vec<serde_json::Value> = serde_json::from_str(&chunk.entities_json).unwrap();
+        for item in items {
+            out.insert(item["uid"].to_string(), item);
+        }
+    }
+    assert!(chunks > 1, "streamed in chunks");
+    out
+}
+
+#[tokio::test]
+async fn an_invalid_batch_is_rejected_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let (_, rev) = all_decisions(&mut n.decisions).await;
+    let err = n.data.write_entities(pb::WriteEntitiesRequest { ops: vec![
+        upsert(serde_json::json!({"uid": {"type": USER, "id": "ghost"}, "attrs": {}, "parents": []})),
+        edge(true, (USER, "cora"), (ROLE, "apollo/admin")),
+        // Schema violation: a record without its creator.
+        upsert(serde_json::json!({"uid": {"type": "Blue::Record", "id": "broken"}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}}, "parents": []})),
+    ]}).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("ops[2]"), "{}", err.message());
+    assert!(
+        err.message().contains("broken"),
+        "names the entity: {}",
+        err.message()
+    );
+    let (_, rev_after) = all_decisions(&mut n.decisions).await;
+    assert_eq!(rev_after, rev, "the revision does not move");
+    assert!(
+        !allowed(
+            &mut n.decisions,
+            ask("cora", "editProject", "Blue::Project", "apollo", ""),
+            0
+        )
+        .await
+    );
+    let read = n
+        .data
+        .read_entities(pb::ReadEntitiesRequest {
+            uids: vec![uid(USER, "ghost").unwrap()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.missing.len(), 1, "nothing of the batch is visible");
+    assert_eq!(read.revision, rev);
+
+    // Other invalid operations name their index too.
+    for (ops, field) in [
+        (
+            vec![edge(true, (USER, "nobody"), (ROLE, "apollo/view"))],
+            "ops[0]",
+        ),
+        (
+            vec![edge(true, (USER, "cora"), (ROLE, "apollo/no-such-role"))],
+            "ops[0]",
+        ),
+        (
+            vec![
+                delete(USER, "x"),
+                edge(true, (USER, "cora"), ("Blue::Project", "apollo")),
+            ],
+            "ops[1]",
+        ),
+        (
+            vec![pb::WriteOp {
+                op: Some(pb::write_op::Op::UpsertJson("{".into())),
+            }],
+            "ops[0].upsert_json",
+        ),
+        (vec![pb::WriteOp { op: None }], "ops[0]"),
+    ] {
+        let err = n
+            .data
+            .write_entities(pb::WriteEntitiesRequest { ops })
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(all_decisions(&mut n.decisions).await.1, rev);
+    n.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_data_service_needs_the_token_and_its_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let data_addr = n.running.data_addr.unwrap();
+    let ops = || vec![edge(true, (USER, "vic"), (ROLE, "apollo/admin"))];
+    for token in [None, Some("wrong"), Some("")] {
+        let mut c = data_client(data_addr, token).await;
+        let err = c
+            .write_entities(pb::WriteEntitiesRequest { ops: ops() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
+        let err = c
+            .read_entities(pb::ReadEntitiesRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    assert!(
+        !allowed(
+            &mut n.decisions,
+            ask("vic", "editProject", "Blue::Project", "apollo", ""),
+            0
+        )
+        .await,
+        "store unchanged"
+    );
+    assert_eq!(
+        all_decisions(&mut n.decisions).await.1,
+        1,
+        "revision unchanged (the seed is 1)"
+    );
+    // The decision listener does not serve the data service, even with the token.
+    let mut c = data_client(n.running.addr, Some(TOKEN)).await;
+    let err = c
+        .write_entities(pb::WriteEntitiesRequest { ops: ops() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    n.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn min_revision_waits_for_the_revision_or_fails_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let rev = all_decisions(&mut n.decisions).await.1;
+    let mut req = Request::new(pb::IsAuthorizedRequest {
+        min_revision: rev + 1,
+        ..ask("ada", "viewProject", "Blue::Project", "apollo", "")
+    });
+    req.set_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let err = n.decisions.is_authorized(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    // A waiting call is answered as soon as a write reaches its revision.
+    let mut waiter = n.decisions.clone();
+    let pending = tokio::spawn(async move {
+        let mut req = Request::new(pb::IsAuthorizedRequest {
+            min_revision: rev + 1,
+            ..ask("newbie", "viewProject", "Blue::Project", "apollo", "")
+        });
+        req.set_timeout(Duration::from_secs(5));
+        waiter.is_authorized(req).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    write(&mut n.data, vec![upsert(serde_json::json!({"uid": {"type": USER, "id": "newbie"}, "attrs": {}, "parents": [{"type": ROLE, "id": "apollo/view"}]}))]).await;
+    let r = pending.await.unwrap().unwrap().into_inner();
+    assert_eq!(r.decision, pb::Decision::Allow as i32);
+    assert_eq!(r.revision, rev + 1);
+    n.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_decision_ever_sees_half_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path()).await;
+    // pat holds exactly one role in apollo at every revision; a torn read of a role change
+    // (old edge removed, new not yet added) would deny viewProject.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    {
+        let mut data = n.data.clone();
+        let (stop, writes) = (stop.clone(), writes.clone());
+        writers.push(tokio::spawn(async move {
+            let roles = [
+                "apollo/member",
+                "apollo/view",
+                "apollo/admin",
+                "apollo/comment",
+            ];
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (from, to) = (roles[i % 4], roles[(i + 1) % 4]);
+                write(
+                    &mut data,
+                    vec![
+                        edge(false, (USER, "pat"), (ROLE, from)),
+                        edge(true, (USER, "pat"), (ROLE, to)),
+                    ],
+                )
+                .await;
+                writes.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    {
+        // Records come and go in pairs: both exist or neither.
+        let mut data = n.data.clone();
+        let (stop, writes) = (stop.clone(), writes.clone());
+        writers.push(tokio::spawn(async move {
+            let rec = |id: &str| serde_json::json!({"uid": {"type": "Blue::Record", "id": id}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}, "creator": {"type": USER, "id": "pat"}}, "parents": []});
+            let mut present = false;
+            while !stop.load(Ordering::Relaxed) {
+                let ops = if present {
+                    vec![delete("Blue::Record", "pair-a"), delete("Blue::Record", "pair-b")]
+                } else {
+                    vec![upsert(rec("pair-a")), upsert(rec("pair-b"))]
+                };
+                write(&mut data, ops).await;
+                writes.fetch_add(1, Ordering::Relaxed);
+                present = !present;
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut c = n.decisions.clone();
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut checked = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .batch_is_authorized(pb::BatchIsAuthorizedRequest {
+                        requests: vec![
+                            ask("pat", "viewProject", "Blue::Project", "apollo", ""),
+                            ask("ada", "deleteRecord", "Blue::Record", "pair-a", ""),
+                            ask("ada", "deleteRecord", "Blue::Record", "pair-b", ""),
+                        ],
+                        min_revision: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let d: Vec<bool> = r
+                    .responses
+                    .iter()
+                    .map(|x| x.decision == pb::Decision::Allow as i32)
+                    .collect();
+                assert!(d[0], "pat had no role at revision {}", r.revision);
+                assert_eq!(d[1], d[2], "half a record pair at revision {}", r.revision);
+                checked += 1;
+            }
+            checked
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut checked = 0;
+    for r in readers {
+        checked += r.await.unwrap();
+    }
+    let writes = writes.load(Ordering::Relaxed);
+    println!("{writes} writes, {checked} consistent reads");
+    assert!(
+        writes > 20 && checked > 100,
+        "{writes} writes, {checked} reads"
+    );
+    n.running.shutdown().await.unwrap();
+}
+
+/// Starts the real binary and returns it with its decision and data addresses.
+fn spawn_binary(dir: &std::path::Path) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+        .args([
+            "--policies",
+            root().join("policies").to_str().unwrap(),
+            "serve",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
+        .args(["--db", dir.join("crash.redb").to_str().unwrap()])
+        .args([
+            "--seed",
+            root().join("policies/tests/fixture.json").to_str().unwrap(),
+        ])
+        .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
+        .env("BLUE_AUTHZ_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr_of = |line: &str| -> Option<std::net::SocketAddr> {
+        let at = line.find("addr=")? + 5;
+        line[at..].split_whitespace().next()?.parse().ok()
+    };
+    let (mut decisions, mut data, mut serving) = (None, None, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(serving && decisions.is_some() && data.is_some()) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server start-up log");
+        if line.contains("decision service listening") {
+            decisions = addr_of(&line);
+        } else if line.contains("data service listening") {
+            data = addr_of(&line);
+        } else if line.contains("serving") {
+            serving = true;
+        }
+    }
+    (child, decisions.unwrap(), data.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_no_acknowledged_write_and_no_half_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _, data_addr) = spawn_binary(dir.path());
+    let acked = Arc::new(AtomicU64::new(0));
+    let attempted = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (acked, attempted) = (acked.clone(), attempted.clone());
+        tokio::spawn(async move {
+            let mut data = data_client(data_addr, Some(TOKEN)).await;
+            let rec = |id: String| {
+                upsert(
+                    serde_json::json!({"uid": {"type": "Blue::Record", "id": id}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}, "creator": {"type": USER, "id": "pat"}}, "parents": []}),
+                )
+            };
+            for i in 1u64.. {
+                attempted.store(i, Ordering::SeqCst);
+                let ops = vec![rec(format!("crash-{i}-a")), rec(format!("crash-{i}-b"))];
+                match data.write_entities(pb::WriteEntitiesRequest { ops }).await {
+                    Ok(_) => acked.store(i, Ordering::SeqCst),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    // Kill it while writes stream.
+    while acked.load(Ordering::SeqCst) < 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    writer.await.unwrap();
+    let acked = acked.load(Ordering::SeqCst);
+    let attempted = attempted.load(Ordering::SeqCst);
+
+    let (mut child, _, data_addr) = spawn_binary(dir.path());
+    let mut data = data_client(data_addr, Some(TOKEN)).await;
+    let uids: Vec<pb::EntityUid> = (1..=attempted + 1)
+        .flat_map(|i| ["a", "b"].map(|s| uid("Blue::Record", &format!("crash-{i}-{s}")).unwrap()))
+        .collect();
+    let read = data
+        .read_entities(pb::ReadEntitiesRequest { uids })
+        .await
+        .unwrap()
+        .into_inner();
+    let missing: std::collections::HashSet<String> =
+        read.missing.iter().map(|u| u.id.clone()).collect();
+    for i in 1..=attempted + 1 {
+        let (a, b) = (
+            !missing.contains(&format!("crash-{i}-a")),
+            !missing.contains(&format!("crash-{i}-b")),
+        );
+        assert_eq!(a, b, "half of batch {i} survived");
+        if i <= acked {
+            assert!(a, "acknowledged batch {i} was lost (acked up to {acked})");
+        }
+    }
+    println!(
+        "acknowledged {acked} batches, attempted {attempted}; all acknowledged found after SIGKILL"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn import_and_export_commands_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.redb");
+    let bin = env!("CARGO_BIN_EXE_blue-authz");
+    let policies = root().join("policies");
+    let fixture = root().join("policies/tests/fixture.json");
+    let out = Command::new(bin)
+        .args([
+            "--policies",
+            policies.to_str().unwrap(),
+            "import",
+            fixture.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin)
+        .args(["export", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let original: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+    assert_eq!(exported.len(), original.len());
+    let ids = |v: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        v.iter().map(|e| e["uid"]["id"].to_string()).collect()
+    };
+    assert_eq!(ids(&exported), ids(&original));
+    // An invalid file is refused and changes nothing.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"uid": {"type": "Blue::Record", "id": "r"}, "attrs": {}, "parents": []}]"#,
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args([
+            "--policies",
+            policies.to_str().unwrap(),
+            "import",
+            bad.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.json[0]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin)
+        .args(["export", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let again: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again.len(), original.len());
+}
