@@ -42,8 +42,6 @@ pub trait Storage: Send + Sync {
         chunk: usize,
         visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
     ) -> Result<(), StorageError>;
-    /// Reads some entities by uid text from the latest snapshot.
-    fn read(&self, uids: &[String]) -> Result<(u64, Vec<Option<Vec<u8>>>), StorageError>;
 }
 
 /// redb-backed storage: one file.
@@ -144,23 +142,5 @@ impl Storage for RedbStorage {
             visit(revision, batch);
         }
         Ok(())
-    }
-
-    fn read(&self, uids: &[String]) -> Result<(u64, Vec<Option<Vec<u8>>>), StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let revision = txn
-            .open_table(META)
-            .map_err(|e| self.err(e))?
-            .get(REVISION)
-            .map_err(|e| self.err(e))?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let table = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(uids.len());
-        for uid in uids {
-            let v = table.get(uid.as_str()).map_err(|e| self.err(e))?;
-            out.push(v.map(|v| v.value().to_vec()));
-        }
-        Ok((revision, out))
     }
 }
