@@ -298,6 +298,7 @@ fn serve(spec: PackSpec, args: ServeArgs) -> Result<ExitCode, AnyError> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = ServeConfig {
         listen: args.listen,
