@@ -68,18 +68,16 @@ pub struct Engine {
     pub limits: Limits,
 }
 
-/// A consistent view for one call: the pack it started with and the store.
+/// A consistent view for one call: the store, read-locked (a write becomes visible all at
+/// once, never half), and the pack that goes with it.
 pub struct Live<'a> {
     pub pack: Arc<PolicyPack>,
-    store: &'a RwLock<EntityStore>,
+    store: RwLockReadGuard<'a, EntityStore>,
 }
 
 impl Live<'_> {
-    /// The store, read-locked: a write becomes visible all at once, never half.
-    pub fn store(&self) -> RwLockReadGuard<'_, EntityStore> {
-        // Commits cannot fail halfway (see `EntityStore::commit`), so a poisoned lock still
-        // guards consistent data.
-        self.store.read().unwrap_or_else(|e| e.into_inner())
+    pub fn store(&self) -> &EntityStore {
+        &self.store
     }
 }
 
@@ -97,11 +95,17 @@ impl Engine {
 
     /// The live state, or None until a validated pack and the data are loaded.
     pub fn live(&self) -> Option<Live<'_>> {
+        // The store lock first: a reload that rebuilds the store swaps the pack while holding
+        // the write lock, so store and pack always match.
+        let store = self.read_store();
         let pack = self.pack.load_full()?;
-        Some(Live {
-            pack,
-            store: &self.store,
-        })
+        Some(Live { pack, store })
+    }
+
+    fn read_store(&self) -> RwLockReadGuard<'_, EntityStore> {
+        // Commits cannot fail halfway (see `EntityStore::commit`), so a poisoned lock still
+        // guards consistent data.
+        self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn pack(&self) -> Option<Arc<PolicyPack>> {
@@ -117,9 +121,27 @@ impl Engine {
         self.pack.store(Some(pack));
     }
 
-    /// Replaces the live policy pack (calls in flight finish on the one they started with).
-    pub fn swap_pack(&self, pack: Arc<PolicyPack>) {
+    /// Replaces the live policy pack; calls in flight finish on the one they started with.
+    /// When the schema changed, the entity index is first rebuilt under the new schema, and a
+    /// stored entity that no longer conforms rejects the swap.
+    pub fn swap_pack_checked(&self, pack: Arc<PolicyPack>) -> Result<(), Vec<String>> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let schema_changed = self
+            .pack()
+            .is_some_and(|live| live.schema_version != pack.schema_version);
+        if !schema_changed {
+            self.pack.store(Some(pack));
+            return Ok(());
+        }
+        let rebuilt = self.read_store().rebuild(&pack).map_err(|e| {
+            vec![format!(
+                "the stored entities do not conform to the candidate schema: {e}"
+            )]
+        })?;
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        *store = rebuilt;
         self.pack.store(Some(pack));
+        Ok(())
     }
 
     pub fn revision(&self) -> u64 {
@@ -132,10 +154,7 @@ impl Engine {
         let pack = self.pack().ok_or(EngineError::NotReady)?;
         let storage = self.storage.get().ok_or(EngineError::NotReady)?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let prepared = {
-            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-            store.prepare(ops, &pack)?
-        };
+        let prepared = self.read_store().prepare(ops, &pack)?;
         storage.apply(&prepared.changes)?;
         let revision = prepared.revision();
         self.store

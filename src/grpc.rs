@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::decide::{self, ActionOutcome, Decision, RawRequest, UidRef};
 use crate::engine::{Engine, EngineError};
 use crate::error::RequestError;
+use crate::reload::Reloader;
 use crate::store::{json_uid, WriteOp};
 
 /// Generated code for `blue.authz.v1`.
@@ -140,8 +141,8 @@ impl AuthorizerService {
     ) -> Result<pb::IsAuthorizedResponse, ServiceError> {
         let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
-        let checked = decide::check(&live.pack, &store, &raw(req)?)?;
-        let d = decide::decide(&live.pack, &store, &checked, self.engine.limits.slice_depth);
+        let checked = decide::check(&live.pack, store, &raw(req)?)?;
+        let d = decide::decide(&live.pack, store, &checked, self.engine.limits.slice_depth);
         Ok(response(d, &live.pack.version, store.revision()))
     }
 
@@ -155,14 +156,14 @@ impl AuthorizerService {
         for (i, r) in req.requests.iter().enumerate() {
             let within = |e: RequestError| e.within(&format!("requests[{i}]"));
             let raw = raw(r).map_err(within)?;
-            checked.push(decide::check(&live.pack, &store, &raw).map_err(within)?);
+            checked.push(decide::check(&live.pack, store, &raw).map_err(within)?);
         }
         let depth = self.engine.limits.slice_depth;
         let revision = store.revision();
         let responses = checked
             .iter()
             .map(|c| {
-                let d = decide::decide(&live.pack, &store, c, depth);
+                let d = decide::decide(&live.pack, store, c, depth);
                 response(d, &live.pack.version, revision)
             })
             .collect();
@@ -185,7 +186,7 @@ impl AuthorizerService {
         let resource = decide::parse_uid(&live.pack, resource, "resource")?;
         let outcomes = decide::list_allowed(
             &live.pack,
-            &store,
+            store,
             &principal,
             &resource,
             &req.context_json,
@@ -443,5 +444,39 @@ impl EntityStoreRpc for EntityStoreService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// The `Policies` service: which policy set is live, and why the last candidate was rejected.
+pub struct PoliciesService {
+    reloader: Arc<Reloader>,
+}
+
+impl PoliciesService {
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        PoliciesService { reloader }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::policies_server::Policies for PoliciesService {
+    async fn get_policy_status(
+        &self,
+        _request: Request<pb::GetPolicyStatusRequest>,
+    ) -> Result<Response<pb::PolicyStatus>, Status> {
+        let s = self.reloader.status();
+        Ok(Response::new(pb::PolicyStatus {
+            live_version: s.live_version,
+            live_overlays: s.live_overlays,
+            live_policies: s.live_policies as u32,
+            live_since_unix_ms: s.live_since_unix_ms,
+            reloads_accepted: s.accepted,
+            reloads_rejected: s.rejected,
+            last_rejection: s.last_rejection.map(|r| pb::PolicyRejection {
+                at_unix_ms: r.at_unix_ms,
+                candidate_version: r.candidate_version.unwrap_or_default(),
+                reasons: r.reasons,
+            }),
+        }))
     }
 }

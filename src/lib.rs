@@ -7,12 +7,14 @@
 //! - decision path: [`decide`] (plain Rust request in, decision with explanation out);
 //! - transport: [`grpc`] (proto types stop there) and [`server`].
 
+pub mod config;
 pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod matrix;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod storage;
 pub mod store;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blue_authz::config;
 use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
 use blue_authz::engine::load_store;
 use blue_authz::error::LoadError;
@@ -14,7 +15,8 @@ use blue_authz::server::{self, Limits, ServeConfig, ServeError};
 use blue_authz::storage::{RedbStorage, Storage};
 use blue_authz::store::EntityStore;
 use blue_authz::suite;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write as _;
 
 #[derive(Parser)]
@@ -26,6 +28,9 @@ use std::io::Write as _;
 struct Cli {
     #[command(flatten)]
     pack: PackArgs,
+    /// Configuration file (TOML) for `serve`; flags and environment variables win over it.
+    #[arg(long, global = true, env = "BLUE_AUTHZ_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -126,6 +131,10 @@ struct ServeArgs {
     /// Longest wait for a request's min_revision when the call sets no deadline, in ms.
     #[arg(long, env = "BLUE_AUTHZ_MAX_REVISION_WAIT_MS", default_value_t = 5000)]
     max_revision_wait_ms: u64,
+    /// Watch the policy directory and the config file, and reload on changes (SIGHUP reloads
+    /// too).
+    #[arg(long, env = "BLUE_AUTHZ_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    watch: bool,
     /// Attribute hops a per-request entity slice follows from the request's entities.
     #[arg(long, env = "BLUE_AUTHZ_SLICE_DEPTH", default_value_t = DEFAULT_SLICE_DEPTH)]
     slice_depth: usize,
@@ -145,8 +154,12 @@ struct DbArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -157,10 +170,13 @@ fn main() -> ExitCode {
 
 type AnyError = Box<dyn std::error::Error>;
 
-fn run(cli: Cli) -> Result<ExitCode, AnyError> {
+fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
     let spec = cli.pack.spec();
     match cli.command {
-        Command::Serve(args) => serve(spec, args),
+        Command::Serve(args) => {
+            let sub = matches.subcommand_matches("serve").unwrap_or(matches);
+            serve(cli.pack, cli.config, args, sub)
+        }
         Command::Validate => {
             let Some(pack) = load_or_report(&spec)? else {
                 return Ok(ExitCode::from(1));
@@ -291,7 +307,55 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     }
 }
 
-fn serve(spec: PackSpec, args: ServeArgs) -> Result<ExitCode, AnyError> {
+/// Whether a setting was given by flag or environment (and so wins over the config file).
+fn set_by_user(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+fn serve(
+    mut pack: PackArgs,
+    config_file: Option<PathBuf>,
+    mut args: ServeArgs,
+    m: &ArgMatches,
+) -> Result<ExitCode, AnyError> {
+    let file = match &config_file {
+        Some(path) => config::read(path)?,
+        None => config::FileConfig::default(),
+    };
+    macro_rules! from_file {
+        ($id:literal, $target:expr, $value:expr) => {
+            if !set_by_user(m, $id) {
+                if let Some(v) = $value {
+                    $target = v;
+                }
+            }
+        };
+    }
+    from_file!("policies", pack.policies, file.policies);
+    from_file!("overlays", pack.overlays, file.overlays.clone());
+    from_file!("listen", args.listen, file.listen);
+    from_file!("db", args.db.db, file.db);
+    from_file!("seed", args.seed, file.seed);
+    from_file!("data_listen", args.data_listen, file.data_listen);
+    from_file!("data_token", args.data_token, file.data_token.map(Some));
+    from_file!("slice_depth", args.slice_depth, file.slice_depth);
+    from_file!("max_batch", args.max_batch, file.max_batch);
+    from_file!(
+        "max_message_bytes",
+        args.max_message_bytes,
+        file.max_message_bytes
+    );
+    from_file!(
+        "max_revision_wait_ms",
+        args.max_revision_wait_ms,
+        file.max_revision_wait_ms
+    );
+    from_file!("watch", args.watch, file.watch);
+    let overlays_fixed = config_file.is_none() || set_by_user(m, "overlays");
+    let spec = pack.spec();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BLUE_AUTHZ_LOG")
@@ -313,10 +377,13 @@ fn serve(spec: PackSpec, args: ServeArgs) -> Result<ExitCode, AnyError> {
             max_message_bytes: args.max_message_bytes,
             max_revision_wait: std::time::Duration::from_millis(args.max_revision_wait_ms),
         },
+        watch: args.watch,
+        config_file,
+        overlays_fixed,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let running = server::start(config).await?;
+        let mut running = server::start(config).await?;
         if let Err(e) = running.load().await {
             match &e {
                 ServeError::Load(LoadError::Invalid(diags)) => {
@@ -333,6 +400,7 @@ fn serve(spec: PackSpec, args: ServeArgs) -> Result<ExitCode, AnyError> {
             running.shutdown().await?;
             return Ok(ExitCode::from(1));
         }
+        server::reload_on_sighup(&running);
         tracing::info!(addr = %running.addr, "serving");
         server::shutdown_signal().await;
         running.shutdown().await?;

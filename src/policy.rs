@@ -66,6 +66,8 @@ pub struct PolicyPack {
     pub origin: BTreeMap<String, PathBuf>,
     /// Content hash of the schema, the policy files and the enabled overlays.
     pub version: String,
+    /// Content hash of the schema alone (entities validated under it stay valid while it holds).
+    pub schema_version: String,
     actions: HashMap<EntityUid, ActionEntry>,
     entity_types: HashSet<EntityTypeName>,
     /// The parent types each entity type declares (`entity User in [Role, ...]`), direct only.
@@ -84,6 +86,7 @@ impl PolicyPack {
         let schema_text = read(&schema_path)?;
         hasher.update(SCHEMA_FILE.as_bytes());
         hasher.update(schema_text.as_bytes());
+        let schema_version = hex8(&Sha256::digest(schema_text.as_bytes()));
         let schema = match Schema::from_cedarschema_str(&schema_text) {
             Ok((schema, warnings)) => {
                 for w in warnings {
@@ -176,14 +179,14 @@ impl PolicyPack {
         let actions = index_actions(&schema, &policies, &schema_path)?;
         let parent_types = declared_parent_types(&schema_text);
         let entity_types = schema.entity_types().cloned().collect();
-        let digest = hasher.finalize();
-        let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let version = hex8(&hasher.finalize());
         Ok(Arc::new(PolicyPack {
             spec: spec.clone(),
             schema,
             policies,
             origin,
             version,
+            schema_version,
             actions,
             entity_types,
             parent_types,
@@ -234,6 +237,11 @@ impl PolicyPack {
     pub fn action_type(&self) -> Option<&EntityTypeName> {
         self.actions.keys().next().map(EntityUid::type_name)
     }
+}
+
+/// The first 8 bytes of a digest, in hex.
+fn hex8(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The direct parent types each entity type declares, read from the schema's JSON form

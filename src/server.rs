@@ -17,13 +17,17 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::config;
 pub use crate::engine::Limits;
 use crate::engine::{load_store, Engine, EngineError};
 use crate::error::LoadError;
 use crate::grpc::pb::authorizer_server::AuthorizerServer;
 use crate::grpc::pb::entity_store_server::EntityStoreServer;
+use crate::grpc::pb::policies_server::PoliciesServer;
+use crate::grpc::PoliciesService;
 use crate::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService};
 use crate::policy::{PackSpec, PolicyPack};
+use crate::reload::{self, Reloader, SpecSource};
 use crate::storage::{RedbStorage, Storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Config(String),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -61,6 +67,12 @@ pub struct ServeConfig {
     /// Bearer token the data service requires. None: no data service.
     pub data_token: Option<String>,
     pub limits: Limits,
+    /// Watch the policy directory (and the config file) and reload on changes.
+    pub watch: bool,
+    /// The configuration file, read again on every reload for `overlays`.
+    pub config_file: Option<PathBuf>,
+    /// The overlays were set by flag or environment: the file's do not apply.
+    pub overlays_fixed: bool,
 }
 
 impl ServeConfig {
@@ -74,6 +86,28 @@ impl ServeConfig {
             data_listen: ([127, 0, 0, 1], 50052).into(),
             data_token: None,
             limits: Limits::default(),
+            watch: true,
+            config_file: None,
+            overlays_fixed: true,
+        }
+    }
+
+    /// Where reloads take the pack spec from: fixed, or with the overlays read from the
+    /// configuration file each time.
+    fn spec_source(&self) -> SpecSource {
+        let spec = self.pack.clone();
+        match (&self.config_file, self.overlays_fixed) {
+            (Some(file), false) => {
+                let file = file.clone();
+                Box::new(move || {
+                    let overlays = config::read(&file)
+                        .map_err(|e| e.to_string())?
+                        .overlays
+                        .unwrap_or_default();
+                    Ok(PackSpec::new(&spec.dir, &overlays))
+                })
+            }
+            _ => Box::new(move || Ok(spec.clone())),
         }
     }
 }
@@ -85,11 +119,17 @@ pub struct Running {
     /// The data service's address as bound, if it runs.
     pub data_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
+    pub reloader: Arc<Reloader>,
+    watcher: Option<notify::RecommendedWatcher>,
     config: ServeConfig,
     health: HealthReporter,
     shutdown: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
+
+/// How long the policy directory must be quiet after a change before a reload starts, so that
+/// an editor's burst of writes makes one candidate.
+pub const RELOAD_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The name the health service reports the decision service under.
 pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";
@@ -109,6 +149,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let engine = Arc::new(Engine::new(config.limits));
+    let reloader = Reloader::new(engine.clone(), config.spec_source());
     // tonic refuses anything over twice our limit itself; between the two, the handlers
     // answer INVALID_ARGUMENT naming the limit.
     let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
@@ -123,6 +164,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(authorizer)
+            .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = rx.await;
             }),
@@ -156,6 +198,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         addr,
         data_addr,
         engine,
+        reloader,
+        watcher: None,
         config,
         health,
         shutdown,
@@ -173,8 +217,8 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError>
 impl Running {
     /// Loads and strictly validates the policies, loads the entity data, and starts serving
     /// decisions (health SERVING). On error nothing is installed and health stays NOT_SERVING.
-    pub async fn load(&self) -> Result<(), ServeError> {
-        let spec = self.config.pack.clone();
+    pub async fn load(&mut self) -> Result<(), ServeError> {
+        let spec = self.reloader.spec().map_err(ServeError::Config)?;
         let db = self.config.db.clone();
         let seed = self.config.seed.clone();
         let (pack, store, storage) =
@@ -195,6 +239,15 @@ impl Running {
             "policies and data loaded"
         );
         self.engine.install(pack, store, storage);
+        if self.config.watch {
+            let mut paths = vec![self.config.pack.dir.clone()];
+            paths.extend(self.config.config_file.clone());
+            let watcher =
+                reload::watch(self.reloader.clone(), paths, RELOAD_QUIET).map_err(|e| {
+                    ServeError::Config(format!("cannot watch the policy directory: {e}"))
+                })?;
+            self.watcher = Some(watcher);
+        }
         self.health
             .set_service_status("", ServingStatus::Serving)
             .await;
@@ -204,8 +257,22 @@ impl Running {
         Ok(())
     }
 
+    /// Reloads the policies now (as on SIGHUP), off the async runtime.
+    pub async fn reload(&self) -> reload::Outcome {
+        let reloader = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(outcome) => outcome,
+            Err(e) => reload::Outcome::Rejected(reload::Rejection {
+                at_unix_ms: 0,
+                candidate_version: None,
+                reasons: vec![format!("reload task failed: {e}")],
+            }),
+        }
+    }
+
     /// Stops accepting calls, lets in-flight calls finish, and returns when the server is down.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.watcher = None;
         self.health
             .set_service_status("", ServingStatus::NotServing)
             .await;
@@ -217,6 +284,27 @@ impl Running {
         }
         Ok(())
     }
+}
+
+/// Reloads the policies on every SIGHUP, until the process ends.
+pub fn reload_on_sighup(running: &Running) {
+    #[cfg(unix)]
+    {
+        let reloader = running.reloader.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading policies");
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = running;
 }
 
 /// Resolves on SIGTERM or SIGINT.

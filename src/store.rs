@@ -188,6 +188,19 @@ impl EntityStore {
         self.prepare_entities(batch)
     }
 
+    /// The same entities and revision, validated and indexed again under another pack's
+    /// schema.
+    pub fn rebuild(&self, pack: &PolicyPack) -> Result<EntityStore, DataError> {
+        let mut batch = Vec::with_capacity(self.entities.len());
+        for (uid, stored) in &self.entities {
+            batch.push(parse_entity(stored.json.clone(), pack, &uid.to_string())?);
+        }
+        let mut store = EntityStore::default();
+        let prepared = store.prepare_entities(batch)?.with_revision(self.revision);
+        store.commit(prepared);
+        Ok(store)
+    }
+
     /// A batch of already validated upserts.
     pub fn prepare_entities(&self, batch: Vec<NewEntity>) -> Result<Prepared, DataError> {
         let mut working = Working::new(self);

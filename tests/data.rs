@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,7 +50,7 @@ struct Node {
 }
 
 async fn node(dir: &std::path::Path) -> Node {
-    let running = server::start(config(dir, Limits::default())).await.unwrap();
+    let mut running = server::start(config(dir, Limits::default())).await.unwrap();
     running.load().await.unwrap();
     let decisions = AuthorizerClient::connect(format!("http://{}", running.addr))
         .await
@@ -606,17 +605,8 @@ fn spawn_binary(dir: &std::path::Path) -> (Child, std::net::SocketAddr, std::net
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr_of = |line: &str| -> Option<std::net::SocketAddr> {
-        let at = line.find("addr=")? + 5;
-        line[at..].split_whitespace().next()?.parse().ok()
-    };
+    let rx = common::log_lines(child.stderr.take().unwrap());
+    let addr_of = common::addr_in;
     let (mut decisions, mut data, mut serving) = (None, None, false);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(serving && decisions.is_some() && data.is_some()) {
@@ -631,6 +621,7 @@ fn spawn_binary(dir: &std::path::Path) -> (Child, std::net::SocketAddr, std::net
             serving = true;
         }
     }
+    std::thread::spawn(move || while rx.recv().is_ok() {});
     (child, decisions.unwrap(), data.unwrap())
 }
 

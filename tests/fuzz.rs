@@ -98,7 +98,7 @@ fn uid(ty: String, id: String) -> Option<pb::EntityUid> {
 async fn ten_thousand_random_and_mutated_requests() {
     let root = common::root();
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(common::config(dir.path(), Limits::default()))
+    let mut running = server::start(common::config(dir.path(), Limits::default()))
         .await
         .unwrap();
     running.load().await.unwrap();

@@ -16,7 +16,7 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(config(dir.path(), limits))
+    let mut running = server::start(config(dir.path(), limits))
         .await
         .expect("start");
     running.load().await.expect("load");
@@ -528,7 +528,7 @@ async fn health(addr: std::net::SocketAddr, service: &str) -> i32 {
 #[tokio::test]
 async fn health_goes_from_not_serving_to_serving_and_reflection_lists_the_service() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(config(dir.path(), Limits::default()))
+    let mut running = server::start(config(dir.path(), Limits::default()))
         .await
         .unwrap();
     for service in ["", AUTHORIZER_SERVICE] {
@@ -596,7 +596,7 @@ async fn an_invalid_policy_set_is_never_served() {
     std::fs::write(&path, text.replace("resource.member", "resource.boss")).unwrap();
     let mut cfg = config(tmp.path(), Limits::default());
     cfg.pack = PackSpec::new(&dir, &[]);
-    let running = server::start(cfg).await.unwrap();
+    let mut running = server::start(cfg).await.unwrap();
     let err = running.load().await.unwrap_err().to_string();
     assert!(err.contains("company.cedar:10:21"), "{err}");
     assert_eq!(

@@ -1,0 +1,419 @@
+//! Policy hot reload against a running server: edits picked up without a restart and without a
+//! failed call; bad candidates rejected while the last good set keeps answering; overlays
+//! switched by configuration; SIGHUP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blue_authz::grpc::pb::{
+    self, authorizer_client::AuthorizerClient, policies_client::PoliciesClient,
+};
+use blue_authz::policy::PackSpec;
+use blue_authz::server::{self, Limits, Running};
+use common::{config, copy_dir, root, uid};
+use tonic::transport::Channel;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    policies: PathBuf,
+    running: Running,
+    decisions: AuthorizerClient<Channel>,
+    status: PoliciesClient<Channel>,
+}
+
+async fn fixture(config_file: Option<&str>) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = tmp.path().join("policies");
+    copy_dir(&root().join("policies"), &policies);
+    let mut cfg = config(tmp.path(), Limits::default());
+    cfg.pack = PackSpec::new(&policies, &[]);
+    if let Some(text) = config_file {
+        let path = tmp.path().join("blue-authz.toml");
+        std::fs::write(&path, text).unwrap();
+        cfg.config_file = Some(path);
+        cfg.overlays_fixed = false;
+    }
+    let mut running = server::start(cfg).await.unwrap();
+    running.load().await.unwrap();
+    let decisions = AuthorizerClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let status = PoliciesClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    Fixture {
+        _tmp: tmp,
+        policies,
+        running,
+        decisions,
+        status,
+    }
+}
+
+fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
+    pb::IsAuthorizedRequest {
+        principal: uid("Blue::User", user),
+        action: uid("Blue::Action", action),
+        resource: uid(rtype, rid),
+        ..Default::default()
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} lacks {from}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+const WIKI: &str = "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };";
+
+async fn status(f: &mut Fixture) -> pb::PolicyStatus {
+    f.status
+        .get_policy_status(pb::GetPolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls the status until `done` holds (at most 10 s).
+async fn wait_status(
+    f: &mut Fixture,
+    done: impl Fn(&pb::PolicyStatus) -> bool,
+) -> pb::PolicyStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(f).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "status never reached: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_goes_live_while_decisions_flow_and_none_fails() {
+    let mut f = fixture(None).await;
+    let before = status(&mut f).await;
+    assert_eq!(before.reloads_accepted, 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flow = {
+        let mut c = f.decisions.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // Any failed call fails the test.
+                let r = c
+                    .is_authorized(ask("cleo", "editWiki", "Blue::Project", "apollo"))
+                    .await
+                    .expect("a call failed during reload")
+                    .into_inner();
+                seen.push((r.decision == pb::Decision::Allow as i32, r.policy_version));
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Clients may now edit the wiki: the suite expectation and the policy, in one burst.
+    edit(
+        &f.policies.join("tests/project.toml"),
+        r#"cleo = "deny", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
+
+[[test]]
+action = "editDocuments""#,
+        r#"cleo = "allow project.editWiki", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
+
+[[test]]
+action = "editDocuments""#,
+    );
+    edit(
+        &f.policies.join("project.cedar"),
+        WIKI,
+        &WIKI.replace("resource.member", "resource.client"),
+    );
+    let written = Instant::now();
+    let mut c = f.decisions.clone();
+    let new_version = loop {
+        let r = c
+            .is_authorized(ask("cleo", "editWiki", "Blue::Project", "apollo"))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.decision == pb::Decision::Allow as i32 {
+            assert_eq!(r.determining_policies, vec!["project.editWiki"]);
+            break r.policy_version;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(10),
+            "the edit never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let latency = written.elapsed();
+    println!(
+        "file write to new policy set serving: {} ms",
+        latency.as_millis()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = flow.await.unwrap();
+
+    assert_ne!(new_version, before.live_version);
+    let after = status(&mut f).await;
+    assert_eq!(after.live_version, new_version);
+    assert_eq!(after.reloads_accepted, 1, "{after:?}");
+    assert_eq!(after.reloads_rejected, 0, "{after:?}");
+    // Every answer was consistent with the version it names, and the switch happened once.
+    assert!(seen.len() > 20, "{} calls", seen.len());
+    for (allow, version) in &seen {
+        assert_eq!(
+            *allow,
+            version == &new_version,
+            "decision and version disagree"
+        );
+    }
+    let switches = seen.windows(2).filter(|w| w[0].1 != w[1].1).count();
+    assert_eq!(switches, 1);
+    assert!(latency < Duration::from_secs(1), "reload took {latency:?}");
+    // Other decisions are unchanged.
+    let r = f
+        .decisions
+        .is_authorized(ask("cora", "editWiki", "Blue::Project", "apollo"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision, pb::Decision::Deny as i32);
+    f.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_candidates_are_rejected_and_the_last_good_set_keeps_answering() {
+    let mut f = fixture(None).await;
+    let good = status(&mut f).await.live_version;
+    let company = f.policies.join("company.cedar");
+    let records = f.policies.join("records.cedar");
+    let project = f.policies.join("project.cedar");
+    let schema = f.policies.join("schema.cedarschema");
+    let cases: Vec<(PathBuf, String, String, String)> = vec![
+        // A syntax error.
+        (
+            company.clone(),
+            "when { principal in resource.member };".into(),
+            "when { principal in resource.member ;".into(),
+            format!("{}:10:37", company.display()),
+        ),
+        // A schema (type) error.
+        (
+            records.clone(),
+            "resource.project.view".into(),
+            "resource.project.viewers".into(),
+            format!("{}:11:21", records.display()),
+        ),
+        // Valid Cedar that breaks a policy test case.
+        (
+            project.clone(),
+            WIKI.into(),
+            WIKI.replace("resource.member", "resource.client"),
+            "editWiki / cleo".into(),
+        ),
+        // A schema change the stored data does not satisfy (the suites' fixture is updated
+        // with it, so only the stored entities are left behind).
+        (
+            schema.clone(),
+            "    creator: User,\n".into(),
+            "    creator: User,\n    title: String,\n".into(),
+            "do not conform to the candidate schema".into(),
+        ),
+    ];
+    let fixture = f.policies.join("tests/fixture.json");
+    let fixture_text = std::fs::read_to_string(&fixture).unwrap();
+    for (n, (path, from, to, needle)) in cases.into_iter().enumerate() {
+        let original = std::fs::read_to_string(&path).unwrap();
+        if path == schema {
+            let mut entities: Vec<serde_json::Value> = serde_json::from_str(&fixture_text).unwrap();
+            for e in &mut entities {
+                if e["uid"]["type"] == "Blue::Record" {
+                    e["attrs"]["title"] = "a title".into();
+                }
+            }
+            std::fs::write(&fixture, serde_json::to_string(&entities).unwrap()).unwrap();
+        }
+        edit(&path, &from, &to);
+        let s = wait_status(&mut f, |s| s.reloads_rejected == n as u64 + 1).await;
+        let reasons = s.last_rejection.as_ref().unwrap().reasons.join("\n");
+        assert!(
+            reasons.contains(&needle),
+            "rejection {n} should mention {needle}: {reasons}"
+        );
+        assert_eq!(s.live_version, good);
+        assert_eq!(s.reloads_accepted, 0);
+        // The old set keeps answering, correctly.
+        for (user, allow) in [("max", true), ("cleo", false)] {
+            let r = f
+                .decisions
+                .is_authorized(ask(user, "editWiki", "Blue::Project", "apollo"))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                r.decision == pb::Decision::Allow as i32,
+                allow,
+                "{user} after rejection {n}"
+            );
+            assert_eq!(r.policy_version, good);
+        }
+        let r = f
+            .decisions
+            .is_authorized(ask("ada", "viewRecord", "Blue::Record", "apollo-task"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.decision, pb::Decision::Allow as i32);
+        // Restoring the file brings back the live set: nothing to swap.
+        std::fs::write(&path, original).unwrap();
+        std::fs::write(&fixture, &fixture_text).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = status(&mut f).await;
+        assert_eq!(
+            (s.live_version.as_str(), s.reloads_rejected),
+            (good.as_str(), n as u64 + 1)
+        );
+    }
+    f.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlays_switch_with_the_config_file() {
+    let mut f = fixture(Some("overlays = []\n")).await;
+    let config_path = f._tmp.path().join("blue-authz.toml");
+    let create = || ask("cleo", "createRecord", "Blue::Project", "apollo");
+    let r = f
+        .decisions
+        .is_authorized(create())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision, pb::Decision::Allow as i32);
+    let base = r.policy_version;
+
+    std::fs::write(&config_path, "overlays = [\"clients-read-only\"]\n").unwrap();
+    let s = wait_status(&mut f, |s| s.reloads_accepted == 1).await;
+    assert_eq!(s.live_overlays, vec!["clients-read-only"]);
+    let r = f
+        .decisions
+        .is_authorized(create())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision, pb::Decision::Deny as i32);
+    assert_eq!(
+        r.determining_policies,
+        vec!["overlay.clientsReadOnly.createRecord"]
+    );
+    assert_eq!(r.policy_version, s.live_version);
+    assert_ne!(r.policy_version, base);
+
+    std::fs::write(&config_path, "overlays = []\n").unwrap();
+    let s = wait_status(&mut f, |s| s.reloads_accepted == 2).await;
+    assert!(s.live_overlays.is_empty());
+    let r = f
+        .decisions
+        .is_authorized(create())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision, pb::Decision::Allow as i32);
+    assert_eq!(
+        r.policy_version, base,
+        "the same content gives the same version"
+    );
+    f.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_real_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = tmp.path().join("policies");
+    copy_dir(&root().join("policies"), &policies);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+        .args([
+            "--policies",
+            policies.to_str().unwrap(),
+            "serve",
+            "--watch",
+            "false",
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            tmp.path().join("db.redb").to_str().unwrap(),
+        ])
+        .args([
+            "--seed",
+            root().join("policies/tests/fixture.json").to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr =
+        common::wait_for_listen_addr(child.stderr.take().unwrap(), "decision service listening");
+    let mut client = PoliciesClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let before = loop {
+        let s = client
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if !s.live_version.is_empty() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    // Without the watcher nothing happens until SIGHUP.
+    edit(
+        &policies.join("project.cedar"),
+        "// Wiki bearbeiten",
+        "// Wiki bearbeiten (edited)",
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let s = client
+        .get_policy_status(pb::GetPolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.live_version, before.live_version);
+    let ok = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = client
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.reloads_accepted == 1 {
+            assert_ne!(s.live_version, before.live_version);
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
