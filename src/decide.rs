@@ -136,9 +136,7 @@ pub fn parse_overlay(
         .map_err(|e| RequestError::new("entities_json", format!("invalid JSON: {e}")))?;
     let batch = parse_entities(value, pack, "entities_json")
         .map_err(|e| RequestError::new("entities_json", e))?;
-    store
-        .overlay(batch)
-        .map_err(|e| RequestError::new("entities_json", e))
+    Ok(store.overlay(batch))
 }
 
 /// Parses a context for one action, validated against the schema. Also returns the entities
@@ -260,7 +258,11 @@ pub fn decide(
     seeds.push(&req.principal);
     seeds.push(&req.resource);
     seeds.extend(req.context_refs.iter());
-    let mut slice = store.slice(&seeds, &req.overlay, depth);
+    let mut slice = match store.slice(&seeds, &req.overlay, depth, &entry.literals) {
+        Ok(s) => s,
+        // Fail closed: a slice that cannot be built decides nothing.
+        Err(e) => return deny_with(&format!("entity slice: {e}")),
+    };
     slice.push(entry.entity.clone());
     let entities = match Entities::from_entities(slice, None) {
         Ok(e) => e,

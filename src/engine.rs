@@ -246,7 +246,7 @@ pub fn load_store(
     if let Some(e) = failure {
         return Err(e.into());
     }
-    let prepared = store.prepare_entities(batch)?.with_revision(revision);
+    let prepared = store.prepare_entities(batch).with_revision(revision);
     store.commit(prepared);
     Ok(store)
 }

@@ -53,6 +53,8 @@ pub struct ActionEntry {
     pub entity: Entity,
     pub principal_types: HashSet<EntityTypeName>,
     pub resource_types: HashSet<EntityTypeName>,
+    /// Entity literals in those policies: a slice keeps ancestors that match them.
+    pub literals: Vec<EntityUid>,
 }
 
 /// A loaded, strictly validated policy pack. Immutable; a reload builds a new one.
@@ -396,6 +398,7 @@ fn index_actions(
             .map(|it| it.cloned().collect())
             .unwrap_or_default();
         let mut set = PolicySet::new();
+        let mut literals = Vec::new();
         for p in policies.policies() {
             let applies = match p.action_constraint() {
                 ActionConstraint::Any => true,
@@ -407,6 +410,9 @@ fn index_actions(
             if applies {
                 // Ids are unique in `policies`, so adding to a fresh set cannot fail.
                 let _ = set.add(p.clone());
+                if let Ok(json) = p.to_json() {
+                    crate::store::value_refs(&json, &mut literals);
+                }
             }
         }
         let principal_types = schema
@@ -417,6 +423,9 @@ fn index_actions(
             .resources_for_action(action)
             .map(|it| it.cloned().collect())
             .unwrap_or_default();
+        literals.retain(|l| l.type_name() != action.type_name());
+        literals.sort_by_key(|l| l.to_string());
+        literals.dedup();
         let entity = Entity::new_no_attrs(action.clone(), ancestors);
         out.insert(
             action.clone(),
@@ -425,6 +434,7 @@ fn index_actions(
                 entity,
                 principal_types,
                 resource_types,
+                literals,
             },
         );
     }

@@ -1,39 +1,98 @@
-//! The data path: entities validated against the schema on write, kept in an index of our own
-//! with every entity's ancestors precomputed, and a small slice built per request.
+//! The data path: entities validated against the schema on write, kept in a compact index of
+//! our own (interned uids, typed attribute values, every entity's ancestor closure
+//! precomputed), and a small Cedar slice built per request.
 //!
 //! The whole store is never one cedar `Entities` (see CEDAR-NOTES.md: building one recomputes
-//! the transitive closure of everything). A slice holds the request's principal, resource and
-//! context entities, plus the entities their attributes point at, up to `depth` hops; each with
-//! its full ancestor set, so the closure Cedar recomputes over the slice has nothing to add.
+//! the transitive closure of everything, and costs ~1.7 KB an entity). A slice holds the
+//! request's principal, resource and context entities and the entities their attributes
+//! point at, up to `depth` hops. Each slice entity gets only the ancestors the request can
+//! compare it with: Cedar's `in` tests an entity against entity values, and those can only come
+//! from the request, the slice's attributes or the policies' literals; any other ancestor can
+//! never change a decision. So a user in fifty role groups enters a slice with the one or two
+//! that belong to the resource at hand.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
-use cedar_policy::{Entity, EntityUid};
-use serde_json::Value;
+use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use serde_json::{Map, Value};
 
 use crate::error::{DataError, RequestError};
 use crate::policy::PolicyPack;
 use crate::storage::ChangeSet;
 
-/// One stored entity.
-#[derive(Debug, Clone)]
-struct Stored {
-    /// The entity with its parents replaced by its full ancestor set, ready for a slice.
-    entity: Entity,
-    /// Direct parents, as written.
-    parents: Vec<EntityUid>,
-    /// Entities its attributes point at.
-    refs: Vec<EntityUid>,
-    /// The entity as written (canonical Cedar JSON, direct parents).
-    json: Value,
+/// An entity's index in the store's uid table.
+pub type Ix = u32;
+
+/// An attribute value, with entity references as indexes.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Entity(Ix),
+    Bool(bool),
+    Long(i64),
+    Str(Box<str>),
+    Set(Box<[Val]>),
+    Record(Box<[(Box<str>, Val)]>),
+    /// An extension value (`decimal("1.0")`, `ip("10.0.0.1")`).
+    Ext {
+        func: Box<str>,
+        arg: Box<str>,
+    },
 }
 
-/// The in-memory entity index.
+/// One stored entity.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    present: bool,
+    parents: Box<[Ix]>,
+    /// Every ancestor, sorted.
+    closure: Box<[Ix]>,
+    attrs: Box<[(u16, Val)]>,
+    tags: Option<Box<[(Box<str>, Val)]>>,
+}
+
+/// The uid key of the interning table; looked up by `(type, &str)` without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UidKey {
+    ty: u16,
+    id: Arc<str>,
+}
+
+#[derive(Hash)]
+struct UidRef<'a> {
+    ty: u16,
+    id: &'a str,
+}
+
+impl hashbrown::Equivalent<UidKey> for UidRef<'_> {
+    fn equivalent(&self, key: &UidKey) -> bool {
+        self.ty == key.ty && *self.id == *key.id
+    }
+}
+
+impl std::hash::Hash for UidKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        UidRef {
+            ty: self.ty,
+            id: &self.id,
+        }
+        .hash(state)
+    }
+}
+
+/// The entity index.
 #[derive(Debug, Default, Clone)]
 pub struct EntityStore {
-    entities: HashMap<EntityUid, Stored>,
-    children: HashMap<EntityUid, HashSet<EntityUid>>,
+    types: Vec<EntityTypeName>,
+    type_ix: HashMap<EntityTypeName, u16>,
+    attr_names: Vec<Arc<str>>,
+    attr_ix: HashMap<Arc<str>, u16>,
+    uids: Vec<UidKey>,
+    index: hashbrown::HashMap<UidKey, Ix>,
+    nodes: Vec<Node>,
+    children: HashMap<Ix, Vec<Ix>>,
+    present: usize,
     /// The revision of the last committed change set (0: nothing written yet).
     revision: u64,
 }
@@ -51,13 +110,35 @@ pub enum WriteOp {
     RemoveParent { child: EntityUid, parent: EntityUid },
 }
 
-/// A validated batch with every affected entity recomputed, ready to commit. Building it
-/// reads the store; committing it cannot fail.
+/// An entity parsed and validated against the schema, not yet stored: its canonical Cedar
+/// JSON (entity references as `__entity`).
+#[derive(Debug, Clone)]
+pub struct NewEntity {
+    uid: EntityUid,
+    json: Value,
+}
+
+impl NewEntity {
+    pub fn uid(&self) -> EntityUid {
+        self.uid.clone()
+    }
+
+    /// An entity from storage, validated when it was written under the same schema.
+    pub fn trusted(json: Value) -> Result<NewEntity, DataError> {
+        let uid = json_uid(json.get("uid")).ok_or_else(|| DataError::Invalid {
+            what: "stored entity".into(),
+            message: "has no uid".into(),
+        })?;
+        Ok(NewEntity { uid, json })
+    }
+}
+
+/// A validated batch: the final version of every touched entity (None: deleted), ready to
+/// commit; committing cannot fail.
 #[derive(Debug)]
 pub struct Prepared {
     revision: u64,
-    puts: Vec<(EntityUid, Stored)>,
-    deletes: Vec<EntityUid>,
+    touched: Vec<(EntityUid, Option<Value>)>,
     /// What the durable storage must write: the entities as written, by uid text.
     pub changes: ChangeSet,
 }
@@ -75,39 +156,27 @@ impl Prepared {
     }
 }
 
-/// An entity parsed and validated against the schema, not yet stored.
-#[derive(Debug, Clone)]
-pub struct NewEntity {
-    entity: Entity,
-    json: Value,
-}
-
-impl NewEntity {
-    pub fn uid(&self) -> EntityUid {
-        self.entity.uid()
-    }
-}
-
 /// Parses one entity (Cedar JSON) and validates it against the schema. Errors name `what`,
 /// the entity, and Cedar's whole diagnostic chain.
 pub fn parse_entity(value: Value, pack: &PolicyPack, what: &str) -> Result<NewEntity, DataError> {
-    let schema = &pack.schema;
     let label = match value.get("uid") {
         Some(uid) => format!("{what} {uid}"),
         None => what.to_string(),
     };
-    let entity = Entity::from_json_value(value, Some(schema)).map_err(|e| DataError::Invalid {
-        what: label.clone(),
-        message: error_chain(&e),
-    })?;
+    let entity =
+        Entity::from_json_value(value, Some(&pack.schema)).map_err(|e| DataError::Invalid {
+            what: label.clone(),
+            message: error_chain(&e),
+        })?;
     let json = entity
         .to_json_value()
         .map_err(|source| DataError::entities(&label, source))?;
     // Cedar checks ancestor types only once a transitive closure exists, and then against
     // the closed set; the direct parents are checked against the declared `in` types here.
-    let ty = entity.uid().type_name().clone();
+    let uid = entity.uid();
+    let ty = uid.type_name();
     for parent in json_uids(json.get("parents")) {
-        if !pack.allows_parent(&ty, parent.type_name()) {
+        if !pack.allows_parent(ty, parent.type_name()) {
             return Err(DataError::Invalid {
                 what: label,
                 message: format!(
@@ -117,7 +186,7 @@ pub fn parse_entity(value: Value, pack: &PolicyPack, what: &str) -> Result<NewEn
             });
         }
     }
-    Ok(NewEntity { entity, json })
+    Ok(NewEntity { uid, json })
 }
 
 /// An error and its sources, as one line.
@@ -184,30 +253,32 @@ impl EntityStore {
             what: what.clone(),
             source,
         })?;
-        let batch = parse_entities(value, pack, &what)?;
-        self.prepare_entities(batch)
+        Ok(self.prepare_entities(parse_entities(value, pack, &what)?))
+    }
+
+    /// A batch of already validated upserts.
+    pub fn prepare_entities(&self, batch: Vec<NewEntity>) -> Prepared {
+        let mut working = Working::new(self);
+        for e in batch {
+            working.set(e.uid, Some(e.json));
+        }
+        working.finish()
     }
 
     /// The same entities and revision, validated and indexed again under another pack's
     /// schema.
     pub fn rebuild(&self, pack: &PolicyPack) -> Result<EntityStore, DataError> {
-        let mut batch = Vec::with_capacity(self.entities.len());
-        for (uid, stored) in &self.entities {
-            batch.push(parse_entity(stored.json.clone(), pack, &uid.to_string())?);
+        let mut batch = Vec::with_capacity(self.present);
+        for ix in 0..self.nodes.len() as Ix {
+            if let Some(json) = self.json_of(ix) {
+                let what = self.uid_of(ix).to_string();
+                batch.push(parse_entity(json, pack, &what)?);
+            }
         }
         let mut store = EntityStore::default();
-        let prepared = store.prepare_entities(batch)?.with_revision(self.revision);
+        let prepared = store.prepare_entities(batch).with_revision(self.revision);
         store.commit(prepared);
         Ok(store)
-    }
-
-    /// A batch of already validated upserts.
-    pub fn prepare_entities(&self, batch: Vec<NewEntity>) -> Result<Prepared, DataError> {
-        let mut working = Working::new(self);
-        for e in batch {
-            working.set(e.uid(), Some(e));
-        }
-        working.finish()
     }
 
     pub fn revision(&self) -> u64 {
@@ -215,24 +286,93 @@ impl EntityStore {
     }
 
     pub fn len(&self) -> usize {
-        self.entities.len()
+        self.present
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entities.is_empty()
+        self.present == 0
+    }
+
+    fn lookup(&self, uid: &EntityUid) -> Option<Ix> {
+        let ty = *self.type_ix.get(uid.type_name())?;
+        self.index
+            .get(&UidRef {
+                ty,
+                id: uid.id().unescaped(),
+            })
+            .copied()
+    }
+
+    fn node(&self, ix: Ix) -> Option<&Node> {
+        self.nodes.get(ix as usize).filter(|n| n.present)
     }
 
     pub fn contains(&self, uid: &EntityUid) -> bool {
-        self.entities.contains_key(uid)
+        self.lookup(uid).and_then(|ix| self.node(ix)).is_some()
+    }
+
+    fn uid_of(&self, ix: Ix) -> EntityUid {
+        let key = &self.uids[ix as usize];
+        EntityUid::from_type_name_and_id(
+            self.types[key.ty as usize].clone(),
+            EntityId::new(&*key.id),
+        )
     }
 
     /// The entity as written, in canonical Cedar JSON.
-    pub fn get_json(&self, uid: &EntityUid) -> Option<&Value> {
-        self.entities.get(uid).map(|s| &s.json)
+    pub fn get_json(&self, uid: &EntityUid) -> Option<Value> {
+        self.json_of(self.lookup(uid)?)
     }
 
-    /// Validates a write batch against the schema and the current data, and computes
-    /// everything it changes. An error names the operation (`ops[3]`) and the entity.
+    fn json_of(&self, ix: Ix) -> Option<Value> {
+        let node = self.node(ix)?;
+        let mut attrs = Map::new();
+        for (k, v) in node.attrs.iter() {
+            attrs.insert(self.attr_names[*k as usize].to_string(), self.val_json(v));
+        }
+        let mut out = Map::new();
+        out.insert("uid".into(), uid_json(&self.uid_of(ix)));
+        out.insert("attrs".into(), Value::Object(attrs));
+        out.insert(
+            "parents".into(),
+            Value::Array(
+                node.parents
+                    .iter()
+                    .map(|p| uid_json(&self.uid_of(*p)))
+                    .collect(),
+            ),
+        );
+        if let Some(tags) = &node.tags {
+            let tags = tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), self.val_json(v)))
+                .collect();
+            out.insert("tags".into(), Value::Object(tags));
+        }
+        Some(Value::Object(out))
+    }
+
+    fn val_json(&self, v: &Val) -> Value {
+        match v {
+            Val::Entity(ix) => serde_json::json!({"__entity": uid_json(&self.uid_of(*ix))}),
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Long(n) => Value::from(*n),
+            Val::Str(s) => Value::String(s.to_string()),
+            Val::Set(items) => Value::Array(items.iter().map(|i| self.val_json(i)).collect()),
+            Val::Record(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), self.val_json(v)))
+                    .collect(),
+            ),
+            Val::Ext { func, arg } => {
+                serde_json::json!({"__extn": {"fn": &**func, "arg": &**arg}})
+            }
+        }
+    }
+
+    /// Validates a write batch against the schema and the current data. An error names the
+    /// operation (`ops[3]`) and the entity.
     pub fn prepare(&self, ops: Vec<WriteOp>, pack: &PolicyPack) -> Result<Prepared, RequestError> {
         let mut working = Working::new(self);
         for (i, op) in ops.into_iter().enumerate() {
@@ -241,7 +381,7 @@ impl EntityStore {
                 WriteOp::Upsert(value) => {
                     let e = parse_entity(value, pack, "upsert")
                         .map_err(|e| RequestError::new(&field, e))?;
-                    working.set(e.uid(), Some(e));
+                    working.set(e.uid, Some(e.json));
                 }
                 WriteOp::Delete(uid) => working.set(uid, None),
                 WriteOp::AddParent { child, parent } => {
@@ -251,147 +391,510 @@ impl EntityStore {
                             format!("add_parent: parent {parent} does not exist"),
                         ));
                     }
-                    let e = working.edit_parents(&child, pack, |parents| {
-                        if !parents.contains(&parent) {
-                            parents.push(parent.clone());
-                        }
-                    });
-                    working.set(
-                        child,
-                        Some(e.map_err(|m| RequestError::new(&field, format!("add_parent: {m}")))?),
-                    );
+                    let e = working
+                        .edit_parents(&child, pack, |parents| {
+                            if !parents.contains(&parent) {
+                                parents.push(parent.clone());
+                            }
+                        })
+                        .map_err(|m| RequestError::new(&field, format!("add_parent: {m}")))?;
+                    working.set(child, Some(e.json));
                 }
                 WriteOp::RemoveParent { child, parent } => {
                     let e = working
-                        .edit_parents(&child, pack, |parents| parents.retain(|p| p != &parent));
-                    working.set(
-                        child,
-                        Some(e.map_err(|m| {
-                            RequestError::new(&field, format!("remove_parent: {m}"))
-                        })?),
-                    );
+                        .edit_parents(&child, pack, |parents| parents.retain(|p| p != &parent))
+                        .map_err(|m| RequestError::new(&field, format!("remove_parent: {m}")))?;
+                    working.set(child, Some(e.json));
                 }
             }
         }
-        working.finish().map_err(|e| RequestError::new("ops", e))
+        Ok(working.finish())
     }
 
-    /// Applies a prepared batch. Infallible: everything that can fail happened in `prepare`.
+    /// Applies a prepared batch and recomputes the ancestor closure of every entity it can
+    /// affect (the touched ones and their descendants). Cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
-        for uid in &prepared.deletes {
-            if let Some(old) = self.entities.remove(uid) {
-                self.unlink(uid, &old.parents);
+        let mut touched = Vec::with_capacity(prepared.touched.len());
+        for (uid, json) in prepared.touched {
+            let ix = self.intern(&uid);
+            let old = std::mem::take(&mut self.nodes[ix as usize]);
+            for p in old.parents.iter() {
+                if let Some(c) = self.children.get_mut(p) {
+                    c.retain(|x| *x != ix);
+                    if c.is_empty() {
+                        self.children.remove(p);
+                    }
+                }
             }
+            if old.present {
+                self.present -= 1;
+            }
+            if let Some(json) = json {
+                let node = self.node_from_json(&json);
+                for p in node.parents.iter() {
+                    self.children.entry(*p).or_default().push(ix);
+                }
+                self.nodes[ix as usize] = node;
+                self.present += 1;
+            }
+            touched.push(ix);
         }
-        for (uid, stored) in prepared.puts {
-            if let Some(old) = self.entities.get(&uid) {
-                let parents = old.parents.clone();
-                self.unlink(&uid, &parents);
-            }
-            for p in &stored.parents {
-                self.children
-                    .entry(p.clone())
-                    .or_default()
-                    .insert(uid.clone());
-            }
-            self.entities.insert(uid, stored);
-        }
+        self.refresh_closures(&touched);
         self.revision = prepared.revision;
     }
 
-    fn unlink(&mut self, uid: &EntityUid, parents: &[EntityUid]) {
-        for p in parents {
-            if let Some(c) = self.children.get_mut(p) {
-                c.remove(uid);
-                if c.is_empty() {
-                    self.children.remove(p);
-                }
+    fn intern(&mut self, uid: &EntityUid) -> Ix {
+        let ty = match self.type_ix.get(uid.type_name()) {
+            Some(t) => *t,
+            None => {
+                let t = self.types.len() as u16;
+                self.types.push(uid.type_name().clone());
+                self.type_ix.insert(uid.type_name().clone(), t);
+                t
             }
+        };
+        let id = uid.id().unescaped();
+        if let Some(ix) = self.index.get(&UidRef { ty, id }) {
+            return *ix;
+        }
+        let ix = self.uids.len() as Ix;
+        let key = UidKey {
+            ty,
+            id: Arc::from(id),
+        };
+        self.uids.push(key.clone());
+        self.index.insert(key, ix);
+        self.nodes.push(Node::default());
+        ix
+    }
+
+    fn attr_key(&mut self, name: &str) -> u16 {
+        if let Some(k) = self.attr_ix.get(name) {
+            return *k;
+        }
+        let k = self.attr_names.len() as u16;
+        let name: Arc<str> = Arc::from(name);
+        self.attr_names.push(name.clone());
+        self.attr_ix.insert(name, k);
+        k
+    }
+
+    /// A node from canonical Cedar JSON (closure not yet computed).
+    fn node_from_json(&mut self, json: &Value) -> Node {
+        let parsed = parse_node(self, json);
+        let attrs = parsed
+            .attrs
+            .into_iter()
+            .map(|(k, v)| (self.attr_key(&k), v))
+            .collect();
+        Node {
+            present: true,
+            parents: parsed.parents,
+            closure: Box::default(),
+            attrs,
+            tags: parsed.tags,
         }
     }
 
-    /// Every ancestor reachable from `parents`, looking in `overlay` before the store.
-    fn ancestors_of(
-        &self,
-        parents: &[EntityUid],
-        overlay: &HashMap<EntityUid, Vec<EntityUid>>,
-    ) -> Vec<EntityUid> {
-        let mut seen: HashSet<&EntityUid> = HashSet::new();
-        let mut queue: VecDeque<&EntityUid> = parents.iter().collect();
-        let mut out = Vec::new();
-        while let Some(uid) = queue.pop_front() {
-            if !seen.insert(uid) {
+    /// Recomputes the closure of `roots` and of every descendant, parents first.
+    fn refresh_closures(&mut self, roots: &[Ix]) {
+        let mut affected: HashSet<Ix> = HashSet::new();
+        let mut queue: VecDeque<Ix> = roots.iter().copied().collect();
+        while let Some(ix) = queue.pop_front() {
+            if affected.insert(ix) {
+                if let Some(c) = self.children.get(&ix) {
+                    queue.extend(c.iter().copied());
+                }
+            }
+        }
+        // 0: stale, 1: in progress (a cycle stops here), 2: done.
+        let mut state: HashMap<Ix, u8> = affected.iter().map(|ix| (*ix, 0)).collect();
+        let order: Vec<Ix> = affected.iter().copied().collect();
+        for ix in order {
+            self.closure_of(ix, &mut state);
+        }
+    }
+
+    fn closure_of(&mut self, root: Ix, state: &mut HashMap<Ix, u8>) {
+        // Iterative DFS: a node's closure is built after its stale parents'.
+        let mut stack = vec![(root, false)];
+        while let Some((ix, expanded)) = stack.pop() {
+            match state.get(&ix).copied() {
+                Some(2) | None => continue,
+                Some(1) if !expanded => continue,
+                _ => {}
+            }
+            if !expanded {
+                state.insert(ix, 1);
+                stack.push((ix, true));
+                for p in self.nodes[ix as usize].parents.iter() {
+                    if state.get(p) == Some(&0) {
+                        stack.push((*p, false));
+                    }
+                }
                 continue;
             }
-            out.push(uid.clone());
-            if let Some(o) = overlay.get(uid) {
-                queue.extend(o.iter());
-            } else if let Some(s) = self.entities.get(uid) {
-                queue.extend(s.parents.iter());
+            let mut closure: Vec<Ix> = Vec::new();
+            for p in self.nodes[ix as usize].parents.iter() {
+                closure.push(*p);
+                closure.extend(self.nodes[*p as usize].closure.iter().copied());
             }
+            closure.sort_unstable();
+            closure.dedup();
+            self.nodes[ix as usize].closure = closure.into();
+            state.insert(ix, 2);
         }
-        out
     }
 
-    /// Builds the entity slice for one request: the seeds (principal, resource, context
-    /// entities), the entities their attributes reference up to `depth` hops, each with its
-    /// full ancestor set. Request-scoped `overlay` entities replace stored ones.
-    pub fn slice(&self, seeds: &[&EntityUid], overlay: &Overlay, depth: usize) -> Vec<Entity> {
-        let mut out = Vec::new();
-        let mut seen: HashSet<&EntityUid> = HashSet::new();
-        let mut frontier: Vec<&EntityUid> = seeds.to_vec();
+    /// Builds the Cedar entities for one request: the seeds and the entities their attributes
+    /// reference up to `depth` hops, each with the ancestors that matter to this request.
+    /// `literals` are the entity literals of the policies that can apply. Request-scoped
+    /// `overlay` entities replace stored ones.
+    pub fn slice(
+        &self,
+        seeds: &[&EntityUid],
+        overlay: &Overlay,
+        depth: usize,
+        literals: &[EntityUid],
+    ) -> Result<Vec<Entity>, String> {
+        let mut view = View::new(self, overlay);
+        let mut members: Vec<Ix> = Vec::new();
+        let mut relevant: Vec<Ix> = Vec::new();
+        let mut frontier: Vec<Ix> = Vec::new();
+        for s in seeds {
+            let ix = view.resolve(s);
+            relevant.push(ix);
+            frontier.push(ix);
+        }
+        for l in literals {
+            let ix = view.resolve(l);
+            relevant.push(ix);
+        }
         for level in 0..=depth {
             let mut next = Vec::new();
-            for uid in frontier {
-                if !seen.insert(uid) {
+            for ix in frontier {
+                if members.contains(&ix) {
                     continue;
                 }
-                if let Some(o) = overlay.entities.get(uid) {
-                    out.push(o.slice_entity.clone());
-                    next.extend(o.refs.iter());
-                } else if let Some(s) = self.entities.get(uid) {
-                    out.push(s.entity.clone());
-                    next.extend(s.refs.iter());
+                let Some(node) = view.node(ix) else { continue };
+                members.push(ix);
+                let before = relevant.len();
+                for (_, v) in node.attrs.iter() {
+                    entity_vals(v, &mut relevant);
+                }
+                for (_, v) in node.tags.iter().flat_map(|t| t.iter()) {
+                    entity_vals(v, &mut relevant);
+                }
+                if level < depth {
+                    next.extend_from_slice(&relevant[before..]);
                 }
             }
-            if level == depth || next.is_empty() {
+            if next.is_empty() {
                 break;
             }
             frontier = next;
         }
-        out
-    }
-
-    /// Prepares request-scoped entities: resolves their ancestors through the store.
-    pub fn overlay(&self, batch: Vec<NewEntity>) -> Result<Overlay, DataError> {
-        let parents: HashMap<EntityUid, Vec<EntityUid>> = batch
+        relevant.sort_unstable();
+        relevant.dedup();
+        members
             .iter()
-            .map(|e| (e.uid(), json_uids(e.json.get("parents"))))
-            .collect();
-        let mut entities = HashMap::with_capacity(batch.len());
-        for NewEntity { json, entity } in &batch {
-            let uid = entity.uid();
-            let ancestors = self.ancestors_of(&parents[&uid], &parents);
-            let slice_entity = with_ancestors(&uid, json, &ancestors)?;
-            let refs = attr_refs(json);
-            entities.insert(uid, OverlayEntity { refs, slice_entity });
-        }
-        Ok(Overlay { entities })
+            .map(|ix| view.entity(*ix, &relevant))
+            .collect()
     }
 
-    /// Every stored entity as written, sorted by uid (for export and tests).
+    /// Prepares request-scoped entities: their ancestors resolve through the store.
+    pub fn overlay(&self, batch: Vec<NewEntity>) -> Overlay {
+        Overlay {
+            nodes: batch.into_iter().map(|e| (e.uid, e.json)).collect(),
+        }
+    }
+
+    /// Every stored entity as written, sorted by uid (for tests).
     pub fn export(&self) -> Vec<Value> {
-        let mut all: Vec<(&EntityUid, &Stored)> = self.entities.iter().collect();
-        all.sort_by_key(|(u, _)| u.to_string());
-        all.into_iter().map(|(_, s)| s.json.clone()).collect()
+        let mut all: Vec<(String, Value)> = (0..self.nodes.len() as Ix)
+            .filter_map(|ix| Some((self.uid_of(ix).to_string(), self.json_of(ix)?)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, v)| v).collect()
     }
 }
 
-/// The state of a batch being prepared: the final version of every touched entity (None:
+/// Turns uids into indexes: interning in the store, per request in a view.
+trait Resolve {
+    fn ix(&mut self, uid: &EntityUid) -> Ix;
+}
+
+impl Resolve for EntityStore {
+    fn ix(&mut self, uid: &EntityUid) -> Ix {
+        self.intern(uid)
+    }
+}
+
+impl Resolve for View<'_> {
+    fn ix(&mut self, uid: &EntityUid) -> Ix {
+        self.resolve(uid)
+    }
+}
+
+/// An entity's parts from canonical Cedar JSON.
+struct ParsedNode {
+    parents: Box<[Ix]>,
+    attrs: Vec<(String, Val)>,
+    tags: Option<Box<[(Box<str>, Val)]>>,
+}
+
+fn parse_node(r: &mut impl Resolve, json: &Value) -> ParsedNode {
+    let parents = json_uids(json.get("parents"))
+        .iter()
+        .map(|p| r.ix(p))
+        .collect();
+    let attrs = match json.get("attrs") {
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), val_from_json(r, v)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tags = match json.get("tags") {
+        Some(Value::Object(map)) if !map.is_empty() => Some(
+            map.iter()
+                .map(|(k, v)| (Box::from(k.as_str()), val_from_json(r, v)))
+                .collect(),
+        ),
+        _ => None,
+    };
+    ParsedNode {
+        parents,
+        attrs,
+        tags,
+    }
+}
+
+fn val_from_json(r: &mut impl Resolve, v: &Value) -> Val {
+    match v {
+        Value::Bool(b) => Val::Bool(*b),
+        Value::Number(n) => Val::Long(n.as_i64().unwrap_or_default()),
+        Value::String(s) => Val::Str(s.as_str().into()),
+        Value::Array(items) => Val::Set(items.iter().map(|i| val_from_json(r, i)).collect()),
+        Value::Object(map) => {
+            if let Some(uid) = map.get("__entity").and_then(|e| json_uid(Some(e))) {
+                return Val::Entity(r.ix(&uid));
+            }
+            if let Some(x) = map.get("__extn") {
+                let func = x.get("fn").and_then(Value::as_str).unwrap_or_default();
+                let arg = x.get("arg").and_then(Value::as_str).unwrap_or_default();
+                return Val::Ext {
+                    func: func.into(),
+                    arg: arg.into(),
+                };
+            }
+            Val::Record(
+                map.iter()
+                    .map(|(k, v)| (Box::from(k.as_str()), val_from_json(r, v)))
+                    .collect(),
+            )
+        }
+        Value::Null => Val::Record(Box::default()),
+    }
+}
+
+/// Every entity index inside a value.
+fn entity_vals(v: &Val, out: &mut Vec<Ix>) {
+    match v {
+        Val::Entity(ix) => out.push(*ix),
+        Val::Set(items) => items.iter().for_each(|i| entity_vals(i, out)),
+        Val::Record(fields) => fields.iter().for_each(|(_, v)| entity_vals(v, out)),
+        _ => {}
+    }
+}
+
+/// Request-scoped entities (validated against the schema), to overlay the store for one
+/// request.
+#[derive(Debug, Default, Clone)]
+pub struct Overlay {
+    nodes: Vec<(EntityUid, Value)>,
+}
+
+impl Overlay {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// The store seen through a request's overlay. Uids the store does not know (new entities of
+/// the overlay, or references to nothing) get indexes past the store's.
+struct View<'a> {
+    store: &'a EntityStore,
+    overlay: &'a Overlay,
+    extra: Vec<EntityUid>,
+    extra_ix: HashMap<EntityUid, Ix>,
+    /// Overlay entities as nodes, by index, and their attribute names.
+    nodes: HashMap<Ix, Node>,
+    names: HashMap<Ix, Vec<String>>,
+}
+
+impl<'a> View<'a> {
+    fn new(store: &'a EntityStore, overlay: &'a Overlay) -> Self {
+        let mut view = View {
+            store,
+            overlay,
+            extra: Vec::new(),
+            extra_ix: HashMap::new(),
+            nodes: HashMap::new(),
+            names: HashMap::new(),
+        };
+        if !overlay.is_empty() {
+            view.load_overlay();
+        }
+        view
+    }
+
+    fn resolve(&mut self, uid: &EntityUid) -> Ix {
+        if let Some(ix) = self.store.lookup(uid) {
+            return ix;
+        }
+        if let Some(ix) = self.extra_ix.get(uid) {
+            return *ix;
+        }
+        let ix = (self.store.uids.len() + self.extra.len()) as Ix;
+        self.extra.push(uid.clone());
+        self.extra_ix.insert(uid.clone(), ix);
+        ix
+    }
+
+    fn uid_of(&self, ix: Ix) -> EntityUid {
+        let n = self.store.uids.len();
+        if (ix as usize) < n {
+            self.store.uid_of(ix)
+        } else {
+            self.extra[ix as usize - n].clone()
+        }
+    }
+
+    fn node(&self, ix: Ix) -> Option<&Node> {
+        self.nodes.get(&ix).or_else(|| self.store.node(ix))
+    }
+
+    /// Turns the overlay's entities into nodes, with closures through the store.
+    fn load_overlay(&mut self) {
+        let overlay = self.overlay;
+        let mut ixs = Vec::with_capacity(overlay.nodes.len());
+        for (uid, json) in &overlay.nodes {
+            let ix = self.resolve(uid);
+            let parsed = parse_node(self, json);
+            let (names, attrs): (Vec<String>, Vec<(u16, Val)>) = parsed
+                .attrs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, v))| (k, (i as u16, v)))
+                .unzip();
+            self.names.insert(ix, names);
+            self.nodes.insert(
+                ix,
+                Node {
+                    present: true,
+                    parents: parsed.parents,
+                    closure: Box::default(),
+                    attrs: attrs.into(),
+                    tags: parsed.tags,
+                },
+            );
+            ixs.push(ix);
+        }
+        // Closures: parents and their closures (stored, or overlay ones computed in turn).
+        for ix in &ixs {
+            let mut seen: HashSet<Ix> = HashSet::new();
+            let mut queue: Vec<Ix> = self.nodes[ix].parents.to_vec();
+            while let Some(p) = queue.pop() {
+                if !seen.insert(p) {
+                    continue;
+                }
+                if let Some(n) = self.nodes.get(&p) {
+                    queue.extend(n.parents.iter().copied());
+                } else if let Some(n) = self.store.node(p) {
+                    seen.extend(n.closure.iter().copied());
+                }
+            }
+            let mut closure: Vec<Ix> = seen.into_iter().collect();
+            closure.sort_unstable();
+            if let Some(n) = self.nodes.get_mut(ix) {
+                n.closure = closure.into();
+            }
+        }
+    }
+
+    /// The attribute name of an attribute of node `ix`.
+    fn attr_name(&self, ix: Ix, key: u16) -> &str {
+        match self.names.get(&ix) {
+            Some(names) => &names[key as usize],
+            None => &self.store.attr_names[key as usize],
+        }
+    }
+
+    fn expr(&self, v: &Val) -> Result<RestrictedExpression, String> {
+        Ok(match v {
+            Val::Entity(ix) => RestrictedExpression::new_entity_uid(self.uid_of(*ix)),
+            Val::Bool(b) => RestrictedExpression::new_bool(*b),
+            Val::Long(n) => RestrictedExpression::new_long(*n),
+            Val::Str(s) => RestrictedExpression::new_string(s.to_string()),
+            Val::Set(items) => {
+                RestrictedExpression::new_set(items.iter().map(|i| self.expr(i)).collect::<Result<
+                    Vec<_>,
+                    _,
+                >>(
+                )?)
+            }
+            Val::Record(fields) => RestrictedExpression::new_record(
+                fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.to_string(), self.expr(v)?)))
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
+            .map_err(|e| e.to_string())?,
+            Val::Ext { func, arg } => {
+                let text = format!("{func}({})", Value::String(arg.to_string()));
+                text.parse::<RestrictedExpression>()
+                    .map_err(|e| e.to_string())?
+            }
+        })
+    }
+
+    /// The Cedar entity of `ix`, with its ancestors cut down to `relevant` (sorted).
+    fn entity(&self, ix: Ix, relevant: &[Ix]) -> Result<Entity, String> {
+        let node = self.node(ix).ok_or("slice member without a node")?;
+        let parents: HashSet<EntityUid> = if node.closure.len() <= relevant.len() {
+            node.closure
+                .iter()
+                .filter(|a| relevant.binary_search(a).is_ok())
+                .map(|a| self.uid_of(*a))
+                .collect()
+        } else {
+            relevant
+                .iter()
+                .filter(|r| node.closure.binary_search(r).is_ok())
+                .map(|a| self.uid_of(*a))
+                .collect()
+        };
+        let mut attrs = HashMap::with_capacity(node.attrs.len());
+        for (k, v) in node.attrs.iter() {
+            attrs.insert(self.attr_name(ix, *k).to_string(), self.expr(v)?);
+        }
+        let tags = match &node.tags {
+            Some(t) => t
+                .iter()
+                .map(|(k, v)| Ok((k.to_string(), self.expr(v)?)))
+                .collect::<Result<Vec<_>, String>>()?,
+            None => Vec::new(),
+        };
+        Entity::new_with_tags(self.uid_of(ix), attrs, parents, tags).map_err(|e| e.to_string())
+    }
+}
+
+/// The state of a batch being prepared: the final JSON of every touched entity (None:
 /// deleted), over the unchanged store.
 struct Working<'a> {
     store: &'a EntityStore,
-    touched: HashMap<EntityUid, Option<NewEntity>>,
+    touched: HashMap<EntityUid, Option<Value>>,
     order: Vec<EntityUid>,
 }
 
@@ -404,8 +907,8 @@ impl<'a> Working<'a> {
         }
     }
 
-    fn set(&mut self, uid: EntityUid, e: Option<NewEntity>) {
-        if self.touched.insert(uid.clone(), e).is_none() {
+    fn set(&mut self, uid: EntityUid, json: Option<Value>) {
+        if self.touched.insert(uid.clone(), json).is_none() {
             self.order.push(uid);
         }
     }
@@ -417,18 +920,10 @@ impl<'a> Working<'a> {
         }
     }
 
-    fn json(&self, uid: &EntityUid) -> Option<&Value> {
+    fn json(&self, uid: &EntityUid) -> Option<Value> {
         match self.touched.get(uid) {
-            Some(e) => e.as_ref().map(|e| &e.json),
+            Some(e) => e.clone(),
             None => self.store.get_json(uid),
-        }
-    }
-
-    /// The final direct parents of an entity, or None if it does not exist.
-    fn parents(&self, uid: &EntityUid) -> Option<Vec<EntityUid>> {
-        match self.touched.get(uid) {
-            Some(e) => e.as_ref().map(|e| json_uids(e.json.get("parents"))),
-            None => self.store.entities.get(uid).map(|s| s.parents.clone()),
         }
     }
 
@@ -439,130 +934,43 @@ impl<'a> Working<'a> {
         pack: &PolicyPack,
         edit: impl FnOnce(&mut Vec<EntityUid>),
     ) -> Result<NewEntity, String> {
-        let Some(json) = self.json(child) else {
+        let Some(mut json) = self.json(child) else {
             return Err(format!("entity {child} does not exist"));
         };
-        let mut json = json.clone();
         let mut parents = json_uids(json.get("parents"));
         edit(&mut parents);
         json["parents"] = Value::Array(parents.iter().map(uid_json).collect());
         parse_entity(json, pack, &child.to_string()).map_err(|e| e.to_string())
     }
 
-    /// Recomputes every touched entity and every descendant of one.
-    fn finish(self) -> Result<Prepared, DataError> {
-        // Children added by this batch, on top of the store's index.
-        let mut new_children: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
-        for (uid, e) in &self.touched {
-            if let Some(e) = e {
-                for p in json_uids(e.json.get("parents")) {
-                    new_children.entry(p).or_default().push(uid.clone());
-                }
-            }
-        }
-        let mut affected: Vec<EntityUid> = Vec::new();
-        let mut seen: HashSet<EntityUid> = HashSet::new();
-        let mut queue: VecDeque<EntityUid> = self.order.iter().cloned().collect();
-        while let Some(uid) = queue.pop_front() {
-            if !seen.insert(uid.clone()) {
-                continue;
-            }
-            if let Some(c) = self.store.children.get(&uid) {
-                queue.extend(c.iter().cloned());
-            }
-            if let Some(c) = new_children.get(&uid) {
-                queue.extend(c.iter().cloned());
-            }
-            affected.push(uid);
-        }
-        let mut puts = Vec::new();
-        let mut deletes = Vec::new();
-        let mut changes = ChangeSet::default();
-        for uid in affected {
-            let Some(parents) = self.parents(&uid) else {
-                if self.touched.contains_key(&uid) {
-                    if self.store.contains(&uid) {
-                        changes.deletes.push(uid.to_string());
-                    }
-                    deletes.push(uid);
-                }
-                continue;
-            };
-            let json = self.json(&uid).expect("exists: it has parents").clone();
-            let ancestors = self.ancestors(&parents);
-            let entity = with_ancestors(&uid, &json, &ancestors)?;
-            if self.touched.contains_key(&uid) {
-                changes
-                    .puts
-                    .push((uid.to_string(), json.to_string().into_bytes()));
-            }
-            let refs = attr_refs(&json);
-            puts.push((
-                uid,
-                Stored {
-                    entity,
-                    parents,
-                    refs,
-                    json,
-                },
-            ));
-        }
+    fn finish(self) -> Prepared {
         let revision = self.store.revision + 1;
-        changes.revision = revision;
-        Ok(Prepared {
+        let mut changes = ChangeSet {
             revision,
-            puts,
-            deletes,
-            changes,
-        })
-    }
-
-    fn ancestors(&self, parents: &[EntityUid]) -> Vec<EntityUid> {
-        let mut seen: HashSet<EntityUid> = HashSet::new();
-        let mut queue: VecDeque<EntityUid> = parents.iter().cloned().collect();
-        let mut out = Vec::new();
-        while let Some(uid) = queue.pop_front() {
-            if !seen.insert(uid.clone()) {
-                continue;
+            ..Default::default()
+        };
+        let mut touched = Vec::with_capacity(self.order.len());
+        let mut final_state = self.touched;
+        for uid in self.order {
+            let json = final_state.remove(&uid).flatten();
+            match &json {
+                Some(j) => changes
+                    .puts
+                    .push((uid.to_string(), j.to_string().into_bytes())),
+                None => changes.deletes.push(uid.to_string()),
             }
-            if let Some(p) = self.parents(&uid) {
-                queue.extend(p);
-            }
-            out.push(uid);
+            touched.push((uid, json));
         }
-        out
+        Prepared {
+            revision,
+            touched,
+            changes,
+        }
     }
 }
 
 fn uid_json(a: &EntityUid) -> Value {
     serde_json::json!({"type": a.type_name().to_string(), "id": a.id().unescaped()})
-}
-
-/// Request-scoped entities, ready to overlay the store for one request.
-#[derive(Debug, Default, Clone)]
-pub struct Overlay {
-    entities: HashMap<EntityUid, OverlayEntity>,
-}
-
-#[derive(Debug, Clone)]
-struct OverlayEntity {
-    refs: Vec<EntityUid>,
-    slice_entity: Entity,
-}
-
-/// The entity of `json` with its parents replaced by `ancestors`.
-fn with_ancestors(
-    uid: &EntityUid,
-    json: &Value,
-    ancestors: &[EntityUid],
-) -> Result<Entity, DataError> {
-    let mut json = json.clone();
-    if let Value::Object(map) = &mut json {
-        let parents: Vec<Value> = ancestors.iter().map(uid_json).collect();
-        map.insert("parents".into(), Value::Array(parents));
-    }
-    // Already validated against the schema on the way in.
-    Entity::from_json_value(json, None).map_err(|source| DataError::entities(uid, source))
 }
 
 /// A uid from `{"type": .., "id": ..}` or `{"__entity": {..}}`.
@@ -576,10 +984,7 @@ pub fn json_uid(v: Option<&Value>) -> Option<EntityUid> {
     let ty = obj.get("type")?.as_str()?;
     let id = obj.get("id")?.as_str()?;
     let ty = ty.parse().ok()?;
-    Some(EntityUid::from_type_name_and_id(
-        ty,
-        cedar_policy::EntityId::new(id),
-    ))
+    Some(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
 fn json_uids(v: Option<&Value>) -> Vec<EntityUid> {
@@ -587,17 +992,6 @@ fn json_uids(v: Option<&Value>) -> Vec<EntityUid> {
         Some(Value::Array(items)) => items.iter().filter_map(|i| json_uid(Some(i))).collect(),
         _ => Vec::new(),
     }
-}
-
-/// Entity references inside an entity's attributes (canonical JSON uses `__entity`).
-fn attr_refs(json: &Value) -> Vec<EntityUid> {
-    let mut out = Vec::new();
-    if let Some(attrs) = json.get("attrs") {
-        value_refs(attrs, &mut out);
-    }
-    out.sort_by_key(|u| u.to_string());
-    out.dedup();
-    out
 }
 
 /// Every entity reference inside a JSON value, in either the `__entity` or the implicit
