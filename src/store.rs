@@ -33,13 +33,16 @@ enum Val {
     Long(i64),
     Str(Box<str>),
     Set(Box<[Val]>),
-    Record(Box<[(Box<str>, Val)]>),
+    Record(Fields),
     /// An extension value (`decimal("1.0")`, `ip("10.0.0.1")`).
     Ext {
         func: Box<str>,
         arg: Box<str>,
     },
 }
+
+/// Named values: a record's fields, an entity's tags.
+type Fields = Box<[(Box<str>, Val)]>;
 
 /// One stored entity.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +52,7 @@ struct Node {
     /// Every ancestor, sorted.
     closure: Box<[Ix]>,
     attrs: Box<[(u16, Val)]>,
-    tags: Option<Box<[(Box<str>, Val)]>>,
+    tags: Option<Fields>,
 }
 
 /// The uid key of the interning table; looked up by `(type, &str)` without allocating.
@@ -640,7 +643,7 @@ impl Resolve for View<'_> {
 struct ParsedNode {
     parents: Box<[Ix]>,
     attrs: Vec<(String, Val)>,
-    tags: Option<Box<[(Box<str>, Val)]>>,
+    tags: Option<Fields>,
 }
 
 fn parse_node(r: &mut impl Resolve, json: &Value) -> ParsedNode {
