@@ -12,7 +12,7 @@ use crate::decide::DEFAULT_SLICE_DEPTH;
 use crate::error::{DataError, RequestError};
 use crate::policy::PolicyPack;
 use crate::storage::{Storage, StorageError};
-use crate::store::{parse_entity, EntityStore, WriteOp};
+use crate::store::{parse_entity, EntityStore, NewEntity, WriteOp};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -154,7 +154,8 @@ impl Engine {
         let pack = self.pack().ok_or(EngineError::NotReady)?;
         let storage = self.storage.get().ok_or(EngineError::NotReady)?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let prepared = self.read_store().prepare(ops, &pack)?;
+        let mut prepared = self.read_store().prepare(ops, &pack)?;
+        prepared.changes.schema = Some(pack.schema_version.clone());
         storage.apply(&prepared.changes)?;
         let revision = prepared.revision();
         self.store
@@ -207,7 +208,9 @@ impl Engine {
 }
 
 /// Builds the in-memory index from durable storage, seeding an empty storage from a Cedar
-/// JSON entities file first (the seed is written durably, as revision 1).
+/// JSON entities file first (the seed is written durably, as revision 1). Entities stored
+/// under the same schema version were validated when written and are not validated again;
+/// after a schema change every one is, and the new version is recorded.
 pub fn load_store(
     storage: &dyn Storage,
     pack: &PolicyPack,
@@ -217,12 +220,14 @@ pub fn load_store(
     let revision = storage.revision()?;
     if revision == 0 {
         if let Some(seed) = seed {
-            let prepared = store.prepare_file(seed, pack)?;
+            let mut prepared = store.prepare_file(seed, pack)?;
+            prepared.changes.schema = Some(pack.schema_version.clone());
             storage.apply(&prepared.changes)?;
             store.commit(prepared);
         }
         return Ok(store);
     }
+    let trusted = storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
     let mut batch = Vec::new();
     let mut failure = None;
     storage.scan(10_000, &mut |_, chunk| {
@@ -232,7 +237,13 @@ pub fn load_store(
                     what: "stored entity".into(),
                     source,
                 })
-                .and_then(|v| parse_entity(v, pack, "stored entity"));
+                .and_then(|v| {
+                    if trusted {
+                        NewEntity::trusted(v)
+                    } else {
+                        parse_entity(v, pack, "stored entity")
+                    }
+                });
             match parsed {
                 Ok(e) => batch.push(e),
                 Err(e) => {
@@ -248,5 +259,13 @@ pub fn load_store(
     }
     let prepared = store.prepare_entities(batch).with_revision(revision);
     store.commit(prepared);
+    if !trusted {
+        // Everything was just validated under this schema: record it, changing nothing else.
+        storage.apply(&crate::storage::ChangeSet {
+            revision,
+            schema: Some(pack.schema_version.clone()),
+            ..Default::default()
+        })?;
+    }
     Ok(store)
 }

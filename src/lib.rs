@@ -10,6 +10,7 @@
 pub mod config;
 pub mod decide;
 pub mod engine;
+pub mod gen;
 pub mod error;
 pub mod grpc;
 pub mod matrix;

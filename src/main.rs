@@ -87,6 +87,20 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Generate realistic Blue data for benchmarks (deterministic by seed).
+    Gen {
+        /// 1.0: 100 companies, 10,000 projects, 100,000 users, 1,000,000 records.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Write a Cedar JSON entities file.
+        #[arg(long, conflicts_with = "into_db", required_unless_present = "into_db")]
+        out: Option<PathBuf>,
+        /// Write straight into a new (empty) database, validated against the schema.
+        #[arg(long)]
+        into_db: Option<PathBuf>,
+    },
     /// One decision against an entities file, with its explanation.
     Check {
         /// Cedar JSON entities file.
@@ -242,7 +256,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
             };
             let storage = RedbStorage::open(&db.db)?;
             let store = load_store(&storage, &pack, None)?;
-            let prepared = store.prepare_file(&file, &pack)?;
+            let mut prepared = store.prepare_file(&file, &pack)?;
+            prepared.changes.schema = Some(pack.schema_version.clone());
             let count = prepared.changes.puts.len();
             storage.apply(&prepared.changes)?;
             println!(
@@ -252,6 +267,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Gen {
+            scale,
+            seed,
+            out,
+            into_db,
+        } => gen(&spec, scale, seed, out, into_db),
         Command::Export { db } => {
             let storage = RedbStorage::open(&db.db)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -407,6 +428,77 @@ fn serve(
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn gen(
+    spec: &PackSpec,
+    scale: f64,
+    seed: u64,
+    out: Option<PathBuf>,
+    into_db: Option<PathBuf>,
+) -> Result<ExitCode, AnyError> {
+    let started = std::time::Instant::now();
+    if let Some(path) = out {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut first = true;
+        let mut failed = None;
+        w.write_all(b"[")?;
+        let g = blue_authz::gen::generate(scale, seed, &mut |e| {
+            let sep: &[u8] = if first { b"\n" } else { b",\n" };
+            first = false;
+            if let Err(e) = w.write_all(sep).and_then(|_| serde_json::to_writer(&mut w, &e).map_err(Into::into)) {
+                failed.get_or_insert(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        w.write_all(b"\n]\n")?;
+        w.flush()?;
+        println!("generated {:?} into {} in {:.1?}", g.sizes, path.display(), started.elapsed());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(db) = into_db else {
+        return Err("give --out FILE or --into-db PATH".into());
+    };
+    let Some(pack) = load_or_report(spec)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let storage = RedbStorage::open(&db)?;
+    if storage.revision()? != 0 {
+        return Err(format!("{} is not empty", db.display()).into());
+    }
+    let mut changes = blue_authz::storage::ChangeSet {
+        revision: 1,
+        schema: Some(pack.schema_version.clone()),
+        ..Default::default()
+    };
+    let mut count = 0usize;
+    let mut failed = None;
+    let g = blue_authz::gen::generate(scale, seed, &mut |e| {
+        if failed.is_some() {
+            return;
+        }
+        match blue_authz::store::parse_entity(e, &pack, "generated") {
+            Ok(e) => {
+                let json = e.to_json();
+                changes.puts.push((e.uid().to_string(), json.to_string().into_bytes()));
+                count += 1;
+            }
+            Err(err) => failed = Some(err),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    storage.apply(&changes)?;
+    println!(
+        "generated {:?}: {count} entities into {} in {:.1?}",
+        g.sizes,
+        db.display(),
+        started.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads the pack; on invalid policies prints every diagnostic and returns None.

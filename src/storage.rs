@@ -11,6 +11,9 @@ const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
 /// Store metadata: `revision` -> u64.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// Text metadata: `schema` -> the schema version the stored entities were validated with.
+const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
+const SCHEMA: &str = "schema";
 
 #[derive(Debug, thiserror::Error)]
 #[error("storage {path}: {message}")]
@@ -27,12 +30,16 @@ pub struct ChangeSet {
     pub puts: Vec<(String, Vec<u8>)>,
     /// uid texts
     pub deletes: Vec<String>,
+    /// The schema version every stored entity now conforms to, when the writer knows it.
+    pub schema: Option<String>,
 }
 
 /// Durable storage of entities.
 pub trait Storage: Send + Sync {
     /// The last committed revision (0 for an empty store).
     fn revision(&self) -> Result<u64, StorageError>;
+    /// The schema version the stored entities were last validated with, if recorded.
+    fn schema(&self) -> Result<Option<String>, StorageError>;
     /// Applies a change set atomically and durably; returns only once it is synced.
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError>;
     /// Visits every entity of one consistent snapshot, in chunks, with that snapshot's
@@ -93,6 +100,17 @@ impl Storage for RedbStorage {
         Ok(rev.map(|v| v.value()).unwrap_or(0))
     }
 
+    fn schema(&self) -> Result<Option<String>, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = match txn.open_table(META_TEXT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let v = meta.get(SCHEMA).map_err(|e| self.err(e))?;
+        Ok(v.map(|v| v.value().to_string()))
+    }
+
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(redb::Durability::Immediate)
@@ -112,6 +130,18 @@ impl Storage for RedbStorage {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             meta.insert(REVISION, changes.revision)
                 .map_err(|e| self.err(e))?;
+            let mut text = txn.open_table(META_TEXT).map_err(|e| self.err(e))?;
+            match &changes.schema {
+                Some(schema) => {
+                    text.insert(SCHEMA, schema.as_str())
+                        .map_err(|e| self.err(e))?;
+                }
+                // A writer that did not validate against a known schema: the next start
+                // validates everything again.
+                None => {
+                    text.remove(SCHEMA).map_err(|e| self.err(e))?;
+                }
+            }
         }
         txn.commit().map_err(|e| self.err(e))
     }

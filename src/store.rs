@@ -126,6 +126,11 @@ impl NewEntity {
         self.uid.clone()
     }
 
+    /// The entity's canonical Cedar JSON.
+    pub fn to_json(&self) -> &Value {
+        &self.json
+    }
+
     /// An entity from storage, validated when it was written under the same schema.
     pub fn trusted(json: Value) -> Result<NewEntity, DataError> {
         let uid = json_uid(json.get("uid")).ok_or_else(|| DataError::Invalid {
