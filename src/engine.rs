@@ -2,7 +2,7 @@
 //! storage behind it, and the store revision. Writes are serialized, validated whole, made
 //! durable, then made visible at once; decisions read one consistent view.
 
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -12,7 +12,7 @@ use crate::decide::DEFAULT_SLICE_DEPTH;
 use crate::error::{DataError, RequestError};
 use crate::policy::PolicyPack;
 use crate::storage::{Storage, StorageError};
-use crate::store::{parse_entity, EntityStore, NewEntity, WriteOp};
+use crate::store::{parse_entity, EntityStore, WriteOp};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,8 @@ pub enum EngineError {
 pub struct Engine {
     pack: ArcSwapOption<PolicyPack>,
     store: RwLock<EntityStore>,
-    storage: OnceLock<Arc<dyn Storage>>,
+    /// Taken out (and so closed) by [`Engine::close`].
+    storage: Mutex<Option<Arc<dyn Storage>>>,
     /// Serializes writers; decisions never take it.
     writer: Mutex<()>,
     revision: watch::Sender<u64>,
@@ -86,7 +87,7 @@ impl Engine {
         Engine {
             pack: ArcSwapOption::empty(),
             store: RwLock::new(EntityStore::default()),
-            storage: OnceLock::new(),
+            storage: Mutex::new(None),
             writer: Mutex::new(()),
             revision: watch::channel(0).0,
             limits,
@@ -116,9 +117,26 @@ impl Engine {
     pub fn install(&self, pack: Arc<PolicyPack>, store: EntityStore, storage: Arc<dyn Storage>) {
         let revision = store.revision();
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
-        let _ = self.storage.set(storage);
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
         self.revision.send_replace(revision);
         self.pack.store(Some(pack));
+    }
+
+    fn storage(&self) -> Option<Arc<dyn Storage>> {
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Closes the database (once no write or export holds it any more): a clean close makes
+    /// the next start quick. Writes after this answer UNAVAILABLE.
+    pub fn close(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Replaces the live policy pack; calls in flight finish on the one they started with.
@@ -152,7 +170,7 @@ impl Engine {
     /// makes it visible; returns the new revision. An invalid batch changes nothing.
     pub fn write(&self, ops: Vec<WriteOp>) -> Result<u64, EngineError> {
         let pack = self.pack().ok_or(EngineError::NotReady)?;
-        let storage = self.storage.get().ok_or(EngineError::NotReady)?;
+        let storage = self.storage().ok_or(EngineError::NotReady)?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut prepared = self.read_store().prepare(ops, &pack)?;
         prepared.changes.schema = Some(pack.schema_version.clone());
@@ -201,8 +219,22 @@ impl Engine {
         chunk: usize,
         visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
     ) -> Result<(), EngineError> {
-        let storage = self.storage.get().ok_or(EngineError::NotReady)?;
-        storage.scan(chunk.max(1), visit)?;
+        let storage = self.storage().ok_or(EngineError::NotReady)?;
+        let chunk = chunk.max(1);
+        let mut batch = Vec::with_capacity(chunk);
+        let mut last = 0;
+        let mut go_on = true;
+        storage.scan(&mut |revision, bytes| {
+            last = revision;
+            batch.push(bytes.to_vec());
+            if batch.len() >= chunk {
+                go_on = visit(revision, std::mem::take(&mut batch));
+            }
+            go_on
+        })?;
+        if go_on && !batch.is_empty() {
+            visit(last, batch);
+        }
         Ok(())
     }
 }
@@ -228,28 +260,26 @@ pub fn load_store(
         return Ok(store);
     }
     let trusted = storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
-    let mut batch = Vec::new();
-    let mut failure = None;
-    storage.scan(10_000, &mut |_, chunk| {
-        for bytes in chunk {
-            let parsed = serde_json::from_slice(&bytes)
-                .map_err(|source| DataError::Json {
-                    what: "stored entity".into(),
-                    source,
-                })
-                .and_then(|v| {
-                    if trusted {
-                        NewEntity::trusted(v)
-                    } else {
-                        parse_entity(v, pack, "stored entity")
-                    }
-                });
-            match parsed {
-                Ok(e) => batch.push(e),
-                Err(e) => {
-                    failure = Some(e);
-                    return false;
-                }
+    let started = std::time::Instant::now();
+    let mut failure: Option<DataError> = None;
+    storage.scan(&mut |_, bytes| {
+        {
+            let json_error = |source| DataError::Json {
+                what: "stored entity".into(),
+                source,
+            };
+            let parsed = if trusted {
+                store.bulk_insert_bytes(bytes).map_err(json_error)
+            } else {
+                // Validated again under the new schema; stored as written.
+                serde_json::from_slice::<serde_json::Value>(bytes)
+                    .map_err(json_error)
+                    .and_then(|v| parse_entity(v, pack, "stored entity"))
+                    .and_then(|e| store.bulk_insert(e.to_json()))
+            };
+            if let Err(e) = parsed {
+                failure = Some(e);
+                return false;
             }
         }
         true
@@ -257,8 +287,15 @@ pub fn load_store(
     if let Some(e) = failure {
         return Err(e.into());
     }
-    let prepared = store.prepare_entities(batch).with_revision(revision);
-    store.commit(prepared);
+    let scanned = started.elapsed();
+    store.finish_bulk(revision);
+    tracing::info!(
+        entities = store.len(),
+        trusted,
+        scan_ms = scanned.as_millis() as u64,
+        closures_ms = (started.elapsed() - scanned).as_millis() as u64,
+        "entity index built"
+    );
     if !trusted {
         // Everything was just validated under this schema: record it, changing nothing else.
         storage.apply(&crate::storage::ChangeSet {

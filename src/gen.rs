@@ -15,14 +15,14 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -115,7 +115,9 @@ pub fn generate(scale: f64, seed: u64, emit: &mut dyn FnMut(Value)) -> Generated
                 Some(next) => uid("Role", &format!("{id}/{next}")),
                 None => uid(scope_ty, id),
             };
-            emit(json!({"uid": uid("Role", &format!("{id}/{r}")), "attrs": {}, "parents": [parent]}));
+            emit(
+                json!({"uid": uid("Role", &format!("{id}/{r}")), "attrs": {}, "parents": [parent]}),
+            );
         }
     };
     let roles = |id: &str| -> serde_json::Map<String, Value> {
@@ -132,7 +134,10 @@ pub fn generate(scale: f64, seed: u64, emit: &mut dyn FnMut(Value)) -> Generated
     for p in 0..sizes.projects {
         let id = format!("p{p}");
         let mut attrs = roles(&id);
-        attrs.insert("company".into(), ent("Company", &format!("c{}", company_of_project(p, &sizes))));
+        attrs.insert(
+            "company".into(),
+            ent("Company", &format!("c{}", company_of_project(p, &sizes))),
+        );
         emit(json!({"uid": uid("Project", &id), "attrs": attrs, "parents": []}));
         chain("Project", &id, emit);
     }
@@ -174,13 +179,20 @@ pub fn generate(scale: f64, seed: u64, emit: &mut dyn FnMut(Value)) -> Generated
         let owner = users[rng.below(users.len())];
         dashboards.push((d, c, owner));
         let mut shared: Vec<usize> = Vec::new();
-        for _ in 0..sizes.shares_per_dashboard.min(users.len().saturating_sub(1)) {
+        for _ in 0..sizes
+            .shares_per_dashboard
+            .min(users.len().saturating_sub(1))
+        {
             let u = users[rng.below(users.len())];
             if u == owner || shared.contains(&u) {
                 continue;
             }
             shared.push(u);
-            let group = if rng.below(10) < 3 { "editors" } else { "viewers" };
+            let group = if rng.below(10) < 3 {
+                "editors"
+            } else {
+                "viewers"
+            };
             parents[u].push(uid("DashboardGroup", &format!("d{d}/{group}")));
         }
     }
@@ -206,8 +218,12 @@ pub fn generate(scale: f64, seed: u64, emit: &mut dyn FnMut(Value)) -> Generated
             "owner": ent("User", &format!("u{owner}")),
             "editors": ent("DashboardGroup", &format!("{id}/editors")),
             "viewers": ent("DashboardGroup", &format!("{id}/viewers"))}, "parents": []}));
-        emit(json!({"uid": uid("DashboardGroup", &format!("{id}/editors")), "attrs": {}, "parents": [uid("DashboardGroup", &format!("{id}/viewers"))]}));
-        emit(json!({"uid": uid("DashboardGroup", &format!("{id}/viewers")), "attrs": {}, "parents": [uid("Dashboard", &id)]}));
+        emit(
+            json!({"uid": uid("DashboardGroup", &format!("{id}/editors")), "attrs": {}, "parents": [uid("DashboardGroup", &format!("{id}/viewers"))]}),
+        );
+        emit(
+            json!({"uid": uid("DashboardGroup", &format!("{id}/viewers")), "attrs": {}, "parents": [uid("Dashboard", &id)]}),
+        );
     }
     Generated {
         sizes,

@@ -10,8 +10,8 @@
 pub mod config;
 pub mod decide;
 pub mod engine;
-pub mod gen;
 pub mod error;
+pub mod gen;
 pub mod grpc;
 pub mod matrix;
 pub mod policy;

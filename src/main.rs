@@ -131,7 +131,7 @@ struct ServeArgs {
     /// Cedar JSON entities file written into the database when the database is empty
     /// (an empty value: none).
     #[arg(long, env = "BLUE_AUTHZ_SEED", default_value = "data/demo.json")]
-    seed: PathBuf,
+    seed: String,
     /// Address of the data service (EntityStore); it runs only when a token is set.
     #[arg(
         long,
@@ -279,14 +279,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
             let mut first = true;
             let mut io_error = None;
             out.write_all(b"[")?;
-            storage.scan(1000, &mut |_, items| {
-                for item in items {
-                    let sep: &[u8] = if first { b"\n" } else { b",\n" };
-                    first = false;
-                    if let Err(e) = out.write_all(sep).and_then(|_| out.write_all(&item)) {
-                        io_error = Some(e);
-                        return false;
-                    }
+            storage.scan(&mut |_, item| {
+                let sep: &[u8] = if first { b"\n" } else { b",\n" };
+                first = false;
+                if let Err(e) = out.write_all(sep).and_then(|_| out.write_all(item)) {
+                    io_error = Some(e);
+                    return false;
                 }
                 true
             })?;
@@ -359,7 +357,11 @@ fn serve(
     from_file!("overlays", pack.overlays, file.overlays.clone());
     from_file!("listen", args.listen, file.listen);
     from_file!("db", args.db.db, file.db);
-    from_file!("seed", args.seed, file.seed);
+    from_file!(
+        "seed",
+        args.seed,
+        file.seed.map(|p| p.display().to_string())
+    );
     from_file!("data_listen", args.data_listen, file.data_listen);
     from_file!("data_token", args.data_token, file.data_token.map(Some));
     from_file!("slice_depth", args.slice_depth, file.slice_depth);
@@ -389,7 +391,7 @@ fn serve(
         listen: args.listen,
         pack: spec,
         db: args.db.db,
-        seed: Some(args.seed).filter(|s| !s.as_os_str().is_empty()),
+        seed: Some(args.seed).filter(|s| !s.is_empty()).map(PathBuf::from),
         data_listen: args.data_listen,
         data_token: args.data_token.filter(|t| !t.is_empty()),
         limits: Limits {
@@ -446,7 +448,10 @@ fn gen(
         let g = blue_authz::gen::generate(scale, seed, &mut |e| {
             let sep: &[u8] = if first { b"\n" } else { b",\n" };
             first = false;
-            if let Err(e) = w.write_all(sep).and_then(|_| serde_json::to_writer(&mut w, &e).map_err(Into::into)) {
+            if let Err(e) = w
+                .write_all(sep)
+                .and_then(|_| serde_json::to_writer(&mut w, &e).map_err(Into::into))
+            {
                 failed.get_or_insert(e);
             }
         });
@@ -455,7 +460,12 @@ fn gen(
         }
         w.write_all(b"\n]\n")?;
         w.flush()?;
-        println!("generated {:?} into {} in {:.1?}", g.sizes, path.display(), started.elapsed());
+        println!(
+            "generated {:?} into {} in {:.1?}",
+            g.sizes,
+            path.display(),
+            started.elapsed()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let Some(db) = into_db else {
@@ -482,7 +492,9 @@ fn gen(
         match blue_authz::store::parse_entity(e, &pack, "generated") {
             Ok(e) => {
                 let json = e.to_json();
-                changes.puts.push((e.uid().to_string(), json.to_string().into_bytes()));
+                changes
+                    .puts
+                    .push((e.uid().to_string(), json.to_string().into_bytes()));
                 count += 1;
             }
             Err(err) => failed = Some(err),

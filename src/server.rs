@@ -223,9 +223,16 @@ impl Running {
         let seed = self.config.seed.clone();
         let (pack, store, storage) =
             tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+                let started = std::time::Instant::now();
                 let pack = PolicyPack::load(&spec)?;
+                let loaded = started.elapsed();
                 let storage: Arc<dyn Storage> =
                     Arc::new(RedbStorage::open(&db).map_err(EngineError::from)?);
+                tracing::info!(
+                    policies_ms = loaded.as_millis() as u64,
+                    open_ms = (started.elapsed() - loaded).as_millis() as u64,
+                    "policies loaded, database open"
+                );
                 let store = load_store(storage.as_ref(), &pack, seed.as_deref())?;
                 Ok((pack, store, storage))
             })
@@ -282,6 +289,7 @@ impl Running {
         for task in self.tasks.drain(..) {
             task.await??;
         }
+        self.engine.close();
         Ok(())
     }
 }

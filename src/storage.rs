@@ -14,6 +14,8 @@ const REVISION: &str = "revision";
 /// Text metadata: `schema` -> the schema version the stored entities were validated with.
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 const SCHEMA: &str = "schema";
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("storage {path}: {message}")]
@@ -42,13 +44,9 @@ pub trait Storage: Send + Sync {
     fn schema(&self) -> Result<Option<String>, StorageError>;
     /// Applies a change set atomically and durably; returns only once it is synced.
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError>;
-    /// Visits every entity of one consistent snapshot, in chunks, with that snapshot's
+    /// Visits every entity (its stored JSON) of one consistent snapshot, with that snapshot's
     /// revision. The visitor returns false to stop.
-    fn scan(
-        &self,
-        chunk: usize,
-        visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
-    ) -> Result<(), StorageError>;
+    fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError>;
 }
 
 /// redb-backed storage: one file.
@@ -67,17 +65,40 @@ impl RedbStorage {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
         }
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        // The entity index lives in memory; redb's page cache only needs to serve writes and
+        // the start-up scan, not hold the whole file (its default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| err(&e))?;
         let storage = RedbStorage {
             path: path.to_path_buf(),
             db,
         };
-        // Create the tables so that readers never meet a missing table.
-        storage.apply(&ChangeSet {
-            revision: storage.revision()?,
-            ..Default::default()
-        })?;
+        // Create the tables so that readers never meet a missing table (a new file only: a
+        // write transaction on a large file costs a sync).
+        if storage.tables_exist()? {
+            return Ok(storage);
+        }
+        let txn = storage.db.begin_write().map_err(|e| storage.err(e))?;
+        txn.open_table(ENTITIES).map_err(|e| storage.err(e))?;
+        txn.open_table(META).map_err(|e| storage.err(e))?;
+        txn.open_table(META_TEXT).map_err(|e| storage.err(e))?;
+        txn.commit().map_err(|e| storage.err(e))?;
         Ok(storage)
+    }
+
+    fn tables_exist(&self) -> Result<bool, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        for name in ["entities", "meta", "meta_text"] {
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(name);
+            match txn.open_untyped_table(def) {
+                Ok(_) => {}
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Ok(true)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StorageError {
@@ -146,11 +167,7 @@ impl Storage for RedbStorage {
         txn.commit().map_err(|e| self.err(e))
     }
 
-    fn scan(
-        &self,
-        chunk: usize,
-        visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
-    ) -> Result<(), StorageError> {
+    fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let revision = txn
             .open_table(META)
@@ -160,16 +177,11 @@ impl Storage for RedbStorage {
             .map(|v| v.value())
             .unwrap_or(0);
         let table = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
-        let mut batch = Vec::with_capacity(chunk);
         for item in table.iter().map_err(|e| self.err(e))? {
             let (_, v) = item.map_err(|e| self.err(e))?;
-            batch.push(v.value().to_vec());
-            if batch.len() >= chunk && !visit(revision, std::mem::take(&mut batch)) {
-                return Ok(());
+            if !visit(revision, v.value()) {
+                break;
             }
-        }
-        if !batch.is_empty() {
-            visit(revision, batch);
         }
         Ok(())
     }

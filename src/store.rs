@@ -34,11 +34,8 @@ enum Val {
     Str(Box<str>),
     Set(Box<[Val]>),
     Record(Fields),
-    /// An extension value (`decimal("1.0")`, `ip("10.0.0.1")`).
-    Ext {
-        func: Box<str>,
-        arg: Box<str>,
-    },
+    /// An extension value (`decimal("1.0")`, `ip("10.0.0.1")`): function and argument.
+    Ext(Box<(Box<str>, Box<str>)>),
 }
 
 /// Named values: a record's fields, an entity's tags.
@@ -59,7 +56,8 @@ struct Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UidKey {
     ty: u16,
-    id: Arc<str>,
+    /// Inline up to 23 bytes: no pointer to chase when comparing.
+    id: smol_str::SmolStr,
 }
 
 #[derive(Hash)]
@@ -89,6 +87,7 @@ impl std::hash::Hash for UidKey {
 pub struct EntityStore {
     types: Vec<EntityTypeName>,
     type_ix: HashMap<EntityTypeName, u16>,
+    type_by_name: hashbrown::HashMap<Box<str>, u16>,
     attr_names: Vec<Arc<str>>,
     attr_ix: HashMap<Arc<str>, u16>,
     uids: Vec<UidKey>,
@@ -273,6 +272,77 @@ impl EntityStore {
         working.finish()
     }
 
+    /// Adds entities already validated under the current schema (from storage) in bulk; call
+    /// [`EntityStore::finish_bulk`] once after the last. Later duplicates replace earlier ones.
+    pub fn bulk_insert(&mut self, json: &Value) -> Result<(), DataError> {
+        let ix = json
+            .get("uid")
+            .and_then(json_uid_parts)
+            .and_then(|(ty, id)| self.intern_parts(ty, id))
+            .ok_or_else(|| DataError::Invalid {
+                what: "stored entity".into(),
+                message: format!("has no valid uid: {json}"),
+            })?;
+        let node = self.node_from_json(json);
+        if !self.nodes[ix as usize].present {
+            self.present += 1;
+        }
+        self.nodes[ix as usize] = node;
+        Ok(())
+    }
+
+    /// Builds the children index and every closure after [`EntityStore::bulk_insert`].
+    pub fn finish_bulk(&mut self, revision: u64) {
+        self.children.clear();
+        for (ix, node) in self.nodes.iter().enumerate() {
+            for p in node.parents.iter() {
+                self.children.entry(*p).or_default().push(ix as Ix);
+            }
+        }
+        // 0: stale, 1: in progress, 2: done; parents first, iteratively.
+        let mut state = vec![0u8; self.nodes.len()];
+        let mut stack: Vec<(Ix, bool)> = Vec::new();
+        for root in 0..self.nodes.len() as Ix {
+            if state[root as usize] == 2 {
+                continue;
+            }
+            stack.push((root, false));
+            while let Some((ix, expanded)) = stack.pop() {
+                let i = ix as usize;
+                if state[i] == 2 || (state[i] == 1 && !expanded) {
+                    continue;
+                }
+                if !expanded {
+                    state[i] = 1;
+                    stack.push((ix, true));
+                    for p in self.nodes[i].parents.iter() {
+                        if state[*p as usize] == 0 {
+                            stack.push((*p, false));
+                        }
+                    }
+                    continue;
+                }
+                let node = &self.nodes[i];
+                let closure: Box<[Ix]> = match node.parents.len() {
+                    0 => Box::default(),
+                    _ => {
+                        let mut c: Vec<Ix> = Vec::new();
+                        for p in node.parents.iter() {
+                            c.push(*p);
+                            c.extend_from_slice(&self.nodes[*p as usize].closure);
+                        }
+                        c.sort_unstable();
+                        c.dedup();
+                        c.into()
+                    }
+                };
+                self.nodes[i].closure = closure;
+                state[i] = 2;
+            }
+        }
+        self.revision = revision;
+    }
+
     /// The same entities and revision, validated and indexed again under another pack's
     /// schema.
     pub fn rebuild(&self, pack: &PolicyPack) -> Result<EntityStore, DataError> {
@@ -373,9 +443,7 @@ impl EntityStore {
                     .map(|(k, v)| (k.to_string(), self.val_json(v)))
                     .collect(),
             ),
-            Val::Ext { func, arg } => {
-                serde_json::json!({"__extn": {"fn": &**func, "arg": &**arg}})
-            }
+            Val::Ext(x) => serde_json::json!({"__extn": {"fn": &*x.0, "arg": &*x.1}}),
         }
     }
 
@@ -454,21 +522,37 @@ impl EntityStore {
     fn intern(&mut self, uid: &EntityUid) -> Ix {
         let ty = match self.type_ix.get(uid.type_name()) {
             Some(t) => *t,
-            None => {
-                let t = self.types.len() as u16;
-                self.types.push(uid.type_name().clone());
-                self.type_ix.insert(uid.type_name().clone(), t);
-                t
-            }
+            None => self.add_type(uid.type_name().clone()),
         };
-        let id = uid.id().unescaped();
+        self.intern_id(ty, uid.id().unescaped())
+    }
+
+    fn add_type(&mut self, ty: EntityTypeName) -> u16 {
+        let t = self.types.len() as u16;
+        self.type_by_name.insert(ty.to_string().into(), t);
+        self.type_ix.insert(ty.clone(), t);
+        self.types.push(ty);
+        t
+    }
+
+    /// Interns a uid given as JSON text parts, parsing the type name only the first time it
+    /// is seen. None if the type name is not one.
+    fn intern_parts(&mut self, ty: &str, id: &str) -> Option<Ix> {
+        let t = match self.type_by_name.get(ty) {
+            Some(t) => *t,
+            None => self.add_type(ty.parse().ok()?),
+        };
+        Some(self.intern_id(t, id))
+    }
+
+    fn intern_id(&mut self, ty: u16, id: &str) -> Ix {
         if let Some(ix) = self.index.get(&UidRef { ty, id }) {
             return *ix;
         }
         let ix = self.uids.len() as Ix;
         let key = UidKey {
             ty,
-            id: Arc::from(id),
+            id: smol_str::SmolStr::new(id),
         };
         self.uids.push(key.clone());
         self.index.insert(key, ix);
@@ -630,11 +714,21 @@ impl EntityStore {
 /// Turns uids into indexes: interning in the store, per request in a view.
 trait Resolve {
     fn ix(&mut self, uid: &EntityUid) -> Ix;
+
+    /// A uid given as JSON (`{"type", "id"}` or `{"__entity": ..}`).
+    fn json_ix(&mut self, v: &Value) -> Option<Ix> {
+        json_uid(Some(v)).map(|uid| self.ix(&uid))
+    }
 }
 
 impl Resolve for EntityStore {
     fn ix(&mut self, uid: &EntityUid) -> Ix {
         self.intern(uid)
+    }
+
+    fn json_ix(&mut self, v: &Value) -> Option<Ix> {
+        let (ty, id) = json_uid_parts(v)?;
+        self.intern_parts(ty, id)
     }
 }
 
@@ -652,10 +746,10 @@ struct ParsedNode {
 }
 
 fn parse_node(r: &mut impl Resolve, json: &Value) -> ParsedNode {
-    let parents = json_uids(json.get("parents"))
-        .iter()
-        .map(|p| r.ix(p))
-        .collect();
+    let parents = match json.get("parents") {
+        Some(Value::Array(items)) => items.iter().filter_map(|p| r.json_ix(p)).collect(),
+        _ => Box::default(),
+    };
     let attrs = match json.get("attrs") {
         Some(Value::Object(map)) => map
             .iter()
@@ -685,16 +779,13 @@ fn val_from_json(r: &mut impl Resolve, v: &Value) -> Val {
         Value::String(s) => Val::Str(s.as_str().into()),
         Value::Array(items) => Val::Set(items.iter().map(|i| val_from_json(r, i)).collect()),
         Value::Object(map) => {
-            if let Some(uid) = map.get("__entity").and_then(|e| json_uid(Some(e))) {
-                return Val::Entity(r.ix(&uid));
+            if let Some(ix) = map.get("__entity").and_then(|e| r.json_ix(e)) {
+                return Val::Entity(ix);
             }
             if let Some(x) = map.get("__extn") {
                 let func = x.get("fn").and_then(Value::as_str).unwrap_or_default();
                 let arg = x.get("arg").and_then(Value::as_str).unwrap_or_default();
-                return Val::Ext {
-                    func: func.into(),
-                    arg: arg.into(),
-                };
+                return Val::Ext(Box::new((func.into(), arg.into())));
             }
             Val::Record(
                 map.iter()
@@ -859,8 +950,8 @@ impl<'a> View<'a> {
                     .collect::<Result<Vec<_>, String>>()?,
             )
             .map_err(|e| e.to_string())?,
-            Val::Ext { func, arg } => {
-                let text = format!("{func}({})", Value::String(arg.to_string()));
+            Val::Ext(x) => {
+                let text = format!("{}({})", x.0, Value::String(x.1.to_string()));
                 text.parse::<RestrictedExpression>()
                     .map_err(|e| e.to_string())?
             }
@@ -981,6 +1072,16 @@ fn uid_json(a: &EntityUid) -> Value {
     serde_json::json!({"type": a.type_name().to_string(), "id": a.id().unescaped()})
 }
 
+/// The type and id texts of `{"type": .., "id": ..}` or `{"__entity": {..}}`.
+fn json_uid_parts(v: &Value) -> Option<(&str, &str)> {
+    let v = v.get("__entity").unwrap_or(v);
+    let obj = v.as_object()?;
+    if obj.len() != 2 {
+        return None;
+    }
+    Some((obj.get("type")?.as_str()?, obj.get("id")?.as_str()?))
+}
+
 /// A uid from `{"type": .., "id": ..}` or `{"__entity": {..}}`.
 pub fn json_uid(v: Option<&Value>) -> Option<EntityUid> {
     let v = v?;
@@ -1021,5 +1122,246 @@ pub fn value_refs(v: &Value, out: &mut Vec<EntityUid>) {
             }
         }
         _ => {}
+    }
+}
+
+/// Start-up fast path: stored entities (canonical Cedar JSON, validated when written)
+/// deserialized straight into the index, without building `serde_json::Value`s.
+mod fast {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{
+        DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    };
+
+    use super::{EntityStore, Fields, Ix, Node, Val};
+
+    impl EntityStore {
+        /// Adds one stored entity; see [`EntityStore::bulk_insert`].
+        pub fn bulk_insert_bytes(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let (ix, node) = EntitySeed(self).deserialize(&mut de)?;
+            de.end()?;
+            if !self.nodes[ix as usize].present {
+                self.present += 1;
+            }
+            self.nodes[ix as usize] = node;
+            Ok(())
+        }
+    }
+
+    struct EntitySeed<'s>(&'s mut EntityStore);
+
+    impl<'de> DeserializeSeed<'de> for EntitySeed<'_> {
+        type Value = (Ix, Node);
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for EntitySeed<'_> {
+        type Value = (Ix, Node);
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a Cedar JSON entity")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let store = self.0;
+            let mut uid = None;
+            let mut node = Node {
+                present: true,
+                ..Node::default()
+            };
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match &*key {
+                    "uid" => uid = Some(map.next_value_seed(UidSeed(store))?),
+                    "parents" => node.parents = map.next_value_seed(UidsSeed(store))?,
+                    "attrs" => node.attrs = map.next_value_seed(AttrsSeed(store))?,
+                    "tags" => {
+                        let tags = map.next_value_seed(FieldsSeed(store))?;
+                        node.tags = (!tags.is_empty()).then_some(tags);
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            let uid = uid.ok_or_else(|| A::Error::missing_field("uid"))?;
+            Ok((uid, node))
+        }
+    }
+
+    /// `{"type", "id"}` or `{"__entity": {"type", "id"}}`.
+    struct UidSeed<'s>(&'s mut EntityStore);
+
+    impl<'de> DeserializeSeed<'de> for UidSeed<'_> {
+        type Value = Ix;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Ix, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for UidSeed<'_> {
+        type Value = Ix;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an entity reference")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ix, A::Error> {
+            let (mut ty, mut id): (Option<Cow<'de, str>>, Option<Cow<'de, str>>) = (None, None);
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match &*key {
+                    "__entity" => return map.next_value_seed(UidSeed(self.0)),
+                    "type" => ty = Some(map.next_value()?),
+                    "id" => id = Some(map.next_value()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            let (ty, id) = ty
+                .zip(id)
+                .ok_or_else(|| A::Error::custom("uid needs type and id"))?;
+            self.0
+                .intern_parts(&ty, &id)
+                .ok_or_else(|| A::Error::custom(format!("`{ty}` is not a type name")))
+        }
+    }
+
+    struct UidsSeed<'s>(&'s mut EntityStore);
+
+    impl<'de> DeserializeSeed<'de> for UidsSeed<'_> {
+        type Value = Box<[Ix]>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for UidsSeed<'_> {
+        type Value = Box<[Ix]>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of entity references")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(ix) = seq.next_element_seed(UidSeed(self.0))? {
+                out.push(ix);
+            }
+            Ok(out.into())
+        }
+    }
+
+    /// An entity's attributes, their names interned.
+    struct AttrsSeed<'s>(&'s mut EntityStore);
+
+    impl<'de> DeserializeSeed<'de> for AttrsSeed<'_> {
+        type Value = Box<[(u16, Val)]>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for AttrsSeed<'_> {
+        type Value = Box<[(u16, Val)]>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("attributes")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                let k = self.0.attr_key(&key);
+                out.push((k, map.next_value_seed(ValSeed(self.0))?));
+            }
+            Ok(out.into())
+        }
+    }
+
+    struct FieldsSeed<'s>(&'s mut EntityStore);
+
+    impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
+        type Value = Fields;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Fields, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for FieldsSeed<'_> {
+        type Value = Fields;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a record")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                let v = map.next_value_seed(ValSeed(self.0))?;
+                out.push((Box::from(&*key), v));
+            }
+            Ok(out.into())
+        }
+    }
+
+    struct ValSeed<'s>(&'s mut EntityStore);
+
+    impl<'de> DeserializeSeed<'de> for ValSeed<'_> {
+        type Value = Val;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ValSeed<'_> {
+        type Value = Val;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a Cedar JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Val, E> {
+            Ok(Val::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Val, E> {
+            Ok(Val::Long(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Val, E> {
+            i64::try_from(v).map(Val::Long).map_err(E::custom)
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Val, E> {
+            Ok(Val::Str(v.into()))
+        }
+        fn visit_unit<E>(self) -> Result<Val, E> {
+            Ok(Val::Record(Box::default()))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Val, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(ValSeed(self.0))? {
+                out.push(v);
+            }
+            Ok(Val::Set(out.into()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
+            let mut fields = Vec::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match &*key {
+                    "__entity" if fields.is_empty() => {
+                        let ix = map.next_value_seed(UidSeed(self.0))?;
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        return Ok(Val::Entity(ix));
+                    }
+                    "__extn" if fields.is_empty() => {
+                        #[derive(serde::Deserialize)]
+                        struct Extn {
+                            #[serde(rename = "fn")]
+                            func: String,
+                            arg: String,
+                        }
+                        let x: Extn = map.next_value()?;
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        return Ok(Val::Ext(Box::new((x.func.into(), x.arg.into()))));
+                    }
+                    _ => {
+                        let v = map.next_value_seed(ValSeed(self.0))?;
+                        fields.push((Box::from(&*key), v));
+                    }
+                }
+            }
+            Ok(Val::Record(fields.into()))
+        }
     }
 }

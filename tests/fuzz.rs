@@ -9,18 +9,15 @@ use blue_authz::server::{self, Limits};
 use blue_authz::suite;
 use tonic::Code;
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
+/// The generator's deterministic RNG, with fuzzing helpers.
+struct Rng(blue_authz::gen::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n)
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len())]
@@ -122,7 +119,7 @@ async fn ten_thousand_random_and_mutated_requests() {
         let cases = cases.clone();
         let entity_texts = entity_texts.clone();
         handles.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+            let mut rng = Rng(blue_authz::gen::Rng::new(t + 1));
             let mut client = AuthorizerClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();
