@@ -19,6 +19,8 @@ use crate::store::{parse_entities, value_refs, EntityStore, Overlay};
 /// as an evaluation error in the policy tests, which run through this same path.
 pub const DEFAULT_SLICE_DEPTH: usize = 1;
 
+static AUTHORIZER: std::sync::LazyLock<Authorizer> = std::sync::LazyLock::new(Authorizer::new);
+
 /// An entity reference as callers send it: a Cedar type name and an id.
 #[derive(Debug, Clone, Copy)]
 pub struct UidRef<'a> {
@@ -263,13 +265,21 @@ pub fn decide(
         // Fail closed: a slice that cannot be built decides nothing.
         Err(e) => return deny_with(&format!("entity slice: {e}")),
     };
-    slice.push(entry.entity.clone());
-    let entities = match Entities::from_entities(slice, None) {
+    slice.push(entry.core_entity.clone());
+    // Every slice entity carries its ancestors already (closed over what the request can
+    // compare), so Cedar's closure pass is skipped.
+    let entities = match cedar_policy_core::entities::Entities::from_entities(
+        slice,
+        None::<&cedar_policy_core::entities::NoEntitiesSchema>,
+        cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+        cedar_policy_core::extensions::Extensions::all_available(),
+    ) {
         Ok(e) => e,
         // Fail closed: a slice Cedar will not accept decides nothing.
         Err(e) => return deny_with(&format!("entity slice rejected: {e}")),
     };
-    let response = Authorizer::new().is_authorized(&req.request, &entry.policies, &entities);
+    let entities = <Entities as ref_cast::RefCast>::ref_cast(&entities);
+    let response = AUTHORIZER.is_authorized(&req.request, &entry.policies, entities);
     let mut determining: Vec<String> = response
         .diagnostics()
         .reason()

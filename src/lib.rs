@@ -20,3 +20,4 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod suite;
+pub mod workload;

@@ -51,6 +51,8 @@ pub struct ActionEntry {
     pub policies: PolicySet,
     /// The action entity with its action-group ancestors, for the per-request slice.
     pub entity: Entity,
+    /// The same, as cedar-policy-core's entity (slices are built from core entities).
+    pub core_entity: cedar_policy_core::ast::Entity,
     pub principal_types: HashSet<EntityTypeName>,
     pub resource_types: HashSet<EntityTypeName>,
     /// Entity literals in those policies: a slice keeps ancestors that match them.
@@ -426,12 +428,21 @@ fn index_actions(
         literals.retain(|l| l.type_name() != action.type_name());
         literals.sort_by_key(|l| l.to_string());
         literals.dedup();
+        let core = |u: &EntityUid| -> cedar_policy_core::ast::EntityUID { u.as_ref().clone() };
+        let core_entity = cedar_policy_core::ast::Entity::new_with_attr_partial_value(
+            core(action),
+            [],
+            std::collections::HashSet::new(),
+            ancestors.iter().map(core).collect(),
+            [],
+        );
         let entity = Entity::new_no_attrs(action.clone(), ancestors);
         out.insert(
             action.clone(),
             ActionEntry {
                 policies: set,
                 entity,
+                core_entity,
                 principal_types,
                 resource_types,
                 literals,

@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid};
+use cedar_policy_core::ast;
 use serde_json::{Map, Value};
 
 use crate::error::{DataError, RequestError};
@@ -86,6 +87,8 @@ impl std::hash::Hash for UidKey {
 #[derive(Debug, Default, Clone)]
 pub struct EntityStore {
     types: Vec<EntityTypeName>,
+    /// The same types, as cedar-policy-core's, for building slice entities.
+    core_types: Vec<ast::EntityType>,
     type_ix: HashMap<EntityTypeName, u16>,
     type_by_name: hashbrown::HashMap<Box<str>, u16>,
     attr_names: Vec<Arc<str>>,
@@ -389,6 +392,15 @@ impl EntityStore {
         self.lookup(uid).and_then(|ix| self.node(ix)).is_some()
     }
 
+    fn core_uid_of(&self, ix: Ix) -> ast::EntityUID {
+        let key = &self.uids[ix as usize];
+        ast::EntityUID::from_components(
+            self.core_types[key.ty as usize].clone(),
+            ast::Eid::new(key.id.clone()),
+            None,
+        )
+    }
+
     fn uid_of(&self, ix: Ix) -> EntityUid {
         let key = &self.uids[ix as usize];
         EntityUid::from_type_name_and_id(
@@ -529,6 +541,8 @@ impl EntityStore {
 
     fn add_type(&mut self, ty: EntityTypeName) -> u16 {
         let t = self.types.len() as u16;
+        let core: ast::Name = ty.to_string().parse().expect("a type name prints as one");
+        self.core_types.push(ast::EntityType::from(core));
         self.type_by_name.insert(ty.to_string().into(), t);
         self.type_ix.insert(ty.clone(), t);
         self.types.push(ty);
@@ -648,7 +662,7 @@ impl EntityStore {
         overlay: &Overlay,
         depth: usize,
         literals: &[EntityUid],
-    ) -> Result<Vec<Entity>, String> {
+    ) -> Result<Vec<ast::Entity>, String> {
         let mut view = View::new(self, overlay);
         let mut members: Vec<Ix> = Vec::new();
         let mut relevant: Vec<Ix> = Vec::new();
@@ -861,12 +875,13 @@ impl<'a> View<'a> {
         ix
     }
 
-    fn uid_of(&self, ix: Ix) -> EntityUid {
+    fn uid_of(&self, ix: Ix) -> ast::EntityUID {
         let n = self.store.uids.len();
         if (ix as usize) < n {
-            self.store.uid_of(ix)
+            self.store.core_uid_of(ix)
         } else {
-            self.extra[ix as usize - n].clone()
+            let uid: &ast::EntityUID = self.extra[ix as usize - n].as_ref();
+            uid.clone()
         }
     }
 
@@ -930,38 +945,46 @@ impl<'a> View<'a> {
         }
     }
 
-    fn expr(&self, v: &Val) -> Result<RestrictedExpression, String> {
+    /// The Cedar value of an attribute value. Built directly; only extension values go
+    /// through Cedar's evaluator.
+    fn value(&self, v: &Val) -> Result<ast::Value, String> {
         Ok(match v {
-            Val::Entity(ix) => RestrictedExpression::new_entity_uid(self.uid_of(*ix)),
-            Val::Bool(b) => RestrictedExpression::new_bool(*b),
-            Val::Long(n) => RestrictedExpression::new_long(*n),
-            Val::Str(s) => RestrictedExpression::new_string(s.to_string()),
-            Val::Set(items) => {
-                RestrictedExpression::new_set(items.iter().map(|i| self.expr(i)).collect::<Result<
-                    Vec<_>,
-                    _,
-                >>(
-                )?)
-            }
-            Val::Record(fields) => RestrictedExpression::new_record(
+            Val::Entity(ix) => ast::Value::from(self.uid_of(*ix)),
+            Val::Bool(b) => ast::Value::from(*b),
+            Val::Long(n) => ast::Value::from(*n),
+            Val::Str(s) => ast::Value::from(smol_str::SmolStr::new(&**s)),
+            Val::Set(items) => ast::Value::set(
+                items
+                    .iter()
+                    .map(|i| self.value(i))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None,
+            ),
+            Val::Record(fields) => ast::Value::record(
                 fields
                     .iter()
-                    .map(|(k, v)| Ok((k.to_string(), self.expr(v)?)))
+                    .map(|(k, v)| Ok((smol_str::SmolStr::new(&**k), self.value(v)?)))
                     .collect::<Result<Vec<_>, String>>()?,
-            )
-            .map_err(|e| e.to_string())?,
+                None,
+            ),
             Val::Ext(x) => {
                 let text = format!("{}({})", x.0, Value::String(x.1.to_string()));
-                text.parse::<RestrictedExpression>()
-                    .map_err(|e| e.to_string())?
+                let expr: ast::RestrictedExpr = text.parse().map_err(|e| format!("{e}"))?;
+                cedar_policy_core::evaluator::RestrictedEvaluator::new(
+                    cedar_policy_core::extensions::Extensions::all_available(),
+                )
+                .interpret(expr.as_borrowed())
+                .map_err(|e| e.to_string())?
             }
         })
     }
 
-    /// The Cedar entity of `ix`, with its ancestors cut down to `relevant` (sorted).
-    fn entity(&self, ix: Ix, relevant: &[Ix]) -> Result<Entity, String> {
+    /// The Cedar entity of `ix`, with its ancestors cut down to `relevant` (sorted). The set
+    /// is transitively closed over `relevant` (a closure intersected with a set), which is
+    /// what Cedar assumes of a slice built without recomputing the closure.
+    fn entity(&self, ix: Ix, relevant: &[Ix]) -> Result<ast::Entity, String> {
         let node = self.node(ix).ok_or("slice member without a node")?;
-        let parents: HashSet<EntityUid> = if node.closure.len() <= relevant.len() {
+        let ancestors: HashSet<ast::EntityUID> = if node.closure.len() <= relevant.len() {
             node.closure
                 .iter()
                 .filter(|a| relevant.binary_search(a).is_ok())
@@ -974,18 +997,25 @@ impl<'a> View<'a> {
                 .map(|a| self.uid_of(*a))
                 .collect()
         };
-        let mut attrs = HashMap::with_capacity(node.attrs.len());
+        let mut attrs = Vec::with_capacity(node.attrs.len());
         for (k, v) in node.attrs.iter() {
-            attrs.insert(self.attr_name(ix, *k).to_string(), self.expr(v)?);
+            let name = smol_str::SmolStr::new(self.attr_name(ix, *k));
+            attrs.push((name, ast::PartialValue::Value(self.value(v)?)));
         }
-        let tags = match &node.tags {
-            Some(t) => t
-                .iter()
-                .map(|(k, v)| Ok((k.to_string(), self.expr(v)?)))
-                .collect::<Result<Vec<_>, String>>()?,
-            None => Vec::new(),
-        };
-        Entity::new_with_tags(self.uid_of(ix), attrs, parents, tags).map_err(|e| e.to_string())
+        let mut tags = Vec::new();
+        for (k, v) in node.tags.iter().flat_map(|t| t.iter()) {
+            tags.push((
+                smol_str::SmolStr::new(&**k),
+                ast::PartialValue::Value(self.value(v)?),
+            ));
+        }
+        Ok(ast::Entity::new_with_attr_partial_value(
+            self.uid_of(ix),
+            attrs,
+            HashSet::new(),
+            ancestors,
+            tags,
+        ))
     }
 }
 

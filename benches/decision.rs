@@ -1,0 +1,300 @@
+//! In-process benchmarks at Blue's scale (BLUE_AUTHZ_BENCH_SCALE, default 1.0: 1.19 million
+//! entities): one decision on the real decision path (request checked against the schema,
+//! slice, authorize, explanation), ListAllowedActions for one (user, project) pair, a batch of
+//! 100 decisions, and a membership change through to visibility. After criterion's figures it
+//! prints latency percentiles of single decisions.
+//!
+//!     cargo bench --bench decision
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
+use blue_authz::engine::{Engine, Limits};
+use blue_authz::gen;
+use blue_authz::policy::{PackSpec, PolicyPack};
+use blue_authz::storage::RedbStorage;
+use blue_authz::store::{EntityStore, WriteOp};
+use blue_authz::workload::{self, Ask};
+use criterion::{criterion_group, Criterion, Throughput};
+
+struct World {
+    pack: Arc<PolicyPack>,
+    store: EntityStore,
+    generated: gen::Generated,
+}
+
+fn world() -> World {
+    let scale: f64 = std::env::var("BLUE_AUTHZ_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let started = Instant::now();
+    let pack = PolicyPack::load(&PackSpec::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &[],
+    ))
+    .expect("policies");
+    let mut store = EntityStore::default();
+    let generated = gen::generate(scale, 42, &mut |e| store.bulk_insert(&e).expect("entity"));
+    store.finish_bulk(1);
+    eprintln!(
+        "bench data: scale {scale}, {} entities, built in {:.1?}",
+        store.len(),
+        started.elapsed()
+    );
+    World {
+        pack,
+        store,
+        generated,
+    }
+}
+
+fn raw(a: &Ask) -> RawRequest<'_> {
+    RawRequest {
+        principal: UidRef {
+            ty: "Blue::User",
+            id: &a.principal,
+        },
+        action: decide::action_id(a.action),
+        resource: UidRef {
+            ty: a.resource_type,
+            id: &a.resource,
+        },
+        context_json: &a.context_json,
+        entities_json: "",
+    }
+}
+
+/// The real decision path: check against the schema, slice, authorize, explain.
+fn decide_one(w: &World, a: &Ask) -> bool {
+    let req = decide::check(&w.pack, &w.store, &raw(a)).expect("valid request");
+    let d = decide::decide(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
+    assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
+    d.allow
+}
+
+fn benches(c: &mut Criterion, w: &World) {
+    let asks = workload::mix(&w.generated, 7, 20_000);
+    let allowed = asks.iter().filter(|a| decide_one(w, a)).count();
+    eprintln!("request mix: {} requests, {allowed} allowed", asks.len());
+
+    let mut i = 0;
+    c.bench_function("decision", |b| {
+        b.iter(|| {
+            i = (i + 1) % asks.len();
+            decide_one(w, &asks[i])
+        })
+    });
+
+    let pairs = workload::member_pairs(&w.generated, 9, 1000);
+    let mut j = 0;
+    c.bench_function("list_allowed_actions (user, project)", |b| {
+        b.iter(|| {
+            j = (j + 1) % pairs.len();
+            let (u, p) = &pairs[j];
+            let principal = decide::parse_uid(
+                &w.pack,
+                UidRef {
+                    ty: "Blue::User",
+                    id: u,
+                },
+                "principal",
+            )
+            .unwrap();
+            let resource = decide::parse_uid(
+                &w.pack,
+                UidRef {
+                    ty: "Blue::Project",
+                    id: p,
+                },
+                "resource",
+            )
+            .unwrap();
+            decide::list_allowed(
+                &w.pack,
+                &w.store,
+                &principal,
+                &resource,
+                "",
+                "",
+                DEFAULT_SLICE_DEPTH,
+            )
+            .unwrap()
+        })
+    });
+
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Elements(100));
+    let mut k = 0;
+    group.bench_function("100 decisions", |b| {
+        b.iter(|| {
+            k = (k + 100) % (asks.len() - 100);
+            asks[k..k + 100].iter().filter(|a| decide_one(w, a)).count()
+        })
+    });
+    group.finish();
+}
+
+/// A membership change through the engine (validated, synced to the database, committed to
+/// the index), then the decision that must see it.
+fn write_bench(c: &mut Criterion, w: World) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(RedbStorage::open(&dir.path().join("bench.redb")).unwrap());
+    let engine = Engine::new(Limits::default());
+    let pack = w.pack.clone();
+    engine.install(pack.clone(), w.store, storage);
+    let (user, project) = workload::member_pairs(&w.generated, 11, 1).remove(0);
+    let uid = |ty: &str, id: &str| -> cedar_policy::EntityUid {
+        format!("Blue::{ty}::\"{id}\"").parse().unwrap()
+    };
+    let ask = |action: &'static str| Ask {
+        principal: user.clone(),
+        action,
+        resource_type: "Blue::Project",
+        resource: project.clone(),
+        context_json: String::new(),
+    };
+    let (edit, view) = (ask("editWiki"), ask("viewProject"));
+    let decide_live = |a: &Ask| {
+        let live = engine.live().unwrap();
+        let req = decide::check(&live.pack, live.store(), &raw(a)).unwrap();
+        decide::decide(&live.pack, live.store(), &req, DEFAULT_SLICE_DEPTH).allow
+    };
+    // Start from a known role: member (and not view).
+    let user_uid = uid("User", &user);
+    let role = |r: &str| uid("Role", &format!("{project}/{r}"));
+    let all_roles = ["admin", "member", "client", "comment", "view"];
+    let mut ops: Vec<WriteOp> = all_roles
+        .iter()
+        .map(|r| WriteOp::RemoveParent {
+            child: user_uid.clone(),
+            parent: role(r),
+        })
+        .collect();
+    ops.push(WriteOp::AddParent {
+        child: user_uid.clone(),
+        parent: role("member"),
+    });
+    engine.write(ops).unwrap();
+    assert!(decide_live(&edit));
+
+    let mut member = true;
+    let mut gaps = Vec::new();
+    c.bench_function("write membership change, then decide", |b| {
+        b.iter(|| {
+            let (from, to) = if member {
+                ("member", "view")
+            } else {
+                ("view", "member")
+            };
+            engine
+                .write(vec![
+                    WriteOp::RemoveParent {
+                        child: user_uid.clone(),
+                        parent: role(from),
+                    },
+                    WriteOp::AddParent {
+                        child: user_uid.clone(),
+                        parent: role(to),
+                    },
+                ])
+                .unwrap();
+            let replied = Instant::now();
+            member = !member;
+            // Visible at once: the very next decision follows the new role.
+            assert_eq!(decide_live(&edit), member);
+            assert!(decide_live(&view));
+            gaps.push(replied.elapsed());
+        })
+    });
+    gaps.sort();
+    if !gaps.is_empty() {
+        eprintln!(
+            "write reply -> first decision that sees it: max {:?} over {} writes",
+            gaps[gaps.len() - 1],
+            gaps.len()
+        );
+    }
+}
+
+fn percentiles(w: &World) {
+    let asks = workload::mix(&w.generated, 13, 200_000);
+    let mut lat: Vec<Duration> = Vec::with_capacity(asks.len());
+    for a in &asks {
+        let t = Instant::now();
+        std::hint::black_box(decide_one(w, a));
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    eprintln!(
+        "single decisions ({}): p50 {:?}  p90 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
+        lat.len(),
+        p(0.50),
+        p(0.90),
+        p(0.99),
+        p(0.999),
+        lat[lat.len() - 1]
+    );
+    let pairs = workload::member_pairs(&w.generated, 17, 5000);
+    let mut lat: Vec<Duration> = Vec::with_capacity(pairs.len());
+    for (u, p) in &pairs {
+        let t = Instant::now();
+        let principal = decide::parse_uid(
+            &w.pack,
+            UidRef {
+                ty: "Blue::User",
+                id: u,
+            },
+            "principal",
+        )
+        .unwrap();
+        let resource = decide::parse_uid(
+            &w.pack,
+            UidRef {
+                ty: "Blue::Project",
+                id: p,
+            },
+            "resource",
+        )
+        .unwrap();
+        std::hint::black_box(
+            decide::list_allowed(
+                &w.pack,
+                &w.store,
+                &principal,
+                &resource,
+                "",
+                "",
+                DEFAULT_SLICE_DEPTH,
+            )
+            .unwrap(),
+        );
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let q = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    eprintln!(
+        "list_allowed_actions ({}): p50 {:?}  p99 {:?}",
+        lat.len(),
+        q(0.50),
+        q(0.99)
+    );
+}
+
+fn all(c: &mut Criterion) {
+    let w = world();
+    benches(c, &w);
+    percentiles(&w);
+    write_bench(c, w);
+}
+
+criterion_group! {
+    name = group;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = all
+}
+
+criterion::criterion_main!(group);
