@@ -11,7 +11,7 @@ use cedar_policy::{
 use serde_json::Value;
 
 use crate::error::RequestError;
-use crate::policy::PolicyPack;
+use crate::policy::{ActionEntry, PolicyPack};
 use crate::store::{parse_entities, value_refs, EntityStore, Overlay};
 
 /// How many attribute hops a slice follows from the request's entities by default. Blue's
@@ -66,18 +66,14 @@ pub fn parse_uid(pack: &PolicyPack, r: UidRef<'_>, field: &str) -> Result<Entity
     if r.ty.is_empty() {
         return Err(RequestError::new(format!("{field}.type"), "is empty"));
     }
-    let ty = EntityTypeName::from_str(r.ty).map_err(|e| {
-        RequestError::new(
-            format!("{field}.type"),
-            format!("`{}` is not a Cedar type name: {e}", r.ty),
-        )
-    })?;
-    if !pack.has_entity_type(&ty) && pack.action_type() != Some(&ty) {
-        return Err(RequestError::new(
-            format!("{field}.type"),
-            format!("unknown entity type `{ty}`"),
-        ));
-    }
+    let Some(ty) = pack.entity_type(r.ty) else {
+        let message = match EntityTypeName::from_str(r.ty) {
+            Ok(ty) => format!("unknown entity type `{ty}`"),
+            Err(e) => format!("`{}` is not a Cedar type name: {e}", r.ty),
+        };
+        return Err(RequestError::new(format!("{field}.type"), message));
+    };
+    let ty = ty.clone();
     if r.id.is_empty() {
         return Err(RequestError::new(format!("{field}.id"), "is empty"));
     }
@@ -96,7 +92,7 @@ pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, Reque
             "the schema declares no actions",
         ));
     };
-    if !r.ty.is_empty() {
+    if !r.ty.is_empty() && pack.entity_type(r.ty) != Some(action_type) {
         let ty = EntityTypeName::from_str(r.ty).map_err(|e| {
             RequestError::new(
                 "action.type",
@@ -148,7 +144,11 @@ pub fn parse_context(
     action: &EntityUid,
     context_json: &str,
 ) -> Result<(Context, Vec<EntityUid>), RequestError> {
-    let value: Value = if context_json.trim().is_empty() {
+    let blank = context_json.trim().is_empty();
+    if blank && pack.action(action).is_some_and(|e| e.empty_context) {
+        return Ok((Context::empty(), Vec::new()));
+    }
+    let value: Value = if blank {
         Value::Object(Default::default())
     } else {
         serde_json::from_str(context_json)
@@ -260,26 +260,45 @@ pub fn decide(
     seeds.push(&req.principal);
     seeds.push(&req.resource);
     seeds.extend(req.context_refs.iter());
-    let mut slice = match store.slice(&seeds, &req.overlay, depth, &entry.literals) {
-        Ok(s) => s,
+    match slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry]) {
+        Ok(entities) => evaluate(&req.request, entry, &entities),
         // Fail closed: a slice that cannot be built decides nothing.
-        Err(e) => return deny_with(&format!("entity slice: {e}")),
-    };
-    slice.push(entry.core_entity.clone());
-    // Every slice entity carries its ancestors already (closed over what the request can
-    // compare), so Cedar's closure pass is skipped.
-    let entities = match cedar_policy_core::entities::Entities::from_entities(
+        Err(e) => deny_with(&e),
+    }
+}
+
+/// The Cedar entities of one slice, plus the given actions' entities. Every slice entity
+/// carries its ancestors already (closed over what the request can compare), so Cedar's
+/// closure pass is skipped.
+fn slice_entities<'a>(
+    store: &EntityStore,
+    seeds: &[&EntityUid],
+    overlay: &Overlay,
+    depth: usize,
+    literals: &[EntityUid],
+    actions: impl IntoIterator<Item = &'a ActionEntry>,
+) -> Result<cedar_policy_core::entities::Entities, String> {
+    let mut slice = store
+        .slice(seeds, overlay, depth, literals)
+        .map_err(|e| format!("entity slice: {e}"))?;
+    slice.extend(actions.into_iter().map(|a| a.core_entity.clone()));
+    cedar_policy_core::entities::Entities::from_entities(
         slice,
         None::<&cedar_policy_core::entities::NoEntitiesSchema>,
         cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
         cedar_policy_core::extensions::Extensions::all_available(),
-    ) {
-        Ok(e) => e,
-        // Fail closed: a slice Cedar will not accept decides nothing.
-        Err(e) => return deny_with(&format!("entity slice rejected: {e}")),
-    };
-    let entities = <Entities as ref_cast::RefCast>::ref_cast(&entities);
-    let response = AUTHORIZER.is_authorized(&req.request, &entry.policies, entities);
+    )
+    .map_err(|e| format!("entity slice rejected: {e}"))
+}
+
+/// Evaluates one request over a slice with the action's policies, and explains the result.
+fn evaluate(
+    request: &Request,
+    entry: &ActionEntry,
+    entities: &cedar_policy_core::entities::Entities,
+) -> Decision {
+    let entities = <Entities as ref_cast::RefCast>::ref_cast(entities);
+    let response = AUTHORIZER.is_authorized(request, &entry.policies, entities);
     let mut determining: Vec<String> = response
         .diagnostics()
         .reason()
@@ -315,7 +334,9 @@ pub enum ActionOutcome {
 }
 
 /// Decides every action that applies to the principal's and resource's types, with the same
-/// context and request-scoped entities. Sorted by action id.
+/// context and request-scoped entities, over one slice built for all of them (it keeps the
+/// ancestors any of the actions can compare, which changes no single decision). Sorted by
+/// action id.
 pub fn list_allowed(
     pack: &PolicyPack,
     store: &EntityStore,
@@ -327,22 +348,49 @@ pub fn list_allowed(
 ) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
     let actions = pack.actions_for(principal.type_name(), resource.type_name());
     let overlay = parse_overlay(pack, store, entities_json)?;
-    let mut out = Vec::with_capacity(actions.len());
-    for (action, _) in actions {
-        let overlay = overlay.clone();
-        let outcome = match check_parsed(
-            pack,
-            principal.clone(),
-            action.clone(),
-            resource.clone(),
-            context_json,
-            overlay,
-        ) {
-            Ok(req) => ActionOutcome::Decided(decide(pack, store, &req, depth)),
-            Err(e) if e.field == "context_json" => ActionOutcome::NotEvaluated(e.message),
+    let mut requests = Vec::with_capacity(actions.len());
+    let mut context_refs: Vec<EntityUid> = Vec::new();
+    let mut literals: Vec<EntityUid> = Vec::new();
+    for (action, entry) in &actions {
+        let request = parse_context(pack, action, context_json).and_then(|(context, refs)| {
+            context_refs.extend(refs);
+            Request::new(
+                principal.clone(),
+                (*action).clone(),
+                resource.clone(),
+                context,
+                Some(&pack.schema),
+            )
+            .map_err(|e| RequestError::new(request_error_field(&e), e))
+        });
+        match request {
+            Ok(r) => {
+                literals.extend(entry.literals.iter().cloned());
+                requests.push((*action, *entry, Ok(r)));
+            }
+            Err(e) if e.field == "context_json" => requests.push((*action, *entry, Err(e.message))),
             Err(e) => return Err(e),
-        };
-        out.push((action.id().unescaped().to_string(), outcome));
+        }
     }
-    Ok(out)
+    let mut seeds: Vec<&EntityUid> = vec![principal, resource];
+    seeds.extend(context_refs.iter());
+    let entities = slice_entities(
+        store,
+        &seeds,
+        &overlay,
+        depth,
+        &literals,
+        actions.iter().map(|(_, e)| *e),
+    );
+    Ok(requests
+        .into_iter()
+        .map(|(action, entry, request)| {
+            let outcome = match (request, &entities) {
+                (Ok(r), Ok(entities)) => ActionOutcome::Decided(evaluate(&r, entry, entities)),
+                (Ok(_), Err(e)) => ActionOutcome::Decided(deny_with(e)),
+                (Err(reason), _) => ActionOutcome::NotEvaluated(reason),
+            };
+            (action.id().unescaped().to_string(), outcome)
+        })
+        .collect())
 }

@@ -57,6 +57,8 @@ pub struct ActionEntry {
     pub resource_types: HashSet<EntityTypeName>,
     /// Entity literals in those policies: a slice keeps ancestors that match them.
     pub literals: Vec<EntityUid>,
+    /// The action's context is an empty record: a request without context needs no parsing.
+    pub empty_context: bool,
 }
 
 /// A loaded, strictly validated policy pack. Immutable; a reload builds a new one.
@@ -72,8 +74,9 @@ pub struct PolicyPack {
     pub version: String,
     /// Content hash of the schema alone (entities validated under it stay valid while it holds).
     pub schema_version: String,
-    actions: HashMap<EntityUid, ActionEntry>,
-    entity_types: HashSet<EntityTypeName>,
+    actions: hashbrown::HashMap<EntityUid, ActionEntry>,
+    /// Entity type names by their text, so requests skip Cedar's name parser.
+    entity_types: hashbrown::HashMap<String, EntityTypeName>,
     /// The parent types each entity type declares (`entity User in [Role, ...]`), direct only.
     parent_types: HashMap<EntityTypeName, HashSet<EntityTypeName>>,
 }
@@ -182,7 +185,11 @@ impl PolicyPack {
 
         let actions = index_actions(&schema, &policies, &schema_path)?;
         let parent_types = declared_parent_types(&schema_text);
-        let entity_types = schema.entity_types().cloned().collect();
+        let entity_types = schema
+            .entity_types()
+            .chain(actions.keys().map(EntityUid::type_name))
+            .map(|t| (t.to_string(), t.clone()))
+            .collect();
         let version = hex8(&hasher.finalize());
         Ok(Arc::new(PolicyPack {
             spec: spec.clone(),
@@ -233,8 +240,9 @@ impl PolicyPack {
             .is_some_and(|p| p.contains(parent))
     }
 
-    pub fn has_entity_type(&self, ty: &EntityTypeName) -> bool {
-        self.entity_types.contains(ty)
+    /// A declared entity type (or the action type), by its text.
+    pub fn entity_type(&self, ty: &str) -> Option<&EntityTypeName> {
+        self.entity_types.get(ty)
     }
 
     /// The action type name of this schema (`Blue::Action`), taken from its first action.
@@ -378,7 +386,7 @@ fn index_actions(
     schema: &Schema,
     policies: &PolicySet,
     schema_path: &Path,
-) -> Result<HashMap<EntityUid, ActionEntry>, LoadError> {
+) -> Result<hashbrown::HashMap<EntityUid, ActionEntry>, LoadError> {
     let action_entities: Entities = schema.action_entities().map_err(|e| {
         LoadError::Invalid(vec![PolicyDiagnostic {
             location: Location {
@@ -393,7 +401,7 @@ fn index_actions(
             cedar: Some(Box::new(e)),
         }])
     })?;
-    let mut out = HashMap::new();
+    let mut out = hashbrown::HashMap::new();
     for action in schema.actions() {
         let ancestors: HashSet<EntityUid> = action_entities
             .ancestors(action)
@@ -436,6 +444,9 @@ fn index_actions(
             ancestors.iter().map(core).collect(),
             [],
         );
+        let empty_context =
+            cedar_policy::Context::from_json_value(serde_json::json!({}), Some((schema, action)))
+                .is_ok();
         let entity = Entity::new_no_attrs(action.clone(), ancestors);
         out.insert(
             action.clone(),
@@ -446,6 +457,7 @@ fn index_actions(
                 principal_types,
                 resource_types,
                 literals,
+                empty_context,
             },
         );
     }
