@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod gen;
 pub mod grpc;
+pub mod loadgen;
 pub mod matrix;
 pub mod policy;
 pub mod reload;

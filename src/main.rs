@@ -101,6 +101,30 @@ enum Command {
         #[arg(long)]
         into_db: Option<PathBuf>,
     },
+    /// Drive a running service over gRPC with a realistic request mix and print throughput
+    /// and latency, beside the empty call (the health service's Check) measured in the same run.
+    Bench {
+        /// The decision service's address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Scale and seed the service's data was generated with (`gen`).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Concurrent calls under load.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Measured seconds per phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Decisions per BatchIsAuthorized call.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// The server's process id, to report its CPU time per call.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// One decision against an entities file, with its explanation.
     Check {
         /// Cedar JSON entities file.
@@ -273,6 +297,28 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
             out,
             into_db,
         } => gen(&spec, scale, seed, out, into_db),
+        Command::Bench {
+            addr,
+            scale,
+            seed,
+            concurrency,
+            seconds,
+            batch,
+            pid,
+        } => {
+            let cfg = blue_authz::loadgen::BenchConfig {
+                addr,
+                scale,
+                seed,
+                concurrency: concurrency.max(1),
+                duration: std::time::Duration::from_secs_f64(seconds),
+                batch: batch.max(1),
+                pid,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(blue_authz::loadgen::run(&cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Export { db } => {
             let storage = RedbStorage::open(&db.db)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -165,7 +164,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .add_service(reflection)
             .add_service(authorizer)
             .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = rx.await;
             }),
     ));
@@ -185,7 +184,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             tasks.push(tokio::spawn(
                 Server::builder()
                     .add_service(service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    .serve_with_incoming_shutdown(incoming(listener), async {
                         let _ = rx.await;
                     }),
             ));
@@ -205,6 +204,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         shutdown,
         tasks,
     })
+}
+
+/// Accepted connections with TCP_NODELAY: small gRPC frames must not wait for Nagle.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
