@@ -8,21 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-}
+use crate::error::{read_toml, FileError};
 
 /// The settings a configuration file may hold; the names are the flags' without `--`, with
 /// `_` for `-`.
@@ -43,13 +29,6 @@ pub struct FileConfig {
     pub watch: Option<bool>,
 }
 
-pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Toml {
-        path: path.to_path_buf(),
-        source: Box::new(source),
-    })
+pub fn read(path: &Path) -> Result<FileConfig, FileError> {
+    read_toml(path)
 }

@@ -3,13 +3,13 @@
 //! principal each, highest first) and their rows (action, resource, context).
 
 use std::fmt::Write as _;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::decide::{self, Decision, DEFAULT_SLICE_DEPTH};
+use crate::error::{read_toml, FileError};
 use crate::policy::PolicyPack;
 use crate::store::EntityStore;
 use crate::suite::short_uid;
@@ -19,18 +19,8 @@ pub const MATRIX_FILE: &str = "matrix.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path}: table `{table}`, row `{row}`: {message}")]
     Row {
         path: PathBuf,
@@ -89,14 +79,7 @@ struct RowSpec {
 pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
     let dir = &pack.spec.dir;
     let path = dir.join(MATRIX_FILE);
-    let text = fs::read_to_string(&path).map_err(|source| MatrixError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let spec: MatrixFile = toml::from_str(&text).map_err(|source| MatrixError::Toml {
-        path: path.clone(),
-        source: Box::new(source),
-    })?;
+    let spec: MatrixFile = read_toml(&path)?;
     let store = EntityStore::load_file(&dir.join(&spec.entities), pack)?;
 
     let mut out = String::new();

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::decide::{self, Decision, DEFAULT_SLICE_DEPTH};
-use crate::error::{DataError, LoadError};
+use crate::error::{read_toml, DataError, FileError, LoadError};
 use crate::policy::{PackSpec, PolicyPack};
 use crate::store::EntityStore;
 
@@ -33,12 +33,8 @@ pub enum SuiteError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path}: test {index}: {message}")]
     Case {
         path: PathBuf,
@@ -200,14 +196,7 @@ pub fn load_suites(dir: &Path) -> Result<Vec<Suite>, SuiteError> {
 }
 
 fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
-    let text = fs::read_to_string(path).map_err(|source| SuiteError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file: SuiteFile = toml::from_str(&text).map_err(|source| SuiteError::Toml {
-        path: path.to_path_buf(),
-        source: Box::new(source),
-    })?;
+    let file: SuiteFile = read_toml(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let entities = base.join(&file.entities);
     let mut cases = Vec::new();

@@ -2,6 +2,8 @@
 //! flipped cell caught, located errors, and the overlays changing only what SPEC.md section 4
 //! says.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +11,7 @@ use std::process::Command;
 use blue_authz::decide::Decision;
 use blue_authz::policy::{PackSpec, PolicyPack};
 use blue_authz::suite::{self, Case};
+use common::{copy_dir, edit};
 
 fn policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
@@ -234,29 +237,6 @@ fn matrix_equals_committed_table_and_spec() {
     }
     let expected: BTreeSet<String> = spec.keys().map(|s| s.to_string()).collect();
     assert_eq!(seen, expected, "the matrix rows are exactly SPEC.md's rows");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(
-        text.contains(from),
-        "{} does not contain {from}",
-        path.display()
-    );
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use blue_authz::grpc::pb::{
 };
 use blue_authz::policy::PackSpec;
 use blue_authz::server::{self, Limits, Running};
-use common::{config, copy_dir, root, uid};
+use common::{config, copy_dir, edit, root, uid};
 use tonic::transport::Channel;
 
 struct Fixture {
@@ -62,12 +62,6 @@ fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequ
         resource: uid(rtype, rid),
         ..Default::default()
     }
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{} lacks {from}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
 const WIKI: &str = "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };";

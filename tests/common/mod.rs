@@ -48,6 +48,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Replaces the first `from` in a file, which must contain it.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} lacks {from}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
 /// Drains a child's stderr on a thread (so the child never blocks on a full pipe) and hands
 /// the lines over.
 pub fn log_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
