@@ -282,13 +282,14 @@ fn slice_entities<'a>(
         .slice(seeds, overlay, depth, literals)
         .map_err(|e| format!("entity slice: {e}"))?;
     slice.extend(actions.into_iter().map(|a| a.core_entity.clone()));
-    cedar_policy_core::entities::Entities::from_entities(
-        slice,
-        None::<&cedar_policy_core::entities::NoEntitiesSchema>,
-        cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
-        cedar_policy_core::extensions::Extensions::all_available(),
-    )
-    .map_err(|e| format!("entity slice rejected: {e}"))
+    cedar_policy_core::entities::Entities::new()
+        .add_entities(
+            slice,
+            None::<&cedar_policy_core::entities::NoEntitiesSchema>,
+            cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+            cedar_policy_core::extensions::Extensions::all_available(),
+        )
+        .map_err(|e| format!("entity slice rejected: {e}"))
 }
 
 /// Evaluates one request over a slice with the action's policies, and explains the result.

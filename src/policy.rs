@@ -52,7 +52,7 @@ pub struct ActionEntry {
     /// The action entity with its action-group ancestors, for the per-request slice.
     pub entity: Entity,
     /// The same, as cedar-policy-core's entity (slices are built from core entities).
-    pub core_entity: cedar_policy_core::ast::Entity,
+    pub core_entity: Arc<cedar_policy_core::ast::Entity>,
     pub principal_types: HashSet<EntityTypeName>,
     pub resource_types: HashSet<EntityTypeName>,
     /// Entity literals in those policies: a slice keeps ancestors that match them.
@@ -437,13 +437,13 @@ fn index_actions(
         literals.sort_by_key(|l| l.to_string());
         literals.dedup();
         let core = |u: &EntityUid| -> cedar_policy_core::ast::EntityUID { u.as_ref().clone() };
-        let core_entity = cedar_policy_core::ast::Entity::new_with_attr_partial_value(
+        let core_entity = Arc::new(cedar_policy_core::ast::Entity::new_with_attr_partial_value(
             core(action),
             [],
             std::collections::HashSet::new(),
             ancestors.iter().map(core).collect(),
             [],
-        );
+        ));
         let empty_context =
             cedar_policy::Context::from_json_value(serde_json::json!({}), Some((schema, action)))
                 .is_ok();

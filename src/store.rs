@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid};
 use cedar_policy_core::ast;
@@ -96,6 +96,10 @@ pub struct EntityStore {
     uids: Vec<UidKey>,
     index: hashbrown::HashMap<UidKey, Ix>,
     nodes: Vec<Node>,
+    /// The Cedar form of entities without parents, reached through another entity's
+    /// attribute (projects, companies): the same in every slice, so built once and shared.
+    /// Reset when the entity is written.
+    shared: Vec<OnceLock<Arc<ast::Entity>>>,
     children: HashMap<Ix, Vec<Ix>>,
     present: usize,
     /// The revision of the last committed change set (0: nothing written yet).
@@ -505,6 +509,7 @@ impl EntityStore {
         let mut touched = Vec::with_capacity(prepared.touched.len());
         for (uid, json) in prepared.touched {
             let ix = self.intern(&uid);
+            self.shared[ix as usize] = OnceLock::new();
             let old = std::mem::take(&mut self.nodes[ix as usize]);
             for p in old.parents.iter() {
                 if let Some(c) = self.children.get_mut(p) {
@@ -571,6 +576,7 @@ impl EntityStore {
         self.uids.push(key.clone());
         self.index.insert(key, ix);
         self.nodes.push(Node::default());
+        self.shared.push(OnceLock::new());
         ix
     }
 
@@ -662,9 +668,10 @@ impl EntityStore {
         overlay: &Overlay,
         depth: usize,
         literals: &[EntityUid],
-    ) -> Result<Vec<ast::Entity>, String> {
+    ) -> Result<Vec<Arc<ast::Entity>>, String> {
         let mut view = View::new(self, overlay);
-        let mut members: Vec<Ix> = Vec::new();
+        // (entity, reached through an attribute)
+        let mut members: Vec<(Ix, bool)> = Vec::new();
         let mut relevant: Vec<Ix> = Vec::new();
         let mut frontier: Vec<Ix> = Vec::new();
         for s in seeds {
@@ -679,11 +686,11 @@ impl EntityStore {
         for level in 0..=depth {
             let mut next = Vec::new();
             for ix in frontier {
-                if members.contains(&ix) {
+                if members.iter().any(|(m, _)| *m == ix) {
                     continue;
                 }
                 let Some(node) = view.node(ix) else { continue };
-                members.push(ix);
+                members.push((ix, level > 0));
                 let before = relevant.len();
                 for (_, v) in node.attrs.iter() {
                     entity_vals(v, &mut relevant);
@@ -704,7 +711,17 @@ impl EntityStore {
         relevant.dedup();
         members
             .iter()
-            .map(|ix| view.entity(*ix, &relevant))
+            .map(|(ix, via_attribute)| {
+                let shareable = view.shareable(*ix);
+                if let Some(e) = shareable.and_then(|slot| slot.get()) {
+                    return Ok(e.clone());
+                }
+                let e = Arc::new(view.entity(*ix, &relevant)?);
+                if let (Some(slot), true) = (shareable, via_attribute) {
+                    let _ = slot.set(e.clone());
+                }
+                Ok(e)
+            })
             .collect()
     }
 
@@ -887,6 +904,17 @@ impl<'a> View<'a> {
 
     fn node(&self, ix: Ix) -> Option<&Node> {
         self.nodes.get(&ix).or_else(|| self.store.node(ix))
+    }
+
+    /// The shared slot of a stored entity whose Cedar form does not depend on the request:
+    /// no parents (so no ancestors to cut down), not replaced by the overlay.
+    fn shareable(&self, ix: Ix) -> Option<&'a OnceLock<Arc<ast::Entity>>> {
+        if self.nodes.contains_key(&ix) {
+            return None;
+        }
+        let store: &'a EntityStore = self.store;
+        let node = store.node(ix)?;
+        node.parents.is_empty().then(|| &store.shared[ix as usize])
     }
 
     /// Turns the overlay's entities into nodes, with closures through the store.

@@ -765,24 +765,37 @@ fn import_and_export_commands_round_trip() {
 async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr, _) = spawn_binary(dir.path());
-    let mut c = AuthorizerClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut c = AuthorizerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     // A call in flight: it waits for a revision the store has not reached, up to its deadline.
     let pending = tokio::spawn(async move {
-        let mut req = Request::new(pb::IsAuthorizedRequest { min_revision: 99, ..ask("ada", "viewProject", "Blue::Project", "apollo", "") });
+        let mut req = Request::new(pb::IsAuthorizedRequest {
+            min_revision: 99,
+            ..ask("ada", "viewProject", "Blue::Project", "apollo", "")
+        });
         req.set_timeout(Duration::from_millis(1500));
         let started = Instant::now();
         (c.is_authorized(req).await, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
     let (answer, took) = pending.await.unwrap();
     // The call ran to its own end (the revision wait), not cut off by the shutdown.
     let err = answer.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(took >= Duration::from_millis(1200), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1200),
+        "answered after {took:?}"
+    );
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     // And new connections are refused once it is gone.
-    assert!(AuthorizerClient::connect(format!("http://{addr}")).await.is_err());
+    assert!(AuthorizerClient::connect(format!("http://{addr}"))
+        .await
+        .is_err());
 }
