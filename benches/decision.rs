@@ -75,6 +75,39 @@ fn decide_one(w: &World, a: &Ask) -> bool {
     d.allow
 }
 
+/// ListAllowedActions for one (user, project) pair.
+fn list_one(w: &World, user: &str, project: &str) -> usize {
+    let principal = decide::parse_uid(
+        &w.pack,
+        UidRef {
+            ty: "Blue::User",
+            id: user,
+        },
+        "principal",
+    )
+    .unwrap();
+    let resource = decide::parse_uid(
+        &w.pack,
+        UidRef {
+            ty: "Blue::Project",
+            id: project,
+        },
+        "resource",
+    )
+    .unwrap();
+    decide::list_allowed(
+        &w.pack,
+        &w.store,
+        &principal,
+        &resource,
+        "",
+        "",
+        DEFAULT_SLICE_DEPTH,
+    )
+    .unwrap()
+    .len()
+}
+
 fn benches(c: &mut Criterion, w: &World) {
     let asks = workload::mix(&w.generated, 7, 20_000);
     let allowed = asks.iter().filter(|a| decide_one(w, a)).count();
@@ -93,35 +126,7 @@ fn benches(c: &mut Criterion, w: &World) {
     c.bench_function("list_allowed_actions (user, project)", |b| {
         b.iter(|| {
             j = (j + 1) % pairs.len();
-            let (u, p) = &pairs[j];
-            let principal = decide::parse_uid(
-                &w.pack,
-                UidRef {
-                    ty: "Blue::User",
-                    id: u,
-                },
-                "principal",
-            )
-            .unwrap();
-            let resource = decide::parse_uid(
-                &w.pack,
-                UidRef {
-                    ty: "Blue::Project",
-                    id: p,
-                },
-                "resource",
-            )
-            .unwrap();
-            decide::list_allowed(
-                &w.pack,
-                &w.store,
-                &principal,
-                &resource,
-                "",
-                "",
-                DEFAULT_SLICE_DEPTH,
-            )
-            .unwrap()
+            list_one(w, &pairs[j].0, &pairs[j].1)
         })
     });
 
@@ -242,36 +247,7 @@ fn percentiles(w: &World) {
     let mut lat: Vec<Duration> = Vec::with_capacity(pairs.len());
     for (u, p) in &pairs {
         let t = Instant::now();
-        let principal = decide::parse_uid(
-            &w.pack,
-            UidRef {
-                ty: "Blue::User",
-                id: u,
-            },
-            "principal",
-        )
-        .unwrap();
-        let resource = decide::parse_uid(
-            &w.pack,
-            UidRef {
-                ty: "Blue::Project",
-                id: p,
-            },
-            "resource",
-        )
-        .unwrap();
-        std::hint::black_box(
-            decide::list_allowed(
-                &w.pack,
-                &w.store,
-                &principal,
-                &resource,
-                "",
-                "",
-                DEFAULT_SLICE_DEPTH,
-            )
-            .unwrap(),
-        );
+        std::hint::black_box(list_one(w, u, p));
         lat.push(t.elapsed());
     }
     lat.sort();
