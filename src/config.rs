@@ -27,6 +27,10 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     pub max_revision_wait_ms: Option<u64>,
     pub watch: Option<bool>,
+    pub listen_unix: Option<PathBuf>,
+    pub data_listen_unix: Option<PathBuf>,
+    /// Octal, as a string: "660".
+    pub unix_mode: Option<String>,
 }
 
 pub fn read(path: &Path) -> Result<FileConfig, FileError> {

@@ -163,6 +163,15 @@ struct ServeArgs {
         default_value = "127.0.0.1:50052"
     )]
     data_listen: std::net::SocketAddr,
+    /// Also serve decisions on this Unix domain socket.
+    #[arg(long, env = "BLUE_AUTHZ_LISTEN_UNIX")]
+    listen_unix: Option<PathBuf>,
+    /// Also serve the data service on this Unix domain socket (with the token).
+    #[arg(long, env = "BLUE_AUTHZ_DATA_LISTEN_UNIX")]
+    data_listen_unix: Option<PathBuf>,
+    /// File mode of the Unix sockets, in octal.
+    #[arg(long, env = "BLUE_AUTHZ_UNIX_MODE", default_value = "660")]
+    unix_mode: String,
     /// Bearer token the data service requires (`authorization: Bearer <token>`).
     #[arg(long, env = "BLUE_AUTHZ_DATA_TOKEN", hide_env_values = true)]
     data_token: Option<String>,
@@ -423,6 +432,19 @@ fn serve(
         file.max_revision_wait_ms
     );
     from_file!("watch", args.watch, file.watch);
+    from_file!("listen_unix", args.listen_unix, file.listen_unix.map(Some));
+    from_file!(
+        "data_listen_unix",
+        args.data_listen_unix,
+        file.data_listen_unix.map(Some)
+    );
+    from_file!("unix_mode", args.unix_mode, file.unix_mode);
+    let unix_mode = u32::from_str_radix(&args.unix_mode, 8).map_err(|_| {
+        format!(
+            "--unix-mode: `{}` is not an octal file mode",
+            args.unix_mode
+        )
+    })?;
     let overlays_fixed = config_file.is_none() || set_by_user(m, "overlays");
     let spec = pack.spec();
     tracing_subscriber::fmt()
@@ -440,6 +462,9 @@ fn serve(
         seed: Some(args.seed).filter(|s| !s.is_empty()).map(PathBuf::from),
         data_listen: args.data_listen,
         data_token: args.data_token.filter(|t| !t.is_empty()),
+        unix: args.listen_unix,
+        data_unix: args.data_listen_unix,
+        unix_mode,
         limits: Limits {
             slice_depth: args.slice_depth,
             max_batch: args.max_batch,

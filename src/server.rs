@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -65,6 +66,12 @@ pub struct ServeConfig {
     pub data_listen: SocketAddr,
     /// Bearer token the data service requires. None: no data service.
     pub data_token: Option<String>,
+    /// Also serve decisions on this Unix domain socket.
+    pub unix: Option<PathBuf>,
+    /// Also serve the data service on this Unix domain socket (with the token).
+    pub data_unix: Option<PathBuf>,
+    /// File mode of the Unix sockets.
+    pub unix_mode: u32,
     pub limits: Limits,
     /// Watch the policy directory (and the config file) and reload on changes.
     pub watch: bool,
@@ -84,6 +91,9 @@ impl ServeConfig {
             seed: None,
             data_listen: ([127, 0, 0, 1], 50052).into(),
             data_token: None,
+            unix: None,
+            data_unix: None,
+            unix_mode: 0o660,
             limits: Limits::default(),
             watch: true,
             config_file: None,
@@ -154,45 +164,38 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
     let authorizer = AuthorizerServer::new(AuthorizerService::new(engine.clone()))
         .max_decoding_message_size(decode_cap);
-    let mut shutdown = Vec::new();
-    let mut tasks = Vec::new();
-    let (tx, rx) = oneshot::channel::<()>();
-    shutdown.push(tx);
-    tasks.push(tokio::spawn(
-        Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(authorizer)
-            .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())))
-            .serve_with_incoming_shutdown(incoming(listener), async {
-                let _ = rx.await;
-            }),
-    ));
+    let decisions = Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(authorizer)
+        .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())));
+    let mut listeners = Listeners::default();
+    listeners.spawn(decisions.clone(), incoming(listener));
     tracing::info!(%addr, "decision service listening (not serving until loaded)");
+    if let Some(path) = &config.unix {
+        listeners.spawn(decisions, bind_unix(path, config.unix_mode)?);
+        tracing::info!(path = %path.display(), "decision service listening on a Unix socket");
+    }
 
     let mut data_addr = None;
     match &config.data_token {
         Some(token) if !token.is_empty() => {
             let (listener, bound) = bind(config.data_listen).await?;
-            let service = tonic::service::interceptor::InterceptedService::new(
+            let data = Routes::new(tonic::service::interceptor::InterceptedService::new(
                 EntityStoreServer::new(EntityStoreService::new(engine.clone()))
                     .max_decoding_message_size(decode_cap),
                 bearer_auth(token.clone()),
-            );
-            let (tx, rx) = oneshot::channel::<()>();
-            shutdown.push(tx);
-            tasks.push(tokio::spawn(
-                Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming(listener), async {
-                        let _ = rx.await;
-                    }),
             ));
+            listeners.spawn(data.clone(), incoming(listener));
             tracing::info!(addr = %bound, "data service listening");
             data_addr = Some(bound);
+            if let Some(path) = &config.data_unix {
+                listeners.spawn(data, bind_unix(path, config.unix_mode)?);
+                tracing::info!(path = %path.display(), "data service listening on a Unix socket");
+            }
         }
         _ => tracing::warn!("no data token configured: the data service is off"),
     }
+    let Listeners { shutdown, tasks } = listeners;
     Ok(Running {
         addr,
         data_addr,
@@ -204,6 +207,56 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         shutdown,
         tasks,
     })
+}
+
+/// The servers started, and how to stop them.
+#[derive(Default)]
+struct Listeners {
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Listeners {
+    fn spawn<I, IO, IE>(&mut self, routes: Routes, incoming: I)
+    where
+        I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<()>();
+        self.shutdown.push(tx);
+        self.tasks.push(tokio::spawn(
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                }),
+        ));
+    }
+}
+
+/// A Unix domain socket at `path` with file mode `mode`, replacing a stale socket file.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+) -> Result<tokio_stream::wrappers::UnixListenerStream, ServeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err =
+        |e: std::io::Error| ServeError::Config(format!("unix socket {}: {e}", path.display()));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(err)?;
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(tokio_stream::wrappers::UnixListenerStream::new(listener))
 }
 
 /// Accepted connections with TCP_NODELAY: small gRPC frames must not wait for Nagle.
@@ -294,6 +347,9 @@ impl Running {
             task.await??;
         }
         self.engine.close();
+        for path in self.config.unix.iter().chain(self.config.data_unix.iter()) {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(())
     }
 }
