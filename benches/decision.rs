@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
+use blue_authz::decide::{self, UidRef, DEFAULT_SLICE_DEPTH};
 use blue_authz::engine::{Engine, Limits};
 use blue_authz::gen;
 use blue_authz::policy::{PackSpec, PolicyPack};
@@ -51,25 +51,9 @@ fn world() -> World {
     }
 }
 
-fn raw(a: &Ask) -> RawRequest<'_> {
-    RawRequest {
-        principal: UidRef {
-            ty: "Blue::User",
-            id: &a.principal,
-        },
-        action: decide::action_id(a.action),
-        resource: UidRef {
-            ty: a.resource_type,
-            id: &a.resource,
-        },
-        context_json: &a.context_json,
-        entities_json: "",
-    }
-}
-
 /// The real decision path: check against the schema, slice, authorize, explain.
 fn decide_one(w: &World, a: &Ask) -> bool {
-    let req = decide::check(&w.pack, &w.store, &raw(a)).expect("valid request");
+    let req = decide::check(&w.pack, &w.store, &a.raw()).expect("valid request");
     let d = decide::decide(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
     assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
     d.allow
@@ -164,7 +148,7 @@ fn write_bench(c: &mut Criterion, w: World) {
     let (edit, view) = (ask("editWiki"), ask("viewProject"));
     let decide_live = |a: &Ask| {
         let live = engine.live().unwrap();
-        let req = decide::check(&live.pack, live.store(), &raw(a)).unwrap();
+        let req = decide::check(&live.pack, live.store(), &a.raw()).unwrap();
         decide::decide(&live.pack, live.store(), &req, DEFAULT_SLICE_DEPTH).allow
     };
     // Start from a known role: member (and not view).

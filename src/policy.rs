@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Entities, Entity, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
-    Schema, ValidationMode, Validator,
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema,
+    ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -49,9 +49,8 @@ impl PackSpec {
 pub struct ActionEntry {
     /// Only the policies whose action scope can match this action.
     pub policies: PolicySet,
-    /// The action entity with its action-group ancestors, for the per-request slice.
-    pub entity: Entity,
-    /// The same, as cedar-policy-core's entity (slices are built from core entities).
+    /// The action entity with its action-group ancestors, for the per-request slice (as
+    /// cedar-policy-core's entity: slices are built from core entities).
     pub core_entity: Arc<cedar_policy_core::ast::Entity>,
     pub principal_types: HashSet<EntityTypeName>,
     pub resource_types: HashSet<EntityTypeName>,
@@ -447,12 +446,10 @@ fn index_actions(
         let empty_context =
             cedar_policy::Context::from_json_value(serde_json::json!({}), Some((schema, action)))
                 .is_ok();
-        let entity = Entity::new_no_attrs(action.clone(), ancestors);
         out.insert(
             action.clone(),
             ActionEntry {
                 policies: set,
-                entity,
                 core_entity,
                 principal_types,
                 resource_types,

@@ -731,15 +731,6 @@ impl EntityStore {
             nodes: batch.into_iter().map(|e| (e.uid, e.json)).collect(),
         }
     }
-
-    /// Every stored entity as written, sorted by uid (for tests).
-    pub fn export(&self) -> Vec<Value> {
-        let mut all: Vec<(String, Value)> = (0..self.nodes.len() as Ix)
-            .filter_map(|ix| Some((self.uid_of(ix).to_string(), self.json_of(ix)?)))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter().map(|(_, v)| v).collect()
-    }
 }
 
 /// Turns uids into indexes: interning in the store, per request in a view.

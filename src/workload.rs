@@ -1,6 +1,7 @@
 //! Realistic request mixes over generated data (see [`crate::gen`]), shared by the in-process
 //! benchmarks and the `bench` load tool.
 
+use crate::decide::{self, RawRequest, UidRef};
 use crate::gen::{Generated, Rng, ROLES};
 
 /// One decision request, owned.
@@ -11,6 +12,25 @@ pub struct Ask {
     pub resource_type: &'static str,
     pub resource: String,
     pub context_json: String,
+}
+
+impl Ask {
+    /// The request as the decision path takes it.
+    pub fn raw(&self) -> RawRequest<'_> {
+        RawRequest {
+            principal: UidRef {
+                ty: "Blue::User",
+                id: &self.principal,
+            },
+            action: decide::action_id(self.action),
+            resource: UidRef {
+                ty: self.resource_type,
+                id: &self.resource,
+            },
+            context_json: &self.context_json,
+            entities_json: "",
+        }
+    }
 }
 
 const PROJECT_ACTIONS: [&str; 16] = [

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::case_request;
+
 use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::server::{self, Limits};
 use blue_authz::suite;
@@ -91,24 +93,6 @@ fn uid(ty: String, id: String) -> Option<pb::EntityUid> {
     Some(pb::EntityUid { r#type: ty, id })
 }
 
-/// A suite case as a request.
-fn request(case: &suite::Case) -> pb::IsAuthorizedRequest {
-    pb::IsAuthorizedRequest {
-        principal: uid(
-            case.principal.type_name().to_string(),
-            case.principal.id().unescaped().to_string(),
-        ),
-        action: uid("Blue::Action".into(), case.action.clone()),
-        resource: uid(
-            case.resource.type_name().to_string(),
-            case.resource.id().unescaped().to_string(),
-        ),
-        context_json: case.context.to_string(),
-        entities_json: String::new(),
-        min_revision: 0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_random_and_mutated_requests() {
     let root = common::root();
@@ -144,7 +128,7 @@ async fn ten_thousand_random_and_mutated_requests() {
             let (mut decided, mut invalid) = (0usize, 0usize);
             for _ in 0..PER_TASK {
                 let case = &cases[rng.below(cases.len())];
-                let mut req = request(case);
+                let mut req = case_request(case);
                 // Mutate up to 3 fields, or replace them with random ones.
                 for _ in 0..rng.below(4) {
                     match rng.below(13) {
@@ -252,7 +236,7 @@ async fn ten_thousand_random_and_mutated_requests() {
         .unwrap();
     for case in cases.iter().take(50) {
         let r = client
-            .is_authorized(request(case))
+            .is_authorized(case_request(case))
             .await
             .unwrap()
             .into_inner();

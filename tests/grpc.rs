@@ -8,7 +8,7 @@ use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::policy::PackSpec;
 use blue_authz::server::{self, Limits, Running, AUTHORIZER_SERVICE};
 use blue_authz::suite::{self, Case};
-use common::{config, copy_dir, root, uid};
+use common::{case_request, config, copy_dir, root, uid};
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -24,21 +24,6 @@ async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile:
         .await
         .expect("connect");
     (running, client, dir)
-}
-
-fn euid(u: &cedar_policy::EntityUid) -> Option<pb::EntityUid> {
-    uid(&u.type_name().to_string(), u.id().unescaped())
-}
-
-fn request(case: &Case) -> pb::IsAuthorizedRequest {
-    pb::IsAuthorizedRequest {
-        principal: euid(&case.principal),
-        action: uid("Blue::Action", &case.action),
-        resource: euid(&case.resource),
-        context_json: case.context.to_string(),
-        entities_json: String::new(),
-        min_revision: 0,
-    }
 }
 
 fn default_cases() -> Vec<Case> {
@@ -70,14 +55,14 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
     assert!(cases.len() > 300);
     for case in &cases {
         let r = client
-            .is_authorized(request(case))
+            .is_authorized(case_request(case))
             .await
             .expect(&case.name)
             .into_inner();
         assert_matches(case, &r);
     }
     let batch = pb::BatchIsAuthorizedRequest {
-        requests: cases.iter().map(request).collect(),
+        requests: cases.iter().map(case_request).collect(),
         min_revision: 0,
     };
     let r = client
@@ -96,7 +81,7 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
 async fn a_batch_of_a_thousand_and_more() {
     let (running, mut client, _dir) = serve(Limits::default()).await;
     let cases = default_cases();
-    let requests: Vec<_> = cases.iter().cycle().take(2500).map(request).collect();
+    let requests: Vec<_> = cases.iter().cycle().take(2500).map(case_request).collect();
     let r = client
         .batch_is_authorized(pb::BatchIsAuthorizedRequest {
             requests,

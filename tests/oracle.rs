@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use blue_authz::decide::{self, RawRequest, UidRef, DEFAULT_SLICE_DEPTH};
+use blue_authz::decide::{self, DEFAULT_SLICE_DEPTH};
 use blue_authz::gen;
 use blue_authz::policy::{PackSpec, PolicyPack};
 use blue_authz::store::EntityStore;
@@ -99,19 +99,7 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
     let asks = workload::mix(&g, 5, 3000);
     let mut allowed = 0;
     for a in &asks {
-        let raw = RawRequest {
-            principal: UidRef {
-                ty: "Blue::User",
-                id: &a.principal,
-            },
-            action: decide::action_id(a.action),
-            resource: UidRef {
-                ty: a.resource_type,
-                id: &a.resource,
-            },
-            context_json: &a.context_json,
-            entities_json: "",
-        };
+        let raw = a.raw();
         let req = decide::check(&pack, &store, &raw).unwrap();
         let ours = decide::decide(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
         let context = if a.context_json.is_empty() {

@@ -35,6 +35,18 @@ pub fn uid(ty: &str, id: &str) -> Option<pb::EntityUid> {
     })
 }
 
+/// A policy-suite case as a decision request.
+pub fn case_request(case: &blue_authz::suite::Case) -> pb::IsAuthorizedRequest {
+    let euid = |u: &cedar_policy::EntityUid| uid(&u.type_name().to_string(), u.id().unescaped());
+    pb::IsAuthorizedRequest {
+        principal: euid(&case.principal),
+        action: uid("Blue::Action", &case.action),
+        resource: euid(&case.resource),
+        context_json: case.context.to_string(),
+        ..Default::default()
+    }
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
