@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio_stream::Stream;
@@ -16,6 +16,7 @@ use crate::engine::{Engine, EngineError};
 use crate::error::RequestError;
 use crate::reload::Reloader;
 use crate::store::{json_uid, WriteOp};
+use crate::telemetry::{Logged, Telemetry};
 
 /// Generated code for `blue.authz.v1`.
 pub mod pb {
@@ -116,11 +117,34 @@ fn response(d: Decision, version: &str, revision: u64) -> pb::IsAuthorizedRespon
 /// The `Authorizer` service.
 pub struct AuthorizerService {
     engine: Arc<Engine>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// What the decision log needs from a call beyond each decision.
+struct CallLog<'a> {
+    method: &'static str,
+    metadata: &'a MetadataMap,
+    started: Instant,
+    request_id: Option<String>,
+}
+
+impl CallLog<'_> {
+    fn request_id(&mut self, telemetry: &Telemetry) -> String {
+        self.request_id
+            .get_or_insert_with(|| {
+                let given = self
+                    .metadata
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok());
+                telemetry.request_id(given)
+            })
+            .clone()
+    }
 }
 
 impl AuthorizerService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        AuthorizerService { engine }
+    pub fn new(engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> Self {
+        AuthorizerService { engine, telemetry }
     }
 
     fn check_size(&self, len: usize) -> Result<(), ServiceError> {
@@ -135,20 +159,66 @@ impl AuthorizerService {
         Ok(())
     }
 
+    /// Counts a decision, and logs it when the decision log samples it.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        call: &mut CallLog<'_>,
+        principal: &dyn std::fmt::Display,
+        action: &str,
+        resource: &dyn std::fmt::Display,
+        raw: (&str, &str),
+        d: &Decision,
+        version: &str,
+        revision: u64,
+    ) {
+        self.telemetry.count_decision(action, d.allow);
+        if self.telemetry.sampled() {
+            let request_id = call.request_id(&self.telemetry);
+            self.telemetry.log_decision(&Logged {
+                request_id: &request_id,
+                method: call.method,
+                principal,
+                action: &action,
+                resource,
+                decision: d,
+                policy_version: version,
+                revision,
+                latency: call.started.elapsed(),
+                context_json: raw.0,
+                entities_json: raw.1,
+            });
+        }
+    }
+
     fn is_authorized_inner(
         &self,
         req: &pb::IsAuthorizedRequest,
+        call: &mut CallLog<'_>,
     ) -> Result<pb::IsAuthorizedResponse, ServiceError> {
         let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
-        let checked = decide::check(&live.pack, store, &raw(req)?)?;
+        let raw = raw(req)?;
+        let checked = decide::check(&live.pack, store, &raw)?;
         let d = decide::decide(&live.pack, store, &checked, self.engine.limits.slice_depth);
-        Ok(response(d, &live.pack.version, store.revision()))
+        let revision = store.revision();
+        self.record(
+            call,
+            &checked.principal,
+            raw.action.id,
+            &checked.resource,
+            (raw.context_json, raw.entities_json),
+            &d,
+            &live.pack.version,
+            revision,
+        );
+        Ok(response(d, &live.pack.version, revision))
     }
 
     fn batch_inner(
         &self,
         req: &pb::BatchIsAuthorizedRequest,
+        call: &mut CallLog<'_>,
     ) -> Result<pb::BatchIsAuthorizedResponse, ServiceError> {
         let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
@@ -160,16 +230,30 @@ impl AuthorizerService {
         }
         let depth = self.engine.limits.slice_depth;
         let revision = store.revision();
+        let version = &live.pack.version;
         let responses = checked
             .iter()
-            .map(|c| {
+            .zip(&req.requests)
+            .map(|(c, r)| {
                 let d = decide::decide(&live.pack, store, c, depth);
-                response(d, &live.pack.version, revision)
+                let action = r.action.as_ref().map_or("", |a| a.id.as_str());
+                let raw = (r.context_json.as_str(), r.entities_json.as_str());
+                self.record(
+                    call,
+                    &c.principal,
+                    action,
+                    &c.resource,
+                    raw,
+                    &d,
+                    version,
+                    revision,
+                );
+                response(d, version, revision)
             })
             .collect();
         Ok(pb::BatchIsAuthorizedResponse {
             responses,
-            policy_version: live.pack.version.clone(),
+            policy_version: version.clone(),
             revision,
         })
     }
@@ -177,6 +261,7 @@ impl AuthorizerService {
     fn list_inner(
         &self,
         req: &pb::ListAllowedActionsRequest,
+        call: &mut CallLog<'_>,
     ) -> Result<pb::ListAllowedActionsResponse, ServiceError> {
         let live = self.engine.live().ok_or(EngineError::NotReady)?;
         let store = live.store();
@@ -193,18 +278,32 @@ impl AuthorizerService {
             &req.entities_json,
             self.engine.limits.slice_depth,
         )?;
+        let revision = store.revision();
         let mut out = pb::ListAllowedActionsResponse {
             policy_version: live.pack.version.clone(),
-            revision: store.revision(),
+            revision,
             ..Default::default()
         };
         for (action, outcome) in outcomes {
             match outcome {
-                ActionOutcome::Decided(d) if d.allow => out.allowed.push(pb::AllowedAction {
-                    action,
-                    determining_policies: d.determining,
-                }),
-                ActionOutcome::Decided(_) => {}
+                ActionOutcome::Decided(d) => {
+                    self.record(
+                        call,
+                        &principal,
+                        &action,
+                        &resource,
+                        (&req.context_json, &req.entities_json),
+                        &d,
+                        &live.pack.version,
+                        revision,
+                    );
+                    if d.allow {
+                        out.allowed.push(pb::AllowedAction {
+                            action,
+                            determining_policies: d.determining,
+                        });
+                    }
+                }
                 ActionOutcome::NotEvaluated(reason) => out
                     .not_evaluated
                     .push(pb::NotEvaluatedAction { action, reason }),
@@ -219,6 +318,26 @@ impl AuthorizerService {
             .wait_for_revision(min, deadline(metadata))
             .await?)
     }
+
+    /// Runs one call: its latency and error code go to the metrics.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        metadata: &MetadataMap,
+        call: impl AsyncFnOnce(CallLog<'_>) -> Result<T, ServiceError>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let log = CallLog {
+            method,
+            metadata,
+            started,
+            request_id: None,
+        };
+        let result = call(log).await.map_err(Status::from);
+        let code = result.as_ref().err().map(Status::code);
+        self.telemetry.finish(method, started, code);
+        result.map(Response::new)
+    }
 }
 
 #[tonic::async_trait]
@@ -228,9 +347,12 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
         let req = request.get_ref();
-        self.check_size(req.encoded_len())?;
-        self.wait(request.metadata(), req.min_revision).await?;
-        Ok(Response::new(self.is_authorized_inner(req)?))
+        self.observed("IsAuthorized", request.metadata(), async |mut call| {
+            self.check_size(req.encoded_len())?;
+            self.wait(call.metadata, req.min_revision).await?;
+            self.is_authorized_inner(req, &mut call)
+        })
+        .await
     }
 
     async fn batch_is_authorized(
@@ -238,23 +360,26 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
         let req = request.get_ref();
-        let max = self.engine.limits.max_batch;
-        if req.requests.len() > max {
-            let n = req.requests.len();
-            let e = RequestError::new(
-                "requests",
-                format!("{n} requests exceed the limit of {max} per call"),
-            );
-            return Err(ServiceError::from(e).into());
-        }
-        self.check_size(req.encoded_len())?;
-        let min = req
-            .requests
-            .iter()
-            .map(|r| r.min_revision)
-            .fold(req.min_revision, u64::max);
-        self.wait(request.metadata(), min).await?;
-        Ok(Response::new(self.batch_inner(req)?))
+        self.observed("BatchIsAuthorized", request.metadata(), async |mut call| {
+            let max = self.engine.limits.max_batch;
+            if req.requests.len() > max {
+                let n = req.requests.len();
+                return Err(RequestError::new(
+                    "requests",
+                    format!("{n} requests exceed the limit of {max} per call"),
+                )
+                .into());
+            }
+            self.check_size(req.encoded_len())?;
+            let min = req
+                .requests
+                .iter()
+                .map(|r| r.min_revision)
+                .fold(req.min_revision, u64::max);
+            self.wait(call.metadata, min).await?;
+            self.batch_inner(req, &mut call)
+        })
+        .await
     }
 
     async fn list_allowed_actions(
@@ -262,9 +387,12 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::ListAllowedActionsRequest>,
     ) -> Result<Response<pb::ListAllowedActionsResponse>, Status> {
         let req = request.get_ref();
-        self.check_size(req.encoded_len())?;
-        self.wait(request.metadata(), req.min_revision).await?;
-        Ok(Response::new(self.list_inner(req)?))
+        self.observed("ListAllowedActions", request.metadata(), async |mut call| {
+            self.check_size(req.encoded_len())?;
+            self.wait(call.metadata, req.min_revision).await?;
+            self.list_inner(req, &mut call)
+        })
+        .await
     }
 }
 

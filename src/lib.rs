@@ -21,4 +21,5 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod suite;
+pub mod telemetry;
 pub mod workload;

@@ -15,6 +15,7 @@ use blue_authz::server::{self, Limits, ServeConfig, ServeError};
 use blue_authz::storage::{RedbStorage, Storage};
 use blue_authz::store::EntityStore;
 use blue_authz::suite;
+use blue_authz::telemetry::{DecisionLog, DECISION_TARGET};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write as _;
@@ -64,7 +65,7 @@ impl PackArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Serve decisions over gRPC (health and reflection included).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Parse and strictly validate every policy against the schema.
     Validate,
     /// Run the policy test suites in <policies>/tests/.
@@ -147,22 +148,19 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address of the decision service.
-    #[arg(long, env = "BLUE_AUTHZ_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: std::net::SocketAddr,
+    /// TCP address of the decision service ('': none, Unix socket only).
+    #[arg(long, env = "BLUE_AUTHZ_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    listen: Listen,
     #[command(flatten)]
     db: DbArgs,
     /// Cedar JSON entities file written into the database when the database is empty
-    /// (an empty value: none).
+    /// ('': none).
     #[arg(long, env = "BLUE_AUTHZ_SEED", default_value = "data/demo.json")]
     seed: String,
-    /// Address of the data service (EntityStore); it runs only when a token is set.
-    #[arg(
-        long,
-        env = "BLUE_AUTHZ_DATA_LISTEN",
-        default_value = "127.0.0.1:50052"
-    )]
-    data_listen: std::net::SocketAddr,
+    /// TCP address of the data service (EntityStore; '': none); it runs only when a token is
+    /// set.
+    #[arg(long, env = "BLUE_AUTHZ_DATA_LISTEN", default_value = "127.0.0.1:50052", value_parser = parse_listen)]
+    data_listen: Listen,
     /// Also serve decisions on this Unix domain socket.
     #[arg(long, env = "BLUE_AUTHZ_LISTEN_UNIX")]
     listen_unix: Option<PathBuf>,
@@ -175,6 +173,34 @@ struct ServeArgs {
     /// Bearer token the data service requires (`authorization: Bearer <token>`).
     #[arg(long, env = "BLUE_AUTHZ_DATA_TOKEN", hide_env_values = true)]
     data_token: Option<String>,
+    /// TLS certificate chain (PEM) for the TCP listeners; needs --tls-key.
+    #[arg(long, env = "BLUE_AUTHZ_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the TCP listeners; needs --tls-cert.
+    #[arg(long, env = "BLUE_AUTHZ_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: mutual TLS, and calls without
+    /// a valid client certificate are refused. Needs --tls-cert.
+    #[arg(long, env = "BLUE_AUTHZ_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics` ('': none).
+    #[arg(long, env = "BLUE_AUTHZ_METRICS_LISTEN", default_value = "", value_parser = parse_listen)]
+    metrics_listen: Listen,
+    /// Write one JSON line per decision to standard output.
+    #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG", default_value_t = false, action = clap::ArgAction::Set)]
+    decision_log: bool,
+    /// Fraction of decisions the decision log writes, from 0 to 1.
+    #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG_SAMPLE", default_value_t = 1.0)]
+    decision_log_sample: f64,
+    /// Also log each request's context and request-scoped entities.
+    #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG_CONTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    decision_log_context: bool,
+    /// Filter of the operational log (standard error), e.g. `info` or `blue_authz=debug`.
+    #[arg(long, env = "BLUE_AUTHZ_LOG", default_value = "info")]
+    log: String,
+    /// Format of the operational log: text or json.
+    #[arg(long, env = "BLUE_AUTHZ_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Longest wait for a request's min_revision when the call sets no deadline, in ms.
     #[arg(long, env = "BLUE_AUTHZ_MAX_REVISION_WAIT_MS", default_value_t = 5000)]
     max_revision_wait_ms: u64,
@@ -191,6 +217,24 @@ struct ServeArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "BLUE_AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Print the settings as resolved from flags, environment, file and defaults (as a config
+    /// file; the token is redacted), and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// A listen address, or none ('').
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:50051 (or '' for none)"))
 }
 
 #[derive(Args)]
@@ -222,7 +266,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
     match cli.command {
         Command::Serve(args) => {
             let sub = matches.subcommand_matches("serve").unwrap_or(matches);
-            serve(cli.pack, cli.config, args, sub)
+            serve(cli.pack, cli.config, *args, sub)
         }
         Command::Validate => {
             let Some(pack) = load_or_report(&spec)? else {
@@ -408,16 +452,20 @@ fn serve(
             }
         };
     }
+    let listen = |key: &str, v: Option<String>| -> Result<Option<Listen>, String> {
+        v.map(|v| parse_listen(&v).map_err(|e| format!("{key}: {e}")))
+            .transpose()
+    };
     from_file!("policies", pack.policies, file.policies);
     from_file!("overlays", pack.overlays, file.overlays.clone());
-    from_file!("listen", args.listen, file.listen);
+    from_file!("listen", args.listen, listen("listen", file.listen)?);
     from_file!("db", args.db.db, file.db);
+    from_file!("seed", args.seed, file.seed);
     from_file!(
-        "seed",
-        args.seed,
-        file.seed.map(|p| p.display().to_string())
+        "data_listen",
+        args.data_listen,
+        listen("data_listen", file.data_listen)?
     );
-    from_file!("data_listen", args.data_listen, file.data_listen);
     from_file!("data_token", args.data_token, file.data_token.map(Some));
     from_file!("slice_depth", args.slice_depth, file.slice_depth);
     from_file!("max_batch", args.max_batch, file.max_batch);
@@ -439,28 +487,72 @@ fn serve(
         file.data_listen_unix.map(Some)
     );
     from_file!("unix_mode", args.unix_mode, file.unix_mode);
+    from_file!("tls_cert", args.tls_cert, file.tls_cert.map(Some));
+    from_file!("tls_key", args.tls_key, file.tls_key.map(Some));
+    from_file!(
+        "tls_client_ca",
+        args.tls_client_ca,
+        file.tls_client_ca.map(Some)
+    );
+    from_file!(
+        "metrics_listen",
+        args.metrics_listen,
+        listen("metrics_listen", file.metrics_listen)?
+    );
+    from_file!("decision_log", args.decision_log, file.decision_log);
+    from_file!(
+        "decision_log_sample",
+        args.decision_log_sample,
+        file.decision_log_sample
+    );
+    from_file!(
+        "decision_log_context",
+        args.decision_log_context,
+        file.decision_log_context
+    );
+    from_file!("log", args.log, file.log);
+    from_file!("log_format", args.log_format, file.log_format);
+
     let unix_mode = u32::from_str_radix(&args.unix_mode, 8).map_err(|_| {
         format!(
             "--unix-mode: `{}` is not an octal file mode",
             args.unix_mode
         )
     })?;
+    if !(0.0..=1.0).contains(&args.decision_log_sample) {
+        return Err(format!(
+            "--decision-log-sample: {} is not a fraction from 0 to 1",
+            args.decision_log_sample
+        )
+        .into());
+    }
+    if !matches!(args.log_format.as_str(), "text" | "json") {
+        return Err(format!("--log-format: `{}` is not text or json", args.log_format).into());
+    }
+    let log_filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .map_err(|e| format!("--log: `{}` is not a log filter: {e}", args.log))?;
+    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
+        (Some(cert), Some(key)) => Some(server::TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca.clone(),
+        }),
+        (None, None) if args.tls_client_ca.is_none() => None,
+        _ => return Err("TLS needs both --tls-cert and --tls-key (and they are needed for --tls-client-ca)".into()),
+    };
+    if args.print_config {
+        print!("{}", resolved(&pack, &args)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let overlays_fixed = config_file.is_none() || set_by_user(m, "overlays");
     let spec = pack.spec();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLUE_AUTHZ_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(log_filter, &args.log_format);
     let config = ServeConfig {
-        listen: args.listen,
+        listen: args.listen.0,
         pack: spec,
         db: args.db.db,
         seed: Some(args.seed).filter(|s| !s.is_empty()).map(PathBuf::from),
-        data_listen: args.data_listen,
+        data_listen: args.data_listen.0,
         data_token: args.data_token.filter(|t| !t.is_empty()),
         unix: args.listen_unix,
         data_unix: args.data_listen_unix,
@@ -474,6 +566,13 @@ fn serve(
         watch: args.watch,
         config_file,
         overlays_fixed,
+        tls,
+        metrics_listen: args.metrics_listen.0,
+        decision_log: DecisionLog {
+            enabled: args.decision_log,
+            sample: args.decision_log_sample,
+            include_context: args.decision_log_context,
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -495,12 +594,72 @@ fn serve(
             return Ok(ExitCode::from(1));
         }
         server::reload_on_sighup(&running);
-        tracing::info!(addr = %running.addr, "serving");
+        tracing::info!("serving");
         server::shutdown_signal().await;
         running.shutdown().await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The operational log on standard error (text or JSON, filtered), and the decision log: its
+/// events only, one JSON object per line on standard output.
+fn init_logging(filter: tracing_subscriber::EnvFilter, format: &str) {
+    use tracing_subscriber::filter::{filter_fn, Targets};
+    use tracing_subscriber::prelude::*;
+    let not_decisions = filter_fn(|meta| meta.target() != DECISION_TARGET);
+    let ops = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ops = if format == "json" {
+        ops.json().boxed()
+    } else {
+        ops.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
+    };
+    let decisions = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_level(false)
+        .with_writer(std::io::stdout)
+        .with_filter(Targets::new().with_target(DECISION_TARGET, tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(ops.with_filter(not_decisions).with_filter(filter))
+        .with(decisions)
+        .init();
+}
+
+/// The resolved `serve` settings, written as a configuration file.
+fn resolved(pack: &PackArgs, args: &ServeArgs) -> Result<String, AnyError> {
+    let addr = |l: Listen| Some(l.0.map(|a| a.to_string()).unwrap_or_default());
+    let settings = config::FileConfig {
+        policies: Some(pack.policies.clone()),
+        overlays: Some(pack.overlays.clone()),
+        listen: addr(args.listen),
+        db: Some(args.db.db.clone()),
+        seed: Some(args.seed.clone()),
+        data_listen: addr(args.data_listen),
+        data_token: args.data_token.as_ref().map(|_| "<redacted>".to_string()),
+        slice_depth: Some(args.slice_depth),
+        max_batch: Some(args.max_batch),
+        max_message_bytes: Some(args.max_message_bytes),
+        max_revision_wait_ms: Some(args.max_revision_wait_ms),
+        watch: Some(args.watch),
+        listen_unix: args.listen_unix.clone(),
+        data_listen_unix: args.data_listen_unix.clone(),
+        unix_mode: Some(args.unix_mode.clone()),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_client_ca: args.tls_client_ca.clone(),
+        metrics_listen: addr(args.metrics_listen),
+        decision_log: Some(args.decision_log),
+        decision_log_sample: Some(args.decision_log_sample),
+        decision_log_context: Some(args.decision_log_context),
+        log: Some(args.log.clone()),
+        log_format: Some(args.log_format.clone()),
+    };
+    Ok(toml::to_string(&settings)?)
 }
 
 fn gen(

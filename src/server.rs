@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -29,6 +29,7 @@ use crate::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService};
 use crate::policy::{PackSpec, PolicyPack};
 use crate::reload::{self, Reloader, SpecSource};
 use crate::storage::{RedbStorage, Storage};
+use crate::telemetry::{self, DecisionLog, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -55,15 +56,15 @@ pub enum ServeError {
 /// What `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The decision service's address.
-    pub listen: SocketAddr,
+    /// The decision service's TCP address (None: Unix socket only).
+    pub listen: Option<SocketAddr>,
     pub pack: PackSpec,
     /// The embedded database file.
     pub db: PathBuf,
     /// Cedar JSON entities file written into the database when it is empty.
     pub seed: Option<PathBuf>,
-    /// The data service's address; it runs only with a token.
-    pub data_listen: SocketAddr,
+    /// The data service's TCP address (None: Unix socket only); it runs only with a token.
+    pub data_listen: Option<SocketAddr>,
     /// Bearer token the data service requires. None: no data service.
     pub data_token: Option<String>,
     /// Also serve decisions on this Unix domain socket.
@@ -77,6 +78,11 @@ pub struct ServeConfig {
     pub watch: bool,
     /// The configuration file, read again on every reload for `overlays`.
     pub config_file: Option<PathBuf>,
+    /// TLS (and mutual TLS) on the TCP listeners.
+    pub tls: Option<TlsFiles>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); None: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    pub decision_log: DecisionLog,
     /// The overlays were set by flag or environment: the file's do not apply.
     pub overlays_fixed: bool,
 }
@@ -85,11 +91,11 @@ impl ServeConfig {
     /// Defaults for one policy directory and database: loopback ports 50051 and 50052.
     pub fn new(pack: PackSpec, db: PathBuf) -> Self {
         ServeConfig {
-            listen: ([127, 0, 0, 1], 50051).into(),
+            listen: Some(([127, 0, 0, 1], 50051).into()),
             pack,
             db,
             seed: None,
-            data_listen: ([127, 0, 0, 1], 50052).into(),
+            data_listen: Some(([127, 0, 0, 1], 50052).into()),
             data_token: None,
             unix: None,
             data_unix: None,
@@ -98,6 +104,9 @@ impl ServeConfig {
             watch: true,
             config_file: None,
             overlays_fixed: true,
+            tls: None,
+            metrics_listen: None,
+            decision_log: DecisionLog::default(),
         }
     }
 
@@ -121,19 +130,50 @@ impl ServeConfig {
     }
 }
 
+/// Certificate files for TLS on the TCP listeners (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to. Set: mutual TLS, and a client
+    /// without a valid certificate is refused.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                ServeError::Config(format!("cannot read the TLS {what} {}: {e}", path.display()))
+            })
+        };
+        let identity = Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?);
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(config)
+    }
+}
+
 /// A running server.
 pub struct Running {
-    /// The decision service's address as bound (useful with port 0).
-    pub addr: SocketAddr,
-    /// The data service's address as bound, if it runs.
+    /// The decision service's TCP address as bound (useful with port 0), if it listens on TCP.
+    pub addr: Option<SocketAddr>,
+    /// The data service's TCP address as bound, if it runs on TCP.
     pub data_addr: Option<SocketAddr>,
+    /// The metrics endpoint's address as bound, if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     pub reloader: Arc<Reloader>,
+    pub telemetry: Arc<Telemetry>,
     watcher: Option<notify::RecommendedWatcher>,
     config: ServeConfig,
     health: HealthReporter,
     shutdown: Vec<oneshot::Sender<()>>,
-    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
 
 /// How long the policy directory must be quiet after a change before a reload starts, so that
@@ -145,7 +185,13 @@ pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";
 
 /// Binds and starts serving, with health NOT_SERVING until [`Running::load`] succeeds.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
-    let (listener, addr) = bind(config.listen).await?;
+    if config.listen.is_none() && config.unix.is_none() {
+        return Err(ServeError::Config(
+            "the decision service needs a TCP address or a Unix socket (listen, listen_unix)"
+                .into(),
+        ));
+    }
+    let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -159,48 +205,77 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         .build_v1()?;
     let engine = Arc::new(Engine::new(config.limits));
     let reloader = Reloader::new(engine.clone(), config.spec_source());
+    let telemetry = Telemetry::new(config.decision_log);
     // tonic refuses anything over twice our limit itself; between the two, the handlers
     // answer INVALID_ARGUMENT naming the limit.
     let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
-    let authorizer = AuthorizerServer::new(AuthorizerService::new(engine.clone()))
-        .max_decoding_message_size(decode_cap);
+    let authorizer =
+        AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
+            .max_decoding_message_size(decode_cap);
     let decisions = Routes::new(health_service)
         .add_service(reflection)
         .add_service(authorizer)
         .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())));
     let mut listeners = Listeners::default();
-    listeners.spawn(decisions.clone(), incoming(listener));
-    tracing::info!(%addr, "decision service listening (not serving until loaded)");
+    let mut addr = None;
+    if let Some(listen) = config.listen {
+        let (listener, bound) = bind(listen).await?;
+        listeners.spawn(decisions.clone(), incoming(listener), tls.clone())?;
+        tracing::info!(addr = %bound, tls = tls.is_some(), "decision service listening (not serving until loaded)");
+        addr = Some(bound);
+    }
     if let Some(path) = &config.unix {
-        listeners.spawn(decisions, bind_unix(path, config.unix_mode)?);
+        listeners.spawn(decisions, bind_unix(path, config.unix_mode)?, None)?;
         tracing::info!(path = %path.display(), "decision service listening on a Unix socket");
     }
 
     let mut data_addr = None;
     match &config.data_token {
         Some(token) if !token.is_empty() => {
-            let (listener, bound) = bind(config.data_listen).await?;
             let data = Routes::new(tonic::service::interceptor::InterceptedService::new(
                 EntityStoreServer::new(EntityStoreService::new(engine.clone()))
                     .max_decoding_message_size(decode_cap),
                 bearer_auth(token.clone()),
             ));
-            listeners.spawn(data.clone(), incoming(listener));
-            tracing::info!(addr = %bound, "data service listening");
-            data_addr = Some(bound);
+            if let Some(listen) = config.data_listen {
+                let (listener, bound) = bind(listen).await?;
+                listeners.spawn(data.clone(), incoming(listener), tls.clone())?;
+                tracing::info!(addr = %bound, tls = tls.is_some(), "data service listening");
+                data_addr = Some(bound);
+            }
             if let Some(path) = &config.data_unix {
-                listeners.spawn(data, bind_unix(path, config.unix_mode)?);
+                listeners.spawn(data, bind_unix(path, config.unix_mode)?, None)?;
                 tracing::info!(path = %path.display(), "data service listening on a Unix socket");
             }
         }
         _ => tracing::warn!("no data token configured: the data service is off"),
     }
+
+    let mut metrics_addr = None;
+    if let Some(listen) = config.metrics_listen {
+        let (listener, bound) = bind(listen).await?;
+        let registry = telemetry.registry(engine.clone(), reloader.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        listeners.shutdown.push(tx);
+        listeners.tasks.push(tokio::spawn(async move {
+            let stop = async {
+                let _ = rx.await;
+            };
+            telemetry::serve_metrics(listener, registry, stop)
+                .await
+                .map_err(|e| ServeError::Config(format!("metrics endpoint: {e}")))
+        }));
+        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+        metrics_addr = Some(bound);
+    }
     let Listeners { shutdown, tasks } = listeners;
     Ok(Running {
         addr,
         data_addr,
+        metrics_addr,
         engine,
         reloader,
+        telemetry,
         watcher: None,
         config,
         health,
@@ -213,11 +288,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
 #[derive(Default)]
 struct Listeners {
     shutdown: Vec<oneshot::Sender<()>>,
-    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
 
 impl Listeners {
-    fn spawn<I, IO, IE>(&mut self, routes: Routes, incoming: I)
+    fn spawn<I, IO, IE>(
+        &mut self,
+        routes: Routes,
+        incoming: I,
+        tls: Option<ServerTlsConfig>,
+    ) -> Result<(), ServeError>
     where
         I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
         IO: tokio::io::AsyncRead
@@ -229,15 +309,20 @@ impl Listeners {
         IO::ConnectInfo: Clone + Send + Sync + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
         let (tx, rx) = oneshot::channel::<()>();
         self.shutdown.push(tx);
-        self.tasks.push(tokio::spawn(
-            Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                }),
-        ));
+        let server = builder
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            });
+        self.tasks
+            .push(tokio::spawn(async move { Ok(server.await?) }));
+        Ok(())
     }
 }
 

@@ -378,6 +378,22 @@ impl EntityStore {
         self.present == 0
     }
 
+    /// How many entities of each type the store holds, by type name.
+    pub fn counts_by_type(&self) -> Vec<(String, usize)> {
+        let mut counts = vec![0usize; self.types.len()];
+        for (key, node) in self.uids.iter().zip(&self.nodes) {
+            if node.present {
+                counts[key.ty as usize] += 1;
+            }
+        }
+        self.types
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(ty, n)| (ty.to_string(), n))
+            .collect()
+    }
+
     fn lookup(&self, uid: &EntityUid) -> Option<Ix> {
         let ty = *self.type_ix.get(uid.type_name())?;
         self.index

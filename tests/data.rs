@@ -52,7 +52,7 @@ struct Node {
 async fn node(dir: &std::path::Path) -> Node {
     let mut running = server::start(config(dir, Limits::default())).await.unwrap();
     running.load().await.unwrap();
-    let decisions = AuthorizerClient::connect(format!("http://{}", running.addr))
+    let decisions = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
         .await
         .unwrap();
     let data = data_client(running.data_addr.unwrap(), Some(TOKEN)).await;
@@ -439,7 +439,7 @@ async fn the_data_service_needs_the_token_and_its_own_listener() {
         "revision unchanged (the seed is 1)"
     );
     // The decision listener does not serve the data service, even with the token.
-    let mut c = data_client(n.running.addr, Some(TOKEN)).await;
+    let mut c = data_client(n.running.addr.unwrap(), Some(TOKEN)).await;
     let err = c
         .write_entities(pb::WriteEntitiesRequest { ops: ops() })
         .await

@@ -101,7 +101,7 @@ async fn ten_thousand_random_and_mutated_requests() {
         .await
         .unwrap();
     running.load().await.unwrap();
-    let addr = running.addr;
+    let addr = running.addr.unwrap();
 
     let suites = suite::load_suites(&root.join("policies/tests")).unwrap();
     let cases = suite::effective_cases(&suites, &[]);

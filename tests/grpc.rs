@@ -20,7 +20,7 @@ async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile:
         .await
         .expect("start");
     running.load().await.expect("load");
-    let client = AuthorizerClient::connect(format!("http://{}", running.addr))
+    let client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
         .await
         .expect("connect");
     (running, client, dir)
@@ -518,12 +518,12 @@ async fn health_goes_from_not_serving_to_serving_and_reflection_lists_the_servic
         .unwrap();
     for service in ["", AUTHORIZER_SERVICE] {
         assert_eq!(
-            health(running.addr, service).await,
+            health(running.addr.unwrap(), service).await,
             ServingStatus::NotServing as i32
         );
     }
     // Before loading, decisions are refused, not guessed.
-    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr))
+    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
         .await
         .unwrap();
     let err = client.is_authorized(valid()).await.unwrap_err();
@@ -531,11 +531,11 @@ async fn health_goes_from_not_serving_to_serving_and_reflection_lists_the_servic
     running.load().await.unwrap();
     for service in ["", AUTHORIZER_SERVICE] {
         assert_eq!(
-            health(running.addr, service).await,
+            health(running.addr.unwrap(), service).await,
             ServingStatus::Serving as i32
         );
     }
-    let services = reflection_services(running.addr).await;
+    let services = reflection_services(running.addr.unwrap()).await;
     assert!(
         services.contains(&AUTHORIZER_SERVICE.to_string()),
         "{services:?}"
@@ -585,10 +585,10 @@ async fn an_invalid_policy_set_is_never_served() {
     let err = running.load().await.unwrap_err().to_string();
     assert!(err.contains("company.cedar:10:21"), "{err}");
     assert_eq!(
-        health(running.addr, "").await,
+        health(running.addr.unwrap(), "").await,
         ServingStatus::NotServing as i32
     );
-    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr))
+    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
         .await
         .unwrap();
     assert_eq!(

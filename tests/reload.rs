@@ -40,10 +40,10 @@ async fn fixture(config_file: Option<&str>) -> Fixture {
     }
     let mut running = server::start(cfg).await.unwrap();
     running.load().await.unwrap();
-    let decisions = AuthorizerClient::connect(format!("http://{}", running.addr))
+    let decisions = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
         .await
         .unwrap();
-    let status = PoliciesClient::connect(format!("http://{}", running.addr))
+    let status = PoliciesClient::connect(format!("http://{}", running.addr.unwrap()))
         .await
         .unwrap();
     Fixture {

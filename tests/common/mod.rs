@@ -20,8 +20,8 @@ pub fn config(dir: &Path, limits: Limits) -> ServeConfig {
         PackSpec::new(root().join("policies"), &[]),
         dir.join("authz.redb"),
     );
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.data_listen = "127.0.0.1:0".parse().unwrap();
+    c.listen = Some("127.0.0.1:0".parse().unwrap());
+    c.data_listen = Some("127.0.0.1:0".parse().unwrap());
     c.seed = Some(root().join("policies/tests/fixture.json"));
     c.data_token = Some(TOKEN.to_string());
     c.limits = limits;
