@@ -387,11 +387,15 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::ListAllowedActionsRequest>,
     ) -> Result<Response<pb::ListAllowedActionsResponse>, Status> {
         let req = request.get_ref();
-        self.observed("ListAllowedActions", request.metadata(), async |mut call| {
-            self.check_size(req.encoded_len())?;
-            self.wait(call.metadata, req.min_revision).await?;
-            self.list_inner(req, &mut call)
-        })
+        self.observed(
+            "ListAllowedActions",
+            request.metadata(),
+            async |mut call| {
+                self.check_size(req.encoded_len())?;
+                self.wait(call.metadata, req.min_revision).await?;
+                self.list_inner(req, &mut call)
+            },
+        )
         .await
     }
 }

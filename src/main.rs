@@ -531,22 +531,26 @@ fn serve(
     }
     let log_filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| format!("--log: `{}` is not a log filter: {e}", args.log))?;
-    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
-        (Some(cert), Some(key)) => Some(server::TlsFiles {
-            cert,
-            key,
-            client_ca: args.tls_client_ca.clone(),
-        }),
-        (None, None) if args.tls_client_ca.is_none() => None,
-        _ => return Err("TLS needs both --tls-cert and --tls-key (and they are needed for --tls-client-ca)".into()),
-    };
+    let tls =
+        match (args.tls_cert.clone(), args.tls_key.clone()) {
+            (Some(cert), Some(key)) => Some(server::TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca.clone(),
+            }),
+            (None, None) if args.tls_client_ca.is_none() => None,
+            _ => return Err(
+                "TLS needs both --tls-cert and --tls-key (and they are needed for --tls-client-ca)"
+                    .into(),
+            ),
+        };
     if args.print_config {
         print!("{}", resolved(&pack, &args)?);
         return Ok(ExitCode::SUCCESS);
     }
     let overlays_fixed = config_file.is_none() || set_by_user(m, "overlays");
     let spec = pack.spec();
-    init_logging(log_filter, &args.log_format);
+    let _log_guard = init_logging(log_filter, &args.log_format);
     let config = ServeConfig {
         listen: args.listen.0,
         pack: spec,
@@ -603,11 +607,21 @@ fn serve(
 }
 
 /// The operational log on standard error (text or JSON, filtered), and the decision log: its
-/// events only, one JSON object per line on standard output.
-fn init_logging(filter: tracing_subscriber::EnvFilter, format: &str) {
+/// events only, one JSON object per line on standard output, written by a background thread
+/// (keep the guard until exit: dropping it flushes the lines still queued).
+fn init_logging(
+    filter: tracing_subscriber::EnvFilter,
+    format: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::filter::{filter_fn, Targets};
     use tracing_subscriber::prelude::*;
     let not_decisions = filter_fn(|meta| meta.target() != DECISION_TARGET);
+    // Not lossy: when the reader of standard output falls 100,000 lines behind, decisions
+    // wait for it rather than go unlogged.
+    let (stdout, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(100_000)
+        .lossy(false)
+        .finish(std::io::stdout());
     let ops = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let ops = if format == "json" {
         ops.json().boxed()
@@ -622,12 +636,13 @@ fn init_logging(filter: tracing_subscriber::EnvFilter, format: &str) {
         .with_span_list(false)
         .with_target(false)
         .with_level(false)
-        .with_writer(std::io::stdout)
+        .with_writer(stdout)
         .with_filter(Targets::new().with_target(DECISION_TARGET, tracing::Level::INFO));
     tracing_subscriber::registry()
         .with(ops.with_filter(not_decisions).with_filter(filter))
         .with(decisions)
         .init();
+    guard
 }
 
 /// The resolved `serve` settings, written as a configuration file.

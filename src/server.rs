@@ -146,10 +146,14 @@ impl TlsFiles {
     fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
         let read = |path: &PathBuf, what: &str| {
             std::fs::read(path).map_err(|e| {
-                ServeError::Config(format!("cannot read the TLS {what} {}: {e}", path.display()))
+                ServeError::Config(format!(
+                    "cannot read the TLS {what} {}: {e}",
+                    path.display()
+                ))
             })
         };
-        let identity = Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?);
+        let identity =
+            Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?);
         let mut config = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &self.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
@@ -191,7 +195,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 .into(),
         ));
     }
-    let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(TlsFiles::server_config)
+        .transpose()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)

@@ -1,0 +1,668 @@
+//! The real binary's settings and decision log: every setting in the README's list is taken
+//! from its flag and from its environment variable; a server configured only by environment,
+//! or only by flags, listens where it is told, requires its token and writes (or does not
+//! write) its decision log.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blue_authz::grpc::pb;
+use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
+use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
+use common::{log_lines, root, uid, TOKEN};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blue-authz");
+
+/// One row of the README's settings table.
+struct Row {
+    key: Option<String>,
+    flag: String,
+    env: String,
+    default: String,
+}
+
+fn code_spans(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+fn documented() -> Vec<Row> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table = readme
+        .split("| setting (file key) | flag | environment | default |")
+        .nth(1)
+        .expect("the README has the settings table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 4, "settings row: {line}");
+            let key = cells[0]
+                .starts_with('`')
+                .then(|| code_spans(cells[0])[0].clone());
+            let one = |cell: &str| {
+                let spans = code_spans(cell);
+                assert_eq!(
+                    spans.len(),
+                    1,
+                    "settings row needs one value in `{cell}`: {line}"
+                );
+                spans[0].clone()
+            };
+            Row {
+                key,
+                flag: one(cells[1]),
+                env: one(cells[2]),
+                default: code_spans(cells[3]).first().cloned().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The binary with no BLUE_AUTHZ_* variable inherited from the test's environment.
+fn bin() -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BLUE_AUTHZ_") {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(root());
+    c
+}
+
+fn print_config(c: &mut Command) -> toml::Table {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "print-config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+/// For each documented setting: a value to give, and what `--print-config` must then show.
+fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static str>)> {
+    use toml::Value::{Array, Boolean, Float, Integer, String as S};
+    let s = |v: &str| S(v.to_string());
+    let tls = vec!["--tls-cert", "/tmp/c.pem", "--tls-key", "/tmp/k.pem"];
+    BTreeMap::from([
+        ("policies", ("/srv/p", s("/srv/p"), vec![])),
+        (
+            "overlays",
+            (
+                "clients-read-only",
+                Array(vec![s("clients-read-only")]),
+                vec![],
+            ),
+        ),
+        ("listen", ("127.0.0.1:6001", s("127.0.0.1:6001"), vec![])),
+        ("db", ("/srv/x.redb", s("/srv/x.redb"), vec![])),
+        ("seed", ("/srv/seed.json", s("/srv/seed.json"), vec![])),
+        (
+            "data_listen",
+            ("127.0.0.1:6002", s("127.0.0.1:6002"), vec![]),
+        ),
+        ("data_token", ("s3cret", s("<redacted>"), vec![])),
+        ("listen_unix", ("/run/a.sock", s("/run/a.sock"), vec![])),
+        (
+            "data_listen_unix",
+            ("/run/d.sock", s("/run/d.sock"), vec![]),
+        ),
+        ("unix_mode", ("600", s("600"), vec![])),
+        (
+            "tls_cert",
+            ("/srv/c.pem", s("/srv/c.pem"), vec!["--tls-key", "/k"]),
+        ),
+        (
+            "tls_key",
+            ("/srv/k.pem", s("/srv/k.pem"), vec!["--tls-cert", "/c"]),
+        ),
+        ("tls_client_ca", ("/srv/ca.pem", s("/srv/ca.pem"), tls)),
+        (
+            "metrics_listen",
+            ("127.0.0.1:9464", s("127.0.0.1:9464"), vec![]),
+        ),
+        ("decision_log", ("true", Boolean(true), vec![])),
+        ("decision_log_sample", ("0.25", Float(0.25), vec![])),
+        ("decision_log_context", ("true", Boolean(true), vec![])),
+        ("log", ("blue_authz=debug", s("blue_authz=debug"), vec![])),
+        ("log_format", ("json", s("json"), vec![])),
+        ("max_batch", ("7", Integer(7), vec![])),
+        ("max_message_bytes", ("1234", Integer(1234), vec![])),
+        ("max_revision_wait_ms", ("99", Integer(99), vec![])),
+        ("slice_depth", ("2", Integer(2), vec![])),
+        ("watch", ("false", Boolean(false), vec![])),
+    ])
+}
+
+#[test]
+fn every_documented_setting_is_taken_from_its_flag_and_its_environment_variable() {
+    let rows = documented();
+    let samples = samples();
+    let keys: BTreeSet<&str> = rows.iter().filter_map(|r| r.key.as_deref()).collect();
+    assert_eq!(
+        keys,
+        samples.keys().copied().collect(),
+        "the README's settings and this test's samples differ"
+    );
+
+    let defaults = print_config(bin().args(["serve", "--print-config"]));
+    let printed: BTreeSet<&str> = defaults.keys().map(String::as_str).collect();
+    assert!(
+        printed.is_subset(&keys),
+        "--print-config shows undocumented settings: {:?}",
+        printed.difference(&keys).collect::<Vec<_>>()
+    );
+    for row in &rows {
+        let Some(key) = &row.key else { continue };
+        // The documented default is what the binary uses.
+        let shown = match defaults.get(key) {
+            None => String::new(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(toml::Value::Array(a)) if a.is_empty() => String::new(),
+            Some(v) => v.to_string(),
+        };
+        let documented = if row.default == "''" {
+            ""
+        } else {
+            &row.default
+        };
+        assert_eq!(shown, documented, "default of `{key}`");
+
+        let (value, expected, extra) = &samples[key.as_str()];
+        let by_flag = print_config(
+            bin()
+                .args(["serve", "--print-config"])
+                .args(extra)
+                .args([row.flag.as_str(), value]),
+        );
+        assert_eq!(by_flag.get(key), Some(expected), "{} {value}", row.flag);
+        let by_env = print_config(
+            bin()
+                .args(["serve", "--print-config"])
+                .args(extra)
+                .env(&row.env, value),
+        );
+        assert_eq!(by_env.get(key), Some(expected), "{}={value}", row.env);
+        // A flag wins over the environment.
+        if key != "overlays" {
+            let both = print_config(
+                bin()
+                    .args(["serve", "--print-config"])
+                    .args(extra)
+                    .args([row.flag.as_str(), value])
+                    .env(&row.env, "not-this"),
+            );
+            assert_eq!(
+                both.get(key),
+                Some(expected),
+                "{} over {}",
+                row.flag,
+                row.env
+            );
+        }
+    }
+
+    // The config file row: by flag and by environment, and the file loses to both.
+    let config = rows
+        .iter()
+        .find(|r| r.key.is_none())
+        .expect("the config row");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authz.toml");
+    std::fs::write(
+        &file,
+        "max_batch = 7\nlisten = \"\"\nlisten_unix = \"/run/a.sock\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    for c in [
+        bin().args(["serve", "--print-config", config.flag.as_str(), path]),
+        bin()
+            .args(["serve", "--print-config"])
+            .env(&config.env, path),
+    ] {
+        let t = print_config(c);
+        assert_eq!(t["max_batch"].as_integer(), Some(7));
+        assert_eq!(t["listen"].as_str(), Some(""));
+    }
+    let t = print_config(
+        bin()
+            .args(["serve", "--print-config", "--max-batch", "9"])
+            .env("BLUE_AUTHZ_MAX_BATCH", "8")
+            .env(&config.env, path),
+    );
+    assert_eq!(t["max_batch"].as_integer(), Some(9));
+    let t = print_config(
+        bin()
+            .args(["serve", "--print-config"])
+            .env("BLUE_AUTHZ_MAX_BATCH", "8")
+            .env(&config.env, path),
+    );
+    assert_eq!(t["max_batch"].as_integer(), Some(8));
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_setting_named() {
+    for (args, needle) in [
+        (vec!["--listen", "nowhere"], "nowhere"),
+        (vec!["--unix-mode", "9z"], "--unix-mode"),
+        (
+            vec!["--decision-log-sample", "1.5"],
+            "--decision-log-sample",
+        ),
+        (vec!["--log", "=&="], "--log"),
+        (vec!["--tls-cert", "/c.pem"], "--tls-key"),
+        (vec!["--log-format", "xml"], "xml"),
+    ] {
+        let out = bin()
+            .args(["serve", "--print-config"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// A `blue-authz serve` child process: its addresses (from its log), its standard output.
+struct Served {
+    child: Child,
+    addrs: BTreeMap<&'static str, SocketAddr>,
+    /// Standard output, drained on a thread so that the child never blocks on the pipe.
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+const NEEDLES: [(&str, &str); 3] = [
+    ("decisions", "decision service listening (not serving"),
+    ("data", "data service listening"),
+    ("metrics", "metrics at"),
+];
+
+/// Starts the binary and waits until it serves; `expect` names the listeners to wait for.
+fn serve(c: &mut Command, expect: &[&'static str]) -> Served {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = log_lines(child.stderr.take().unwrap());
+    let mut pipe = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut out = String::new();
+        pipe.read_to_string(&mut out).unwrap();
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addrs = BTreeMap::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("the server's start-up log");
+        for (name, needle) in NEEDLES {
+            if line.contains(needle) {
+                addrs.insert(name, common::addr_in(&line).expect("addr="));
+            }
+        }
+        if line.trim_end().ends_with(" serving") {
+            break;
+        }
+    }
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    for name in expect {
+        assert!(addrs.contains_key(name), "no {name} listener in the log");
+    }
+    Served {
+        child,
+        addrs,
+        stdout: Some(stdout),
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// SIGTERM, then everything the process wrote on standard output.
+    fn stop(&mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert!(self.child.wait().unwrap().success());
+        self.stdout.take().unwrap().join().unwrap()
+    }
+}
+
+fn base_args(dir: &Path) -> Vec<(String, String)> {
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    vec![
+        ("POLICIES".into(), p(&root().join("policies"))),
+        ("DB".into(), p(&dir.join("authz.redb"))),
+        (
+            "SEED".into(),
+            p(&root().join("policies/tests/fixture.json")),
+        ),
+        ("WATCH".into(), "false".into()),
+    ]
+}
+
+/// Sets each (NAME, value) as `BLUE_AUTHZ_NAME` or as `--name` (`serve`'s flags follow
+/// `serve`; `--policies` is global).
+fn apply(c: &mut Command, settings: &[(String, String)], by_env: bool) {
+    c.arg("serve");
+    for (name, value) in settings {
+        if by_env {
+            c.env(format!("BLUE_AUTHZ_{name}"), value);
+        } else {
+            c.arg(format!("--{}", name.to_lowercase().replace('_', "-")))
+                .arg(value);
+        }
+    }
+}
+
+fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
+    pb::IsAuthorizedRequest {
+        principal: uid("Blue::User", user),
+        action: uid("Blue::Action", action),
+        resource: uid(rtype, rid),
+        ..Default::default()
+    }
+}
+
+async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token_and_logs() {
+    for by_env in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("authz.sock");
+        let mut settings = base_args(dir.path());
+        settings.extend([
+            ("LISTEN".into(), "127.0.0.1:0".into()),
+            ("DATA_LISTEN".into(), "127.0.0.1:0".into()),
+            ("DATA_TOKEN".into(), TOKEN.into()),
+            ("LISTEN_UNIX".into(), sock.to_str().unwrap().into()),
+            ("METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+            ("DECISION_LOG".into(), "true".into()),
+            ("LOG".into(), "info".into()),
+        ]);
+        let mut c = bin();
+        apply(&mut c, &settings, by_env);
+        let mut served = serve(&mut c, &["decisions", "data", "metrics"]);
+        let how = if by_env { "environment" } else { "flags" };
+
+        // Decisions on TCP and on the Unix socket.
+        let addr = served.addrs["decisions"];
+        let mut tcp = AuthorizerClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let d = tcp
+            .is_authorized(ask("ada", "viewProject", "Blue::Project", "apollo"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.decision, pb::Decision::Allow as i32, "{how}");
+        let mut unix = AuthorizerClient::new(unix_channel(&sock).await);
+        let d = unix
+            .is_authorized(ask("zed", "viewProject", "Blue::Project", "apollo"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.decision, pb::Decision::Deny as i32, "{how}");
+
+        // The data service on its own address, with the token and only with it.
+        let data = Channel::from_shared(format!("http://{}", served.addrs["data"]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let read = |token: &str| {
+            let mut req = tonic::Request::new(pb::ReadEntitiesRequest {
+                uids: vec![uid("Blue::User", "ada").unwrap()],
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            req
+        };
+        let mut client = EntityStoreClient::new(data);
+        let found = client
+            .read_entities(read(TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(found.missing.is_empty(), "{how}");
+        let refused = client.read_entities(read("wrong")).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{how}");
+
+        // Metrics on their own address.
+        let text = scrape(served.addrs["metrics"]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{how}: {text}");
+        assert!(
+            text.contains(
+                "blue_authz_decisions_total{action=\"viewProject\",decision=\"allow\"} 1"
+            ),
+            "{how}: {text}"
+        );
+
+        // The decision log switch: two decisions, two lines.
+        let out = served.stop();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON decision log line"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{how}: {out}");
+        assert_eq!(lines[0]["principal"], "Blue::User::\"ada\"");
+        assert_eq!(lines[1]["principal"], "Blue::User::\"zed\"");
+    }
+}
+
+const LOG_FIELDS: [&str; 10] = [
+    "request_id",
+    "principal",
+    "action",
+    "resource",
+    "decision",
+    "determining_policies",
+    "policy_version",
+    "revision",
+    "latency_us",
+    "timestamp",
+];
+
+/// Runs a few calls against a server started with `extra` flags and returns its decision log
+/// lines (standard output), parsed.
+async fn decision_log(extra: &[&str]) -> (Vec<serde_json::Value>, pb::ListAllowedActionsResponse) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = base_args(dir.path());
+    settings.push(("LISTEN".into(), "127.0.0.1:0".into()));
+    let mut c = bin();
+    apply(&mut c, &settings, false);
+    c.args(extra);
+    let mut served = serve(&mut c, &["decisions"]);
+    let mut client = AuthorizerClient::connect(format!("http://{}", served.addrs["decisions"]))
+        .await
+        .unwrap();
+    let mut one = tonic::Request::new(pb::IsAuthorizedRequest {
+        context_json: r#"{"role": "comment"}"#.into(),
+        entities_json: "[]".into(),
+        ..ask("ada", "inviteMember", "Blue::Project", "apollo")
+    });
+    one.metadata_mut()
+        .insert("x-request-id", "req-7".parse().unwrap());
+    let d = client.is_authorized(one).await.unwrap().into_inner();
+    let batch = pb::BatchIsAuthorizedRequest {
+        requests: vec![
+            ask("vic", "viewProject", "Blue::Project", "apollo"),
+            ask("vic", "editWiki", "Blue::Project", "apollo"),
+        ],
+        ..Default::default()
+    };
+    client.batch_is_authorized(batch).await.unwrap();
+    let list = client
+        .list_allowed_actions(pb::ListAllowedActionsRequest {
+            principal: uid("Blue::User", "cleo"),
+            resource: uid("Blue::Project", "apollo"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Not a decision: no line.
+    client
+        .is_authorized(ask("ada", "noSuchAction", "Blue::Project", "apollo"))
+        .await
+        .unwrap_err();
+    let out = served.stop();
+    assert_eq!(d.decision, pb::Decision::Allow as i32);
+    let lines = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (lines, list)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_log_writes_one_json_line_per_decision_and_nothing_when_off() {
+    let (lines, list) = decision_log(&["--decision-log", "true"]).await;
+    for line in &lines {
+        for field in LOG_FIELDS {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+        assert!(
+            line.get("context").is_none(),
+            "context logged unasked: {line}"
+        );
+        assert!(
+            line.get("entities").is_none(),
+            "entities logged unasked: {line}"
+        );
+        assert_eq!(line["policy_version"].as_str().unwrap().len(), 16);
+        assert!(line["revision"].as_u64().unwrap() >= 1);
+    }
+    let first = &lines[0];
+    assert_eq!(first["request_id"], "req-7");
+    assert_eq!(first["method"], "IsAuthorized");
+    assert_eq!(first["principal"], "Blue::User::\"ada\"");
+    assert_eq!(first["action"], "inviteMember");
+    assert_eq!(first["resource"], "Blue::Project::\"apollo\"");
+    assert_eq!(first["decision"], "ALLOW");
+    assert!(!first["determining_policies"].as_str().unwrap().is_empty());
+    // A batch's decisions share one generated request id.
+    assert_eq!(lines[1]["method"], "BatchIsAuthorized");
+    assert_eq!(lines[1]["request_id"], lines[2]["request_id"]);
+    assert_ne!(lines[1]["request_id"], "req-7");
+    assert_eq!(lines[1]["decision"], "ALLOW");
+    assert_eq!(lines[2]["decision"], "DENY");
+    assert_eq!(lines[2]["determining_policies"], "");
+    // ListAllowedActions: one line per action it decided; the allowed ones are the answer's.
+    let listed = &lines[3..];
+    assert!(listed
+        .iter()
+        .all(|l| l["method"] == "ListAllowedActions" && l["principal"] == "Blue::User::\"cleo\""));
+    let actions: Vec<&str> = listed
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    let distinct: BTreeSet<&str> = actions.iter().copied().collect();
+    assert_eq!(distinct.len(), actions.len(), "an action logged twice");
+    let allowed_logged: BTreeSet<&str> = listed
+        .iter()
+        .filter(|l| l["decision"] == "ALLOW")
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    let allowed: BTreeSet<&str> = list.allowed.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(allowed_logged, allowed);
+    assert!(!allowed.is_empty() && allowed_logged.len() < listed.len());
+    for skipped in &list.not_evaluated {
+        assert!(
+            !distinct.contains(skipped.action.as_str()),
+            "{} logged",
+            skipped.action
+        );
+    }
+
+    // Asked for: context and request-scoped entities too.
+    let (lines, _) =
+        decision_log(&["--decision-log", "true", "--decision-log-context", "true"]).await;
+    assert_eq!(lines[0]["context"], r#"{"role": "comment"}"#);
+    assert_eq!(lines[0]["entities"], "[]");
+
+    // Off (the default), and sampled at 0: nothing at all on standard output.
+    for extra in [
+        &[][..],
+        &["--decision-log", "true", "--decision-log-sample", "0"][..],
+    ] {
+        let (lines, _) = decision_log(extra).await;
+        assert!(lines.is_empty(), "{extra:?}: {lines:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_log_samples_the_given_fraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = base_args(dir.path());
+    settings.push(("LISTEN".into(), "127.0.0.1:0".into()));
+    settings.push(("DECISION_LOG".into(), "true".into()));
+    settings.push(("DECISION_LOG_SAMPLE".into(), "0.5".into()));
+    let mut c = bin();
+    apply(&mut c, &settings, false);
+    let mut served = serve(&mut c, &["decisions"]);
+    let mut client = AuthorizerClient::connect(format!("http://{}", served.addrs["decisions"]))
+        .await
+        .unwrap();
+    let batch = pb::BatchIsAuthorizedRequest {
+        requests: vec![ask("vic", "viewProject", "Blue::Project", "apollo"); 1000],
+        ..Default::default()
+    };
+    client.batch_is_authorized(batch).await.unwrap();
+    let out = served.stop();
+    let n = out.lines().count();
+    // Binomial(1000, 0.5): 6 standard deviations either side.
+    assert!((405..=595).contains(&n), "{n} of 1000 logged at 0.5");
+}
