@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    pub health_listen: Option<String>,
     pub decision_log: Option<bool>,
     pub decision_log_sample: Option<f64>,
     pub decision_log_context: Option<bool>,

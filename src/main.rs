@@ -186,6 +186,9 @@ struct ServeArgs {
     /// Address of the Prometheus metrics endpoint, `GET /metrics` ('': none).
     #[arg(long, env = "BLUE_AUTHZ_METRICS_LISTEN", default_value = "", value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// Also serve the gRPC health service alone on this address, for probes ('': none).
+    #[arg(long, env = "BLUE_AUTHZ_HEALTH_LISTEN", default_value = "", value_parser = parse_listen)]
+    health_listen: Listen,
     /// Write one JSON line per decision to standard output.
     #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG", default_value_t = false, action = clap::ArgAction::Set)]
     decision_log: bool,
@@ -499,6 +502,11 @@ fn serve(
         args.metrics_listen,
         listen("metrics_listen", file.metrics_listen)?
     );
+    from_file!(
+        "health_listen",
+        args.health_listen,
+        listen("health_listen", file.health_listen)?
+    );
     from_file!("decision_log", args.decision_log, file.decision_log);
     from_file!(
         "decision_log_sample",
@@ -572,6 +580,7 @@ fn serve(
         overlays_fixed,
         tls,
         metrics_listen: args.metrics_listen.0,
+        health_listen: args.health_listen.0,
         decision_log: DecisionLog {
             enabled: args.decision_log,
             sample: args.decision_log_sample,
@@ -668,6 +677,7 @@ fn resolved(pack: &PackArgs, args: &ServeArgs) -> Result<String, AnyError> {
         tls_key: args.tls_key.clone(),
         tls_client_ca: args.tls_client_ca.clone(),
         metrics_listen: addr(args.metrics_listen),
+        health_listen: addr(args.health_listen),
         decision_log: Some(args.decision_log),
         decision_log_sample: Some(args.decision_log_sample),
         decision_log_context: Some(args.decision_log_context),

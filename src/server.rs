@@ -82,6 +82,9 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Where to serve Prometheus metrics (`GET /metrics`); None: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve the gRPC health service alone here (for probes from outside a pod while
+    /// decisions stay on loopback); plaintext.
+    pub health_listen: Option<SocketAddr>,
     pub decision_log: DecisionLog,
     /// The overlays were set by flag or environment: the file's do not apply.
     pub overlays_fixed: bool,
@@ -106,6 +109,7 @@ impl ServeConfig {
             overlays_fixed: true,
             tls: None,
             metrics_listen: None,
+            health_listen: None,
             decision_log: DecisionLog::default(),
         }
     }
@@ -170,6 +174,8 @@ pub struct Running {
     pub data_addr: Option<SocketAddr>,
     /// The metrics endpoint's address as bound, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// The health-only listener's address as bound, if any.
+    pub health_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     pub reloader: Arc<Reloader>,
     pub telemetry: Arc<Telemetry>,
@@ -220,6 +226,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let authorizer =
         AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
             .max_decoding_message_size(decode_cap);
+    let health_only = Routes::new(health_service.clone());
     let decisions = Routes::new(health_service)
         .add_service(reflection)
         .add_service(authorizer)
@@ -259,6 +266,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         _ => tracing::warn!("no data token configured: the data service is off"),
     }
 
+    let mut health_addr = None;
+    if let Some(listen) = config.health_listen {
+        let (listener, bound) = bind(listen).await?;
+        listeners.spawn(health_only, incoming(listener), None)?;
+        tracing::info!(addr = %bound, "health service listening");
+        health_addr = Some(bound);
+    }
+
     let mut metrics_addr = None;
     if let Some(listen) = config.metrics_listen {
         let (listener, bound) = bind(listen).await?;
@@ -281,6 +296,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         addr,
         data_addr,
         metrics_addr,
+        health_addr,
         engine,
         reloader,
         telemetry,

@@ -135,6 +135,10 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
             "metrics_listen",
             ("127.0.0.1:9464", s("127.0.0.1:9464"), vec![]),
         ),
+        (
+            "health_listen",
+            ("0.0.0.0:50053", s("0.0.0.0:50053"), vec![]),
+        ),
         ("decision_log", ("true", Boolean(true), vec![])),
         ("decision_log_sample", ("0.25", Float(0.25), vec![])),
         ("decision_log_context", ("true", Boolean(true), vec![])),
@@ -287,10 +291,11 @@ struct Served {
     stdout: Option<std::thread::JoinHandle<String>>,
 }
 
-const NEEDLES: [(&str, &str); 3] = [
+const NEEDLES: [(&str, &str); 4] = [
     ("decisions", "decision service listening (not serving"),
     ("data", "data service listening"),
     ("metrics", "metrics at"),
+    ("health", "health service listening"),
 ];
 
 /// Starts the binary and waits until it serves; `expect` names the listeners to wait for.
@@ -429,12 +434,13 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
             ("DATA_TOKEN".into(), TOKEN.into()),
             ("LISTEN_UNIX".into(), sock.to_str().unwrap().into()),
             ("METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+            ("HEALTH_LISTEN".into(), "127.0.0.1:0".into()),
             ("DECISION_LOG".into(), "true".into()),
             ("LOG".into(), "info".into()),
         ]);
         let mut c = bin();
         apply(&mut c, &settings, by_env);
-        let mut served = serve(&mut c, &["decisions", "data", "metrics"]);
+        let mut served = serve(&mut c, &["decisions", "data", "metrics", "health"]);
         let how = if by_env { "environment" } else { "flags" };
 
         // Decisions on TCP and on the Unix socket.
@@ -479,6 +485,30 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
         assert!(found.missing.is_empty(), "{how}");
         let refused = client.read_entities(read("wrong")).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{how}");
+
+        // The health service alone on its own address: SERVING, and no decisions there.
+        let health = Channel::from_shared(format!("http://{}", served.addrs["health"]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let status = tonic_health::pb::health_client::HealthClient::new(health.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "blue.authz.v1.Authorizer".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        let none = AuthorizerClient::new(health)
+            .is_authorized(ask("ada", "viewProject", "Blue::Project", "apollo"))
+            .await
+            .unwrap_err();
+        assert_eq!(none.code(), tonic::Code::Unimplemented, "{how}");
 
         // Metrics on their own address.
         let text = scrape(served.addrs["metrics"]);
