@@ -1,0 +1,217 @@
+//! `deploy/`: the Kubernetes example parses and agrees with the binary and the README; the
+//! Dockerfile builds with the README's own commands. (No image can be built on these machines:
+//! there is no Docker engine.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::root;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every `BLUE_AUTHZ_*` variable of the README's settings table.
+fn documented_env() -> Vec<String> {
+    let readme = read("README.md");
+    let table = readme
+        .split("| setting (file key) | flag | environment | default |")
+        .nth(1)
+        .unwrap();
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            let cell = l.split('|').nth(3)?;
+            Some(cell.trim().trim_matches('`').to_string())
+        })
+        .filter(|e| e.starts_with("BLUE_AUTHZ_"))
+        .collect()
+}
+
+/// `serve --print-config` with exactly these environment variables: they must all parse.
+fn print_config(env: &BTreeMap<String, String>) -> toml::Table {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blue-authz"));
+    c.env_clear().current_dir(root());
+    c.envs(env).args(["serve", "--print-config"]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{env:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+fn docs() -> Vec<Value> {
+    let text = read("deploy/kubernetes/sidecar.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("valid YAML"))
+        .collect()
+}
+
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+#[test]
+fn the_kubernetes_sidecar_example_parses_and_agrees_with_the_binary() {
+    let docs = docs();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Secret", "Deployment"]);
+    let deployment = &docs[1];
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+    let containers = pod["containers"].as_sequence().unwrap();
+    assert_eq!(containers.len(), 2, "the app and its sidecar");
+    let sidecar = containers
+        .iter()
+        .find(|c| c["name"] == "blue-authz")
+        .expect("the blue-authz container");
+
+    // Its environment: documented settings only, and the binary accepts every value.
+    let documented = documented_env();
+    let mut env = BTreeMap::new();
+    for var in sidecar["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap().to_string();
+        assert!(
+            documented.contains(&name),
+            "{name} is not a documented setting"
+        );
+        let value = match var["value"].as_str() {
+            Some(v) => v.to_string(),
+            None => "from-a-secret".to_string(),
+        };
+        env.insert(name, value);
+    }
+    let resolved = print_config(&env);
+    assert_eq!(resolved["listen"].as_str(), Some("127.0.0.1:50051"));
+    assert_eq!(resolved["data_token"].as_str(), Some("<redacted>"));
+
+    // Probes: gRPC health, on the health-only listener, which the container exposes.
+    let health_port = port_of(resolved["health_listen"].as_str().unwrap());
+    let exposed: Vec<u64> = sidecar["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert!(exposed.contains(&health_port));
+    assert!(exposed.contains(&port_of(resolved["metrics_listen"].as_str().unwrap())));
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let grpc = &sidecar[probe]["grpc"];
+        assert_eq!(grpc["port"].as_u64(), Some(health_port), "{probe}");
+    }
+    assert_eq!(
+        sidecar["readinessProbe"]["grpc"]["service"].as_str(),
+        Some(blue_authz::server::AUTHORIZER_SERVICE)
+    );
+
+    // Policies from ConfigMaps mounted where BLUE_AUTHZ_POLICIES points, one per directory
+    // of the pack; the data volume holds the database.
+    let policies = resolved["policies"].as_str().unwrap();
+    let mounts: BTreeMap<&str, &str> = sidecar["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    let yaml = read("deploy/kubernetes/sidecar.yaml");
+    let mut covered = Vec::new();
+    for (name, path) in &mounts {
+        let volume = volumes[name];
+        if let Some(cm) = volume["configMap"]["name"].as_str() {
+            let sub = path
+                .strip_prefix(policies)
+                .unwrap_or_else(|| panic!("{path} is outside {policies}"));
+            let dir = format!("policies{sub}/");
+            assert!(root().join(&dir).is_dir(), "{dir}");
+            let command = format!("kubectl create configmap {cm} --from-file={dir}");
+            assert!(
+                yaml.contains(&command),
+                "the example does not say `{command}`"
+            );
+            covered.push(dir);
+        }
+    }
+    covered.sort();
+    assert_eq!(
+        covered,
+        ["policies/", "policies/optional/", "policies/tests/"]
+    );
+    let db = resolved["db"].as_str().unwrap();
+    let data = mounts["data"];
+    assert!(
+        db.starts_with(&format!("{data}/")),
+        "{db} is not on the data volume"
+    );
+}
+
+/// The RUN commands of the Dockerfile's build stage.
+fn dockerfile_build_steps() -> Vec<String> {
+    let text = read("deploy/Dockerfile");
+    let build = text
+        .split("\nFROM ")
+        .find(|stage| stage.contains("AS build"))
+        .expect("a build stage");
+    build
+        .lines()
+        .filter_map(|l| l.strip_prefix("RUN "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_builds_with_the_readme_commands() {
+    let readme = read("README.md");
+    let section = readme
+        .split("### Building a release")
+        .nth(1)
+        .expect("the README has a `Building a release` section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let readme_steps: Vec<String> = block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(dockerfile_build_steps(), readme_steps);
+    assert!(readme.contains("no Docker engine"));
+
+    // The runtime image's environment is documented and accepted.
+    let text = read("deploy/Dockerfile");
+    let env_block = text.split("\nENV ").nth(1).unwrap();
+    let mut env = BTreeMap::new();
+    for part in env_block.split('\n').take_while(|l| !l.starts_with("USER")) {
+        let part = part.trim().trim_end_matches('\\').trim();
+        if let Some((k, v)) = part.split_once('=') {
+            assert!(documented_env().contains(&k.to_string()), "{k}");
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    assert_eq!(env.len(), 4);
+    let resolved = print_config(&env);
+    assert_eq!(resolved["seed"].as_str(), Some(""));
+}
