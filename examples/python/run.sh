@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs client.py against a live blue-authz on the demo data, over Unix sockets (no ports to
+# collide with). Creates a virtual environment with grpcio first. Usage, from anywhere:
+#   examples/python/run.sh [path/to/blue-authz]      (default: target/debug/blue-authz)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+bin="${1:-$root/target/debug/blue-authz}"
+venv="${BLUE_AUTHZ_PY_VENV:-$root/target/python-venv}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt"
+
+work="$(mktemp -d)"
+token="example-token-$$"
+"$bin" --policies "$root/policies" serve \
+  --listen '' --listen-unix "$work/authz.sock" \
+  --data-listen '' --data-listen-unix "$work/data.sock" --data-token "$token" \
+  --db "$work/authz.redb" --seed "$root/data/demo.json" --watch false \
+  2>"$work/server.log" &
+server=$!
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 300); do
+  [ -S "$work/authz.sock" ] && [ -S "$work/data.sock" ] && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/server.log"; exit 1; }
+  sleep 0.1
+done
+
+if ! "$venv/bin/python" "$here/client.py" \
+  --authz "unix:$work/authz.sock" --data "unix:$work/data.sock" --token "$token"; then
+  echo "--- server log"; cat "$work/server.log"; exit 1
+fi
