@@ -404,11 +404,30 @@ impl Authorizer for AuthorizerService {
 /// interceptor ([`bearer_auth`]).
 pub struct EntityStoreService {
     engine: Arc<Engine>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl EntityStoreService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        EntityStoreService { engine }
+    pub fn new(engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> Self {
+        EntityStoreService { engine, telemetry }
+    }
+
+    async fn write(&self, request: &pb::WriteEntitiesRequest) -> Result<u64, Status> {
+        let ops = request
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| write_op(i, op))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServiceError::from)?;
+        let engine = self.engine.clone();
+        Ok(tokio::task::spawn_blocking(move || engine.write(ops))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "write task failed");
+                Status::internal("internal error")
+            })?
+            .map_err(ServiceError::from)?)
     }
 }
 
@@ -489,23 +508,13 @@ impl EntityStoreRpc for EntityStoreService {
         &self,
         request: Request<pb::WriteEntitiesRequest>,
     ) -> Result<Response<pb::WriteEntitiesResponse>, Status> {
-        let ops = request
-            .get_ref()
-            .ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| write_op(i, op))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ServiceError::from)?;
-        let engine = self.engine.clone();
-        let revision = tokio::task::spawn_blocking(move || engine.write(ops))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "write task failed");
-                Status::internal("internal error")
-            })?
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(pb::WriteEntitiesResponse { revision }))
+        let started = Instant::now();
+        let result = self.write(request.get_ref()).await;
+        let code = result.as_ref().err().map(Status::code);
+        self.telemetry.finish("WriteEntities", started, code);
+        Ok(Response::new(pb::WriteEntitiesResponse {
+            revision: result?,
+        }))
     }
 
     async fn read_entities(

@@ -248,7 +248,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     match &config.data_token {
         Some(token) if !token.is_empty() => {
             let data = Routes::new(tonic::service::interceptor::InterceptedService::new(
-                EntityStoreServer::new(EntityStoreService::new(engine.clone()))
+                EntityStoreServer::new(EntityStoreService::new(engine.clone(), telemetry.clone()))
                     .max_decoding_message_size(decode_cap),
                 bearer_auth(token.clone()),
             ));

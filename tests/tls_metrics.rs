@@ -253,6 +253,26 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
+    // A write the schema refuses.
+    let data = Channel::from_shared(format!("http://{}", running.data_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut bad = tonic::Request::new(pb::WriteEntitiesRequest {
+        ops: vec![pb::WriteOp {
+            op: Some(pb::write_op::Op::UpsertJson(
+                r#"{"uid": {"type": "Blue::Nope", "id": "x"}, "attrs": {}, "parents": []}"#.into(),
+            )),
+        }],
+    });
+    bad.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let e = EntityStoreClient::new(data)
+        .write_entities(bad)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
     // A rejected reload.
     edit(&policies.join("company.cedar"), "permit", "permit permit");
     assert!(matches!(running.reload().await, Outcome::Rejected(_)));
@@ -277,6 +297,10 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
     assert_eq!(
         get(r#"blue_authz_grpc_errors_total{method="IsAuthorized",code="InvalidArgument"}"#),
         2.0
+    );
+    assert_eq!(
+        get(r#"blue_authz_grpc_errors_total{method="WriteEntities",code="InvalidArgument"}"#),
+        1.0
     );
     assert_eq!(
         get(r#"blue_authz_request_duration_seconds_count{method="IsAuthorized"}"#),
