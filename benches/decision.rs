@@ -19,6 +19,10 @@ use blue_authz::store::{EntityStore, WriteOp};
 use blue_authz::workload::{self, Ask};
 use criterion::{criterion_group, Criterion, Throughput};
 
+/// The same allocator as the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct World {
     pack: Arc<PolicyPack>,
     store: EntityStore,

@@ -222,7 +222,7 @@ pub fn check_parsed(
         action.clone(),
         resource.clone(),
         context,
-        Some(&pack.schema),
+        schema_for(pack, entry, context_json),
     )
     .map_err(|e| RequestError::new(request_error_field(&e), e))?;
     Ok(CheckedRequest {
@@ -233,6 +233,22 @@ pub fn check_parsed(
         context_refs,
         overlay,
     })
+}
+
+/// The schema `Request::new` must validate against, or None when nothing is left to check:
+/// the action is known, the principal's and resource's types were checked against its
+/// `appliesTo` above, and an absent context is the empty one, which the pack validated for
+/// this action when it loaded.
+fn schema_for<'a>(
+    pack: &'a PolicyPack,
+    entry: &ActionEntry,
+    context_json: &str,
+) -> Option<&'a cedar_policy::Schema> {
+    if context_json.trim().is_empty() && entry.empty_context {
+        None
+    } else {
+        Some(&pack.schema)
+    }
 }
 
 fn request_error_field(e: &cedar_policy::RequestValidationError) -> &'static str {

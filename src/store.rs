@@ -89,7 +89,7 @@ pub struct EntityStore {
     types: Vec<EntityTypeName>,
     /// The same types, as cedar-policy-core's, for building slice entities.
     core_types: Vec<ast::EntityType>,
-    type_ix: HashMap<EntityTypeName, u16>,
+    type_ix: hashbrown::HashMap<EntityTypeName, u16>,
     type_by_name: hashbrown::HashMap<Box<str>, u16>,
     attr_names: Vec<Arc<str>>,
     attr_ix: HashMap<Arc<str>, u16>,
@@ -1019,19 +1019,22 @@ impl<'a> View<'a> {
     /// what Cedar assumes of a slice built without recomputing the closure.
     fn entity(&self, ix: Ix, relevant: &[Ix]) -> Result<ast::Entity, String> {
         let node = self.node(ix).ok_or("slice member without a node")?;
-        let ancestors: HashSet<ast::EntityUID> = if node.closure.len() <= relevant.len() {
+        // The kept indexes first, so that Cedar's set is allocated once at its size.
+        let kept: Vec<Ix> = if node.closure.len() <= relevant.len() {
             node.closure
                 .iter()
                 .filter(|a| relevant.binary_search(a).is_ok())
-                .map(|a| self.uid_of(*a))
+                .copied()
                 .collect()
         } else {
             relevant
                 .iter()
                 .filter(|r| node.closure.binary_search(r).is_ok())
-                .map(|a| self.uid_of(*a))
+                .copied()
                 .collect()
         };
+        let mut ancestors: HashSet<ast::EntityUID> = HashSet::with_capacity(kept.len());
+        ancestors.extend(kept.iter().map(|a| self.uid_of(*a)));
         let mut attrs = Vec::with_capacity(node.attrs.len());
         for (k, v) in node.attrs.iter() {
             let name = smol_str::SmolStr::new(self.attr_name(ix, *k));
