@@ -11,7 +11,7 @@ use cedar_policy::{
 use serde_json::Value;
 
 use crate::error::RequestError;
-use crate::policy::{ActionEntry, PolicyPack};
+use crate::policy::{ActionEntry, Need, Needs, PolicyPack, NEED_ALL};
 use crate::store::{parse_entities, value_refs, EntityStore, Overlay};
 
 /// How many attribute hops a slice follows from the request's entities by default. Blue's
@@ -272,10 +272,10 @@ pub fn decide(
     let Some(entry) = pack.action(&req.action) else {
         return deny_with("action is not in the live policy set");
     };
-    let mut seeds: Vec<&EntityUid> = Vec::with_capacity(2 + req.context_refs.len());
-    seeds.push(&req.principal);
-    seeds.push(&req.resource);
-    seeds.extend(req.context_refs.iter());
+    let mut seeds: Vec<(&EntityUid, &Need)> = Vec::with_capacity(2 + req.context_refs.len());
+    seeds.push((&req.principal, &entry.needs.principal));
+    seeds.push((&req.resource, &entry.needs.resource));
+    seeds.extend(req.context_refs.iter().map(|r| (r, &NEED_ALL)));
     match slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry]) {
         Ok(entities) => evaluate(&req.request, entry, &entities),
         // Fail closed: a slice that cannot be built decides nothing.
@@ -288,7 +288,7 @@ pub fn decide(
 /// closure pass is skipped.
 fn slice_entities<'a>(
     store: &EntityStore,
-    seeds: &[&EntityUid],
+    seeds: &[(&EntityUid, &Need)],
     overlay: &Overlay,
     depth: usize,
     literals: &[EntityUid],
@@ -389,8 +389,13 @@ pub fn list_allowed(
             Err(e) => return Err(e),
         }
     }
-    let mut seeds: Vec<&EntityUid> = vec![principal, resource];
-    seeds.extend(context_refs.iter());
+    let mut needs = Needs::default();
+    for (_, entry) in &actions {
+        needs.merge(&entry.needs);
+    }
+    let mut seeds: Vec<(&EntityUid, &Need)> =
+        vec![(principal, &needs.principal), (resource, &needs.resource)];
+    seeds.extend(context_refs.iter().map(|r| (r, &NEED_ALL)));
     let entities = slice_entities(
         store,
         &seeds,

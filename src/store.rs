@@ -20,7 +20,7 @@ use cedar_policy_core::ast;
 use serde_json::{Map, Value};
 
 use crate::error::{DataError, RequestError};
-use crate::policy::PolicyPack;
+use crate::policy::{Need, PolicyPack};
 use crate::storage::ChangeSet;
 
 /// An entity's index in the store's uid table.
@@ -676,11 +676,13 @@ impl EntityStore {
 
     /// Builds the Cedar entities for one request: the seeds and the entities their attributes
     /// reference up to `depth` hops, each with the ancestors that matter to this request.
-    /// `literals` are the entity literals of the policies that can apply. Request-scoped
-    /// `overlay` entities replace stored ones.
+    /// Each seed comes with what the policies read through its attributes: an entity reached
+    /// through an attribute is a member only if [`Need`] says so (its uid still counts for
+    /// the ancestor sets). `literals` are the entity literals of the policies that can apply.
+    /// Request-scoped `overlay` entities replace stored ones.
     pub fn slice(
         &self,
-        seeds: &[&EntityUid],
+        seeds: &[(&EntityUid, &Need)],
         overlay: &Overlay,
         depth: usize,
         literals: &[EntityUid],
@@ -689,33 +691,43 @@ impl EntityStore {
         // (entity, reached through an attribute)
         let mut members: Vec<(Ix, bool)> = Vec::new();
         let mut relevant: Vec<Ix> = Vec::new();
-        let mut frontier: Vec<Ix> = Vec::new();
-        for s in seeds {
+        let mut frontier: Vec<(Ix, &Need)> = Vec::new();
+        for (s, need) in seeds {
             let ix = view.resolve(s);
             relevant.push(ix);
-            frontier.push(ix);
+            frontier.push((ix, need));
         }
         for l in literals {
             let ix = view.resolve(l);
             relevant.push(ix);
         }
+        let mut values = Vec::new();
         for level in 0..=depth {
             let mut next = Vec::new();
-            for ix in frontier {
-                if members.iter().any(|(m, _)| *m == ix) {
-                    continue;
-                }
+            for (ix, need) in frontier {
                 let Some(node) = view.node(ix) else { continue };
-                members.push((ix, level > 0));
-                let before = relevant.len();
-                for (_, v) in node.attrs.iter() {
-                    entity_vals(v, &mut relevant);
+                // An entity reached again (under other needs) is expanded again, not added
+                // twice.
+                if !members.iter().any(|(m, _)| *m == ix) {
+                    members.push((ix, level > 0));
+                }
+                for (k, v) in node.attrs.iter() {
+                    values.clear();
+                    entity_vals(v, &mut values);
+                    relevant.extend_from_slice(&values);
+                    if level < depth {
+                        if let Some(child) = need.child(view.attr_name(ix, *k)) {
+                            next.extend(values.iter().map(|v| (*v, child)));
+                        }
+                    }
                 }
                 for (_, v) in node.tags.iter().flat_map(|t| t.iter()) {
-                    entity_vals(v, &mut relevant);
-                }
-                if level < depth {
-                    next.extend_from_slice(&relevant[before..]);
+                    values.clear();
+                    entity_vals(v, &mut values);
+                    relevant.extend_from_slice(&values);
+                    if level < depth && *need == Need::All {
+                        next.extend(values.iter().map(|v| (*v, need)));
+                    }
                 }
             }
             if next.is_empty() {
@@ -974,6 +986,9 @@ impl<'a> View<'a> {
 
     /// The attribute name of an attribute of node `ix`.
     fn attr_name(&self, ix: Ix, key: u16) -> &str {
+        if self.names.is_empty() {
+            return &self.store.attr_names[key as usize];
+        }
         match self.names.get(&ix) {
             Some(names) => &names[key as usize],
             None => &self.store.attr_names[key as usize],
