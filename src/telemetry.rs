@@ -162,39 +162,24 @@ impl Telemetry {
         let errors = d.decision.errors.join("; ");
         let decision = if d.decision.allow { "ALLOW" } else { "DENY" };
         let latency_us = d.latency.as_micros() as u64;
-        if self.log.include_context {
-            tracing::info!(
-                target: DECISION_TARGET,
-                request_id = d.request_id,
-                method = d.method,
-                principal = %d.principal,
-                action = %d.action,
-                resource = %d.resource,
-                decision,
-                determining_policies = determining,
-                errors,
-                policy_version = d.policy_version,
-                revision = d.revision,
-                latency_us,
-                context = d.context_json,
-                entities = d.entities_json,
-            );
-        } else {
-            tracing::info!(
-                target: DECISION_TARGET,
-                request_id = d.request_id,
-                method = d.method,
-                principal = %d.principal,
-                action = %d.action,
-                resource = %d.resource,
-                decision,
-                determining_policies = determining,
-                errors,
-                policy_version = d.policy_version,
-                revision = d.revision,
-                latency_us,
-            );
-        }
+        // Absent (None) fields are left out of the line.
+        let include = self.log.include_context;
+        tracing::info!(
+            target: DECISION_TARGET,
+            request_id = d.request_id,
+            method = d.method,
+            principal = %d.principal,
+            action = %d.action,
+            resource = %d.resource,
+            decision,
+            determining_policies = determining,
+            errors,
+            policy_version = d.policy_version,
+            revision = d.revision,
+            latency_us,
+            context = include.then_some(d.context_json),
+            entities = include.then_some(d.entities_json),
+        );
     }
 
     /// The metrics registry: these counters, and the live state read at each scrape.

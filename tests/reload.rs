@@ -15,7 +15,7 @@ use blue_authz::grpc::pb::{
 };
 use blue_authz::policy::PackSpec;
 use blue_authz::server::{self, Limits, Running};
-use common::{config, copy_dir, edit, root, uid};
+use common::{ask, config, copy_dir, edit, root};
 use tonic::transport::Channel;
 
 struct Fixture {
@@ -52,15 +52,6 @@ async fn fixture(config_file: Option<&str>) -> Fixture {
         running,
         decisions,
         status,
-    }
-}
-
-fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
-    pb::IsAuthorizedRequest {
-        principal: uid("Blue::User", user),
-        action: uid("Blue::Action", action),
-        resource: uid(rtype, rid),
-        ..Default::default()
     }
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use blue_authz::grpc::pb;
 use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
-use common::{log_lines, root, uid, TOKEN};
+use common::{ask, log_lines, root, uid, TOKEN};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-authz");
@@ -385,15 +385,6 @@ fn apply(c: &mut Command, settings: &[(String, String)], by_env: bool) {
     }
 }
 
-fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
-    pb::IsAuthorizedRequest {
-        principal: uid("Blue::User", user),
-        action: uid("Blue::Action", action),
-        resource: uid(rtype, rid),
-        ..Default::default()
-    }
-}
-
 async fn unix_channel(path: &Path) -> Channel {
     let path = path.to_path_buf();
     Endpoint::try_from("http://[::]:50051")
@@ -408,18 +399,6 @@ async fn unix_channel(path: &Path) -> Channel {
         }))
         .await
         .unwrap()
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +490,7 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
         assert_eq!(none.code(), tonic::Code::Unimplemented, "{how}");
 
         // Metrics on their own address.
-        let text = scrape(served.addrs["metrics"]);
+        let text = common::get_metrics(served.addrs["metrics"]);
         assert!(text.starts_with("HTTP/1.1 200"), "{how}: {text}");
         assert!(
             text.contains(

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +12,7 @@ use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
 use blue_authz::reload::Outcome;
 use blue_authz::server::{self, Limits, TlsFiles};
-use common::{config, copy_dir, edit, root, uid, TOKEN};
+use common::{ask, config, copy_dir, edit, root, uid, TOKEN};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -81,15 +80,6 @@ async fn tls_channel(
         .tls_config(tls)?
         .connect()
         .await
-}
-
-fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
-    pb::IsAuthorizedRequest {
-        principal: uid("Blue::User", user),
-        action: uid("Blue::Action", action),
-        resource: uid(rtype, rid),
-        ..Default::default()
-    }
 }
 
 /// One decision over `channel`: Ok(allowed) or the call's error.
@@ -191,14 +181,7 @@ async fn tls_files_that_cannot_be_read_are_a_clear_start_up_error() {
 
 /// `GET /metrics` over a real socket: the samples, by `name{labels}`.
 fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = common::get_metrics(addr);
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.lines()

@@ -35,6 +35,30 @@ pub fn uid(ty: &str, id: &str) -> Option<pb::EntityUid> {
     })
 }
 
+/// A decision request without context.
+pub fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
+    pb::IsAuthorizedRequest {
+        principal: uid("Blue::User", user),
+        action: uid("Blue::Action", action),
+        resource: uid(rtype, rid),
+        ..Default::default()
+    }
+}
+
+/// `GET /metrics` over a plain socket: the whole HTTP response.
+pub fn get_metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
 /// A policy-suite case as a decision request.
 pub fn case_request(case: &blue_authz::suite::Case) -> pb::IsAuthorizedRequest {
     let euid = |u: &cedar_policy::EntityUid| uid(&u.type_name().to_string(), u.id().unescaped());
