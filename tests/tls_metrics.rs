@@ -265,42 +265,37 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
         *m.get(k)
             .unwrap_or_else(|| panic!("no sample {k} in {:#?}", m.keys().collect::<Vec<_>>()))
     };
-    assert_eq!(
-        get(r#"blue_authz_decisions_total{action="viewProject",decision="allow"}"#),
-        2.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_decisions_total{action="viewProject",decision="deny"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_decisions_total{action="editWiki",decision="deny"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_grpc_errors_total{method="IsAuthorized",code="InvalidArgument"}"#),
-        2.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_grpc_errors_total{method="WriteEntities",code="InvalidArgument"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_request_duration_seconds_count{method="IsAuthorized"}"#),
-        4.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_request_duration_seconds_count{method="BatchIsAuthorized"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_policy_reloads_total{result="rejected"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"blue_authz_policy_reloads_total{result="accepted"}"#),
-        0.0
-    );
+    for (sample, expected) in [
+        (
+            r#"decisions_total{action="viewProject",decision="allow"}"#,
+            2.0,
+        ),
+        (
+            r#"decisions_total{action="viewProject",decision="deny"}"#,
+            1.0,
+        ),
+        (r#"decisions_total{action="editWiki",decision="deny"}"#, 1.0),
+        (
+            r#"grpc_errors_total{method="IsAuthorized",code="InvalidArgument"}"#,
+            2.0,
+        ),
+        (
+            r#"grpc_errors_total{method="WriteEntities",code="InvalidArgument"}"#,
+            1.0,
+        ),
+        (
+            r#"request_duration_seconds_count{method="IsAuthorized"}"#,
+            4.0,
+        ),
+        (
+            r#"request_duration_seconds_count{method="BatchIsAuthorized"}"#,
+            1.0,
+        ),
+        (r#"policy_reloads_total{result="rejected"}"#, 1.0),
+        (r#"policy_reloads_total{result="accepted"}"#, 0.0),
+    ] {
+        assert_eq!(get(&format!("blue_authz_{sample}")), expected, "{sample}");
+    }
     let version = running.engine.pack().unwrap().version.clone();
     assert_eq!(
         get(&format!(
