@@ -138,17 +138,13 @@ pub fn parse_overlay(
 }
 
 /// Parses a context for one action, validated against the schema. Also returns the entities
-/// the context references, for the slice.
-pub fn parse_context(
+/// the context references, for the slice. An empty text means `{}`.
+fn parse_context(
     pack: &PolicyPack,
     action: &EntityUid,
     context_json: &str,
 ) -> Result<(Context, Vec<EntityUid>), RequestError> {
-    let blank = context_json.trim().is_empty();
-    if blank && pack.action(action).is_some_and(|e| e.empty_context) {
-        return Ok((Context::empty(), Vec::new()));
-    }
-    let value: Value = if blank {
+    let value: Value = if context_json.trim().is_empty() {
         Value::Object(Default::default())
     } else {
         serde_json::from_str(context_json)
@@ -169,6 +165,34 @@ pub fn parse_context(
         )
     })?;
     Ok((context, refs))
+}
+
+/// The Cedar request for one action, with the entities its context references. The caller
+/// has checked the principal's and resource's types against the action's `appliesTo`; so
+/// when no context is given and the pack validated the empty context for this action at
+/// load, nothing is left for `Request::new` to check against the schema. Otherwise the
+/// context is parsed against the schema and the whole request validated.
+fn request_for(
+    pack: &PolicyPack,
+    entry: &ActionEntry,
+    (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+    context_json: &str,
+) -> Result<(Request, Vec<EntityUid>), RequestError> {
+    let (context, refs, schema) = if context_json.trim().is_empty() && entry.empty_context {
+        (Context::empty(), Vec::new(), None)
+    } else {
+        let (context, refs) = parse_context(pack, action, context_json)?;
+        (context, refs, Some(&pack.schema))
+    };
+    let request = Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        schema,
+    )
+    .map_err(|e| RequestError::new(request_error_field(&e), e))?;
+    Ok((request, refs))
 }
 
 /// Validates a whole request against the schema, naming the field at fault.
@@ -216,15 +240,8 @@ pub fn check_parsed(
             ),
         ));
     }
-    let (context, context_refs) = parse_context(pack, &action, context_json)?;
-    let request = Request::new(
-        principal.clone(),
-        action.clone(),
-        resource.clone(),
-        context,
-        schema_for(pack, entry, context_json),
-    )
-    .map_err(|e| RequestError::new(request_error_field(&e), e))?;
+    let (request, context_refs) =
+        request_for(pack, entry, (&principal, &action, &resource), context_json)?;
     Ok(CheckedRequest {
         principal,
         action,
@@ -233,22 +250,6 @@ pub fn check_parsed(
         context_refs,
         overlay,
     })
-}
-
-/// The schema `Request::new` must validate against, or None when nothing is left to check:
-/// the action is known, the principal's and resource's types were checked against its
-/// `appliesTo` above, and an absent context is the empty one, which the pack validated for
-/// this action when it loaded.
-fn schema_for<'a>(
-    pack: &'a PolicyPack,
-    entry: &ActionEntry,
-    context_json: &str,
-) -> Option<&'a cedar_policy::Schema> {
-    if context_json.trim().is_empty() && entry.empty_context {
-        None
-    } else {
-        Some(&pack.schema)
-    }
 }
 
 fn request_error_field(e: &cedar_policy::RequestValidationError) -> &'static str {
@@ -369,19 +370,9 @@ pub fn list_allowed(
     let mut context_refs: Vec<EntityUid> = Vec::new();
     let mut literals: Vec<EntityUid> = Vec::new();
     for (action, entry) in &actions {
-        let request = parse_context(pack, action, context_json).and_then(|(context, refs)| {
-            context_refs.extend(refs);
-            Request::new(
-                principal.clone(),
-                (*action).clone(),
-                resource.clone(),
-                context,
-                Some(&pack.schema),
-            )
-            .map_err(|e| RequestError::new(request_error_field(&e), e))
-        });
-        match request {
-            Ok(r) => {
+        match request_for(pack, entry, (principal, action, resource), context_json) {
+            Ok((r, refs)) => {
+                context_refs.extend(refs);
                 literals.extend(entry.literals.iter().cloned());
                 requests.push((*action, *entry, Ok(r)));
             }

@@ -229,7 +229,7 @@ impl PolicyPack {
                 e.principal_types.contains(principal) && e.resource_types.contains(resource)
             })
             .collect();
-        all.sort_by_key(|(a, _)| a.id().unescaped().to_string());
+        all.sort_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
         all
     }
 

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -81,7 +80,7 @@ fn latency_histogram() -> Histogram {
 pub struct Telemetry {
     pub log: DecisionLog,
     /// Decisions by action id: [deny, allow].
-    decisions: RwLock<HashMap<Box<str>, [AtomicU64; 2]>>,
+    decisions: RwLock<hashbrown::HashMap<Box<str>, [AtomicU64; 2]>>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
     next_id: AtomicU64,
