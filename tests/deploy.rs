@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::root;
+use common::{root, settings_table};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -17,35 +17,14 @@ fn read(path: &str) -> String {
 
 /// Every `BLUE_AUTHZ_*` variable of the README's settings table.
 fn documented_env() -> Vec<String> {
-    let readme = read("README.md");
-    let table = readme
-        .split("| setting (file key) | flag | environment | default |")
-        .nth(1)
-        .unwrap();
-    table
-        .lines()
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .filter_map(|l| {
-            let cell = l.split('|').nth(3)?;
-            Some(cell.trim().trim_matches('`').to_string())
-        })
-        .filter(|e| e.starts_with("BLUE_AUTHZ_"))
-        .collect()
+    settings_table().into_iter().map(|row| row.env).collect()
 }
 
 /// `serve --print-config` with exactly these environment variables: they must all parse.
 fn print_config(env: &BTreeMap<String, String>) -> toml::Table {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blue-authz"));
     c.env_clear().current_dir(root());
-    c.envs(env).args(["serve", "--print-config"]);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{env:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+    common::print_config(c.envs(env).args(["serve", "--print-config"]))
 }
 
 fn docs() -> Vec<Value> {

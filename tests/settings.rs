@@ -15,61 +15,10 @@ use std::time::{Duration, Instant};
 use blue_authz::grpc::pb;
 use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
-use common::{ask, log_lines, root, uid, TOKEN};
+use common::{ask, log_lines, print_config, root, settings_table, uid, TOKEN};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-authz");
-
-/// One row of the README's settings table.
-struct Row {
-    key: Option<String>,
-    flag: String,
-    env: String,
-    default: String,
-}
-
-fn code_spans(cell: &str) -> Vec<String> {
-    cell.split('`')
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, s)| s.to_string())
-        .collect()
-}
-
-fn documented() -> Vec<Row> {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let table = readme
-        .split("| setting (file key) | flag | environment | default |")
-        .nth(1)
-        .expect("the README has the settings table");
-    table
-        .lines()
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .map(|line| {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            assert_eq!(cells.len(), 4, "settings row: {line}");
-            let key = cells[0]
-                .starts_with('`')
-                .then(|| code_spans(cells[0])[0].clone());
-            let one = |cell: &str| {
-                let spans = code_spans(cell);
-                assert_eq!(
-                    spans.len(),
-                    1,
-                    "settings row needs one value in `{cell}`: {line}"
-                );
-                spans[0].clone()
-            };
-            Row {
-                key,
-                flag: one(cells[1]),
-                env: one(cells[2]),
-                default: code_spans(cells[3]).first().cloned().unwrap_or_default(),
-            }
-        })
-        .collect()
-}
 
 /// The binary with no BLUE_AUTHZ_* variable inherited from the test's environment.
 fn bin() -> Command {
@@ -81,16 +30,6 @@ fn bin() -> Command {
     }
     c.current_dir(root());
     c
-}
-
-fn print_config(c: &mut Command) -> toml::Table {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "print-config failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
 /// For each documented setting: a value to give, and what `--print-config` must then show.
@@ -154,7 +93,7 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
 
 #[test]
 fn every_documented_setting_is_taken_from_its_flag_and_its_environment_variable() {
-    let rows = documented();
+    let rows = settings_table();
     let samples = samples();
     let keys: BTreeSet<&str> = rows.iter().filter_map(|r| r.key.as_deref()).collect();
     assert_eq!(

@@ -131,3 +131,66 @@ pub fn wait_for_listen_addr(
     std::thread::spawn(move || while rx.recv().is_ok() {});
     addr
 }
+
+/// One row of the README's settings table: the file key (None for the config file itself),
+/// flag, environment variable and default, each the cell's code span.
+pub struct Row {
+    pub key: Option<String>,
+    pub flag: String,
+    pub env: String,
+    pub default: String,
+}
+
+fn code_spans(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+pub fn settings_table() -> Vec<Row> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table = readme
+        .split("| setting (file key) | flag | environment | default |")
+        .nth(1)
+        .expect("the README has the settings table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 4, "settings row: {line}");
+            let key = cells[0]
+                .starts_with('`')
+                .then(|| code_spans(cells[0])[0].clone());
+            let one = |cell: &str| {
+                let spans = code_spans(cell);
+                assert_eq!(
+                    spans.len(),
+                    1,
+                    "settings row needs one value in `{cell}`: {line}"
+                );
+                spans[0].clone()
+            };
+            Row {
+                key,
+                flag: one(cells[1]),
+                env: one(cells[2]),
+                default: code_spans(cells[3]).first().cloned().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Runs `serve --print-config` as `c` is set up, and parses the settings it prints.
+pub fn print_config(c: &mut std::process::Command) -> toml::Table {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "print-config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
