@@ -275,29 +275,23 @@ async fn bad_candidates_are_rejected_and_the_last_good_set_keeps_answering() {
     f.running.shutdown().await.unwrap();
 }
 
+async fn cleo_creates_a_record(f: &mut Fixture) -> pb::IsAuthorizedResponse {
+    let ask = ask("cleo", "createRecord", "Blue::Project", "apollo");
+    f.decisions.is_authorized(ask).await.unwrap().into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlays_switch_with_the_config_file() {
     let mut f = fixture(Some("overlays = []\n")).await;
     let config_path = f._tmp.path().join("blue-authz.toml");
-    let create = || ask("cleo", "createRecord", "Blue::Project", "apollo");
-    let r = f
-        .decisions
-        .is_authorized(create())
-        .await
-        .unwrap()
-        .into_inner();
+    let r = cleo_creates_a_record(&mut f).await;
     assert_eq!(r.decision, pb::Decision::Allow as i32);
     let base = r.policy_version;
 
     std::fs::write(&config_path, "overlays = [\"clients-read-only\"]\n").unwrap();
     let s = wait_status(&mut f, |s| s.reloads_accepted == 1).await;
     assert_eq!(s.live_overlays, vec!["clients-read-only"]);
-    let r = f
-        .decisions
-        .is_authorized(create())
-        .await
-        .unwrap()
-        .into_inner();
+    let r = cleo_creates_a_record(&mut f).await;
     assert_eq!(r.decision, pb::Decision::Deny as i32);
     assert_eq!(
         r.determining_policies,
@@ -309,12 +303,7 @@ async fn overlays_switch_with_the_config_file() {
     std::fs::write(&config_path, "overlays = []\n").unwrap();
     let s = wait_status(&mut f, |s| s.reloads_accepted == 2).await;
     assert!(s.live_overlays.is_empty());
-    let r = f
-        .decisions
-        .is_authorized(create())
-        .await
-        .unwrap()
-        .into_inner();
+    let r = cleo_creates_a_record(&mut f).await;
     assert_eq!(r.decision, pb::Decision::Allow as i32);
     assert_eq!(
         r.policy_version, base,
