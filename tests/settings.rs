@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use blue_authz::grpc::pb;
 use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
-use common::{ask, log_lines, print_config, root, settings_table, uid, TOKEN};
-use tonic::transport::{Channel, Endpoint, Uri};
+use common::{ask, log_lines, print_config, root, settings_table, uid, unix_channel, TOKEN};
+use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-authz");
 
@@ -322,22 +322,6 @@ fn apply(c: &mut Command, settings: &[(String, String)], by_env: bool) {
                 .arg(value);
         }
     }
-}
-
-async fn unix_channel(path: &Path) -> Channel {
-    let path = path.to_path_buf();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,30 +3,13 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use blue_authz::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
 use blue_authz::server::{self, Limits};
-use common::{config, uid, TOKEN};
-use tonic::transport::{Channel, Endpoint, Uri};
+use common::{config, uid, unix_channel, TOKEN};
 use tonic::Code;
-
-async fn unix_channel(path: &Path) -> Channel {
-    let path: PathBuf = path.to_path_buf();
-    Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("connect over the Unix socket")
-}
 
 #[tokio::test]
 async fn decisions_and_data_over_unix_sockets() {

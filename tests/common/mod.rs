@@ -194,3 +194,19 @@ pub fn print_config(c: &mut std::process::Command) -> toml::Table {
     );
     toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
+
+/// A tonic channel over the Unix domain socket at `path`.
+pub async fn unix_channel(path: &Path) -> tonic::transport::Channel {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect over the Unix socket")
+}
