@@ -4,22 +4,17 @@
 
 use std::str::FromStr;
 
-use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
-    Request,
-};
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request};
 use serde_json::Value;
 
 use crate::error::RequestError;
-use crate::policy::{ActionEntry, Need, Needs, PolicyPack, NEED_ALL};
+use crate::policy::{ActionEntry, Compiled, Need, Needs, PolicyPack, NEED_ALL};
 use crate::store::{parse_entities, value_refs, EntityStore, Overlay};
 
 /// How many attribute hops a slice follows from the request's entities by default. Blue's
 /// policies dereference one hop (`resource.project.member`); a policy that needs more shows up
 /// as an evaluation error in the policy tests, which run through this same path.
 pub const DEFAULT_SLICE_DEPTH: usize = 1;
-
-static AUTHORIZER: std::sync::LazyLock<Authorizer> = std::sync::LazyLock::new(Authorizer::new);
 
 /// An entity reference as callers send it: a Cedar type name and an id.
 #[derive(Debug, Clone, Copy)]
@@ -310,26 +305,66 @@ fn slice_entities<'a>(
 }
 
 /// Evaluates one request over a slice with the action's policies, and explains the result.
+/// Cedar's authorization semantics over Cedar's evaluator: a satisfied `forbid` denies, else a
+/// satisfied `permit` allows, else the default is deny; a policy whose evaluation fails counts
+/// as not satisfied and is reported. (`Authorizer::is_authorized` computes the same, through
+/// the partial-evaluation machinery and a condition rebuilt per policy per request;
+/// `tests/oracle.rs` and the unit tests below compare the two.)
 fn evaluate(
     request: &Request,
     entry: &ActionEntry,
     entities: &cedar_policy_core::entities::Entities,
 ) -> Decision {
-    let entities = <Entities as ref_cast::RefCast>::ref_cast(entities);
-    let response = AUTHORIZER.is_authorized(request, &entry.policies, entities);
-    let mut determining: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(ToString::to_string)
-        .collect();
+    evaluate_compiled(request, &entry.compiled, entities)
+}
+
+fn evaluate_compiled(
+    request: &Request,
+    compiled: &[Compiled],
+    entities: &cedar_policy_core::entities::Entities,
+) -> Decision {
+    use cedar_policy_core::ast::{Literal, ValueKind};
+    use cedar_policy_core::evaluator::Evaluator;
+    let core: &cedar_policy_core::ast::Request = request.as_ref();
+    let evaluator = Evaluator::new(
+        core.clone(),
+        entities,
+        cedar_policy_core::extensions::Extensions::all_available(),
+    );
+    let slots = cedar_policy_core::ast::SlotEnv::new();
+    let mut permits: Vec<String> = Vec::new();
+    let mut forbids: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for p in compiled {
+        match evaluator.interpret(&p.condition, &slots) {
+            // A condition is a conjunction (scope `&&` clauses), so its value is a boolean.
+            Ok(v) => match v.value_kind() {
+                ValueKind::Lit(Literal::Bool(true)) if p.forbid => forbids.push(p.id.to_string()),
+                ValueKind::Lit(Literal::Bool(true)) => permits.push(p.id.to_string()),
+                ValueKind::Lit(Literal::Bool(false)) => {}
+                _ => errors.push(format!("policy `{}` evaluated to {v}, not a boolean", p.id)),
+            },
+            Err(error) => errors.push(
+                cedar_policy::AuthorizationError::from(
+                    cedar_policy_core::authorizer::AuthorizationError::PolicyEvaluationError {
+                        id: p.id.clone(),
+                        error,
+                    },
+                )
+                .to_string(),
+            ),
+        }
+    }
+    let (allow, mut determining) = if !forbids.is_empty() {
+        (false, forbids)
+    } else if !permits.is_empty() {
+        (true, permits)
+    } else {
+        (false, Vec::new())
+    };
     determining.sort();
-    let errors = response
-        .diagnostics()
-        .errors()
-        .map(ToString::to_string)
-        .collect();
     Decision {
-        allow: response.decision() == CedarDecision::Allow,
+        allow,
         determining,
         errors,
     }
@@ -406,4 +441,99 @@ pub fn list_allowed(
             (action.id().unescaped().to_string(), outcome)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
+
+    /// Made-up policies with forbids, scopes, `unless`, and conditions that fail on some
+    /// entities: the evaluation path must agree with Cedar's `Authorizer` on the decision, the
+    /// determining policies and the error texts, request by request.
+    #[test]
+    fn evaluation_agrees_with_cedars_authorizer() {
+        let set: PolicySet = r#"
+            permit (principal, action, resource) when { principal.level > 3 };
+            permit (principal == User::"alice", action, resource);
+            forbid (principal, action, resource) when { resource.locked };
+            permit (principal in Group::"g", action == Action::"view", resource);
+            forbid (principal, action == Action::"edit", resource) unless { context.ok };
+            permit (principal, action in [Action::"view"], resource is Doc)
+                when { resource.owner == principal };
+        "#
+        .parse()
+        .unwrap();
+        let compiled = crate::policy::compile(&set).unwrap();
+        assert_eq!(compiled.len(), 6);
+        let entities = Entities::from_json_value(
+            serde_json::json!([
+                {"uid": {"type": "User", "id": "alice"}, "attrs": {"level": 5},
+                 "parents": [{"type": "Group", "id": "g"}]},
+                {"uid": {"type": "User", "id": "bob"}, "attrs": {},
+                 "parents": [{"type": "Group", "id": "g"}]},
+                {"uid": {"type": "User", "id": "carol"}, "attrs": {"level": 1}, "parents": []},
+                {"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Doc", "id": "open"},
+                 "attrs": {"locked": false, "owner": {"__entity": {"type": "User", "id": "carol"}}},
+                 "parents": []},
+                {"uid": {"type": "Doc", "id": "locked"}, "attrs": {"locked": true}, "parents": []},
+                {"uid": {"type": "Doc", "id": "bare"}, "attrs": {}, "parents": []}
+            ]),
+            None,
+        )
+        .unwrap();
+        let uid = |s: &str| -> EntityUid { s.parse().unwrap() };
+        let mut checked = 0;
+        let (mut allowed, mut with_errors) = (0, 0);
+        for principal in ["alice", "bob", "carol"] {
+            for action in ["view", "edit"] {
+                for resource in ["open", "locked", "bare"] {
+                    for context in [r#"{"ok": true}"#, r#"{"ok": false}"#, "{}"] {
+                        let request = Request::new(
+                            uid(&format!(r#"User::"{principal}""#)),
+                            uid(&format!(r#"Action::"{action}""#)),
+                            uid(&format!(r#"Doc::"{resource}""#)),
+                            Context::from_json_str(context, None).unwrap(),
+                            None,
+                        )
+                        .unwrap();
+                        let ours = super::evaluate_compiled(&request, &compiled, entities.as_ref());
+                        let theirs = Authorizer::new().is_authorized(&request, &set, &entities);
+                        let mut reasons: Vec<String> = theirs
+                            .diagnostics()
+                            .reason()
+                            .map(ToString::to_string)
+                            .collect();
+                        reasons.sort();
+                        let errors: Vec<String> = theirs
+                            .diagnostics()
+                            .errors()
+                            .map(ToString::to_string)
+                            .collect();
+                        let what = format!("{principal} {action} {resource} {context}");
+                        assert_eq!(
+                            ours.allow,
+                            theirs.decision() == cedar_policy::Decision::Allow,
+                            "{what}"
+                        );
+                        assert_eq!(ours.determining, reasons, "{what}");
+                        let (mut a, mut b) = (ours.errors.clone(), errors);
+                        a.sort();
+                        b.sort();
+                        assert_eq!(a, b, "{what}");
+                        checked += 1;
+                        allowed += ours.allow as usize;
+                        with_errors += !ours.errors.is_empty() as usize;
+                    }
+                }
+            }
+        }
+        // The cases cover both decisions and failing conditions.
+        assert_eq!(checked, 54);
+        assert!(
+            allowed > 0 && allowed < checked,
+            "{allowed} of {checked} allowed"
+        );
+        assert!(with_errors > 0, "no case had an evaluation error");
+    }
 }

@@ -44,11 +44,23 @@ impl PackSpec {
     }
 }
 
+/// One policy ready for Cedar's evaluator: its whole condition (scope and `when`/`unless`
+/// clauses) as one expression, built once at load instead of per request, and without source
+/// locations (evaluation would otherwise copy them into every intermediate value).
+#[derive(Debug)]
+pub struct Compiled {
+    pub id: cedar_policy_core::ast::PolicyID,
+    pub forbid: bool,
+    pub condition: cedar_policy_core::ast::Expr,
+}
+
 /// Everything the decision path needs to know about one action.
 #[derive(Debug)]
 pub struct ActionEntry {
     /// Only the policies whose action scope can match this action.
     pub policies: PolicySet,
+    /// The same policies, compiled for evaluation, in the set's order.
+    pub compiled: Vec<Compiled>,
     /// The action entity with its action-group ancestors, for the per-request slice (as
     /// cedar-policy-core's entity: slices are built from core entities).
     pub core_entity: Arc<cedar_policy_core::ast::Entity>,
@@ -189,7 +201,7 @@ impl PolicyPack {
         let entity_types = schema
             .entity_types()
             .chain(actions.keys().map(EntityUid::type_name))
-            .map(|t| (t.to_string(), t.clone()))
+            .map(|t| (t.to_string(), EntityTypeName::from(plain_type(t.as_ref()))))
             .collect();
         let version = hex8(&hasher.finalize());
         Ok(Arc::new(PolicyPack {
@@ -449,10 +461,25 @@ fn index_actions(
             cedar_policy::Context::from_json_value(serde_json::json!({}), Some((schema, action)))
                 .is_ok();
         let needs = Needs::of(&set);
+        let compiled = compile(&set).map_err(|message| {
+            LoadError::Invalid(vec![PolicyDiagnostic {
+                location: Location {
+                    file: schema_path.to_path_buf(),
+                    line: 1,
+                    col: 1,
+                },
+                severity: Severity::Error,
+                message,
+                help: None,
+                source_line: None,
+                cedar: None,
+            }])
+        })?;
         out.insert(
             action.clone(),
             ActionEntry {
                 needs,
+                compiled,
                 policies: set,
                 core_entity,
                 principal_types,
@@ -463,6 +490,49 @@ fn index_actions(
         );
     }
     Ok(out)
+}
+
+/// The same entity type without a source location. Types taken from the schema point into its
+/// text, and every clone on the decision path (each uid of each slice) would bump that text's
+/// shared counter from every thread at once.
+pub fn plain_type(t: &cedar_policy_core::ast::EntityType) -> cedar_policy_core::ast::EntityType {
+    use cedar_policy_core::ast::{InternalName, Name};
+    let name: &InternalName = t.name().as_ref();
+    let plain = InternalName::new(
+        name.basename().clone(),
+        name.namespace_components().cloned(),
+        None,
+    );
+    match Name::try_from(plain) {
+        Ok(n) => cedar_policy_core::ast::EntityType::from(n),
+        // A reserved name cannot come from a validated schema; keep it as it is.
+        Err(_) => t.clone(),
+    }
+}
+
+/// Compiles a policy set for evaluation: each policy goes through Cedar's JSON form (which
+/// carries no source locations) and its condition is built once.
+pub(crate) fn compile(set: &PolicySet) -> Result<Vec<Compiled>, String> {
+    let mut plain = PolicySet::new();
+    for p in set.policies() {
+        let json = p
+            .to_json()
+            .map_err(|e| format!("policy `{}` has no JSON form: {e}", p.id()))?;
+        let again = Policy::from_json(Some(p.id().clone()), json)
+            .map_err(|e| format!("policy `{}` does not round-trip through JSON: {e}", p.id()))?;
+        plain
+            .add(again)
+            .map_err(|e| format!("policy `{}`: {e}", p.id()))?;
+    }
+    let ast: &cedar_policy_core::ast::PolicySet = plain.as_ref();
+    Ok(ast
+        .policies()
+        .map(|p| Compiled {
+            id: p.id().clone(),
+            forbid: p.effect() == cedar_policy_core::ast::Effect::Forbid,
+            condition: p.condition(),
+        })
+        .collect())
 }
 
 /// 1-based line and column of a byte offset in `text`, and that line.

@@ -562,8 +562,7 @@ impl EntityStore {
 
     fn add_type(&mut self, ty: EntityTypeName) -> u16 {
         let t = self.types.len() as u16;
-        let core: ast::Name = ty.to_string().parse().expect("a type name prints as one");
-        self.core_types.push(ast::EntityType::from(core));
+        self.core_types.push(crate::policy::plain_type(ty.as_ref()));
         self.type_by_name.insert(ty.to_string().into(), t);
         self.type_ix.insert(ty.clone(), t);
         self.types.push(ty);
