@@ -339,8 +339,8 @@ fn evaluate_compiled(
         match evaluator.interpret(&p.condition, &slots) {
             // A condition is a conjunction (scope `&&` clauses), so its value is a boolean.
             Ok(v) => match v.value_kind() {
-                ValueKind::Lit(Literal::Bool(true)) if p.forbid => forbids.push(p.id.to_string()),
-                ValueKind::Lit(Literal::Bool(true)) => permits.push(p.id.to_string()),
+                ValueKind::Lit(Literal::Bool(true)) if p.forbid => forbids.push(p.name.clone()),
+                ValueKind::Lit(Literal::Bool(true)) => permits.push(p.name.clone()),
                 ValueKind::Lit(Literal::Bool(false)) => {}
                 _ => errors.push(format!("policy `{}` evaluated to {v}, not a boolean", p.id)),
             },

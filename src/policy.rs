@@ -50,6 +50,8 @@ impl PackSpec {
 #[derive(Debug)]
 pub struct Compiled {
     pub id: cedar_policy_core::ast::PolicyID,
+    /// The id as decisions name it.
+    pub name: String,
     pub forbid: bool,
     pub condition: cedar_policy_core::ast::Expr,
 }
@@ -529,6 +531,7 @@ pub(crate) fn compile(set: &PolicySet) -> Result<Vec<Compiled>, String> {
         .policies()
         .map(|p| Compiled {
             id: p.id().clone(),
+            name: p.id().to_string(),
             forbid: p.effect() == cedar_policy_core::ast::Effect::Forbid,
             condition: p.condition(),
         })
