@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub data_token: Option<String>,
     pub slice_depth: Option<usize>,
     pub max_batch: Option<usize>,
+    pub worker_threads: Option<usize>,
     pub max_message_bytes: Option<usize>,
     pub max_revision_wait_ms: Option<u64>,
     pub watch: Option<bool>,

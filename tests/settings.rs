@@ -87,6 +87,7 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
         ("max_message_bytes", ("1234", Integer(1234), vec![])),
         ("max_revision_wait_ms", ("99", Integer(99), vec![])),
         ("slice_depth", ("2", Integer(2), vec![])),
+        ("worker_threads", ("3", Integer(3), vec![])),
         ("watch", ("false", Boolean(false), vec![])),
     ])
 }
@@ -226,6 +227,8 @@ fn bad_settings_are_refused_with_the_setting_named() {
 struct Served {
     child: Child,
     addrs: BTreeMap<&'static str, SocketAddr>,
+    /// The runtime's worker count, from its start-up log line.
+    workers: Option<usize>,
     /// Standard output, drained on a thread so that the child never blocks on the pipe.
     stdout: Option<std::thread::JoinHandle<String>>,
 }
@@ -253,9 +256,16 @@ fn serve(c: &mut Command, expect: &[&'static str]) -> Served {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut addrs = BTreeMap::new();
+    let mut workers = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("the server's start-up log");
+        if line.contains("runtime started") {
+            workers = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("workers="))
+                .and_then(|n| n.parse().ok());
+        }
         for (name, needle) in NEEDLES {
             if line.contains(needle) {
                 addrs.insert(name, common::addr_in(&line).expect("addr="));
@@ -272,6 +282,7 @@ fn serve(c: &mut Command, expect: &[&'static str]) -> Served {
     Served {
         child,
         addrs,
+        workers,
         stdout: Some(stdout),
     }
 }
@@ -339,11 +350,14 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
             ("HEALTH_LISTEN".into(), "127.0.0.1:0".into()),
             ("DECISION_LOG".into(), "true".into()),
             ("LOG".into(), "info".into()),
+            ("WORKER_THREADS".into(), "3".into()),
         ]);
         let mut c = bin();
         apply(&mut c, &settings, by_env);
         let mut served = serve(&mut c, &["decisions", "data", "metrics", "health"]);
         let how = if by_env { "environment" } else { "flags" };
+        // The runtime reports the workers it has.
+        assert_eq!(served.workers, Some(3), "{how}");
 
         // Decisions on TCP and on the Unix socket.
         let addr = served.addrs["decisions"];
