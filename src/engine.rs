@@ -239,6 +239,28 @@ impl Engine {
     }
 }
 
+/// Stored entities read in one go by the start-up reader thread.
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    /// Where each entity's bytes end in `data`.
+    ends: Vec<usize>,
+}
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+impl Chunk {
+    fn push(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+        self.ends.push(self.data.len());
+    }
+
+    fn items(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, b)| &self.data[a..*b])
+    }
+}
+
 /// Builds the in-memory index from durable storage, seeding an empty storage from a Cedar
 /// JSON entities file first (the seed is written durably, as revision 1). Entities stored
 /// under the same schema version were validated when written and are not validated again;
@@ -261,29 +283,52 @@ pub fn load_store(
     }
     let trusted = storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
     let started = std::time::Instant::now();
+    store.reserve(storage.count()? as usize);
+    // The database is read on a second thread, in chunks, while this one parses and indexes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
     let mut failure: Option<DataError> = None;
-    storage.scan(&mut |_, bytes| {
-        {
-            let json_error = |source| DataError::Json {
-                what: "stored entity".into(),
-                source,
-            };
-            let parsed = if trusted {
-                store.bulk_insert_bytes(bytes).map_err(json_error)
-            } else {
-                // Validated again under the new schema; stored as written.
-                serde_json::from_slice::<serde_json::Value>(bytes)
-                    .map_err(json_error)
-                    .and_then(|v| parse_entity(v, pack, "stored entity"))
-                    .and_then(|e| store.bulk_insert(e.to_json()))
-            };
-            if let Err(e) = parsed {
-                failure = Some(e);
-                return false;
+    let scanned = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut chunk = Chunk::default();
+            let result = storage.scan(&mut |_, bytes| {
+                chunk.push(bytes);
+                if chunk.data.len() >= CHUNK_BYTES {
+                    // The parser stopped (an error): stop reading.
+                    return tx.send(std::mem::take(&mut chunk)).is_ok();
+                }
+                true
+            });
+            if !chunk.ends.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            result
+        });
+        'chunks: while let Ok(chunk) = rx.recv() {
+            for bytes in chunk.items() {
+                let json_error = |source| DataError::Json {
+                    what: "stored entity".into(),
+                    source,
+                };
+                let parsed = if trusted {
+                    store.bulk_insert_bytes(bytes).map_err(json_error)
+                } else {
+                    // Validated again under the new schema; stored as written.
+                    serde_json::from_slice::<serde_json::Value>(bytes)
+                        .map_err(json_error)
+                        .and_then(|v| parse_entity(v, pack, "stored entity"))
+                        .and_then(|e| store.bulk_insert(e.to_json()))
+                };
+                if let Err(e) = parsed {
+                    failure = Some(e);
+                    break 'chunks;
+                }
             }
         }
-        true
-    })?;
+        drop(rx);
+        reader.join()
+    });
+    // A panic of the reader goes on here, as it would have without the thread.
+    scanned.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     if let Some(e) = failure {
         return Err(e.into());
     }

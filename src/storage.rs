@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The entities table: canonical uid text -> the entity as written (Cedar JSON).
 const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
@@ -47,6 +47,8 @@ pub trait Storage: Send + Sync {
     /// Visits every entity (its stored JSON) of one consistent snapshot, with that snapshot's
     /// revision. The visitor returns false to stop.
     fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError>;
+    /// How many entities are stored (to size the index before a scan).
+    fn count(&self) -> Result<u64, StorageError>;
 }
 
 /// redb-backed storage: one file.
@@ -165,6 +167,15 @@ impl Storage for RedbStorage {
             }
         }
         txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn count(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        match txn.open_table(ENTITIES) {
+            Ok(table) => table.len().map_err(|e| self.err(e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError> {

@@ -298,6 +298,14 @@ impl EntityStore {
         Ok(())
     }
 
+    /// Makes room for `n` more entities, so that a bulk load does not grow the index in steps.
+    pub fn reserve(&mut self, n: usize) {
+        self.uids.reserve(n);
+        self.index.reserve(n);
+        self.nodes.reserve(n);
+        self.shared.reserve(n);
+    }
+
     /// Builds the children index and every closure after [`EntityStore::bulk_insert`].
     pub fn finish_bulk(&mut self, revision: u64) {
         self.children.clear();

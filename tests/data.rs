@@ -799,3 +799,57 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
         .await
         .is_err());
 }
+
+/// Start-up reads the database on a second thread in chunks of about 1 MB: a store of several
+/// chunks loads whole, and a broken entity in the middle fails the load with its error (the
+/// reader stops; nothing hangs).
+#[test]
+fn a_store_of_many_chunks_loads_whole_and_a_broken_entity_fails_the_load() {
+    use blue_authz::engine::load_store;
+    use blue_authz::policy::{PackSpec, PolicyPack};
+    use blue_authz::storage::RedbStorage;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authz.redb");
+    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let seeded = {
+        let storage = RedbStorage::open(&path).unwrap();
+        let fixture = root().join("policies/tests/fixture.json");
+        load_store(&storage, &pack, Some(&fixture)).unwrap().len()
+    };
+    let entities: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entities");
+    let write = |rows: &[(String, Vec<u8>)]| {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(entities).unwrap();
+            for (k, v) in rows {
+                table.insert(k.as_str(), v.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    };
+    // 30,000 users of about 100 bytes each: 3 MB, several chunks.
+    let rows: Vec<(String, Vec<u8>)> = (0..30_000)
+        .map(|i| {
+            let id = format!("bulk-{i:05}");
+            let json = format!(
+                r#"{{"uid":{{"type":"Blue::User","id":"{id}"}},"attrs":{{"company":{{"__entity":{{"type":"Blue::Company","id":"acme"}}}}}},"parents":[]}}"#
+            );
+            (format!("Blue::User::\"{id}\""), json.into_bytes())
+        })
+        .collect();
+    write(&rows);
+    let store = load_store(&RedbStorage::open(&path).unwrap(), &pack, None).unwrap();
+    assert_eq!(store.len(), seeded + 30_000);
+    let last: cedar_policy::EntityUid = r#"Blue::User::"bulk-29999""#.parse().unwrap();
+    assert!(store.contains(&last));
+
+    // One truncated entity in the middle of the table.
+    write(&[(
+        "Blue::User::\"bulk-15000x\"".to_string(),
+        br#"{"uid": {"type": "Blue::User", "id": "#.to_vec(),
+    )]);
+    let err = load_store(&RedbStorage::open(&path).unwrap(), &pack, None).unwrap_err();
+    assert!(err.to_string().contains("stored entity"), "{err}");
+}
