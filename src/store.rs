@@ -1215,8 +1215,12 @@ pub fn value_refs(v: &Value, out: &mut Vec<EntityUid>) {
     }
 }
 
+pub use fast::{parse_chunk, Parsed};
+
 /// Start-up fast path: stored entities (canonical Cedar JSON, validated when written)
-/// deserialized straight into the index, without building `serde_json::Value`s.
+/// deserialized straight into nodes, without building `serde_json::Value`s, by chunks that can
+/// be parsed on another thread ([`parse_chunk`]) and then added to the index
+/// ([`EntityStore::add_parsed`]).
 mod fast {
     use std::borrow::Cow;
     use std::fmt;
@@ -1225,23 +1229,142 @@ mod fast {
         DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
     };
 
-    use super::{EntityStore, Fields, Ix, Node, Val};
+    use super::{EntityStore, Fields, Ix, Node, UidKey, UidRef, Val};
+    use crate::error::DataError;
+
+    /// Numbers local to one chunk of stored entities, so that the chunk can be parsed on
+    /// another thread than the one that owns the store; [`EntityStore::add_parsed`] maps them
+    /// to the store's.
+    #[derive(Default)]
+    struct Local {
+        types: Vec<Box<str>>,
+        type_ix: hashbrown::HashMap<Box<str>, u16>,
+        uids: Vec<UidKey>,
+        index: hashbrown::HashMap<UidKey, Ix>,
+        attrs: Vec<Box<str>>,
+        attr_ix: hashbrown::HashMap<Box<str>, u16>,
+    }
+
+    impl Local {
+        fn uid(&mut self, ty: &str, id: &str) -> Option<Ix> {
+            let t = match self.type_ix.get(ty) {
+                Some(t) => *t,
+                None => {
+                    let t = self.types.len() as u16;
+                    self.types.push(ty.into());
+                    self.type_ix.insert(ty.into(), t);
+                    t
+                }
+            };
+            if let Some(ix) = self.index.get(&UidRef { ty: t, id }) {
+                return Some(*ix);
+            }
+            let ix = self.uids.len() as Ix;
+            let key = UidKey {
+                ty: t,
+                id: smol_str::SmolStr::new(id),
+            };
+            self.uids.push(key.clone());
+            self.index.insert(key, ix);
+            Some(ix)
+        }
+        fn attr(&mut self, name: &str) -> u16 {
+            if let Some(k) = self.attr_ix.get(name) {
+                return *k;
+            }
+            let k = self.attrs.len() as u16;
+            self.attrs.push(name.into());
+            self.attr_ix.insert(name.into(), k);
+            k
+        }
+    }
+
+    /// A chunk of stored entities, parsed with chunk-local numbers.
+    pub struct Parsed {
+        local: Local,
+        nodes: Vec<(Ix, Node)>,
+    }
+
+    /// Parses stored entities (canonical Cedar JSON, validated when written) without the
+    /// store, on any thread.
+    pub fn parse_chunk<'a>(items: impl Iterator<Item = &'a [u8]>) -> Result<Parsed, DataError> {
+        let mut local = Local::default();
+        let mut nodes = Vec::new();
+        for bytes in items {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let parsed = EntitySeed(&mut local)
+                .deserialize(&mut de)
+                .and_then(|n| de.end().map(|()| n));
+            match parsed {
+                Ok(n) => nodes.push(n),
+                Err(source) => {
+                    return Err(DataError::Json {
+                        what: "stored entity".into(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(Parsed { local, nodes })
+    }
+
+    fn remap(v: &mut Val, uids: &[Ix]) {
+        match v {
+            Val::Entity(ix) => *ix = uids[*ix as usize],
+            Val::Set(items) => items.iter_mut().for_each(|i| remap(i, uids)),
+            Val::Record(fields) => fields.iter_mut().for_each(|(_, v)| remap(v, uids)),
+            Val::Bool(_) | Val::Long(_) | Val::Str(_) | Val::Ext(_) => {}
+        }
+    }
 
     impl EntityStore {
-        /// Adds one stored entity; see [`EntityStore::bulk_insert`].
-        pub fn bulk_insert_bytes(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            let (ix, node) = EntitySeed(self).deserialize(&mut de)?;
-            de.end()?;
-            if !self.nodes[ix as usize].present {
-                self.present += 1;
+        /// Adds a chunk parsed by [`parse_chunk`], mapping its numbers to the store's.
+        pub fn add_parsed(&mut self, parsed: Parsed) -> Result<(), DataError> {
+            let Parsed { local, nodes } = parsed;
+            let mut types = Vec::with_capacity(local.types.len());
+            for ty in &local.types {
+                let t = match self.type_by_name.get(&**ty) {
+                    Some(t) => *t,
+                    None => match ty.parse() {
+                        Ok(name) => self.add_type(name),
+                        Err(_) => {
+                            return Err(DataError::Invalid {
+                                what: "stored entity".into(),
+                                message: format!("`{ty}` is not a type name"),
+                            })
+                        }
+                    },
+                };
+                types.push(t);
             }
-            self.nodes[ix as usize] = node;
+            let uids: Vec<Ix> = local
+                .uids
+                .iter()
+                .map(|k| self.intern_id(types[k.ty as usize], &k.id))
+                .collect();
+            let attrs: Vec<u16> = local.attrs.iter().map(|a| self.attr_key(a)).collect();
+            for (ix, mut node) in nodes {
+                for p in node.parents.iter_mut() {
+                    *p = uids[*p as usize];
+                }
+                for (k, v) in node.attrs.iter_mut() {
+                    *k = attrs[*k as usize];
+                    remap(v, &uids);
+                }
+                for (_, v) in node.tags.iter_mut().flat_map(|t| t.iter_mut()) {
+                    remap(v, &uids);
+                }
+                let ix = uids[ix as usize];
+                if !self.nodes[ix as usize].present {
+                    self.present += 1;
+                }
+                self.nodes[ix as usize] = node;
+            }
             Ok(())
         }
     }
 
-    struct EntitySeed<'s>(&'s mut EntityStore);
+    struct EntitySeed<'s>(&'s mut Local);
 
     impl<'de> DeserializeSeed<'de> for EntitySeed<'_> {
         type Value = (Ix, Node);
@@ -1256,7 +1379,7 @@ mod fast {
             f.write_str("a Cedar JSON entity")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let store = self.0;
+            let store = &mut *self.0;
             let mut uid = None;
             let mut node = Node {
                 present: true,
@@ -1282,7 +1405,7 @@ mod fast {
     }
 
     /// `{"type", "id"}` or `{"__entity": {"type", "id"}}`.
-    struct UidSeed<'s>(&'s mut EntityStore);
+    struct UidSeed<'s>(&'s mut Local);
 
     impl<'de> DeserializeSeed<'de> for UidSeed<'_> {
         type Value = Ix;
@@ -1312,12 +1435,12 @@ mod fast {
                 .zip(id)
                 .ok_or_else(|| A::Error::custom("uid needs type and id"))?;
             self.0
-                .intern_parts(&ty, &id)
+                .uid(&ty, &id)
                 .ok_or_else(|| A::Error::custom(format!("`{ty}` is not a type name")))
         }
     }
 
-    struct UidsSeed<'s>(&'s mut EntityStore);
+    struct UidsSeed<'s>(&'s mut Local);
 
     impl<'de> DeserializeSeed<'de> for UidsSeed<'_> {
         type Value = Box<[Ix]>;
@@ -1341,7 +1464,7 @@ mod fast {
     }
 
     /// An entity's attributes, their names interned.
-    struct AttrsSeed<'s>(&'s mut EntityStore);
+    struct AttrsSeed<'s>(&'s mut Local);
 
     impl<'de> DeserializeSeed<'de> for AttrsSeed<'_> {
         type Value = Box<[(u16, Val)]>;
@@ -1358,14 +1481,14 @@ mod fast {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                let k = self.0.attr_key(&key);
+                let k = self.0.attr(&key);
                 out.push((k, map.next_value_seed(ValSeed(self.0))?));
             }
             Ok(out.into())
         }
     }
 
-    struct FieldsSeed<'s>(&'s mut EntityStore);
+    struct FieldsSeed<'s>(&'s mut Local);
 
     impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
         type Value = Fields;
@@ -1389,7 +1512,7 @@ mod fast {
         }
     }
 
-    struct ValSeed<'s>(&'s mut EntityStore);
+    struct ValSeed<'s>(&'s mut Local);
 
     impl<'de> DeserializeSeed<'de> for ValSeed<'_> {
         type Value = Val;

@@ -800,14 +800,15 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
         .is_err());
 }
 
-/// Start-up reads the database on a second thread in chunks of about 1 MB: a store of several
-/// chunks loads whole, and a broken entity in the middle fails the load with its error (the
-/// reader stops; nothing hangs).
+/// Start-up reads the database on a second thread in chunks of about 1 MB and parses most
+/// chunks there: a store of several chunks loads whole, whether its entities are trusted (stored
+/// under this schema) or validated again (stored under another); an entity the schema refuses,
+/// or a truncated one, fails the load with its error, and nothing hangs.
 #[test]
-fn a_store_of_many_chunks_loads_whole_and_a_broken_entity_fails_the_load() {
+fn a_store_of_many_chunks_loads_whole_and_a_bad_entity_fails_the_load() {
     use blue_authz::engine::load_store;
     use blue_authz::policy::{PackSpec, PolicyPack};
-    use blue_authz::storage::RedbStorage;
+    use blue_authz::storage::{RedbStorage, Storage};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("authz.redb");
@@ -818,7 +819,8 @@ fn a_store_of_many_chunks_loads_whole_and_a_broken_entity_fails_the_load() {
         load_store(&storage, &pack, Some(&fixture)).unwrap().len()
     };
     let entities: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entities");
-    let write = |rows: &[(String, Vec<u8>)]| {
+    let meta: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("meta_text");
+    let write = |rows: &[(String, Vec<u8>)], schema: Option<&str>| {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
@@ -826,30 +828,60 @@ fn a_store_of_many_chunks_loads_whole_and_a_broken_entity_fails_the_load() {
             for (k, v) in rows {
                 table.insert(k.as_str(), v.as_slice()).unwrap();
             }
+            if let Some(schema) = schema {
+                txn.open_table(meta)
+                    .unwrap()
+                    .insert("schema", schema)
+                    .unwrap();
+            }
         }
         txn.commit().unwrap();
     };
+    let user = |id: &str, attrs: &str| {
+        let json = format!(
+            r#"{{"uid":{{"type":"Blue::User","id":"{id}"}},"attrs":{attrs},"parents":[{{"type":"Blue::Role","id":"apollo/view"}}]}}"#
+        );
+        (format!("Blue::User::\"{id}\""), json.into_bytes())
+    };
+    let load = || load_store(&RedbStorage::open(&path).unwrap(), &pack, None);
     // 30,000 users of about 100 bytes each: 3 MB, several chunks.
-    let rows: Vec<(String, Vec<u8>)> = (0..30_000)
-        .map(|i| {
-            let id = format!("bulk-{i:05}");
-            let json = format!(
-                r#"{{"uid":{{"type":"Blue::User","id":"{id}"}},"attrs":{{"company":{{"__entity":{{"type":"Blue::Company","id":"acme"}}}}}},"parents":[]}}"#
-            );
-            (format!("Blue::User::\"{id}\""), json.into_bytes())
-        })
+    let rows: Vec<_> = (0..30_000)
+        .map(|i| user(&format!("bulk-{i:05}"), "{}"))
         .collect();
-    write(&rows);
-    let store = load_store(&RedbStorage::open(&path).unwrap(), &pack, None).unwrap();
-    assert_eq!(store.len(), seeded + 30_000);
+    write(&rows, None);
     let last: cedar_policy::EntityUid = r#"Blue::User::"bulk-29999""#.parse().unwrap();
+    let store = load().unwrap();
+    assert_eq!(store.len(), seeded + 30_000);
     assert!(store.contains(&last));
 
-    // One truncated entity in the middle of the table.
-    write(&[(
-        "Blue::User::\"bulk-15000x\"".to_string(),
-        br#"{"uid": {"type": "Blue::User", "id": "#.to_vec(),
-    )]);
-    let err = load_store(&RedbStorage::open(&path).unwrap(), &pack, None).unwrap_err();
-    assert!(err.to_string().contains("stored entity"), "{err}");
+    // Stored under another schema: every entity is validated again, and the schema recorded.
+    write(&[], Some("another schema"));
+    let store = load().unwrap();
+    assert_eq!(store.len(), seeded + 30_000);
+    assert!(store.contains(&last));
+    let storage = RedbStorage::open(&path).unwrap();
+    assert_eq!(storage.schema().unwrap(), Some(pack.schema_version.clone()));
+    drop(storage);
+
+    // An attribute the schema does not declare, found when validating again.
+    write(
+        &[user("bulk-15000x", r#"{"nickname": "x"}"#)],
+        Some("another schema"),
+    );
+    let err = load().unwrap_err().to_string();
+    assert!(
+        err.contains("bulk-15000x") || err.contains("nickname"),
+        "{err}"
+    );
+
+    // A truncated entity in the middle of the table.
+    write(
+        &[(
+            "Blue::User::\"bulk-15000x\"".to_string(),
+            br#"{"uid": {"type": "Blue::User", "id": "#.to_vec(),
+        )],
+        Some(pack.schema_version.as_str()),
+    );
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("stored entity"), "{err}");
 }
