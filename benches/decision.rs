@@ -2,7 +2,8 @@
 //! entities): one decision on the real decision path (request checked against the schema,
 //! slice, authorize, explanation), ListAllowedActions for one (user, project) pair, a batch of
 //! 100 decisions, and a membership change through to visibility. After criterion's figures it
-//! prints latency percentiles of single decisions.
+//! prints latency percentiles of single decisions, and decisions per second on one and on two
+//! threads.
 //!
 //!     cargo bench --bench decision
 
@@ -248,10 +249,45 @@ fn percentiles(w: &World) {
     );
 }
 
+/// Decisions per second on one thread and on two at once over the same store and pack: shared
+/// state that threads write (reference counts, locks) shows up as a second thread that adds
+/// less than one thread's worth.
+fn threads(w: &World) {
+    let asks = workload::mix(&w.generated, 19, 50_000);
+    let run = |t: usize, window: Duration| -> u64 {
+        let started = Instant::now();
+        let (mut i, mut n) = (t * 7919, 0u64);
+        while started.elapsed() < window {
+            for _ in 0..100 {
+                i = (i + 1) % asks.len();
+                std::hint::black_box(decide_one(w, &asks[i]));
+                n += 1;
+            }
+        }
+        n
+    };
+    run(0, Duration::from_secs(1));
+    for threads in [1usize, 2] {
+        let window = Duration::from_secs(3);
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| s.spawn(move || run(t, window)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let per_second = total as f64 / window.as_secs_f64();
+        eprintln!(
+            "{threads} thread(s) deciding: {per_second:.0} decisions/s, {:.2} µs a decision per thread",
+            1e6 * threads as f64 / per_second
+        );
+    }
+}
+
 fn all(c: &mut Criterion) {
     let w = world();
     benches(c, &w);
     percentiles(&w);
+    threads(&w);
     write_bench(c, w);
 }
 
