@@ -273,7 +273,7 @@ pub fn decide(
     seeds.push((&req.resource, &entry.needs.resource));
     seeds.extend(req.context_refs.iter().map(|r| (r, &NEED_ALL)));
     match slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry]) {
-        Ok(entities) => evaluate(&req.request, entry, &entities),
+        Ok(entities) => evaluate(&req.request, &entry.compiled, &entities),
         // Fail closed: a slice that cannot be built decides nothing.
         Err(e) => deny_with(&e),
     }
@@ -311,14 +311,6 @@ fn slice_entities<'a>(
 /// the partial-evaluation machinery and a condition rebuilt per policy per request;
 /// `tests/oracle.rs` and the unit tests below compare the two.)
 fn evaluate(
-    request: &Request,
-    entry: &ActionEntry,
-    entities: &cedar_policy_core::entities::Entities,
-) -> Decision {
-    evaluate_compiled(request, &entry.compiled, entities)
-}
-
-fn evaluate_compiled(
     request: &Request,
     compiled: &[Compiled],
     entities: &cedar_policy_core::entities::Entities,
@@ -434,7 +426,9 @@ pub fn list_allowed(
         .into_iter()
         .map(|(action, entry, request)| {
             let outcome = match (request, &entities) {
-                (Ok(r), Ok(entities)) => ActionOutcome::Decided(evaluate(&r, entry, entities)),
+                (Ok(r), Ok(entities)) => {
+                    ActionOutcome::Decided(evaluate(&r, &entry.compiled, entities))
+                }
                 (Ok(_), Err(e)) => ActionOutcome::Decided(deny_with(e)),
                 (Err(reason), _) => ActionOutcome::NotEvaluated(reason),
             };
@@ -497,7 +491,7 @@ mod tests {
                             None,
                         )
                         .unwrap();
-                        let ours = super::evaluate_compiled(&request, &compiled, entities.as_ref());
+                        let ours = super::evaluate(&request, &compiled, entities.as_ref());
                         let theirs = Authorizer::new().is_authorized(&request, &set, &entities);
                         let mut reasons: Vec<String> = theirs
                             .diagnostics()

@@ -59,9 +59,7 @@ pub struct Compiled {
 /// Everything the decision path needs to know about one action.
 #[derive(Debug)]
 pub struct ActionEntry {
-    /// Only the policies whose action scope can match this action.
-    pub policies: PolicySet,
-    /// The same policies, compiled for evaluation, in the set's order.
+    /// The policies whose action scope can match this action, compiled for evaluation.
     pub compiled: Vec<Compiled>,
     /// The action entity with its action-group ancestors, for the per-request slice (as
     /// cedar-policy-core's entity: slices are built from core entities).
@@ -403,18 +401,8 @@ fn index_actions(
     schema_path: &Path,
 ) -> Result<hashbrown::HashMap<EntityUid, ActionEntry>, LoadError> {
     let action_entities: Entities = schema.action_entities().map_err(|e| {
-        LoadError::Invalid(vec![PolicyDiagnostic {
-            location: Location {
-                file: schema_path.to_path_buf(),
-                line: 1,
-                col: 1,
-            },
-            severity: Severity::Error,
-            message: format!("cannot build the action hierarchy: {e}"),
-            help: None,
-            source_line: None,
-            cedar: Some(Box::new(e)),
-        }])
+        let message = format!("cannot build the action hierarchy: {e}");
+        at_schema(schema_path, message, Some(Box::new(e)))
     })?;
     let mut out = hashbrown::HashMap::new();
     for action in schema.actions() {
@@ -463,26 +451,12 @@ fn index_actions(
             cedar_policy::Context::from_json_value(serde_json::json!({}), Some((schema, action)))
                 .is_ok();
         let needs = Needs::of(&set);
-        let compiled = compile(&set).map_err(|message| {
-            LoadError::Invalid(vec![PolicyDiagnostic {
-                location: Location {
-                    file: schema_path.to_path_buf(),
-                    line: 1,
-                    col: 1,
-                },
-                severity: Severity::Error,
-                message,
-                help: None,
-                source_line: None,
-                cedar: None,
-            }])
-        })?;
+        let compiled = compile(&set).map_err(|message| at_schema(schema_path, message, None))?;
         out.insert(
             action.clone(),
             ActionEntry {
                 needs,
                 compiled,
-                policies: set,
                 core_entity,
                 principal_types,
                 resource_types,
@@ -593,6 +567,26 @@ fn locate(
         source_line,
         cedar: None,
     }
+}
+
+/// A problem of the pack as a whole, reported at the top of the schema file.
+fn at_schema(
+    schema_path: &Path,
+    message: String,
+    cedar: Option<Box<dyn miette::Diagnostic + Send + Sync>>,
+) -> LoadError {
+    LoadError::Invalid(vec![PolicyDiagnostic {
+        location: Location {
+            file: schema_path.to_path_buf(),
+            line: 1,
+            col: 1,
+        },
+        severity: Severity::Error,
+        message,
+        help: None,
+        source_line: None,
+        cedar,
+    }])
 }
 
 /// A diagnostic of ours (no Cedar error), located at the policy whose text is `policy_text`.
