@@ -580,11 +580,16 @@ impl EntityStore {
     /// Interns a uid given as JSON text parts, parsing the type name only the first time it
     /// is seen. None if the type name is not one.
     fn intern_parts(&mut self, ty: &str, id: &str) -> Option<Ix> {
-        let t = match self.type_by_name.get(ty) {
-            Some(t) => *t,
-            None => self.add_type(ty.parse().ok()?),
-        };
+        let t = self.type_of(ty)?;
         Some(self.intern_id(t, id))
+    }
+
+    /// The number of a type, added if new; None if `ty` is not a type name.
+    fn type_of(&mut self, ty: &str) -> Option<u16> {
+        match self.type_by_name.get(ty) {
+            Some(t) => Some(*t),
+            None => Some(self.add_type(ty.parse().ok()?)),
+        }
     }
 
     fn intern_id(&mut self, ty: u16, id: &str) -> Ix {
@@ -1237,25 +1242,34 @@ mod fast {
     /// to the store's.
     #[derive(Default)]
     struct Local {
-        types: Vec<Box<str>>,
-        type_ix: hashbrown::HashMap<Box<str>, u16>,
+        types: Names,
         uids: Vec<UidKey>,
         index: hashbrown::HashMap<UidKey, Ix>,
-        attrs: Vec<Box<str>>,
-        attr_ix: hashbrown::HashMap<Box<str>, u16>,
+        attrs: Names,
+    }
+
+    /// Names numbered in the order first seen.
+    #[derive(Default)]
+    struct Names {
+        names: Vec<Box<str>>,
+        ix: hashbrown::HashMap<Box<str>, u16>,
+    }
+
+    impl Names {
+        fn intern(&mut self, name: &str) -> u16 {
+            if let Some(k) = self.ix.get(name) {
+                return *k;
+            }
+            let k = self.names.len() as u16;
+            self.names.push(name.into());
+            self.ix.insert(name.into(), k);
+            k
+        }
     }
 
     impl Local {
         fn uid(&mut self, ty: &str, id: &str) -> Option<Ix> {
-            let t = match self.type_ix.get(ty) {
-                Some(t) => *t,
-                None => {
-                    let t = self.types.len() as u16;
-                    self.types.push(ty.into());
-                    self.type_ix.insert(ty.into(), t);
-                    t
-                }
-            };
+            let t = self.types.intern(ty);
             if let Some(ix) = self.index.get(&UidRef { ty: t, id }) {
                 return Some(*ix);
             }
@@ -1269,13 +1283,7 @@ mod fast {
             Some(ix)
         }
         fn attr(&mut self, name: &str) -> u16 {
-            if let Some(k) = self.attr_ix.get(name) {
-                return *k;
-            }
-            let k = self.attrs.len() as u16;
-            self.attrs.push(name.into());
-            self.attr_ix.insert(name.into(), k);
-            k
+            self.attrs.intern(name)
         }
     }
 
@@ -1321,28 +1329,19 @@ mod fast {
         /// Adds a chunk parsed by [`parse_chunk`], mapping its numbers to the store's.
         pub fn add_parsed(&mut self, parsed: Parsed) -> Result<(), DataError> {
             let Parsed { local, nodes } = parsed;
-            let mut types = Vec::with_capacity(local.types.len());
-            for ty in &local.types {
-                let t = match self.type_by_name.get(&**ty) {
-                    Some(t) => *t,
-                    None => match ty.parse() {
-                        Ok(name) => self.add_type(name),
-                        Err(_) => {
-                            return Err(DataError::Invalid {
-                                what: "stored entity".into(),
-                                message: format!("`{ty}` is not a type name"),
-                            })
-                        }
-                    },
-                };
-                types.push(t);
+            let mut types = Vec::with_capacity(local.types.names.len());
+            for ty in &local.types.names {
+                types.push(self.type_of(ty).ok_or_else(|| DataError::Invalid {
+                    what: "stored entity".into(),
+                    message: format!("`{ty}` is not a type name"),
+                })?);
             }
             let uids: Vec<Ix> = local
                 .uids
                 .iter()
                 .map(|k| self.intern_id(types[k.ty as usize], &k.id))
                 .collect();
-            let attrs: Vec<u16> = local.attrs.iter().map(|a| self.attr_key(a)).collect();
+            let attrs: Vec<u16> = local.attrs.names.iter().map(|a| self.attr_key(a)).collect();
             for (ix, mut node) in nodes {
                 for p in node.parents.iter_mut() {
                     *p = uids[*p as usize];
