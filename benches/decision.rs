@@ -43,7 +43,7 @@ fn world() -> World {
     .expect("policies");
     let mut store = EntityStore::default();
     let generated = gen::generate(scale, 42, &mut |e| store.bulk_insert(&e).expect("entity"));
-    store.finish_bulk(1);
+    store.finish_bulk(1).unwrap();
     eprintln!(
         "bench data: scale {scale}, {} entities, built in {:.1?}",
         store.len(),

@@ -129,7 +129,9 @@ pub fn parse_overlay(
         .map_err(|e| RequestError::new("entities_json", format!("invalid JSON: {e}")))?;
     let batch = parse_entities(value, pack, "entities_json")
         .map_err(|e| RequestError::new("entities_json", e))?;
-    Ok(store.overlay(batch))
+    store
+        .overlay(batch)
+        .map_err(|e| RequestError::new("entities_json", e))
 }
 
 /// Parses a context for one action, validated against the schema. Also returns the entities

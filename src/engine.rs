@@ -349,7 +349,7 @@ pub fn load_store(
         return Err(e.into());
     }
     let scanned = started.elapsed();
-    store.finish_bulk(revision);
+    store.finish_bulk(revision)?;
     tracing::info!(
         entities = store.len(),
         trusted,

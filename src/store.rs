@@ -162,6 +162,13 @@ impl Prepared {
         self.revision
     }
 
+    /// The entities the batch writes (not those it deletes).
+    fn upserts(&self) -> impl Iterator<Item = (&EntityUid, &Value)> {
+        self.touched
+            .iter()
+            .filter_map(|(uid, json)| json.as_ref().map(|j| (uid, j)))
+    }
+
     /// Replaces the revision (when rebuilding from storage, which knows it).
     pub fn with_revision(mut self, revision: u64) -> Self {
         self.revision = revision;
@@ -267,16 +274,22 @@ impl EntityStore {
             what: what.clone(),
             source,
         })?;
-        Ok(self.prepare_entities(parse_entities(value, pack, &what)?))
+        self.prepare_entities(parse_entities(value, pack, &what)?, &what)
     }
 
-    /// A batch of already validated upserts.
-    pub fn prepare_entities(&self, batch: Vec<NewEntity>) -> Prepared {
-        let mut working = Working::new(self);
-        for e in batch {
-            working.set(e.uid, Some(e.json));
-        }
-        working.finish()
+    /// A batch of already validated upserts; refused if it would close a hierarchy cycle.
+    pub fn prepare_entities(
+        &self,
+        batch: Vec<NewEntity>,
+        what: &str,
+    ) -> Result<Prepared, DataError> {
+        let prepared = self.prepare_unchecked(batch);
+        self.acyclic(prepared.upserts())
+            .map_err(|message| DataError::Invalid {
+                what: what.to_string(),
+                message,
+            })?;
+        Ok(prepared)
     }
 
     /// Adds entities already validated under the current schema (from storage) in bulk; call
@@ -307,7 +320,8 @@ impl EntityStore {
     }
 
     /// Builds the children index and every closure after [`EntityStore::bulk_insert`].
-    pub fn finish_bulk(&mut self, revision: u64) {
+    /// Refuses a hierarchy with a cycle (data written before writes were checked for one).
+    pub fn finish_bulk(&mut self, revision: u64) -> Result<(), DataError> {
         self.children.clear();
         for (ix, node) in self.nodes.iter().enumerate() {
             for p in node.parents.iter() {
@@ -331,8 +345,16 @@ impl EntityStore {
                     state[i] = 1;
                     stack.push((ix, true));
                     for p in self.nodes[i].parents.iter() {
-                        if state[*p as usize] == 0 {
-                            stack.push((*p, false));
+                        match state[*p as usize] {
+                            0 => stack.push((*p, false)),
+                            // On the current path: a cycle.
+                            1 => {
+                                return Err(DataError::Invalid {
+                                    what: "stored entities".into(),
+                                    message: cycle_message(&self.uid_of(*p)),
+                                })
+                            }
+                            _ => {}
                         }
                     }
                     continue;
@@ -356,10 +378,20 @@ impl EntityStore {
             }
         }
         self.revision = revision;
+        Ok(())
+    }
+
+    /// A batch of upserts, without the hierarchy check.
+    fn prepare_unchecked(&self, batch: Vec<NewEntity>) -> Prepared {
+        let mut working = Working::new(self);
+        for e in batch {
+            working.set(e.uid, Some(e.json));
+        }
+        working.finish()
     }
 
     /// The same entities and revision, validated and indexed again under another pack's
-    /// schema.
+    /// schema. (Their hierarchy is this store's, which has no cycle.)
     pub fn rebuild(&self, pack: &PolicyPack) -> Result<EntityStore, DataError> {
         let mut batch = Vec::with_capacity(self.present);
         for ix in 0..self.nodes.len() as Ix {
@@ -369,7 +401,7 @@ impl EntityStore {
             }
         }
         let mut store = EntityStore::default();
-        let prepared = store.prepare_entities(batch).with_revision(self.revision);
+        let prepared = store.prepare_unchecked(batch).with_revision(self.revision);
         store.commit(prepared);
         Ok(store)
     }
@@ -524,7 +556,10 @@ impl EntityStore {
                 }
             }
         }
-        Ok(working.finish())
+        let prepared = working.finish();
+        self.acyclic(prepared.upserts())
+            .map_err(|m| RequestError::new("ops", m))?;
+        Ok(prepared)
     }
 
     /// Applies a prepared batch and recomputes the ancestor closure of every entity it can
@@ -765,10 +800,26 @@ impl EntityStore {
             .collect()
     }
 
-    /// Prepares request-scoped entities: their ancestors resolve through the store.
-    pub fn overlay(&self, batch: Vec<NewEntity>) -> Overlay {
-        Overlay {
+    /// Prepares request-scoped entities: their ancestors resolve through the store. Refused
+    /// if they would make an entity its own ancestor (data Cedar itself refuses).
+    pub fn overlay(&self, batch: Vec<NewEntity>) -> Result<Overlay, String> {
+        let overlay = Overlay {
             nodes: batch.into_iter().map(|e| (e.uid, e.json)).collect(),
+        };
+        self.acyclic(overlay.nodes.iter().map(|(u, v)| (u, v)))?;
+        Ok(overlay)
+    }
+
+    /// Whether the store with these entities replaced has no hierarchy cycle (the store alone
+    /// has none: every write goes through here).
+    fn acyclic<'a>(
+        &'a self,
+        replacing: impl Iterator<Item = (&'a EntityUid, &'a Value)>,
+    ) -> Result<(), String> {
+        let view = View::replacing(self, replacing);
+        match view.find_cycle() {
+            None => Ok(()),
+            Some(ix) => Err(cycle_message(&view.uid_of(ix))),
         }
     }
 }
@@ -886,27 +937,45 @@ impl Overlay {
 /// the overlay, or references to nothing) get indexes past the store's.
 struct View<'a> {
     store: &'a EntityStore,
-    overlay: &'a Overlay,
     extra: Vec<EntityUid>,
     extra_ix: HashMap<EntityUid, Ix>,
     /// Overlay entities as nodes, by index, and their attribute names.
     nodes: HashMap<Ix, Node>,
     names: HashMap<Ix, Vec<String>>,
+    /// Stored entities the overlay gives other parents, sorted: a stored closure through one
+    /// of them is stale for this request.
+    reparented: Vec<Ix>,
 }
 
 impl<'a> View<'a> {
+    /// The store seen through a request's entities, with their ancestor closures.
     fn new(store: &'a EntityStore, overlay: &'a Overlay) -> Self {
+        let mut view = View::replacing(store, overlay.nodes.iter().map(|(u, v)| (u, v)));
+        let ixs: Vec<Ix> = view.nodes.keys().copied().collect();
+        for ix in ixs {
+            let closure = view.fresh_closure(ix);
+            if let Some(n) = view.nodes.get_mut(&ix) {
+                n.closure = closure.into();
+            }
+        }
+        view
+    }
+
+    /// The store with `entities` replacing (or adding to) stored ones; closures of the new
+    /// nodes not computed.
+    fn replacing(
+        store: &'a EntityStore,
+        entities: impl Iterator<Item = (&'a EntityUid, &'a Value)>,
+    ) -> Self {
         let mut view = View {
             store,
-            overlay,
             extra: Vec::new(),
             extra_ix: HashMap::new(),
             nodes: HashMap::new(),
             names: HashMap::new(),
+            reparented: Vec::new(),
         };
-        if !overlay.is_empty() {
-            view.load_overlay();
-        }
+        view.load_overlay(entities);
         view
     }
 
@@ -948,11 +1017,9 @@ impl<'a> View<'a> {
         node.parents.is_empty().then(|| &store.shared[ix as usize])
     }
 
-    /// Turns the overlay's entities into nodes, with closures through the store.
-    fn load_overlay(&mut self) {
-        let overlay = self.overlay;
-        let mut ixs = Vec::with_capacity(overlay.nodes.len());
-        for (uid, json) in &overlay.nodes {
+    /// Turns the overlay's entities into nodes, and notes the stored ones given other parents.
+    fn load_overlay(&mut self, entities: impl Iterator<Item = (&'a EntityUid, &'a Value)>) {
+        for (uid, json) in entities {
             let ix = self.resolve(uid);
             let parsed = parse_node(self, json);
             let (names, attrs): (Vec<String>, Vec<(u16, Val)>) = parsed
@@ -961,6 +1028,18 @@ impl<'a> View<'a> {
                 .enumerate()
                 .map(|(i, (k, v))| (k, (i as u16, v)))
                 .unzip();
+            // A uid the store knows, present or only referenced (as a parent, say): stored
+            // closures run through it with its stored parents (none if absent).
+            if let Some(stored) = self.store.node(ix) {
+                let mut before = stored.parents.to_vec();
+                let mut after = parsed.parents.to_vec();
+                before.sort_unstable();
+                after.sort_unstable();
+                after.dedup();
+                if before != after {
+                    self.reparented.push(ix);
+                }
+            }
             self.names.insert(ix, names);
             self.nodes.insert(
                 ix,
@@ -972,28 +1051,97 @@ impl<'a> View<'a> {
                     tags: parsed.tags,
                 },
             );
-            ixs.push(ix);
         }
-        // Closures: parents and their closures (stored, or overlay ones computed in turn).
-        for ix in &ixs {
-            let mut seen: HashSet<Ix> = HashSet::new();
-            let mut queue: Vec<Ix> = self.nodes[ix].parents.to_vec();
-            while let Some(p) = queue.pop() {
-                if !seen.insert(p) {
+        self.reparented.sort_unstable();
+        self.reparented.dedup();
+    }
+
+    /// An entity that would be its own ancestor, if any. The store has no cycle, so a new one
+    /// runs through a replaced entity; stored entities whose closure avoids every re-parented
+    /// one keep their edges and cannot lead back. Depth-first, each entity once.
+    fn find_cycle(&self) -> Option<Ix> {
+        // 1: on the current path, 2: done.
+        let mut color: HashMap<Ix, u8> = HashMap::new();
+        let mut stack: Vec<(Ix, bool)> = Vec::new();
+        for start in self.nodes.keys() {
+            if color.contains_key(start) {
+                continue;
+            }
+            stack.push((*start, false));
+            while let Some((ix, done)) = stack.pop() {
+                if done {
+                    color.insert(ix, 2);
                     continue;
                 }
-                if let Some(n) = self.nodes.get(&p) {
+                if color.contains_key(&ix) {
+                    continue;
+                }
+                color.insert(ix, 1);
+                stack.push((ix, true));
+                let Some(node) = self.node(ix) else { continue };
+                for p in node.parents.iter() {
+                    match color.get(p) {
+                        Some(1) => return Some(*p),
+                        Some(_) => {}
+                        None => {
+                            let expand = self.nodes.contains_key(p)
+                                || self.store.node(*p).is_some_and(|n| self.stale(*p, n));
+                            if expand {
+                                stack.push((*p, false));
+                            } else {
+                                color.insert(*p, 2);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the stored closure of `ix` cannot be used for this request: `ix` is replaced by
+    /// the overlay, or one of its stored ancestors is given other parents.
+    fn stale(&self, ix: Ix, stored: &Node) -> bool {
+        self.nodes.contains_key(&ix)
+            || stored
+                .closure
+                .iter()
+                .any(|a| self.reparented.binary_search(a).is_ok())
+    }
+
+    /// The ancestors of `ix` through the overlay, sorted: parents as the overlay has them,
+    /// and the stored closures that do not run through a re-parented entity.
+    fn fresh_closure(&self, ix: Ix) -> Vec<Ix> {
+        let mut seen: HashSet<Ix> = HashSet::new();
+        let mut queue: Vec<Ix> = self
+            .node(ix)
+            .map(|n| n.parents.to_vec())
+            .unwrap_or_default();
+        while let Some(p) = queue.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
+            if let Some(n) = self.nodes.get(&p) {
+                queue.extend(n.parents.iter().copied());
+            } else if let Some(n) = self.store.node(p) {
+                if self.stale(p, n) {
                     queue.extend(n.parents.iter().copied());
-                } else if let Some(n) = self.store.node(p) {
+                } else {
                     seen.extend(n.closure.iter().copied());
                 }
             }
-            let mut closure: Vec<Ix> = seen.into_iter().collect();
-            closure.sort_unstable();
-            if let Some(n) = self.nodes.get_mut(ix) {
-                n.closure = closure.into();
-            }
         }
+        let mut closure: Vec<Ix> = seen.into_iter().collect();
+        closure.sort_unstable();
+        closure
+    }
+
+    /// The ancestors of `ix` for this request, sorted.
+    fn closure<'s>(&'s self, ix: Ix, node: &'s Node) -> std::borrow::Cow<'s, [Ix]> {
+        if !self.reparented.is_empty() && !self.nodes.contains_key(&ix) && self.stale(ix, node) {
+            return std::borrow::Cow::Owned(self.fresh_closure(ix));
+        }
+        std::borrow::Cow::Borrowed(&node.closure)
     }
 
     /// The attribute name of an attribute of node `ix`.
@@ -1046,9 +1194,10 @@ impl<'a> View<'a> {
     /// what Cedar assumes of a slice built without recomputing the closure.
     fn entity(&self, ix: Ix, relevant: &[Ix]) -> Result<ast::Entity, String> {
         let node = self.node(ix).ok_or("slice member without a node")?;
+        let closure = self.closure(ix, node);
         // The kept indexes first, so that Cedar's set is allocated once at its size.
-        let kept: Vec<Ix> = if node.closure.len() <= relevant.len() {
-            node.closure
+        let kept: Vec<Ix> = if closure.len() <= relevant.len() {
+            closure
                 .iter()
                 .filter(|a| relevant.binary_search(a).is_ok())
                 .copied()
@@ -1056,7 +1205,7 @@ impl<'a> View<'a> {
         } else {
             relevant
                 .iter()
-                .filter(|r| node.closure.binary_search(r).is_ok())
+                .filter(|r| closure.binary_search(r).is_ok())
                 .copied()
                 .collect()
         };
@@ -1161,6 +1310,10 @@ impl<'a> Working<'a> {
             changes,
         }
     }
+}
+
+fn cycle_message(uid: &dyn std::fmt::Display) -> String {
+    format!("{uid} would be its own ancestor (the entity hierarchy must have no cycle)")
 }
 
 fn uid_json(a: &EntityUid) -> Value {

@@ -405,6 +405,67 @@ async fn an_invalid_batch_is_rejected_whole() {
     n.running.shutdown().await.unwrap();
 }
 
+/// Cedar refuses entity data whose hierarchy has a cycle; so does the service, naming the
+/// entity: a write batch that would close one, request-scoped entities that would, and the
+/// store keeps deciding as before.
+#[tokio::test]
+async fn a_write_or_request_that_closes_a_hierarchy_cycle_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let (before, rev) = all_decisions(&mut n.decisions).await;
+    let role = |id: &str, parent: &str| {
+        serde_json::json!({"uid": {"type": ROLE, "id": id}, "attrs": {},
+            "parents": [{"type": ROLE, "id": parent}]})
+    };
+    for (ops, names) in [
+        // The lowest group of the chain under the highest.
+        (
+            vec![edge(true, (ROLE, "apollo/view"), (ROLE, "apollo/admin"))],
+            "apollo/",
+        ),
+        // A new group that is its own parent.
+        (vec![upsert(role("loop", "loop"))], "loop"),
+        // Two new groups, each the other's parent, in one batch.
+        (
+            vec![upsert(role("ping", "pong")), upsert(role("pong", "ping"))],
+            "p",
+        ),
+    ] {
+        let err = n
+            .data
+            .write_entities(pb::WriteEntitiesRequest { ops })
+            .await
+            .expect_err(names);
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with("ops"), "{}", err.message());
+        assert!(
+            err.message().contains("own ancestor") && err.message().contains(names),
+            "{}",
+            err.message()
+        );
+    }
+    // The same edge as a request-scoped entity.
+    let mut req = ask("ada", "viewProject", "Blue::Project", "apollo", "");
+    req.entities_json = serde_json::json!([{"uid": {"type": ROLE, "id": "apollo/view"},
+        "attrs": {}, "parents": [{"type": ROLE, "id": "apollo/admin"}]}])
+    .to_string();
+    let err = n.decisions.is_authorized(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("entities_json") && err.message().contains("own ancestor"),
+        "{}",
+        err.message()
+    );
+    // A request-scoped group that re-parents without a cycle is fine.
+    let mut req = ask("ada", "viewProject", "Blue::Project", "apollo", "");
+    req.entities_json = serde_json::json!([{"uid": {"type": ROLE, "id": "apollo/view"},
+        "attrs": {}, "parents": []}])
+    .to_string();
+    n.decisions.is_authorized(req).await.unwrap();
+    assert_eq!(all_decisions(&mut n.decisions).await, (before, rev));
+    n.running.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_data_service_needs_the_token_and_its_own_listener() {
     let dir = tempfile::tempdir().unwrap();
@@ -884,4 +945,19 @@ fn a_store_of_many_chunks_loads_whole_and_a_bad_entity_fails_the_load() {
     );
     let err = load().unwrap_err().to_string();
     assert!(err.contains("stored entity"), "{err}");
+
+    // A hierarchy cycle in stored data (written before writes were checked for one).
+    let cycle = br#"{"uid":{"type":"Blue::Role","id":"apollo/view"},"attrs":{},"parents":[{"type":"Blue::Role","id":"apollo/admin"}]}"#;
+    write(
+        &[
+            user("bulk-15000x", "{}"),
+            ("Blue::Role::\"apollo/view\"".to_string(), cycle.to_vec()),
+        ],
+        Some(pack.schema_version.as_str()),
+    );
+    let err = load().unwrap_err().to_string();
+    assert!(
+        err.contains("own ancestor") && err.contains("apollo/"),
+        "{err}"
+    );
 }
