@@ -8,6 +8,7 @@ use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request};
 use serde_json::Value;
 
 use crate::error::RequestError;
+use crate::plan::{Ent, Plan};
 use crate::policy::{ActionEntry, Compiled, Need, Needs, PolicyPack, NEED_ALL};
 use crate::store::{parse_entities, value_refs, EntityStore, Overlay};
 
@@ -267,9 +268,50 @@ pub fn decide(
     req: &CheckedRequest,
     depth: usize,
 ) -> Decision {
+    decide_via(pack, store, req, depth, true)
+}
+
+/// [`decide`] always through Cedar's evaluator over a slice, never a compiled plan: the
+/// reference the plans are tested against.
+pub fn decide_by_slice(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &CheckedRequest,
+    depth: usize,
+) -> Decision {
+    decide_via(pack, store, req, depth, false)
+}
+
+/// The decision of the action's compiled plan alone: None when the action has no plan, the
+/// request carries its own entities, or the plan leaves the request to Cedar.
+pub fn decide_by_plan_only(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &CheckedRequest,
+) -> Option<Decision> {
+    let entry = pack.action(&req.action)?;
+    if !req.overlay.is_empty() {
+        return None;
+    }
+    decide_by_plan(entry.plan.as_ref()?, &entry.compiled, store, req)
+}
+
+fn decide_via(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &CheckedRequest,
+    depth: usize,
+    use_plan: bool,
+) -> Decision {
     let Some(entry) = pack.action(&req.action) else {
         return deny_with("action is not in the live policy set");
     };
+    // Request-scoped entities change the index's view of the data: those go to Cedar.
+    if let (true, true, Some(plan)) = (use_plan, req.overlay.is_empty(), &entry.plan) {
+        if let Some(d) = decide_by_plan(plan, &entry.compiled, store, req) {
+            return d;
+        }
+    }
     let mut seeds: Vec<(&EntityUid, &Need)> = Vec::with_capacity(2 + req.context_refs.len());
     seeds.push((&req.principal, &entry.needs.principal));
     seeds.push((&req.resource, &entry.needs.resource));
@@ -279,6 +321,65 @@ pub fn decide(
         // Fail closed: a slice that cannot be built decides nothing.
         Err(e) => deny_with(&e),
     }
+}
+
+/// A decision by the action's compiled plan over the index, or None where the plan leaves the
+/// request to Cedar. Combined as [`evaluate`] does.
+fn decide_by_plan(
+    plan: &Plan,
+    compiled: &[Compiled],
+    store: &EntityStore,
+    req: &CheckedRequest,
+) -> Option<Decision> {
+    plan_decision(
+        plan,
+        compiled,
+        store,
+        (&req.principal, &req.resource),
+        &req.request,
+    )
+}
+
+fn plan_decision(
+    plan: &Plan,
+    compiled: &[Compiled],
+    store: &EntityStore,
+    (principal, resource): (&EntityUid, &EntityUid),
+    request: &Request,
+) -> Option<Decision> {
+    fn ent<'a>(store: &EntityStore, uid: &'a EntityUid) -> Ent<'a> {
+        match store.lookup(uid) {
+            Some(ix) => Ent::Ix(ix),
+            None => Ent::Other(uid.as_ref()),
+        }
+    }
+    let core: &cedar_policy_core::ast::Request = request.as_ref();
+    let satisfied = plan.satisfied(
+        store,
+        ent(store, principal),
+        ent(store, resource),
+        core.context(),
+    )?;
+    let forbids: Vec<String> = satisfied
+        .iter()
+        .filter(|i| compiled[**i].forbid)
+        .map(|i| compiled[*i].name.clone())
+        .collect();
+    let (allow, mut determining) = if !forbids.is_empty() {
+        (false, forbids)
+    } else {
+        let permits: Vec<String> = satisfied
+            .iter()
+            .map(|i| compiled[*i].name.clone())
+            .collect();
+        (!permits.is_empty(), permits)
+    };
+    determining.sort();
+    Some(Decision {
+        allow,
+        determining,
+        errors: Vec::new(),
+    })
 }
 
 /// The Cedar entities of one slice, plus the given actions' entities. Every slice entity
@@ -531,5 +632,149 @@ mod tests {
             "{allowed} of {checked} allowed"
         );
         assert!(with_errors > 0, "no case had an evaluation error");
+    }
+
+    /// Compiled plans over the index against Cedar's `Authorizer` over the same entities, on
+    /// made-up policies using every operator a plan covers. Where a plan answers, the decision
+    /// and the determining policies must be Cedar's and Cedar must report no error; where
+    /// Cedar reports an error, the plan must have left the request to Cedar.
+    #[test]
+    fn plans_agree_with_cedars_authorizer_or_leave_the_request_to_it() {
+        let set: PolicySet = r#"
+            permit (principal, action, resource)
+                when { principal has level && principal.level > 3 };
+            permit (principal == User::"alice", action, resource);
+            forbid (principal, action, resource) when { resource.locked };
+            permit (principal in Group::"g", action == Action::"view", resource);
+            forbid (principal, action == Action::"edit", resource) unless { context.ok };
+            permit (principal, action in [Action::"view"], resource is Doc)
+                when { resource.owner == principal };
+            permit (principal, action in Action::"readers", resource)
+                when { resource has tags && resource.tags.contains("public") };
+            permit (principal, action, resource)
+                when { context has who && context.who in resource.editors };
+            permit (principal is User, action, resource)
+                when { principal has name && principal.name like "c*" && [1, 2, 3].containsAll([principal.level]) &&
+                       (if principal.level <= 1 then true else false) };
+            forbid (principal, action, resource)
+                when { ["x"].containsAny(resource.labels) ||
+                       (principal != User::"dave" && false) };
+            permit (principal, action == Action::"view", resource is Doc)
+                when { principal == User::"carol" || principal.level > 0 };
+            forbid (principal, action == Action::"view", resource)
+                when { context has who && context.who is Group };
+            permit (principal, action == Action::"edit", resource) when { resource has owner };
+            forbid (principal, action == Action::"edit", resource)
+                when { principal.level < 5 && principal.level >= 1 };
+        "#
+        .parse()
+        .unwrap();
+        let compiled = crate::policy::compile(&set).unwrap();
+        let entities_json = serde_json::json!([
+            {"uid": {"type": "Action", "id": "view"}, "attrs": {},
+             "parents": [{"type": "Action", "id": "readers"}]},
+            {"uid": {"type": "Action", "id": "edit"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "User", "id": "alice"}, "attrs": {"level": 5, "name": "alice"},
+             "parents": [{"type": "Group", "id": "g"}]},
+            {"uid": {"type": "User", "id": "bob"}, "attrs": {},
+             "parents": [{"type": "Group", "id": "g"}]},
+            {"uid": {"type": "User", "id": "carol"}, "attrs": {"level": 1, "name": "carol"},
+             "parents": []},
+            {"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Doc", "id": "open"},
+             "attrs": {"locked": false, "owner": {"__entity": {"type": "User", "id": "carol"}},
+                       "tags": ["public"], "labels": ["y"],
+                       "editors": {"__entity": {"type": "Group", "id": "g"}}},
+             "parents": []},
+            {"uid": {"type": "Doc", "id": "locked"}, "attrs": {"locked": true}, "parents": []},
+            {"uid": {"type": "Doc", "id": "bare"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Doc", "id": "plain"}, "attrs": {"locked": false, "labels": ["y"]},
+             "parents": []},
+            {"uid": {"type": "Doc", "id": "tagged"},
+             "attrs": {"locked": false, "tags": ["x"], "labels": ["x"],
+                       "editors": {"__entity": {"type": "User", "id": "bob"}}},
+             "parents": []}
+        ]);
+        let entities = Entities::from_json_value(entities_json.clone(), None).unwrap();
+        let mut store = crate::store::EntityStore::default();
+        for e in entities_json.as_array().unwrap() {
+            store.bulk_insert(e).unwrap();
+        }
+        store.finish_bulk(1).unwrap();
+        let uid = |s: &str| -> EntityUid { s.parse().unwrap() };
+        let (mut answered, mut left, mut allowed) = (0, 0, 0);
+        for action in ["view", "edit"] {
+            let action_uid = uid(&format!(r#"Action::"{action}""#));
+            let ancestors: std::collections::HashSet<_> = entities
+                .ancestors(&action_uid)
+                .unwrap()
+                .map(|a| a.as_ref().clone())
+                .collect();
+            let plan = crate::plan::Plan::compile(
+                &compiled,
+                &crate::plan::ActionFacts {
+                    uid: action_uid.as_ref(),
+                    ancestors: &ancestors,
+                },
+            )
+            .expect("every policy is in the subset");
+            for principal in ["alice", "bob", "carol", "dave"] {
+                for resource in ["open", "locked", "bare", "plain", "tagged", "ghost"] {
+                    for context in [
+                        r#"{"ok": true}"#,
+                        r#"{"ok": false}"#,
+                        "{}",
+                        r#"{"ok": true, "who": {"__entity": {"type": "User", "id": "bob"}}}"#,
+                        r#"{"ok": 3}"#,
+                    ] {
+                        let (p, r) = (
+                            uid(&format!(r#"User::"{principal}""#)),
+                            uid(&format!(r#"Doc::"{resource}""#)),
+                        );
+                        let request = Request::new(
+                            p.clone(),
+                            action_uid.clone(),
+                            r.clone(),
+                            Context::from_json_str(context, None).unwrap(),
+                            None,
+                        )
+                        .unwrap();
+                        let theirs = Authorizer::new().is_authorized(&request, &set, &entities);
+                        let errors = theirs.diagnostics().errors().count();
+                        let what = format!("{principal} {action} {resource} {context}");
+                        let Some(ours) =
+                            super::plan_decision(&plan, &compiled, &store, (&p, &r), &request)
+                        else {
+                            left += 1;
+                            continue;
+                        };
+                        let mut reasons: Vec<String> = theirs
+                            .diagnostics()
+                            .reason()
+                            .map(ToString::to_string)
+                            .collect();
+                        reasons.sort();
+                        assert_eq!(errors, 0, "the plan answered where Cedar fails: {what}");
+                        assert_eq!(
+                            ours.allow,
+                            theirs.decision() == cedar_policy::Decision::Allow,
+                            "{what}"
+                        );
+                        assert_eq!(ours.determining, reasons, "{what}");
+                        answered += 1;
+                        allowed += ours.allow as usize;
+                    }
+                }
+            }
+        }
+        assert_eq!(answered + left, 240);
+        assert!(
+            answered >= 20 && left >= 20,
+            "answered {answered}, left {left}"
+        );
+        assert!(
+            allowed > 0 && allowed < answered,
+            "{allowed} of {answered} allowed"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! - policy-loading path: [`policy`] (files, overlays, strict validation, index by action),
 //!   [`suite`] (data-driven policy tests), [`matrix`] (the effective permission table);
 //! - data path: [`store`] (entities with ancestors precomputed, per-request slices);
-//! - decision path: [`decide`] (plain Rust request in, decision with explanation out);
+//! - decision path: [`decide`] (plain Rust request in, decision with explanation out), [`plan`]
+//!   (conditions of a common Cedar subset evaluated straight over the index, Cedar otherwise);
 //! - transport: [`grpc`] (proto types stop there) and [`server`].
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod gen;
 pub mod grpc;
 pub mod loadgen;
 pub mod matrix;
+pub mod plan;
 pub mod policy;
 pub mod reload;
 pub mod server;

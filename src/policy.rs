@@ -72,6 +72,9 @@ pub struct ActionEntry {
     pub empty_context: bool,
     /// Which entities reached through attributes the slice must carry.
     pub needs: Needs,
+    /// The policies compiled for evaluation over the index, if all are in the subset a plan
+    /// covers (see [`crate::plan`]).
+    pub plan: Option<crate::plan::Plan>,
 }
 
 /// A loaded, strictly validated policy pack. Immutable; a reload builds a new one.
@@ -452,6 +455,13 @@ fn index_actions(
                 .is_ok();
         let needs = Needs::of(&set);
         let compiled = compile(&set).map_err(|message| at_schema(schema_path, message, None))?;
+        let plan = crate::plan::Plan::compile(
+            &compiled,
+            &crate::plan::ActionFacts {
+                uid: core_entity.uid(),
+                ancestors: &core_entity.ancestors().cloned().collect(),
+            },
+        );
         out.insert(
             action.clone(),
             ActionEntry {
@@ -462,6 +472,7 @@ fn index_actions(
                 resource_types,
                 literals,
                 empty_context,
+                plan,
             },
         );
     }

@@ -97,7 +97,7 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
     let all =
         Entities::from_json_value(serde_json::Value::Array(entities), Some(&pack.schema)).unwrap();
     let asks = workload::mix(&g, 5, 3000);
-    let mut allowed = 0;
+    let (mut allowed, mut planned) = (0, 0);
     for a in &asks {
         let raw = a.raw();
         let req = decide::check(&pack, &store, &raw).unwrap();
@@ -113,10 +113,23 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
             .unwrap();
         let theirs = oracle(&pack, &all, &principal, a.action, &resource, &context);
         assert_eq!((ours.allow, ours.determining.clone()), theirs, "{a:?}");
+        // Both of the engine's paths: the compiled plan where it answers, Cedar's evaluator
+        // over a slice always.
+        let by_slice = decide::decide_by_slice(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+        assert_eq!(ours, by_slice, "{a:?}");
+        if let Some(by_plan) = decide::decide_by_plan_only(&pack, &store, &req) {
+            assert_eq!(by_plan, by_slice, "{a:?}");
+            planned += 1;
+        }
         allowed += ours.allow as usize;
     }
     println!(
-        "{} generated requests agree ({allowed} allowed)",
+        "{} generated requests agree ({allowed} allowed, {planned} answered by compiled plans)",
+        asks.len()
+    );
+    assert!(
+        planned > asks.len() * 9 / 10,
+        "Blue's policies are in the plans' subset: {planned} of {}",
         asks.len()
     );
     assert!(
