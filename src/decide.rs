@@ -510,6 +510,16 @@ pub fn list_allowed(
             Err(e) => return Err(e),
         }
     }
+    // Each action's compiled plan first; the slice is built only if some action is left.
+    let planned: Vec<Option<Decision>> = requests
+        .iter()
+        .map(|(_, entry, request)| match (request, &entry.plan) {
+            (Ok(r), Some(plan)) if overlay.is_empty() => {
+                plan_decision(plan, &entry.compiled, store, (principal, resource), r)
+            }
+            _ => None,
+        })
+        .collect();
     let mut needs = Needs::default();
     for (_, entry) in &actions {
         needs.merge(&entry.needs);
@@ -517,23 +527,30 @@ pub fn list_allowed(
     let mut seeds: Vec<(&EntityUid, &Need)> =
         vec![(principal, &needs.principal), (resource, &needs.resource)];
     seeds.extend(context_refs.iter().map(|r| (r, &NEED_ALL)));
-    let entities = slice_entities(
-        store,
-        &seeds,
-        &overlay,
-        depth,
-        &literals,
-        actions.iter().map(|(_, e)| *e),
-    );
+    let mut entities = None;
     Ok(requests
         .into_iter()
-        .map(|(action, entry, request)| {
-            let outcome = match (request, &entities) {
-                (Ok(r), Ok(entities)) => {
-                    ActionOutcome::Decided(evaluate(&r, &entry.compiled, entities))
-                }
-                (Ok(_), Err(e)) => ActionOutcome::Decided(deny_with(e)),
+        .zip(planned)
+        .map(|((action, entry, request), planned)| {
+            let outcome = match (request, planned) {
                 (Err(reason), _) => ActionOutcome::NotEvaluated(reason),
+                (Ok(_), Some(d)) => ActionOutcome::Decided(d),
+                (Ok(r), None) => {
+                    let slice = entities.get_or_insert_with(|| {
+                        slice_entities(
+                            store,
+                            &seeds,
+                            &overlay,
+                            depth,
+                            &literals,
+                            actions.iter().map(|(_, e)| *e),
+                        )
+                    });
+                    ActionOutcome::Decided(match slice {
+                        Ok(slice) => evaluate(&r, &entry.compiled, slice),
+                        Err(e) => deny_with(e),
+                    })
+                }
             };
             (action.id().unescaped().to_string(), outcome)
         })

@@ -285,3 +285,46 @@ fn oracle_without_overlay(pack: &PolicyPack, store: &EntityStore, a: &workload::
     let req = decide::check(pack, store, &a.raw()).unwrap();
     decide::decide(pack, store, &req, DEFAULT_SLICE_DEPTH).allow
 }
+
+/// `ListAllowedActions` answers each action from its compiled plan, building one slice only
+/// for actions left to Cedar: every decided action must match a single decision through Cedar's
+/// evaluator over a slice.
+#[test]
+fn listed_actions_agree_with_single_decisions_through_cedar() {
+    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let mut store = EntityStore::default();
+    let g = gen::generate(0.005, 3, &mut |e| store.bulk_insert(&e).unwrap());
+    store.finish_bulk(1).unwrap();
+    let (mut decided, mut allowed) = (0, 0);
+    for a in workload::mix(&g, 21, 300) {
+        let principal: EntityUid = format!("Blue::User::\"{}\"", a.principal).parse().unwrap();
+        let resource: EntityUid = format!("{}::\"{}\"", a.resource_type, a.resource)
+            .parse()
+            .unwrap();
+        let listed = decide::list_allowed(
+            &pack,
+            &store,
+            &principal,
+            &resource,
+            "",
+            "",
+            DEFAULT_SLICE_DEPTH,
+        )
+        .unwrap();
+        for (action, outcome) in listed {
+            let decide::ActionOutcome::Decided(d) = outcome else {
+                continue;
+            };
+            let mut raw = a.raw();
+            raw.action = decide::action_id(&action);
+            raw.context_json = "";
+            let req = decide::check(&pack, &store, &raw).unwrap();
+            let single = decide::decide_by_slice(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+            assert_eq!(d, single, "{a:?} {action}");
+            decided += 1;
+            allowed += d.allow as usize;
+        }
+    }
+    println!("{decided} listed decisions agree ({allowed} allowed)");
+    assert!(decided > 1000 && allowed > 100 && allowed < decided - 100);
+}
