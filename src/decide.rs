@@ -165,6 +165,76 @@ fn parse_context(
     Ok((context, refs))
 }
 
+/// A context read without Cedar's schema-directed JSON parser (which tries each form of a
+/// value in turn, and costs more than a whole decision): strings, booleans, integers, entity
+/// references (`{"type", "id"}` or `{"__entity": ..}`), sets and records. None for anything
+/// else (`__extn`, other escapes, null, fractions, unknown entity types), which goes to Cedar's
+/// parser. The caller validates the result against the schema with the request; a context
+/// this reads differently from Cedar (a record shaped like an entity reference, say) fails that
+/// validation and goes to Cedar's parser too.
+fn quick_context(
+    context_json: &str,
+    types: &dyn Fn(&str) -> Option<EntityTypeName>,
+) -> Option<(Context, Vec<EntityUid>)> {
+    use cedar_policy::RestrictedExpression as X;
+    fn expr(
+        v: &Value,
+        types: &dyn Fn(&str) -> Option<EntityTypeName>,
+        refs: &mut Vec<EntityUid>,
+    ) -> Option<X> {
+        Some(match v {
+            Value::String(s) => X::new_string(s.clone()),
+            Value::Bool(b) => X::new_bool(*b),
+            Value::Number(n) => X::new_long(n.as_i64()?),
+            Value::Array(items) => X::new_set(
+                items
+                    .iter()
+                    .map(|i| expr(i, types, refs))
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            Value::Object(map) => {
+                let reference = match map.get("__entity") {
+                    Some(inner) if map.len() == 1 => Some(inner.as_object()?),
+                    _ if map.len() == 2 && map.contains_key("type") && map.contains_key("id") => {
+                        Some(map)
+                    }
+                    _ => None,
+                };
+                match reference {
+                    Some(r) => {
+                        let ty = types(r.get("type")?.as_str()?)?;
+                        let id = r.get("id")?.as_str()?;
+                        if r.len() != 2 {
+                            return None;
+                        }
+                        let uid = EntityUid::from_type_name_and_id(ty, EntityId::new(id));
+                        refs.push(uid.clone());
+                        X::new_entity_uid(uid)
+                    }
+                    None if map.keys().any(|k| k.starts_with("__")) => return None,
+                    None => X::new_record(
+                        map.iter()
+                            .map(|(k, v)| Some((k.clone(), expr(v, types, refs)?)))
+                            .collect::<Option<Vec<_>>>()?,
+                    )
+                    .ok()?,
+                }
+            }
+            Value::Null => return None,
+        })
+    }
+    let value: Value = serde_json::from_str(context_json).ok()?;
+    let Value::Object(map) = &value else {
+        return None;
+    };
+    let mut refs = Vec::new();
+    let pairs = map
+        .iter()
+        .map(|(k, v)| Some((k.clone(), expr(v, types, &mut refs)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((Context::from_pairs(pairs).ok()?, refs))
+}
+
 /// The Cedar request for one action, with the entities its context references. The caller
 /// has checked the principal's and resource's types against the action's `appliesTo`; so
 /// when no context is given and the pack validated the empty context for this action at
@@ -178,6 +248,23 @@ fn request_for(
 ) -> Result<(Request, Vec<EntityUid>), RequestError> {
     let (context, refs, schema) = if context_json.trim().is_empty() && entry.empty_context {
         (Context::empty(), Vec::new(), None)
+    } else if let Some((context, refs)) =
+        quick_context(context_json, &|t| pack.entity_type(t).cloned())
+    {
+        // Validated with the whole request; if that fails, Cedar's parser below decides
+        // (and words the error).
+        let checked = Request::new(
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context,
+            Some(&pack.schema),
+        );
+        if let Ok(request) = checked {
+            return Ok((request, refs));
+        }
+        let (context, refs) = parse_context(pack, action, context_json)?;
+        (context, refs, Some(&pack.schema))
     } else {
         let (context, refs) = parse_context(pack, action, context_json)?;
         (context, refs, Some(&pack.schema))
@@ -793,5 +880,84 @@ mod tests {
             allowed > 0 && allowed < answered,
             "{allowed} of {answered} allowed"
         );
+    }
+
+    /// The quick context reader against Cedar's schema-directed parser, both validated with
+    /// the request: where the quick one is accepted, the context is Cedar's; where Cedar
+    /// refuses, the quick one is refused (then Cedar's parser runs and words the error).
+    #[test]
+    fn quick_contexts_are_cedars_or_are_left_to_its_parser() {
+        let schema: cedar_policy::Schema = r#"
+            entity User; entity Group;
+            action act appliesTo { principal: User, resource: Group, context: {
+                n: Long, s: String, b: Bool, e: User, xs: Set<String>, r: { a: Long },
+                loc?: { type: String, id: String }, es?: Set<User>
+            } };
+        "#
+        .parse()
+        .unwrap();
+        let uid = |s: &str| -> EntityUid { s.parse().unwrap() };
+        let (p, a, r) = (
+            uid(r#"User::"u""#),
+            uid(r#"Action::"act""#),
+            uid(r#"Group::"g""#),
+        );
+        let base = r#""n": 1, "s": "x", "b": true, "xs": ["a"], "r": {"a": 2}"#;
+        let cases: Vec<(String, bool)> = vec![
+            (format!(r#"{{{base}, "e": {{"type": "User", "id": "v"}}}}"#), true),
+            (format!(r#"{{{base}, "e": {{"__entity": {{"type": "User", "id": "v"}}}}}}"#), true),
+            (
+                format!(r#"{{{base}, "e": {{"type": "User", "id": "v"}}, "es": [{{"type": "User", "id": "w"}}]}}"#),
+                true,
+            ),
+            // A record shaped like an entity reference: Cedar reads it by the schema.
+            (
+                format!(r#"{{{base}, "e": {{"type": "User", "id": "v"}}, "loc": {{"type": "User", "id": "x"}}}}"#),
+                true,
+            ),
+            (format!(r#"{{{base}, "e": {{"type": "Group", "id": "v"}}}}"#), false),
+            (format!(r#"{{{base}, "e": "v"}}"#), false),
+            (format!(r#"{{{base}, "e": {{"type": "User", "id": "v"}}, "extra": 1}}"#), false),
+            // Cedar ignores other keys beside an entity's type and id; read by Cedar's parser.
+            (format!(r#"{{{base}, "e": {{"type": "User", "id": "v", "x": 1}}}}"#), true),
+            (format!(r#"{{{base}, "e": {{"type": "Nope", "id": "v"}}}}"#), false),
+            (format!(r#"{{{base}, "e": null}}"#), false),
+            (r#"{"n": "1", "s": "x", "b": true, "xs": [], "r": {"a": 2}, "e": {"type": "User", "id": "v"}}"#.into(), false),
+            (r#"{"n": 1.5, "s": "x", "b": true, "xs": [], "r": {"a": 2}, "e": {"type": "User", "id": "v"}}"#.into(), false),
+            (r#"{"n": 1, "s": "x", "b": true, "xs": [1], "r": {"a": 2}, "e": {"type": "User", "id": "v"}}"#.into(), false),
+            (r#"{"n": 1, "s": "x", "b": true, "xs": [], "r": {"a": 2, "z": 1}, "e": {"type": "User", "id": "v"}}"#.into(), false),
+            (r#"{"n": 1, "b": true, "xs": [], "r": {"a": 2}, "e": {"type": "User", "id": "v"}}"#.into(), false),
+            ("[1]".into(), false),
+        ];
+        let mut quick = 0;
+        for (text, valid) in &cases {
+            let cedar = Context::from_json_str(text, Some((&schema, &a)))
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    Request::new(p.clone(), a.clone(), r.clone(), c, Some(&schema))
+                        .map_err(|e| e.to_string())
+                });
+            assert_eq!(cedar.is_ok(), *valid, "{text}: {cedar:?}");
+            let types = |t: &str| t.parse().ok();
+            let Some((context, _)) = super::quick_context(text, &types) else {
+                continue;
+            };
+            match (
+                Request::new(p.clone(), a.clone(), r.clone(), context, Some(&schema)),
+                &cedar,
+            ) {
+                (Ok(ours), Ok(theirs)) => {
+                    let (ours, theirs): (
+                        &cedar_policy_core::ast::Request,
+                        &cedar_policy_core::ast::Request,
+                    ) = (ours.as_ref(), theirs.as_ref());
+                    assert_eq!(ours.context(), theirs.context(), "{text}");
+                    quick += 1;
+                }
+                (Ok(_), Err(e)) => panic!("{text}: read quickly, but Cedar refuses it: {e}"),
+                (Err(_), _) => {}
+            }
+        }
+        assert_eq!(quick, 3, "the valid contexts but the entity-shaped record");
     }
 }
