@@ -291,6 +291,24 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, AnyError> {
                 pack.version,
                 overlays(&spec)
             );
+            let unplanned = pack.unplanned_actions();
+            println!(
+                "compiled plans: {} of {} actions decided straight over the entity index{}",
+                pack.actions().len() - unplanned.len(),
+                pack.actions().len(),
+                if unplanned.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<String> = unplanned
+                        .iter()
+                        .map(|a| a.id().unescaped().to_string())
+                        .collect();
+                    format!(
+                        "; through Cedar's evaluator (a policy outside the plans' subset): {}",
+                        names.join(", ")
+                    )
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Test => {

@@ -224,6 +224,19 @@ impl PolicyPack {
         self.actions.get(uid)
     }
 
+    /// Actions whose policies are not all in the compiled plans' subset, sorted by id: their
+    /// decisions go through Cedar's evaluator over a slice (the same answers, more slowly).
+    pub fn unplanned_actions(&self) -> Vec<&EntityUid> {
+        let mut out: Vec<&EntityUid> = self
+            .actions
+            .iter()
+            .filter(|(_, e)| e.plan.is_none())
+            .map(|(a, _)| a)
+            .collect();
+        out.sort_by_key(|a| a.to_string());
+        out
+    }
+
     /// All actions of the schema, sorted by id.
     pub fn actions(&self) -> Vec<&EntityUid> {
         let mut all: Vec<&EntityUid> = self.actions.keys().collect();

@@ -405,6 +405,7 @@ impl Running {
             .await??;
         tracing::info!(
             policies = pack.policies.policies().count(),
+            unplanned_actions = pack.unplanned_actions().len(),
             version = %pack.version,
             overlays = ?pack.spec.overlays,
             entities = store.len(),

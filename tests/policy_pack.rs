@@ -50,6 +50,57 @@ fn validate_is_clean_in_strict_mode() {
     assert_eq!(code, 0, "validate failed: {out}{err}");
     assert!(out.starts_with("ok: "), "{out}");
     assert!(err.is_empty(), "validate printed diagnostics: {err}");
+    // Every one of Blue's actions is decided by a compiled plan.
+    let n = pack.actions().len();
+    assert!(pack.unplanned_actions().is_empty());
+    assert!(
+        out.contains(&format!("compiled plans: {n} of {n} actions")),
+        "{out}"
+    );
+}
+
+/// A policy outside the compiled plans' subset (here an extension function) is still valid
+/// Cedar: `validate` names its action as going through Cedar's evaluator, and the policy tests
+/// still pass on that path.
+#[test]
+fn a_policy_outside_the_plans_subset_moves_its_action_to_cedars_evaluator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("policies");
+    copy_dir(&policies(), &copy);
+    let wiki = "when { principal in resource.member };";
+    let text = std::fs::read_to_string(copy.join("project.cedar")).unwrap();
+    assert!(text.contains(wiki));
+    let edit_wiki = "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\n"
+        .to_string()
+        + wiki;
+    edit(
+        &copy.join("project.cedar"),
+        &edit_wiki,
+        &edit_wiki.replace(
+            wiki,
+            "when { principal in resource.member && decimal(\"1.0\").lessThan(decimal(\"2.0\")) };",
+        ),
+    );
+    let (code, out, err) = run(&["validate"], &copy);
+    assert_eq!(code, 0, "{out}{err}");
+    let pack = PolicyPack::load(&PackSpec::new(copy.clone(), &[])).unwrap();
+    let n = pack.actions().len();
+    assert_eq!(
+        pack.unplanned_actions()
+            .iter()
+            .map(|a| a.id().unescaped().to_string())
+            .collect::<Vec<_>>(),
+        vec!["editWiki"]
+    );
+    assert!(
+        out.contains(&format!("compiled plans: {} of {n} actions", n - 1))
+            && out.contains(
+                "through Cedar's evaluator (a policy outside the plans' subset): editWiki"
+            ),
+        "{out}"
+    );
+    let (code, out, _) = run(&["test"], &copy);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
