@@ -42,7 +42,9 @@ pub struct CheckedRequest {
     pub principal: EntityUid,
     pub action: EntityUid,
     pub resource: EntityUid,
-    request: Request,
+    /// None: no context, and none needed (the schema's context for the action is empty), so
+    /// the Cedar request is built only if Cedar's evaluator is needed.
+    request: Option<Request>,
     context_refs: Vec<EntityUid>,
     overlay: Overlay,
 }
@@ -243,11 +245,43 @@ fn quick_context(
 fn request_for(
     pack: &PolicyPack,
     entry: &ActionEntry,
-    (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+    uids: (&EntityUid, &EntityUid, &EntityUid),
     context_json: &str,
 ) -> Result<(Request, Vec<EntityUid>), RequestError> {
-    let (context, refs, schema) = if context_json.trim().is_empty() && entry.empty_context {
-        (Context::empty(), Vec::new(), None)
+    match checked_request(pack, entry, uids, context_json)? {
+        (Some(request), refs) => Ok((request, refs)),
+        (None, refs) => Ok((
+            empty_context_request(uids).map_err(|e| RequestError::new("request", e))?,
+            refs,
+        )),
+    }
+}
+
+/// A request with the empty context, which needs no validation beyond the types the caller
+/// checked.
+fn empty_context_request(
+    (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+) -> Result<Request, String> {
+    Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        Context::empty(),
+        None,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// [`request_for`], but None for a request with no context that needs none: built only if
+/// Cedar's evaluator is needed.
+fn checked_request(
+    pack: &PolicyPack,
+    entry: &ActionEntry,
+    (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+    context_json: &str,
+) -> Result<(Option<Request>, Vec<EntityUid>), RequestError> {
+    let (context, refs) = if context_json.trim().is_empty() && entry.empty_context {
+        return Ok((None, Vec::new()));
     } else if let Some((context, refs)) =
         quick_context(context_json, &|t| pack.entity_type(t).cloned())
     {
@@ -261,23 +295,21 @@ fn request_for(
             Some(&pack.schema),
         );
         if let Ok(request) = checked {
-            return Ok((request, refs));
+            return Ok((Some(request), refs));
         }
-        let (context, refs) = parse_context(pack, action, context_json)?;
-        (context, refs, Some(&pack.schema))
+        parse_context(pack, action, context_json)?
     } else {
-        let (context, refs) = parse_context(pack, action, context_json)?;
-        (context, refs, Some(&pack.schema))
+        parse_context(pack, action, context_json)?
     };
     let request = Request::new(
         principal.clone(),
         action.clone(),
         resource.clone(),
         context,
-        schema,
+        Some(&pack.schema),
     )
     .map_err(|e| RequestError::new(request_error_field(&e), e))?;
-    Ok((request, refs))
+    Ok((Some(request), refs))
 }
 
 /// Validates a whole request against the schema, naming the field at fault.
@@ -326,7 +358,7 @@ pub fn check_parsed(
         ));
     }
     let (request, context_refs) =
-        request_for(pack, entry, (&principal, &action, &resource), context_json)?;
+        checked_request(pack, entry, (&principal, &action, &resource), context_json)?;
     Ok(CheckedRequest {
         principal,
         action,
@@ -404,7 +436,20 @@ fn decide_via(
     seeds.push((&req.resource, &entry.needs.resource));
     seeds.extend(req.context_refs.iter().map(|r| (r, &NEED_ALL)));
     match slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry]) {
-        Ok(entities) => evaluate(&req.request, &entry.compiled, &entities),
+        Ok(entities) => {
+            let built;
+            let request = match &req.request {
+                Some(r) => r,
+                None => match empty_context_request((&req.principal, &req.action, &req.resource)) {
+                    Ok(r) => {
+                        built = r;
+                        &built
+                    }
+                    Err(e) => return deny_with(&e),
+                },
+            };
+            evaluate(request, &entry.compiled, &entities)
+        }
         // Fail closed: a slice that cannot be built decides nothing.
         Err(e) => deny_with(&e),
     }
@@ -418,21 +463,28 @@ fn decide_by_plan(
     store: &EntityStore,
     req: &CheckedRequest,
 ) -> Option<Decision> {
+    let context = match &req.request {
+        Some(r) => AsRef::<cedar_policy_core::ast::Request>::as_ref(r).context(),
+        None => Some(&*EMPTY_CONTEXT),
+    };
     plan_decision(
         plan,
         compiled,
         store,
         (&req.principal, &req.resource),
-        &req.request,
+        context,
     )
 }
+
+static EMPTY_CONTEXT: std::sync::LazyLock<cedar_policy_core::ast::Context> =
+    std::sync::LazyLock::new(cedar_policy_core::ast::Context::empty);
 
 fn plan_decision(
     plan: &Plan,
     compiled: &[Compiled],
     store: &EntityStore,
     (principal, resource): (&EntityUid, &EntityUid),
-    request: &Request,
+    context: Option<&cedar_policy_core::ast::Context>,
 ) -> Option<Decision> {
     fn ent<'a>(store: &EntityStore, uid: &'a EntityUid) -> Ent<'a> {
         match store.lookup(uid) {
@@ -440,12 +492,11 @@ fn plan_decision(
             None => Ent::Other(uid.as_ref()),
         }
     }
-    let core: &cedar_policy_core::ast::Request = request.as_ref();
     let satisfied = plan.satisfied(
         store,
-        ent(store, principal),
-        ent(store, resource),
-        core.context(),
+        (ent(store, principal), principal.as_ref().entity_type()),
+        (ent(store, resource), resource.as_ref().entity_type()),
+        context,
     )?;
     let forbids: Vec<String> = satisfied
         .iter()
@@ -602,7 +653,14 @@ pub fn list_allowed(
         .iter()
         .map(|(_, entry, request)| match (request, &entry.plan) {
             (Ok(r), Some(plan)) if overlay.is_empty() => {
-                plan_decision(plan, &entry.compiled, store, (principal, resource), r)
+                let core: &cedar_policy_core::ast::Request = r.as_ref();
+                plan_decision(
+                    plan,
+                    &entry.compiled,
+                    store,
+                    (principal, resource),
+                    core.context(),
+                )
             }
             _ => None,
         })
@@ -847,7 +905,10 @@ mod tests {
                         let errors = theirs.diagnostics().errors().count();
                         let what = format!("{principal} {action} {resource} {context}");
                         let Some(ours) =
-                            super::plan_decision(&plan, &compiled, &store, (&p, &r), &request)
+                            super::plan_decision(&plan, &compiled, &store, (&p, &r), {
+                                let core: &cedar_policy_core::ast::Request = request.as_ref();
+                                core.context()
+                            })
                         else {
                             left += 1;
                             continue;

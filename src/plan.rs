@@ -82,14 +82,16 @@ impl Plan {
     pub fn satisfied<'a, F: Facts>(
         &'a self,
         facts: &'a F,
-        principal: Ent<'a>,
-        resource: Ent<'a>,
+        (principal, principal_type): (Ent<'a>, &'a ast::EntityType),
+        (resource, resource_type): (Ent<'a>, &'a ast::EntityType),
         context: Option<&'a ast::Context>,
     ) -> Option<Vec<usize>> {
         let env = Env {
             facts,
             principal,
+            principal_type,
             resource,
+            resource_type,
             context: match context {
                 Some(ast::Context::Value(map)) => Some(map),
                 Some(ast::Context::RestrictedResidual(_)) => return None,
@@ -247,7 +249,9 @@ pub trait Facts {
 struct Env<'a, F> {
     facts: &'a F,
     principal: Ent<'a>,
+    principal_type: &'a ast::EntityType,
     resource: Ent<'a>,
+    resource_type: &'a ast::EntityType,
     context: Option<&'a BTreeMap<SmolStr, ast::Value>>,
 }
 
@@ -304,6 +308,9 @@ impl<'a, F: Facts> Env<'a, F> {
                 V::Record(map) => V::Bool(map.contains_key(name)),
                 _ => return None,
             },
+            // The request's own entities: their type is in the request.
+            Node::Is(e, ty) if matches!(**e, Node::Principal) => V::Bool(self.principal_type == ty),
+            Node::Is(e, ty) if matches!(**e, Node::Resource) => V::Bool(self.resource_type == ty),
             Node::Is(e, ty) => match self.eval(e)? {
                 V::Ent(Ent::Ix(ix)) => V::Bool(self.facts.type_is(ix, ty)),
                 V::Ent(Ent::Other(u)) => V::Bool(u.entity_type() == ty),
