@@ -1,6 +1,7 @@
 //! In-process benchmarks at Blue's scale (BLUE_AUTHZ_BENCH_SCALE, default 1.0: 1.19 million
-//! entities): one decision on the real decision path (request checked against the schema,
-//! slice, authorize, explanation), ListAllowedActions for one (user, project) pair, a batch of
+//! entities): one decision on the real decision path (request checked against the schema, the
+//! action's compiled plan, explanation), the same through a slice and Cedar's evaluator,
+//! ListAllowedActions for one (user, project) pair, a batch of
 //! 100 decisions, and a membership change through to visibility. After criterion's figures it
 //! prints latency percentiles of single decisions, and decisions per second on one and on two
 //! threads.
@@ -56,10 +57,20 @@ fn world() -> World {
     }
 }
 
-/// The real decision path: check against the schema, slice, authorize, explain.
+/// The real decision path: check against the schema, the action's compiled plan (or a slice
+/// and Cedar's evaluator where the plan leaves the request to Cedar), explain.
 fn decide_one(w: &World, a: &Ask) -> bool {
     let req = decide::check(&w.pack, &w.store, &a.raw()).expect("valid request");
     let d = decide::decide(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
+    assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
+    d.allow
+}
+
+/// The same decision always through a slice and Cedar's evaluator (the path of actions whose
+/// policies are outside the plans' subset, and of requests a plan hands back).
+fn decide_one_by_slice(w: &World, a: &Ask) -> bool {
+    let req = decide::check(&w.pack, &w.store, &a.raw()).expect("valid request");
+    let d = decide::decide_by_slice(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
     assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
     d.allow
 }
@@ -107,6 +118,14 @@ fn benches(c: &mut Criterion, w: &World) {
         b.iter(|| {
             i = (i + 1) % asks.len();
             decide_one(w, &asks[i])
+        })
+    });
+
+    let mut i = 0;
+    c.bench_function("decision through Cedar's evaluator (no plan)", |b| {
+        b.iter(|| {
+            i = (i + 1) % asks.len();
+            decide_one_by_slice(w, &asks[i])
         })
     });
 
