@@ -237,11 +237,8 @@ fn quick_context(
     Some((Context::from_pairs(pairs).ok()?, refs))
 }
 
-/// The Cedar request for one action, with the entities its context references. The caller
-/// has checked the principal's and resource's types against the action's `appliesTo`; so
-/// when no context is given and the pack validated the empty context for this action at
-/// load, nothing is left for `Request::new` to check against the schema. Otherwise the
-/// context is parsed against the schema and the whole request validated.
+/// The Cedar request for one action, with the entities its context references (see
+/// [`checked_request`]).
 fn request_for(
     pack: &PolicyPack,
     entry: &ActionEntry,
@@ -272,44 +269,40 @@ fn empty_context_request(
     .map_err(|e| e.to_string())
 }
 
-/// [`request_for`], but None for a request with no context that needs none: built only if
-/// Cedar's evaluator is needed.
+/// The request validated against the schema, with the entities its context references. The
+/// caller has checked the principal's and resource's types against the action's `appliesTo`;
+/// so when no context is given and the pack validated the empty context for this action at
+/// load, nothing is left to check, and the Cedar request is not built (None): only Cedar's
+/// evaluator needs it. Otherwise the context is read (quickly if it is plain, else by Cedar's
+/// parser) and the whole request validated.
 fn checked_request(
     pack: &PolicyPack,
     entry: &ActionEntry,
     (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
     context_json: &str,
 ) -> Result<(Option<Request>, Vec<EntityUid>), RequestError> {
-    let (context, refs) = if context_json.trim().is_empty() && entry.empty_context {
+    if context_json.trim().is_empty() && entry.empty_context {
         return Ok((None, Vec::new()));
-    } else if let Some((context, refs)) =
-        quick_context(context_json, &|t| pack.entity_type(t).cloned())
-    {
-        // Validated with the whole request; if that fails, Cedar's parser below decides
-        // (and words the error).
-        let checked = Request::new(
+    }
+    let request = |context| {
+        Request::new(
             principal.clone(),
             action.clone(),
             resource.clone(),
             context,
             Some(&pack.schema),
-        );
-        if let Ok(request) = checked {
+        )
+        .map_err(|e| RequestError::new(request_error_field(&e), e))
+    };
+    if let Some((context, refs)) = quick_context(context_json, &|t| pack.entity_type(t).cloned()) {
+        if let Ok(request) = request(context) {
             return Ok((Some(request), refs));
         }
-        parse_context(pack, action, context_json)?
-    } else {
-        parse_context(pack, action, context_json)?
-    };
-    let request = Request::new(
-        principal.clone(),
-        action.clone(),
-        resource.clone(),
-        context,
-        Some(&pack.schema),
-    )
-    .map_err(|e| RequestError::new(request_error_field(&e), e))?;
-    Ok((Some(request), refs))
+    }
+    // What the quick reader does not take, or took but the schema refuses: Cedar's parser
+    // decides, and words the error.
+    let (context, refs) = parse_context(pack, action, context_json)?;
+    Ok((Some(request(context)?), refs))
 }
 
 /// Validates a whole request against the schema, naming the field at fault.

@@ -51,9 +51,9 @@ pub struct Plan {
     conditions: Vec<Node>,
 }
 
-/// What compiling an expression gives: a node, or the request's action (a constant for a
-/// plan, which only `==` and `in` against entity literals may use).
-enum Compiled1 {
+/// What compiling a part of an expression gives: a node, or the request's action (a constant
+/// for a plan, which only `==` and `in` against entity literals may use).
+enum Part {
     Node(Node),
     Action,
 }
@@ -70,8 +70,8 @@ impl Plan {
         let conditions = policies
             .iter()
             .map(|p| match compile(&p.condition, action)? {
-                Compiled1::Node(n) => Some(n),
-                Compiled1::Action => None,
+                Part::Node(n) => Some(n),
+                Part::Action => None,
             })
             .collect::<Option<Vec<Node>>>()?;
         Some(Plan { conditions })
@@ -110,14 +110,14 @@ impl Plan {
     }
 }
 
-fn compile(e: &ast::Expr, action: &ActionFacts<'_>) -> Option<Compiled1> {
+fn compile(e: &ast::Expr, action: &ActionFacts<'_>) -> Option<Part> {
     let node = |e: &ast::Expr| -> Option<Box<Node>> {
         match compile(e, action)? {
-            Compiled1::Node(n) => Some(Box::new(n)),
-            Compiled1::Action => None,
+            Part::Node(n) => Some(Box::new(n)),
+            Part::Action => None,
         }
     };
-    Some(Compiled1::Node(match e.expr_kind() {
+    Some(Part::Node(match e.expr_kind() {
         ExprKind::Lit(l) => match l {
             Literal::Bool(b) => Node::Bool(*b),
             Literal::Long(n) => Node::Long(*n),
@@ -127,7 +127,7 @@ fn compile(e: &ast::Expr, action: &ActionFacts<'_>) -> Option<Compiled1> {
         ExprKind::Var(Var::Principal) => Node::Principal,
         ExprKind::Var(Var::Resource) => Node::Resource,
         ExprKind::Var(Var::Context) => Node::Context,
-        ExprKind::Var(Var::Action) => return Some(Compiled1::Action),
+        ExprKind::Var(Var::Action) => return Some(Part::Action),
         ExprKind::If {
             test_expr,
             then_expr,
@@ -154,11 +154,9 @@ fn compile(e: &ast::Expr, action: &ActionFacts<'_>) -> Option<Compiled1> {
                 return None;
             }
             match (compile(arg1, action)?, compile(arg2, action)?) {
-                (Compiled1::Node(a), Compiled1::Node(b)) => {
-                    Node::Binary(*op, Box::new(a), Box::new(b))
-                }
+                (Part::Node(a), Part::Node(b)) => Node::Binary(*op, Box::new(a), Box::new(b)),
                 // The action against literals is decided now, for this action.
-                (Compiled1::Action, Compiled1::Node(b)) => {
+                (Part::Action, Part::Node(b)) => {
                     let targets = entity_literals(&b)?;
                     Node::Bool(match op {
                         BinaryOp::Eq => matches!(b, Node::Entity(ref u) if u == action.uid),
