@@ -2,6 +2,7 @@
 //! slice the store, evaluate only the policies indexed under the action, and explain the
 //! decision with the `@id`s of the determining policies.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request};
@@ -237,37 +238,37 @@ fn quick_context(
     Some((Context::from_pairs(pairs).ok()?, refs))
 }
 
-/// The Cedar request for one action, with the entities its context references (see
-/// [`checked_request`]).
-fn request_for(
-    pack: &PolicyPack,
-    entry: &ActionEntry,
-    uids: (&EntityUid, &EntityUid, &EntityUid),
-    context_json: &str,
-) -> Result<(Request, Vec<EntityUid>), RequestError> {
-    match checked_request(pack, entry, uids, context_json)? {
-        (Some(request), refs) => Ok((request, refs)),
-        (None, refs) => Ok((
-            empty_context_request(uids).map_err(|e| RequestError::new("request", e))?,
-            refs,
-        )),
+/// The Cedar request that [`checked_request`] left unbuilt (None: the empty context, which
+/// needs no validation beyond the types the caller checked), built when Cedar's evaluator
+/// needs it.
+fn cedar_request<'r>(
+    request: Option<&'r Request>,
+    (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+) -> Result<Cow<'r, Request>, String> {
+    match request {
+        Some(r) => Ok(Cow::Borrowed(r)),
+        None => Request::new(
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            Context::empty(),
+            None,
+        )
+        .map(Cow::Owned)
+        .map_err(|e| e.to_string()),
     }
 }
 
-/// A request with the empty context, which needs no validation beyond the types the caller
-/// checked.
-fn empty_context_request(
-    (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
-) -> Result<Request, String> {
-    Request::new(
-        principal.clone(),
-        action.clone(),
-        resource.clone(),
-        Context::empty(),
-        None,
-    )
-    .map_err(|e| e.to_string())
+/// The context a compiled plan reads: the request's, or the empty one.
+fn context_of(request: Option<&Request>) -> Option<&cedar_policy_core::ast::Context> {
+    match request {
+        Some(r) => AsRef::<cedar_policy_core::ast::Request>::as_ref(r).context(),
+        None => Some(&*EMPTY_CONTEXT),
+    }
 }
+
+static EMPTY_CONTEXT: std::sync::LazyLock<cedar_policy_core::ast::Context> =
+    std::sync::LazyLock::new(cedar_policy_core::ast::Context::empty);
 
 /// The request validated against the schema, with the entities its context references. The
 /// caller has checked the principal's and resource's types against the action's `appliesTo`;
@@ -394,18 +395,20 @@ pub fn decide_by_slice(
     decide_via(pack, store, req, depth, false)
 }
 
-/// The decision of the action's compiled plan alone: None when the action has no plan, the
-/// request carries its own entities, or the plan leaves the request to Cedar.
+/// The decision of the action's compiled plan alone (see [`planned`]).
 pub fn decide_by_plan_only(
     pack: &PolicyPack,
     store: &EntityStore,
     req: &CheckedRequest,
 ) -> Option<Decision> {
     let entry = pack.action(&req.action)?;
-    if !req.overlay.is_empty() {
-        return None;
-    }
-    decide_by_plan(entry.plan.as_ref()?, &entry.compiled, store, req)
+    planned(
+        entry,
+        store,
+        (&req.principal, &req.resource),
+        req.request.as_ref(),
+        &req.overlay,
+    )
 }
 
 fn decide_via(
@@ -418,9 +421,9 @@ fn decide_via(
     let Some(entry) = pack.action(&req.action) else {
         return deny_with("action is not in the live policy set");
     };
-    // Request-scoped entities change the index's view of the data: those go to Cedar.
-    if let (true, true, Some(plan)) = (use_plan, req.overlay.is_empty(), &entry.plan) {
-        if let Some(d) = decide_by_plan(plan, &entry.compiled, store, req) {
+    let uids = (&req.principal, &req.resource);
+    if use_plan {
+        if let Some(d) = planned(entry, store, uids, req.request.as_ref(), &req.overlay) {
             return d;
         }
     }
@@ -428,50 +431,35 @@ fn decide_via(
     seeds.push((&req.principal, &entry.needs.principal));
     seeds.push((&req.resource, &entry.needs.resource));
     seeds.extend(req.context_refs.iter().map(|r| (r, &NEED_ALL)));
-    match slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry]) {
-        Ok(entities) => {
-            let built;
-            let request = match &req.request {
-                Some(r) => r,
-                None => match empty_context_request((&req.principal, &req.action, &req.resource)) {
-                    Ok(r) => {
-                        built = r;
-                        &built
-                    }
-                    Err(e) => return deny_with(&e),
-                },
-            };
-            evaluate(request, &entry.compiled, &entities)
-        }
-        // Fail closed: a slice that cannot be built decides nothing.
-        Err(e) => deny_with(&e),
+    let request = cedar_request(
+        req.request.as_ref(),
+        (&req.principal, &req.action, &req.resource),
+    );
+    match (
+        slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry]),
+        request,
+    ) {
+        (Ok(entities), Ok(request)) => evaluate(&request, &entry.compiled, &entities),
+        // Fail closed: a slice (or request) that cannot be built decides nothing.
+        (Err(e), _) | (_, Err(e)) => deny_with(&e),
     }
 }
 
-/// A decision by the action's compiled plan over the index, or None where the plan leaves the
-/// request to Cedar. Combined as [`evaluate`] does.
-fn decide_by_plan(
-    plan: &Plan,
-    compiled: &[Compiled],
+/// The decision of the action's compiled plan over the index: None when the action has no
+/// plan, the request carries its own entities (they change the index's view of the data),
+/// or the plan leaves the request to Cedar. Combined as [`evaluate`] does.
+fn planned(
+    entry: &ActionEntry,
     store: &EntityStore,
-    req: &CheckedRequest,
+    uids: (&EntityUid, &EntityUid),
+    request: Option<&Request>,
+    overlay: &Overlay,
 ) -> Option<Decision> {
-    let context = match &req.request {
-        Some(r) => AsRef::<cedar_policy_core::ast::Request>::as_ref(r).context(),
-        None => Some(&*EMPTY_CONTEXT),
-    };
-    plan_decision(
-        plan,
-        compiled,
-        store,
-        (&req.principal, &req.resource),
-        context,
-    )
+    let plan = entry.plan.as_ref().filter(|_| overlay.is_empty())?;
+    plan_decision(plan, &entry.compiled, store, uids, context_of(request))
 }
 
-static EMPTY_CONTEXT: std::sync::LazyLock<cedar_policy_core::ast::Context> =
-    std::sync::LazyLock::new(cedar_policy_core::ast::Context::empty);
-
+/// [`planned`] for a given plan and context.
 fn plan_decision(
     plan: &Plan,
     compiled: &[Compiled],
@@ -491,26 +479,15 @@ fn plan_decision(
         (ent(store, resource), resource.as_ref().entity_type()),
         context,
     )?;
-    let forbids: Vec<String> = satisfied
-        .iter()
-        .filter(|i| compiled[**i].forbid)
-        .map(|i| compiled[*i].name.clone())
-        .collect();
-    let (allow, mut determining) = if !forbids.is_empty() {
-        (false, forbids)
-    } else {
-        let permits: Vec<String> = satisfied
-            .iter()
-            .map(|i| compiled[*i].name.clone())
-            .collect();
-        (!permits.is_empty(), permits)
-    };
-    determining.sort();
-    Some(Decision {
-        allow,
-        determining,
-        errors: Vec::new(),
-    })
+    let (mut permits, mut forbids) = (Vec::new(), Vec::new());
+    for p in satisfied.iter().map(|i| &compiled[*i]) {
+        if p.forbid {
+            forbids.push(p.name.clone());
+        } else {
+            permits.push(p.name.clone());
+        }
+    }
+    Some(combine(permits, forbids, Vec::new()))
 }
 
 /// The Cedar entities of one slice, plus the given actions' entities. Every slice entity
@@ -581,12 +558,16 @@ fn evaluate(
             ),
         }
     }
+    combine(permits, forbids, errors)
+}
+
+/// Cedar's combining rules over the satisfied policies: a satisfied `forbid` denies (and
+/// determines), else a satisfied `permit` allows, else the default is deny.
+fn combine(permits: Vec<String>, forbids: Vec<String>, errors: Vec<String>) -> Decision {
     let (allow, mut determining) = if !forbids.is_empty() {
         (false, forbids)
-    } else if !permits.is_empty() {
-        (true, permits)
     } else {
-        (false, Vec::new())
+        (!permits.is_empty(), permits)
     };
     determining.sort();
     Decision {
@@ -631,7 +612,7 @@ pub fn list_allowed(
     let mut context_refs: Vec<EntityUid> = Vec::new();
     let mut literals: Vec<EntityUid> = Vec::new();
     for (action, entry) in &actions {
-        match request_for(pack, entry, (principal, action, resource), context_json) {
+        match checked_request(pack, entry, (principal, action, resource), context_json) {
             Ok((r, refs)) => {
                 context_refs.extend(refs);
                 literals.extend(entry.literals.iter().cloned());
@@ -641,23 +622,6 @@ pub fn list_allowed(
             Err(e) => return Err(e),
         }
     }
-    // Each action's compiled plan first; the slice is built only if some action is left.
-    let planned: Vec<Option<Decision>> = requests
-        .iter()
-        .map(|(_, entry, request)| match (request, &entry.plan) {
-            (Ok(r), Some(plan)) if overlay.is_empty() => {
-                let core: &cedar_policy_core::ast::Request = r.as_ref();
-                plan_decision(
-                    plan,
-                    &entry.compiled,
-                    store,
-                    (principal, resource),
-                    core.context(),
-                )
-            }
-            _ => None,
-        })
-        .collect();
     let mut needs = Needs::default();
     for (_, entry) in &actions {
         needs.merge(&entry.needs);
@@ -665,30 +629,38 @@ pub fn list_allowed(
     let mut seeds: Vec<(&EntityUid, &Need)> =
         vec![(principal, &needs.principal), (resource, &needs.resource)];
     seeds.extend(context_refs.iter().map(|r| (r, &NEED_ALL)));
+    // Each action's compiled plan first; the slice is built only if some action is left.
     let mut entities = None;
     Ok(requests
         .into_iter()
-        .zip(planned)
-        .map(|((action, entry, request), planned)| {
-            let outcome = match (request, planned) {
-                (Err(reason), _) => ActionOutcome::NotEvaluated(reason),
-                (Ok(_), Some(d)) => ActionOutcome::Decided(d),
-                (Ok(r), None) => {
-                    let slice = entities.get_or_insert_with(|| {
-                        slice_entities(
-                            store,
-                            &seeds,
-                            &overlay,
-                            depth,
-                            &literals,
-                            actions.iter().map(|(_, e)| *e),
-                        )
-                    });
-                    ActionOutcome::Decided(match slice {
-                        Ok(slice) => evaluate(&r, &entry.compiled, slice),
-                        Err(e) => deny_with(e),
-                    })
-                }
+        .map(|(action, entry, request)| {
+            let outcome = match request {
+                Err(reason) => ActionOutcome::NotEvaluated(reason),
+                Ok(r) => ActionOutcome::Decided(
+                    match planned(entry, store, (principal, resource), r.as_ref(), &overlay) {
+                        Some(d) => d,
+                        None => {
+                            let slice = entities.get_or_insert_with(|| {
+                                slice_entities(
+                                    store,
+                                    &seeds,
+                                    &overlay,
+                                    depth,
+                                    &literals,
+                                    actions.iter().map(|(_, e)| *e),
+                                )
+                            });
+                            match (
+                                slice,
+                                cedar_request(r.as_ref(), (principal, action, resource)),
+                            ) {
+                                (Ok(slice), Ok(r)) => evaluate(&r, &entry.compiled, slice),
+                                (Err(e), _) => deny_with(e),
+                                (_, Err(e)) => deny_with(&e),
+                            }
+                        }
+                    },
+                ),
             };
             (action.id().unescaped().to_string(), outcome)
         })
