@@ -12,13 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blue_authz::decide::{self, UidRef, DEFAULT_SLICE_DEPTH};
-use blue_authz::engine::{Engine, Limits};
-use blue_authz::gen;
-use blue_authz::policy::{PackSpec, PolicyPack};
+use blue_authz::bench::gen;
+use blue_authz::bench::workload::{self, Ask};
+use blue_authz::engine::decide::{self, DEFAULT_SLICE_DEPTH};
+use blue_authz::engine::index::{EntityStore, WriteOp};
+use blue_authz::engine::pack::{PackSpec, PolicyPack};
+use blue_authz::engine::request::{self, UidRef};
+use blue_authz::service::state::{Limits, State};
 use blue_authz::storage::RedbStorage;
-use blue_authz::store::{EntityStore, WriteOp};
-use blue_authz::workload::{self, Ask};
 use criterion::{criterion_group, Criterion, Throughput};
 
 /// The same allocator as the binary's.
@@ -60,7 +61,7 @@ fn world() -> World {
 /// The real decision path: check against the schema, the action's compiled plan (or a slice
 /// and Cedar's evaluator where the plan leaves the request to Cedar), explain.
 fn decide_one(w: &World, a: &Ask) -> bool {
-    let req = decide::check(&w.pack, &w.store, &a.raw()).expect("valid request");
+    let req = request::check(&w.pack, &w.store, &a.raw()).expect("valid request");
     let d = decide::decide(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
     assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
     d.allow
@@ -69,7 +70,7 @@ fn decide_one(w: &World, a: &Ask) -> bool {
 /// The same decision always through a slice and Cedar's evaluator (the path of actions whose
 /// policies are outside the plans' subset, and of requests a plan hands back).
 fn decide_one_by_slice(w: &World, a: &Ask) -> bool {
-    let req = decide::check(&w.pack, &w.store, &a.raw()).expect("valid request");
+    let req = request::check(&w.pack, &w.store, &a.raw()).expect("valid request");
     let d = decide::decide_by_slice(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
     assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
     d.allow
@@ -77,7 +78,7 @@ fn decide_one_by_slice(w: &World, a: &Ask) -> bool {
 
 /// ListAllowedActions for one (user, project) pair.
 fn list_one(w: &World, user: &str, project: &str) -> usize {
-    let principal = decide::parse_uid(
+    let principal = request::parse_uid(
         &w.pack,
         UidRef {
             ty: "Blue::User",
@@ -86,7 +87,7 @@ fn list_one(w: &World, user: &str, project: &str) -> usize {
         "principal",
     )
     .unwrap();
-    let resource = decide::parse_uid(
+    let resource = request::parse_uid(
         &w.pack,
         UidRef {
             ty: "Blue::Project",
@@ -155,7 +156,7 @@ fn benches(c: &mut Criterion, w: &World) {
 fn write_bench(c: &mut Criterion, w: World) {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(RedbStorage::open(&dir.path().join("bench.redb")).unwrap());
-    let engine = Engine::new(Limits::default());
+    let engine = State::new(Limits::default());
     let pack = w.pack.clone();
     engine.install(pack.clone(), w.store, storage);
     let (user, project) = workload::member_pairs(&w.generated, 11, 1).remove(0);
@@ -172,7 +173,7 @@ fn write_bench(c: &mut Criterion, w: World) {
     let (edit, view) = (ask("editWiki"), ask("viewProject"));
     let decide_live = |a: &Ask| {
         let live = engine.live().unwrap();
-        let req = decide::check(&live.pack, live.store(), &a.raw()).unwrap();
+        let req = request::check(&live.pack, live.store(), &a.raw()).unwrap();
         decide::decide(&live.pack, live.store(), &req, DEFAULT_SLICE_DEPTH).allow
     };
     // Start from a known role: member (and not view).

@@ -1,27 +1,21 @@
 //! blue-authz: a generic Cedar decision engine behind a gRPC API.
 //!
-//! The engine knows nothing of Blue: every rule lives in `policies/`. The modules, by path:
-//! - policy-loading path: [`policy`] (files, overlays, strict validation, index by action),
-//!   [`suite`] (data-driven policy tests), [`matrix`] (the effective permission table);
-//! - data path: [`store`] (entities with ancestors precomputed, per-request slices);
-//! - decision path: [`decide`] (plain Rust request in, decision with explanation out), [`plan`]
-//!   (conditions of a common Cedar subset evaluated straight over the index, Cedar otherwise);
-//! - transport: [`grpc`] (proto types stop there) and [`server`].
+//! The engine knows nothing of Blue: every rule lives in `policies/`. The rooms, from the
+//! bottom up (ARCHITECTURE.md walks them):
+//! - [`engine`]: generic Cedar: the policy pack, compiled plans, request checks, decisions and
+//!   explanations, and the in-memory entity index ([`engine::index`]);
+//! - [`storage`]: durable backends behind one trait (redb, embedded);
+//! - [`authoring`]: what policy authors run: test suites and the effective permission table;
+//! - [`service`]: a running server: shared state, start-up, hot reload, the gRPC edge (proto
+//!   types stop there), listeners, settings, telemetry;
+//! - [`bench`]: benchmark data, request mixes and the load tool;
+//! - [`cli`]: one file per command of the binary.
+#![forbid(unsafe_code)]
 
-pub mod config;
-pub mod decide;
+pub mod authoring;
+pub mod bench;
+pub mod cli;
 pub mod engine;
-pub mod error;
-pub mod gen;
-pub mod grpc;
-pub mod loadgen;
-pub mod matrix;
-pub mod plan;
-pub mod policy;
-pub mod reload;
-pub mod server;
+pub mod files;
+pub mod service;
 pub mod storage;
-pub mod store;
-pub mod suite;
-pub mod telemetry;
-pub mod workload;

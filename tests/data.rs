@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blue_authz::grpc::pb::{
+use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
-use blue_authz::server::{self, Limits, Running};
+use blue_authz::service::server::{self, Limits, Running};
 use common::{config, root, uid, TOKEN};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -218,8 +218,8 @@ async fn decisions_follow_membership_and_sharing_writes_at_once() {
 
 /// Every default suite case, decided in one batch: the decisions and the revision.
 async fn all_decisions(c: &mut AuthorizerClient<Channel>) -> (Vec<(i32, Vec<String>)>, u64) {
-    let suites = blue_authz::suite::load_suites(&root().join("policies/tests")).unwrap();
-    let cases = blue_authz::suite::effective_cases(&suites, &[]);
+    let suites = blue_authz::authoring::suite::load_suites(&root().join("policies/tests")).unwrap();
+    let cases = blue_authz::authoring::suite::effective_cases(&suites, &[]);
     let requests = cases
         .iter()
         .map(|c| {
@@ -867,8 +867,8 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
 /// or a truncated one, fails the load with its error, and nothing hangs.
 #[test]
 fn a_store_of_many_chunks_loads_whole_and_a_bad_entity_fails_the_load() {
-    use blue_authz::engine::load_store;
-    use blue_authz::policy::{PackSpec, PolicyPack};
+    use blue_authz::engine::pack::{PackSpec, PolicyPack};
+    use blue_authz::service::startup::load_store;
     use blue_authz::storage::{RedbStorage, Storage};
 
     let dir = tempfile::tempdir().unwrap();

@@ -91,7 +91,7 @@ fn the_kubernetes_sidecar_example_parses_and_agrees_with_the_binary() {
     }
     assert_eq!(
         sidecar["readinessProbe"]["grpc"]["service"].as_str(),
-        Some(blue_authz::server::AUTHORIZER_SERVICE)
+        Some(blue_authz::service::server::AUTHORIZER_SERVICE)
     );
 
     // Policies from ConfigMaps mounted where BLUE_AUTHZ_POLICIES points, one per directory

@@ -6,13 +6,13 @@ mod common;
 
 use common::case_request;
 
-use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
-use blue_authz::server::{self, Limits};
-use blue_authz::suite;
+use blue_authz::authoring::suite;
+use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
+use blue_authz::service::server::{self, Limits};
 use tonic::Code;
 
 /// The generator's deterministic RNG, with fuzzing helpers.
-struct Rng(blue_authz::gen::Rng);
+struct Rng(blue_authz::bench::gen::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -121,7 +121,7 @@ async fn ten_thousand_random_and_mutated_requests() {
         let cases = cases.clone();
         let entity_texts = entity_texts.clone();
         handles.push(tokio::spawn(async move {
-            let mut rng = Rng(blue_authz::gen::Rng::new(t + 1));
+            let mut rng = Rng(blue_authz::bench::gen::Rng::new(t + 1));
             let mut client = AuthorizerClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();

@@ -4,10 +4,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blue_authz::grpc::pb::{self, authorizer_client::AuthorizerClient};
-use blue_authz::policy::PackSpec;
-use blue_authz::server::{self, Limits, Running, AUTHORIZER_SERVICE};
-use blue_authz::suite::{self, Case};
+use blue_authz::authoring::suite::{self, Case};
+use blue_authz::engine::pack::PackSpec;
+use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
+use blue_authz::service::server::{self, Limits, Running, AUTHORIZER_SERVICE};
 use common::{case_request, config, copy_dir, root, uid};
 use tonic::transport::Channel;
 use tonic::Code;

@@ -6,12 +6,13 @@
 
 use std::path::PathBuf;
 
-use blue_authz::decide::{self, DEFAULT_SLICE_DEPTH};
-use blue_authz::gen;
-use blue_authz::policy::{PackSpec, PolicyPack};
-use blue_authz::store::EntityStore;
-use blue_authz::suite;
-use blue_authz::workload;
+use blue_authz::authoring::suite;
+use blue_authz::bench::gen;
+use blue_authz::bench::workload;
+use blue_authz::engine::decide::{self, DEFAULT_SLICE_DEPTH};
+use blue_authz::engine::index::EntityStore;
+use blue_authz::engine::pack::{PackSpec, PolicyPack};
+use blue_authz::engine::request;
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
 
 fn root() -> PathBuf {
@@ -60,7 +61,7 @@ fn every_suite_case_agrees_with_plain_cedar_over_all_entities() {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
         let all = Entities::from_json_value(json, Some(&pack.schema)).unwrap();
-        let store = EntityStore::load_file(&fixture, &pack).unwrap();
+        let store = EntityStore::load_file(&fixture, &pack.entities).unwrap();
         let suites = suite::load_suites(&root().join("policies/tests")).unwrap();
         let cases = suite::effective_cases(&suites, &overlays);
         for case in &cases {
@@ -100,7 +101,7 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
     let (mut allowed, mut planned) = (0, 0);
     for a in &asks {
         let raw = a.raw();
-        let req = decide::check(&pack, &store, &raw).unwrap();
+        let req = request::check(&pack, &store, &raw).unwrap();
         let ours = decide::decide(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
         let context = if a.context_json.is_empty() {
             serde_json::json!({})
@@ -222,7 +223,7 @@ fn request_scoped_entities_that_reparent_stored_ones_agree_with_plain_cedar() {
         let overlay_text = overlay.to_string();
         let mut raw = a.raw();
         raw.entities_json = &overlay_text;
-        let checked = decide::check(&pack, &store, &raw);
+        let checked = request::check(&pack, &store, &raw);
 
         let all: Vec<serde_json::Value> = entities
             .iter()
@@ -282,7 +283,7 @@ fn request_scoped_entities_that_reparent_stored_ones_agree_with_plain_cedar() {
 
 /// The engine's decision for an ask without request-scoped entities.
 fn oracle_without_overlay(pack: &PolicyPack, store: &EntityStore, a: &workload::Ask) -> bool {
-    let req = decide::check(pack, store, &a.raw()).unwrap();
+    let req = request::check(pack, store, &a.raw()).unwrap();
     decide::decide(pack, store, &req, DEFAULT_SLICE_DEPTH).allow
 }
 
@@ -316,9 +317,9 @@ fn listed_actions_agree_with_single_decisions_through_cedar() {
                 continue;
             };
             let mut raw = a.raw();
-            raw.action = decide::action_id(&action);
+            raw.action = request::action_id(&action);
             raw.context_json = "";
-            let req = decide::check(&pack, &store, &raw).unwrap();
+            let req = request::check(&pack, &store, &raw).unwrap();
             let single = decide::decide_by_slice(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
             assert_eq!(d, single, "{a:?} {action}");
             decided += 1;

@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use blue_authz::decide::Decision;
-use blue_authz::policy::{PackSpec, PolicyPack};
-use blue_authz::suite::{self, Case};
+use blue_authz::authoring::suite::{self, Case};
+use blue_authz::engine::decide::Decision;
+use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use common::{copy_dir, edit};
 
 fn policies() -> PathBuf {
@@ -250,7 +250,7 @@ fn matrix_equals_committed_table_and_spec() {
         "matrix differs from docs/permissions.md: {out}{err}"
     );
     let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
-    let rendered = blue_authz::matrix::render(&pack).unwrap();
+    let rendered = blue_authz::authoring::matrix::render(&pack).unwrap();
     assert_eq!(rendered, std::fs::read_to_string(&committed).unwrap());
 
     // Cell by cell against SPEC.md: columns are ranked highest first, so every column up to

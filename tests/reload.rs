@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blue_authz::grpc::pb::{
+use blue_authz::engine::pack::PackSpec;
+use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, policies_client::PoliciesClient,
 };
-use blue_authz::policy::PackSpec;
-use blue_authz::server::{self, Limits, Running};
+use blue_authz::service::server::{self, Limits, Running};
 use common::{ask, config, copy_dir, edit, root};
 use tonic::transport::Channel;
 

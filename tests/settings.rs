@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blue_authz::grpc::pb;
-use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
-use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
+use blue_authz::service::grpc::pb;
+use blue_authz::service::grpc::pb::authorizer_client::AuthorizerClient;
+use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
 use common::{ask, log_lines, print_config, root, settings_table, uid, unix_channel, TOKEN};
 use tonic::transport::Channel;
 

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use blue_authz::grpc::pb;
-use blue_authz::grpc::pb::authorizer_client::AuthorizerClient;
-use blue_authz::grpc::pb::entity_store_client::EntityStoreClient;
-use blue_authz::reload::Outcome;
-use blue_authz::server::{self, Limits, TlsFiles};
+use blue_authz::service::grpc::pb;
+use blue_authz::service::grpc::pb::authorizer_client::AuthorizerClient;
+use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
+use blue_authz::service::reload::Outcome;
+use blue_authz::service::server::{self, Limits, TlsFiles};
 use common::{ask, config, copy_dir, edit, root, uid, TOKEN};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -199,7 +199,7 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
     let policies = dir.path().join("policies");
     copy_dir(&root().join("policies"), &policies);
     let mut c = config(dir.path(), Limits::default());
-    c.pack = blue_authz::policy::PackSpec::new(&policies, &[]);
+    c.pack = blue_authz::engine::pack::PackSpec::new(&policies, &[]);
     c.watch = false;
     c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let mut running = server::start(c).await.unwrap();

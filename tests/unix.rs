@@ -4,10 +4,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use blue_authz::grpc::pb::{
+use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
-use blue_authz::server::{self, Limits};
+use blue_authz::service::server::{self, Limits};
 use common::{config, uid, unix_channel, TOKEN};
 use tonic::Code;
 

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use blue_authz::grpc::pb;
-use blue_authz::policy::PackSpec;
-use blue_authz::server::{Limits, ServeConfig};
+use blue_authz::engine::pack::PackSpec;
+use blue_authz::service::grpc::pb;
+use blue_authz::service::server::{Limits, ServeConfig};
 
 pub const TOKEN: &str = "test-token-7f3a";
 
@@ -60,7 +60,7 @@ pub fn get_metrics(addr: std::net::SocketAddr) -> String {
 }
 
 /// A policy-suite case as a decision request.
-pub fn case_request(case: &blue_authz::suite::Case) -> pb::IsAuthorizedRequest {
+pub fn case_request(case: &blue_authz::authoring::suite::Case) -> pb::IsAuthorizedRequest {
     let euid = |u: &cedar_policy::EntityUid| uid(&u.type_name().to_string(), u.id().unescaped());
     pb::IsAuthorizedRequest {
         principal: euid(&case.principal),

@@ -1,0 +1,7 @@
+//! Benchmark tooling: a deterministic generator of realistic data in Blue's entity conventions
+//! ([`gen`]), request mixes over it ([`workload`]), and the gRPC load tool behind
+//! `blue-authz bench` ([`loadgen`]). Test data only: the engine's decisions do not depend on it.
+
+pub mod gen;
+pub mod loadgen;
+pub mod workload;

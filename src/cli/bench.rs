@@ -1,0 +1,43 @@
+//! `blue-authz bench`: drive a running service with the load tool ([`crate::bench::loadgen`]).
+
+use super::{AnyError, Exit};
+use crate::bench::loadgen;
+
+#[derive(clap::Args)]
+pub struct BenchCommand {
+    /// The decision service's address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Scale and seed the service's data was generated with (`gen`).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Concurrent calls under load.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Decisions per BatchIsAuthorized call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// The server's process id, to report its CPU time per call.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
+    let cfg = loadgen::BenchConfig {
+        addr: args.addr,
+        scale: args.scale,
+        seed: args.seed,
+        concurrency: args.concurrency.max(1),
+        duration: std::time::Duration::from_secs_f64(args.seconds),
+        batch: args.batch.max(1),
+        pid: args.pid,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(loadgen::run(&cfg))?;
+    Ok(Exit::Success)
+}

@@ -1,0 +1,144 @@
+//! The commands of the binary, one file each; this file declares them (clap), dispatches, and
+//! maps every outcome to an exit code ([`Exit`]).
+
+mod bench;
+mod check;
+mod export;
+mod gen;
+mod import;
+mod matrix;
+mod serve;
+mod test;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::engine::error::LoadError;
+use crate::engine::pack::{PackSpec, PolicyPack};
+use crate::service::settings::{DbArgs, PackArgs};
+
+/// How a command ended, as its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: done, and every check passed.
+    Success = 0,
+    /// 1: a check found problems (invalid policies, failed tests, a matrix difference, a
+    /// refused start-up).
+    Problems = 1,
+    /// 2: a usage or I/O error.
+    Error = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Any error a command reports (printed as `error: ...`, exit 2).
+pub type AnyError = Box<dyn std::error::Error>;
+
+#[derive(Parser)]
+#[command(
+    name = "blue-authz",
+    version,
+    about = "Blue's authorization service: Cedar policies behind gRPC"
+)]
+struct Cli {
+    #[command(flatten)]
+    pack: PackArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve decisions over gRPC (health and reflection included).
+    Serve(Box<serve::ServeCommand>),
+    /// Parse and strictly validate every policy against the schema.
+    Validate,
+    /// Run the policy test suites in <policies>/tests/.
+    Test,
+    /// Print the effective permission table, computed by evaluating the policies.
+    Matrix(matrix::MatrixCommand),
+    /// Write a Cedar JSON entities file into the database, as one atomic batch.
+    Import {
+        /// Cedar JSON entities file.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Print every entity of the database as a Cedar JSON array.
+    Export {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Generate realistic Blue data for benchmarks (deterministic by seed).
+    Gen(gen::GenCommand),
+    /// Drive a running service over gRPC with a realistic request mix and print throughput
+    /// and latency, beside the empty call (the health service's Check) measured in the same run.
+    Bench(bench::BenchCommand),
+    /// One decision against an entities file, with its explanation.
+    Check(check::CheckCommand),
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .unwrap_or(&matches)
+        .clone();
+    let spec = cli.pack.spec();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(cli.pack, *args, &sub),
+        Command::Validate => validate::run(&spec),
+        Command::Test => test::run(&spec),
+        Command::Matrix(args) => matrix::run(&spec, args),
+        Command::Import { file, db } => import::run(&spec, &file, &db.db),
+        Command::Export { db } => export::run(&db.db),
+        Command::Gen(args) => gen::run(&spec, args),
+        Command::Bench(args) => bench::run(args),
+        Command::Check(args) => check::run(&spec, args),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Error.into()
+        }
+    }
+}
+
+/// Loads the pack; on invalid policies prints every diagnostic and returns None.
+fn load_or_report(spec: &PackSpec) -> Result<Option<Arc<PolicyPack>>, AnyError> {
+    match PolicyPack::load(spec) {
+        Ok(pack) => Ok(Some(pack)),
+        Err(LoadError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{}", d.render());
+            }
+            eprintln!("{} problem(s); the policy set is not valid", diags.len());
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Items joined by commas, or `none`.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}

@@ -1,0 +1,118 @@
+//! `blue-authz serve`: resolve the settings (flags, environment, config file), set up logging
+//! and the runtime, start the server, load and gate the policies and data, and serve until
+//! SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use clap::ArgMatches;
+
+use super::{AnyError, Exit};
+use crate::engine::error::LoadError;
+use crate::service::server::{self, ServeError};
+use crate::service::settings::{self, PackArgs, ServeSettings};
+use crate::service::telemetry::DECISION_TARGET;
+
+#[derive(clap::Args)]
+pub struct ServeCommand {
+    /// Configuration file (TOML); flags and environment variables win over it.
+    #[arg(long, env = "BLUE_AUTHZ_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ServeSettings,
+    /// Print the settings as resolved from flags, environment, file and defaults (as a config
+    /// file; the token is redacted), and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exit, AnyError> {
+    let ServeCommand {
+        config: config_file,
+        settings: mut s,
+        print_config,
+    } = args;
+    if let Some(file) = &config_file {
+        settings::with_file(&mut pack, &mut s, m, file)?;
+    }
+    let overlays_fixed = config_file.is_none() || settings::overlays_set_by_user(m);
+    let config = s.config(&pack, config_file, overlays_fixed)?;
+    let log_filter = tracing_subscriber::EnvFilter::try_new(&s.log)
+        .map_err(|e| format!("--log: `{}` is not a log filter: {e}", s.log))?;
+    if print_config {
+        print!("{}", settings::print(&pack, &s)?);
+        return Ok(Exit::Success);
+    }
+    let _log_guard = init_logging(log_filter, &s.log_format);
+    let runtime = match s.worker_threads {
+        0 => tokio::runtime::Runtime::new()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    tracing::info!(workers = runtime.metrics().num_workers(), "runtime started");
+    runtime.block_on(async {
+        let mut running = server::start(config).await?;
+        if let Err(e) = running.load().await {
+            match &e {
+                ServeError::Load(LoadError::Invalid(diags)) => {
+                    for d in diags {
+                        eprintln!("{}", d.render());
+                    }
+                    eprintln!(
+                        "{} problem(s); refusing to serve an invalid policy set",
+                        diags.len()
+                    );
+                }
+                other => eprintln!("error: {other}"),
+            }
+            running.shutdown().await?;
+            return Ok(Exit::Problems);
+        }
+        server::reload_on_sighup(&running);
+        tracing::info!("serving");
+        server::shutdown_signal().await;
+        running.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(Exit::Success)
+    })
+}
+
+/// The operational log on standard error (text or JSON, filtered), and the decision log: its
+/// events only, one JSON object per line on standard output, written by a background thread
+/// (keep the guard until exit: dropping it flushes the lines still queued).
+fn init_logging(
+    filter: tracing_subscriber::EnvFilter,
+    format: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::filter::{filter_fn, Targets};
+    use tracing_subscriber::prelude::*;
+    let not_decisions = filter_fn(|meta| meta.target() != DECISION_TARGET);
+    // Not lossy: when the reader of standard output falls 100,000 lines behind, decisions
+    // wait for it rather than go unlogged.
+    let (stdout, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(100_000)
+        .lossy(false)
+        .finish(std::io::stdout());
+    let ops = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ops = if format == "json" {
+        ops.json().boxed()
+    } else {
+        ops.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
+    };
+    let decisions = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_level(false)
+        .with_writer(stdout)
+        .with_filter(Targets::new().with_target(DECISION_TARGET, tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(ops.with_filter(not_decisions).with_filter(filter))
+        .with(decisions)
+        .init();
+    guard
+}

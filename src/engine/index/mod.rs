@@ -1,0 +1,235 @@
+//! The entity index: entities validated against the schema on write, kept in a compact index
+//! of our own (interned uids, typed attribute values, every entity's ancestor closure
+//! precomputed), and a small Cedar slice built per request.
+//!
+//! The whole store is never one cedar `Entities` (see CEDAR-NOTES.md: building one recomputes
+//! the transitive closure of everything, and costs ~1.7 KB an entity). A slice holds the
+//! request's principal, resource and context entities and the entities their attributes
+//! point at, up to `depth` hops. Each slice entity gets only the ancestors the request can
+//! compare it with: Cedar's `in` tests an entity against entity values, and those can only come
+//! from the request, the slice's attributes or the policies' literals; any other ancestor can
+//! never change a decision. So a user in fifty role groups enters a slice with the one or two
+//! that belong to the resource at hand.
+//!
+//! The rooms: [`entity`] (parsing and schema validation), [`intern`] (uids and nodes),
+//! [`write`] (batches and commits), [`graph`] (closures and cycles), [`overlay`]
+//! (request-scoped entities), [`slice`] (per-request Cedar entities), [`facts`] (what plans
+//! read), [`decode`] (the start-up decoder).
+
+mod decode;
+mod entity;
+mod facts;
+mod graph;
+mod intern;
+mod overlay;
+mod slice;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use cedar_policy_core::ast;
+use serde_json::{Map, Value};
+
+pub use self::decode::{parse_chunk, Parsed};
+pub use self::entity::{parse_entities, parse_entity, NewEntity};
+pub use self::overlay::Overlay;
+pub use self::write::{ChangeSet, Prepared, WriteOp};
+pub use crate::engine::facts::Ix;
+use crate::engine::json::uid_json;
+
+/// An attribute value, with entity references as indexes.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Entity(Ix),
+    Bool(bool),
+    Long(i64),
+    Str(Box<str>),
+    Set(Box<[Val]>),
+    Record(Fields),
+    /// An extension value (`decimal("1.0")`, `ip("10.0.0.1")`): function and argument.
+    Ext(Box<(Box<str>, Box<str>)>),
+}
+
+/// Named values: a record's fields, an entity's tags.
+type Fields = Box<[(Box<str>, Val)]>;
+
+/// One stored entity.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    present: bool,
+    parents: Box<[Ix]>,
+    /// Every ancestor, sorted.
+    closure: Box<[Ix]>,
+    attrs: Box<[(u16, Val)]>,
+    tags: Option<Fields>,
+}
+
+/// The uid key of the interning table; looked up by `(type, &str)` without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UidKey {
+    ty: u16,
+    /// Inline up to 23 bytes: no pointer to chase when comparing.
+    id: smol_str::SmolStr,
+}
+
+#[derive(Hash)]
+struct UidRef<'a> {
+    ty: u16,
+    id: &'a str,
+}
+
+impl hashbrown::Equivalent<UidKey> for UidRef<'_> {
+    fn equivalent(&self, key: &UidKey) -> bool {
+        self.ty == key.ty && *self.id == *key.id
+    }
+}
+
+impl std::hash::Hash for UidKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        UidRef {
+            ty: self.ty,
+            id: &self.id,
+        }
+        .hash(state)
+    }
+}
+
+/// The entity index.
+#[derive(Debug, Default, Clone)]
+pub struct EntityStore {
+    types: Vec<EntityTypeName>,
+    /// The same types, as cedar-policy-core's, for building slice entities.
+    core_types: Vec<ast::EntityType>,
+    type_ix: hashbrown::HashMap<EntityTypeName, u16>,
+    type_by_name: hashbrown::HashMap<Box<str>, u16>,
+    attr_names: Vec<Arc<str>>,
+    attr_ix: HashMap<Arc<str>, u16>,
+    uids: Vec<UidKey>,
+    index: hashbrown::HashMap<UidKey, Ix>,
+    nodes: Vec<Node>,
+    /// The Cedar form of entities without parents, reached through another entity's
+    /// attribute (projects, companies): the same in every slice, so built once and shared.
+    /// Reset when the entity is written.
+    shared: Vec<OnceLock<Arc<ast::Entity>>>,
+    children: HashMap<Ix, Vec<Ix>>,
+    present: usize,
+    /// The revision of the last committed change set (0: nothing written yet).
+    revision: u64,
+}
+
+impl EntityStore {
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn len(&self) -> usize {
+        self.present
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.present == 0
+    }
+
+    /// How many entities of each type the store holds, by type name.
+    pub fn counts_by_type(&self) -> Vec<(String, usize)> {
+        let mut counts = vec![0usize; self.types.len()];
+        for (key, node) in self.uids.iter().zip(&self.nodes) {
+            if node.present {
+                counts[key.ty as usize] += 1;
+            }
+        }
+        self.types
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(ty, n)| (ty.to_string(), n))
+            .collect()
+    }
+
+    pub fn lookup(&self, uid: &EntityUid) -> Option<Ix> {
+        let ty = *self.type_ix.get(uid.type_name())?;
+        self.index
+            .get(&UidRef {
+                ty,
+                id: uid.id().unescaped(),
+            })
+            .copied()
+    }
+
+    fn node(&self, ix: Ix) -> Option<&Node> {
+        self.nodes.get(ix as usize).filter(|n| n.present)
+    }
+
+    pub fn contains(&self, uid: &EntityUid) -> bool {
+        self.lookup(uid).and_then(|ix| self.node(ix)).is_some()
+    }
+
+    fn core_uid_of(&self, ix: Ix) -> ast::EntityUID {
+        let key = &self.uids[ix as usize];
+        ast::EntityUID::from_components(
+            self.core_types[key.ty as usize].clone(),
+            ast::Eid::new(key.id.clone()),
+            None,
+        )
+    }
+
+    fn uid_of(&self, ix: Ix) -> EntityUid {
+        let key = &self.uids[ix as usize];
+        EntityUid::from_type_name_and_id(
+            self.types[key.ty as usize].clone(),
+            EntityId::new(&*key.id),
+        )
+    }
+
+    /// The entity as written, in canonical Cedar JSON.
+    pub fn get_json(&self, uid: &EntityUid) -> Option<Value> {
+        self.json_of(self.lookup(uid)?)
+    }
+
+    fn json_of(&self, ix: Ix) -> Option<Value> {
+        let node = self.node(ix)?;
+        let mut attrs = Map::new();
+        for (k, v) in node.attrs.iter() {
+            attrs.insert(self.attr_names[*k as usize].to_string(), self.val_json(v));
+        }
+        let mut out = Map::new();
+        out.insert("uid".into(), uid_json(&self.uid_of(ix)));
+        out.insert("attrs".into(), Value::Object(attrs));
+        out.insert(
+            "parents".into(),
+            Value::Array(
+                node.parents
+                    .iter()
+                    .map(|p| uid_json(&self.uid_of(*p)))
+                    .collect(),
+            ),
+        );
+        if let Some(tags) = &node.tags {
+            let tags = tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), self.val_json(v)))
+                .collect();
+            out.insert("tags".into(), Value::Object(tags));
+        }
+        Some(Value::Object(out))
+    }
+
+    fn val_json(&self, v: &Val) -> Value {
+        match v {
+            Val::Entity(ix) => serde_json::json!({"__entity": uid_json(&self.uid_of(*ix))}),
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Long(n) => Value::from(*n),
+            Val::Str(s) => Value::String(s.to_string()),
+            Val::Set(items) => Value::Array(items.iter().map(|i| self.val_json(i)).collect()),
+            Val::Record(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), self.val_json(v)))
+                    .collect(),
+            ),
+            Val::Ext(x) => serde_json::json!({"__extn": {"fn": &*x.0, "arg": &*x.1}}),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The engine: generic Cedar, knowing nothing of Blue, of gRPC or of any database. A policy pack
+//! is loaded, named by `@id`, validated strictly and indexed by action ([`pack`]); each action's
+//! policies are compiled once ([`compiled`]) and, where they are in a common Cedar subset, into
+//! a plan evaluated straight over the entity index ([`plan`]); requests are checked against the
+//! schema ([`request`]) and decided with an explanation ([`decide`]) over the in-memory entity
+//! index ([`index`]).
+//!
+//! Leaf modules shared by those: [`error`] (typed errors), [`json`] (entity references in
+//! Cedar JSON), [`schema`] (the schema as the index sees it), [`needs`] (what slices must
+//! carry), [`facts`] (what plans read of entity data, implemented by the index).
+//!
+//! Nothing here imports tonic, prost, tokio, redb or any other transport or storage crate
+//! (`tests/architecture.rs` checks it).
+
+pub mod compiled;
+pub mod decide;
+pub mod error;
+pub mod facts;
+pub mod index;
+pub mod json;
+pub mod needs;
+pub mod pack;
+pub mod plan;
+pub mod request;
+pub mod schema;

@@ -1,0 +1,106 @@
+//! Diagnostics of a policy pack located at file:line:col, keeping Cedar's own diagnostic (with
+//! all its labels and spans) as the source.
+
+use std::path::Path;
+
+use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
+
+/// 1-based line and column of a byte offset in `text`, and that line.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = text[start..offset].chars().count() + 1;
+    let end = text[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
+    (line, col, text[start..end].to_string())
+}
+
+/// A diagnostic located by Cedar's first source label, in `path` whose text is `text`; keeps
+/// Cedar's diagnostic as the source.
+pub(super) fn diagnostic<D>(path: &Path, text: &str, severity: Severity, d: D) -> PolicyDiagnostic
+where
+    D: miette::Diagnostic + Send + Sync + 'static,
+{
+    let mut out = locate(path, text, severity, &d);
+    out.cedar = Some(Box::new(d));
+    out
+}
+
+/// Location, message and help of a Cedar diagnostic in `path` whose text is `text`.
+pub(super) fn locate(
+    path: &Path,
+    text: &str,
+    severity: Severity,
+    d: &dyn miette::Diagnostic,
+) -> PolicyDiagnostic {
+    let offset = d
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset());
+    let (line, col, source_line) = match offset {
+        Some(o) => {
+            let (l, c, s) = line_col(text, o);
+            (l, c, Some(s))
+        }
+        None => (1, 1, None),
+    };
+    PolicyDiagnostic {
+        location: Location {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        severity,
+        message: d.to_string(),
+        help: d.help().map(|h| h.to_string()),
+        source_line,
+        cedar: None,
+    }
+}
+
+/// A problem of the pack as a whole, reported at the top of the schema file.
+pub(super) fn at_schema(
+    schema_path: &Path,
+    message: String,
+    cedar: Option<Box<dyn miette::Diagnostic + Send + Sync>>,
+) -> LoadError {
+    LoadError::Invalid(vec![PolicyDiagnostic {
+        location: Location {
+            file: schema_path.to_path_buf(),
+            line: 1,
+            col: 1,
+        },
+        severity: Severity::Error,
+        message,
+        help: None,
+        source_line: None,
+        cedar,
+    }])
+}
+
+/// A diagnostic of ours (no Cedar error), located at the policy whose text is `policy_text`.
+pub(super) fn at_policy_text(
+    path: &Path,
+    text: &str,
+    policy_text: &str,
+    message: &str,
+) -> PolicyDiagnostic {
+    let offset = text.find(policy_text.trim()).unwrap_or(0);
+    let (line, col, source_line) = line_col(text, offset);
+    PolicyDiagnostic {
+        location: Location {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        severity: Severity::Error,
+        message: message.to_string(),
+        help: None,
+        source_line: Some(source_line),
+        cedar: None,
+    }
+}

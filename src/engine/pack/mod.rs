@@ -1,0 +1,299 @@
+//! The policy-loading path: read a policy pack (schema, `*.cedar` files, enabled overlays),
+//! name every policy by its `@id`, validate strictly against the schema, and index the policies
+//! by action. Every problem is reported with file:line:col and Cedar's own diagnostic.
+
+mod actions;
+mod diagnostics;
+mod files;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+use self::actions::index_actions;
+pub use self::actions::ActionEntry;
+pub use self::diagnostics::line_col;
+use self::diagnostics::{at_policy_text, diagnostic, locate};
+pub use self::files::overlay_names;
+use self::files::{cedar_files, read};
+use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
+use crate::engine::schema::{plain_type, EntitySchema};
+
+/// The schema file inside a policy directory.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+/// The folder of optional overlays inside a policy directory.
+pub const OVERLAY_DIR: &str = "optional";
+
+/// What to load: a policy directory and the overlays to enable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackSpec {
+    pub dir: PathBuf,
+    pub overlays: Vec<String>,
+}
+
+impl PackSpec {
+    pub fn new(dir: impl Into<PathBuf>, overlays: &[String]) -> Self {
+        let mut overlays: Vec<String> = overlays
+            .iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        overlays.sort();
+        overlays.dedup();
+        PackSpec {
+            dir: dir.into(),
+            overlays,
+        }
+    }
+}
+
+/// A loaded, strictly validated policy pack. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct PolicyPack {
+    pub spec: PackSpec,
+    pub schema: Schema,
+    /// The schema as the entity index validates entities with it.
+    pub entities: EntitySchema,
+    /// All policies, named by their `@id`.
+    pub policies: PolicySet,
+    /// The file each policy came from.
+    pub origin: BTreeMap<String, PathBuf>,
+    /// Content hash of the schema, the policy files and the enabled overlays.
+    pub version: String,
+    /// Content hash of the schema alone (entities validated under it stay valid while it holds).
+    pub schema_version: String,
+    actions: hashbrown::HashMap<EntityUid, ActionEntry>,
+    /// Entity type names by their text, so requests skip Cedar's name parser.
+    entity_types: hashbrown::HashMap<String, EntityTypeName>,
+}
+
+impl PolicyPack {
+    /// Loads and strictly validates a pack. Warnings count as problems: a pack that loads has
+    /// zero errors and zero warnings.
+    pub fn load(spec: &PackSpec) -> Result<Arc<PolicyPack>, LoadError> {
+        let dir = &spec.dir;
+        let mut diags = Vec::new();
+        let mut hasher = Sha256::new();
+
+        let schema_path = dir.join(SCHEMA_FILE);
+        let schema_text = read(&schema_path)?;
+        hasher.update(SCHEMA_FILE.as_bytes());
+        hasher.update(schema_text.as_bytes());
+        let schema_version = hex8(&Sha256::digest(schema_text.as_bytes()));
+        let schema = match Schema::from_cedarschema_str(&schema_text) {
+            Ok((schema, warnings)) => {
+                for w in warnings {
+                    diags.push(diagnostic(&schema_path, &schema_text, Severity::Warning, w));
+                }
+                Some(schema)
+            }
+            Err(e) => {
+                diags.push(diagnostic(&schema_path, &schema_text, Severity::Error, e));
+                None
+            }
+        };
+
+        let mut files = cedar_files(dir)?;
+        let available = overlay_names(dir)?;
+        for name in &spec.overlays {
+            if !available.contains(name) {
+                return Err(LoadError::UnknownOverlay {
+                    name: name.clone(),
+                    available: available.join(", "),
+                });
+            }
+            files.push(dir.join(OVERLAY_DIR).join(format!("{name}.cedar")));
+        }
+
+        let mut policies = PolicySet::new();
+        let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut texts: HashMap<PathBuf, String> = HashMap::new();
+        for path in &files {
+            let text = read(path)?;
+            let rel = path.strip_prefix(dir).unwrap_or(path);
+            hasher.update(rel.to_string_lossy().as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            match PolicySet::from_str(&text) {
+                Err(errs) => {
+                    let first = diags.len();
+                    for e in errs.iter() {
+                        diags.push(locate(path, &text, Severity::Error, e));
+                    }
+                    // Cedar's own diagnostic (all errors, with spans) rides on the first.
+                    diags[first].cedar = Some(Box::new(errs));
+                }
+                Ok(set) => {
+                    if let Some(t) = set.templates().next() {
+                        diags.push(at_policy_text(
+                            path,
+                            &text,
+                            &t.to_string(),
+                            "templates are not supported: write static policies",
+                        ));
+                    }
+                    let mut parsed: Vec<&Policy> = set.policies().collect();
+                    // `policy0`, `policy1`, ... follow source order.
+                    parsed.sort_by_key(|p| {
+                        p.id().to_string()[6..]
+                            .parse::<usize>()
+                            .unwrap_or(usize::MAX)
+                    });
+                    for p in parsed {
+                        add_named(p, path, &text, &mut policies, &mut origin, &mut diags);
+                    }
+                }
+            }
+            texts.insert(path.clone(), text);
+        }
+        hasher.update(spec.overlays.join(",").as_bytes());
+
+        let Some(schema) = schema else {
+            return Err(LoadError::Invalid(diags));
+        };
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let file = origin.get(&e.policy_id().to_string()).cloned();
+            let file = file.unwrap_or_else(|| schema_path.clone());
+            let text = texts.get(&file).map(String::as_str).unwrap_or("");
+            diags.push(diagnostic(&file, text, Severity::Error, e.clone()));
+        }
+        for w in result.validation_warnings() {
+            let file = origin.get(&w.policy_id().to_string()).cloned();
+            let file = file.unwrap_or_else(|| schema_path.clone());
+            let text = texts.get(&file).map(String::as_str).unwrap_or("");
+            diags.push(diagnostic(&file, text, Severity::Warning, w.clone()));
+        }
+        if !diags.is_empty() {
+            return Err(LoadError::Invalid(diags));
+        }
+
+        let actions = index_actions(&schema, &policies, &schema_path)?;
+        let entities = EntitySchema::new(schema.clone(), &schema_text);
+        let entity_types = schema
+            .entity_types()
+            .chain(actions.keys().map(EntityUid::type_name))
+            .map(|t| (t.to_string(), EntityTypeName::from(plain_type(t.as_ref()))))
+            .collect();
+        let version = hex8(&hasher.finalize());
+        Ok(Arc::new(PolicyPack {
+            spec: spec.clone(),
+            schema,
+            policies,
+            origin,
+            version,
+            schema_version,
+            actions,
+            entity_types,
+            entities,
+        }))
+    }
+
+    pub fn action(&self, uid: &EntityUid) -> Option<&ActionEntry> {
+        self.actions.get(uid)
+    }
+
+    /// Actions whose policies are not all in the compiled plans' subset, sorted by id: their
+    /// decisions go through Cedar's evaluator over a slice (the same answers, more slowly).
+    pub fn unplanned_actions(&self) -> Vec<&EntityUid> {
+        let mut out: Vec<&EntityUid> = self
+            .actions
+            .iter()
+            .filter(|(_, e)| e.plan.is_none())
+            .map(|(a, _)| a)
+            .collect();
+        out.sort_by_key(|a| a.to_string());
+        out
+    }
+
+    /// All actions of the schema, sorted by id.
+    pub fn actions(&self) -> Vec<&EntityUid> {
+        let mut all: Vec<&EntityUid> = self.actions.keys().collect();
+        all.sort_by_key(|a| a.to_string());
+        all
+    }
+
+    /// The actions that apply to this principal and resource type, sorted by id.
+    pub fn actions_for(
+        &self,
+        principal: &EntityTypeName,
+        resource: &EntityTypeName,
+    ) -> Vec<(&EntityUid, &ActionEntry)> {
+        let mut all: Vec<(&EntityUid, &ActionEntry)> = self
+            .actions
+            .iter()
+            .filter(|(_, e)| {
+                e.principal_types.contains(principal) && e.resource_types.contains(resource)
+            })
+            .collect();
+        all.sort_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
+        all
+    }
+
+    /// A declared entity type (or the action type), by its text.
+    pub fn entity_type(&self, ty: &str) -> Option<&EntityTypeName> {
+        self.entity_types.get(ty)
+    }
+
+    /// The action type name of this schema (`Blue::Action`), taken from its first action.
+    pub fn action_type(&self) -> Option<&EntityTypeName> {
+        self.actions.keys().next().map(EntityUid::type_name)
+    }
+}
+
+/// The first 8 bytes of a digest, in hex.
+fn hex8(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Renames a parsed policy to its `@id` and adds it, or records why it cannot be added.
+fn add_named(
+    p: &Policy,
+    path: &Path,
+    text: &str,
+    policies: &mut PolicySet,
+    origin: &mut BTreeMap<String, PathBuf>,
+    diags: &mut Vec<PolicyDiagnostic>,
+) {
+    let src = p.to_string();
+    let Some(id) = p.annotation("id") else {
+        diags.push(at_policy_text(
+            path,
+            text,
+            &src,
+            "policy has no @id(\"area.action\") annotation",
+        ));
+        return;
+    };
+    if id.trim().is_empty() || id.chars().any(char::is_whitespace) {
+        diags.push(at_policy_text(
+            path,
+            text,
+            &src,
+            &format!("@id \"{id}\" must be a non-empty name without spaces"),
+        ));
+        return;
+    }
+    if let Some(first) = origin.get(id) {
+        diags.push(at_policy_text(
+            path,
+            text,
+            &src,
+            &format!("duplicate @id \"{id}\" (first used in {})", first.display()),
+        ));
+        return;
+    }
+    match policies.add(p.new_id(PolicyId::new(id))) {
+        Ok(()) => {
+            origin.insert(id.to_string(), path.to_path_buf());
+        }
+        Err(e) => diags.push(at_policy_text(path, text, &src, &e.to_string())),
+    }
+}

@@ -1,0 +1,126 @@
+//! What a server is configured with, once the settings are resolved: [`ServeConfig`], its TLS
+//! files and its decision log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use super::error::ServeError;
+use super::state::Limits;
+use crate::engine::pack::PackSpec;
+
+/// What `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The decision service's TCP address (None: Unix socket only).
+    pub listen: Option<SocketAddr>,
+    pub pack: PackSpec,
+    /// The embedded database file.
+    pub db: PathBuf,
+    /// Cedar JSON entities file written into the database when it is empty.
+    pub seed: Option<PathBuf>,
+    /// The data service's TCP address (None: Unix socket only); it runs only with a token.
+    pub data_listen: Option<SocketAddr>,
+    /// Bearer token the data service requires. None: no data service.
+    pub data_token: Option<String>,
+    /// Also serve decisions on this Unix domain socket.
+    pub unix: Option<PathBuf>,
+    /// Also serve the data service on this Unix domain socket (with the token).
+    pub data_unix: Option<PathBuf>,
+    /// File mode of the Unix sockets.
+    pub unix_mode: u32,
+    pub limits: Limits,
+    /// Watch the policy directory (and the config file) and reload on changes.
+    pub watch: bool,
+    /// The configuration file, read again on every reload for `overlays`.
+    pub config_file: Option<PathBuf>,
+    /// TLS (and mutual TLS) on the TCP listeners.
+    pub tls: Option<TlsFiles>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); None: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also serve the gRPC health service alone here (for probes from outside a pod while
+    /// decisions stay on loopback); plaintext.
+    pub health_listen: Option<SocketAddr>,
+    pub decision_log: DecisionLog,
+    /// The overlays were set by flag or environment: the file's do not apply.
+    pub overlays_fixed: bool,
+}
+
+impl ServeConfig {
+    /// Defaults for one policy directory and database: loopback ports 50051 and 50052.
+    pub fn new(pack: PackSpec, db: PathBuf) -> Self {
+        ServeConfig {
+            listen: Some(([127, 0, 0, 1], 50051).into()),
+            pack,
+            db,
+            seed: None,
+            data_listen: Some(([127, 0, 0, 1], 50052).into()),
+            data_token: None,
+            unix: None,
+            data_unix: None,
+            unix_mode: 0o660,
+            limits: Limits::default(),
+            watch: true,
+            config_file: None,
+            overlays_fixed: true,
+            tls: None,
+            metrics_listen: None,
+            health_listen: None,
+            decision_log: DecisionLog::default(),
+        }
+    }
+}
+
+/// Certificate files for TLS on the TCP listeners (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to. Set: mutual TLS, and a client
+    /// without a valid certificate is refused.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub(super) fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                ServeError::Config(format!(
+                    "cannot read the TLS {what} {}: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let identity =
+            Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?);
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(config)
+    }
+}
+
+/// What the decision log writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecisionLog {
+    pub enabled: bool,
+    /// Fraction of decisions logged, 0.0 to 1.0.
+    pub sample: f64,
+    /// Also log each request's context and request-scoped entities (off: they may hold
+    /// personal data).
+    pub include_context: bool,
+}
+
+impl Default for DecisionLog {
+    fn default() -> Self {
+        DecisionLog {
+            enabled: false,
+            sample: 1.0,
+            include_context: false,
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The `Authorizer` service: single decisions, batches and ListAllowedActions, each waiting
+//! for its `min_revision`, answered from one consistent view and logged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use super::pb::authorizer_server::Authorizer;
+use super::{deadline, pb, uid, ServiceError};
+use crate::engine::decide::{self, ActionOutcome, Decision};
+use crate::engine::error::RequestError;
+use crate::engine::request::{self, RawRequest};
+use crate::service::state::{State, StateError};
+use crate::service::telemetry::{Logged, Telemetry};
+
+fn raw(req: &pb::IsAuthorizedRequest) -> Result<RawRequest<'_>, RequestError> {
+    Ok(RawRequest {
+        principal: uid(&req.principal, "principal")?,
+        action: uid(&req.action, "action")?,
+        resource: uid(&req.resource, "resource")?,
+        context_json: &req.context_json,
+        entities_json: &req.entities_json,
+    })
+}
+
+fn response(d: Decision, version: &str, revision: u64) -> pb::IsAuthorizedResponse {
+    pb::IsAuthorizedResponse {
+        decision: if d.allow {
+            pb::Decision::Allow
+        } else {
+            pb::Decision::Deny
+        } as i32,
+        determining_policies: d.determining,
+        errors: d.errors,
+        policy_version: version.to_string(),
+        revision,
+    }
+}
+
+/// The `Authorizer` service.
+pub struct AuthorizerService {
+    engine: Arc<State>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// What the decision log needs from a call beyond each decision.
+struct CallLog<'a> {
+    method: &'static str,
+    metadata: &'a MetadataMap,
+    started: Instant,
+    request_id: Option<String>,
+}
+
+impl CallLog<'_> {
+    fn request_id(&mut self, telemetry: &Telemetry) -> String {
+        self.request_id
+            .get_or_insert_with(|| {
+                let given = self
+                    .metadata
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok());
+                telemetry.request_id(given)
+            })
+            .clone()
+    }
+}
+
+impl AuthorizerService {
+    pub fn new(engine: Arc<State>, telemetry: Arc<Telemetry>) -> Self {
+        AuthorizerService { engine, telemetry }
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), ServiceError> {
+        let limit = self.engine.limits.max_message_bytes;
+        if len > limit {
+            return Err(RequestError::new(
+                "request",
+                format!("message of {len} bytes exceeds the limit of {limit} bytes"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Counts a decision, and logs it when the decision log samples it.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        call: &mut CallLog<'_>,
+        principal: &dyn std::fmt::Display,
+        action: &str,
+        resource: &dyn std::fmt::Display,
+        raw: (&str, &str),
+        d: &Decision,
+        version: &str,
+        revision: u64,
+    ) {
+        self.telemetry.count_decision(action, d.allow);
+        if self.telemetry.sampled() {
+            let request_id = call.request_id(&self.telemetry);
+            self.telemetry.log_decision(&Logged {
+                request_id: &request_id,
+                method: call.method,
+                principal,
+                action: &action,
+                resource,
+                decision: d,
+                policy_version: version,
+                revision,
+                latency: call.started.elapsed(),
+                context_json: raw.0,
+                entities_json: raw.1,
+            });
+        }
+    }
+
+    fn is_authorized_inner(
+        &self,
+        req: &pb::IsAuthorizedRequest,
+        call: &mut CallLog<'_>,
+    ) -> Result<pb::IsAuthorizedResponse, ServiceError> {
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let store = live.store();
+        let raw = raw(req)?;
+        let checked = request::check(&live.pack, store, &raw)?;
+        let d = decide::decide(&live.pack, store, &checked, self.engine.limits.slice_depth);
+        let revision = store.revision();
+        self.record(
+            call,
+            &checked.principal,
+            raw.action.id,
+            &checked.resource,
+            (raw.context_json, raw.entities_json),
+            &d,
+            &live.pack.version,
+            revision,
+        );
+        Ok(response(d, &live.pack.version, revision))
+    }
+
+    fn batch_inner(
+        &self,
+        req: &pb::BatchIsAuthorizedRequest,
+        call: &mut CallLog<'_>,
+    ) -> Result<pb::BatchIsAuthorizedResponse, ServiceError> {
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let store = live.store();
+        let mut checked = Vec::with_capacity(req.requests.len());
+        for (i, r) in req.requests.iter().enumerate() {
+            let within = |e: RequestError| e.within(&format!("requests[{i}]"));
+            let raw = raw(r).map_err(within)?;
+            checked.push(request::check(&live.pack, store, &raw).map_err(within)?);
+        }
+        let depth = self.engine.limits.slice_depth;
+        let revision = store.revision();
+        let version = &live.pack.version;
+        let responses = checked
+            .iter()
+            .zip(&req.requests)
+            .map(|(c, r)| {
+                let d = decide::decide(&live.pack, store, c, depth);
+                let action = r.action.as_ref().map_or("", |a| a.id.as_str());
+                let raw = (r.context_json.as_str(), r.entities_json.as_str());
+                self.record(
+                    call,
+                    &c.principal,
+                    action,
+                    &c.resource,
+                    raw,
+                    &d,
+                    version,
+                    revision,
+                );
+                response(d, version, revision)
+            })
+            .collect();
+        Ok(pb::BatchIsAuthorizedResponse {
+            responses,
+            policy_version: version.clone(),
+            revision,
+        })
+    }
+
+    fn list_inner(
+        &self,
+        req: &pb::ListAllowedActionsRequest,
+        call: &mut CallLog<'_>,
+    ) -> Result<pb::ListAllowedActionsResponse, ServiceError> {
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let store = live.store();
+        let principal = uid(&req.principal, "principal")?;
+        let principal = request::parse_uid(&live.pack, principal, "principal")?;
+        let resource = uid(&req.resource, "resource")?;
+        let resource = request::parse_uid(&live.pack, resource, "resource")?;
+        let outcomes = decide::list_allowed(
+            &live.pack,
+            store,
+            &principal,
+            &resource,
+            &req.context_json,
+            &req.entities_json,
+            self.engine.limits.slice_depth,
+        )?;
+        let revision = store.revision();
+        let mut out = pb::ListAllowedActionsResponse {
+            policy_version: live.pack.version.clone(),
+            revision,
+            ..Default::default()
+        };
+        for (action, outcome) in outcomes {
+            match outcome {
+                ActionOutcome::Decided(d) => {
+                    self.record(
+                        call,
+                        &principal,
+                        &action,
+                        &resource,
+                        (&req.context_json, &req.entities_json),
+                        &d,
+                        &live.pack.version,
+                        revision,
+                    );
+                    if d.allow {
+                        out.allowed.push(pb::AllowedAction {
+                            action,
+                            determining_policies: d.determining,
+                        });
+                    }
+                }
+                ActionOutcome::NotEvaluated(reason) => out
+                    .not_evaluated
+                    .push(pb::NotEvaluatedAction { action, reason }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait(&self, metadata: &MetadataMap, min: u64) -> Result<(), ServiceError> {
+        Ok(self
+            .engine
+            .wait_for_revision(min, deadline(metadata))
+            .await?)
+    }
+
+    /// Runs one call: its latency and error code go to the metrics.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        metadata: &MetadataMap,
+        call: impl AsyncFnOnce(CallLog<'_>) -> Result<T, ServiceError>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let log = CallLog {
+            method,
+            metadata,
+            started,
+            request_id: None,
+        };
+        let result = call(log).await.map_err(Status::from);
+        let code = result.as_ref().err().map(Status::code);
+        self.telemetry.finish(method, started, code);
+        result.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorizer for AuthorizerService {
+    async fn is_authorized(
+        &self,
+        request: Request<pb::IsAuthorizedRequest>,
+    ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
+        let req = request.get_ref();
+        self.observed("IsAuthorized", request.metadata(), async |mut call| {
+            self.check_size(req.encoded_len())?;
+            self.wait(call.metadata, req.min_revision).await?;
+            self.is_authorized_inner(req, &mut call)
+        })
+        .await
+    }
+
+    async fn batch_is_authorized(
+        &self,
+        request: Request<pb::BatchIsAuthorizedRequest>,
+    ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
+        let req = request.get_ref();
+        self.observed("BatchIsAuthorized", request.metadata(), async |mut call| {
+            let max = self.engine.limits.max_batch;
+            if req.requests.len() > max {
+                let n = req.requests.len();
+                return Err(RequestError::new(
+                    "requests",
+                    format!("{n} requests exceed the limit of {max} per call"),
+                )
+                .into());
+            }
+            self.check_size(req.encoded_len())?;
+            let min = req
+                .requests
+                .iter()
+                .map(|r| r.min_revision)
+                .fold(req.min_revision, u64::max);
+            self.wait(call.metadata, min).await?;
+            self.batch_inner(req, &mut call)
+        })
+        .await
+    }
+
+    async fn list_allowed_actions(
+        &self,
+        request: Request<pb::ListAllowedActionsRequest>,
+    ) -> Result<Response<pb::ListAllowedActionsResponse>, Status> {
+        let req = request.get_ref();
+        self.observed(
+            "ListAllowedActions",
+            request.metadata(),
+            async |mut call| {
+                self.check_size(req.encoded_len())?;
+                self.wait(call.metadata, req.min_revision).await?;
+                self.list_inner(req, &mut call)
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,221 @@
+//! Policy hot reload. A change under the policy directory (or a SIGHUP, or a changed config
+//! file) makes a candidate: loaded, strictly validated, and run against the policy test suites;
+//! when the schema changed, every stored entity is also revalidated against it. Only a
+//! candidate that passes everything replaces the live set, atomically (calls in flight finish
+//! on the set they started with). A rejected candidate changes nothing; why it was rejected is
+//! logged with file:line:col, counted, and kept for `GetPolicyStatus`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::authoring::suite;
+use crate::engine::error::LoadError;
+use crate::engine::pack::{PackSpec, PolicyPack};
+use crate::service::error::SettingsError;
+use crate::service::state::State;
+
+/// Where the candidate's spec comes from: called on every reload, so configuration changes
+/// (overlays switched on or off) take effect then.
+pub type SpecSource = Box<dyn Fn() -> Result<PackSpec, SettingsError> + Send + Sync>;
+
+/// A rejected candidate.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub at_unix_ms: u64,
+    /// The candidate's content hash, when it got far enough to have one.
+    pub candidate_version: Option<String>,
+    /// Why, one line (or block) each: located diagnostics, failed test cases, data errors.
+    pub reasons: Vec<String>,
+}
+
+/// What operators can ask about the live policy set.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyStatus {
+    pub live_version: String,
+    pub live_overlays: Vec<String>,
+    pub live_policies: usize,
+    pub live_since_unix_ms: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub last_rejection: Option<Rejection>,
+}
+
+/// The outcome of one reload attempt.
+#[derive(Debug)]
+pub enum Outcome {
+    Unchanged,
+    Swapped { version: String },
+    Rejected(Rejection),
+}
+
+pub struct Reloader {
+    engine: Arc<State>,
+    spec: SpecSource,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    status: Mutex<(u64, Option<Rejection>)>,
+    /// Serializes reloads.
+    running: Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Reloader {
+    pub fn new(engine: Arc<State>, spec: SpecSource) -> Arc<Self> {
+        Arc::new(Reloader {
+            engine,
+            spec,
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            status: Mutex::new((now_ms(), None)),
+            running: Mutex::new(()),
+        })
+    }
+
+    /// The spec a candidate would be built from now.
+    pub fn spec(&self) -> Result<PackSpec, SettingsError> {
+        (self.spec)()
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        let (since, last) = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let live = self.engine.pack();
+        PolicyStatus {
+            live_version: live.as_ref().map(|p| p.version.clone()).unwrap_or_default(),
+            live_overlays: live
+                .as_ref()
+                .map(|p| p.spec.overlays.clone())
+                .unwrap_or_default(),
+            live_policies: live
+                .as_ref()
+                .map(|p| p.policies.policies().count())
+                .unwrap_or(0),
+            live_since_unix_ms: since,
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            last_rejection: last,
+        }
+    }
+
+    /// Builds and checks a candidate; swaps it in if it passes.
+    pub fn reload(&self) -> Outcome {
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let outcome = match self.candidate() {
+            Ok(Some(pack)) => {
+                let version = pack.version.clone();
+                match self.engine.swap_pack_checked(pack) {
+                    Ok(()) => Outcome::Swapped { version },
+                    Err(reasons) => Outcome::Rejected(Rejection {
+                        at_unix_ms: now_ms(),
+                        candidate_version: Some(version),
+                        reasons,
+                    }),
+                }
+            }
+            Ok(None) => Outcome::Unchanged,
+            Err(rejection) => Outcome::Rejected(rejection),
+        };
+        match &outcome {
+            Outcome::Swapped { version } => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = now_ms();
+                tracing::info!(%version, elapsed_ms = started.elapsed().as_millis() as u64, "policy set reloaded");
+            }
+            Outcome::Unchanged => tracing::debug!("policy files changed nothing"),
+            Outcome::Rejected(r) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                for reason in &r.reasons {
+                    tracing::warn!(candidate = ?r.candidate_version, "{reason}");
+                }
+                tracing::warn!(
+                    candidate = ?r.candidate_version,
+                    problems = r.reasons.len(),
+                    "policy reload rejected; the last good set keeps serving"
+                );
+                self.status.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(r.clone());
+            }
+        }
+        outcome
+    }
+
+    /// The candidate pack if it differs from the live one and passes validation and the
+    /// suites; Ok(None) if nothing changed.
+    fn candidate(&self) -> Result<Option<Arc<PolicyPack>>, Rejection> {
+        let reject = |version: Option<String>, reasons: Vec<String>| Rejection {
+            at_unix_ms: now_ms(),
+            candidate_version: version,
+            reasons,
+        };
+        let spec = (self.spec)().map_err(|e| reject(None, vec![e.to_string()]))?;
+        let pack = PolicyPack::load(&spec).map_err(|e| match e {
+            LoadError::Invalid(diags) => reject(None, diags.iter().map(|d| d.render()).collect()),
+            other => reject(None, vec![other.to_string()]),
+        })?;
+        if self
+            .engine
+            .pack()
+            .is_some_and(|live| live.version == pack.version)
+        {
+            return Ok(None);
+        }
+        let report = suite::run_with(pack.clone())
+            .map_err(|e| reject(Some(pack.version.clone()), vec![e.to_string()]))?;
+        let failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
+        if !failures.is_empty() {
+            let mut reasons = failures;
+            reasons.push(format!("policy tests: {}", report.summary()));
+            return Err(reject(Some(pack.version.clone()), reasons));
+        }
+        Ok(Some(pack))
+    }
+}
+
+/// Watches the policy directory (and the config file, if any) and reloads on changes, after a
+/// short quiet period so that an editor's burst of writes makes one candidate.
+pub fn watch(
+    reloader: Arc<Reloader>,
+    paths: Vec<PathBuf>,
+    quiet: Duration,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event {
+            if e.kind.is_create() || e.kind.is_modify() || e.kind.is_remove() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    for path in &paths {
+        let mode = if path.is_dir() {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher.watch(path, mode)?;
+    }
+    std::thread::Builder::new()
+        .name("policy-watch".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // Drain the burst: wait until nothing changed for `quiet`.
+                while rx.recv_timeout(quiet).is_ok() {}
+                reloader.reload();
+            }
+        })
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(watcher)
+}

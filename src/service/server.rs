@@ -1,0 +1,302 @@
+//! The server's life: the listeners it starts (decisions; data, separately and behind a
+//! token; health alone; metrics), health and reflection, reload on SIGHUP, graceful shutdown.
+//!
+//! Start-up is two steps so that health is truthful: [`start`] binds and serves with health
+//! NOT_SERVING (calls answer UNAVAILABLE), then [`Running::load`] loads and validates the
+//! policies, opens the database (seeding it if empty) and flips health to SERVING.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+pub use super::config::{DecisionLog, ServeConfig, TlsFiles};
+pub use super::error::ServeError;
+use super::grpc::pb::authorizer_server::AuthorizerServer;
+use super::grpc::pb::entity_store_server::EntityStoreServer;
+use super::grpc::pb::policies_server::PoliciesServer;
+use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
+use super::listeners::{bind, bind_unix, incoming, Listeners};
+use super::reload::{self, Reloader, SpecSource};
+use super::settings;
+use super::startup;
+pub use super::state::Limits;
+use super::state::State;
+use super::telemetry::{self, Telemetry};
+use crate::engine::pack::PackSpec;
+
+/// Where reloads take the pack spec from: fixed, or with the overlays read from the
+/// configuration file each time.
+fn spec_source(config: &ServeConfig) -> SpecSource {
+    let spec = config.pack.clone();
+    match (&config.config_file, config.overlays_fixed) {
+        (Some(file), false) => {
+            let file = file.clone();
+            Box::new(move || {
+                let overlays = settings::file_overlays(&file)?;
+                Ok(PackSpec::new(&spec.dir, &overlays))
+            })
+        }
+        _ => Box::new(move || Ok(spec.clone())),
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The decision service's TCP address as bound (useful with port 0), if it listens on TCP.
+    pub addr: Option<SocketAddr>,
+    /// The data service's TCP address as bound, if it runs on TCP.
+    pub data_addr: Option<SocketAddr>,
+    /// The metrics endpoint's address as bound, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The health-only listener's address as bound, if any.
+    pub health_addr: Option<SocketAddr>,
+    pub engine: Arc<State>,
+    pub reloader: Arc<Reloader>,
+    pub telemetry: Arc<Telemetry>,
+    watcher: Option<notify::RecommendedWatcher>,
+    config: ServeConfig,
+    health: HealthReporter,
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// How long the policy directory must be quiet after a change before a reload starts, so that
+/// an editor's burst of writes makes one candidate.
+pub const RELOAD_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The name the health service reports the decision service under.
+pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";
+
+/// Binds and starts serving, with health NOT_SERVING until [`Running::load`] succeeds.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    if config.listen.is_none() && config.unix.is_none() {
+        return Err(ServeError::Config(
+            "the decision service needs a TCP address or a Unix socket (listen, listen_unix)"
+                .into(),
+        ));
+    }
+    let tls = config
+        .tls
+        .as_ref()
+        .map(TlsFiles::server_config)
+        .transpose()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(AUTHORIZER_SERVICE, ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let engine = Arc::new(State::new(config.limits));
+    let reloader = Reloader::new(engine.clone(), spec_source(&config));
+    let telemetry = Telemetry::new(config.decision_log);
+    // tonic refuses anything over twice our limit itself; between the two, the handlers
+    // answer INVALID_ARGUMENT naming the limit.
+    let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
+    let authorizer =
+        AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
+            .max_decoding_message_size(decode_cap);
+    let health_only = Routes::new(health_service.clone());
+    let decisions = Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(authorizer)
+        .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())));
+    let mut listeners = Listeners::default();
+    let mut addr = None;
+    if let Some(listen) = config.listen {
+        let (listener, bound) = bind(listen).await?;
+        listeners.spawn(decisions.clone(), incoming(listener), tls.clone())?;
+        tracing::info!(addr = %bound, tls = tls.is_some(), "decision service listening (not serving until loaded)");
+        addr = Some(bound);
+    }
+    if let Some(path) = &config.unix {
+        listeners.spawn(decisions, bind_unix(path, config.unix_mode)?, None)?;
+        tracing::info!(path = %path.display(), "decision service listening on a Unix socket");
+    }
+
+    let mut data_addr = None;
+    match &config.data_token {
+        Some(token) if !token.is_empty() => {
+            let data = Routes::new(tonic::service::interceptor::InterceptedService::new(
+                EntityStoreServer::new(EntityStoreService::new(engine.clone(), telemetry.clone()))
+                    .max_decoding_message_size(decode_cap),
+                bearer_auth(token.clone()),
+            ));
+            if let Some(listen) = config.data_listen {
+                let (listener, bound) = bind(listen).await?;
+                listeners.spawn(data.clone(), incoming(listener), tls.clone())?;
+                tracing::info!(addr = %bound, tls = tls.is_some(), "data service listening");
+                data_addr = Some(bound);
+            }
+            if let Some(path) = &config.data_unix {
+                listeners.spawn(data, bind_unix(path, config.unix_mode)?, None)?;
+                tracing::info!(path = %path.display(), "data service listening on a Unix socket");
+            }
+        }
+        _ => tracing::warn!("no data token configured: the data service is off"),
+    }
+
+    let mut health_addr = None;
+    if let Some(listen) = config.health_listen {
+        let (listener, bound) = bind(listen).await?;
+        listeners.spawn(health_only, incoming(listener), None)?;
+        tracing::info!(addr = %bound, "health service listening");
+        health_addr = Some(bound);
+    }
+
+    let mut metrics_addr = None;
+    if let Some(listen) = config.metrics_listen {
+        let (listener, bound) = bind(listen).await?;
+        let registry = telemetry.registry(engine.clone(), reloader.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        listeners.shutdown.push(tx);
+        listeners.tasks.push(tokio::spawn(async move {
+            let stop = async {
+                let _ = rx.await;
+            };
+            telemetry::serve_metrics(listener, registry, stop)
+                .await
+                .map_err(|e| ServeError::Config(format!("metrics endpoint: {e}")))
+        }));
+        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+        metrics_addr = Some(bound);
+    }
+    let Listeners { shutdown, tasks } = listeners;
+    Ok(Running {
+        addr,
+        data_addr,
+        metrics_addr,
+        health_addr,
+        engine,
+        reloader,
+        telemetry,
+        watcher: None,
+        config,
+        health,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Loads and strictly validates the policies, loads the entity data, and starts serving
+    /// decisions (health SERVING). On error nothing is installed and health stays NOT_SERVING.
+    pub async fn load(&mut self) -> Result<(), ServeError> {
+        let spec = self.reloader.spec()?;
+        let db = self.config.db.clone();
+        let seed = self.config.seed.clone();
+        let (pack, store, storage) =
+            tokio::task::spawn_blocking(move || startup::load(&spec, &db, seed.as_deref()))
+                .await??;
+        tracing::info!(
+            policies = pack.policies.policies().count(),
+            unplanned_actions = pack.unplanned_actions().len(),
+            version = %pack.version,
+            overlays = ?pack.spec.overlays,
+            entities = store.len(),
+            revision = store.revision(),
+            "policies and data loaded"
+        );
+        self.engine.install(pack, store, storage);
+        if self.config.watch {
+            let mut paths = vec![self.config.pack.dir.clone()];
+            paths.extend(self.config.config_file.clone());
+            let watcher =
+                reload::watch(self.reloader.clone(), paths, RELOAD_QUIET).map_err(|e| {
+                    ServeError::Config(format!("cannot watch the policy directory: {e}"))
+                })?;
+            self.watcher = Some(watcher);
+        }
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        self.health
+            .set_service_status(AUTHORIZER_SERVICE, ServingStatus::Serving)
+            .await;
+        Ok(())
+    }
+
+    /// Reloads the policies now (as on SIGHUP), off the async runtime.
+    pub async fn reload(&self) -> reload::Outcome {
+        let reloader = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(outcome) => outcome,
+            Err(e) => reload::Outcome::Rejected(reload::Rejection {
+                at_unix_ms: 0,
+                candidate_version: None,
+                reasons: vec![format!("reload task failed: {e}")],
+            }),
+        }
+    }
+
+    /// Stops accepting calls, lets in-flight calls finish, and returns when the server is down.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.watcher = None;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for tx in self.shutdown.drain(..) {
+            let _ = tx.send(());
+        }
+        for task in self.tasks.drain(..) {
+            task.await??;
+        }
+        self.engine.close();
+        for path in self.config.unix.iter().chain(self.config.data_unix.iter()) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// Reloads the policies on every SIGHUP, until the process ends.
+pub fn reload_on_sighup(running: &Running) {
+    #[cfg(unix)]
+    {
+        let reloader = running.reloader.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading policies");
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = running;
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,383 @@
+//! The `serve` settings, declared once: [`PackArgs`] and [`ServeSettings`] are read by clap (each
+//! flag and its environment variable), by the optional configuration file (TOML, keys as the
+//! fields' names) and written back by `--print-config`. A flag wins over the environment, which
+//! wins over the file, which wins over the default. The file is read again on every policy
+//! reload, so `overlays` set there can be switched on and off without a restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::config::{DecisionLog, ServeConfig, TlsFiles};
+use super::error::SettingsError;
+use super::state::Limits;
+use crate::engine::decide::DEFAULT_SLICE_DEPTH;
+use crate::engine::pack::PackSpec;
+use crate::files::{read_toml, FileError};
+
+/// The policy pack to load: given to every command.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct PackArgs {
+    /// Policy directory: schema.cedarschema, *.cedar, optional/, tests/, matrix.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "BLUE_AUTHZ_POLICIES",
+        default_value = "policies"
+    )]
+    pub policies: PathBuf,
+    /// Enable an optional overlay from <policies>/optional/ (repeatable, or comma-separated).
+    #[arg(
+        long = "overlay",
+        global = true,
+        env = "BLUE_AUTHZ_OVERLAYS",
+        value_delimiter = ','
+    )]
+    pub overlays: Vec<String>,
+}
+
+impl PackArgs {
+    pub fn spec(&self) -> PackSpec {
+        PackSpec::new(&self.policies, &self.overlays)
+    }
+}
+
+/// The embedded database: given to `serve`, `import` and `export`.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct DbArgs {
+    /// The embedded database file (redb).
+    #[arg(long, env = "BLUE_AUTHZ_DB", default_value = "blue-authz.redb")]
+    pub db: PathBuf,
+}
+
+/// Every `serve` setting but the pack's.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct ServeSettings {
+    /// TCP address of the decision service ('': none, Unix socket only).
+    #[arg(long, env = "BLUE_AUTHZ_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    pub listen: Listen,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub db: DbArgs,
+    /// Cedar JSON entities file written into the database when the database is empty
+    /// ('': none).
+    #[arg(long, env = "BLUE_AUTHZ_SEED", default_value = "data/demo.json")]
+    pub seed: String,
+    /// TCP address of the data service (EntityStore; '': none); it runs only when a token is
+    /// set.
+    #[arg(long, env = "BLUE_AUTHZ_DATA_LISTEN", default_value = "127.0.0.1:50052", value_parser = parse_listen)]
+    pub data_listen: Listen,
+    /// Bearer token the data service requires (`authorization: Bearer <token>`).
+    #[arg(long, env = "BLUE_AUTHZ_DATA_TOKEN", hide_env_values = true)]
+    pub data_token: Option<String>,
+    /// Attribute hops a per-request entity slice follows from the request's entities.
+    #[arg(long, env = "BLUE_AUTHZ_SLICE_DEPTH", default_value_t = DEFAULT_SLICE_DEPTH)]
+    pub slice_depth: usize,
+    /// Most requests in one BatchIsAuthorized call.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+    /// Threads that serve calls (0: one per available CPU). A sidecar with one CPU's worth of
+    /// quota serves more calls per CPU second with 1.
+    #[arg(long, env = "BLUE_AUTHZ_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+    /// Largest request message, in bytes.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Longest wait for a request's min_revision when the call sets no deadline, in ms.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_REVISION_WAIT_MS", default_value_t = 5000)]
+    pub max_revision_wait_ms: u64,
+    /// Watch the policy directory and the config file, and reload on changes (SIGHUP reloads
+    /// too).
+    #[arg(long, env = "BLUE_AUTHZ_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch: bool,
+    /// Also serve decisions on this Unix domain socket.
+    #[arg(long, env = "BLUE_AUTHZ_LISTEN_UNIX")]
+    pub listen_unix: Option<PathBuf>,
+    /// Also serve the data service on this Unix domain socket (with the token).
+    #[arg(long, env = "BLUE_AUTHZ_DATA_LISTEN_UNIX")]
+    pub data_listen_unix: Option<PathBuf>,
+    /// File mode of the Unix sockets, in octal.
+    #[arg(long, env = "BLUE_AUTHZ_UNIX_MODE", default_value = "660")]
+    pub unix_mode: String,
+    /// TLS certificate chain (PEM) for the TCP listeners; needs --tls-key.
+    #[arg(long, env = "BLUE_AUTHZ_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the TCP listeners; needs --tls-cert.
+    #[arg(long, env = "BLUE_AUTHZ_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: mutual TLS, and calls without
+    /// a valid client certificate are refused. Needs --tls-cert.
+    #[arg(long, env = "BLUE_AUTHZ_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics` ('': none).
+    #[arg(long, env = "BLUE_AUTHZ_METRICS_LISTEN", default_value = "", value_parser = parse_listen)]
+    pub metrics_listen: Listen,
+    /// Also serve the gRPC health service alone on this address, for probes ('': none).
+    #[arg(long, env = "BLUE_AUTHZ_HEALTH_LISTEN", default_value = "", value_parser = parse_listen)]
+    pub health_listen: Listen,
+    /// Write one JSON line per decision to standard output.
+    #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub decision_log: bool,
+    /// Fraction of decisions the decision log writes, from 0 to 1.
+    #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG_SAMPLE", default_value_t = 1.0)]
+    pub decision_log_sample: f64,
+    /// Also log each request's context and request-scoped entities.
+    #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG_CONTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub decision_log_context: bool,
+    /// Filter of the operational log (standard error), e.g. `info` or `blue_authz=debug`.
+    #[arg(long, env = "BLUE_AUTHZ_LOG", default_value = "info")]
+    pub log: String,
+    /// Format of the operational log: text or json.
+    #[arg(long, env = "BLUE_AUTHZ_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A listen address, or none (''). In a file and in `--print-config`: a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+/// Parses an address like `127.0.0.1:50051`, or '' for none.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:50051 (or '' for none)"))
+}
+
+impl Serialize for Listen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_listen(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether a setting was given by flag or environment (and so wins over the config file).
+fn set_by_user(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// The ids (file keys) of the arguments a clap `Args` struct declares.
+fn keys<A: Args>() -> Vec<String> {
+    A::augment_args(clap::Command::new("settings"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
+
+/// Reads a configuration file as a TOML table.
+fn read_table(path: &Path) -> Result<toml::Table, FileError> {
+    read_toml(path)
+}
+
+/// Replaces, in `value`, every setting the file gives and the user did not (by flag or
+/// environment); a key of the file that `value` does not have is left for the caller.
+fn overlay_file<T: Serialize + for<'de> Deserialize<'de>>(
+    value: &mut T,
+    file: &Path,
+    table: &toml::Table,
+    own: &[String],
+    m: &ArgMatches,
+) -> Result<(), SettingsError> {
+    let mut merged = toml::Table::try_from(&*value).map_err(|e| SettingsError::Value {
+        file: file.to_path_buf(),
+        key: String::new(),
+        message: e.to_string(),
+    })?;
+    for (key, v) in table {
+        if !own.contains(key) || set_by_user(m, key) {
+            continue;
+        }
+        let mut candidate = merged.clone();
+        candidate.insert(key.clone(), v.clone());
+        // One key at a time, so that a wrong value is reported under its own name.
+        candidate
+            .clone()
+            .try_into::<T>()
+            .map_err(|e| SettingsError::Value {
+                file: file.to_path_buf(),
+                key: key.clone(),
+                message: e.message().to_string(),
+            })?;
+        merged = candidate;
+    }
+    *value = merged.try_into().map_err(|e| SettingsError::Value {
+        file: file.to_path_buf(),
+        key: String::new(),
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// The settings of flags and environment (`sub`: the matches of `serve`), with the configuration file's filling in what neither gave.
+pub fn with_file(
+    pack: &mut PackArgs,
+    serve: &mut ServeSettings,
+    sub: &ArgMatches,
+    file: &Path,
+) -> Result<(), SettingsError> {
+    let table = read_table(file)?;
+    let pack_keys = keys::<PackArgs>();
+    let serve_keys = keys::<ServeSettings>();
+    if let Some(key) = table
+        .keys()
+        .find(|k| !pack_keys.contains(k) && !serve_keys.contains(k))
+    {
+        return Err(SettingsError::Unknown {
+            file: file.to_path_buf(),
+            key: key.clone(),
+        });
+    }
+    // Global flags are seen by the subcommand's matches too.
+    overlay_file(pack, file, &table, &pack_keys, sub)?;
+    overlay_file(serve, file, &table, &serve_keys, sub)
+}
+
+/// The overlays a configuration file enables (none if it names none): read again on reloads.
+pub fn file_overlays(file: &Path) -> Result<Vec<String>, SettingsError> {
+    let table = read_table(file)?;
+    match table.get("overlays") {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| SettingsError::Value {
+                file: file.to_path_buf(),
+                key: "overlays".into(),
+                message: e.message().to_string(),
+            }),
+    }
+}
+
+/// The resolved settings written as a configuration file (the token redacted).
+pub fn print(pack: &PackArgs, serve: &ServeSettings) -> Result<String, toml::ser::Error> {
+    let mut table = toml::Table::try_from(pack)?;
+    let mut serve = serve.clone();
+    serve.data_token = serve.data_token.map(|_| "<redacted>".to_string());
+    table.extend(toml::Table::try_from(&serve)?);
+    toml::to_string(&table)
+}
+
+impl ServeSettings {
+    /// Checks the settings clap cannot, and builds what the server needs.
+    pub fn config(
+        &self,
+        pack: &PackArgs,
+        config_file: Option<PathBuf>,
+        overlays_fixed: bool,
+    ) -> Result<ServeConfig, SettingsError> {
+        let invalid = |flag, message: String| SettingsError::Invalid { flag, message };
+        let unix_mode = u32::from_str_radix(&self.unix_mode, 8).map_err(|_| {
+            invalid(
+                "--unix-mode",
+                format!("`{}` is not an octal file mode", self.unix_mode),
+            )
+        })?;
+        if !(0.0..=1.0).contains(&self.decision_log_sample) {
+            return Err(invalid(
+                "--decision-log-sample",
+                format!("{} is not a fraction from 0 to 1", self.decision_log_sample),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "--log-format",
+                format!("`{}` is not text or json", self.log_format),
+            ));
+        }
+        let tls = match (self.tls_cert.clone(), self.tls_key.clone()) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            (None, None) if self.tls_client_ca.is_none() => None,
+            _ => return Err(invalid(
+                "--tls-cert",
+                "TLS needs both --tls-cert and --tls-key (and they are needed for --tls-client-ca)"
+                    .into(),
+            )),
+        };
+        Ok(ServeConfig {
+            listen: self.listen.0,
+            pack: pack.spec(),
+            db: self.db.db.clone(),
+            seed: Some(self.seed.clone())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            data_listen: self.data_listen.0,
+            data_token: self.data_token.clone().filter(|t| !t.is_empty()),
+            unix: self.listen_unix.clone(),
+            data_unix: self.data_listen_unix.clone(),
+            unix_mode,
+            limits: Limits {
+                slice_depth: self.slice_depth,
+                max_batch: self.max_batch,
+                max_message_bytes: self.max_message_bytes,
+                max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
+            },
+            watch: self.watch,
+            config_file,
+            overlays_fixed,
+            tls,
+            metrics_listen: self.metrics_listen.0,
+            health_listen: self.health_listen.0,
+            decision_log: DecisionLog {
+                enabled: self.decision_log,
+                sample: self.decision_log_sample,
+                include_context: self.decision_log_context,
+            },
+        })
+    }
+}
+
+/// Whether `overlays` were given by flag or environment (so the file's never apply).
+pub fn overlays_set_by_user(sub: &ArgMatches) -> bool {
+    set_by_user(sub, "overlays")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Both {
+        #[command(flatten)]
+        pack: PackArgs,
+        #[command(flatten)]
+        serve: ServeSettings,
+    }
+
+    #[test]
+    fn every_flag_is_a_file_key_and_back() {
+        // What --print-config writes is a file these settings read back unchanged.
+        use clap::Parser;
+        let both = Both::parse_from(["x", "--listen", "", "--max-batch", "3"]);
+        let text = print(&both.pack, &both.serve).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        for key in table.keys() {
+            assert!(
+                keys::<PackArgs>().contains(key) || keys::<ServeSettings>().contains(key),
+                "{key}"
+            );
+        }
+        let back: ServeSettings = table.clone().try_into().unwrap();
+        assert_eq!(back.listen, Listen(None));
+        assert_eq!(back.max_batch, 3);
+    }
+}

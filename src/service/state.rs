@@ -1,0 +1,240 @@
+//! The engine state every call shares: the live policy pack, the entity index, the durable
+//! storage behind it, and the store revision. Writes are serialized, validated whole, made
+//! durable, then made visible at once; decisions read one consistent view.
+
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
+use crate::engine::decide::DEFAULT_SLICE_DEPTH;
+use crate::engine::error::{DataError, RequestError};
+use crate::engine::index::{EntityStore, WriteOp};
+use crate::engine::pack::PolicyPack;
+use crate::storage::{Storage, StorageError};
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Attribute hops a slice follows from the request's entities.
+    pub slice_depth: usize,
+    /// Requests per `BatchIsAuthorized` call.
+    pub max_batch: usize,
+    /// Encoded size of one request message.
+    pub max_message_bytes: usize,
+    /// Longest wait for `min_revision` when the call has no deadline.
+    pub max_revision_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            slice_depth: DEFAULT_SLICE_DEPTH,
+            max_batch: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_revision_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a write or a wait failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error("no validated policy set and entity data are loaded yet")]
+    NotReady,
+    #[error("revision {wanted} not reached within {waited:?} (this node is at {current})")]
+    RevisionNotReached {
+        wanted: u64,
+        current: u64,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// The shared engine state.
+pub struct State {
+    pack: ArcSwapOption<PolicyPack>,
+    store: RwLock<EntityStore>,
+    /// Taken out (and so closed) by [`State::close`].
+    storage: Mutex<Option<Arc<dyn Storage>>>,
+    /// Serializes writers; decisions never take it.
+    writer: Mutex<()>,
+    revision: watch::Sender<u64>,
+    pub limits: Limits,
+}
+
+/// A consistent view for one call: the store, read-locked (a write becomes visible all at
+/// once, never half), and the pack that goes with it.
+pub struct Live<'a> {
+    pub pack: Arc<PolicyPack>,
+    store: RwLockReadGuard<'a, EntityStore>,
+}
+
+impl Live<'_> {
+    pub fn store(&self) -> &EntityStore {
+        &self.store
+    }
+}
+
+impl State {
+    pub fn new(limits: Limits) -> Self {
+        State {
+            pack: ArcSwapOption::empty(),
+            store: RwLock::new(EntityStore::default()),
+            storage: Mutex::new(None),
+            writer: Mutex::new(()),
+            revision: watch::channel(0).0,
+            limits,
+        }
+    }
+
+    /// The live state, or None until a validated pack and the data are loaded.
+    pub fn live(&self) -> Option<Live<'_>> {
+        // The store lock first: a reload that rebuilds the store swaps the pack while holding
+        // the write lock, so store and pack always match.
+        let store = self.read_store();
+        let pack = self.pack.load_full()?;
+        Some(Live { pack, store })
+    }
+
+    fn read_store(&self) -> RwLockReadGuard<'_, EntityStore> {
+        // Commits cannot fail halfway (see `EntityStore::commit`), so a poisoned lock still
+        // guards consistent data.
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pack(&self) -> Option<Arc<PolicyPack>> {
+        self.pack.load_full()
+    }
+
+    /// Installs the data and then the pack: from here on decisions are served.
+    pub fn install(&self, pack: Arc<PolicyPack>, store: EntityStore, storage: Arc<dyn Storage>) {
+        let revision = store.revision();
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
+        self.revision.send_replace(revision);
+        self.pack.store(Some(pack));
+    }
+
+    fn storage(&self) -> Option<Arc<dyn Storage>> {
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Closes the database (once no write or export holds it any more): a clean close makes
+    /// the next start quick. Writes after this answer UNAVAILABLE.
+    pub fn close(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Replaces the live policy pack; calls in flight finish on the one they started with.
+    /// When the schema changed, the entity index is first rebuilt under the new schema, and a
+    /// stored entity that no longer conforms rejects the swap.
+    pub fn swap_pack_checked(&self, pack: Arc<PolicyPack>) -> Result<(), Vec<String>> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let schema_changed = self
+            .pack()
+            .is_some_and(|live| live.schema_version != pack.schema_version);
+        if !schema_changed {
+            self.pack.store(Some(pack));
+            return Ok(());
+        }
+        let rebuilt = self.read_store().rebuild(&pack.entities).map_err(|e| {
+            vec![format!(
+                "the stored entities do not conform to the candidate schema: {e}"
+            )]
+        })?;
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        *store = rebuilt;
+        self.pack.store(Some(pack));
+        Ok(())
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Validates a batch whole against the schema and the data, commits it durably, then
+    /// makes it visible; returns the new revision. An invalid batch changes nothing.
+    pub fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StateError> {
+        let pack = self.pack().ok_or(StateError::NotReady)?;
+        let storage = self.storage().ok_or(StateError::NotReady)?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
+        prepared.changes.schema = Some(pack.schema_version.clone());
+        storage.apply(&prepared.changes)?;
+        let revision = prepared.revision();
+        self.store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .commit(prepared);
+        self.revision.send_replace(revision);
+        Ok(revision)
+    }
+
+    /// Waits until the store has reached `min` (0: no wait), for at most `deadline` (or the
+    /// configured maximum).
+    pub async fn wait_for_revision(
+        &self,
+        min: u64,
+        deadline: Option<Duration>,
+    ) -> Result<(), StateError> {
+        if min <= self.revision() {
+            return Ok(());
+        }
+        // Answer a little before the caller's deadline, so the caller hears why.
+        let waited = deadline
+            .map(|d| d.saturating_sub(d / 10))
+            .unwrap_or(self.limits.max_revision_wait);
+        let mut rx = self.revision.subscribe();
+        let reached = matches!(
+            tokio::time::timeout(waited, rx.wait_for(|r| *r >= min)).await,
+            Ok(Ok(_))
+        );
+        if reached {
+            return Ok(());
+        }
+        Err(StateError::RevisionNotReached {
+            wanted: min,
+            current: self.revision(),
+            waited,
+        })
+    }
+
+    /// Streams a consistent snapshot of the durable store, chunk by chunk.
+    pub fn export(
+        &self,
+        chunk: usize,
+        visit: &mut dyn FnMut(u64, Vec<Vec<u8>>) -> bool,
+    ) -> Result<(), StateError> {
+        let storage = self.storage().ok_or(StateError::NotReady)?;
+        let chunk = chunk.max(1);
+        let mut batch = Vec::with_capacity(chunk);
+        let mut last = 0;
+        let mut go_on = true;
+        storage.scan(&mut |revision, bytes| {
+            last = revision;
+            batch.push(bytes.to_vec());
+            if batch.len() >= chunk {
+                go_on = visit(revision, std::mem::take(&mut batch));
+            }
+            go_on
+        })?;
+        if go_on && !batch.is_empty() {
+            visit(last, batch);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! Telemetry: Prometheus metrics (served over HTTP by [`serve_metrics`]) and the JSON decision
+//! log (one tracing event per decision, target [`DECISION_TARGET`]). Generic: the labels are
+//! whatever action ids and entity types the live policy pack and data have.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::config::DecisionLog;
+use crate::engine::decide::Decision;
+use crate::service::reload::Reloader;
+use crate::service::state::State;
+
+/// The tracing target of decision log events.
+pub const DECISION_TARGET: &str = "blue_authz::decision";
+
+/// One decision as the log records it.
+pub struct Logged<'a> {
+    pub request_id: &'a str,
+    pub method: &'static str,
+    pub principal: &'a dyn std::fmt::Display,
+    pub action: &'a dyn std::fmt::Display,
+    pub resource: &'a dyn std::fmt::Display,
+    pub decision: &'a Decision,
+    pub policy_version: &'a str,
+    pub revision: u64,
+    pub latency: Duration,
+    pub context_json: &'a str,
+    pub entities_json: &'a str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    method: &'static str,
+    code: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to about 1.3 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 18))
+}
+
+/// Counters and the decision log switch, shared by the gRPC services.
+pub struct Telemetry {
+    pub log: DecisionLog,
+    /// Decisions by action id: [deny, allow].
+    decisions: RwLock<hashbrown::HashMap<Box<str>, [AtomicU64; 2]>>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    errors: Family<ErrorLabels, Counter>,
+    next_id: AtomicU64,
+    boot: u64,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("log", &self.log).finish()
+    }
+}
+
+impl Telemetry {
+    pub fn new(log: DecisionLog) -> Arc<Self> {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+            ^ (std::process::id() as u64) << 40;
+        Arc::new(Telemetry {
+            log,
+            decisions: RwLock::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            errors: Family::default(),
+            next_id: AtomicU64::new(0),
+            boot,
+        })
+    }
+
+    /// Counts one decision of `action`.
+    pub fn count_decision(&self, action: &str, allow: bool) {
+        let slot = allow as usize;
+        if let Ok(map) = self.decisions.read() {
+            if let Some(c) = map.get(action) {
+                c[slot].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if let Ok(mut map) = self.decisions.write() {
+            map.entry(action.into()).or_default()[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a finished call: its latency, and its status code if it failed.
+    pub fn finish(&self, method: &'static str, started: Instant, code: Option<tonic::Code>) {
+        self.latency
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(code) = code {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    method,
+                    code: format!("{code:?}"),
+                })
+                .inc();
+        }
+    }
+
+    /// Whether this decision should be logged (the switch, then the sample).
+    pub fn sampled(&self) -> bool {
+        self.log.enabled && (self.log.sample >= 1.0 || random_unit() < self.log.sample)
+    }
+
+    /// The caller's `x-request-id`, or a new process-unique id.
+    pub fn request_id(&self, given: Option<&str>) -> String {
+        match given {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("{:016x}-{n}", self.boot)
+            }
+        }
+    }
+
+    /// Writes one decision log line (call only when [`Telemetry::sampled`]).
+    pub fn log_decision(&self, d: &Logged<'_>) {
+        let determining = d.decision.determining.join(",");
+        let errors = d.decision.errors.join("; ");
+        let decision = if d.decision.allow { "ALLOW" } else { "DENY" };
+        let latency_us = d.latency.as_micros() as u64;
+        // Absent (None) fields are left out of the line.
+        let include = self.log.include_context;
+        tracing::info!(
+            target: DECISION_TARGET,
+            request_id = d.request_id,
+            method = d.method,
+            principal = %d.principal,
+            action = %d.action,
+            resource = %d.resource,
+            decision,
+            determining_policies = determining,
+            errors,
+            policy_version = d.policy_version,
+            revision = d.revision,
+            latency_us,
+            context = include.then_some(d.context_json),
+            entities = include.then_some(d.entities_json),
+        );
+    }
+
+    /// The metrics registry: these counters, and the live state read at each scrape.
+    pub fn registry(self: &Arc<Self>, engine: Arc<State>, reloader: Arc<Reloader>) -> Registry {
+        let mut registry = Registry::with_prefix("blue_authz");
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a decision call, by gRPC method",
+            self.latency.clone(),
+        );
+        registry.register(
+            "grpc_errors",
+            "Calls that ended with an error status, by gRPC method and code",
+            self.errors.clone(),
+        );
+        registry.register_collector(Box::new(Scrape {
+            telemetry: self.clone(),
+            engine,
+            reloader,
+        }));
+        registry
+    }
+}
+
+/// Gauges and counters computed at scrape time from the live state.
+struct Scrape {
+    telemetry: Arc<Telemetry>,
+    engine: Arc<State>,
+    reloader: Arc<Reloader>,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+type Labels = Vec<(Cow<'static, str>, Cow<'static, str>)>;
+
+fn label(k: &'static str, v: impl Into<String>) -> (Cow<'static, str>, Cow<'static, str>) {
+    (Cow::Borrowed(k), Cow::Owned(v.into()))
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut decisions: Vec<(Labels, u64)> = Vec::new();
+        if let Ok(map) = self.telemetry.decisions.read() {
+            for (action, counts) in map.iter() {
+                for (i, result) in ["deny", "allow"].into_iter().enumerate() {
+                    let labels = vec![label("action", &**action), label("decision", result)];
+                    decisions.push((labels, counts[i].load(Ordering::Relaxed)));
+                }
+            }
+        }
+        decisions.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut enc = encoder.encode_descriptor(
+            "decisions",
+            "Decisions made, by action and result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, n) in &decisions {
+            ConstCounter::new(*n).encode(enc.encode_family(labels)?)?;
+        }
+
+        let status = self.reloader.status();
+        let mut enc = encoder.encode_descriptor(
+            "policy_reloads",
+            "Policy reload candidates, by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [("accepted", status.accepted), ("rejected", status.rejected)] {
+            let labels = vec![label("result", result)];
+            ConstCounter::new(n).encode(enc.encode_family(&labels)?)?;
+        }
+
+        let mut enc = encoder.encode_descriptor(
+            "policy_info",
+            "The live policy set (value 1), labelled with its version",
+            None,
+            MetricType::Gauge,
+        )?;
+        if !status.live_version.is_empty() {
+            let labels = vec![
+                label("version", status.live_version.clone()),
+                label("overlays", status.live_overlays.join(",")),
+            ];
+            ConstGauge::new(1i64).encode(enc.encode_family(&labels)?)?;
+        }
+
+        let (revision, counts) = match self.engine.live() {
+            Some(live) => (live.store().revision(), live.store().counts_by_type()),
+            None => (0, Vec::new()),
+        };
+        let enc = encoder.encode_descriptor(
+            "store_revision",
+            "Revision of the entity store",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(revision as i64).encode(enc)?;
+        let mut enc = encoder.encode_descriptor(
+            "store_entities",
+            "Entities in the store, by type",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (ty, n) in counts {
+            let labels = vec![label("type", ty)];
+            ConstGauge::new(n as i64).encode(enc.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => (
+                        axum::http::StatusCode::OK,
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    ),
+                    Err(_) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        "cannot encode the metrics\n".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    let local = 0u8;
+    (t ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+}
+
+/// A uniform number in [0, 1), from a per-thread xorshift generator.
+fn random_unit() -> f64 {
+    RNG.with(|c| {
+        let mut x = c.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}

@@ -1,0 +1,34 @@
+//! Durable entity storage behind one small trait, so that another backend (a shared
+//! PostgreSQL, say) can be added without touching the decision path. The engine hands storage
+//! the change sets of its validated write batches ([`ChangeSet`]); storage makes them durable
+//! and scans them back at start-up.
+
+use std::path::PathBuf;
+
+mod embedded;
+
+pub use crate::engine::index::ChangeSet;
+pub use embedded::RedbStorage;
+
+/// A storage operation that failed, naming the database.
+#[derive(Debug, thiserror::Error)]
+#[error("storage {path}: {message}")]
+pub struct StorageError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Durable storage of entities.
+pub trait Storage: Send + Sync {
+    /// The last committed revision (0 for an empty store).
+    fn revision(&self) -> Result<u64, StorageError>;
+    /// The schema version the stored entities were last validated with, if recorded.
+    fn schema(&self) -> Result<Option<String>, StorageError>;
+    /// Applies a change set atomically and durably; returns only once it is synced.
+    fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError>;
+    /// Visits every entity (its stored JSON) of one consistent snapshot, with that snapshot's
+    /// revision. The visitor returns false to stop.
+    fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError>;
+    /// How many entities are stored (to size the index before a scan).
+    fn count(&self) -> Result<u64, StorageError>;
+}
