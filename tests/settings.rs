@@ -612,3 +612,37 @@ async fn the_decision_log_samples_the_given_fraction() {
     // Binomial(1000, 0.5): 6 standard deviations either side.
     assert!((405..=595).contains(&n), "{n} of 1000 logged at 0.5");
 }
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_wrong_value_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needles) in [
+        (
+            "max_batchh = 7\n",
+            vec!["unknown setting `max_batchh`", "authz.toml"],
+        ),
+        (
+            "max_batch = \"seven\"\n",
+            vec!["setting `max_batch`", "authz.toml"],
+        ),
+        (
+            "listen = \"nowhere\"\n",
+            vec!["setting `listen`", "nowhere"],
+        ),
+        ("overlays = 3\n", vec!["setting `overlays`"]),
+        ("max_batch = \n", vec!["authz.toml"]),
+    ] {
+        let file = dir.path().join("authz.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = bin()
+            .args(["serve", "--print-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{text}: `{n}` not in {err}");
+        }
+    }
+}

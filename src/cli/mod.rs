@@ -7,6 +7,7 @@ mod export;
 mod gen;
 mod import;
 mod matrix;
+mod report;
 mod serve;
 mod test;
 mod validate;
@@ -125,7 +126,7 @@ fn load_or_report(spec: &PackSpec) -> Result<Option<Arc<PolicyPack>>, AnyError> 
         Ok(pack) => Ok(Some(pack)),
         Err(LoadError::Invalid(diags)) => {
             for d in &diags {
-                eprintln!("{}", d.render());
+                eprintln!("{}", report::render(d));
             }
             eprintln!("{} problem(s); the policy set is not valid", diags.len());
             Ok(None)

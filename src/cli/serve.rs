@@ -8,6 +8,7 @@ use clap::ArgMatches;
 
 use super::{AnyError, Exit};
 use crate::engine::error::LoadError;
+use crate::service::gate::GateError;
 use crate::service::server::{self, ServeError};
 use crate::service::settings::{self, PackArgs, ServeSettings};
 use crate::service::telemetry::DECISION_TARGET;
@@ -55,13 +56,24 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         let mut running = server::start(config).await?;
         if let Err(e) = running.load().await {
             match &e {
-                ServeError::Load(LoadError::Invalid(diags)) => {
+                ServeError::Load(LoadError::Invalid(diags))
+                | ServeError::Gate(GateError::Load(LoadError::Invalid(diags))) => {
                     for d in diags {
-                        eprintln!("{}", d.render());
+                        eprintln!("{}", super::report::render(d));
                     }
                     eprintln!(
                         "{} problem(s); refusing to serve an invalid policy set",
                         diags.len()
+                    );
+                }
+                ServeError::Gate(GateError::Failed {
+                    failures, summary, ..
+                }) => {
+                    for f in failures {
+                        eprintln!("{f}");
+                    }
+                    eprintln!(
+                        "policy tests: {summary}; refusing to serve a policy set whose tests fail"
                     );
                 }
                 other => eprintln!("error: {other}"),

@@ -46,6 +46,9 @@ pub struct PolicyDiagnostic {
     pub help: Option<String>,
     /// The source line the diagnostic points at, for display.
     pub source_line: Option<String>,
+    /// The whole text of the file, so that an edge can render every label and span of
+    /// Cedar's diagnostic against it.
+    pub source_text: Option<String>,
     #[source]
     pub cedar: Option<Box<dyn miette::Diagnostic + Send + Sync + 'static>>,
 }

@@ -13,7 +13,7 @@
 //! reports Cedar's own errors. So a plan answers only requests on which every policy of the
 //! action evaluates to a boolean without error, and then the answer is Cedar's by
 //! construction of each operator below. `tests/oracle.rs` checks both paths against plain
-//! Cedar, and a unit test in `decide.rs` checks plans against Cedar's authorizer on made-up
+//! Cedar, and a unit test in `engine/decide.rs` checks plans against Cedar's authorizer on made-up
 //! policies using every operator.
 
 use std::collections::{BTreeMap, HashSet};

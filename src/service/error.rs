@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::gate::GateError;
 use super::state::StateError;
 use crate::engine::error::LoadError;
 use crate::files::FileError;
@@ -18,6 +19,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("server reflection: {0}")]

@@ -1,10 +1,12 @@
 //! What a running server is: the state every call shares ([`state`]), start-up ([`startup`])
-//! and the server's life ([`server`]), hot reload ([`reload`]), the gRPC edge ([`grpc`]: proto
+//! and the server's life ([`server`]), the gate every pack passes before it serves ([`gate`]), hot
+//! reload ([`reload`]), the gRPC edge ([`grpc`]: proto
 //! types stop there), listeners ([`listeners`]), settings as given ([`settings`]) and as
 //! resolved ([`config`]), errors ([`error`]) and telemetry ([`telemetry`]).
 
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod grpc;
 pub mod listeners;
 pub mod reload;

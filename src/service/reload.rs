@@ -12,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::authoring::suite;
-use crate::engine::error::LoadError;
+use super::error::SettingsError;
+use super::gate::{self, GateError};
+use super::state::State;
 use crate::engine::pack::{PackSpec, PolicyPack};
-use crate::service::error::SettingsError;
-use crate::service::state::State;
 
 /// Where the candidate's spec comes from: called on every reload, so configuration changes
 /// (overlays switched on or off) take effect then.
@@ -161,10 +160,8 @@ impl Reloader {
             reasons,
         };
         let spec = (self.spec)().map_err(|e| reject(None, vec![e.to_string()]))?;
-        let pack = PolicyPack::load(&spec).map_err(|e| match e {
-            LoadError::Invalid(diags) => reject(None, diags.iter().map(|d| d.render()).collect()),
-            other => reject(None, vec![other.to_string()]),
-        })?;
+        let gated = |e: GateError| reject(e.version().map(str::to_string), e.reasons());
+        let pack = PolicyPack::load(&spec).map_err(|e| gated(e.into()))?;
         if self
             .engine
             .pack()
@@ -172,15 +169,7 @@ impl Reloader {
         {
             return Ok(None);
         }
-        let report = suite::run_with(pack.clone())
-            .map_err(|e| reject(Some(pack.version.clone()), vec![e.to_string()]))?;
-        let failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
-        if !failures.is_empty() {
-            let mut reasons = failures;
-            reasons.push(format!("policy tests: {}", report.summary()));
-            return Err(reject(Some(pack.version.clone()), reasons));
-        }
-        Ok(Some(pack))
+        gate::check(pack).map(Some).map_err(gated)
     }
 }
 

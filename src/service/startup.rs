@@ -1,11 +1,12 @@
-//! Start-up, before anything is served: load and validate the policy pack, open durable
-//! storage, and build the in-memory entity index from it (a reader thread scans and parses
-//! while this one indexes), seeding an empty database first.
+//! Start-up, before anything is served: load the policy pack through the gate (validated, its
+//! suites passing), open durable storage, and build the in-memory entity index from it (a
+//! reader thread scans and parses while this one indexes), seeding an empty database first.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use super::error::ServeError;
+use super::gate;
 use super::state::StateError;
 use crate::engine::error::DataError;
 use crate::engine::index::{parse_chunk, parse_entity, EntityStore, Parsed};
@@ -19,7 +20,8 @@ pub type Loaded = (Arc<PolicyPack>, EntityStore, Arc<dyn Storage>);
 /// database from `seed`).
 pub fn load(spec: &PackSpec, db: &Path, seed: Option<&Path>) -> Result<Loaded, ServeError> {
     let started = std::time::Instant::now();
-    let pack = PolicyPack::load(spec)?;
+    // The same gate as a reload: a pack whose own tests fail never serves.
+    let pack = gate::load(spec)?;
     let loaded = started.elapsed();
     let storage: Arc<dyn Storage> = Arc::new(RedbStorage::open(db).map_err(StateError::from)?);
     tracing::info!(

@@ -1,7 +1,10 @@
 //! Diagnostics of a policy pack located at file:line:col, keeping Cedar's own diagnostic (with
 //! all its labels and spans) as the source.
 
+use std::fmt;
 use std::path::Path;
+
+use miette::{Diagnostic, LabeledSpan};
 
 use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
 
@@ -31,7 +34,7 @@ where
 }
 
 /// Location, message and help of a Cedar diagnostic in `path` whose text is `text`.
-pub(super) fn locate(
+fn locate(
     path: &Path,
     text: &str,
     severity: Severity,
@@ -58,6 +61,7 @@ pub(super) fn locate(
         message: d.to_string(),
         help: d.help().map(|h| h.to_string()),
         source_line,
+        source_text: Some(text.to_string()),
         cedar: None,
     }
 }
@@ -78,6 +82,7 @@ pub(super) fn at_schema(
         message,
         help: None,
         source_line: None,
+        source_text: None,
         cedar,
     }])
 }
@@ -101,6 +106,52 @@ pub(super) fn at_policy_text(
         message: message.to_string(),
         help: None,
         source_line: Some(source_line),
+        source_text: Some(text.to_string()),
         cedar: None,
+    }
+}
+
+/// One of Cedar's diagnostics taken out of a borrowed error (its message, code, help and every
+/// labelled span), so that it can travel with the diagnostic that locates it.
+#[derive(Debug)]
+pub(super) struct Captured {
+    message: String,
+    code: Option<String>,
+    help: Option<String>,
+    labels: Vec<LabeledSpan>,
+}
+
+impl Captured {
+    pub(super) fn of(d: &dyn Diagnostic) -> Self {
+        Captured {
+            message: d.to_string(),
+            code: d.code().map(|c| c.to_string()),
+            help: d.help().map(|h| h.to_string()),
+            labels: d.labels().map(|l| l.collect()).unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for Captured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Captured {}
+
+impl Diagnostic for Captured {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.code
+            .as_ref()
+            .map(|c| Box::new(c) as Box<dyn fmt::Display>)
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        (!self.labels.is_empty()).then(|| Box::new(self.labels.iter().cloned()) as Box<_>)
     }
 }

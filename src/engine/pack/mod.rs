@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use self::actions::index_actions;
 pub use self::actions::ActionEntry;
 pub use self::diagnostics::line_col;
-use self::diagnostics::{at_policy_text, diagnostic, locate};
+use self::diagnostics::{at_policy_text, diagnostic, Captured};
 pub use self::files::overlay_names;
 use self::files::{cedar_files, read};
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
@@ -123,12 +123,10 @@ impl PolicyPack {
             hasher.update([0]);
             match PolicySet::from_str(&text) {
                 Err(errs) => {
-                    let first = diags.len();
+                    // Each error with Cedar's own diagnostic (its labels and spans).
                     for e in errs.iter() {
-                        diags.push(locate(path, &text, Severity::Error, e));
+                        diags.push(diagnostic(path, &text, Severity::Error, Captured::of(e)));
                     }
-                    // Cedar's own diagnostic (all errors, with spans) rides on the first.
-                    diags[first].cedar = Some(Box::new(errs));
                 }
                 Ok(set) => {
                     if let Some(t) = set.templates().next() {
