@@ -597,3 +597,142 @@ async fn an_invalid_policy_set_is_never_served() {
     );
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn errors_quote_at_most_a_short_prefix_of_a_huge_input() {
+    let (running, mut client, _dir) = serve(Limits::default()).await;
+    let huge = "x".repeat(1 << 20);
+    let good = || common::ask("ada", "viewProject", "Blue::Project", "apollo");
+    let mut cases: Vec<(&str, pb::IsAuthorizedRequest)> = Vec::new();
+    let mut r = good();
+    r.action = uid("Blue::Action", &huge);
+    cases.push(("action.id", r));
+    let mut r = good();
+    r.principal = uid(&huge, "ada");
+    cases.push(("principal.type", r));
+    let mut r = good();
+    r.action = uid(&format!("Blue::{huge}"), "viewProject");
+    cases.push(("action.type", r));
+    let mut r = good();
+    r.context_json = format!(r#"{{"{huge}": 1}}"#);
+    cases.push(("context_json", r));
+    let mut r = good();
+    r.entities_json = format!(
+        r#"[{{"uid": {{"type": "Blue::User", "id": "{huge}"}}, "attrs": {{"nope": 1}}, "parents": []}}]"#
+    );
+    cases.push(("entities_json", r));
+    for (field, request) in cases {
+        let status = client.is_authorized(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        let message = status.message();
+        assert!(message.starts_with(field), "{field}: {message}");
+        assert!(message.len() <= 1400, "{field}: {} bytes", message.len());
+        // The server still answers a known decision correctly after each.
+        let ok = client.is_authorized(good()).await.unwrap().into_inner();
+        assert_eq!(ok.decision, pb::Decision::Allow as i32);
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_huge_call_deadline_still_waits_at_most_the_configured_maximum() {
+    let limits = Limits {
+        max_revision_wait: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (running, mut client, _dir) = serve(limits).await;
+    // 99999999 hours (the longest grpc-timeout there is), and one that overflows seconds.
+    for timeout in ["99999999H", "99999999M", "99999999S"] {
+        let mut req = tonic::Request::new(pb::IsAuthorizedRequest {
+            min_revision: 1_000_000,
+            ..common::ask("ada", "viewProject", "Blue::Project", "apollo")
+        });
+        req.metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            client.is_authorized(req),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{timeout}: still waiting after 20 s"));
+        let status = answer.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{timeout}: {status:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reflection_speaks_v1alpha_and_lists_only_what_the_decision_listener_serves() {
+    let (running, _client, _dir) = serve(Limits::default()).await;
+    let addr = running.addr.unwrap();
+    let v1 = reflection_services(addr).await;
+    let v1alpha = {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let mut c = ServerReflectionClient::new(channel(addr).await);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("v1alpha reflection")
+            .into_inner();
+        match stream.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    };
+    for services in [&v1, &v1alpha] {
+        assert!(
+            services.contains(&AUTHORIZER_SERVICE.to_string()),
+            "{services:?}"
+        );
+        assert!(
+            !services.iter().any(|s| s.contains("EntityStore")),
+            "the data service is not on this listener: {services:?}"
+        );
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_shutdown_every_health_entry_goes_not_serving() {
+    let (running, _client, _dir) = serve(Limits::default()).await;
+    let addr = running.addr.unwrap();
+    let mut watches = Vec::new();
+    for service in ["", AUTHORIZER_SERVICE] {
+        let mut c = HealthClient::new(channel(addr).await);
+        let mut stream = c
+            .watch(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32, "{service:?}");
+        watches.push((service, stream));
+    }
+    let stop = tokio::spawn(running.shutdown());
+    for (service, mut stream) in watches {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("a health change")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+    stop.await.unwrap().unwrap();
+}

@@ -55,6 +55,10 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
             ("127.0.0.1:6002", s("127.0.0.1:6002"), vec![]),
         ),
         ("data_token", ("s3cret", s("<redacted>"), vec![])),
+        (
+            "data_token_file",
+            ("/run/secrets/t", s("/run/secrets/t"), vec![]),
+        ),
         ("listen_unix", ("/run/a.sock", s("/run/a.sock"), vec![])),
         (
             "data_listen_unix",
@@ -644,5 +648,75 @@ fn a_config_file_with_an_unknown_key_or_a_wrong_value_is_refused_naming_it() {
         for n in needles {
             assert!(err.contains(n), "{text}: `{n}` not in {err}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_token_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "from-a-file-42\n").unwrap();
+    let mut settings = base_args(dir.path());
+    settings.extend([
+        ("LISTEN".into(), "127.0.0.1:0".into()),
+        ("DATA_LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "DATA_TOKEN_FILE".into(),
+            token_file.to_str().unwrap().into(),
+        ),
+    ]);
+    let mut c = bin();
+    apply(&mut c, &settings, false);
+    let served = serve(&mut c, &["data"]);
+    let data = Channel::from_shared(format!("http://{}", served.addrs["data"]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EntityStoreClient::new(data);
+    let read = |token: &str| {
+        let mut req = tonic::Request::new(pb::ReadEntitiesRequest {
+            uids: vec![uid("Blue::User", "ada").unwrap()],
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let found = client
+        .read_entities(read("from-a-file-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(found.missing.is_empty());
+    let refused = client.read_entities(read(TOKEN)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    drop(served);
+
+    // A missing or empty file, or both a token and a file, are refused by name.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for args in [
+        vec!["--data-token-file".to_string(), "/nonexistent/token".into()],
+        vec![
+            "--data-token-file".to_string(),
+            empty.to_str().unwrap().into(),
+        ],
+        vec![
+            "--data-token-file".to_string(),
+            token_file.to_str().unwrap().into(),
+            "--data-token".into(),
+            "x".into(),
+        ],
+    ] {
+        let out = bin()
+            .arg("serve")
+            .args(["--watch", "false", "--listen", "127.0.0.1:0"])
+            .args(["--db", dir.path().join("x.redb").to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("data-token"), "{args:?}: {err}");
     }
 }

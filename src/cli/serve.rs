@@ -36,13 +36,14 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         settings::with_file(&mut pack, &mut s, m, file)?;
     }
     let overlays_fixed = config_file.is_none() || settings::overlays_set_by_user(m);
-    let config = s.config(&pack, config_file, overlays_fixed)?;
+    let mut config = s.config(&pack, config_file, overlays_fixed)?;
     let log_filter = tracing_subscriber::EnvFilter::try_new(&s.log)
         .map_err(|e| format!("--log: `{}` is not a log filter: {e}", s.log))?;
     if print_config {
         print!("{}", settings::print(&pack, &s)?);
         return Ok(Exit::Success);
     }
+    config.data_token = s.data_token()?;
     let _log_guard = init_logging(log_filter, &s.log_format);
     let runtime = match s.worker_threads {
         0 => tokio::runtime::Runtime::new()?,

@@ -104,12 +104,46 @@ pub struct RequestError {
     pub message: String,
 }
 
+/// The longest message a [`RequestError`] carries: past it the message is cut, so that no
+/// error echoes an unbounded input back (a client refuses a status message of hundreds of KB).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// How much of an offending value an error quotes.
+pub const QUOTE_BYTES: usize = 64;
+
+/// An offending value as an error quotes it: whole if short, else its first bytes and its
+/// length.
+pub fn quote(value: &str) -> String {
+    if value.len() <= QUOTE_BYTES {
+        return value.to_string();
+    }
+    format!("{}… ({} bytes)", prefix(value, QUOTE_BYTES), value.len())
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 impl RequestError {
     pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Self {
-        RequestError {
-            field: field.into(),
-            message: message.to_string(),
+        let mut message = message.to_string();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let total = message.len();
+            message = format!(
+                "{}… (message cut at {MAX_MESSAGE_BYTES} of {total} bytes)",
+                prefix(&message, MAX_MESSAGE_BYTES)
+            );
         }
+        let mut field = field.into();
+        if field.len() > MAX_MESSAGE_BYTES / 4 {
+            field = quote(&field);
+        }
+        RequestError { field, message }
     }
 
     /// The same error inside a batch or a list: `requests[3].principal`.

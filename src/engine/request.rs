@@ -8,7 +8,7 @@ use std::str::FromStr;
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request};
 use serde_json::Value;
 
-use crate::engine::error::RequestError;
+use crate::engine::error::{quote, RequestError};
 use crate::engine::index::{parse_entities, EntityStore, Overlay};
 use crate::engine::json::value_refs;
 use crate::engine::pack::{ActionEntry, PolicyPack};
@@ -52,8 +52,8 @@ pub fn parse_uid(pack: &PolicyPack, r: UidRef<'_>, field: &str) -> Result<Entity
     }
     let Some(ty) = pack.entity_type(r.ty) else {
         let message = match EntityTypeName::from_str(r.ty) {
-            Ok(ty) => format!("unknown entity type `{ty}`"),
-            Err(e) => format!("`{}` is not a Cedar type name: {e}", r.ty),
+            Ok(ty) => format!("unknown entity type `{}`", quote(&ty.to_string())),
+            Err(e) => format!("`{}` is not a Cedar type name: {e}", quote(r.ty)),
         };
         return Err(RequestError::new(format!("{field}.type"), message));
     };
@@ -80,13 +80,16 @@ pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, Reque
         let ty = EntityTypeName::from_str(r.ty).map_err(|e| {
             RequestError::new(
                 "action.type",
-                format!("`{}` is not a Cedar type name: {e}", r.ty),
+                format!("`{}` is not a Cedar type name: {e}", quote(r.ty)),
             )
         })?;
         if &ty != action_type {
             return Err(RequestError::new(
                 "action.type",
-                format!("`{ty}` is not the action type `{action_type}`"),
+                format!(
+                    "`{}` is not the action type `{action_type}`",
+                    quote(&ty.to_string())
+                ),
             ));
         }
     }
@@ -94,7 +97,7 @@ pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, Reque
     if pack.action(&uid).is_none() {
         return Err(RequestError::new(
             "action.id",
-            format!("unknown action `{}`", r.id),
+            format!("unknown action `{}`", quote(r.id)),
         ));
     }
     Ok(uid)

@@ -72,6 +72,16 @@ pub const RELOAD_QUIET: std::time::Duration = std::time::Duration::from_millis(1
 /// The name the health service reports the decision service under.
 pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";
 
+/// What the decision listener serves, as reflection lists it (the data service has a
+/// listener of its own).
+pub const DECISION_LISTENER_SERVICES: &[&str] = &[
+    AUTHORIZER_SERVICE,
+    "blue.authz.v1.Policies",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// Binds and starts serving, with health NOT_SERVING until [`Running::load`] succeeds.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     if config.listen.is_none() && config.unix.is_none() {
@@ -92,10 +102,19 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     health
         .set_service_status(AUTHORIZER_SERVICE, ServingStatus::NotServing)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions (many tools speak only v1alpha), listing only what the
+    // decision listener serves.
+    let reflection = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in DECISION_LISTENER_SERVICES {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let engine = Arc::new(State::new(config.limits));
     let reloader = Reloader::new(engine.clone(), spec_source(&config));
     let telemetry = Telemetry::new(config.decision_log);
@@ -107,7 +126,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .max_decoding_message_size(decode_cap);
     let health_only = Routes::new(health_service.clone());
     let decisions = Routes::new(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(authorizer)
         .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())));
     let mut listeners = Listeners::default();
@@ -241,9 +261,12 @@ impl Running {
     /// Stops accepting calls, lets in-flight calls finish, and returns when the server is down.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.watcher = None;
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        // Every health entry, so that a probe of the decision service by name sees it go too.
+        for service in ["", AUTHORIZER_SERVICE] {
+            self.health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
         for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
         }

@@ -74,6 +74,14 @@ pub struct ServeSettings {
     /// Bearer token the data service requires (`authorization: Bearer <token>`).
     #[arg(long, env = "BLUE_AUTHZ_DATA_TOKEN", hide_env_values = true)]
     pub data_token: Option<String>,
+    /// A file holding the data service's token (its first line), so that the token is not
+    /// on the command line or in the environment; instead of --data-token.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_DATA_TOKEN_FILE",
+        conflicts_with = "data_token"
+    )]
+    pub data_token_file: Option<PathBuf>,
     /// Attribute hops a per-request entity slice follows from the request's entities.
     #[arg(long, env = "BLUE_AUTHZ_SLICE_DEPTH", default_value_t = DEFAULT_SLICE_DEPTH)]
     pub slice_depth: usize,
@@ -300,6 +308,12 @@ impl ServeSettings {
                 format!("`{}` is not text or json", self.log_format),
             ));
         }
+        if self.data_token.is_some() && self.data_token_file.is_some() {
+            return Err(invalid(
+                "--data-token-file",
+                "give the data token or a file holding it, not both".into(),
+            ));
+        }
         let tls = match (self.tls_cert.clone(), self.tls_key.clone()) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
@@ -321,6 +335,7 @@ impl ServeSettings {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             data_listen: self.data_listen.0,
+            // A token file is read when serving starts ([`ServeSettings::data_token`]).
             data_token: self.data_token.clone().filter(|t| !t.is_empty()),
             unix: self.listen_unix.clone(),
             data_unix: self.data_listen_unix.clone(),
@@ -343,6 +358,26 @@ impl ServeSettings {
                 include_context: self.decision_log_context,
             },
         })
+    }
+}
+
+impl ServeSettings {
+    /// The data token: given, or read from `data_token_file` (its first line, trimmed).
+    pub fn data_token(&self) -> Result<Option<String>, SettingsError> {
+        let Some(path) = &self.data_token_file else {
+            return Ok(self.data_token.clone().filter(|t| !t.is_empty()));
+        };
+        let invalid = |message: String| SettingsError::Invalid {
+            flag: "--data-token-file",
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        if token.is_empty() {
+            return Err(invalid(format!("{} holds no token", path.display())));
+        }
+        Ok(Some(token))
     }
 }
 

@@ -184,8 +184,8 @@ impl State {
         Ok(revision)
     }
 
-    /// Waits until the store has reached `min` (0: no wait), for at most `deadline` (or the
-    /// configured maximum).
+    /// Waits until the store has reached `min` (0: no wait), for at most `deadline` and never
+    /// longer than the configured maximum.
     pub async fn wait_for_revision(
         &self,
         min: u64,
@@ -194,10 +194,12 @@ impl State {
         if min <= self.revision() {
             return Ok(());
         }
-        // Answer a little before the caller's deadline, so the caller hears why.
+        // Answer a little before the caller's deadline, so the caller hears why; never wait
+        // longer than the configured maximum, whatever deadline the call sets.
         let waited = deadline
             .map(|d| d.saturating_sub(d / 10))
-            .unwrap_or(self.limits.max_revision_wait);
+            .unwrap_or(self.limits.max_revision_wait)
+            .min(self.limits.max_revision_wait);
         let mut rx = self.revision.subscribe();
         let reached = matches!(
             tokio::time::timeout(waited, rx.wait_for(|r| *r >= min)).await,
