@@ -961,3 +961,78 @@ fn a_store_of_many_chunks_loads_whole_and_a_bad_entity_fails_the_load() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_data_service_bounds_what_one_call_may_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_message_bytes: 20_000,
+        max_write_ops: 50,
+        ..Limits::default()
+    };
+    let mut running = server::start(config(dir.path(), limits)).await.unwrap();
+    running.load().await.unwrap();
+    let mut data = data_client(running.data_addr.unwrap(), Some(TOKEN)).await;
+    let user = |i: usize| {
+        upsert(
+            serde_json::json!({"uid": {"type": "Blue::User", "id": format!("bulk-{i}")}, "attrs": {}, "parents": []}),
+        )
+    };
+
+    // An export chunk over the maximum is refused, naming the field; the maximum is served.
+    let err = data
+        .export_entities(pb::ExportEntitiesRequest {
+            chunk_size: u32::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("chunk_size"), "{}", err.message());
+    let mut ok = data
+        .export_entities(pb::ExportEntitiesRequest { chunk_size: 10_000 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.message().await.unwrap().is_some());
+
+    // A batch over the operation limit, and a message over the byte limit (but under tonic's
+    // own cap of twice it), are refused naming what is wrong, and change nothing.
+    let before = data
+        .read_entities(pb::ReadEntitiesRequest { uids: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let err = data
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: (0..51).map(user).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("ops"), "{}", err.message());
+    let big = upsert(
+        serde_json::json!({"uid": {"type": "Blue::User", "id": "x".repeat(25_000)}, "attrs": {}, "parents": []}),
+    );
+    let err = data
+        .write_entities(pb::WriteEntitiesRequest { ops: vec![big] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("exceeds the limit"),
+        "{}",
+        err.message()
+    );
+    let after = data
+        .read_entities(pb::ReadEntitiesRequest { uids: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    assert_eq!(before, after);
+    // Within both limits, the same kind of batch is written.
+    let r = write(&mut data, (0..50).map(user).collect()).await;
+    assert_eq!(r, before + 1);
+    running.shutdown().await.unwrap();
+}

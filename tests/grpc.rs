@@ -226,6 +226,25 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
         .into_inner();
     let got: Vec<&str> = r.allowed.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(got, vec!["inviteMember"]);
+
+    // A context that is not a JSON object is an error naming the field, as for IsAuthorized.
+    for bad in ["{not json", "[1]", "\"client\""] {
+        let status = client
+            .list_allowed_actions(pb::ListAllowedActionsRequest {
+                principal: uid("Blue::User", "cleo"),
+                resource: uid("Blue::Project", "apollo"),
+                context_json: bad.into(),
+                entities_json: String::new(),
+                min_revision: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
+        assert!(
+            status.message().starts_with("context_json"),
+            "{bad}: {status:?}"
+        );
+    }
     running.shutdown().await.unwrap();
 }
 

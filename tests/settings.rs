@@ -88,6 +88,7 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
         ("log", ("blue_authz=debug", s("blue_authz=debug"), vec![])),
         ("log_format", ("json", s("json"), vec![])),
         ("max_batch", ("7", Integer(7), vec![])),
+        ("max_write_ops", ("11", Integer(11), vec![])),
         ("max_message_bytes", ("1234", Integer(1234), vec![])),
         ("max_revision_wait_ms", ("99", Integer(99), vec![])),
         ("slice_depth", ("2", Integer(2), vec![])),

@@ -263,6 +263,22 @@ pub fn list_allowed(
     entities_json: &str,
     depth: usize,
 ) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
+    // A context that is no JSON object fits no action: an error, as for a single decision
+    // (one that is JSON but fits only some actions leaves the others not evaluated).
+    if !context_json.trim().is_empty() {
+        match serde_json::from_str::<serde_json::Value>(context_json) {
+            Err(e) => {
+                return Err(RequestError::new(
+                    "context_json",
+                    format!("invalid JSON: {e}"),
+                ))
+            }
+            Ok(v) if !v.is_object() => {
+                return Err(RequestError::new("context_json", "must be a JSON object"))
+            }
+            Ok(_) => {}
+        }
+    }
     let actions = pack.actions_for(principal.type_name(), resource.type_name());
     let overlay = parse_overlay(pack, store, entities_json)?;
     let mut requests = Vec::with_capacity(actions.len());

@@ -88,6 +88,9 @@ pub struct ServeSettings {
     /// Most requests in one BatchIsAuthorized call.
     #[arg(long, env = "BLUE_AUTHZ_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
+    /// Most operations in one WriteEntities batch.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_WRITE_OPS", default_value_t = 10_000)]
+    pub max_write_ops: usize,
     /// Threads that serve calls (0: one per available CPU). A sidecar with one CPU's worth of
     /// quota serves more calls per CPU second with 1.
     #[arg(long, env = "BLUE_AUTHZ_WORKER_THREADS", default_value_t = 0)]
@@ -343,6 +346,7 @@ impl ServeSettings {
             limits: Limits {
                 slice_depth: self.slice_depth,
                 max_batch: self.max_batch,
+                max_write_ops: self.max_write_ops,
                 max_message_bytes: self.max_message_bytes,
                 max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
             },

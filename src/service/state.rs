@@ -21,6 +21,9 @@ pub struct Limits {
     pub slice_depth: usize,
     /// Requests per `BatchIsAuthorized` call.
     pub max_batch: usize,
+    /// Operations per `WriteEntities` batch (a batch is committed to the index under its
+    /// write lock, which decisions wait for).
+    pub max_write_ops: usize,
     /// Encoded size of one request message.
     pub max_message_bytes: usize,
     /// Longest wait for `min_revision` when the call has no deadline.
@@ -32,6 +35,7 @@ impl Default for Limits {
         Limits {
             slice_depth: DEFAULT_SLICE_DEPTH,
             max_batch: 10_000,
+            max_write_ops: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
             max_revision_wait: Duration::from_secs(5),
         }

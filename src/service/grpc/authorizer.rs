@@ -9,7 +9,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::pb::authorizer_server::Authorizer;
-use super::{deadline, pb, uid, ServiceError};
+use super::{check_size, deadline, pb, uid, ServiceError};
 use crate::engine::decide::{self, ActionOutcome, Decision};
 use crate::engine::error::RequestError;
 use crate::engine::request::{self, RawRequest};
@@ -74,15 +74,7 @@ impl AuthorizerService {
     }
 
     fn check_size(&self, len: usize) -> Result<(), ServiceError> {
-        let limit = self.engine.limits.max_message_bytes;
-        if len > limit {
-            return Err(RequestError::new(
-                "request",
-                format!("message of {len} bytes exceeds the limit of {limit} bytes"),
-            )
-            .into());
-        }
-        Ok(())
+        check_size(self.engine.limits.max_message_bytes, len)
     }
 
     /// Counts a decision, and logs it when the decision log samples it.

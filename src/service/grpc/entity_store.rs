@@ -5,16 +5,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use prost::Message;
+
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::pb::entity_store_server::EntityStore as EntityStoreRpc;
-use super::{pb, uid, ServiceError};
+use super::{check_size, pb, uid, ServiceError};
 use crate::engine::error::RequestError;
 use crate::engine::index::WriteOp;
 use crate::engine::json::json_uid;
 use crate::service::state::{State, StateError};
 use crate::service::telemetry::Telemetry;
+
+/// The most entities one `ExportEntities` chunk may hold (a chunk is one message, held in
+/// memory whole).
+pub const MAX_EXPORT_CHUNK: usize = 10_000;
 
 /// The `EntityStore` data service. Reached only through its own listener, behind the token
 /// interceptor ([`bearer_auth`]).
@@ -29,6 +35,18 @@ impl EntityStoreService {
     }
 
     async fn write(&self, request: &pb::WriteEntitiesRequest) -> Result<u64, Status> {
+        check_size(self.engine.limits.max_message_bytes, request.encoded_len())?;
+        let max = self.engine.limits.max_write_ops;
+        if request.ops.len() > max {
+            return Err(ServiceError::from(RequestError::new(
+                "ops",
+                format!(
+                    "{} operations exceed the limit of {max} per batch",
+                    request.ops.len()
+                ),
+            ))
+            .into());
+        }
         let ops = request
             .ops
             .iter()
@@ -173,6 +191,13 @@ impl EntityStoreRpc for EntityStoreService {
     ) -> Result<Response<ExportStream>, Status> {
         let chunk = match request.get_ref().chunk_size {
             0 => 1000,
+            n if n as usize > MAX_EXPORT_CHUNK => {
+                return Err(ServiceError::from(RequestError::new(
+                    "chunk_size",
+                    format!("{n} exceeds the maximum of {MAX_EXPORT_CHUNK} entities per chunk"),
+                ))
+                .into())
+            }
             n => n as usize,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -55,3 +55,16 @@ pub(crate) fn uid<'a>(
         None => Err(RequestError::new(field, "is required")),
     }
 }
+
+/// Refuses a request message over the configured limit (tonic itself refuses anything over
+/// twice the limit before decoding it).
+pub(crate) fn check_size(limit: usize, len: usize) -> Result<(), ServiceError> {
+    if len > limit {
+        return Err(RequestError::new(
+            "request",
+            format!("message of {len} bytes exceeds the limit of {limit} bytes"),
+        )
+        .into());
+    }
+    Ok(())
+}
