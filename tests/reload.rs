@@ -193,14 +193,14 @@ async fn bad_candidates_are_rejected_and_the_last_good_set_keeps_answering() {
             company.clone(),
             "when { principal in resource.member };".into(),
             "when { principal in resource.member ;".into(),
-            format!("{}:10:37", company.display()),
+            "company.cedar:10:37".into(),
         ),
         // A schema (type) error.
         (
             records.clone(),
             "resource.project.view".into(),
             "resource.project.viewers".into(),
-            format!("{}:11:21", records.display()),
+            "records.cedar:11:21".into(),
         ),
         // Valid Cedar that breaks a policy test case.
         (
@@ -237,6 +237,12 @@ async fn bad_candidates_are_rejected_and_the_last_good_set_keeps_answering() {
         assert!(
             reasons.contains(&needle),
             "rejection {n} should mention {needle}: {reasons}"
+        );
+        // Paths relative to the policy directory, never the server's own directory.
+        let dir = f.policies.display().to_string();
+        assert!(
+            !reasons.contains(&dir),
+            "rejection {n} shows {dir}: {reasons}"
         );
         assert_eq!(s.live_version, good);
         assert_eq!(s.reloads_accepted, 0);

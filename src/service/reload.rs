@@ -160,7 +160,13 @@ impl Reloader {
             reasons,
         };
         let spec = (self.spec)().map_err(|e| reject(None, vec![e.to_string()]))?;
-        let gated = |e: GateError| reject(e.version().map(str::to_string), e.reasons());
+        // Paths in the reasons are relative to the policy directory (`company.cedar:10:37`),
+        // whatever directory the server was given.
+        let dir = format!("{}/", spec.dir.display());
+        let gated = |e: GateError| {
+            let reasons = e.reasons().iter().map(|r| r.replace(&dir, "")).collect();
+            reject(e.version().map(str::to_string), reasons)
+        };
         let pack = PolicyPack::load(&spec).map_err(|e| gated(e.into()))?;
         if self
             .engine
