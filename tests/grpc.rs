@@ -566,28 +566,37 @@ async fn health_goes_from_not_serving_to_serving_and_reflection_lists_the_servic
     running.shutdown().await.unwrap();
 }
 
-async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let mut c = ServerReflectionClient::new(channel(addr).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = c
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
+/// The services a reflection client of one protocol version lists (the two versions'
+/// generated types differ, the calls do not).
+macro_rules! list_services {
+    ($version:ident, $addr:expr) => {{
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        let mut c = ServerReflectionClient::new(channel($addr).await);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect(stringify!($version))
+            .into_inner();
+        match stream.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
         }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    }};
+}
+
+async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
+    list_services!(v1, addr)
 }
 
 #[tokio::test]
@@ -691,28 +700,7 @@ async fn reflection_speaks_v1alpha_and_lists_only_what_the_decision_listener_ser
     let (running, _client, _dir) = serve(Limits::default()).await;
     let addr = running.addr.unwrap();
     let v1 = reflection_services(addr).await;
-    let v1alpha = {
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        let mut c = ServerReflectionClient::new(channel(addr).await);
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut stream = c
-            .server_reflection_info(tokio_stream::iter(vec![req]))
-            .await
-            .expect("v1alpha reflection")
-            .into_inner();
-        match stream.message().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-            }
-            other => panic!("unexpected reflection answer {other:?}"),
-        }
-    };
+    let v1alpha = list_services!(v1alpha, addr);
     for services in [&v1, &v1alpha] {
         assert!(
             services.contains(&AUTHORIZER_SERVICE.to_string()),

@@ -389,22 +389,14 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
             .connect()
             .await
             .unwrap();
-        let read = |token: &str| {
-            let mut req = tonic::Request::new(pb::ReadEntitiesRequest {
-                uids: vec![uid("Blue::User", "ada").unwrap()],
-            });
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            req
-        };
         let mut client = EntityStoreClient::new(data);
         let found = client
-            .read_entities(read(TOKEN))
+            .read_entities(read_ada(TOKEN))
             .await
             .unwrap()
             .into_inner();
         assert!(found.missing.is_empty(), "{how}");
-        let refused = client.read_entities(read("wrong")).await.unwrap_err();
+        let refused = client.read_entities(read_ada("wrong")).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{how}");
 
         // The health service alone on its own address: SERVING, and no decisions there.
@@ -675,21 +667,13 @@ async fn the_data_token_can_come_from_a_file() {
         .await
         .unwrap();
     let mut client = EntityStoreClient::new(data);
-    let read = |token: &str| {
-        let mut req = tonic::Request::new(pb::ReadEntitiesRequest {
-            uids: vec![uid("Blue::User", "ada").unwrap()],
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
-    };
     let found = client
-        .read_entities(read("from-a-file-42"))
+        .read_entities(read_ada("from-a-file-42"))
         .await
         .unwrap()
         .into_inner();
     assert!(found.missing.is_empty());
-    let refused = client.read_entities(read(TOKEN)).await.unwrap_err();
+    let refused = client.read_entities(read_ada(TOKEN)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     drop(served);
 
@@ -720,4 +704,14 @@ async fn the_data_token_can_come_from_a_file() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("data-token"), "{args:?}: {err}");
     }
+}
+
+/// A data-service read of `ada`, carrying `token`.
+fn read_ada(token: &str) -> tonic::Request<pb::ReadEntitiesRequest> {
+    let mut req = tonic::Request::new(pb::ReadEntitiesRequest {
+        uids: vec![uid("Blue::User", "ada").unwrap()],
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
 }

@@ -43,7 +43,9 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         print!("{}", settings::print(&pack, &s)?);
         return Ok(Exit::Success);
     }
-    config.data_token = s.data_token()?;
+    if let Some(token) = s.read_token_file()? {
+        config.data_token = Some(token);
+    }
     let _log_guard = init_logging(log_filter, &s.log_format);
     let runtime = match s.worker_threads {
         0 => tokio::runtime::Runtime::new()?,
@@ -57,8 +59,7 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         let mut running = server::start(config).await?;
         if let Err(e) = running.load().await {
             match &e {
-                ServeError::Load(LoadError::Invalid(diags))
-                | ServeError::Gate(GateError::Load(LoadError::Invalid(diags))) => {
+                ServeError::Gate(GateError::Load(LoadError::Invalid(diags))) => {
                     for d in diags {
                         eprintln!("{}", super::report::render(d));
                     }

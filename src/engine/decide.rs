@@ -263,22 +263,6 @@ pub fn list_allowed(
     entities_json: &str,
     depth: usize,
 ) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
-    // A context that is no JSON object fits no action: an error, as for a single decision
-    // (one that is JSON but fits only some actions leaves the others not evaluated).
-    if !context_json.trim().is_empty() {
-        match serde_json::from_str::<serde_json::Value>(context_json) {
-            Err(e) => {
-                return Err(RequestError::new(
-                    "context_json",
-                    format!("invalid JSON: {e}"),
-                ))
-            }
-            Ok(v) if !v.is_object() => {
-                return Err(RequestError::new("context_json", "must be a JSON object"))
-            }
-            Ok(_) => {}
-        }
-    }
     let actions = pack.actions_for(principal.type_name(), resource.type_name());
     let overlay = parse_overlay(pack, store, entities_json)?;
     let mut requests = Vec::with_capacity(actions.len());
@@ -291,7 +275,13 @@ pub fn list_allowed(
                 literals.extend(entry.literals.iter().cloned());
                 requests.push((*action, *entry, Ok(r)));
             }
-            Err(e) if e.field == "context_json" => requests.push((*action, *entry, Err(e.message))),
+            // A context that fits only some actions leaves the others not evaluated; one
+            // that is no JSON object fits none, an error as for a single decision (checked
+            // only here, on the way out, so a good context is parsed no more than before).
+            Err(e) if e.field == "context_json" => {
+                not_a_json_object(context_json)?;
+                requests.push((*action, *entry, Err(e.message)))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -338,6 +328,21 @@ pub fn list_allowed(
             (action.id().unescaped().to_string(), outcome)
         })
         .collect())
+}
+
+/// INVALID_ARGUMENT on `context_json` if it is given but is no JSON object.
+fn not_a_json_object(context_json: &str) -> Result<(), RequestError> {
+    if context_json.trim().is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(context_json) {
+        Err(e) => Err(RequestError::new(
+            "context_json",
+            format!("invalid JSON: {e}"),
+        )),
+        Ok(v) if !v.is_object() => Err(RequestError::new("context_json", "must be a JSON object")),
+        Ok(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

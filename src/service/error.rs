@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use super::gate::GateError;
 use super::state::StateError;
-use crate::engine::error::LoadError;
 use crate::files::FileError;
 
 /// Why the server could not start or stop.
@@ -17,8 +16,6 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Load(#[from] LoadError),
     #[error(transparent)]
     Gate(#[from] GateError),
     #[error(transparent)]

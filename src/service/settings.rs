@@ -17,7 +17,7 @@ use super::error::SettingsError;
 use super::state::Limits;
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::pack::PackSpec;
-use crate::files::{read_toml, FileError};
+use crate::files::read_toml;
 
 /// The policy pack to load: given to every command.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
@@ -191,11 +191,6 @@ fn keys<A: Args>() -> Vec<String> {
         .collect()
 }
 
-/// Reads a configuration file as a TOML table.
-fn read_table(path: &Path) -> Result<toml::Table, FileError> {
-    read_toml(path)
-}
-
 /// Replaces, in `value`, every setting the file gives and the user did not (by flag or
 /// environment); a key of the file that `value` does not have is left for the caller.
 fn overlay_file<T: Serialize + for<'de> Deserialize<'de>>(
@@ -205,33 +200,23 @@ fn overlay_file<T: Serialize + for<'de> Deserialize<'de>>(
     own: &[String],
     m: &ArgMatches,
 ) -> Result<(), SettingsError> {
-    let mut merged = toml::Table::try_from(&*value).map_err(|e| SettingsError::Value {
+    let wrong = |key: &str, message: String| SettingsError::Value {
         file: file.to_path_buf(),
-        key: String::new(),
-        message: e.to_string(),
-    })?;
+        key: key.to_string(),
+        message,
+    };
+    let mut merged = toml::Table::try_from(&*value).map_err(|e| wrong("", e.to_string()))?;
     for (key, v) in table {
         if !own.contains(key) || set_by_user(m, key) {
             continue;
         }
-        let mut candidate = merged.clone();
-        candidate.insert(key.clone(), v.clone());
+        merged.insert(key.clone(), v.clone());
         // One key at a time, so that a wrong value is reported under its own name.
-        candidate
+        *value = merged
             .clone()
-            .try_into::<T>()
-            .map_err(|e| SettingsError::Value {
-                file: file.to_path_buf(),
-                key: key.clone(),
-                message: e.message().to_string(),
-            })?;
-        merged = candidate;
+            .try_into()
+            .map_err(|e: toml::de::Error| wrong(key, e.message().to_string()))?;
     }
-    *value = merged.try_into().map_err(|e| SettingsError::Value {
-        file: file.to_path_buf(),
-        key: String::new(),
-        message: e.to_string(),
-    })?;
     Ok(())
 }
 
@@ -242,7 +227,7 @@ pub fn with_file(
     sub: &ArgMatches,
     file: &Path,
 ) -> Result<(), SettingsError> {
-    let table = read_table(file)?;
+    let table: toml::Table = read_toml(file)?;
     let pack_keys = keys::<PackArgs>();
     let serve_keys = keys::<ServeSettings>();
     if let Some(key) = table
@@ -261,7 +246,7 @@ pub fn with_file(
 
 /// The overlays a configuration file enables (none if it names none): read again on reloads.
 pub fn file_overlays(file: &Path) -> Result<Vec<String>, SettingsError> {
-    let table = read_table(file)?;
+    let table: toml::Table = read_toml(file)?;
     match table.get("overlays") {
         None => Ok(Vec::new()),
         Some(v) => v
@@ -338,7 +323,7 @@ impl ServeSettings {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             data_listen: self.data_listen.0,
-            // A token file is read when serving starts ([`ServeSettings::data_token`]).
+            // A token file is read when serving starts ([`ServeSettings::read_token_file`]).
             data_token: self.data_token.clone().filter(|t| !t.is_empty()),
             unix: self.listen_unix.clone(),
             data_unix: self.data_listen_unix.clone(),
@@ -363,13 +348,12 @@ impl ServeSettings {
             },
         })
     }
-}
 
-impl ServeSettings {
-    /// The data token: given, or read from `data_token_file` (its first line, trimmed).
-    pub fn data_token(&self) -> Result<Option<String>, SettingsError> {
+    /// The token in `data_token_file` (its first line, trimmed), if one is given: read when
+    /// serving starts, not for `--print-config`.
+    pub fn read_token_file(&self) -> Result<Option<String>, SettingsError> {
         let Some(path) = &self.data_token_file else {
-            return Ok(self.data_token.clone().filter(|t| !t.is_empty()));
+            return Ok(None);
         };
         let invalid = |message: String| SettingsError::Invalid {
             flag: "--data-token-file",
