@@ -384,12 +384,7 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
         assert_eq!(d.decision, pb::Decision::Deny as i32, "{how}");
 
         // The data service on its own address, with the token and only with it.
-        let data = Channel::from_shared(format!("http://{}", served.addrs["data"]))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = EntityStoreClient::new(data);
+        let mut client = data_client(&served).await;
         let found = client
             .read_entities(read_ada(TOKEN))
             .await
@@ -661,12 +656,7 @@ async fn the_data_token_can_come_from_a_file() {
     let mut c = bin();
     apply(&mut c, &settings, false);
     let served = serve(&mut c, &["data"]);
-    let data = Channel::from_shared(format!("http://{}", served.addrs["data"]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = EntityStoreClient::new(data);
+    let mut client = data_client(&served).await;
     let found = client
         .read_entities(read_ada("from-a-file-42"))
         .await
@@ -714,4 +704,14 @@ fn read_ada(token: &str) -> tonic::Request<pb::ReadEntitiesRequest> {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
+}
+
+/// A client of the served data service.
+async fn data_client(served: &Served) -> EntityStoreClient<Channel> {
+    let data = Channel::from_shared(format!("http://{}", served.addrs["data"]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    EntityStoreClient::new(data)
 }
