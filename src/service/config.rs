@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::error::ServeError;
+pub use super::replica::SourceConfig;
 use super::state::Limits;
 use crate::engine::pack::PackSpec;
 
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     /// File mode of the Unix sockets.
     pub unix_mode: u32,
     pub limits: Limits,
+    /// The shared source this node replicates (None: the embedded database alone).
+    pub source: Option<SourceConfig>,
     /// Watch the policy directory (and the config file) and reload on changes.
     pub watch: bool,
     /// The configuration file, read again on every reload for `overlays`.
@@ -61,6 +64,7 @@ impl ServeConfig {
             data_unix: None,
             unix_mode: 0o660,
             limits: Limits::default(),
+            source: None,
             watch: true,
             config_file: None,
             overlays_fixed: true,

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod grpc;
 pub mod listeners;
 pub mod reload;
+pub mod replica;
 pub mod server;
 pub mod settings;
 pub mod startup;

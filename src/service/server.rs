@@ -22,6 +22,7 @@ use super::grpc::pb::policies_server::PoliciesServer;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
 use super::listeners::{bind, bind_unix, incoming, Listeners};
 use super::reload::{self, Reloader, SpecSource};
+use super::replica::{Replica, ReplicaSlot};
 use super::settings;
 use super::startup;
 pub use super::state::Limits;
@@ -58,6 +59,8 @@ pub struct Running {
     pub engine: Arc<State>,
     pub reloader: Arc<Reloader>,
     pub telemetry: Arc<Telemetry>,
+    /// The replica of the shared source, once loaded (None: the embedded database alone).
+    pub replica: ReplicaSlot,
     watcher: Option<notify::RecommendedWatcher>,
     config: ServeConfig,
     health: HealthReporter,
@@ -118,6 +121,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let engine = Arc::new(State::new(config.limits));
     let reloader = Reloader::new(engine.clone(), spec_source(&config));
     let telemetry = Telemetry::new(config.decision_log);
+    let replica = ReplicaSlot::default();
     // tonic refuses anything over twice our limit itself; between the two, the handlers
     // answer INVALID_ARGUMENT naming the limit.
     let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
@@ -147,8 +151,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     match &config.data_token {
         Some(token) if !token.is_empty() => {
             let data = Routes::new(tonic::service::interceptor::InterceptedService::new(
-                EntityStoreServer::new(EntityStoreService::new(engine.clone(), telemetry.clone()))
-                    .max_decoding_message_size(decode_cap),
+                EntityStoreServer::new(EntityStoreService::new(
+                    engine.clone(),
+                    telemetry.clone(),
+                    replica.clone(),
+                    config.source.is_some(),
+                ))
+                .max_decoding_message_size(decode_cap),
                 bearer_auth(token.clone()),
             ));
             if let Some(listen) = config.data_listen {
@@ -176,7 +185,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let mut metrics_addr = None;
     if let Some(listen) = config.metrics_listen {
         let (listener, bound) = bind(listen).await?;
-        let registry = telemetry.registry(engine.clone(), reloader.clone());
+        let registry = telemetry.registry(engine.clone(), reloader.clone(), replica.clone());
         let (tx, rx) = oneshot::channel::<()>();
         listeners.shutdown.push(tx);
         listeners.tasks.push(tokio::spawn(async move {
@@ -199,6 +208,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         engine,
         reloader,
         telemetry,
+        replica,
         watcher: None,
         config,
         health,
@@ -214,9 +224,13 @@ impl Running {
         let spec = self.reloader.spec()?;
         let db = self.config.db.clone();
         let seed = self.config.seed.clone();
-        let (pack, store, storage) =
-            tokio::task::spawn_blocking(move || startup::load(&spec, &db, seed.as_deref()))
-                .await??;
+        let (pack, store, storage) = match self.config.source.clone() {
+            None => {
+                tokio::task::spawn_blocking(move || startup::load(&spec, &db, seed.as_deref()))
+                    .await??
+            }
+            Some(source) => return self.load_replica(spec, source).await,
+        };
         tracing::info!(
             policies = pack.policies.policies().count(),
             unplanned_actions = pack.unplanned_actions().len(),
@@ -227,6 +241,48 @@ impl Running {
             "policies and data loaded"
         );
         self.engine.install(pack, store, storage);
+        self.serve_loaded().await
+    }
+
+    /// Start-up as a replica of a shared source: the local copy brought in line with the
+    /// source, the seed written to the source if it is empty, the follower started.
+    async fn load_replica(
+        &mut self,
+        spec: PackSpec,
+        source: super::config::SourceConfig,
+    ) -> Result<(), ServeError> {
+        let pack = tokio::task::spawn_blocking(move || super::gate::load(&spec)).await??;
+        let replica = Arc::new(
+            Replica::new(self.engine.clone(), &self.config.db, source)
+                .map_err(|e| ServeError::State(e.into()))?,
+        );
+        let (store, storage, head) = replica.open(&pack).await?;
+        tracing::info!(
+            policies = pack.policies.policies().count(),
+            version = %pack.version,
+            source = replica.source.name(),
+            entities = store.len(),
+            revision = store.revision(),
+            source_revision = head.as_ref().map(|h| h.revision),
+            "policies loaded; local copy of the shared source open"
+        );
+        self.engine.install(pack, store, storage);
+        if let (Some(seed), Some(head)) = (&self.config.seed, &head) {
+            if head.revision == 0 {
+                if let Some(revision) = replica.seed(seed).await? {
+                    tracing::info!(revision, seed = %seed.display(), "the empty shared source seeded");
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shutdown.push(tx);
+        tokio::spawn(replica.clone().follow(rx));
+        let _ = self.replica.set(replica);
+        self.serve_loaded().await
+    }
+
+    /// Watches for policy changes and flips health to SERVING.
+    async fn serve_loaded(&mut self) -> Result<(), ServeError> {
         if self.config.watch {
             let mut paths = vec![self.config.pack.dir.clone()];
             paths.extend(self.config.config_file.clone());

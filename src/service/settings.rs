@@ -12,7 +12,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::config::{DecisionLog, ServeConfig, TlsFiles};
+use super::config::{DecisionLog, ServeConfig, SourceConfig, TlsFiles};
 use super::error::SettingsError;
 use super::state::Limits;
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
@@ -63,8 +63,31 @@ pub struct ServeSettings {
     #[command(flatten)]
     #[serde(flatten)]
     pub db: DbArgs,
-    /// Cedar JSON entities file written into the database when the database is empty
-    /// ('': none).
+    /// The shared source of entity data, a PostgreSQL connection string
+    /// (`postgres://user@host:5432/db`); '' for the embedded database alone. With a source,
+    /// --db is this replica's local copy.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_SOURCE",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub source: String,
+    /// How often a replica polls the source's change log when no notification comes, in ms.
+    #[arg(long, env = "BLUE_AUTHZ_SOURCE_POLL_MS", default_value_t = 500)]
+    pub source_poll_ms: u64,
+    /// Batches the source's change log keeps (0: no count limit); older ones are pruned.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_LOG_RETENTION_BATCHES",
+        default_value_t = 1_000_000
+    )]
+    pub log_retention_batches: u64,
+    /// How long the source's change log keeps a batch, in hours (0: no age limit).
+    #[arg(long, env = "BLUE_AUTHZ_LOG_RETENTION_HOURS", default_value_t = 168)]
+    pub log_retention_hours: u64,
+    /// Cedar JSON entities file written into the database (or the shared source) when it is
+    /// empty ('': none).
     #[arg(long, env = "BLUE_AUTHZ_SEED", default_value = "data/demo.json")]
     pub seed: String,
     /// TCP address of the data service (EntityStore; '': none); it runs only when a token is
@@ -265,8 +288,31 @@ pub fn print(pack: &PackArgs, serve: &ServeSettings) -> Result<String, toml::ser
     let mut table = toml::Table::try_from(pack)?;
     let mut serve = serve.clone();
     serve.data_token = serve.data_token.map(|_| "<redacted>".to_string());
+    serve.source = redact_password(&serve.source);
     table.extend(toml::Table::try_from(&serve)?);
     toml::to_string(&table)
+}
+
+/// A connection string with its password replaced (`postgres://u:secret@h` or
+/// `password=secret`).
+fn redact_password(url: &str) -> String {
+    if let Some(scheme) = url.find("://") {
+        let rest = &url[scheme + 3..];
+        if let Some(at) = rest.find('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme + 3 + colon + 1;
+                return format!("{}<redacted>{}", &url[..start], &url[scheme + 3 + at..]);
+            }
+        }
+        return url.to_string();
+    }
+    url.split(' ')
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=<redacted>".to_string(),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl ServeSettings {
@@ -335,6 +381,16 @@ impl ServeSettings {
                 max_message_bytes: self.max_message_bytes,
                 max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
             },
+            source: Some(self.source.trim())
+                .filter(|s| !s.is_empty())
+                .map(|url| SourceConfig {
+                    url: url.to_string(),
+                    poll: Duration::from_millis(self.source_poll_ms.max(1)),
+                    keep_batches: self.log_retention_batches,
+                    max_age: Some(self.log_retention_hours)
+                        .filter(|h| *h > 0)
+                        .map(|h| Duration::from_secs(h * 3600)),
+                }),
             watch: self.watch,
             config_file,
             overlays_fixed,

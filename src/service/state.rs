@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::error::{DataError, RequestError};
-use crate::engine::index::{EntityStore, WriteOp};
+use crate::engine::index::{EntityStore, Prepared, WriteOp};
 use crate::engine::pack::PolicyPack;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ChangeSet, SourceError, Storage, StorageError};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +59,11 @@ pub enum StateError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Data(#[from] DataError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A batch from the shared source does not follow this replica's revision.
+    #[error("batch {got} does not follow revision {current}")]
+    Gap { current: u64, got: u64 },
 }
 
 /// The shared engine state.
@@ -170,14 +175,23 @@ impl State {
         *self.revision.borrow()
     }
 
-    /// Validates a batch whole against the schema and the data, commits it durably, then
-    /// makes it visible; returns the new revision. An invalid batch changes nothing.
-    pub fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StateError> {
+    /// Follows the revision as it advances.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    fn ready(&self) -> Result<(Arc<PolicyPack>, Arc<dyn Storage>), StateError> {
         let pack = self.pack().ok_or(StateError::NotReady)?;
         let storage = self.storage().ok_or(StateError::NotReady)?;
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
-        prepared.changes.schema = Some(pack.schema_version.clone());
+        Ok((pack, storage))
+    }
+
+    /// Makes a prepared batch durable, then visible. The caller holds the writer lock.
+    fn commit_prepared(
+        &self,
+        storage: &dyn Storage,
+        prepared: Prepared,
+    ) -> Result<u64, StateError> {
         storage.apply(&prepared.changes)?;
         let revision = prepared.revision();
         self.store
@@ -186,6 +200,112 @@ impl State {
             .commit(prepared);
         self.revision.send_replace(revision);
         Ok(revision)
+    }
+
+    /// Applies batches of the shared source in order, each validated under the live schema,
+    /// made durable and then visible whole. Batches already applied are skipped; one that does
+    /// not follow the current revision stops the run (a gap is never stepped over). Returns the
+    /// revision reached.
+    pub fn apply_batches(&self, batches: Vec<ChangeSet>) -> Result<u64, StateError> {
+        let (pack, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply_locked(&pack, storage.as_ref(), batches)
+    }
+
+    fn apply_locked(
+        &self,
+        pack: &PolicyPack,
+        storage: &dyn Storage,
+        batches: Vec<ChangeSet>,
+    ) -> Result<u64, StateError> {
+        for batch in batches {
+            let current = self.revision();
+            if batch.revision <= current {
+                continue;
+            }
+            if batch.revision != current + 1 {
+                return Err(StateError::Gap {
+                    current,
+                    got: batch.revision,
+                });
+            }
+            let mut prepared = self.read_store().prepare_changes(&batch, &pack.entities)?;
+            prepared.changes.schema = Some(pack.schema_version.clone());
+            self.commit_prepared(storage, prepared)?;
+        }
+        Ok(self.revision())
+    }
+
+    /// For a write through the shared source, whose head is `head` (and locked): applies the
+    /// batches this replica lacks, then validates `ops` on top, as batch `head + 1`.
+    pub fn prepare_on(
+        &self,
+        behind: Vec<ChangeSet>,
+        head: u64,
+        ops: Vec<WriteOp>,
+    ) -> Result<Prepared, StateError> {
+        let (pack, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let reached = self.apply_locked(&pack, storage.as_ref(), behind)?;
+        if reached != head {
+            return Err(StateError::Gap {
+                current: reached,
+                got: head + 1,
+            });
+        }
+        let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
+        prepared.changes.schema = Some(pack.schema_version.clone());
+        Ok(prepared)
+    }
+
+    /// Makes a batch the shared source committed durable and visible here, unless the
+    /// follower got there first.
+    pub fn apply_prepared(&self, prepared: Prepared) -> Result<u64, StateError> {
+        let (_, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.revision();
+        if prepared.revision() <= current {
+            return Ok(prepared.revision());
+        }
+        if prepared.revision() != current + 1 {
+            return Err(StateError::Gap {
+                current,
+                got: prepared.revision(),
+            });
+        }
+        self.commit_prepared(storage.as_ref(), prepared)
+    }
+
+    /// Replaces the whole store and its storage at once (a replica that re-read a snapshot):
+    /// `switch` runs first, under the writer lock (it moves the new database file into place).
+    pub fn replace(
+        &self,
+        store: EntityStore,
+        storage: Arc<dyn Storage>,
+        switch: impl FnOnce() -> Result<(), StorageError>,
+    ) -> Result<(), StateError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        switch()?;
+        let revision = store.revision();
+        let old = {
+            let mut live = self.store.write().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::replace(&mut *live, store);
+            *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
+            old
+        };
+        self.revision.send_replace(revision);
+        drop(old);
+        Ok(())
+    }
+
+    /// Validates a batch whole against the schema and the data, commits it durably, then
+    /// makes it visible; returns the new revision. An invalid batch changes nothing.
+    pub fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StateError> {
+        let (pack, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
+        prepared.changes.schema = Some(pack.schema_version.clone());
+        self.commit_prepared(storage.as_ref(), prepared)
     }
 
     /// Waits until the store has reached `min` (0: no wait), for at most `deadline` and never

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use super::config::DecisionLog;
 use crate::engine::decide::Decision;
 use crate::service::reload::Reloader;
+use crate::service::replica::ReplicaSlot;
 use crate::service::state::State;
 
 /// The tracing target of decision log events.
@@ -162,7 +163,12 @@ impl Telemetry {
     }
 
     /// The metrics registry: these counters, and the live state read at each scrape.
-    pub fn registry(self: &Arc<Self>, engine: Arc<State>, reloader: Arc<Reloader>) -> Registry {
+    pub fn registry(
+        self: &Arc<Self>,
+        engine: Arc<State>,
+        reloader: Arc<Reloader>,
+        replica: ReplicaSlot,
+    ) -> Registry {
         let mut registry = Registry::with_prefix("blue_authz");
         registry.register(
             "request_duration_seconds",
@@ -178,6 +184,7 @@ impl Telemetry {
             telemetry: self.clone(),
             engine,
             reloader,
+            replica,
         }));
         registry
     }
@@ -188,6 +195,7 @@ struct Scrape {
     telemetry: Arc<Telemetry>,
     engine: Arc<State>,
     reloader: Arc<Reloader>,
+    replica: ReplicaSlot,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -261,6 +269,35 @@ impl Collector for Scrape {
             MetricType::Gauge,
         )?;
         ConstGauge::new(revision as i64).encode(enc)?;
+        if let Some(replica) = self.replica.get() {
+            let view = replica.status.view();
+            let gauges: [(&str, &str, f64); 4] = [
+                (
+                    "source_up",
+                    "Whether the shared source answered the last call (1) or not (0)",
+                    if view.reachable { 1.0 } else { 0.0 },
+                ),
+                (
+                    "source_revision",
+                    "The shared source's newest revision, as last seen",
+                    view.head.max(revision) as f64,
+                ),
+                (
+                    "source_behind_revisions",
+                    "Batches of the shared source this replica has not applied yet, as last seen",
+                    view.head.saturating_sub(revision) as f64,
+                ),
+                (
+                    "source_last_answer_age_seconds",
+                    "Seconds since the shared source last answered (-1: never)",
+                    view.since_answered.map(|d| d.as_secs_f64()).unwrap_or(-1.0),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let enc = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(value).encode(enc)?;
+            }
+        }
         let mut enc = encoder.encode_descriptor(
             "store_entities",
             "Entities in the store, by type",

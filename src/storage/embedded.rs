@@ -15,6 +15,8 @@ const REVISION: &str = "revision";
 /// Text metadata: `schema` -> the schema version the stored entities were validated with.
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 const SCHEMA: &str = "schema";
+/// Text metadata: `source` -> the id of the shared source this database is a copy of.
+const SOURCE: &str = "source";
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -70,6 +72,17 @@ impl RedbStorage {
         Ok(true)
     }
 
+    fn text(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = match txn.open_table(META_TEXT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let v = meta.get(key).map_err(|e| self.err(e))?;
+        Ok(v.map(|v| v.value().to_string()))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> StorageError {
         StorageError {
             path: self.path.clone(),
@@ -91,14 +104,11 @@ impl Storage for RedbStorage {
     }
 
     fn schema(&self) -> Result<Option<String>, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let meta = match txn.open_table(META_TEXT) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
-        let v = meta.get(SCHEMA).map_err(|e| self.err(e))?;
-        Ok(v.map(|v| v.value().to_string()))
+        self.text(SCHEMA)
+    }
+
+    fn source(&self) -> Result<Option<String>, StorageError> {
+        self.text(SOURCE)
     }
 
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError> {
@@ -131,6 +141,10 @@ impl Storage for RedbStorage {
                 None => {
                     text.remove(SCHEMA).map_err(|e| self.err(e))?;
                 }
+            }
+            if let Some(source) = &changes.source {
+                text.insert(SOURCE, source.as_str())
+                    .map_err(|e| self.err(e))?;
             }
         }
         txn.commit().map_err(|e| self.err(e))

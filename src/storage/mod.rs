@@ -1,14 +1,16 @@
-//! Durable entity storage behind one small trait, so that another backend (a shared
-//! PostgreSQL, say) can be added without touching the decision path. The engine hands storage
-//! the change sets of its validated write batches ([`ChangeSet`]); storage makes them durable
-//! and scans them back at start-up.
+//! Durable entity storage: the embedded database behind one small trait ([`Storage`]), and
+//! the shared PostgreSQL source a fleet of replicas follows ([`PgSource`]). The engine hands
+//! storage the change sets of its validated write batches ([`ChangeSet`]); storage makes them
+//! durable and scans them back at start-up.
 
 use std::path::PathBuf;
 
 mod embedded;
+mod postgres;
 
 pub use crate::engine::index::ChangeSet;
 pub use embedded::RedbStorage;
+pub use postgres::{Head, PgSource, Poll, SourceError, WriteTxn};
 
 /// A storage operation that failed, naming the database.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub trait Storage: Send + Sync {
     fn revision(&self) -> Result<u64, StorageError>;
     /// The schema version the stored entities were last validated with, if recorded.
     fn schema(&self) -> Result<Option<String>, StorageError>;
+    /// The id of the shared source the stored entities are a copy of, if any.
+    fn source(&self) -> Result<Option<String>, StorageError>;
     /// Applies a change set atomically and durably; returns only once it is synced.
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError>;
     /// Visits every entity (its stored JSON) of one consistent snapshot, with that snapshot's

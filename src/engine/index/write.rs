@@ -39,6 +39,10 @@ pub struct ChangeSet {
     pub deletes: Vec<String>,
     /// The schema version every stored entity now conforms to, when the writer knows it.
     pub schema: Option<String>,
+    /// The shared source these entities are a copy of (recorded when Some, kept when None).
+    pub source: Option<String>,
+    /// When the batch was committed at its source (Unix ms; 0 when unknown).
+    pub committed_at_unix_ms: u64,
 }
 
 /// A validated batch: the final version of every touched entity (None: deleted), ready to
@@ -222,6 +226,39 @@ impl EntityStore {
         let prepared = working.finish();
         self.acyclic(prepared.upserts())
             .map_err(|m| RequestError::new("ops", m))?;
+        Ok(prepared)
+    }
+
+    /// A batch another writer validated (from a shared source's log): its entities are
+    /// validated again under `schema`, and refused if they would close a hierarchy cycle.
+    pub fn prepare_changes(
+        &self,
+        changes: &ChangeSet,
+        schema: &EntitySchema,
+    ) -> Result<Prepared, DataError> {
+        let what = format!("batch {}", changes.revision);
+        let mut working = Working::new(self);
+        for (uid, bytes) in &changes.puts {
+            let value: Value = serde_json::from_slice(bytes).map_err(|source| DataError::Json {
+                what: format!("{what} entity {uid}"),
+                source,
+            })?;
+            let e = parse_entity(value, schema, &what)?;
+            working.set(e.uid, Some(e.json));
+        }
+        for uid in &changes.deletes {
+            let parsed = uid.parse::<EntityUid>().map_err(|e| DataError::Invalid {
+                what: what.clone(),
+                message: format!("deletes `{uid}`, which is not an entity uid: {e}"),
+            })?;
+            working.set(parsed, None);
+        }
+        let prepared = working.finish().with_revision(changes.revision);
+        self.acyclic(prepared.upserts())
+            .map_err(|e| DataError::Invalid {
+                what,
+                message: e.to_string(),
+            })?;
         Ok(prepared)
     }
 

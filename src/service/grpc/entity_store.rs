@@ -15,8 +15,11 @@ use super::{check_size, pb, uid, ServiceError};
 use crate::engine::error::RequestError;
 use crate::engine::index::WriteOp;
 use crate::engine::json::json_uid;
+use crate::service::replica::Replica;
+use crate::service::replica::ReplicaSlot;
 use crate::service::state::{State, StateError};
 use crate::service::telemetry::Telemetry;
+use crate::storage::{ChangeSet, Poll};
 
 /// The most entities one `ExportEntities` chunk may hold (a chunk is one message, held in
 /// memory whole).
@@ -27,11 +30,36 @@ pub const MAX_EXPORT_CHUNK: usize = 10_000;
 pub struct EntityStoreService {
     engine: Arc<State>,
     telemetry: Arc<Telemetry>,
+    /// The replica of the shared source, once started.
+    replica: ReplicaSlot,
+    /// Whether this node has a shared source (then it never writes only locally).
+    shared: bool,
 }
 
+/// Batches one `WatchChanges` read of the log carries.
+const WATCH_BATCHES: u32 = 100;
+
 impl EntityStoreService {
-    pub fn new(engine: Arc<State>, telemetry: Arc<Telemetry>) -> Self {
-        EntityStoreService { engine, telemetry }
+    pub fn new(
+        engine: Arc<State>,
+        telemetry: Arc<Telemetry>,
+        replica: ReplicaSlot,
+        shared: bool,
+    ) -> Self {
+        EntityStoreService {
+            engine,
+            telemetry,
+            replica,
+            shared,
+        }
+    }
+
+    fn replica(&self) -> Result<Option<Arc<Replica>>, Status> {
+        match self.replica.get() {
+            Some(r) => Ok(Some(r.clone())),
+            None if self.shared => Err(ServiceError::from(StateError::NotReady).into()),
+            None => Ok(None),
+        }
     }
 
     async fn write(&self, request: &pb::WriteEntitiesRequest) -> Result<u64, Status> {
@@ -54,6 +82,9 @@ impl EntityStoreService {
             .map(|(i, op)| write_op(i, op))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServiceError::from)?;
+        if let Some(replica) = self.replica()? {
+            return Ok(replica.write(ops).await.map_err(ServiceError::from)?);
+        }
         let engine = self.engine.clone();
         Ok(tokio::task::spawn_blocking(move || engine.write(ops))
             .await
@@ -135,6 +166,42 @@ fn write_op(i: usize, op: &pb::WriteOp) -> Result<WriteOp, RequestError> {
 }
 
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportEntitiesChunk, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ChangeBatch, Status>> + Send>>;
+
+/// A batch of the log as `WatchChanges` sends it.
+fn change_batch(b: ChangeSet) -> pb::ChangeBatch {
+    let mut upserts =
+        Vec::with_capacity(b.puts.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 2);
+    upserts.push(b'[');
+    for (i, (_, json)) in b.puts.iter().enumerate() {
+        if i > 0 {
+            upserts.push(b',');
+        }
+        upserts.extend_from_slice(json);
+    }
+    upserts.push(b']');
+    pb::ChangeBatch {
+        revision: b.revision,
+        committed_at_unix_ms: b.committed_at_unix_ms,
+        upserts_json: String::from_utf8_lossy(&upserts).into_owned(),
+        deletes: b
+            .deletes
+            .iter()
+            .filter_map(|u| u.parse::<cedar_policy::EntityUid>().ok())
+            .map(|u| pb::EntityUid {
+                r#type: u.type_name().to_string(),
+                id: u.id().unescaped().to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn pruned(from: u64, pruned_through: u64) -> Status {
+    Status::out_of_range(format!(
+        "revision {from} is older than the retained change log, which starts after revision \
+         {pruned_through}: read a snapshot with ExportEntities and watch from its revision"
+    ))
+}
 
 #[tonic::async_trait]
 impl EntityStoreRpc for EntityStoreService {
@@ -181,6 +248,104 @@ impl EntityStoreRpc for EntityStoreService {
             missing,
             revision: store.revision(),
         }))
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let Some(replica) = self.replica()? else {
+            return Err(Status::failed_precondition(
+                "this node keeps its data in its embedded database alone: WatchChanges needs a \
+                 shared source (--source)",
+            ));
+        };
+        let from = request.get_ref().from_revision;
+        // Refuse a pruned position before the stream starts, so the caller gets the status.
+        let first = replica
+            .source
+            .poll(from, WATCH_BATCHES)
+            .await
+            .map_err(|e| ServiceError::from(StateError::from(e)))?;
+        let first = match first {
+            Poll::Pruned { pruned_through, .. } => return Err(pruned(from, pruned_through)),
+            Poll::Batches { batches, .. } => batches,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut revisions = self.engine.subscribe();
+        tokio::spawn(async move {
+            let mut cursor = from;
+            let mut next = first;
+            loop {
+                let got = !next.is_empty();
+                for b in next.drain(..) {
+                    cursor = b.revision;
+                    if tx.send(Ok(change_batch(b))).await.is_err() {
+                        return;
+                    }
+                }
+                if !got {
+                    // Wake on this replica's next batch (it follows the same log), or poll.
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = revisions.changed() => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+                match replica.source.poll(cursor, WATCH_BATCHES).await {
+                    Ok(Poll::Batches { batches, .. }) => next = batches,
+                    Ok(Poll::Pruned { pruned_through, .. }) => {
+                        let _ = tx.send(Err(pruned(cursor, pruned_through))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(ServiceError::from(StateError::from(e)).into()))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_data_status(
+        &self,
+        _request: Request<pb::GetDataStatusRequest>,
+    ) -> Result<Response<pb::DataStatus>, Status> {
+        let revision = self.engine.revision();
+        let status = match self.replica()? {
+            None => pb::DataStatus {
+                source: "embedded".into(),
+                revision,
+                source_revision: revision,
+                source_reachable: true,
+                ms_since_source_answered: 0,
+                last_error: String::new(),
+                writable: self.engine.live().is_some(),
+            },
+            Some(replica) => {
+                let view = replica.status.view();
+                pb::DataStatus {
+                    source: "postgres".into(),
+                    revision,
+                    source_revision: view.head.max(revision),
+                    source_reachable: view.reachable,
+                    ms_since_source_answered: view
+                        .since_answered
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(u64::MAX),
+                    last_error: view.last_error,
+                    writable: view.reachable,
+                }
+            }
+        };
+        Ok(Response::new(status))
     }
 
     type ExportEntitiesStream = ExportStream;

@@ -30,7 +30,14 @@ impl From<ServiceError> for Status {
                 StateError::Invalid(e) => Status::invalid_argument(e.to_string()),
                 StateError::NotReady => Status::unavailable(e.to_string()),
                 StateError::RevisionNotReached { .. } => Status::failed_precondition(e.to_string()),
-                StateError::Storage(_) | StateError::Data(_) => {
+                StateError::Source(_) => {
+                    // The details (host, database, driver message) go to the log only.
+                    tracing::warn!(error = %e, "write refused: the shared source is unavailable");
+                    Status::unavailable(
+                        "the shared source is unavailable: the batch was not applied; retry later",
+                    )
+                }
+                StateError::Storage(_) | StateError::Data(_) | StateError::Gap { .. } => {
                     tracing::error!(error = %e, "internal error");
                     Status::internal("internal error")
                 }

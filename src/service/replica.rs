@@ -1,0 +1,438 @@
+//! A replica of a shared PostgreSQL source: it brings its embedded database in line with the
+//! source at start-up (resuming from its own revision, or reading a snapshot), follows the
+//! source's change log into it and the index, and commits writes through the source.
+//!
+//! Writes: take the source's head lock, apply whatever this replica still lacks up to the
+//! head, validate the batch on top of exactly that state, commit it at the source, then apply
+//! it here. So a batch is validated against the same data on every replica, and the revision a
+//! write returns is global: any replica that has applied it has applied everything before it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::state::{State, StateError};
+use crate::engine::index::{EntityStore, WriteOp};
+use crate::engine::pack::PolicyPack;
+use crate::storage::{ChangeSet, Head, PgSource, Poll, RedbStorage, SourceError, Storage};
+
+/// Where the replica of a shared source is put once start-up has made it.
+pub type ReplicaSlot = Arc<std::sync::OnceLock<Arc<Replica>>>;
+
+/// How a replica follows its source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The PostgreSQL connection string.
+    pub url: String,
+    /// How often the log is polled when no notification comes.
+    pub poll: Duration,
+    /// Batches the log keeps (0: no count limit); writers prune beyond it.
+    pub keep_batches: u64,
+    /// How long the log keeps a batch (None: no age limit).
+    pub max_age: Option<Duration>,
+}
+
+/// Batches one poll reads.
+const POLL_BATCHES: u32 = 1000;
+/// Entities one snapshot chunk carries (and one local transaction writes).
+const SNAPSHOT_CHUNK: u32 = 10_000;
+/// How often the age limit is applied to the log.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The longest pause between attempts when the source does not answer.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What this replica last heard from its source (for GetDataStatus, metrics and the log).
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    head: AtomicU64,
+    reachable: AtomicBool,
+    answered: Mutex<Option<Instant>>,
+    last_error: Mutex<String>,
+}
+
+/// A snapshot of [`SourceStatus`].
+#[derive(Debug, Clone)]
+pub struct SourceView {
+    pub head: u64,
+    pub reachable: bool,
+    pub since_answered: Option<Duration>,
+    pub last_error: String,
+}
+
+impl SourceStatus {
+    fn answered(&self, head: u64) {
+        self.head.fetch_max(head, Ordering::Relaxed);
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if !self.reachable.swap(true, Ordering::Relaxed) {
+            tracing::info!(head, "the shared source answers");
+        }
+    }
+
+    fn failed(&self, e: &dyn std::fmt::Display) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "the shared source does not answer: serving decisions from the local copy; writes fail until it is back");
+        }
+    }
+
+    pub fn view(&self) -> SourceView {
+        SourceView {
+            head: self.head.load(Ordering::Relaxed),
+            reachable: self.reachable.load(Ordering::Relaxed),
+            since_answered: self
+                .answered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|t| t.elapsed()),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// A replica of a shared source.
+pub struct Replica {
+    pub source: PgSource,
+    state: Arc<State>,
+    pub status: SourceStatus,
+    db: PathBuf,
+    config: SourceConfig,
+}
+
+/// The path a snapshot is read into before it replaces the database.
+fn bootstrap_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.bootstrap", db.display()))
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> StateError {
+    StateError::Storage(crate::storage::StorageError {
+        path: PathBuf::new(),
+        message: format!("a blocking task failed: {e}"),
+    })
+}
+
+impl Replica {
+    pub fn new(state: Arc<State>, db: &Path, config: SourceConfig) -> Result<Self, SourceError> {
+        Ok(Replica {
+            source: PgSource::new(&config.url)?,
+            state,
+            status: SourceStatus::default(),
+            db: db.to_path_buf(),
+            config,
+        })
+    }
+
+    /// At start-up: the local database brought in line with the source, and the index built
+    /// from it. A local copy of this source is used as it is (the follower catches it up), so
+    /// a replica starts even while the source is down; without one, this waits for the
+    /// source and reads a snapshot.
+    pub async fn open(
+        &self,
+        pack: &Arc<PolicyPack>,
+    ) -> Result<(EntityStore, Arc<dyn Storage>, Option<Head>), StateError> {
+        let db = self.db.clone();
+        let local = tokio::task::spawn_blocking(move || -> Result<_, StateError> {
+            let storage = RedbStorage::open(&db)?;
+            let rev = storage.revision()?;
+            let source = storage.source()?;
+            Ok((storage, rev, source))
+        })
+        .await
+        .map_err(blocking_failed)??;
+        let (storage, local_rev, local_source) = local;
+        let mut backoff = Duration::from_millis(200);
+        let head = loop {
+            match self.source.setup().await {
+                Ok(head) => {
+                    self.status.answered(head.revision);
+                    break Some(head);
+                }
+                Err(e) => {
+                    self.status.failed(&e);
+                    if local_source.is_some() {
+                        tracing::warn!(error = %e, revision = local_rev, "the shared source does not answer: starting on the local copy");
+                        break None;
+                    }
+                    tracing::warn!(error = %e, "the shared source does not answer and there is no local copy yet: waiting for it");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        let storage: Arc<dyn Storage> = match &head {
+            Some(head)
+                if local_source.as_deref() != Some(head.source_id.as_str())
+                    || local_rev < head.pruned_through
+                    || local_rev > head.revision =>
+            {
+                tracing::info!(
+                    local_revision = local_rev,
+                    source_revision = head.revision,
+                    "reading a snapshot of the shared source"
+                );
+                drop(storage);
+                let fresh = self.snapshot().await?;
+                std::fs::rename(bootstrap_path(&self.db), &self.db).map_err(|e| {
+                    crate::storage::StorageError {
+                        path: self.db.clone(),
+                        message: format!("cannot move the snapshot into place: {e}"),
+                    }
+                })?;
+                fresh
+            }
+            _ => Arc::new(storage),
+        };
+        let pack = pack.clone();
+        let for_load = storage.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            super::startup::load_store(for_load.as_ref(), &pack, None)
+        })
+        .await
+        .map_err(blocking_failed)??;
+        Ok((store, storage, head))
+    }
+
+    /// Reads one consistent snapshot of the source into a new database beside this one.
+    async fn snapshot(&self) -> Result<Arc<dyn Storage>, StateError> {
+        let started = Instant::now();
+        let path = bootstrap_path(&self.db);
+        let _ = std::fs::remove_file(&path);
+        let storage = Arc::new(RedbStorage::open(&path)?);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, Vec<u8>)>>(2);
+        let local = storage.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64, StateError> {
+            let mut n = 0u64;
+            while let Some(puts) = rx.blocking_recv() {
+                n += puts.len() as u64;
+                // Revision 0 until the end: a crash mid-way leaves nothing that looks whole.
+                local.apply(&ChangeSet {
+                    puts,
+                    ..Default::default()
+                })?;
+            }
+            Ok(n)
+        });
+        let head = self
+            .source
+            .snapshot(SNAPSHOT_CHUNK, &tx)
+            .await
+            .inspect_err(|e| self.status.failed(e));
+        drop(tx);
+        let written = writer.await.map_err(blocking_failed)??;
+        let head = head?;
+        self.status.answered(head.revision);
+        let local = storage.clone();
+        let mark = head.clone();
+        tokio::task::spawn_blocking(move || {
+            // Entities' schema is not recorded: the load validates them under the live pack.
+            local.apply(&ChangeSet {
+                revision: mark.revision,
+                source: Some(mark.source_id),
+                ..Default::default()
+            })
+        })
+        .await
+        .map_err(blocking_failed)??;
+        tracing::info!(
+            entities = written,
+            revision = head.revision,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot of the shared source read"
+        );
+        Ok(storage)
+    }
+
+    /// Reads a new snapshot while decisions go on being served from the old data, then
+    /// switches to it at once.
+    async fn rebootstrap(&self) -> Result<(), StateError> {
+        let pack = self.state.pack().ok_or(StateError::NotReady)?;
+        let storage = self.snapshot().await?;
+        let for_load = storage.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            super::startup::load_store(for_load.as_ref(), &pack, None)
+        })
+        .await
+        .map_err(blocking_failed)??;
+        let (from, to) = (bootstrap_path(&self.db), self.db.clone());
+        self.state.replace(store, storage, || {
+            std::fs::rename(&from, &to).map_err(|e| crate::storage::StorageError {
+                path: to.clone(),
+                message: format!("cannot move the snapshot into place: {e}"),
+            })
+        })?;
+        tracing::info!(
+            revision = self.state.revision(),
+            "switched to the new snapshot"
+        );
+        Ok(())
+    }
+
+    /// Commits a batch through the source; returns its (global) revision once committed
+    /// there and applied here.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StateError> {
+        self.write_if(ops, false).await.map(|r| r.unwrap_or(0))
+    }
+
+    /// Writes the seed file's entities when the source is empty (None: it was not).
+    pub async fn seed(&self, path: &Path) -> Result<Option<u64>, StateError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            crate::engine::error::DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| {
+            crate::engine::error::DataError::Json {
+                what: path.display().to_string(),
+                source,
+            }
+        })?;
+        let ops = match value {
+            serde_json::Value::Array(items) => items.into_iter().map(WriteOp::Upsert).collect(),
+            _ => {
+                return Err(crate::engine::error::DataError::Invalid {
+                    what: path.display().to_string(),
+                    message: "is not a JSON array of entities".into(),
+                }
+                .into())
+            }
+        };
+        self.write_if(ops, true).await
+    }
+
+    async fn write_if(
+        &self,
+        ops: Vec<WriteOp>,
+        only_if_empty: bool,
+    ) -> Result<Option<u64>, StateError> {
+        let mut txn = self
+            .source
+            .begin_write()
+            .await
+            .inspect_err(|e| self.status.failed(e))?;
+        let head = txn.head();
+        if only_if_empty && head > 0 {
+            txn.rollback().await;
+            return Ok(None);
+        }
+        let local = self.state.revision();
+        let behind = if local < head {
+            txn.batches_after(local)
+                .await
+                .inspect_err(|e| self.status.failed(e))?
+        } else {
+            Vec::new()
+        };
+        let state = self.state.clone();
+        let prepared = tokio::task::spawn_blocking(move || state.prepare_on(behind, head, ops))
+            .await
+            .map_err(blocking_failed)?;
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                txn.rollback().await;
+                return Err(e);
+            }
+        };
+        txn.commit(&prepared.changes, self.config.keep_batches)
+            .await
+            .inspect_err(|e| self.status.failed(e))?;
+        let revision = prepared.revision();
+        self.status.answered(revision);
+        let state = self.state.clone();
+        // Committed at the source: acknowledged even if the local copy cannot take it now
+        // (the follower applies it from the log).
+        match tokio::task::spawn_blocking(move || state.apply_prepared(prepared)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, revision, "a committed batch could not be applied locally yet")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, revision, "a committed batch could not be applied locally yet")
+            }
+        }
+        Ok(Some(revision))
+    }
+
+    /// Follows the source's log until `stop` fires.
+    pub async fn follow(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_prune = Instant::now();
+        loop {
+            let wait = match self.step().await {
+                Ok(true) => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(false) => {
+                    backoff = Duration::from_millis(100);
+                    self.config.poll
+                }
+                Err(e) => {
+                    match &e {
+                        StateError::Source(e) => self.status.failed(e),
+                        e => {
+                            tracing::error!(error = %e, revision = self.state.revision(), "cannot apply the next batch of the shared source: retrying (it is never skipped)")
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff
+                }
+            };
+            if let Some(age) = self.config.max_age {
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    match self.source.prune_older_than(age).await {
+                        Ok(through) if through > 0 => {
+                            tracing::info!(through, "change log pruned by age")
+                        }
+                        Ok(_) => {}
+                        Err(e) => self.status.failed(&e),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.source.notified.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One poll; true when it applied something (poll again at once).
+    async fn step(&self) -> Result<bool, StateError> {
+        let current = self.state.revision();
+        match self.source.poll(current, POLL_BATCHES).await? {
+            Poll::Batches { head, batches } => {
+                self.status.answered(head);
+                if batches.is_empty() {
+                    return Ok(false);
+                }
+                let state = self.state.clone();
+                tokio::task::spawn_blocking(move || state.apply_batches(batches))
+                    .await
+                    .map_err(blocking_failed)??;
+                Ok(true)
+            }
+            Poll::Pruned {
+                pruned_through,
+                head,
+            } => {
+                self.status.answered(head);
+                tracing::warn!(
+                    revision = current,
+                    pruned_through,
+                    "this replica's position was pruned from the change log: reading a new snapshot"
+                );
+                self.rebootstrap().await?;
+                Ok(true)
+            }
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! The shared source: a PostgreSQL database holding the entities and an ordered change log
+//! that every replica follows into its own embedded copy.
+//!
+//! Why no batch is ever skipped: a writer takes the head row's lock (`FOR UPDATE`) before it
+//! reads the head revision, and keeps it until its transaction commits. So revision `n + 1`
+//! is only handed out once `n` has committed: revisions are dense and commit in revision
+//! order, and any snapshot that sees a revision sees every revision before it. Followers
+//! check this anyway: a gap is waited out, never stepped over (see [`Poll`]).
+//!
+//! Tables: `blue_authz_head` (one row: the newest revision, how far the log is pruned, the
+//! source's id), `blue_authz_entities` (uid text, entity JSON: the current state, read by a
+//! new replica's snapshot) and `blue_authz_changes` (revision, commit time, the batch).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+use super::ChangeSet;
+
+/// How long one call to PostgreSQL may take before the source counts as unreachable.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The notification channel writers signal on commit.
+const CHANNEL: &str = "blue_authz_changes";
+/// Serializes the first-time creation of the tables between replicas starting together.
+const SETUP_LOCK: i64 = 0x626c_7565_617a;
+
+const SETUP: &str = "
+CREATE TABLE IF NOT EXISTS blue_authz_head (
+    id int PRIMARY KEY CHECK (id = 1),
+    revision bigint NOT NULL,
+    pruned_through bigint NOT NULL,
+    source_id text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blue_authz_entities (
+    uid text PRIMARY KEY,
+    json text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blue_authz_changes (
+    revision bigint PRIMARY KEY,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    batch text NOT NULL
+);
+INSERT INTO blue_authz_head (id, revision, pruned_through, source_id)
+    VALUES (1, 0, 0, md5(random()::text || clock_timestamp()::text))
+    ON CONFLICT (id) DO NOTHING;
+";
+
+/// Why a call to the shared source failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// Connecting, a query or the transaction failed (the database is down or unreachable,
+    /// or refused the statement); nothing of the call was applied.
+    #[error("the shared source {db} did not answer: {message}")]
+    Unavailable { db: String, message: String },
+    /// The source holds something this version cannot read.
+    #[error("the shared source {db} holds an unreadable change batch {revision}: {message}")]
+    Corrupt {
+        db: String,
+        revision: u64,
+        message: String,
+    },
+}
+
+/// The head of the log as one snapshot saw it, with the batches after a revision.
+#[derive(Debug)]
+pub enum Poll {
+    /// The batches after the asked revision (consecutive, in order; possibly none) and the
+    /// newest revision.
+    Batches { head: u64, batches: Vec<ChangeSet> },
+    /// The batches after the asked revision are no longer in the log: it is pruned through
+    /// `pruned_through`.
+    Pruned { pruned_through: u64, head: u64 },
+}
+
+/// The source's identity and head, as read at connection time.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub source_id: String,
+    pub revision: u64,
+    pub pruned_through: u64,
+}
+
+/// A batch as the log stores it.
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    puts: Vec<(&'a str, &'a RawValue)>,
+    deletes: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct BatchIn {
+    puts: Vec<(String, Box<RawValue>)>,
+    deletes: Vec<String>,
+    #[serde(default)]
+    schema: Option<String>,
+}
+
+/// A shared PostgreSQL source.
+pub struct PgSource {
+    config: Config,
+    /// The database as logs and errors name it (no password).
+    name: String,
+    /// The connection writes use (one write transaction at a time per replica).
+    writer: Arc<Mutex<Option<Client>>>,
+    /// The connection reads use (single statements, safe to share), listening for commits.
+    reader: Mutex<Option<Arc<Client>>>,
+    /// Woken by a commit notification (followers also poll: this is only a hint).
+    pub notified: Arc<Notify>,
+}
+
+impl PgSource {
+    /// A source for a `postgres://` URL (or a key=value connection string). Connects lazily.
+    pub fn new(url: &str) -> Result<Self, SourceError> {
+        let mut config: Config = url.parse().map_err(|e| SourceError::Unavailable {
+            db: "(the source setting)".into(),
+            message: format!("not a PostgreSQL connection string: {e}"),
+        })?;
+        config.connect_timeout(CALL_TIMEOUT);
+        config.keepalives_idle(Duration::from_secs(10));
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let name = format!(
+            "postgres://{}@{hosts}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            config.get_dbname().unwrap_or("")
+        );
+        Ok(PgSource {
+            config,
+            name,
+            writer: Arc::new(Mutex::new(None)),
+            reader: Mutex::new(None),
+            notified: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The database, as logs name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> SourceError {
+        SourceError::Unavailable {
+            db: self.name.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Runs one call with the call timeout.
+    async fn timed<T, E: std::fmt::Display>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, SourceError> {
+        match tokio::time::timeout(CALL_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(e.to_string())),
+            Err(_) => Err(self.unavailable(format!("no answer within {CALL_TIMEOUT:?}"))),
+        }
+    }
+
+    /// A new connection; with `listen`, commit notifications wake [`PgSource::notified`].
+    async fn connect(&self, listen: bool) -> Result<Client, SourceError> {
+        let (client, mut conn) = self.timed(self.config.connect(NoTls)).await?;
+        let notified = self.notified.clone();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => notified.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "shared source connection ended");
+                        break;
+                    }
+                }
+            }
+        });
+        if listen {
+            self.timed(client.batch_execute(&format!("LISTEN {CHANNEL}")))
+                .await?;
+        }
+        Ok(client)
+    }
+
+    /// Creates the tables if they are missing and reads the head.
+    pub async fn setup(&self) -> Result<Head, SourceError> {
+        let mut client = self.connect(false).await?;
+        let txn = self.timed(client.transaction()).await?;
+        self.timed(txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK]))
+            .await?;
+        self.timed(txn.batch_execute(SETUP)).await?;
+        self.timed(txn.commit()).await?;
+        self.head().await
+    }
+
+    /// The shared read connection, connecting (and listening) if needed.
+    async fn reader(&self) -> Result<Arc<Client>, SourceError> {
+        let mut slot = self.reader.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        *slot = None;
+        let client = Arc::new(self.connect(true).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Drops the read connection after a failure, so the next call reconnects.
+    async fn reader_failed(&self) {
+        *self.reader.lock().await = None;
+    }
+
+    /// The source's id and head.
+    pub async fn head(&self) -> Result<Head, SourceError> {
+        let client = self.reader().await?;
+        let row = self
+            .timed(client.query_one(
+                "SELECT source_id, revision, pruned_through FROM blue_authz_head WHERE id = 1",
+                &[],
+            ))
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                self.reader_failed().await;
+                return Err(e);
+            }
+        };
+        Ok(Head {
+            source_id: row.get(0),
+            revision: row.get::<_, i64>(1) as u64,
+            pruned_through: row.get::<_, i64>(2) as u64,
+        })
+    }
+
+    /// Up to `limit` batches after revision `after`, read in one snapshot with the head.
+    pub async fn poll(&self, after: u64, limit: u32) -> Result<Poll, SourceError> {
+        let client = self.reader().await?;
+        let rows = self
+            .timed(client.query(
+                "SELECT h.revision, h.pruned_through, c.revision,
+                        (extract(epoch FROM c.committed_at) * 1000)::bigint, c.batch
+                 FROM blue_authz_head h LEFT JOIN LATERAL (
+                     SELECT revision, committed_at, batch FROM blue_authz_changes
+                     WHERE revision > $1 ORDER BY revision LIMIT $2) c ON true
+                 WHERE h.id = 1",
+                &[&(after as i64), &(limit as i64)],
+            ))
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.reader_failed().await;
+                return Err(e);
+            }
+        };
+        let Some(first) = rows.first() else {
+            return Err(self.unavailable("the head row is missing"));
+        };
+        let head = first.get::<_, i64>(0) as u64;
+        let pruned_through = first.get::<_, i64>(1) as u64;
+        if after < pruned_through {
+            return Ok(Poll::Pruned {
+                pruned_through,
+                head,
+            });
+        }
+        let mut batches = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(revision) = row.get::<_, Option<i64>>(2) else {
+                break;
+            };
+            let revision = revision as u64;
+            // Dense and in order by construction; stop at a gap rather than step over it.
+            if revision != after + 1 + batches.len() as u64 {
+                tracing::warn!(
+                    expected = after + 1 + batches.len() as u64,
+                    found = revision,
+                    "a gap in the shared change log: waiting for it to fill"
+                );
+                break;
+            }
+            let at = row.get::<_, Option<i64>>(3).unwrap_or(0).max(0) as u64;
+            batches.push(decode(&self.name, revision, at, row.get(4))?);
+        }
+        Ok(Poll::Batches { head, batches })
+    }
+
+    /// Reads one consistent snapshot of every entity, sending it `chunk` entities at a time,
+    /// and returns the head it is the state of.
+    pub async fn snapshot(
+        &self,
+        chunk: u32,
+        out: &tokio::sync::mpsc::Sender<Vec<(String, Vec<u8>)>>,
+    ) -> Result<Head, SourceError> {
+        let mut client = self.connect(false).await?;
+        let txn = self
+            .timed(
+                client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start(),
+            )
+            .await?;
+        let row = self
+            .timed(txn.query_one(
+                "SELECT source_id, revision, pruned_through FROM blue_authz_head WHERE id = 1",
+                &[],
+            ))
+            .await?;
+        let head = Head {
+            source_id: row.get(0),
+            revision: row.get::<_, i64>(1) as u64,
+            pruned_through: row.get::<_, i64>(2) as u64,
+        };
+        let portal = self
+            .timed(txn.bind("SELECT uid, json FROM blue_authz_entities", &[]))
+            .await?;
+        loop {
+            let rows = self.timed(txn.query_portal(&portal, chunk as i32)).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let items = rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).into_bytes()))
+                .collect();
+            if out.send(items).await.is_err() {
+                return Err(self.unavailable("the snapshot's reader stopped"));
+            }
+        }
+        self.timed(txn.commit()).await?;
+        Ok(head)
+    }
+
+    /// Starts a write: takes the head row's lock (every other writer, on any replica, waits
+    /// until this one commits or rolls back) and reads the head revision.
+    pub async fn begin_write(&self) -> Result<WriteTxn, SourceError> {
+        let mut guard = self.writer.clone().lock_owned().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(self.connect(false).await?);
+        }
+        let client = guard.as_ref().expect("connected above");
+        let began = async {
+            client.batch_execute("BEGIN").await?;
+            client
+                .query_one(
+                    "SELECT revision FROM blue_authz_head WHERE id = 1 FOR UPDATE",
+                    &[],
+                )
+                .await
+        };
+        match self.timed(began).await {
+            Ok(row) => Ok(WriteTxn {
+                head: row.get::<_, i64>(0) as u64,
+                guard,
+                open: true,
+                name: self.name.clone(),
+            }),
+            Err(e) => {
+                // A half-begun transaction: drop the connection (the server rolls it back).
+                *guard = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Prunes the log of batches committed before `max_age` (the newest batch is kept).
+    pub async fn prune_older_than(&self, max_age: Duration) -> Result<u64, SourceError> {
+        let mut client = self.connect(false).await?;
+        let txn = self.timed(client.transaction()).await?;
+        let row = self
+            .timed(txn.query_one(
+                "SELECT COALESCE(max(revision), 0) FROM blue_authz_changes
+                 WHERE committed_at < now() - make_interval(secs => $1)
+                   AND revision < (SELECT revision FROM blue_authz_head WHERE id = 1)",
+                &[&max_age.as_secs_f64()],
+            ))
+            .await?;
+        let through: i64 = row.get(0);
+        if through > 0 {
+            self.timed(prune(&txn, through)).await?;
+        }
+        self.timed(txn.commit()).await?;
+        Ok(through as u64)
+    }
+}
+
+/// Moves the pruned mark and deletes the batches through it, in one transaction: a follower's
+/// snapshot sees both or neither.
+async fn prune(
+    txn: &impl tokio_postgres::GenericClient,
+    through: i64,
+) -> Result<(), tokio_postgres::Error> {
+    txn.execute(
+        "UPDATE blue_authz_head SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1",
+        &[&through],
+    )
+    .await?;
+    txn.execute(
+        "DELETE FROM blue_authz_changes WHERE revision <= $1",
+        &[&through],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An open write transaction holding the head row's lock. Dropped without
+/// [`WriteTxn::commit`], it is rolled back (its connection is closed).
+pub struct WriteTxn {
+    head: u64,
+    guard: OwnedMutexGuard<Option<Client>>,
+    open: bool,
+    name: String,
+}
+
+impl WriteTxn {
+    /// The newest committed revision; this batch will be `head + 1`.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    fn client(&self) -> &Client {
+        self.guard
+            .as_ref()
+            .expect("a write transaction has a connection")
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) -> SourceError {
+        self.open = false;
+        *self.guard = None;
+        SourceError::Unavailable {
+            db: self.name.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The batches after `after` up to the head, in order (what this replica has not yet
+    /// applied).
+    pub async fn batches_after(&mut self, after: u64) -> Result<Vec<ChangeSet>, SourceError> {
+        let rows = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.client().query(
+                "SELECT revision, (extract(epoch FROM committed_at) * 1000)::bigint, batch
+                 FROM blue_authz_changes WHERE revision > $1 ORDER BY revision",
+                &[&(after as i64)],
+            ),
+        )
+        .await;
+        let rows = match rows {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(self.fail(e.to_string())),
+            Err(_) => return Err(self.fail("no answer in time")),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let revision = row.get::<_, i64>(0) as u64;
+            let at = row.get::<_, Option<i64>>(1).unwrap_or(0).max(0) as u64;
+            out.push(decode(&self.name, revision, at, row.get(2))?);
+        }
+        if out.first().is_some_and(|b| b.revision != after + 1)
+            || (out.is_empty() && after < self.head)
+        {
+            return Err(self.fail(format!(
+                "the change log no longer holds the batches after revision {after} (pruned)"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Writes the batch (its revision must be `head + 1`), records it in the log, prunes the
+    /// log to `keep` batches (0: no count limit) and commits. Returns only after the commit.
+    pub async fn commit(mut self, changes: &ChangeSet, keep: u64) -> Result<(), SourceError> {
+        assert_eq!(
+            changes.revision,
+            self.head + 1,
+            "a batch must follow the head"
+        );
+        let text = match encode(changes) {
+            Ok(t) => t,
+            Err(e) => return Err(self.fail(format!("cannot encode the batch: {e}"))),
+        };
+        let revision = changes.revision as i64;
+        let (uids, jsons): (Vec<&str>, Vec<&str>) = changes
+            .puts
+            .iter()
+            .map(|(u, j)| (u.as_str(), std::str::from_utf8(j).unwrap_or("null")))
+            .unzip();
+        let deletes: Vec<&str> = changes.deletes.iter().map(String::as_str).collect();
+        let client = self.client();
+        let work = async {
+            if !uids.is_empty() {
+                client
+                    .execute(
+                        "INSERT INTO blue_authz_entities (uid, json)
+                         SELECT * FROM unnest($1::text[], $2::text[])
+                         ON CONFLICT (uid) DO UPDATE SET json = EXCLUDED.json",
+                        &[&uids, &jsons],
+                    )
+                    .await?;
+            }
+            if !deletes.is_empty() {
+                client
+                    .execute(
+                        "DELETE FROM blue_authz_entities WHERE uid = ANY($1::text[])",
+                        &[&deletes],
+                    )
+                    .await?;
+            }
+            client
+                .execute(
+                    "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
+                    &[&revision, &text],
+                )
+                .await?;
+            client
+                .execute(
+                    "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
+                    &[&revision],
+                )
+                .await?;
+            if keep > 0 && revision > keep as i64 {
+                prune(client, revision - keep as i64).await?;
+            }
+            client.execute(&format!("NOTIFY {CHANNEL}"), &[]).await?;
+            client.batch_execute("COMMIT").await
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            Ok(Ok(())) => {
+                self.open = false;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.fail(e.to_string())),
+            Err(_) => Err(self.fail("no answer in time; the batch was not acknowledged")),
+        }
+    }
+
+    /// Ends the transaction without writing.
+    pub async fn rollback(mut self) {
+        let ok = matches!(
+            tokio::time::timeout(CALL_TIMEOUT, self.client().batch_execute("ROLLBACK")).await,
+            Ok(Ok(()))
+        );
+        if ok {
+            self.open = false;
+        }
+    }
+}
+
+impl Drop for WriteTxn {
+    fn drop(&mut self) {
+        if self.open {
+            // Closing the connection makes the server roll the transaction back.
+            *self.guard = None;
+        }
+    }
+}
+
+fn encode(changes: &ChangeSet) -> Result<String, serde_json::Error> {
+    let raws = changes
+        .puts
+        .iter()
+        .map(|(_, json)| serde_json::from_slice::<&RawValue>(json))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = BatchOut {
+        puts: changes
+            .puts
+            .iter()
+            .zip(raws)
+            .map(|((uid, _), raw)| (uid.as_str(), raw))
+            .collect(),
+        deletes: &changes.deletes,
+        schema: changes.schema.as_deref(),
+    };
+    serde_json::to_string(&batch)
+}
+
+fn decode(name: &str, revision: u64, at: u64, text: &str) -> Result<ChangeSet, SourceError> {
+    let batch: BatchIn = serde_json::from_str(text).map_err(|e| SourceError::Corrupt {
+        db: name.to_string(),
+        revision,
+        message: e.to_string(),
+    })?;
+    Ok(ChangeSet {
+        revision,
+        puts: batch
+            .puts
+            .into_iter()
+            .map(|(uid, json)| (uid, json.get().as_bytes().to_vec()))
+            .collect(),
+        deletes: batch.deletes,
+        schema: batch.schema,
+        source: None,
+        committed_at_unix_ms: at,
+    })
+}

@@ -1,0 +1,851 @@
+//! A fleet on one shared PostgreSQL source, with real binaries over real sockets: replicas
+//! converge under concurrent writers, read-your-writes across replicas, gap freedom when an
+//! earlier revision commits later, a follower killed mid-stream resumes, the source going away
+//! and coming back, a replica whose position was pruned reads a new snapshot, WatchChanges.
+//!
+//! Each test works in a PostgreSQL schema of its own. Without PostgreSQL on 127.0.0.1:5432 the
+//! tests fail in CI (`CI=true`) and elsewhere say loudly that they were skipped.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use blue_authz::service::grpc::pb::{
+    self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
+};
+use common::{root, uid, TOKEN};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+const USER: &str = "Blue::User";
+const ROLE: &str = "Blue::Role";
+
+/// A fresh schema for one test and the connection string that uses it; None (after saying so
+/// loudly) when PostgreSQL does not answer outside CI.
+async fn schema(name: &str) -> Option<(tokio_postgres::Client, String)> {
+    let connected = tokio_postgres::connect(PG, tokio_postgres::NoTls).await;
+    let (client, conn) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("PostgreSQL on 127.0.0.1:5432 is required in CI: {e}");
+            }
+            eprintln!(
+                "\n*** SKIPPED {name}: PostgreSQL on 127.0.0.1:5432 does not answer ({e}) ***\n"
+            );
+            return None;
+        }
+    };
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("SET search_path TO {name}"))
+        .await
+        .unwrap();
+    Some((client, url_for(name, 5432)))
+}
+
+fn url_for(schema: &str, port: u16) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{port}/test?options=-csearch_path%3D{schema}&connect_timeout=2"
+    )
+}
+
+/// A replica: the real binary, following `url` into `db`.
+struct Replica {
+    child: Child,
+    decisions: SocketAddr,
+    data: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(url: &str, db: &Path, extra: &[&str]) -> Replica {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+        .args([
+            "--policies",
+            root().join("policies").to_str().unwrap(),
+            "serve",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
+        .args(["--db", db.to_str().unwrap(), "--source", url])
+        .args([
+            "--seed",
+            root().join("policies/tests/fixture.json").to_str().unwrap(),
+        ])
+        .args(["--watch", "false"])
+        .env("BLUE_AUTHZ_SOURCE_POLL_MS", "200")
+        .args(extra)
+        .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
+        .env("BLUE_AUTHZ_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = common::log_lines(child.stderr.take().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (mut decisions, mut data, mut serving) = (None, None, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(serving && decisions.is_some() && data.is_some()) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("replica start-up log; so far: {:#?}", log.lock().unwrap()));
+        if line.contains("decision service listening") {
+            decisions = common::addr_in(&line);
+        } else if line.contains("data service listening") {
+            data = common::addr_in(&line);
+        } else if line.contains(" serving") {
+            serving = true;
+        }
+        log.lock().unwrap().push(line);
+    }
+    let keep = log.clone();
+    std::thread::spawn(move || {
+        while let Ok(line) = rx.recv() {
+            keep.lock().unwrap().push(line);
+        }
+    });
+    Replica {
+        child,
+        decisions: decisions.unwrap(),
+        data: data.unwrap(),
+        log,
+    }
+}
+
+#[derive(Clone)]
+struct Bearer;
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {TOKEN}").parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}
+
+type Data = EntityStoreClient<InterceptedService<Channel, Bearer>>;
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn data(r: &Replica) -> Data {
+    EntityStoreClient::with_interceptor(channel(r.data).await, Bearer)
+}
+
+async fn decisions(r: &Replica) -> AuthorizerClient<Channel> {
+    AuthorizerClient::new(channel(r.decisions).await)
+}
+
+fn upsert(json: serde_json::Value) -> pb::WriteOp {
+    pb::WriteOp {
+        op: Some(pb::write_op::Op::UpsertJson(json.to_string())),
+    }
+}
+
+fn record(id: &str) -> serde_json::Value {
+    serde_json::json!({"uid": {"type": "Blue::Record", "id": id}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}, "creator": {"type": USER, "id": "pat"}}, "parents": []})
+}
+
+fn delete(ty: &str, id: &str) -> pb::WriteOp {
+    pb::WriteOp {
+        op: Some(pb::write_op::Op::Delete(uid(ty, id).unwrap())),
+    }
+}
+
+fn edge(add: bool, child: (&str, &str), parent: (&str, &str)) -> pb::WriteOp {
+    let e = pb::Edge {
+        child: uid(child.0, child.1),
+        parent: uid(parent.0, parent.1),
+    };
+    pb::WriteOp {
+        op: Some(if add {
+            pb::write_op::Op::AddParent(e)
+        } else {
+            pb::write_op::Op::RemoveParent(e)
+        }),
+    }
+}
+
+async fn write(d: &mut Data, ops: Vec<pb::WriteOp>) -> Result<u64, tonic::Status> {
+    d.write_entities(pb::WriteEntitiesRequest { ops })
+        .await
+        .map(|r| r.into_inner().revision)
+}
+
+async fn status(d: &mut Data) -> pb::DataStatus {
+    d.get_data_status(pb::GetDataStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until a replica has applied `revision` (30 s at most).
+async fn reach(d: &mut Data, revision: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(d).await;
+        if s.revision >= revision {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica stuck at {} (wanted {revision}): {s:?}",
+            s.revision
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every entity a replica holds, as canonical JSON text, and the export's revision.
+async fn export(d: &mut Data) -> (u64, BTreeSet<String>) {
+    let mut stream = d
+        .export_entities(pb::ExportEntitiesRequest { chunk_size: 5000 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = BTreeSet::new();
+    let mut revision = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        revision = chunk.revision;
+        let items: Vec<serde_json::Value> = serde_json::from_str(&chunk.entities_json).unwrap();
+        all.extend(items.iter().map(|v| v.to_string()));
+    }
+    (revision, all)
+}
+
+/// A fixed set of decisions: every fixture user on a few actions of project apollo and of
+/// records the writers touch.
+async fn decide_all(a: &mut AuthorizerClient<Channel>, min_revision: u64) -> Vec<(String, i32)> {
+    let users = [
+        "ada", "max", "cleo", "cora", "vic", "gus", "pat", "newbie", "w0", "w1",
+    ];
+    let mut out = Vec::new();
+    for u in users {
+        for (action, ty, id) in [
+            ("viewProject", "Blue::Project", "apollo"),
+            ("editWiki", "Blue::Project", "apollo"),
+            ("editRecord", "Blue::Record", "w0-1"),
+            ("deleteRecord", "Blue::Record", "w1-2"),
+        ] {
+            let mut req = common::ask(u, action, ty, id);
+            req.min_revision = min_revision;
+            let r = a.is_authorized(req).await.unwrap().into_inner();
+            assert!(r.revision >= min_revision);
+            out.push((format!("{u} {action} {id}"), r.decision));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_and_four_writers_converge() {
+    let Some((_pg, url)) = schema("fleet_converge").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = [
+        spawn(&url, &dir.path().join("a.redb"), &[]),
+        spawn(&url, &dir.path().join("b.redb"), &[]),
+        spawn(&url, &dir.path().join("c.redb"), &[]),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let revisions = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let mut d = data(&replicas[w % 3]).await;
+        let (stop, revisions) = (stop.clone(), revisions.clone());
+        writers.push(tokio::spawn(async move {
+            let user = format!("w{w}");
+            let mut n = 0u64;
+            let r = write(&mut d, vec![upsert(serde_json::json!({"uid": {"type": USER, "id": user}, "attrs": {}, "parents": []}))]).await.unwrap();
+            revisions.lock().unwrap().push(r);
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let mut ops = vec![upsert(record(&format!("w{w}-{n}")))];
+                if n.is_multiple_of(3) {
+                    ops.push(delete("Blue::Record", &format!("w{w}-{}", n - 2)));
+                }
+                // Membership toggles: decisions depend on the order batches apply in.
+                ops.push(edge(n % 2 == 1, (USER, &user), (ROLE, "apollo/member")));
+                let r = write(&mut d, ops).await.unwrap();
+                revisions.lock().unwrap().push(r);
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut batches = 0;
+    for w in writers {
+        batches += w.await.unwrap();
+    }
+    let mut revisions = revisions.lock().unwrap().clone();
+    revisions.sort();
+    let distinct: BTreeSet<u64> = revisions.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        revisions.len(),
+        "two writes got one revision"
+    );
+    let last = *revisions.last().unwrap();
+    // The seed is revision 1; every later batch is one of the writers'.
+    assert_eq!(
+        revisions,
+        (2..=last).collect::<Vec<_>>(),
+        "revisions are not dense"
+    );
+    let mut exports = Vec::new();
+    let mut answers = Vec::new();
+    for r in &replicas {
+        let mut d = data(r).await;
+        reach(&mut d, last).await;
+        exports.push(export(&mut d).await);
+        answers.push(decide_all(&mut decisions(r).await, last).await);
+    }
+    assert_eq!(exports[0].0, last);
+    for i in 1..3 {
+        assert_eq!(exports[i].0, last, "replica {i} export revision");
+        assert!(
+            exports[i].1 == exports[0].1,
+            "replica {i} holds other entities"
+        );
+        assert_eq!(answers[i], answers[0], "replica {i} decides otherwise");
+    }
+    assert!(
+        answers[0]
+            .iter()
+            .any(|(_, d)| *d == pb::Decision::Allow as i32)
+            && answers[0]
+                .iter()
+                .any(|(_, d)| *d == pb::Decision::Deny as i32)
+    );
+    println!(
+        "{batches} batches from 4 writers over 3 replicas; all hold {} entities at revision {last}",
+        exports[0].1.len()
+    );
+    assert!(batches > 40, "only {batches} batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_is_seen_on_another_with_its_revision() {
+    let Some((_pg, url)) = schema("fleet_ryw").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(&url, &dir.path().join("a.redb"), &[]);
+    // Polling only rarely: C must wait for the revision, not happen to have it.
+    let c = spawn(
+        &url,
+        &dir.path().join("c.redb"),
+        &["--source-poll-ms", "5000"],
+    );
+    let mut da = data(&a).await;
+    let mut dc = decisions(&c).await;
+    write(
+        &mut da,
+        vec![upsert(
+            serde_json::json!({"uid": {"type": USER, "id": "newbie"}, "attrs": {}, "parents": []}),
+        )],
+    )
+    .await
+    .unwrap();
+    for i in 0..200 {
+        let member = i % 2 == 0;
+        let rev = write(
+            &mut da,
+            vec![edge(member, (USER, "newbie"), (ROLE, "apollo/member"))],
+        )
+        .await
+        .unwrap();
+        let mut req = common::ask("newbie", "editWiki", "Blue::Project", "apollo");
+        req.min_revision = rev;
+        let r = dc.is_authorized(req).await.unwrap().into_inner();
+        let want = if member {
+            pb::Decision::Allow
+        } else {
+            pb::Decision::Deny
+        };
+        assert_eq!(
+            r.decision, want as i32,
+            "iteration {i}, revision {rev}: {r:?}"
+        );
+        assert!(r.revision >= rev);
+    }
+}
+
+/// The log's batch format, for a test that writes to the source directly: one record.
+fn batch_text(id: &str) -> (String, String, String) {
+    let entity = record(id);
+    let uid = format!("Blue::Record::\"{id}\"");
+    let batch = serde_json::json!({"puts": [[uid, entity]], "deletes": []});
+    (uid, entity.to_string(), batch.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
+    let Some((mut pg, url)) = schema("fleet_gap").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(&url, &dir.path().join("a.redb"), &[]);
+    let b = spawn(&url, &dir.path().join("b.redb"), &[]);
+    let (mut da, mut db) = (data(&a).await, data(&b).await);
+    let h = write(&mut da, vec![upsert(record("before"))])
+        .await
+        .unwrap();
+    reach(&mut db, h).await;
+
+    // 1. A transaction that takes revision h+1 the way writers do (the head lock) and stays
+    // open: a write through A waits for it instead of taking a later revision past it.
+    let held = pg.transaction().await.unwrap();
+    let head: i64 = held
+        .query_one(
+            "SELECT revision FROM blue_authz_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(head as u64, h);
+    let (uid1, json1, batch1) = batch_text("held");
+    held.execute(
+        "INSERT INTO blue_authz_entities VALUES ($1, $2)",
+        &[&uid1, &json1],
+    )
+    .await
+    .unwrap();
+    held.execute(
+        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
+        &[&(head + 1), &batch1],
+    )
+    .await
+    .unwrap();
+    held.execute(
+        "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
+        &[&(head + 1)],
+    )
+    .await
+    .unwrap();
+    let later = tokio::spawn(async move { write(&mut da, vec![upsert(record("later"))]).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !later.is_finished(),
+        "a write went past an open earlier revision"
+    );
+    assert_eq!(status(&mut db).await.revision, h);
+    held.commit().await.unwrap();
+    let r = later.await.unwrap().unwrap();
+    assert_eq!(r, h + 2);
+    reach(&mut db, h + 2).await;
+
+    // 2. Written past the protocol: h+3 stays open while h+4 commits. The follower applies
+    // neither until h+3 commits, then both, in order.
+    let (uid3, json3, batch3) = batch_text("third");
+    let (uid4, json4, batch4) = batch_text("fourth");
+    let (mut pg2, conn2) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn2);
+    pg2.batch_execute("SET search_path TO fleet_gap")
+        .await
+        .unwrap();
+    let open = pg.transaction().await.unwrap();
+    open.execute(
+        "INSERT INTO blue_authz_entities VALUES ($1, $2)",
+        &[&uid3, &json3],
+    )
+    .await
+    .unwrap();
+    open.execute(
+        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
+        &[&(head + 3), &batch3],
+    )
+    .await
+    .unwrap();
+    let second = pg2.transaction().await.unwrap();
+    second
+        .execute(
+            "INSERT INTO blue_authz_entities VALUES ($1, $2)",
+            &[&uid4, &json4],
+        )
+        .await
+        .unwrap();
+    second
+        .execute(
+            "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
+            &[&(head + 4), &batch4],
+        )
+        .await
+        .unwrap();
+    second
+        .execute(
+            "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
+            &[&(head + 4)],
+        )
+        .await
+        .unwrap();
+    second.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        status(&mut db).await.revision,
+        h + 2,
+        "the follower stepped over an uncommitted revision"
+    );
+    open.commit().await.unwrap();
+    reach(&mut db, h + 4).await;
+    let read = db
+        .read_entities(pb::ReadEntitiesRequest {
+            uids: ["before", "held", "later", "third", "fourth"]
+                .iter()
+                .map(|id| uid("Blue::Record", id).unwrap())
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        read.missing.is_empty(),
+        "missing on the follower: {:?}",
+        read.missing
+    );
+
+    // The change stream shows the same order.
+    let mut stream = db
+        .watch_changes(pb::WatchChangesRequest { from_revision: h })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let ids: Vec<serde_json::Value> = serde_json::from_str(&batch.upserts_json).unwrap();
+        seen.push((
+            batch.revision,
+            ids[0]["uid"]["id"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (h + 1, "held".to_string()),
+            (h + 2, "later".to_string()),
+            (h + 3, "third".to_string()),
+            (h + 4, "fourth".to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_stream_resumes_from_its_own_position() {
+    let Some((_pg, url)) = schema("fleet_kill").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(&url, &dir.path().join("a.redb"), &[]);
+    let c_db = dir.path().join("c.redb");
+    let c = spawn(&url, &c_db, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let mut d = data(&a).await;
+        let (stop, last) = (stop.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let r = write(&mut d, vec![upsert(record(&format!("k{n}")))])
+                    .await
+                    .unwrap();
+                last.store(r, Ordering::SeqCst);
+            }
+        })
+    };
+    while last.load(Ordering::SeqCst) < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c); // SIGKILL while batches stream in
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = spawn(&url, &c_db, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let last = last.load(Ordering::SeqCst);
+    let mut dc = data(&c).await;
+    reach(&mut dc, last).await;
+    let started: Vec<String> = c.log.lock().unwrap().clone();
+    assert!(
+        !started.iter().any(|l| l.contains("reading a snapshot")),
+        "the restarted follower read a snapshot instead of resuming: {started:#?}"
+    );
+    let resumed = started
+        .iter()
+        .find(|l| l.contains("local copy of the shared source open"))
+        .expect("start-up line");
+    assert!(!resumed.contains(" revision=0 "), "{resumed}");
+    let mut da = data(&a).await;
+    assert!(export(&mut da).await == export(&mut dc).await);
+}
+
+/// A TCP proxy in front of PostgreSQL that can cut every connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (up2, gen2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let born = gen2.load(Ordering::SeqCst);
+                let gen3 = gen2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5432").await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while gen3.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                });
+            }
+        });
+        Proxy {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_while_the_source_is_away_and_converge_when_it_is_back() {
+    let Some((_pg, _)) = schema("fleet_down").await else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let url = url_for("fleet_down", proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(
+        &url,
+        &dir.path().join("a.redb"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let b = spawn(&url, &dir.path().join("b.redb"), &[]);
+    let (mut da, mut db) = (data(&a).await, data(&b).await);
+    let (mut ca, mut cb) = (decisions(&a).await, decisions(&b).await);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push((
+            format!("up-{i}"),
+            write(&mut da, vec![upsert(record(&format!("up-{i}")))])
+                .await
+                .unwrap(),
+        ));
+    }
+    proxy.cut();
+    // Writes fail UNAVAILABLE, saying why; decisions go on.
+    let mut refused = 0;
+    for i in 0..5 {
+        match write(&mut da, vec![upsert(record(&format!("down-{i}")))]).await {
+            Ok(r) => acked.push((format!("down-{i}"), r)),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(
+                    e.message().contains("shared source is unavailable"),
+                    "{e:?}"
+                );
+                refused += 1;
+            }
+        }
+        for c in [&mut ca, &mut cb] {
+            let r = c
+                .is_authorized(common::ask("ada", "editProject", "Blue::Project", "apollo"))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.decision, pb::Decision::Allow as i32);
+        }
+    }
+    assert!(
+        refused >= 4,
+        "only {refused} writes refused with the source cut"
+    );
+    let s = status(&mut da).await;
+    assert!(
+        !s.source_reachable && !s.writable && !s.last_error.is_empty(),
+        "{s:?}"
+    );
+    proxy.restore();
+    // Writes succeed again by themselves.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let back = loop {
+        match write(&mut da, vec![upsert(record("back"))]).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                assert!(Instant::now() < deadline, "writes did not come back: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    acked.push(("back".to_string(), back));
+    reach(&mut db, back).await;
+    assert!(export(&mut da).await == export(&mut db).await);
+    let read = db
+        .read_entities(pb::ReadEntitiesRequest {
+            uids: acked
+                .iter()
+                .map(|(id, _)| uid("Blue::Record", id).unwrap())
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        read.missing.is_empty(),
+        "acknowledged writes lost: {:?}",
+        read.missing
+    );
+    let s = status(&mut db).await;
+    assert!(s.source_reachable && s.writable, "{s:?}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_position_was_pruned_reads_a_new_snapshot() {
+    let Some((_pg, _)) = schema("fleet_prune").await else {
+        return;
+    };
+    let direct = url_for("fleet_prune", 5432);
+    let proxy = Proxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(
+        &direct,
+        &dir.path().join("a.redb"),
+        &["--log-retention-batches", "5"],
+    );
+    // C reaches the source through the proxy, so it can fall behind while it runs.
+    let c = spawn(
+        &url_for("fleet_prune", proxy.port),
+        &dir.path().join("c.redb"),
+        &[],
+    );
+    let (mut da, mut dc) = (data(&a).await, data(&c).await);
+    let first = write(&mut da, vec![upsert(record("p-0"))]).await.unwrap();
+    reach(&mut dc, first).await;
+    proxy.cut();
+    let mut last = first;
+    for i in 1..=30 {
+        let mut ops = vec![upsert(record(&format!("p-{i}")))];
+        if i == 10 {
+            ops.push(delete("Blue::Record", "p-0"));
+        }
+        last = write(&mut da, ops).await.unwrap();
+    }
+    // The log now starts long after C's position.
+    let err = da
+        .watch_changes(pb::WatchChangesRequest {
+            from_revision: first,
+        })
+        .await
+        .expect_err("a pruned position is refused");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("older than the retained change log"),
+        "{err:?}"
+    );
+    proxy.restore();
+    reach(&mut dc, last).await;
+    assert!(export(&mut da).await == export(&mut dc).await);
+    let log = c.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|l| l.contains("pruned from the change log")),
+        "{log:#?}"
+    );
+    // And a replica started after the pruning reads a snapshot at start-up.
+    let late = spawn(&direct, &dir.path().join("late.redb"), &[]);
+    let mut dl = data(&late).await;
+    assert!(export(&mut da).await == export(&mut dl).await);
+    drop((a, c, late));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_changes_needs_a_shared_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), Default::default());
+    config.watch = false;
+    let mut running = blue_authz::service::server::start(config).await.unwrap();
+    running.load().await.unwrap();
+    let mut d =
+        EntityStoreClient::with_interceptor(channel(running.data_addr.unwrap()).await, Bearer);
+    let err = d
+        .watch_changes(pb::WatchChangesRequest { from_revision: 0 })
+        .await
+        .expect_err("no log without a source");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("--source"), "{err:?}");
+    let s = status(&mut d).await;
+    assert_eq!(
+        (s.source.as_str(), s.revision, s.writable),
+        ("embedded", 1, true)
+    );
+    running.shutdown().await.unwrap();
+}
