@@ -828,6 +828,61 @@ async fn a_replica_whose_position_was_pruned_reads_a_new_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_pruned_by_age_and_a_follower_within_it_goes_on() {
+    let Some((_pg, url)) = schema("fleet_age").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(&url, &dir.path().join("a.redb"), &[]);
+    let b = spawn(&url, &dir.path().join("b.redb"), &[]);
+    let (mut da, mut db) = (data(&a).await, data(&b).await);
+    let mut old = 0;
+    for i in 0..5 {
+        old = write(&mut da, vec![upsert(record(&format!("old-{i}")))])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let young = write(&mut da, vec![upsert(record("young"))]).await.unwrap();
+    reach(&mut db, young).await;
+    let source = blue_authz::storage::PgSource::new(&url).unwrap();
+    let through = source
+        .prune_older_than(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(through, old, "pruned through {through}");
+    let err = db
+        .watch_changes(pb::WatchChangesRequest {
+            from_revision: old - 1,
+        })
+        .await
+        .expect_err("pruned");
+    assert_eq!(err.code(), Code::OutOfRange);
+    let mut stream = db
+        .watch_changes(pb::WatchChangesRequest { from_revision: old })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.revision, young);
+    // The follower, within the log, goes on from its position.
+    let next = write(&mut da, vec![upsert(record("next"))]).await.unwrap();
+    reach(&mut db, next).await;
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.revision, next);
+    assert!(!b
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("pruned from the change log")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_changes_needs_a_shared_source() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path(), Default::default());

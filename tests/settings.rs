@@ -88,6 +88,17 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
         ("log", ("blue_authz=debug", s("blue_authz=debug"), vec![])),
         ("log_format", ("json", s("json"), vec![])),
         ("max_batch", ("7", Integer(7), vec![])),
+        (
+            "source",
+            (
+                "postgres://u@db:5432/blue",
+                s("postgres://u@db:5432/blue"),
+                vec![],
+            ),
+        ),
+        ("source_poll_ms", ("250", Integer(250), vec![])),
+        ("log_retention_batches", ("99", Integer(99), vec![])),
+        ("log_retention_hours", ("2", Integer(2), vec![])),
         ("max_write_ops", ("11", Integer(11), vec![])),
         ("max_message_bytes", ("1234", Integer(1234), vec![])),
         ("max_revision_wait_ms", ("99", Integer(99), vec![])),
@@ -714,4 +725,21 @@ async fn data_client(served: &Served) -> EntityStoreClient<Channel> {
         .await
         .unwrap();
     EntityStoreClient::new(data)
+}
+
+#[test]
+fn print_config_hides_the_source_password() {
+    for (given, shown) in [
+        (
+            "postgres://blue:s3cret@db:5432/blue",
+            "postgres://blue:<redacted>@db:5432/blue",
+        ),
+        (
+            "host=db user=blue password=s3cret dbname=blue",
+            "host=db user=blue password=<redacted> dbname=blue",
+        ),
+    ] {
+        let printed = print_config(bin().args(["serve", "--print-config", "--source", given]));
+        assert_eq!(printed["source"].as_str(), Some(shown));
+    }
 }
