@@ -90,12 +90,12 @@ fn spawn(url: &str, db: &Path, extra: &[&str]) -> Replica {
         ])
         .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
         .args(["--db", db.to_str().unwrap(), "--source", url])
-        .args([
-            "--seed",
-            root().join("policies/tests/fixture.json").to_str().unwrap(),
-        ])
         .args(["--watch", "false"])
         .env("BLUE_AUTHZ_SOURCE_POLL_MS", "200")
+        .env(
+            "BLUE_AUTHZ_SEED",
+            root().join("policies/tests/fixture.json"),
+        )
         .args(extra)
         .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
         .env("BLUE_AUTHZ_LOG", "info")
@@ -903,4 +903,65 @@ async fn watch_changes_needs_a_shared_source() {
         ("embedded", 1, true)
     );
     running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_export_work_on_the_shared_source() {
+    let Some((pg, url)) = schema("fleet_cli").await else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_blue-authz");
+    let policies = root().join("policies");
+    let fixture = root().join("policies/tests/fixture.json");
+    let cli = |args: &[&str]| {
+        Command::new(bin)
+            .args(["--policies", policies.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // A file with one bad entity is refused whole: nothing reaches the source.
+    let dir = tempfile::tempdir().unwrap();
+    let mut entities: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+    let good = entities.len();
+    entities.push(serde_json::json!({"uid": {"type": "Blue::Record", "id": "bad"}, "attrs": {"project": 7}, "parents": []}));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, serde_json::to_string(&entities).unwrap()).unwrap();
+    let out = cli(&["import", bad.to_str().unwrap(), "--source", &url]);
+    assert!(!out.status.success(), "a bad file was imported");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad"), "{stderr}");
+    let count: i64 = pg
+        .query_one("SELECT count(*) FROM blue_authz_entities", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+
+    let out = cli(&["import", fixture.to_str().unwrap(), "--source", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("imported {good} entities")));
+    let out = cli(&["export", "--source", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(exported.len(), good);
+    // A replica started on the imported source holds the same entities.
+    let r = spawn(&url, &dir.path().join("r.redb"), &["--seed", ""]);
+    let (revision, held) = export(&mut data(&r).await).await;
+    assert_eq!(revision, 1);
+    let exported: BTreeSet<String> = exported.iter().map(|v| v.to_string()).collect();
+    assert!(held == exported, "the replica and the export differ");
+    // Unreachable: a clear error, not a wait.
+    let out = cli(&["export", "--source", &url_for("fleet_cli", 1)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not answer"));
 }

@@ -1,12 +1,16 @@
-//! `blue-authz export`: print every entity of the embedded database as a Cedar JSON array.
+//! `blue-authz export`: print every entity of the embedded database, or of one consistent
+//! snapshot of a shared source, as a Cedar JSON array.
 
 use std::io::Write as _;
 use std::path::Path;
 
-use super::{AnyError, Exit};
-use crate::storage::{RedbStorage, Storage};
+use super::{runtime, AnyError, Exit};
+use crate::storage::{PgSource, RedbStorage, Storage};
 
-pub fn run(db: &Path) -> Result<Exit, AnyError> {
+pub fn run(db: &Path, source: Option<&str>) -> Result<Exit, AnyError> {
+    if let Some(url) = source {
+        return export_shared(url);
+    }
     let storage = RedbStorage::open(db)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
@@ -27,4 +31,35 @@ pub fn run(db: &Path) -> Result<Exit, AnyError> {
     out.write_all(b"\n]\n")?;
     out.flush()?;
     Ok(Exit::Success)
+}
+
+fn export_shared(url: &str) -> Result<Exit, AnyError> {
+    let source = PgSource::new(url)?;
+    runtime()?.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let read = async {
+            let head = source.snapshot(10_000, &tx).await;
+            drop(tx);
+            head
+        };
+        let write = async {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut first = true;
+            out.write_all(b"[")?;
+            while let Some(items) = rx.recv().await {
+                for (_, json) in items {
+                    out.write_all(if first { b"\n" } else { b",\n" })?;
+                    first = false;
+                    out.write_all(&json)?;
+                }
+            }
+            out.write_all(b"\n]\n")?;
+            out.flush()
+        };
+        let (head, written) = tokio::join!(read, write);
+        let head = head?;
+        written?;
+        eprintln!("exported revision {} of {}", head.revision, source.name());
+        Ok(Exit::Success)
+    })
 }

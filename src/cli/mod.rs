@@ -43,6 +43,33 @@ impl From<Exit> for ExitCode {
 /// Any error a command reports (printed as `error: ...`, exit 2).
 pub type AnyError = Box<dyn std::error::Error>;
 
+/// The shared source `import` and `export` may work on instead of the embedded database.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// A shared PostgreSQL source (`postgres://user@host:5432/db`) instead of --db.
+    #[arg(
+        long = "source",
+        env = "BLUE_AUTHZ_SOURCE",
+        default_value = "",
+        hide_env_values = true
+    )]
+    source: String,
+}
+
+impl SourceArgs {
+    fn url(&self) -> Option<String> {
+        Some(self.source.trim().to_string()).filter(|s| !s.is_empty())
+    }
+}
+
+/// A runtime for the commands that talk to a shared source.
+fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 #[derive(Parser)]
 #[command(
     name = "blue-authz",
@@ -66,17 +93,22 @@ enum Command {
     Test,
     /// Print the effective permission table, computed by evaluating the policies.
     Matrix(matrix::MatrixCommand),
-    /// Write a Cedar JSON entities file into the database, as one atomic batch.
+    /// Write a Cedar JSON entities file into the database as one atomic batch (into a shared
+    /// source: validated whole, then written in batches of 10,000).
     Import {
         /// Cedar JSON entities file.
         file: PathBuf,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        source: SourceArgs,
     },
-    /// Print every entity of the database as a Cedar JSON array.
+    /// Print every entity of the database (or of the shared source) as a Cedar JSON array.
     Export {
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Generate realistic Blue data for benchmarks (deterministic by seed).
     Gen(gen::GenCommand),
@@ -105,8 +137,10 @@ pub fn main() -> ExitCode {
         Command::Validate => validate::run(&spec),
         Command::Test => test::run(&spec),
         Command::Matrix(args) => matrix::run(&spec, args),
-        Command::Import { file, db } => import::run(&spec, &file, &db.db),
-        Command::Export { db } => export::run(&db.db),
+        Command::Import { file, db, source } => {
+            import::run(&spec, &file, &db.db, source.url().as_deref())
+        }
+        Command::Export { db, source } => export::run(&db.db, source.url().as_deref()),
         Command::Gen(args) => gen::run(&spec, args),
         Command::Bench(args) => bench::run(args),
         Command::Check(args) => check::run(&spec, args),

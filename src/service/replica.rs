@@ -132,9 +132,12 @@ impl Replica {
     /// from it. A local copy of this source is used as it is (the follower catches it up), so
     /// a replica starts even while the source is down; without one, this waits for the
     /// source and reads a snapshot.
+    /// With `wait` false, an unreachable source is an error instead of something to wait for
+    /// (for the offline commands).
     pub async fn open(
         &self,
         pack: &Arc<PolicyPack>,
+        wait: bool,
     ) -> Result<(EntityStore, Arc<dyn Storage>, Option<Head>), StateError> {
         let db = self.db.clone();
         let local = tokio::task::spawn_blocking(move || -> Result<_, StateError> {
@@ -155,6 +158,9 @@ impl Replica {
                 }
                 Err(e) => {
                     self.status.failed(&e);
+                    if !wait {
+                        return Err(e.into());
+                    }
                     if local_source.is_some() {
                         tracing::warn!(error = %e, revision = local_rev, "the shared source does not answer: starting on the local copy");
                         break None;

@@ -256,7 +256,7 @@ impl Running {
             Replica::new(self.engine.clone(), &self.config.db, source)
                 .map_err(|e| ServeError::State(e.into()))?,
         );
-        let (store, storage, head) = replica.open(&pack).await?;
+        let (store, storage, head) = replica.open(&pack, true).await?;
         tracing::info!(
             policies = pack.policies.policies().count(),
             version = %pack.version,
