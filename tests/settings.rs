@@ -97,6 +97,7 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
             ),
         ),
         ("source_poll_ms", ("250", Integer(250), vec![])),
+        ("source_notify", ("false", Boolean(false), vec![])),
         ("log_retention_batches", ("99", Integer(99), vec![])),
         ("log_retention_hours", ("2", Integer(2), vec![])),
         ("max_write_ops", ("11", Integer(11), vec![])),

@@ -2,6 +2,7 @@
 //! ([`gen`]), request mixes over it ([`workload`]), and the gRPC load tool behind
 //! `blue-authz bench` ([`loadgen`]). Test data only: the engine's decisions do not depend on it.
 
+pub mod fleet;
 pub mod gen;
 pub mod loadgen;
 pub mod workload;

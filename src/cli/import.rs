@@ -56,6 +56,7 @@ fn import_shared(pack: Arc<PolicyPack>, file: &Path, url: &str) -> Result<Exit, 
                 poll: Duration::from_secs(1),
                 keep_batches: 0,
                 max_age: None,
+                notify: false,
             },
         )?;
         let (store, storage, _) = replica.open(&pack, false).await?;

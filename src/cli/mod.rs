@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod export;
+mod fleet_bench;
 mod gen;
 mod import;
 mod matrix;
@@ -115,6 +116,10 @@ enum Command {
     /// Drive a running service over gRPC with a realistic request mix and print throughput
     /// and latency, beside the empty call (the health service's Check) measured in the same run.
     Bench(bench::BenchCommand),
+    /// Start a fleet of replicas on a real PostgreSQL (in a schema of its own) and print its
+    /// figures: write to visible, write throughput, decisions while applying, catch-up,
+    /// bootstrap at full scale.
+    FleetBench(fleet_bench::FleetBenchCommand),
     /// One decision against an entities file, with its explanation.
     Check(check::CheckCommand),
 }
@@ -143,6 +148,7 @@ pub fn main() -> ExitCode {
         Command::Export { db, source } => export::run(&db.db, source.url().as_deref()),
         Command::Gen(args) => gen::run(&spec, args),
         Command::Bench(args) => bench::run(args),
+        Command::FleetBench(args) => fleet_bench::run(&spec, args),
         Command::Check(args) => check::run(&spec, args),
     };
     match result {

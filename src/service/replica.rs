@@ -33,6 +33,8 @@ pub struct SourceConfig {
     pub keep_batches: u64,
     /// How long the log keeps a batch (None: no age limit).
     pub max_age: Option<Duration>,
+    /// Listen for commit notifications (false: poll only).
+    pub notify: bool,
 }
 
 /// Batches one poll reads.
@@ -119,8 +121,13 @@ fn blocking_failed(e: tokio::task::JoinError) -> StateError {
 
 impl Replica {
     pub fn new(state: Arc<State>, db: &Path, config: SourceConfig) -> Result<Self, SourceError> {
+        let source = PgSource::new(&config.url)?;
         Ok(Replica {
-            source: PgSource::new(&config.url)?,
+            source: if config.notify {
+                source
+            } else {
+                source.without_notifications()
+            },
             state,
             status: SourceStatus::default(),
             db: db.to_path_buf(),
@@ -415,6 +422,15 @@ impl Replica {
     async fn step(&self) -> Result<bool, StateError> {
         let current = self.state.revision();
         match self.source.poll(current, POLL_BATCHES).await? {
+            Poll::Batches { head, .. } if head < current => {
+                tracing::warn!(
+                    revision = current,
+                    source_revision = head,
+                    "the shared source is behind this replica (it was replaced): reading a new snapshot"
+                );
+                self.rebootstrap().await?;
+                Ok(true)
+            }
             Poll::Batches { head, batches } => {
                 self.status.answered(head);
                 if batches.is_empty() {

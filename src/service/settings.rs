@@ -76,6 +76,10 @@ pub struct ServeSettings {
     /// How often a replica polls the source's change log when no notification comes, in ms.
     #[arg(long, env = "BLUE_AUTHZ_SOURCE_POLL_MS", default_value_t = 500)]
     pub source_poll_ms: u64,
+    /// Listen for the source's commit notifications, so that replicas apply a batch at once
+    /// (false: poll only).
+    #[arg(long, env = "BLUE_AUTHZ_SOURCE_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub source_notify: bool,
     /// Batches the source's change log keeps (0: no count limit); older ones are pruned.
     #[arg(
         long,
@@ -390,6 +394,7 @@ impl ServeSettings {
                     max_age: Some(self.log_retention_hours)
                         .filter(|h| *h > 0)
                         .map(|h| Duration::from_secs(h * 3600)),
+                    notify: self.source_notify,
                 }),
             watch: self.watch,
             config_file,

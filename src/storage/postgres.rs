@@ -112,6 +112,8 @@ pub struct PgSource {
     reader: Mutex<Option<Arc<Client>>>,
     /// Woken by a commit notification (followers also poll: this is only a hint).
     pub notified: Arc<Notify>,
+    /// Whether the read connection listens for commit notifications.
+    listen: bool,
 }
 
 impl PgSource {
@@ -145,7 +147,14 @@ impl PgSource {
             writer: Arc::new(Mutex::new(None)),
             reader: Mutex::new(None),
             notified: Arc::new(Notify::new()),
+            listen: true,
         })
+    }
+
+    /// Polls only: no commit notifications.
+    pub fn without_notifications(mut self) -> Self {
+        self.listen = false;
+        self
     }
 
     /// The database, as logs name it.
@@ -213,7 +222,7 @@ impl PgSource {
             return Ok(c.clone());
         }
         *slot = None;
-        let client = Arc::new(self.connect(true).await?);
+        let client = Arc::new(self.connect(self.listen).await?);
         *slot = Some(client.clone());
         Ok(client)
     }
