@@ -27,8 +27,8 @@ fn print_config(env: &BTreeMap<String, String>) -> toml::Table {
     common::print_config(c.envs(env).args(["serve", "--print-config"]))
 }
 
-fn docs() -> Vec<Value> {
-    let text = read("deploy/kubernetes/sidecar.yaml");
+fn docs(path: &str) -> Vec<Value> {
+    let text = read(path);
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("valid YAML"))
         .collect()
@@ -40,10 +40,51 @@ fn port_of(addr: &str) -> u64 {
 
 #[test]
 fn the_kubernetes_sidecar_example_parses_and_agrees_with_the_binary() {
-    let docs = docs();
+    let path = "deploy/kubernetes/sidecar.yaml";
+    let docs = docs(path);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["Secret", "Deployment"]);
-    let deployment = &docs[1];
+    let (resolved, _) = check_pod(path, &docs[1]);
+    assert_eq!(resolved["source"].as_str(), Some(""));
+}
+
+#[test]
+fn the_kubernetes_fleet_example_parses_and_agrees_with_the_binary() {
+    let path = "deploy/kubernetes/fleet.yaml";
+    let docs = docs(path);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Secret", "Secret", "Deployment"]);
+    let (resolved, sidecar) = check_pod(path, &docs[2]);
+    // Every sidecar a replica of the source, whose connection string comes from the Secret
+    // and is one the binary accepts; no seed of its own (the source is the truth).
+    let source = sidecar["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "BLUE_AUTHZ_SOURCE")
+        .expect("BLUE_AUTHZ_SOURCE");
+    let secret = &source["valueFrom"]["secretKeyRef"];
+    let named = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == secret["name"])
+        .expect("the source's Secret");
+    let url = named["stringData"][secret["key"].as_str().unwrap()]
+        .as_str()
+        .unwrap();
+    assert!(url.starts_with("postgres://") && url.contains("search_path"));
+    assert!(blue_authz::storage::PgSource::new(url).is_ok(), "{url}");
+    assert_eq!(resolved["seed"].as_str(), Some(""));
+    assert!(!resolved["source"].as_str().unwrap().is_empty());
+    // The startup probe waits long enough for a full-scale snapshot.
+    let startup = &sidecar["startupProbe"];
+    let budget =
+        startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
+    assert!(budget >= 120, "{budget} s");
+    assert!(docs[2]["spec"]["replicas"].as_u64().unwrap() > 2);
+}
+
+/// The checks both pod examples pass; returns the sidecar's resolved settings and the sidecar.
+fn check_pod(path: &str, deployment: &Value) -> (toml::Table, Value) {
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(
         deployment["spec"]["selector"]["matchLabels"],
@@ -114,7 +155,7 @@ fn the_kubernetes_sidecar_example_parses_and_agrees_with_the_binary() {
         .iter()
         .map(|v| (v["name"].as_str().unwrap(), v))
         .collect();
-    let yaml = read("deploy/kubernetes/sidecar.yaml");
+    let yaml = read(path);
     let mut covered = Vec::new();
     for (name, path) in &mounts {
         let volume = volumes[name];
@@ -143,6 +184,7 @@ fn the_kubernetes_sidecar_example_parses_and_agrees_with_the_binary() {
         db.starts_with(&format!("{data}/")),
         "{db} is not on the data volume"
     );
+    (resolved.clone(), sidecar.clone())
 }
 
 /// The RUN commands of the Dockerfile's build stage.

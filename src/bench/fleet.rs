@@ -326,6 +326,7 @@ fn paced_writer(
     mut d: Data,
     rate: f64,
     stop: Arc<AtomicBool>,
+    tag: &'static str,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
     tokio::spawn(async move {
         let started = Instant::now();
@@ -334,7 +335,7 @@ fn paced_writer(
             let due = started + Duration::from_secs_f64(n as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
             n += 1;
-            write(&mut d, &format!("paced-{n}")).await?;
+            write(&mut d, &format!("{tag}-{n}")).await?;
         }
         Ok(n)
     })
@@ -401,19 +402,25 @@ pub async fn run(cfg: &FleetBenchConfig) -> Result<(), String> {
         println!("write throughput through PostgreSQL, {writers} writer(s) over 3 replicas: {rate:.0} batches/s");
     }
 
-    // Decision latency on C, idle and while it applies 500 batches a second written on A.
+    // Decision latency on C, idle and while it applies 500 batches a second written on A and B.
     let idle = decision_latency(&notified[2], s).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut dc = data(&notified[2]).await?;
     let before = revision_of(&mut dc).await?;
-    let writer = paced_writer(data(&notified[0]).await?, 500.0, stop.clone());
+    // Two writers at 250 a second each, on A and B (one alone cannot keep 500 up).
+    let writers = [
+        paced_writer(data(&notified[0]).await?, 250.0, stop.clone(), "pa"),
+        paced_writer(data(&notified[1]).await?, 250.0, stop.clone(), "pb"),
+    ];
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let busy = decision_latency(&notified[2], s).await?;
     let applied = revision_of(&mut dc).await? - before;
     let applied_rate = applied as f64 / (started.elapsed().as_secs_f64() + 0.3);
     stop.store(true, Ordering::Relaxed);
-    writer.await.map_err(|e| e.to_string())??;
+    for writer in writers {
+        writer.await.map_err(|e| e.to_string())??;
+    }
     let (i50, i99, b50, b99) = (
         quantile(&idle, 0.5),
         quantile(&idle, 0.99),

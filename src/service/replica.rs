@@ -43,6 +43,8 @@ const POLL_BATCHES: u32 = 1000;
 const SNAPSHOT_CHUNK: u32 = 10_000;
 /// How often the age limit is applied to the log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The longest a batch applied from the source stays not yet durable locally under load.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between attempts when the source does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -224,7 +226,7 @@ impl Replica {
             while let Some(puts) = rx.blocking_recv() {
                 n += puts.len() as u64;
                 // Revision 0 until the end: a crash mid-way leaves nothing that looks whole.
-                local.apply(&ChangeSet {
+                local.apply_relaxed(&ChangeSet {
                     puts,
                     ..Default::default()
                 })?;
@@ -377,8 +379,22 @@ impl Replica {
     pub async fn follow(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
         let mut backoff = Duration::from_millis(100);
         let mut last_prune = Instant::now();
+        // Applied batches are made durable locally once caught up, and at least every
+        // SYNC_EVERY under a steady stream (the source has them durably meanwhile).
+        let mut synced_at = (self.state.revision(), Instant::now());
         loop {
-            let wait = match self.step().await {
+            let step = self.step().await;
+            let revision = self.state.revision();
+            let caught_up = matches!(step, Ok(false));
+            if revision != synced_at.0 && (caught_up || synced_at.1.elapsed() >= SYNC_EVERY) {
+                let state = self.state.clone();
+                match tokio::task::spawn_blocking(move || state.sync()).await {
+                    Ok(Ok(())) => synced_at = (revision, Instant::now()),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the local copy"),
+                    Err(e) => tracing::warn!(error = %e, "cannot sync the local copy"),
+                }
+            }
+            let wait = match step {
                 Ok(true) => {
                     backoff = Duration::from_millis(100);
                     continue;

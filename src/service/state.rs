@@ -142,10 +142,16 @@ impl State {
     /// the next start quick. Writes after this answer UNAVAILABLE.
     pub fn close(&self) {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.storage
+        let storage = self
+            .storage
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        if let Some(storage) = storage {
+            if let Err(e) = storage.sync() {
+                tracing::warn!(error = %e, "cannot sync the database at shutdown");
+            }
+        }
     }
 
     /// Replaces the live policy pack; calls in flight finish on the one they started with.
@@ -186,13 +192,19 @@ impl State {
         Ok((pack, storage))
     }
 
-    /// Makes a prepared batch durable, then visible. The caller holds the writer lock.
+    /// Makes a prepared batch durable (or, `relaxed`, durable with the next sync: a batch a
+    /// shared source holds durably), then visible. The caller holds the writer lock.
     fn commit_prepared(
         &self,
         storage: &dyn Storage,
         prepared: Prepared,
+        relaxed: bool,
     ) -> Result<u64, StateError> {
-        storage.apply(&prepared.changes)?;
+        if relaxed {
+            storage.apply_relaxed(&prepared.changes)?;
+        } else {
+            storage.apply(&prepared.changes)?;
+        }
         let revision = prepared.revision();
         self.store
             .write()
@@ -231,7 +243,7 @@ impl State {
             }
             let mut prepared = self.read_store().prepare_changes(&batch, &pack.entities)?;
             prepared.changes.schema = Some(pack.schema_version.clone());
-            self.commit_prepared(storage, prepared)?;
+            self.commit_prepared(storage, prepared, true)?;
         }
         Ok(self.revision())
     }
@@ -273,7 +285,15 @@ impl State {
                 got: prepared.revision(),
             });
         }
-        self.commit_prepared(storage.as_ref(), prepared)
+        self.commit_prepared(storage.as_ref(), prepared, true)
+    }
+
+    /// Makes the batches applied from a shared source durable locally (until then a crash
+    /// loses them whole, and the replica applies them again from the source).
+    pub fn sync(&self) -> Result<(), StateError> {
+        let (_, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(storage.sync()?)
     }
 
     /// Replaces the whole store and its storage at once (a replica that re-read a snapshot):
@@ -305,7 +325,7 @@ impl State {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
         prepared.changes.schema = Some(pack.schema_version.clone());
-        self.commit_prepared(storage.as_ref(), prepared)
+        self.commit_prepared(storage.as_ref(), prepared, false)
     }
 
     /// Waits until the store has reached `min` (0: no wait), for at most `deadline` and never

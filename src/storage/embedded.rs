@@ -72,6 +72,44 @@ impl RedbStorage {
         Ok(true)
     }
 
+    fn write(&self, changes: &ChangeSet, durability: redb::Durability) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(durability).map_err(|e| self.err(e))?;
+        // Keeps recovery after a crash quick (no full scan of the allocator state).
+        txn.set_quick_repair(true);
+        {
+            let mut entities = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
+            for (uid, json) in &changes.puts {
+                entities
+                    .insert(uid.as_str(), json.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            for uid in &changes.deletes {
+                entities.remove(uid.as_str()).map_err(|e| self.err(e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(REVISION, changes.revision)
+                .map_err(|e| self.err(e))?;
+            let mut text = txn.open_table(META_TEXT).map_err(|e| self.err(e))?;
+            match &changes.schema {
+                Some(schema) => {
+                    text.insert(SCHEMA, schema.as_str())
+                        .map_err(|e| self.err(e))?;
+                }
+                // A writer that did not validate against a known schema: the next start
+                // validates everything again.
+                None => {
+                    text.remove(SCHEMA).map_err(|e| self.err(e))?;
+                }
+            }
+            if let Some(source) = &changes.source {
+                text.insert(SOURCE, source.as_str())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
     fn text(&self, key: &str) -> Result<Option<String>, StorageError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let meta = match txn.open_table(META_TEXT) {
@@ -112,41 +150,17 @@ impl Storage for RedbStorage {
     }
 
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError> {
+        self.write(changes, redb::Durability::Immediate)
+    }
+
+    fn apply_relaxed(&self, changes: &ChangeSet) -> Result<(), StorageError> {
+        self.write(changes, redb::Durability::None)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| self.err(e))?;
-        // Keeps recovery after a crash quick (no full scan of the allocator state).
-        txn.set_quick_repair(true);
-        {
-            let mut entities = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
-            for (uid, json) in &changes.puts {
-                entities
-                    .insert(uid.as_str(), json.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            for uid in &changes.deletes {
-                entities.remove(uid.as_str()).map_err(|e| self.err(e))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            meta.insert(REVISION, changes.revision)
-                .map_err(|e| self.err(e))?;
-            let mut text = txn.open_table(META_TEXT).map_err(|e| self.err(e))?;
-            match &changes.schema {
-                Some(schema) => {
-                    text.insert(SCHEMA, schema.as_str())
-                        .map_err(|e| self.err(e))?;
-                }
-                // A writer that did not validate against a known schema: the next start
-                // validates everything again.
-                None => {
-                    text.remove(SCHEMA).map_err(|e| self.err(e))?;
-                }
-            }
-            if let Some(source) = &changes.source {
-                text.insert(SOURCE, source.as_str())
-                    .map_err(|e| self.err(e))?;
-            }
-        }
         txn.commit().map_err(|e| self.err(e))
     }
 

@@ -30,6 +30,16 @@ pub trait Storage: Send + Sync {
     fn source(&self) -> Result<Option<String>, StorageError>;
     /// Applies a change set atomically and durably; returns only once it is synced.
     fn apply(&self, changes: &ChangeSet) -> Result<(), StorageError>;
+    /// Applies a change set atomically, durable only with the next [`Storage::sync`] or
+    /// [`Storage::apply`]: a crash before then loses it whole, never half (for a copy of a
+    /// shared source, which has it durably and gives it again).
+    fn apply_relaxed(&self, changes: &ChangeSet) -> Result<(), StorageError> {
+        self.apply(changes)
+    }
+    /// Makes every relaxed change set durable.
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Visits every entity (its stored JSON) of one consistent snapshot, with that snapshot's
     /// revision. The visitor returns false to stop.
     fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError>;

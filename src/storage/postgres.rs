@@ -106,8 +106,9 @@ pub struct PgSource {
     config: Config,
     /// The database as logs and errors name it (no password).
     name: String,
-    /// The connection writes use (one write transaction at a time per replica).
-    writer: Arc<Mutex<Option<Client>>>,
+    /// The connection writes use (one write transaction at a time per replica), with its
+    /// prepared statements.
+    writer: Arc<Mutex<Option<WriterConn>>>,
     /// The connection reads use (single statements, safe to share), listening for commits.
     reader: Mutex<Option<Arc<Client>>>,
     /// Woken by a commit notification (followers also poll: this is only a hint).
@@ -356,22 +357,59 @@ impl PgSource {
         Ok(head)
     }
 
+    /// A writer connection with its statements prepared (all in one round trip).
+    async fn writer_conn(&self) -> Result<WriterConn, SourceError> {
+        let client = self.connect(false).await?;
+        let notify_text = format!("NOTIFY {CHANNEL}");
+        let prepared = async {
+            let (select_head, batches_after, upsert, delete, insert_change, update_head, notify) =
+                tokio::try_join!(
+                    client.prepare("SELECT revision FROM blue_authz_head WHERE id = 1 FOR UPDATE"),
+                    client.prepare(
+                        "SELECT revision, (extract(epoch FROM committed_at) * 1000)::bigint, batch
+                     FROM blue_authz_changes WHERE revision > $1 ORDER BY revision"
+                    ),
+                    client.prepare(
+                        "INSERT INTO blue_authz_entities (uid, json)
+                     SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (uid) DO UPDATE SET json = EXCLUDED.json"
+                    ),
+                    client.prepare("DELETE FROM blue_authz_entities WHERE uid = ANY($1::text[])"),
+                    client.prepare(
+                        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)"
+                    ),
+                    client.prepare("UPDATE blue_authz_head SET revision = $1 WHERE id = 1"),
+                    client.prepare(&notify_text),
+                )?;
+            Ok::<_, tokio_postgres::Error>(Statements {
+                select_head,
+                batches_after,
+                upsert,
+                delete,
+                insert_change,
+                update_head,
+                notify,
+            })
+        };
+        let statements = self.timed(prepared).await?;
+        Ok(WriterConn { client, statements })
+    }
+
     /// Starts a write: takes the head row's lock (every other writer, on any replica, waits
     /// until this one commits or rolls back) and reads the head revision.
     pub async fn begin_write(&self) -> Result<WriteTxn, SourceError> {
         let mut guard = self.writer.clone().lock_owned().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.connect(false).await?);
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = Some(self.writer_conn().await?);
         }
-        let client = guard.as_ref().expect("connected above");
+        let conn = guard.as_ref().expect("connected above");
+        // One round trip: BEGIN and the locking read, pipelined.
         let began = async {
-            client.batch_execute("BEGIN").await?;
-            client
-                .query_one(
-                    "SELECT revision FROM blue_authz_head WHERE id = 1 FOR UPDATE",
-                    &[],
-                )
-                .await
+            let (_, row) = tokio::try_join!(
+                conn.client.batch_execute("BEGIN"),
+                conn.client.query_one(&conn.statements.select_head, &[]),
+            )?;
+            Ok::<_, tokio_postgres::Error>(row)
         };
         match self.timed(began).await {
             Ok(row) => Ok(WriteTxn {
@@ -416,23 +454,36 @@ async fn prune(
     through: i64,
 ) -> Result<(), tokio_postgres::Error> {
     txn.execute(
-        "UPDATE blue_authz_head SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1",
-        &[&through],
-    )
-    .await?;
-    txn.execute(
-        "DELETE FROM blue_authz_changes WHERE revision <= $1",
+        "WITH gone AS (DELETE FROM blue_authz_changes WHERE revision <= $1)
+         UPDATE blue_authz_head SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1",
         &[&through],
     )
     .await?;
     Ok(())
 }
 
+/// The writer connection's prepared statements.
+struct Statements {
+    select_head: tokio_postgres::Statement,
+    batches_after: tokio_postgres::Statement,
+    upsert: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+    insert_change: tokio_postgres::Statement,
+    update_head: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+/// A writer connection.
+struct WriterConn {
+    client: Client,
+    statements: Statements,
+}
+
 /// An open write transaction holding the head row's lock. Dropped without
 /// [`WriteTxn::commit`], it is rolled back (its connection is closed).
 pub struct WriteTxn {
     head: u64,
-    guard: OwnedMutexGuard<Option<Client>>,
+    guard: OwnedMutexGuard<Option<WriterConn>>,
     open: bool,
     name: String,
 }
@@ -443,7 +494,7 @@ impl WriteTxn {
         self.head
     }
 
-    fn client(&self) -> &Client {
+    fn conn(&self) -> &WriterConn {
         self.guard
             .as_ref()
             .expect("a write transaction has a connection")
@@ -461,13 +512,11 @@ impl WriteTxn {
     /// The batches after `after` up to the head, in order (what this replica has not yet
     /// applied).
     pub async fn batches_after(&mut self, after: u64) -> Result<Vec<ChangeSet>, SourceError> {
+        let conn = self.conn();
         let rows = tokio::time::timeout(
             CALL_TIMEOUT,
-            self.client().query(
-                "SELECT revision, (extract(epoch FROM committed_at) * 1000)::bigint, batch
-                 FROM blue_authz_changes WHERE revision > $1 ORDER BY revision",
-                &[&(after as i64)],
-            ),
+            conn.client
+                .query(&conn.statements.batches_after, &[&(after as i64)]),
         )
         .await;
         let rows = match rows {
@@ -510,42 +559,42 @@ impl WriteTxn {
             .map(|(u, j)| (u.as_str(), std::str::from_utf8(j).unwrap_or("null")))
             .unzip();
         let deletes: Vec<&str> = changes.deletes.iter().map(String::as_str).collect();
-        let client = self.client();
+        let conn = self.conn();
+        let (client, st) = (&conn.client, &conn.statements);
         let work = async {
-            if !uids.is_empty() {
-                client
-                    .execute(
-                        "INSERT INTO blue_authz_entities (uid, json)
-                         SELECT * FROM unnest($1::text[], $2::text[])
-                         ON CONFLICT (uid) DO UPDATE SET json = EXCLUDED.json",
-                        &[&uids, &jsons],
-                    )
-                    .await?;
-            }
-            if !deletes.is_empty() {
-                client
-                    .execute(
-                        "DELETE FROM blue_authz_entities WHERE uid = ANY($1::text[])",
-                        &[&deletes],
-                    )
-                    .await?;
-            }
-            client
-                .execute(
-                    "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
-                    &[&revision, &text],
-                )
-                .await?;
-            client
-                .execute(
-                    "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
-                    &[&revision],
-                )
-                .await?;
-            if keep > 0 && revision > keep as i64 {
-                prune(client, revision - keep as i64).await?;
-            }
-            client.execute(&format!("NOTIFY {CHANNEL}"), &[]).await?;
+            // One round trip for the statements (pipelined), each checked before the commit:
+            // an aborted transaction's COMMIT reports success as a rollback.
+            let upserts = async {
+                if uids.is_empty() {
+                    Ok(0)
+                } else {
+                    client.execute(&st.upsert, &[&uids, &jsons]).await
+                }
+            };
+            let removals = async {
+                if deletes.is_empty() {
+                    Ok(0)
+                } else {
+                    client.execute(&st.delete, &[&deletes]).await
+                }
+            };
+            let pruned = async {
+                if keep > 0 && revision > keep as i64 {
+                    prune(client, revision - keep as i64).await
+                } else {
+                    Ok(())
+                }
+            };
+            let change_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&revision, &text];
+            let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&revision];
+            tokio::try_join!(
+                upserts,
+                removals,
+                client.execute(&st.insert_change, &change_params),
+                client.execute(&st.update_head, &head_params),
+                pruned,
+                client.execute(&st.notify, &[]),
+            )?;
             client.batch_execute("COMMIT").await
         };
         match tokio::time::timeout(CALL_TIMEOUT, work).await {
@@ -561,7 +610,7 @@ impl WriteTxn {
     /// Ends the transaction without writing.
     pub async fn rollback(mut self) {
         let ok = matches!(
-            tokio::time::timeout(CALL_TIMEOUT, self.client().batch_execute("ROLLBACK")).await,
+            tokio::time::timeout(CALL_TIMEOUT, self.conn().client.batch_execute("ROLLBACK")).await,
             Ok(Ok(()))
         );
         if ok {
