@@ -62,10 +62,23 @@ fn addr_in(line: &str) -> Option<std::net::SocketAddr> {
 
 impl FleetBenchConfig {
     fn url(&self) -> String {
-        format!("{} options=-csearch_path={}", self.pg, self.schema)
+        self.url_of(&self.schema)
+    }
+
+    fn url_of(&self, schema: &str) -> String {
+        format!("{} options=-csearch_path={schema}", self.pg)
+    }
+
+    /// The schema of the control replica's own, idle source.
+    fn idle_schema(&self) -> String {
+        format!("{}_idle", self.schema)
     }
 
     fn spawn(&self, name: &str, extra: &[&str]) -> Result<Replica, String> {
+        self.spawn_on(&self.url(), name, extra)
+    }
+
+    fn spawn_on(&self, url: &str, name: &str, extra: &[&str]) -> Result<Replica, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let db = self.dir.join(format!("{name}.redb"));
         let mut child = Command::new(exe)
@@ -80,7 +93,7 @@ impl FleetBenchConfig {
             ])
             .arg("--db")
             .arg(&db)
-            .args(["--source", &self.url(), "--watch", "false"])
+            .args(["--source", url, "--watch", "false"])
             .args(extra)
             .env("BLUE_AUTHZ_SEED", &self.seed)
             .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
@@ -357,6 +370,10 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 }
 
 async fn reset_schema(cfg: &FleetBenchConfig) -> Result<(), String> {
+    reset(cfg, &cfg.schema).await
+}
+
+async fn reset(cfg: &FleetBenchConfig, schema: &str) -> Result<(), String> {
     let (client, conn) = tokio_postgres::connect(&cfg.pg, tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("PostgreSQL ({}): {e}", cfg.pg))?;
@@ -364,7 +381,7 @@ async fn reset_schema(cfg: &FleetBenchConfig) -> Result<(), String> {
     client
         .batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
-            cfg.schema
+            schema
         ))
         .await
         .map_err(|e| e.to_string())
@@ -404,6 +421,10 @@ pub async fn run(cfg: &FleetBenchConfig) -> Result<(), String> {
 
     // Decision latency on C, idle and while it applies 500 batches a second written on A and B.
     let idle = decision_latency(&notified[2], s).await?;
+    // The control: a replica of another, idle source, measured in the same slices under the
+    // same machine load, so that the cost of applying is told apart from sharing two cores.
+    reset(cfg, &cfg.idle_schema()).await?;
+    let control = cfg.spawn_on(&cfg.url_of(&cfg.idle_schema()), "control", &[])?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut dc = data(&notified[2]).await?;
     let before = revision_of(&mut dc).await?;
@@ -414,27 +435,35 @@ pub async fn run(cfg: &FleetBenchConfig) -> Result<(), String> {
     ];
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let busy = decision_latency(&notified[2], s).await?;
+    let (mut busy, mut calm) = (Vec::new(), Vec::new());
+    let slices = (s * 4.0).ceil() as usize;
+    for _ in 0..slices {
+        busy.extend(decision_latency(&notified[2], 0.25).await?);
+        calm.extend(decision_latency(&control, 0.25).await?);
+    }
+    busy.sort_unstable();
+    calm.sort_unstable();
     let applied = revision_of(&mut dc).await? - before;
     let applied_rate = applied as f64 / (started.elapsed().as_secs_f64() + 0.3);
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.await.map_err(|e| e.to_string())??;
     }
-    let (i50, i99, b50, b99) = (
-        quantile(&idle, 0.5),
-        quantile(&idle, 0.99),
-        quantile(&busy, 0.5),
-        quantile(&busy, 0.99),
-    );
+    drop(control);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (i50, i99) = (quantile(&idle, 0.5), quantile(&idle, 0.99));
+    let (b50, b99) = (quantile(&busy, 0.5), quantile(&busy, 0.99));
+    let (c50, c99) = (quantile(&calm, 0.5), quantile(&calm, 0.99));
     println!(
-        "decision latency on a replica: idle p50 {:.0} µs p99 {:.0} µs; applying {applied_rate:.0} batches/s p50 {:.0} µs p99 {:.0} µs (ratio p50 {:.2}x, p99 {:.2}x)",
-        i50.as_secs_f64() * 1e6,
-        i99.as_secs_f64() * 1e6,
-        b50.as_secs_f64() * 1e6,
-        b99.as_secs_f64() * 1e6,
-        b50.as_secs_f64() / i50.as_secs_f64(),
-        b99.as_secs_f64() / i99.as_secs_f64(),
+        "decision latency: replica applying {applied_rate:.0} batches/s p50 {:.0} µs p99 {:.0} µs; idle replica (another source) in the same slices p50 {:.0} µs p99 {:.0} µs: ratio p50 {:.2}x, p99 {:.2}x; the applying replica before the writes began (machine idle) p50 {:.0} µs p99 {:.0} µs",
+        us(b50),
+        us(b99),
+        us(c50),
+        us(c99),
+        us(b50) / us(c50),
+        us(b99) / us(c99),
+        us(i50),
+        us(i99),
     );
 
     let [a, b, c] = notified;
