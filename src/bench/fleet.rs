@@ -428,10 +428,12 @@ pub async fn run(cfg: &FleetBenchConfig) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut dc = data(&notified[2]).await?;
     let before = revision_of(&mut dc).await?;
-    // Two writers at 250 a second each, on A and B (one alone cannot keep 500 up).
+    // Four writers at 125 a second each, on A and B (one alone cannot keep 500 up).
     let writers = [
-        paced_writer(data(&notified[0]).await?, 250.0, stop.clone(), "pa"),
-        paced_writer(data(&notified[1]).await?, 250.0, stop.clone(), "pb"),
+        paced_writer(data(&notified[0]).await?, 125.0, stop.clone(), "pa"),
+        paced_writer(data(&notified[1]).await?, 125.0, stop.clone(), "pb"),
+        paced_writer(data(&notified[0]).await?, 125.0, stop.clone(), "pc"),
+        paced_writer(data(&notified[1]).await?, 125.0, stop.clone(), "pd"),
     ];
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
