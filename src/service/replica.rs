@@ -383,6 +383,8 @@ impl Replica {
         // SYNC_EVERY under a steady stream (the source has them durably meanwhile).
         let mut synced_at = (self.state.revision(), Instant::now());
         loop {
+            // Polls keep a fixed cadence: the next one is due an interval after this one began.
+            let polled_at = Instant::now();
             let step = self.step().await;
             let revision = self.state.revision();
             let caught_up = matches!(step, Ok(false));
@@ -401,7 +403,7 @@ impl Replica {
                 }
                 Ok(false) => {
                     backoff = Duration::from_millis(100);
-                    self.config.poll
+                    self.config.poll.saturating_sub(polled_at.elapsed())
                 }
                 Err(e) => {
                     match &e {
