@@ -12,7 +12,7 @@ use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
 use blue_authz::service::server::{self, Limits, Running};
-use common::{config, root, uid, TOKEN};
+use common::{config, delete, edge, root, uid, upsert, TOKEN};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -60,32 +60,6 @@ async fn node(dir: &std::path::Path) -> Node {
         running,
         decisions,
         data,
-    }
-}
-
-fn upsert(json: serde_json::Value) -> pb::WriteOp {
-    pb::WriteOp {
-        op: Some(pb::write_op::Op::UpsertJson(json.to_string())),
-    }
-}
-
-fn edge(add: bool, child: (&str, &str), parent: (&str, &str)) -> pb::WriteOp {
-    let e = pb::Edge {
-        child: uid(child.0, child.1),
-        parent: uid(parent.0, parent.1),
-    };
-    pb::WriteOp {
-        op: Some(if add {
-            pb::write_op::Op::AddParent(e)
-        } else {
-            pb::write_op::Op::RemoveParent(e)
-        }),
-    }
-}
-
-fn delete(ty: &str, id: &str) -> pb::WriteOp {
-    pb::WriteOp {
-        op: Some(pb::write_op::Op::Delete(uid(ty, id).unwrap())),
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
-use common::{root, uid, TOKEN};
+use common::{delete, edge, root, uid, upsert, TOKEN};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
@@ -170,34 +170,8 @@ async fn decisions(r: &Replica) -> AuthorizerClient<Channel> {
     AuthorizerClient::new(channel(r.decisions).await)
 }
 
-fn upsert(json: serde_json::Value) -> pb::WriteOp {
-    pb::WriteOp {
-        op: Some(pb::write_op::Op::UpsertJson(json.to_string())),
-    }
-}
-
 fn record(id: &str) -> serde_json::Value {
     serde_json::json!({"uid": {"type": "Blue::Record", "id": id}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}, "creator": {"type": USER, "id": "pat"}}, "parents": []})
-}
-
-fn delete(ty: &str, id: &str) -> pb::WriteOp {
-    pb::WriteOp {
-        op: Some(pb::write_op::Op::Delete(uid(ty, id).unwrap())),
-    }
-}
-
-fn edge(add: bool, child: (&str, &str), parent: (&str, &str)) -> pb::WriteOp {
-    let e = pb::Edge {
-        child: uid(child.0, child.1),
-        parent: uid(parent.0, parent.1),
-    };
-    pb::WriteOp {
-        op: Some(if add {
-            pb::write_op::Op::AddParent(e)
-        } else {
-            pb::write_op::Op::RemoveParent(e)
-        }),
-    }
 }
 
 async fn write(d: &mut Data, ops: Vec<pb::WriteOp>) -> Result<u64, tonic::Status> {
@@ -408,12 +382,32 @@ async fn a_write_on_one_replica_is_seen_on_another_with_its_revision() {
     }
 }
 
-/// The log's batch format, for a test that writes to the source directly: one record.
-fn batch_text(id: &str) -> (String, String, String) {
+/// Writes one record's batch at `revision` straight into the source, in the log's format, in
+/// an open transaction; with `head`, it also moves the head there.
+async fn put_batch(txn: &tokio_postgres::Transaction<'_>, revision: i64, id: &str, head: bool) {
     let entity = record(id);
     let uid = format!("Blue::Record::\"{id}\"");
-    let batch = serde_json::json!({"puts": [[uid, entity]], "deletes": []});
-    (uid, entity.to_string(), batch.to_string())
+    let batch = serde_json::json!({"puts": [[uid, entity]], "deletes": []}).to_string();
+    txn.execute(
+        "INSERT INTO blue_authz_entities VALUES ($1, $2)",
+        &[&uid, &entity.to_string()],
+    )
+    .await
+    .unwrap();
+    txn.execute(
+        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
+        &[&revision, &batch],
+    )
+    .await
+    .unwrap();
+    if head {
+        txn.execute(
+            "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
+            &[&revision],
+        )
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,25 +436,7 @@ async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
         .unwrap()
         .get(0);
     assert_eq!(head as u64, h);
-    let (uid1, json1, batch1) = batch_text("held");
-    held.execute(
-        "INSERT INTO blue_authz_entities VALUES ($1, $2)",
-        &[&uid1, &json1],
-    )
-    .await
-    .unwrap();
-    held.execute(
-        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
-        &[&(head + 1), &batch1],
-    )
-    .await
-    .unwrap();
-    held.execute(
-        "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
-        &[&(head + 1)],
-    )
-    .await
-    .unwrap();
+    put_batch(&held, head + 1, "held", true).await;
     let later = tokio::spawn(async move { write(&mut da, vec![upsert(record("later"))]).await });
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
@@ -475,8 +451,6 @@ async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
 
     // 2. Written past the protocol: h+3 stays open while h+4 commits. The follower applies
     // neither until h+3 commits, then both, in order.
-    let (uid3, json3, batch3) = batch_text("third");
-    let (uid4, json4, batch4) = batch_text("fourth");
     let (mut pg2, conn2) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -485,40 +459,9 @@ async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
         .await
         .unwrap();
     let open = pg.transaction().await.unwrap();
-    open.execute(
-        "INSERT INTO blue_authz_entities VALUES ($1, $2)",
-        &[&uid3, &json3],
-    )
-    .await
-    .unwrap();
-    open.execute(
-        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
-        &[&(head + 3), &batch3],
-    )
-    .await
-    .unwrap();
+    put_batch(&open, head + 3, "third", false).await;
     let second = pg2.transaction().await.unwrap();
-    second
-        .execute(
-            "INSERT INTO blue_authz_entities VALUES ($1, $2)",
-            &[&uid4, &json4],
-        )
-        .await
-        .unwrap();
-    second
-        .execute(
-            "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)",
-            &[&(head + 4), &batch4],
-        )
-        .await
-        .unwrap();
-    second
-        .execute(
-            "UPDATE blue_authz_head SET revision = $1 WHERE id = 1",
-            &[&(head + 4)],
-        )
-        .await
-        .unwrap();
+    put_batch(&second, head + 4, "fourth", true).await;
     second.commit().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(

@@ -114,6 +114,14 @@ fn bootstrap_path(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}.bootstrap", db.display()))
 }
 
+/// Moves a snapshot read beside the database (at [`bootstrap_path`]) over it, at once.
+fn move_into_place(db: &Path) -> Result<(), crate::storage::StorageError> {
+    std::fs::rename(bootstrap_path(db), db).map_err(|e| crate::storage::StorageError {
+        path: db.to_path_buf(),
+        message: format!("cannot move the snapshot into place: {e}"),
+    })
+}
+
 fn blocking_failed(e: tokio::task::JoinError) -> StateError {
     StateError::Storage(crate::storage::StorageError {
         path: PathBuf::new(),
@@ -193,12 +201,7 @@ impl Replica {
                 );
                 drop(storage);
                 let fresh = self.snapshot().await?;
-                std::fs::rename(bootstrap_path(&self.db), &self.db).map_err(|e| {
-                    crate::storage::StorageError {
-                        path: self.db.clone(),
-                        message: format!("cannot move the snapshot into place: {e}"),
-                    }
-                })?;
+                move_into_place(&self.db)?;
                 fresh
             }
             _ => Arc::new(storage),
@@ -274,13 +277,8 @@ impl Replica {
         })
         .await
         .map_err(blocking_failed)??;
-        let (from, to) = (bootstrap_path(&self.db), self.db.clone());
-        self.state.replace(store, storage, || {
-            std::fs::rename(&from, &to).map_err(|e| crate::storage::StorageError {
-                path: to.clone(),
-                message: format!("cannot move the snapshot into place: {e}"),
-            })
-        })?;
+        self.state
+            .replace(store, storage, || move_into_place(&self.db))?;
         tracing::info!(
             revision = self.state.revision(),
             "switched to the new snapshot"

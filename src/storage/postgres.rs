@@ -228,9 +228,13 @@ impl PgSource {
         Ok(client)
     }
 
-    /// Drops the read connection after a failure, so the next call reconnects.
-    async fn reader_failed(&self) {
-        *self.reader.lock().await = None;
+    /// A read's result; after a failure the read connection is dropped, so the next call
+    /// reconnects.
+    async fn read_failed_on<T>(&self, result: Result<T, SourceError>) -> Result<T, SourceError> {
+        if result.is_err() {
+            *self.reader.lock().await = None;
+        }
+        result
     }
 
     /// The source's id and head.
@@ -242,18 +246,7 @@ impl PgSource {
                 &[],
             ))
             .await;
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => {
-                self.reader_failed().await;
-                return Err(e);
-            }
-        };
-        Ok(Head {
-            source_id: row.get(0),
-            revision: row.get::<_, i64>(1) as u64,
-            pruned_through: row.get::<_, i64>(2) as u64,
-        })
+        Ok(head_of(&self.read_failed_on(row).await?))
     }
 
     /// Up to `limit` batches after revision `after`, read in one snapshot with the head.
@@ -270,13 +263,7 @@ impl PgSource {
                 &[&(after as i64), &(limit as i64)],
             ))
             .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.reader_failed().await;
-                return Err(e);
-            }
-        };
+        let rows = self.read_failed_on(rows).await?;
         let Some(first) = rows.first() else {
             return Err(self.unavailable("the head row is missing"));
         };
@@ -332,11 +319,7 @@ impl PgSource {
                 &[],
             ))
             .await?;
-        let head = Head {
-            source_id: row.get(0),
-            revision: row.get::<_, i64>(1) as u64,
-            pruned_through: row.get::<_, i64>(2) as u64,
-        };
+        let head = head_of(&row);
         let portal = self
             .timed(txn.bind("SELECT uid, json FROM blue_authz_entities", &[]))
             .await?;
@@ -444,6 +427,15 @@ impl PgSource {
         }
         self.timed(txn.commit()).await?;
         Ok(through as u64)
+    }
+}
+
+/// The head from a row of `SELECT source_id, revision, pruned_through`.
+fn head_of(row: &tokio_postgres::Row) -> Head {
+    Head {
+        source_id: row.get(0),
+        revision: row.get::<_, i64>(1) as u64,
+        pruned_through: row.get::<_, i64>(2) as u64,
     }
 }
 

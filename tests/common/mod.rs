@@ -35,6 +35,35 @@ pub fn uid(ty: &str, id: &str) -> Option<pb::EntityUid> {
     })
 }
 
+/// A write operation: upsert one entity (Cedar JSON).
+pub fn upsert(json: serde_json::Value) -> pb::WriteOp {
+    pb::WriteOp {
+        op: Some(pb::write_op::Op::UpsertJson(json.to_string())),
+    }
+}
+
+/// A write operation: add (or remove) a parent edge.
+pub fn edge(add: bool, child: (&str, &str), parent: (&str, &str)) -> pb::WriteOp {
+    let e = pb::Edge {
+        child: uid(child.0, child.1),
+        parent: uid(parent.0, parent.1),
+    };
+    pb::WriteOp {
+        op: Some(if add {
+            pb::write_op::Op::AddParent(e)
+        } else {
+            pb::write_op::Op::RemoveParent(e)
+        }),
+    }
+}
+
+/// A write operation: delete an entity.
+pub fn delete(ty: &str, id: &str) -> pb::WriteOp {
+    pb::WriteOp {
+        op: Some(pb::write_op::Op::Delete(uid(ty, id).unwrap())),
+    }
+}
+
 /// A decision request without context.
 pub fn ask(user: &str, action: &str, rtype: &str, rid: &str) -> pb::IsAuthorizedRequest {
     pb::IsAuthorizedRequest {
