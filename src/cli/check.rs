@@ -51,7 +51,7 @@ pub fn run(spec: &PackSpec, args: CheckCommand) -> Result<Exit, AnyError> {
 }
 
 /// Splits `Type::"id"` (or `Type::id`) into type and id.
-fn split_uid(s: &str, flag: &str) -> Result<(String, String), String> {
+pub(super) fn split_uid(s: &str, flag: &str) -> Result<(String, String), String> {
     let (ty, id) = s.rsplit_once("::").ok_or_else(|| {
         format!("{flag}: `{s}` is not an entity reference like Blue::User::\"ada\"")
     })?;

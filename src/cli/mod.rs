@@ -7,6 +7,7 @@ mod export;
 mod fleet_bench;
 mod gen;
 mod import;
+mod list;
 mod matrix;
 mod report;
 mod serve;
@@ -122,6 +123,10 @@ enum Command {
     FleetBench(fleet_bench::FleetBenchCommand),
     /// One decision against an entities file, with its explanation.
     Check(check::CheckCommand),
+    /// Every resource of a type a principal may act on, against an entities file.
+    ListResources(list::ListResourcesCommand),
+    /// Every principal of a type that may act on a resource, against an entities file.
+    ListSubjects(list::ListSubjectsCommand),
 }
 
 /// Parses the command line and runs the command.
@@ -150,6 +155,8 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::FleetBench(args) => fleet_bench::run(&spec, args),
         Command::Check(args) => check::run(&spec, args),
+        Command::ListResources(args) => list::resources(&spec, args),
+        Command::ListSubjects(args) => list::subjects(&spec, args),
     };
     match result {
         Ok(exit) => exit.into(),

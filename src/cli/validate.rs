@@ -38,5 +38,18 @@ pub fn run(spec: &PackSpec) -> Result<Exit, AnyError> {
             )
         }
     );
+    let unnarrowed = crate::engine::list::unnarrowed(&pack);
+    if unnarrowed.is_empty() {
+        println!("listing: every action finds its candidates through the hierarchy and the reverse attribute index");
+    } else {
+        let names: Vec<String> = unnarrowed
+            .iter()
+            .map(|(a, what, ty)| format!("{a} ({what} of {ty})"))
+            .collect();
+        println!(
+            "listing checks every entity of the type (a permit gives no way to narrow the candidates): {}",
+            names.join(", ")
+        );
+    }
     Ok(Exit::Success)
 }

@@ -55,3 +55,25 @@ pub trait Facts {
     fn in_closure(&self, ix: Ix, ancestor: Ix) -> bool;
     fn type_is(&self, ix: Ix, ty: &ast::EntityType) -> bool;
 }
+
+/// What listing reads of entity data besides [`Facts`]: the hierarchy in both directions,
+/// the reverse attribute index (which entities hold a reference to a given one), and every
+/// entity of a type. Each answer may be a superset (listing checks every candidate on the
+/// decision path), never a subset.
+pub trait Lookup: Facts {
+    /// Every ancestor of `ix`, appended to `out`.
+    fn ancestors(&self, ix: Ix, out: &mut Vec<Ix>);
+    /// Every descendant of `ix`, appended to `out`.
+    fn descendants(&self, ix: Ix, out: &mut Vec<Ix>);
+    /// Every entity whose attribute `attr` is `target` or a set holding it, appended to `out`.
+    fn holders(&self, attr: &str, target: Ix, out: &mut Vec<Ix>);
+    /// Whether attribute `attr` of some entity holds a record (so a path through it cannot be
+    /// followed backwards by the reverse index).
+    fn record_valued(&self, attr: &str) -> bool;
+    /// Every present entity of a type, appended to `out`.
+    fn of_type(&self, ty: &ast::EntityType, out: &mut Vec<Ix>);
+    /// The id of an entity (its uid's id part).
+    fn id(&self, ix: Ix) -> &str;
+    /// The uid of an entity.
+    fn uid(&self, ix: Ix) -> cedar_policy::EntityUid;
+}

@@ -3,7 +3,8 @@
 //! policies are compiled once ([`compiled`]) and, where they are in a common Cedar subset, into
 //! a plan evaluated straight over the entity index ([`plan`]); requests are checked against the
 //! schema ([`request`]) and decided with an explanation ([`decide`]) over the in-memory entity
-//! index ([`index`]).
+//! index ([`index`]). Listing ([`list`]) enumerates the principals or resources a request
+//! allows, with candidates found by [`narrow`] from the plans and checked on the decision path.
 //!
 //! Leaf modules shared by those: [`error`] (typed errors), [`json`] (entity references in
 //! Cedar JSON), [`schema`] (the schema as the index sees it), [`needs`] (what slices must
@@ -18,6 +19,8 @@ pub mod error;
 pub mod facts;
 pub mod index;
 pub mod json;
+pub mod list;
+pub mod narrow;
 pub mod needs;
 pub mod pack;
 pub mod plan;

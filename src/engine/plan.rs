@@ -25,8 +25,8 @@ use crate::engine::compiled::Compiled;
 use crate::engine::facts::{Ent, Facts, V};
 
 /// A compiled condition.
-#[derive(Debug)]
-enum Node {
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
     Bool(bool),
     Long(i64),
     Str(SmolStr),
@@ -49,7 +49,7 @@ enum Node {
 /// The compiled policies of one action, in the order of the action's compiled policies.
 #[derive(Debug)]
 pub struct Plan {
-    conditions: Vec<Node>,
+    pub(crate) conditions: Vec<Node>,
 }
 
 /// What compiling a part of an expression gives: a node, or the request's action (a constant
@@ -109,6 +109,31 @@ impl Plan {
         }
         Some(out)
     }
+}
+
+/// Evaluates a condition part with the principal and resource given (listing evaluates the
+/// parts that do not mention the entity it lists, with that one bound to anything): Some
+/// value, or None for "not decided here".
+pub(crate) fn eval_known<'a, F: Facts>(
+    node: &'a Node,
+    facts: &'a F,
+    (principal, principal_type): (Ent<'a>, &'a ast::EntityType),
+    (resource, resource_type): (Ent<'a>, &'a ast::EntityType),
+    context: Option<&'a ast::Context>,
+) -> Option<V<'a>> {
+    let env = Env {
+        facts,
+        principal,
+        principal_type,
+        resource,
+        resource_type,
+        context: match context {
+            Some(ast::Context::Value(map)) => Some(map),
+            Some(ast::Context::RestrictedResidual(_)) => return None,
+            None => None,
+        },
+    };
+    env.eval(node)
 }
 
 fn compile(e: &ast::Expr, action: &ActionFacts<'_>) -> Option<Part> {

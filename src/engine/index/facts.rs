@@ -54,7 +54,7 @@ impl Facts for EntityStore {
 }
 
 /// A stored value as a plan's value; records and extension values are outside the subset.
-fn plan_value(v: &Val) -> Option<V<'_>> {
+pub(super) fn plan_value(v: &Val) -> Option<V<'_>> {
     Some(match v {
         Val::Entity(ix) => V::Ent(Ent::Ix(*ix)),
         Val::Bool(b) => V::Bool(*b),

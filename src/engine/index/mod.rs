@@ -14,7 +14,8 @@
 //! The rooms: [`entity`] (parsing and schema validation), [`intern`] (uids and nodes),
 //! [`write`] (batches and commits), [`graph`] (closures and cycles), [`overlay`]
 //! (request-scoped entities), [`slice`] (per-request Cedar entities), [`facts`] (what plans
-//! read), [`decode`] (the start-up decoder).
+//! read), [`reverse`] (the reverse attribute index and what listing reads), [`decode`] (the
+//! start-up decoder).
 
 mod decode;
 mod entity;
@@ -22,6 +23,7 @@ mod facts;
 mod graph;
 mod intern;
 mod overlay;
+mod reverse;
 mod slice;
 mod write;
 
@@ -35,6 +37,7 @@ use serde_json::{Map, Value};
 pub use self::decode::{parse_chunk, Parsed};
 pub use self::entity::{parse_entities, parse_entity, NewEntity};
 pub use self::overlay::Overlay;
+pub use self::reverse::ListView;
 pub use self::write::{ChangeSet, Prepared, WriteOp};
 pub use crate::engine::facts::Ix;
 use crate::engine::json::uid_json;
@@ -114,6 +117,11 @@ pub struct EntityStore {
     /// Reset when the entity is written.
     shared: Vec<OnceLock<Arc<ast::Entity>>>,
     children: HashMap<Ix, Vec<Ix>>,
+    /// The reverse attribute index: who refers to an entity through which attribute (see
+    /// [`reverse`]).
+    refs: hashbrown::HashMap<reverse::RefKey, Vec<Ix>>,
+    /// Attribute keys some stored entity has held a record in.
+    record_attrs: std::collections::HashSet<u16>,
     present: usize,
     /// The revision of the last committed change set (0: nothing written yet).
     revision: u64,

@@ -149,6 +149,7 @@ impl EntityStore {
                 self.children.entry(*p).or_default().push(ix as Ix);
             }
         }
+        self.build_refs();
         self.close_all().map_err(|e| DataError::Invalid {
             what: "stored entities".into(),
             message: e.to_string(),
@@ -270,6 +271,9 @@ impl EntityStore {
             let ix = self.intern(&uid);
             self.shared[ix as usize] = OnceLock::new();
             let old = std::mem::take(&mut self.nodes[ix as usize]);
+            if old.present {
+                self.remove_refs(ix, &old);
+            }
             for p in old.parents.iter() {
                 if let Some(c) = self.children.get_mut(p) {
                     c.retain(|x| *x != ix);
@@ -286,6 +290,7 @@ impl EntityStore {
                 for p in node.parents.iter() {
                     self.children.entry(*p).or_default().push(ix);
                 }
+                self.add_refs(ix, &node);
                 self.nodes[ix as usize] = node;
                 self.present += 1;
             }

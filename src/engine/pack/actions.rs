@@ -11,6 +11,7 @@ use super::diagnostics::at_schema;
 use crate::engine::compiled::{compile, Compiled};
 use crate::engine::error::LoadError;
 use crate::engine::json::value_refs;
+use crate::engine::narrow::Finders;
 use crate::engine::needs::Needs;
 use crate::engine::plan::{ActionFacts, Plan};
 
@@ -33,6 +34,9 @@ pub struct ActionEntry {
     /// The policies compiled for evaluation over the index, if all are in the subset a plan
     /// covers (see [`crate::plan`]).
     pub plan: Option<Plan>,
+    /// How listing finds candidates for each permit, from the plan (none without a plan: the
+    /// listing then checks every entity of the type).
+    pub finders: Option<Finders>,
 }
 
 /// Builds the per-action index: which policies can apply, the action entity, and what the
@@ -101,6 +105,8 @@ pub(super) fn index_actions(
                 ancestors: &core_entity.ancestors().cloned().collect(),
             },
         );
+        let forbid: Vec<bool> = compiled.iter().map(|c| c.forbid).collect();
+        let finders = plan.as_ref().map(|p| Finders::compile(p, &forbid));
         out.insert(
             action.clone(),
             ActionEntry {
@@ -112,6 +118,7 @@ pub(super) fn index_actions(
                 literals,
                 empty_context,
                 plan,
+                finders,
             },
         );
     }

@@ -12,6 +12,7 @@ use super::pb::authorizer_server::Authorizer;
 use super::{check_size, deadline, pb, uid, ServiceError};
 use crate::engine::decide::{self, ActionOutcome, Decision};
 use crate::engine::error::RequestError;
+use crate::engine::list::{self, ListRequest, Side};
 use crate::engine::request::{self, RawRequest};
 use crate::service::state::{State, StateError};
 use crate::service::telemetry::{Logged, Telemetry};
@@ -230,6 +231,14 @@ impl AuthorizerService {
         Ok(out)
     }
 
+    /// One page of a listing, from one consistent view.
+    fn listing(&self, req: &ListRequest<'_>) -> Result<(list::Page, String, u64), ServiceError> {
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let store = live.store();
+        let page = list::list(&live.pack, store, req, self.engine.limits.slice_depth)?;
+        Ok((page, live.pack.version.clone(), store.revision()))
+    }
+
     async fn wait(&self, metadata: &MetadataMap, min: u64) -> Result<(), ServiceError> {
         Ok(self
             .engine
@@ -316,4 +325,70 @@ impl Authorizer for AuthorizerService {
         )
         .await
     }
+
+    async fn list_resources(
+        &self,
+        request: Request<pb::ListResourcesRequest>,
+    ) -> Result<Response<pb::ListResourcesResponse>, Status> {
+        let req = request.get_ref();
+        self.observed("ListResources", request.metadata(), async |call| {
+            self.check_size(req.encoded_len())?;
+            self.wait(call.metadata, req.min_revision).await?;
+            let (page, policy_version, revision) = self.listing(&ListRequest {
+                listed: Side::Resources,
+                other: uid(&req.principal, "principal")?,
+                action: uid(&req.action, "action")?,
+                listed_type: &req.resource_type,
+                context_json: &req.context_json,
+                entities_json: &req.entities_json,
+                page_size: req.page_size,
+                page_token: &req.page_token,
+            })?;
+            Ok(pb::ListResourcesResponse {
+                resources: listed(page.items),
+                next_page_token: page.next_token,
+                policy_version,
+                revision,
+            })
+        })
+        .await
+    }
+
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        let req = request.get_ref();
+        self.observed("ListSubjects", request.metadata(), async |call| {
+            self.check_size(req.encoded_len())?;
+            self.wait(call.metadata, req.min_revision).await?;
+            let (page, policy_version, revision) = self.listing(&ListRequest {
+                listed: Side::Principals,
+                other: uid(&req.resource, "resource")?,
+                action: uid(&req.action, "action")?,
+                listed_type: &req.principal_type,
+                context_json: &req.context_json,
+                entities_json: &req.entities_json,
+                page_size: req.page_size,
+                page_token: &req.page_token,
+            })?;
+            Ok(pb::ListSubjectsResponse {
+                subjects: listed(page.items),
+                next_page_token: page.next_token,
+                policy_version,
+                revision,
+            })
+        })
+        .await
+    }
+}
+
+fn listed(items: Vec<list::Listing>) -> Vec<pb::ListedEntity> {
+    items
+        .into_iter()
+        .map(|l| pb::ListedEntity {
+            id: l.id,
+            determining_policies: l.determining,
+        })
+        .collect()
 }
