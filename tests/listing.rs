@@ -596,3 +596,137 @@ fn bad_listing_requests_name_the_field() {
     });
     assert_eq!(e.field, "page_token", "{e}");
 }
+
+mod grpc {
+    use std::collections::BTreeSet;
+
+    use blue_authz::service::grpc::pb::{
+        self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
+    };
+    use blue_authz::service::server::{self, Limits, Running};
+    use tonic::transport::Channel;
+    use tonic::Code;
+
+    use super::common::{config, delete, uid, upsert, TOKEN};
+
+    async fn start(dir: &std::path::Path) -> (Running, AuthorizerClient<Channel>) {
+        let mut running = server::start(config(dir, Limits::default())).await.unwrap();
+        running.load().await.unwrap();
+        let client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
+            .await
+            .unwrap();
+        (running, client)
+    }
+
+    async fn write(running: &Running, ops: Vec<pb::WriteOp>) {
+        let channel = Channel::from_shared(format!("http://{}", running.data_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut data = EntityStoreClient::new(channel);
+        let mut req = tonic::Request::new(pb::WriteEntitiesRequest { ops });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        data.write_entities(req).await.unwrap();
+    }
+
+    fn record(id: &str) -> pb::WriteOp {
+        upsert(serde_json::json!({
+            "uid": {"type": "Blue::Record", "id": id},
+            "attrs": {
+                "project": {"__entity": {"type": "Blue::Project", "id": "apollo"}},
+                "creator": {"__entity": {"type": "Blue::User", "id": "ada"}}},
+            "parents": []}))
+    }
+
+    fn records_of(user: &str, size: u32, token: &str) -> pb::ListResourcesRequest {
+        pb::ListResourcesRequest {
+            principal: uid("Blue::User", user),
+            action: uid("Blue::Action", "viewRecord"),
+            resource_type: "Blue::Record".into(),
+            page_size: size,
+            page_token: token.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_over_grpc_survive_writes_between_them_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, mut c) = start(dir.path()).await;
+        write(&running, (0..40).map(|i| record(&format!("r-{i:02}"))).collect()).await;
+        let first = c.list_resources(records_of("ada", 1000, "")).await.unwrap().into_inner();
+        let before: BTreeSet<String> = first.resources.iter().map(|r| r.id.clone()).collect();
+        assert!(before.len() >= 40, "{before:?}");
+        assert!(first.next_page_token.is_empty());
+
+        // Pages of 7; between pages, a record is deleted ahead of the cursor, and new ones are
+        // added behind it and ahead of it.
+        let (mut seen, mut deleted) = (Vec::new(), BTreeSet::new());
+        let mut token = String::new();
+        let mut revision = 0;
+        for k in 0.. {
+            let page = c.list_resources(records_of("ada", 7, &token)).await.unwrap().into_inner();
+            assert!(page.revision >= revision, "pages go back in revisions");
+            revision = page.revision;
+            seen.extend(page.resources.iter().map(|r| r.id.clone()));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+            let gone = format!("r-{:02}", 39 - k);
+            deleted.insert(gone.clone());
+            write(&running, vec![delete("Blue::Record", &gone), record(&format!("a-new-{k}")), record(&format!("z-new-{k}"))]).await;
+        }
+        let unique: BTreeSet<&String> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "an entity came twice: {seen:?}");
+        for id in before.difference(&deleted) {
+            assert!(unique.contains(id), "{id}, present throughout, was dropped");
+        }
+
+        // A damaged token, and a token of another query, are refused naming the field.
+        let page = c.list_resources(records_of("ada", 5, "")).await.unwrap().into_inner();
+        let mut damaged = page.next_page_token.clone().into_bytes();
+        damaged[4] = if damaged[4] == b'a' { b'b' } else { b'a' };
+        let damaged = String::from_utf8(damaged).unwrap();
+        let e = c.list_resources(records_of("ada", 5, &damaged)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("page_token"), "{}", e.message());
+        let e = c.list_resources(records_of("bob", 5, &page.next_page_token)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("another query"), "{}", e.message());
+        let expected = c.list_resources(records_of("ada", 5, &page.next_page_token)).await.unwrap().into_inner();
+
+        // The token survives a restart of the server.
+        running.shutdown().await.unwrap();
+        let (running, mut c) = start(dir.path()).await;
+        let after = c.list_resources(records_of("ada", 5, &page.next_page_token)).await.unwrap().into_inner();
+        assert_eq!(after.resources, expected.resources);
+        assert!(!after.resources.is_empty());
+
+        // Subjects, and bad input naming the field.
+        let editors = c
+            .list_subjects(pb::ListSubjectsRequest {
+                resource: uid("Blue::Project", "apollo"),
+                action: uid("Blue::Action", "editWiki"),
+                principal_type: "Blue::User".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(editors.subjects.iter().any(|s| s.id == "ada" && s.determining_policies == ["project.editWiki"]), "{editors:?}");
+        for (req, field) in [
+            (pb::ListResourcesRequest { resource_type: "Blue::Nope".into(), ..records_of("ada", 0, "") }, "resource_type"),
+            (pb::ListResourcesRequest { resource_type: "Blue::Project".into(), ..records_of("ada", 0, "") }, "resource_type"),
+            (pb::ListResourcesRequest { action: uid("Blue::Action", "fly"), ..records_of("ada", 0, "") }, "action"),
+            (records_of("ada", 10_001, ""), "page_size"),
+        ] {
+            let e = c.list_resources(req).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(field), "{field}: {}", e.message());
+        }
+        running.shutdown().await.unwrap();
+    }
+}

@@ -7,7 +7,7 @@ mod export;
 mod fleet_bench;
 mod gen;
 mod import;
-mod list;
+mod listing;
 mod matrix;
 mod report;
 mod serve;
@@ -124,9 +124,9 @@ enum Command {
     /// One decision against an entities file, with its explanation.
     Check(check::CheckCommand),
     /// Every resource of a type a principal may act on, against an entities file.
-    ListResources(list::ListResourcesCommand),
+    ListResources(listing::ListResourcesCommand),
     /// Every principal of a type that may act on a resource, against an entities file.
-    ListSubjects(list::ListSubjectsCommand),
+    ListSubjects(listing::ListSubjectsCommand),
 }
 
 /// Parses the command line and runs the command.
@@ -155,8 +155,8 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::FleetBench(args) => fleet_bench::run(&spec, args),
         Command::Check(args) => check::run(&spec, args),
-        Command::ListResources(args) => list::resources(&spec, args),
-        Command::ListSubjects(args) => list::subjects(&spec, args),
+        Command::ListResources(args) => listing::resources(&spec, args),
+        Command::ListSubjects(args) => listing::subjects(&spec, args),
     };
     match result {
         Ok(exit) => exit.into(),
