@@ -655,8 +655,16 @@ mod grpc {
     async fn pages_over_grpc_survive_writes_between_them_and_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let (running, mut c) = start(dir.path()).await;
-        write(&running, (0..40).map(|i| record(&format!("r-{i:02}"))).collect()).await;
-        let first = c.list_resources(records_of("ada", 1000, "")).await.unwrap().into_inner();
+        write(
+            &running,
+            (0..40).map(|i| record(&format!("r-{i:02}"))).collect(),
+        )
+        .await;
+        let first = c
+            .list_resources(records_of("ada", 1000, ""))
+            .await
+            .unwrap()
+            .into_inner();
         let before: BTreeSet<String> = first.resources.iter().map(|r| r.id.clone()).collect();
         assert!(before.len() >= 40, "{before:?}");
         assert!(first.next_page_token.is_empty());
@@ -667,7 +675,11 @@ mod grpc {
         let mut token = String::new();
         let mut revision = 0;
         for k in 0.. {
-            let page = c.list_resources(records_of("ada", 7, &token)).await.unwrap().into_inner();
+            let page = c
+                .list_resources(records_of("ada", 7, &token))
+                .await
+                .unwrap()
+                .into_inner();
             assert!(page.revision >= revision, "pages go back in revisions");
             revision = page.revision;
             seen.extend(page.resources.iter().map(|r| r.id.clone()));
@@ -677,7 +689,15 @@ mod grpc {
             token = page.next_page_token;
             let gone = format!("r-{:02}", 39 - k);
             deleted.insert(gone.clone());
-            write(&running, vec![delete("Blue::Record", &gone), record(&format!("a-new-{k}")), record(&format!("z-new-{k}"))]).await;
+            write(
+                &running,
+                vec![
+                    delete("Blue::Record", &gone),
+                    record(&format!("a-new-{k}")),
+                    record(&format!("z-new-{k}")),
+                ],
+            )
+            .await;
         }
         let unique: BTreeSet<&String> = seen.iter().collect();
         assert_eq!(unique.len(), seen.len(), "an entity came twice: {seen:?}");
@@ -686,22 +706,40 @@ mod grpc {
         }
 
         // A damaged token, and a token of another query, are refused naming the field.
-        let page = c.list_resources(records_of("ada", 5, "")).await.unwrap().into_inner();
+        let page = c
+            .list_resources(records_of("ada", 5, ""))
+            .await
+            .unwrap()
+            .into_inner();
         let mut damaged = page.next_page_token.clone().into_bytes();
         damaged[4] = if damaged[4] == b'a' { b'b' } else { b'a' };
         let damaged = String::from_utf8(damaged).unwrap();
-        let e = c.list_resources(records_of("ada", 5, &damaged)).await.unwrap_err();
+        let e = c
+            .list_resources(records_of("ada", 5, &damaged))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("page_token"), "{}", e.message());
-        let e = c.list_resources(records_of("bob", 5, &page.next_page_token)).await.unwrap_err();
+        let e = c
+            .list_resources(records_of("bob", 5, &page.next_page_token))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("another query"), "{}", e.message());
-        let expected = c.list_resources(records_of("ada", 5, &page.next_page_token)).await.unwrap().into_inner();
+        let expected = c
+            .list_resources(records_of("ada", 5, &page.next_page_token))
+            .await
+            .unwrap()
+            .into_inner();
 
         // The token survives a restart of the server.
         running.shutdown().await.unwrap();
         let (running, mut c) = start(dir.path()).await;
-        let after = c.list_resources(records_of("ada", 5, &page.next_page_token)).await.unwrap().into_inner();
+        let after = c
+            .list_resources(records_of("ada", 5, &page.next_page_token))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(after.resources, expected.resources);
         assert!(!after.resources.is_empty());
 
@@ -716,11 +754,35 @@ mod grpc {
             .await
             .unwrap()
             .into_inner();
-        assert!(editors.subjects.iter().any(|s| s.id == "ada" && s.determining_policies == ["project.editWiki"]), "{editors:?}");
+        assert!(
+            editors
+                .subjects
+                .iter()
+                .any(|s| s.id == "ada" && s.determining_policies == ["project.editWiki"]),
+            "{editors:?}"
+        );
         for (req, field) in [
-            (pb::ListResourcesRequest { resource_type: "Blue::Nope".into(), ..records_of("ada", 0, "") }, "resource_type"),
-            (pb::ListResourcesRequest { resource_type: "Blue::Project".into(), ..records_of("ada", 0, "") }, "resource_type"),
-            (pb::ListResourcesRequest { action: uid("Blue::Action", "fly"), ..records_of("ada", 0, "") }, "action"),
+            (
+                pb::ListResourcesRequest {
+                    resource_type: "Blue::Nope".into(),
+                    ..records_of("ada", 0, "")
+                },
+                "resource_type",
+            ),
+            (
+                pb::ListResourcesRequest {
+                    resource_type: "Blue::Project".into(),
+                    ..records_of("ada", 0, "")
+                },
+                "resource_type",
+            ),
+            (
+                pb::ListResourcesRequest {
+                    action: uid("Blue::Action", "fly"),
+                    ..records_of("ada", 0, "")
+                },
+                "action",
+            ),
             (records_of("ada", 10_001, ""), "page_size"),
         ] {
             let e = c.list_resources(req).await.unwrap_err();

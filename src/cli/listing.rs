@@ -139,3 +139,12 @@ fn flag_error(e: crate::engine::error::RequestError, listed: Side) -> String {
         format!("{flag}: {}", e.message)
     }
 }
+
+/// `blue-authz list-bench`.
+pub fn bench(spec: &PackSpec, scale: f64, rounds: usize) -> Result<Exit, AnyError> {
+    let Some(pack) = load_or_report(spec)? else {
+        return Ok(Exit::Problems);
+    };
+    crate::bench::listing::run(&pack, scale, rounds.max(1));
+    Ok(Exit::Success)
+}

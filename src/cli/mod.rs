@@ -127,6 +127,15 @@ enum Command {
     ListResources(listing::ListResourcesCommand),
     /// Every principal of a type that may act on a resource, against an entities file.
     ListSubjects(listing::ListSubjectsCommand),
+    /// Time listings on generated data beside brute force, and the reverse index's cost.
+    ListBench {
+        /// Scale of the generated data (1.0: 1.19M entities).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Listings timed per figure.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -157,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(&spec, args),
         Command::ListResources(args) => listing::resources(&spec, args),
         Command::ListSubjects(args) => listing::subjects(&spec, args),
+        Command::ListBench { scale, rounds } => listing::bench(&spec, scale, rounds),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -116,6 +116,34 @@ fn planned(
     plan_decision(plan, &entry.compiled, store, uids, context_of(request))
 }
 
+/// The decision of an action's compiled plan for entities the index already resolved (as
+/// [`planned`] decides for uids): listing decides its candidates through here. None when the
+/// action has no plan or the plan leaves the request to Cedar.
+pub fn decide_planned_at(
+    entry: &ActionEntry,
+    store: &EntityStore,
+    principal: (Ent<'_>, &cedar_policy_core::ast::EntityType),
+    resource: (Ent<'_>, &cedar_policy_core::ast::EntityType),
+    context: Option<&cedar_policy_core::ast::Context>,
+) -> Option<Decision> {
+    let plan = entry.plan.as_ref()?;
+    let satisfied = plan.satisfied(store, principal, resource, context)?;
+    Some(explain(&entry.compiled, &satisfied))
+}
+
+/// The decision of the satisfied policies (by index into `compiled`).
+fn explain(compiled: &[Compiled], satisfied: &[usize]) -> Decision {
+    let (mut permits, mut forbids) = (Vec::new(), Vec::new());
+    for p in satisfied.iter().map(|i| &compiled[*i]) {
+        if p.forbid {
+            forbids.push(p.name.clone());
+        } else {
+            permits.push(p.name.clone());
+        }
+    }
+    combine(permits, forbids, Vec::new())
+}
+
 /// [`planned`] for a given plan and context.
 fn plan_decision(
     plan: &Plan,
@@ -136,15 +164,7 @@ fn plan_decision(
         (ent(store, resource), resource.as_ref().entity_type()),
         context,
     )?;
-    let (mut permits, mut forbids) = (Vec::new(), Vec::new());
-    for p in satisfied.iter().map(|i| &compiled[*i]) {
-        if p.forbid {
-            forbids.push(p.name.clone());
-        } else {
-            permits.push(p.name.clone());
-        }
-    }
-    Some(combine(permits, forbids, Vec::new()))
+    Some(explain(compiled, &satisfied))
 }
 
 /// The Cedar entities of one slice, plus the given actions' entities. Every slice entity

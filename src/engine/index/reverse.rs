@@ -60,6 +60,22 @@ impl EntityStore {
         }
     }
 
+    /// The reverse index's size: keys, holder entries, and the bytes its tables hold
+    /// (computed from their capacities).
+    pub fn reverse_index_size(&self) -> (usize, usize, usize) {
+        let holders: usize = self.refs.values().map(Vec::len).sum();
+        let slot = std::mem::size_of::<(RefKey, Vec<Ix>)>() + 1;
+        let bytes = self.refs.capacity() * slot
+            + self.refs.values().map(|v| v.capacity() * 4).sum::<usize>();
+        (self.refs.len(), holders, bytes)
+    }
+
+    /// Builds the reverse index again from the stored entities (done by every bulk load; here
+    /// for benchmarks that time it alone).
+    pub fn rebuild_reverse_index(&mut self) {
+        self.build_refs();
+    }
+
     /// Builds the reverse index of every stored entity (after a bulk load).
     pub(super) fn build_refs(&mut self) {
         self.refs.clear();

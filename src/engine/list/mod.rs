@@ -16,7 +16,7 @@ use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 
 use crate::engine::decide;
 use crate::engine::error::{quote, RequestError};
-use crate::engine::facts::{Ix, Lookup};
+use crate::engine::facts::{Ent, Ix, Lookup};
 use crate::engine::index::{EntityStore, Overlay};
 use crate::engine::narrow::{At, Listed};
 use crate::engine::pack::{ActionEntry, PolicyPack};
@@ -247,7 +247,41 @@ impl Query<'_> {
         let mut items = Vec::new();
         let mut decided = 0;
         let mut more = false;
+        // Without request-scoped entities the candidates are the index's own, and the plan
+        // decides them as `IsAuthorized` would, without building uids; anything the plan
+        // leaves to Cedar goes the whole way below.
+        let direct = self.overlay.is_empty() && self.entry.plan.is_some();
+        let other_ent = match self.store.lookup(self.other) {
+            Some(ix) => Ent::Ix(ix),
+            None => Ent::Other(self.other.as_ref()),
+        };
+        let other = (other_ent, self.other.as_ref().entity_type());
+        let listed_type = self.listed_type.as_ref();
         for ix in candidates {
+            if direct {
+                let me = (Ent::Ix(ix), listed_type);
+                let (p, r) = match self.req.listed {
+                    Listed::Resources => (other, me),
+                    Listed::Principals => (me, other),
+                };
+                if let Some(d) =
+                    decide::decide_planned_at(self.entry, self.store, p, r, self.context)
+                {
+                    decided += 1;
+                    if !d.allow {
+                        continue;
+                    }
+                    if items.len() == self.page_size {
+                        more = true;
+                        break;
+                    }
+                    items.push(Listing {
+                        id: facts.id(ix).to_string(),
+                        determining: d.determining,
+                    });
+                    continue;
+                }
+            }
             let uid = facts.uid(ix);
             let (p, r) = match self.req.listed {
                 Listed::Resources => (self.other.clone(), uid),
