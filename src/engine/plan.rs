@@ -87,18 +87,12 @@ impl Plan {
         (resource, resource_type): (Ent<'a>, &'a ast::EntityType),
         context: Option<&'a ast::Context>,
     ) -> Option<Vec<usize>> {
-        let env = Env {
+        let env = Env::new(
             facts,
-            principal,
-            principal_type,
-            resource,
-            resource_type,
-            context: match context {
-                Some(ast::Context::Value(map)) => Some(map),
-                Some(ast::Context::RestrictedResidual(_)) => return None,
-                None => None,
-            },
-        };
+            (principal, principal_type),
+            (resource, resource_type),
+            context,
+        )?;
         let mut out = Vec::new();
         for (i, c) in self.conditions.iter().enumerate() {
             match env.eval(c)? {
@@ -121,19 +115,13 @@ pub(crate) fn eval_known<'a, F: Facts>(
     (resource, resource_type): (Ent<'a>, &'a ast::EntityType),
     context: Option<&'a ast::Context>,
 ) -> Option<V<'a>> {
-    let env = Env {
+    Env::new(
         facts,
-        principal,
-        principal_type,
-        resource,
-        resource_type,
-        context: match context {
-            Some(ast::Context::Value(map)) => Some(map),
-            Some(ast::Context::RestrictedResidual(_)) => return None,
-            None => None,
-        },
-    };
-    env.eval(node)
+        (principal, principal_type),
+        (resource, resource_type),
+        context,
+    )?
+    .eval(node)
 }
 
 fn compile(e: &ast::Expr, action: &ActionFacts<'_>) -> Option<Part> {
@@ -237,6 +225,27 @@ struct Env<'a, F> {
 type R<'a> = Option<V<'a>>;
 
 impl<'a, F: Facts> Env<'a, F> {
+    /// The environment of one request; None for a context Cedar left residual.
+    fn new(
+        facts: &'a F,
+        (principal, principal_type): (Ent<'a>, &'a ast::EntityType),
+        (resource, resource_type): (Ent<'a>, &'a ast::EntityType),
+        context: Option<&'a ast::Context>,
+    ) -> Option<Self> {
+        Some(Env {
+            facts,
+            principal,
+            principal_type,
+            resource,
+            resource_type,
+            context: match context {
+                Some(ast::Context::Value(map)) => Some(map),
+                Some(ast::Context::RestrictedResidual(_)) => return None,
+                None => None,
+            },
+        })
+    }
+
     fn eval(&self, n: &'a Node) -> R<'a> {
         Some(match n {
             Node::Bool(b) => V::Bool(*b),

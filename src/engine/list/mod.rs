@@ -258,45 +258,36 @@ impl Query<'_> {
         let other = (other_ent, self.other.as_ref().entity_type());
         let listed_type = self.listed_type.as_ref();
         for ix in candidates {
-            if direct {
+            let planned = if direct {
                 let me = (Ent::Ix(ix), listed_type);
                 let (p, r) = match self.req.listed {
                     Listed::Resources => (other, me),
                     Listed::Principals => (me, other),
                 };
-                if let Some(d) =
-                    decide::decide_planned_at(self.entry, self.store, p, r, self.context)
-                {
-                    decided += 1;
-                    if !d.allow {
-                        continue;
-                    }
-                    if items.len() == self.page_size {
-                        more = true;
-                        break;
-                    }
-                    items.push(Listing {
-                        id: facts.id(ix).to_string(),
-                        determining: d.determining,
-                    });
-                    continue;
-                }
-            }
-            let uid = facts.uid(ix);
-            let (p, r) = match self.req.listed {
-                Listed::Resources => (self.other.clone(), uid),
-                Listed::Principals => (uid, self.other.clone()),
+                decide::decide_planned_at(self.entry, self.store, p, r, self.context)
+            } else {
+                None
             };
-            let checked = request::check_parsed(
-                self.pack,
-                p,
-                self.action.clone(),
-                r,
-                self.req.context_json,
-                self.overlay.clone(),
-            )?;
+            let d = match planned {
+                Some(d) => d,
+                None => {
+                    let uid = facts.uid(ix);
+                    let (p, r) = match self.req.listed {
+                        Listed::Resources => (self.other.clone(), uid),
+                        Listed::Principals => (uid, self.other.clone()),
+                    };
+                    let checked = request::check_parsed(
+                        self.pack,
+                        p,
+                        self.action.clone(),
+                        r,
+                        self.req.context_json,
+                        self.overlay.clone(),
+                    )?;
+                    decide::decide(self.pack, self.store, &checked, self.depth)
+                }
+            };
             decided += 1;
-            let d = decide::decide(self.pack, self.store, &checked, self.depth);
             if !d.allow {
                 continue;
             }
