@@ -43,6 +43,9 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         print!("{}", settings::print(&pack, &s)?);
         return Ok(Exit::Success);
     }
+    if let Some(token) = s.read_http_token_file()? {
+        config.http_token = Some(token);
+    }
     if let Some(token) = s.read_token_file()? {
         config.data_token = Some(token);
     }

@@ -46,6 +46,12 @@ pub struct ServeConfig {
     /// decisions stay on loopback); plaintext.
     pub health_listen: Option<SocketAddr>,
     pub decision_log: DecisionLog,
+    /// Where to serve the AuthZEN HTTP API (None: not at all).
+    pub http_listen: Option<SocketAddr>,
+    /// Bearer token AuthZEN callers must send (None: none needed).
+    pub http_token: Option<String>,
+    /// The base URL discovery names (None: the scheme and the request's `Host`).
+    pub http_public_url: Option<String>,
     /// The overlays were set by flag or environment: the file's do not apply.
     pub overlays_fixed: bool,
 }
@@ -72,6 +78,9 @@ impl ServeConfig {
             metrics_listen: None,
             health_listen: None,
             decision_log: DecisionLog::default(),
+            http_listen: None,
+            http_token: None,
+            http_public_url: None,
         }
     }
 }
@@ -105,6 +114,52 @@ impl TlsFiles {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
         }
         Ok(config)
+    }
+}
+
+impl TlsFiles {
+    /// The same files as a rustls configuration for the HTTP listener, offering HTTP/2 and
+    /// HTTP/1.1 by ALPN.
+    pub(super) fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, ServeError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
+            ServeError::Config(format!("TLS {what} {}: {e}", path.display()))
+        };
+        let certs =
+            |path: &PathBuf, what: &str| -> Result<Vec<CertificateDer<'static>>, ServeError> {
+                CertificateDer::pem_file_iter(path)
+                    .map_err(|e| bad(what, path, &e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(what, path, &e))
+            };
+        let chain = certs(&self.cert, "certificate")?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad("key", &self.key, &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca, "client CA")? {
+                    roots.add(c).map_err(|e| bad("client CA", ca, &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| bad("client CA", ca, &e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("certificate", &self.cert, &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(config))
     }
 }
 

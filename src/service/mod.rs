@@ -4,6 +4,7 @@
 //! types stop there), listeners ([`listeners`]), settings as given ([`settings`]) and as
 //! resolved ([`config`]), errors ([`error`]) and telemetry ([`telemetry`]).
 
+pub mod authzen;
 pub mod config;
 pub mod error;
 pub mod gate;

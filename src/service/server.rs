@@ -1,5 +1,5 @@
 //! The server's life: the listeners it starts (decisions; data, separately and behind a
-//! token; health alone; metrics), health and reflection, reload on SIGHUP, graceful shutdown.
+//! token; the AuthZEN HTTP API; health alone; metrics), health and reflection, reload on SIGHUP, graceful shutdown.
 //!
 //! Start-up is two steps so that health is truthful: [`start`] binds and serves with health
 //! NOT_SERVING (calls answer UNAVAILABLE), then [`Running::load`] loads and validates the
@@ -14,13 +14,14 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use super::authzen::{self, AuthzenService};
 pub use super::config::{DecisionLog, ServeConfig, TlsFiles};
 pub use super::error::ServeError;
 use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
-use super::listeners::{bind, bind_unix, incoming, Listeners};
+use super::listeners::{bind, bind_unix, incoming, serve_http, Listeners};
 use super::reload::{self, Reloader, SpecSource};
 use super::replica::{Replica, ReplicaSlot};
 use super::settings;
@@ -52,6 +53,8 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     /// The data service's TCP address as bound, if it runs on TCP.
     pub data_addr: Option<SocketAddr>,
+    /// The AuthZEN HTTP API's address as bound, if it runs.
+    pub http_addr: Option<SocketAddr>,
     /// The metrics endpoint's address as bound, if any.
     pub metrics_addr: Option<SocketAddr>,
     /// The health-only listener's address as bound, if any.
@@ -174,6 +177,39 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         _ => tracing::warn!("no data token configured: the data service is off"),
     }
 
+    let mut http_addr = None;
+    if let Some(listen) = config.http_listen {
+        let (listener, bound) = bind(listen).await?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(TlsFiles::rustls_config)
+            .transpose()?;
+        let service = Arc::new(AuthzenService::new(
+            engine.clone(),
+            telemetry.clone(),
+            config.http_token.clone(),
+            config.http_public_url.clone(),
+            tls.is_some(),
+        ));
+        if config.http_token.is_none() {
+            tracing::info!("no HTTP caller token configured: AuthZEN calls need none");
+        }
+        let (tx, rx) = oneshot::channel::<()>();
+        listeners.shutdown.push(tx);
+        let secure = tls.is_some();
+        listeners.tasks.push(tokio::spawn(serve_http(
+            listener,
+            tls,
+            authzen::router(service),
+            async {
+                let _ = rx.await;
+            },
+        )));
+        tracing::info!(addr = %bound, tls = secure, "AuthZEN HTTP API listening (not serving until loaded)");
+        http_addr = Some(bound);
+    }
+
     let mut health_addr = None;
     if let Some(listen) = config.health_listen {
         let (listener, bound) = bind(listen).await?;
@@ -203,6 +239,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     Ok(Running {
         addr,
         data_addr,
+        http_addr,
         metrics_addr,
         health_addr,
         engine,

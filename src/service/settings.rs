@@ -157,6 +157,25 @@ pub struct ServeSettings {
     /// Also serve the gRPC health service alone on this address, for probes ('': none).
     #[arg(long, env = "BLUE_AUTHZ_HEALTH_LISTEN", default_value = "", value_parser = parse_listen)]
     pub health_listen: Listen,
+    /// TCP address of the AuthZEN HTTP API (HTTP/1.1 and HTTP/2, TLS as the gRPC listeners;
+    /// '': none).
+    #[arg(long, env = "BLUE_AUTHZ_HTTP_LISTEN", default_value = "127.0.0.1:8180", value_parser = parse_listen)]
+    pub http_listen: Listen,
+    /// Bearer token AuthZEN callers must send (`Authorization: Bearer <token>`); none: no
+    /// token needed.
+    #[arg(long, env = "BLUE_AUTHZ_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    /// A file holding the AuthZEN callers' token (its first line); instead of --http-token.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_HTTP_TOKEN_FILE",
+        conflicts_with = "http_token"
+    )]
+    pub http_token_file: Option<PathBuf>,
+    /// The base URL AuthZEN discovery names, as callers reach this server
+    /// (`https://authz.example.com`; '': the scheme and the request's Host).
+    #[arg(long, env = "BLUE_AUTHZ_HTTP_PUBLIC_URL", default_value = "")]
+    pub http_public_url: String,
     /// Write one JSON line per decision to standard output.
     #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG", default_value_t = false, action = clap::ArgAction::Set)]
     pub decision_log: bool,
@@ -292,6 +311,7 @@ pub fn print(pack: &PackArgs, serve: &ServeSettings) -> Result<String, toml::ser
     let mut table = toml::Table::try_from(pack)?;
     let mut serve = serve.clone();
     serve.data_token = serve.data_token.map(|_| "<redacted>".to_string());
+    serve.http_token = serve.http_token.map(|_| "<redacted>".to_string());
     serve.source = redact_password(&serve.source);
     table.extend(toml::Table::try_from(&serve)?);
     toml::to_string(&table)
@@ -402,6 +422,10 @@ impl ServeSettings {
             tls,
             metrics_listen: self.metrics_listen.0,
             health_listen: self.health_listen.0,
+            http_listen: self.http_listen.0,
+            http_token: self.http_token.clone().filter(|t| !t.is_empty()),
+            http_public_url: Some(self.http_public_url.trim().to_string())
+                .filter(|u| !u.is_empty()),
             decision_log: DecisionLog {
                 enabled: self.decision_log,
                 sample: self.decision_log_sample,
@@ -413,13 +437,22 @@ impl ServeSettings {
     /// The token in `data_token_file` (its first line, trimmed), if one is given: read when
     /// serving starts, not for `--print-config`.
     pub fn read_token_file(&self) -> Result<Option<String>, SettingsError> {
-        let Some(path) = &self.data_token_file else {
+        read_token(self.data_token_file.as_deref(), "--data-token-file")
+    }
+
+    /// The token in `http_token_file`, as [`ServeSettings::read_token_file`].
+    pub fn read_http_token_file(&self) -> Result<Option<String>, SettingsError> {
+        read_token(self.http_token_file.as_deref(), "--http-token-file")
+    }
+}
+
+/// A token file's first line, trimmed; an unreadable or empty file is an error of `flag`.
+fn read_token(path: Option<&Path>, flag: &'static str) -> Result<Option<String>, SettingsError> {
+    {
+        let Some(path) = path else {
             return Ok(None);
         };
-        let invalid = |message: String| SettingsError::Invalid {
-            flag: "--data-token-file",
-            message,
-        };
+        let invalid = |message: String| SettingsError::Invalid { flag, message };
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
         let token = text.lines().next().unwrap_or_default().trim().to_string();

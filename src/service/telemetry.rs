@@ -41,9 +41,44 @@ pub struct Logged<'a> {
     pub entities_json: &'a str,
 }
 
+/// What the decision log needs from a call beyond each decision, whatever its transport.
+pub struct CallLog<'a> {
+    pub method: &'static str,
+    /// The caller's `x-request-id`, if it sent one.
+    pub given_id: Option<&'a str>,
+    pub started: Instant,
+    request_id: Option<String>,
+}
+
+impl<'a> CallLog<'a> {
+    pub fn new(method: &'static str, given_id: Option<&'a str>, started: Instant) -> Self {
+        CallLog {
+            method,
+            given_id,
+            started,
+            request_id: None,
+        }
+    }
+
+    /// The caller's request id, or one made up for this call (the same for all its
+    /// decisions).
+    pub fn request_id(&mut self, telemetry: &Telemetry) -> String {
+        let given = self.given_id;
+        self.request_id
+            .get_or_insert_with(|| telemetry.request_id(given))
+            .clone()
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpErrorLabels {
+    method: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +99,7 @@ pub struct Telemetry {
     decisions: RwLock<hashbrown::HashMap<Box<str>, [AtomicU64; 2]>>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
+    http_errors: Family<HttpErrorLabels, Counter>,
     next_id: AtomicU64,
     boot: u64,
 }
@@ -86,6 +122,7 @@ impl Telemetry {
             decisions: RwLock::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             errors: Family::default(),
+            http_errors: Family::default(),
             next_id: AtomicU64::new(0),
             boot,
         })
@@ -105,11 +142,9 @@ impl Telemetry {
         }
     }
 
-    /// Records a finished call: its latency, and its status code if it failed.
+    /// Records a finished gRPC call: its latency, and its status code if it failed.
     pub fn finish(&self, method: &'static str, started: Instant, code: Option<tonic::Code>) {
-        self.latency
-            .get_or_create(&MethodLabels { method })
-            .observe(started.elapsed().as_secs_f64());
+        self.observe(method, started);
         if let Some(code) = code {
             self.errors
                 .get_or_create(&ErrorLabels {
@@ -117,6 +152,54 @@ impl Telemetry {
                     code: format!("{code:?}"),
                 })
                 .inc();
+        }
+    }
+
+    /// Records a finished HTTP call: its latency, and its status if it is an error.
+    pub fn finish_http(&self, method: &'static str, started: Instant, status: u16) {
+        self.observe(method, started);
+        if status >= 400 {
+            self.http_errors
+                .get_or_create(&HttpErrorLabels { method, status })
+                .inc();
+        }
+    }
+
+    fn observe(&self, method: &'static str, started: Instant) {
+        self.latency
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a decision, and logs it when the decision log samples it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        call: &mut CallLog<'_>,
+        principal: &dyn std::fmt::Display,
+        action: &str,
+        resource: &dyn std::fmt::Display,
+        raw: (&str, &str),
+        d: &Decision,
+        version: &str,
+        revision: u64,
+    ) {
+        self.count_decision(action, d.allow);
+        if self.sampled() {
+            let request_id = call.request_id(self);
+            self.log_decision(&Logged {
+                request_id: &request_id,
+                method: call.method,
+                principal,
+                action: &action,
+                resource,
+                decision: d,
+                policy_version: version,
+                revision,
+                latency: call.started.elapsed(),
+                context_json: raw.0,
+                entities_json: raw.1,
+            });
         }
     }
 
@@ -172,13 +255,18 @@ impl Telemetry {
         let mut registry = Registry::with_prefix("blue_authz");
         registry.register(
             "request_duration_seconds",
-            "Time to answer a decision call, by gRPC method",
+            "Time to answer a call, by gRPC method or AuthZEN endpoint (`authzen.evaluation`, ...)",
             self.latency.clone(),
         );
         registry.register(
             "grpc_errors",
             "Calls that ended with an error status, by gRPC method and code",
             self.errors.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "AuthZEN HTTP calls answered with an error status, by endpoint and status",
+            self.http_errors.clone(),
         );
         registry.register_collector(Box::new(Scrape {
             telemetry: self.clone(),

@@ -5,6 +5,7 @@
 mod actions;
 mod diagnostics;
 mod files;
+mod names;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -22,6 +24,7 @@ pub use self::diagnostics::line_col;
 use self::diagnostics::{at_policy_text, diagnostic, Captured};
 pub use self::files::overlay_names;
 use self::files::{cedar_files, read};
+pub use self::names::{Names, NAMES_FILE};
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
 use crate::engine::schema::{plain_type, EntitySchema};
 
@@ -71,6 +74,8 @@ pub struct PolicyPack {
     actions: hashbrown::HashMap<EntityUid, ActionEntry>,
     /// Entity type names by their text, so requests skip Cedar's name parser.
     entity_types: hashbrown::HashMap<String, EntityTypeName>,
+    /// What callers outside Cedar call the pack's types and actions (`names.toml`).
+    pub names: Names,
 }
 
 impl PolicyPack {
@@ -180,6 +185,22 @@ impl PolicyPack {
             .chain(actions.keys().map(EntityUid::type_name))
             .map(|t| (t.to_string(), EntityTypeName::from(plain_type(t.as_ref()))))
             .collect();
+        let action_type = actions.keys().next().map(EntityUid::type_name);
+        let (names, names_text) = names::load(
+            dir,
+            |t| schema.entity_types().any(|e| e.to_string() == t),
+            |id| {
+                action_type.is_some_and(|ty| {
+                    let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id));
+                    actions.contains_key(&uid)
+                })
+            },
+        )?;
+        if let Some(text) = names_text {
+            hasher.update(NAMES_FILE.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+        }
         let version = hex8(&hasher.finalize());
         Ok(Arc::new(PolicyPack {
             spec: spec.clone(),
@@ -191,6 +212,7 @@ impl PolicyPack {
             actions,
             entity_types,
             entities,
+            names,
         }))
     }
 

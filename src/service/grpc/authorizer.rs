@@ -15,7 +15,7 @@ use crate::engine::error::RequestError;
 use crate::engine::list::{self, ListRequest, Side};
 use crate::engine::request::{self, RawRequest};
 use crate::service::state::{State, StateError};
-use crate::service::telemetry::{Logged, Telemetry};
+use crate::service::telemetry::{CallLog, Telemetry};
 
 fn raw(req: &pb::IsAuthorizedRequest) -> Result<RawRequest<'_>, RequestError> {
     Ok(RawRequest {
@@ -47,28 +47,6 @@ pub struct AuthorizerService {
     telemetry: Arc<Telemetry>,
 }
 
-/// What the decision log needs from a call beyond each decision.
-struct CallLog<'a> {
-    method: &'static str,
-    metadata: &'a MetadataMap,
-    started: Instant,
-    request_id: Option<String>,
-}
-
-impl CallLog<'_> {
-    fn request_id(&mut self, telemetry: &Telemetry) -> String {
-        self.request_id
-            .get_or_insert_with(|| {
-                let given = self
-                    .metadata
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok());
-                telemetry.request_id(given)
-            })
-            .clone()
-    }
-}
-
 impl AuthorizerService {
     pub fn new(engine: Arc<State>, telemetry: Arc<Telemetry>) -> Self {
         AuthorizerService { engine, telemetry }
@@ -76,38 +54,6 @@ impl AuthorizerService {
 
     fn check_size(&self, len: usize) -> Result<(), ServiceError> {
         check_size(self.engine.limits.max_message_bytes, len)
-    }
-
-    /// Counts a decision, and logs it when the decision log samples it.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        call: &mut CallLog<'_>,
-        principal: &dyn std::fmt::Display,
-        action: &str,
-        resource: &dyn std::fmt::Display,
-        raw: (&str, &str),
-        d: &Decision,
-        version: &str,
-        revision: u64,
-    ) {
-        self.telemetry.count_decision(action, d.allow);
-        if self.telemetry.sampled() {
-            let request_id = call.request_id(&self.telemetry);
-            self.telemetry.log_decision(&Logged {
-                request_id: &request_id,
-                method: call.method,
-                principal,
-                action: &action,
-                resource,
-                decision: d,
-                policy_version: version,
-                revision,
-                latency: call.started.elapsed(),
-                context_json: raw.0,
-                entities_json: raw.1,
-            });
-        }
     }
 
     fn is_authorized_inner(
@@ -121,7 +67,7 @@ impl AuthorizerService {
         let checked = request::check(&live.pack, store, &raw)?;
         let d = decide::decide(&live.pack, store, &checked, self.engine.limits.slice_depth);
         let revision = store.revision();
-        self.record(
+        self.telemetry.record(
             call,
             &checked.principal,
             raw.action.id,
@@ -157,7 +103,7 @@ impl AuthorizerService {
                 let d = decide::decide(&live.pack, store, c, depth);
                 let action = r.action.as_ref().map_or("", |a| a.id.as_str());
                 let raw = (r.context_json.as_str(), r.entities_json.as_str());
-                self.record(
+                self.telemetry.record(
                     call,
                     &c.principal,
                     action,
@@ -206,7 +152,7 @@ impl AuthorizerService {
         for (action, outcome) in outcomes {
             match outcome {
                 ActionOutcome::Decided(d) => {
-                    self.record(
+                    self.telemetry.record(
                         call,
                         &principal,
                         &action,
@@ -251,16 +197,12 @@ impl AuthorizerService {
         &self,
         method: &'static str,
         metadata: &MetadataMap,
-        call: impl AsyncFnOnce(CallLog<'_>) -> Result<T, ServiceError>,
+        call: impl AsyncFnOnce(CallLog<'_>, &MetadataMap) -> Result<T, ServiceError>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let log = CallLog {
-            method,
-            metadata,
-            started,
-            request_id: None,
-        };
-        let result = call(log).await.map_err(Status::from);
+        let given = metadata.get("x-request-id").and_then(|v| v.to_str().ok());
+        let log = CallLog::new(method, given, started);
+        let result = call(log, metadata).await.map_err(Status::from);
         let code = result.as_ref().err().map(Status::code);
         self.telemetry.finish(method, started, code);
         result.map(Response::new)
@@ -274,11 +216,15 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
         let req = request.get_ref();
-        self.observed("IsAuthorized", request.metadata(), async |mut call| {
-            self.check_size(req.encoded_len())?;
-            self.wait(call.metadata, req.min_revision).await?;
-            self.is_authorized_inner(req, &mut call)
-        })
+        self.observed(
+            "IsAuthorized",
+            request.metadata(),
+            async |mut call, metadata| {
+                self.check_size(req.encoded_len())?;
+                self.wait(metadata, req.min_revision).await?;
+                self.is_authorized_inner(req, &mut call)
+            },
+        )
         .await
     }
 
@@ -287,25 +233,29 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
         let req = request.get_ref();
-        self.observed("BatchIsAuthorized", request.metadata(), async |mut call| {
-            let max = self.engine.limits.max_batch;
-            if req.requests.len() > max {
-                let n = req.requests.len();
-                return Err(RequestError::new(
-                    "requests",
-                    format!("{n} requests exceed the limit of {max} per call"),
-                )
-                .into());
-            }
-            self.check_size(req.encoded_len())?;
-            let min = req
-                .requests
-                .iter()
-                .map(|r| r.min_revision)
-                .fold(req.min_revision, u64::max);
-            self.wait(call.metadata, min).await?;
-            self.batch_inner(req, &mut call)
-        })
+        self.observed(
+            "BatchIsAuthorized",
+            request.metadata(),
+            async |mut call, metadata| {
+                let max = self.engine.limits.max_batch;
+                if req.requests.len() > max {
+                    let n = req.requests.len();
+                    return Err(RequestError::new(
+                        "requests",
+                        format!("{n} requests exceed the limit of {max} per call"),
+                    )
+                    .into());
+                }
+                self.check_size(req.encoded_len())?;
+                let min = req
+                    .requests
+                    .iter()
+                    .map(|r| r.min_revision)
+                    .fold(req.min_revision, u64::max);
+                self.wait(metadata, min).await?;
+                self.batch_inner(req, &mut call)
+            },
+        )
         .await
     }
 
@@ -317,9 +267,9 @@ impl Authorizer for AuthorizerService {
         self.observed(
             "ListAllowedActions",
             request.metadata(),
-            async |mut call| {
+            async |mut call, metadata| {
                 self.check_size(req.encoded_len())?;
-                self.wait(call.metadata, req.min_revision).await?;
+                self.wait(metadata, req.min_revision).await?;
                 self.list_inner(req, &mut call)
             },
         )
@@ -331,26 +281,30 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::ListResourcesRequest>,
     ) -> Result<Response<pb::ListResourcesResponse>, Status> {
         let req = request.get_ref();
-        self.observed("ListResources", request.metadata(), async |call| {
-            self.check_size(req.encoded_len())?;
-            self.wait(call.metadata, req.min_revision).await?;
-            let (page, policy_version, revision) = self.listing(&ListRequest {
-                listed: Side::Resources,
-                other: uid(&req.principal, "principal")?,
-                action: uid(&req.action, "action")?,
-                listed_type: &req.resource_type,
-                context_json: &req.context_json,
-                entities_json: &req.entities_json,
-                page_size: req.page_size,
-                page_token: &req.page_token,
-            })?;
-            Ok(pb::ListResourcesResponse {
-                resources: listed(page.items),
-                next_page_token: page.next_token,
-                policy_version,
-                revision,
-            })
-        })
+        self.observed(
+            "ListResources",
+            request.metadata(),
+            async |_call, metadata| {
+                self.check_size(req.encoded_len())?;
+                self.wait(metadata, req.min_revision).await?;
+                let (page, policy_version, revision) = self.listing(&ListRequest {
+                    listed: Side::Resources,
+                    other: uid(&req.principal, "principal")?,
+                    action: uid(&req.action, "action")?,
+                    listed_type: &req.resource_type,
+                    context_json: &req.context_json,
+                    entities_json: &req.entities_json,
+                    page_size: req.page_size,
+                    page_token: &req.page_token,
+                })?;
+                Ok(pb::ListResourcesResponse {
+                    resources: listed(page.items),
+                    next_page_token: page.next_token,
+                    policy_version,
+                    revision,
+                })
+            },
+        )
         .await
     }
 
@@ -359,26 +313,30 @@ impl Authorizer for AuthorizerService {
         request: Request<pb::ListSubjectsRequest>,
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
         let req = request.get_ref();
-        self.observed("ListSubjects", request.metadata(), async |call| {
-            self.check_size(req.encoded_len())?;
-            self.wait(call.metadata, req.min_revision).await?;
-            let (page, policy_version, revision) = self.listing(&ListRequest {
-                listed: Side::Principals,
-                other: uid(&req.resource, "resource")?,
-                action: uid(&req.action, "action")?,
-                listed_type: &req.principal_type,
-                context_json: &req.context_json,
-                entities_json: &req.entities_json,
-                page_size: req.page_size,
-                page_token: &req.page_token,
-            })?;
-            Ok(pb::ListSubjectsResponse {
-                subjects: listed(page.items),
-                next_page_token: page.next_token,
-                policy_version,
-                revision,
-            })
-        })
+        self.observed(
+            "ListSubjects",
+            request.metadata(),
+            async |_call, metadata| {
+                self.check_size(req.encoded_len())?;
+                self.wait(metadata, req.min_revision).await?;
+                let (page, policy_version, revision) = self.listing(&ListRequest {
+                    listed: Side::Principals,
+                    other: uid(&req.resource, "resource")?,
+                    action: uid(&req.action, "action")?,
+                    listed_type: &req.principal_type,
+                    context_json: &req.context_json,
+                    entities_json: &req.entities_json,
+                    page_size: req.page_size,
+                    page_token: &req.page_token,
+                })?;
+                Ok(pb::ListSubjectsResponse {
+                    subjects: listed(page.items),
+                    next_page_token: page.next_token,
+                    policy_version,
+                    revision,
+                })
+            },
+        )
         .await
     }
 }

@@ -1,0 +1,173 @@
+//! Outside names of a pack's entity types and actions, declared by the pack in `names.toml`:
+//! what callers that do not speak Cedar (the AuthZEN API's subject and resource `type`s and
+//! action `name`s) call them. Checked against the schema when the pack loads; without the
+//! file, a `type` is a Cedar entity type name (`Blue::User`) and a `name` an action id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::diagnostics::line_col;
+use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
+
+/// The names file inside a policy directory.
+pub const NAMES_FILE: &str = "names.toml";
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamesFile {
+    /// Outside type name → Cedar entity type (`user = "Blue::User"`).
+    #[serde(default)]
+    types: BTreeMap<toml::Spanned<String>, toml::Spanned<String>>,
+    /// Outside action name → action id, where they differ (`can_read = "read"`).
+    #[serde(default)]
+    actions: BTreeMap<toml::Spanned<String>, toml::Spanned<String>>,
+}
+
+/// The pack's outside names, both ways. Every name not declared is its Cedar name.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    to_type: HashMap<String, String>,
+    from_type: HashMap<String, String>,
+    to_action: HashMap<String, String>,
+    from_action: HashMap<String, String>,
+    /// Whether the pack has a names file.
+    pub declared: bool,
+}
+
+impl Names {
+    /// The Cedar entity type an outside `type` names (itself when not declared).
+    pub fn cedar_type<'a>(&'a self, outside: &'a str) -> &'a str {
+        self.to_type.get(outside).map_or(outside, String::as_str)
+    }
+
+    /// The outside name of a Cedar entity type (the type's own name when none is declared).
+    pub fn outside_type<'a>(&'a self, cedar: &'a str) -> &'a str {
+        self.from_type.get(cedar).map_or(cedar, String::as_str)
+    }
+
+    /// The action id an outside action `name` names (itself when not declared).
+    pub fn action_id<'a>(&'a self, outside: &'a str) -> &'a str {
+        self.to_action.get(outside).map_or(outside, String::as_str)
+    }
+
+    /// The outside name of an action id (the id itself when none is declared).
+    pub fn action_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.from_action.get(id).map_or(id, String::as_str)
+    }
+
+    /// The declared outside type names, sorted.
+    pub fn outside_types(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.to_type.keys().map(String::as_str).collect();
+        out.sort();
+        out
+    }
+}
+
+/// Reads `dir/names.toml` if there is one, checking every name against the pack's entity
+/// types and action ids. Returns the names and the file's text (for the pack's version).
+pub(super) fn load(
+    dir: &Path,
+    is_entity_type: impl Fn(&str) -> bool,
+    is_action: impl Fn(&str) -> bool,
+) -> Result<(Names, Option<String>), LoadError> {
+    let path = dir.join(NAMES_FILE);
+    if !path.is_file() {
+        return Ok((Names::default(), None));
+    }
+    let text = super::files::read(&path)?;
+    let at = |offset: usize, message: String| {
+        let (line, col, source_line) = line_col(&text, offset);
+        PolicyDiagnostic {
+            location: Location {
+                file: path.clone(),
+                line,
+                col,
+            },
+            severity: Severity::Error,
+            message,
+            help: None,
+            source_line: Some(source_line),
+            source_text: Some(text.clone()),
+            cedar: None,
+        }
+    };
+    let file: NamesFile = toml::from_str(&text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        LoadError::Invalid(vec![at(offset, e.message().to_string())])
+    })?;
+    let mut diags = Vec::new();
+    let mut names = Names {
+        declared: true,
+        ..Names::default()
+    };
+    for (outside, cedar) in &file.types {
+        let (o, c) = (outside.get_ref(), cedar.get_ref());
+        if let Some(problem) = bad_outside_name(o) {
+            diags.push(at(
+                outside.span().start,
+                format!("type name `{o}` {problem}"),
+            ));
+        } else if is_entity_type(o) && o != c {
+            diags.push(at(
+                outside.span().start,
+                format!("`{o}` is already the name of another entity type"),
+            ));
+        } else if !is_entity_type(c) {
+            diags.push(at(
+                cedar.span().start,
+                format!("`{c}` is not an entity type of the schema"),
+            ));
+        } else if let Some(first) = names.from_type.get(c) {
+            diags.push(at(
+                outside.span().start,
+                format!("`{c}` already has the name `{first}`: one outside name per type"),
+            ));
+        } else {
+            names.to_type.insert(o.clone(), c.clone());
+            names.from_type.insert(c.clone(), o.clone());
+        }
+    }
+    for (outside, id) in &file.actions {
+        let (o, i) = (outside.get_ref(), id.get_ref());
+        if o.is_empty() {
+            diags.push(at(outside.span().start, "an action name is empty".into()));
+        } else if !is_action(i) {
+            diags.push(at(
+                id.span().start,
+                format!("`{i}` is not an action id of the schema"),
+            ));
+        } else if is_action(o) && o != i {
+            diags.push(at(
+                outside.span().start,
+                format!("`{o}` is already the id of another action"),
+            ));
+        } else if let Some(first) = names.from_action.get(i) {
+            diags.push(at(
+                outside.span().start,
+                format!("action `{i}` already has the name `{first}`: one outside name per action"),
+            ));
+        } else {
+            names.to_action.insert(o.clone(), i.clone());
+            names.from_action.insert(i.clone(), o.clone());
+        }
+    }
+    if !diags.is_empty() {
+        return Err(LoadError::Invalid(diags));
+    }
+    Ok((names, Some(text)))
+}
+
+/// Why an outside type name cannot be used, if it cannot: it must not be empty or look like a
+/// Cedar path (which would make it ambiguous with the Cedar names every type also answers to).
+fn bad_outside_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.contains("::") {
+        Some("contains `::`: outside names are not Cedar paths")
+    } else {
+        None
+    }
+}

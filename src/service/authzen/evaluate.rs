@@ -1,0 +1,264 @@
+//! `evaluation` and `evaluations`: one decision, or many with the top-level defaults merged
+//! into each item (an item's own member replaces the default whole) under one of the three
+//! semantics. A request that cannot be read, or an item that lacks a member with no default,
+//! is a 400 for the whole call; an item that the schema refuses is a `false` decision whose
+//! context holds the error, and counts as a deny for the short-circuits.
+
+use serde_json::{json, Value};
+
+use super::error::{renamed, HttpError};
+use super::query::{self, At};
+use super::wire::{self, Action, Entity, Evaluation, Evaluations};
+use super::AuthzenService;
+use crate::engine::decide::{self, Decision};
+use crate::engine::error::RequestError;
+use crate::engine::request::{self, RawRequest, UidRef};
+use crate::service::state::{Live, StateError};
+use crate::service::telemetry::CallLog;
+
+/// How `evaluations` runs its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Semantic {
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+impl Semantic {
+    fn parse(s: Option<&str>) -> Result<Semantic, RequestError> {
+        match s {
+            None | Some("execute_all") => Ok(Semantic::ExecuteAll),
+            Some("deny_on_first_deny") => Ok(Semantic::DenyOnFirstDeny),
+            Some("permit_on_first_permit") => Ok(Semantic::PermitOnFirstPermit),
+            Some(other) => Err(RequestError::new(
+                "options.evaluations_semantic",
+                format!(
+                    "`{}` is not execute_all, deny_on_first_deny or permit_on_first_permit",
+                    crate::engine::error::quote(other)
+                ),
+            )),
+        }
+    }
+}
+
+/// One evaluation with every member resolved, each with the path it came from.
+struct Item<'a> {
+    subject: (&'a Entity, At),
+    action: (&'a Action, At),
+    resource: (&'a Entity, At),
+    context: (Option<&'a serde_json::Map<String, Value>>, At),
+}
+
+/// An item's member, else the top-level default, else a 400 naming both places.
+fn pick<'a, T>(
+    own: Option<&'a T>,
+    default: Option<&'a T>,
+    item: Option<usize>,
+    member: &'static str,
+) -> Result<(&'a T, At), RequestError> {
+    match (own, default, item) {
+        (Some(v), _, Some(i)) => Ok((v, format!("evaluations[{i}].{member}").into())),
+        (Some(v), _, None) | (None, Some(v), _) => Ok((v, member.into())),
+        (None, None, Some(i)) => Err(RequestError::new(
+            format!("evaluations[{i}].{member}"),
+            "is required: neither the item nor the top level gives it",
+        )),
+        (None, None, None) => Err(RequestError::new(member, "is required")),
+    }
+}
+
+fn resolve<'a>(
+    own: &'a Evaluation,
+    defaults: &'a Evaluation,
+    i: Option<usize>,
+) -> Result<Item<'a>, RequestError> {
+    let context = match (&own.context, i) {
+        (Some(c), Some(i)) => (Some(c), format!("evaluations[{i}].context").into()),
+        (Some(c), None) => (Some(c), "context".into()),
+        (None, _) => (defaults.context.as_ref(), "context".into()),
+    };
+    Ok(Item {
+        subject: pick(
+            own.subject.as_ref(),
+            defaults.subject.as_ref(),
+            i,
+            "subject",
+        )?,
+        action: pick(own.action.as_ref(), defaults.action.as_ref(), i, "action")?,
+        resource: pick(
+            own.resource.as_ref(),
+            defaults.resource.as_ref(),
+            i,
+            "resource",
+        )?,
+        context,
+    })
+}
+
+/// A decision's context: the reason (determining policy ids, errors if any) and what it was
+/// decided with.
+fn reason(d: &Decision, version: &str, revision: u64) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("determining_policies".into(), json!(d.determining));
+    if !d.errors.is_empty() {
+        m.insert("errors".into(), json!(d.errors));
+    }
+    m.insert("policy_version".into(), json!(version));
+    m.insert("revision".into(), json!(revision));
+    Value::Object(m)
+}
+
+fn item_error(e: &RequestError) -> Value {
+    json!({"error": {"status": 400, "field": e.field, "message": e.to_string()}})
+}
+
+impl AuthzenService {
+    /// Decides one resolved item on the decision path, counted and logged like a gRPC call.
+    fn decide_item(
+        &self,
+        live: &Live<'_>,
+        item: &Item<'_>,
+        call: &mut CallLog<'_>,
+    ) -> Result<Decision, RequestError> {
+        let pack = &live.pack;
+        let store = live.store();
+        let subject = query::named(pack, item.subject.0, &item.subject.1, true)?;
+        let resource = query::named(pack, item.resource.0, &item.resource.1, true)?;
+        let (action, action_at) = (&item.action.0, &item.action.1);
+        query::no_action_properties(action.properties.as_ref(), action_at)?;
+        let action_id = pack.names.action_id(&action.name);
+        let context_json = query::context_text(item.context.0);
+        let entities_json = query::properties_entities(pack, store, &[&subject, &resource])?;
+        let raw = RawRequest {
+            principal: UidRef {
+                ty: subject.ty,
+                id: subject.id,
+            },
+            action: UidRef {
+                ty: "",
+                id: action_id,
+            },
+            resource: UidRef {
+                ty: resource.ty,
+                id: resource.id,
+            },
+            context_json: &context_json,
+            entities_json: &entities_json,
+        };
+        let at = |head: &str| -> Option<String> {
+            match head {
+                "principal" => Some(item.subject.1.to_string()),
+                "resource" => Some(item.resource.1.to_string()),
+                "action" => Some(action_at.to_string()),
+                "context_json" => Some(item.context.1.to_string()),
+                "entities_json" => Some("properties".into()),
+                _ => None,
+            }
+        };
+        let checked = request::check(pack, store, &raw).map_err(|e| renamed(e, &at))?;
+        let d = decide::decide(pack, store, &checked, self.engine.limits.slice_depth);
+        self.telemetry.record(
+            call,
+            &checked.principal,
+            action_id,
+            &checked.resource,
+            (&context_json, &entities_json),
+            &d,
+            &pack.version,
+            store.revision(),
+        );
+        Ok(d)
+    }
+
+    /// `POST /access/v1/evaluation`.
+    pub(super) fn evaluation(
+        &self,
+        body: &[u8],
+        call: &mut CallLog<'_>,
+    ) -> Result<Vec<u8>, HttpError> {
+        let req: Evaluation = query::parse(body)?;
+        let none = Evaluation::default();
+        let item = resolve(&req, &none, None)?;
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let d = self.decide_item(&live, &item, call)?;
+        let out = wire::Decision {
+            decision: d.allow,
+            context: Some(reason(&d, &live.pack.version, live.store().revision())),
+        };
+        Ok(serde_json::to_vec(&out).unwrap_or_default())
+    }
+
+    /// `POST /access/v1/evaluations`.
+    pub(super) fn evaluations(
+        &self,
+        body: &[u8],
+        call: &mut CallLog<'_>,
+    ) -> Result<Vec<u8>, HttpError> {
+        let req: Evaluations = query::parse(body)?;
+        let semantic = Semantic::parse(
+            req.options
+                .as_ref()
+                .and_then(|o| o.evaluations_semantic.as_deref()),
+        )?;
+        let defaults = Evaluation {
+            subject: req.subject,
+            action: req.action,
+            resource: req.resource,
+            context: req.context,
+        };
+        let items = req.evaluations.unwrap_or_default();
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let version = &live.pack.version;
+        let revision = live.store().revision();
+        // No items: a single evaluation of the top level, answered as one.
+        if items.is_empty() {
+            let none = Evaluation::default();
+            let item = resolve(&defaults, &none, None)?;
+            let d = self.decide_item(&live, &item, call)?;
+            let out = wire::Decision {
+                decision: d.allow,
+                context: Some(reason(&d, version, revision)),
+            };
+            return Ok(serde_json::to_vec(&out).unwrap_or_default());
+        }
+        let max = self.engine.limits.max_batch;
+        if items.len() > max {
+            return Err(RequestError::new(
+                "evaluations",
+                format!("{} items exceed the limit of {max} per call", items.len()),
+            )
+            .into());
+        }
+        // Every item resolves before any is decided: a missing member is the whole call's
+        // error, even past a short-circuit.
+        let resolved = items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| resolve(it, &defaults, Some(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(resolved.len());
+        for item in &resolved {
+            let (allow, mut context) = match self.decide_item(&live, item, call) {
+                Ok(d) => (d.allow, reason(&d, version, revision)),
+                Err(e) => (false, item_error(&e)),
+            };
+            let stop = match semantic {
+                Semantic::ExecuteAll => None,
+                Semantic::DenyOnFirstDeny => (!allow).then_some("deny_on_first_deny"),
+                Semantic::PermitOnFirstPermit => allow.then_some("permit_on_first_permit"),
+            };
+            if let (Some(why), Value::Object(m)) = (stop, &mut context) {
+                m.insert("reason".into(), json!(why));
+            }
+            out.push(wire::Decision {
+                decision: allow,
+                context: Some(context),
+            });
+            if stop.is_some() {
+                break;
+            }
+        }
+        let out = wire::EvaluationsResponse { evaluations: out };
+        Ok(serde_json::to_vec(&out).unwrap_or_default())
+    }
+}

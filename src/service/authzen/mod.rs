@@ -1,0 +1,270 @@
+//! The AuthZEN edge: the OpenID AuthZEN Authorization API 1.0 over HTTP/JSON (evaluation,
+//! evaluations, the three searches, discovery). AuthZEN's JSON and HTTP types stop here: a
+//! request is read ([`wire`]), its outside names mapped to Cedar by the pack's own
+//! declaration (`names.toml`, [`crate::engine::pack::Names`]), and decided on the same
+//! decision and listing paths as gRPC calls, counted and logged alike. Errors become HTTP
+//! statuses in one place ([`error`]).
+
+mod discovery;
+mod error;
+mod evaluate;
+mod query;
+mod search;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State as Shared;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use self::error::HttpError;
+use crate::engine::error::RequestError;
+use crate::service::state::State;
+use crate::service::telemetry::{CallLog, Telemetry};
+
+/// The endpoints, at the specification's default paths.
+pub const EVALUATION: &str = "/access/v1/evaluation";
+pub const EVALUATIONS: &str = "/access/v1/evaluations";
+pub const SEARCH_SUBJECT: &str = "/access/v1/search/subject";
+pub const SEARCH_RESOURCE: &str = "/access/v1/search/resource";
+pub const SEARCH_ACTION: &str = "/access/v1/search/action";
+pub const WELL_KNOWN: &str = "/.well-known/authzen-configuration";
+
+/// An optional request header: the revision a decision must see (read-your-writes, as gRPC's
+/// `min_revision`).
+pub const MIN_REVISION_HEADER: &str = "x-min-revision";
+
+/// What the AuthZEN handlers share.
+pub struct AuthzenService {
+    engine: Arc<State>,
+    telemetry: Arc<Telemetry>,
+    /// `Bearer <token>` as callers must send it, if a caller token is configured.
+    bearer: Option<Vec<u8>>,
+    /// The base URL discovery names (None: the scheme and the request's `Host`).
+    public_url: Option<String>,
+    tls: bool,
+}
+
+impl AuthzenService {
+    pub fn new(
+        engine: Arc<State>,
+        telemetry: Arc<Telemetry>,
+        token: Option<String>,
+        public_url: Option<String>,
+        tls: bool,
+    ) -> Self {
+        AuthzenService {
+            engine,
+            telemetry,
+            bearer: token.map(|t| format!("Bearer {t}").into_bytes()),
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
+            tls,
+        }
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), HttpError> {
+        let Some(expected) = &self.bearer else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if constant_time_eq(given, expected) {
+            Ok(())
+        } else {
+            Err(HttpError::Unauthenticated)
+        }
+    }
+
+    /// Runs one POST call: the caller's token, the content type, the body within the size
+    /// limit, the revision it must see, then `f`; its latency and status go to the metrics.
+    async fn call(
+        &self,
+        method: &'static str,
+        headers: &HeaderMap,
+        body: Body,
+        f: impl FnOnce(&Self, &[u8], &mut CallLog<'_>) -> Result<Vec<u8>, HttpError>,
+    ) -> Response {
+        let started = Instant::now();
+        let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        let result = async {
+            // The body first, even of a caller about to be refused, so that the connection
+            // stays usable for its next request.
+            let limit = self.engine.limits.max_message_bytes;
+            let bytes = read_body(body, limit).await;
+            self.authenticate(headers)?;
+            let bytes = bytes?;
+            json_content_type(headers)?;
+            if let Some(min) = min_revision(headers)? {
+                self.engine.wait_for_revision(min, None).await?;
+            }
+            let mut call = CallLog::new(method, given, started);
+            f(self, &bytes, &mut call)
+        }
+        .await;
+        let (status, body) = match &result {
+            Ok(_) => (StatusCode::OK, None),
+            Err(e) => (e.status(), Some(e.body())),
+        };
+        self.telemetry.finish_http(method, started, status.as_u16());
+        let body = match result {
+            Ok(b) => b,
+            Err(_) => body.unwrap_or_default(),
+        };
+        respond(status, body, headers)
+    }
+}
+
+/// A JSON response echoing the caller's `X-Request-ID`; a 401 says how to authenticate.
+fn respond(status: StatusCode, body: Vec<u8>, headers: &HeaderMap) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(id) = headers.get("x-request-id") {
+        h.insert("x-request-id", id.clone());
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"blue-authz\""),
+        );
+    }
+    response
+}
+
+fn json_content_type(headers: &HeaderMap) -> Result<(), RequestError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = given.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(RequestError::new(
+            "Content-Type",
+            format!(
+                "is `{}`; AuthZEN requests are application/json",
+                crate::engine::error::quote(given)
+            ),
+        ))
+    }
+}
+
+fn min_revision(headers: &HeaderMap) -> Result<Option<u64>, RequestError> {
+    let Some(v) = headers.get(MIN_REVISION_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| RequestError::new(MIN_REVISION_HEADER, "is not a revision number"))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, RequestError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_long = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_long {
+            RequestError::new(
+                "request",
+                format!("the body exceeds the limit of {limit} bytes"),
+            )
+        } else {
+            RequestError::new("request", format!("cannot read the body: {e}"))
+        }
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Svc = Shared<Arc<AuthzenService>>;
+
+async fn evaluation(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
+    s.call(
+        "authzen.evaluation",
+        &headers,
+        body,
+        AuthzenService::evaluation,
+    )
+    .await
+}
+
+async fn evaluations(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
+    s.call(
+        "authzen.evaluations",
+        &headers,
+        body,
+        AuthzenService::evaluations,
+    )
+    .await
+}
+
+async fn search_subject(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
+    s.call("authzen.search.subject", &headers, body, |s, b, _| {
+        s.search_entities(b, search::Listed::Principals)
+    })
+    .await
+}
+
+async fn search_resource(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
+    s.call("authzen.search.resource", &headers, body, |s, b, _| {
+        s.search_entities(b, search::Listed::Resources)
+    })
+    .await
+}
+
+async fn search_action(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
+    s.call(
+        "authzen.search.action",
+        &headers,
+        body,
+        AuthzenService::search_actions,
+    )
+    .await
+}
+
+async fn not_found(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let e = RequestError::new(
+        "path",
+        format!(
+            "`{}` is not an endpoint of this server (see {WELL_KNOWN})",
+            crate::engine::error::quote(uri.path())
+        ),
+    );
+    respond(
+        StatusCode::NOT_FOUND,
+        HttpError::NotFound(e).body(),
+        &headers,
+    )
+}
+
+/// The AuthZEN routes.
+pub fn router(service: Arc<AuthzenService>) -> Router {
+    Router::new()
+        .route(EVALUATION, post(evaluation))
+        .route(EVALUATIONS, post(evaluations))
+        .route(SEARCH_SUBJECT, post(search_subject))
+        .route(SEARCH_RESOURCE, post(search_resource))
+        .route(SEARCH_ACTION, post(search_action))
+        .route(WELL_KNOWN, get(discovery::configuration))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(service)
+}

@@ -1,0 +1,169 @@
+//! What every AuthZEN call does with its input: the body read as JSON with the path of a
+//! wrong member (`evaluations[1].subject.id`), subjects and resources named by the pack's
+//! outside names turned into Cedar references, `properties` into request-scoped entities
+//! (the stored entity's attributes with the given ones laid over them), and `context` into
+//! the Cedar context.
+
+use std::borrow::Cow;
+
+use cedar_policy::{EntityId, EntityUid};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::wire::Entity;
+use crate::engine::error::{quote, RequestError};
+use crate::engine::index::EntityStore;
+use crate::engine::pack::PolicyPack;
+use crate::engine::request;
+
+/// A JSON path in the request, for errors.
+pub(super) type At = Cow<'static, str>;
+
+/// Parses a body that must be a JSON object of type `T`; a member of the wrong shape is
+/// named by its path.
+pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(RequestError::new(
+            "request",
+            "the body must be a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let e = e.into_inner();
+        if e.is_syntax() || e.is_eof() || path == "." || path.is_empty() {
+            RequestError::new("request", format!("invalid JSON: {e}"))
+        } else {
+            RequestError::new(path, e)
+        }
+    })?;
+    de.end()
+        .map_err(|e| RequestError::new("request", format!("invalid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// A subject or resource as Cedar names it: its entity type's name and its id.
+pub(super) struct Named<'a> {
+    pub ty: &'a str,
+    pub id: &'a str,
+    pub entity: &'a Entity,
+    pub at: &'a str,
+}
+
+/// Maps an entity's outside `type` to the pack's Cedar type; `need_id`: the id is required.
+pub(super) fn named<'a>(
+    pack: &'a PolicyPack,
+    e: &'a Entity,
+    at: &'a str,
+    need_id: bool,
+) -> Result<Named<'a>, RequestError> {
+    if e.ty.is_empty() {
+        return Err(RequestError::new(format!("{at}.type"), "is empty"));
+    }
+    let ty = pack.names.cedar_type(&e.ty);
+    if pack.entity_type(ty).is_none() || pack.action_type().is_some_and(|a| a.to_string() == ty) {
+        return Err(RequestError::new(
+            format!("{at}.type"),
+            format!(
+                "unknown type `{}` (this pack's types: {})",
+                quote(&e.ty),
+                known_types(pack)
+            ),
+        ));
+    }
+    let id = e.id.as_deref().unwrap_or("");
+    if need_id && id.is_empty() {
+        return Err(RequestError::new(format!("{at}.id"), "is required"));
+    }
+    Ok(Named {
+        ty,
+        id,
+        entity: e,
+        at,
+    })
+}
+
+fn known_types(pack: &PolicyPack) -> String {
+    if pack.names.declared {
+        return pack.names.outside_types().join(", ");
+    }
+    let mut all: Vec<String> = pack.schema.entity_types().map(|t| t.to_string()).collect();
+    all.sort();
+    all.join(", ")
+}
+
+/// The Cedar context text of an AuthZEN `context` ('' for none).
+pub(super) fn context_text(context: Option<&Map<String, Value>>) -> String {
+    match context {
+        Some(m) if !m.is_empty() => Value::Object(m.clone()).to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The request-scoped entities of these subjects and resources' `properties` ('' for none):
+/// each the stored entity (if any) with the properties laid over its attributes, parents
+/// kept; validated against the schema, a refusal named by the `properties` it came from.
+pub(super) fn properties_entities(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    sides: &[&Named<'_>],
+) -> Result<String, RequestError> {
+    let mut entities = Vec::new();
+    let mut from = Vec::new();
+    for side in sides {
+        let Some(props) = side.entity.properties.as_ref().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if side.id.is_empty() {
+            return Err(RequestError::new(
+                format!("{}.properties", side.at),
+                "an entity without an id has no properties",
+            ));
+        }
+        let ty = pack
+            .entity_type(side.ty)
+            .expect("checked by named()")
+            .clone();
+        let uid = EntityUid::from_type_name_and_id(ty, EntityId::new(side.id));
+        let mut json = store.get_json(&uid).unwrap_or_else(|| {
+            serde_json::json!({
+                "uid": {"type": side.ty, "id": side.id},
+                "attrs": {},
+                "parents": [],
+            })
+        });
+        if let Some(Value::Object(attrs)) = json.get_mut("attrs") {
+            for (k, v) in props {
+                attrs.insert(k.clone(), v.clone());
+            }
+        }
+        entities.push(json);
+        from.push(side.at);
+    }
+    if entities.is_empty() {
+        return Ok(String::new());
+    }
+    // Each side alone, so that a refusal names the properties at fault.
+    for (json, at) in entities.iter().zip(&from) {
+        let one = Value::Array(vec![json.clone()]).to_string();
+        request::parse_overlay(pack, store, &one)
+            .map_err(|e| RequestError::new(format!("{at}.properties"), e.message))?;
+    }
+    Ok(Value::Array(entities).to_string())
+}
+
+/// Refuses action `properties`: Cedar actions carry no per-request attributes.
+pub(super) fn no_action_properties(
+    props: Option<&Map<String, Value>>,
+    at: &str,
+) -> Result<(), RequestError> {
+    match props {
+        Some(p) if !p.is_empty() => Err(RequestError::new(
+            format!("{at}.properties"),
+            "Cedar actions have no per-request attributes: send these values in `context`",
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,282 @@
+//! The three searches: subjects (ListSubjects), resources (ListResources) and actions
+//! (ListAllowedActions), one page at a time. A page token continues only the query it came
+//! from: the engine binds its tokens to the query, and this edge binds them to `page.limit`
+//! too (the specification asks that a follow-up change nothing but the token). The last page
+//! has an empty `next_token`.
+
+use serde_json::json;
+
+use super::error::{renamed, HttpError};
+use super::query::{self, Named};
+use super::wire::{Found, FoundAction, PageResponse, Search, SearchResponse};
+use super::AuthzenService;
+use crate::engine::decide::{self, ActionOutcome};
+use crate::engine::error::RequestError;
+use crate::engine::list::{self, token, ListRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::engine::request::{self, UidRef};
+use crate::service::state::StateError;
+use crate::service::telemetry::CallLog;
+
+pub(super) use crate::engine::list::Side as Listed;
+
+/// The page size asked for (the default when absent), and the text a token binds it by.
+fn limit(page: Option<&super::wire::PageRequest>) -> Result<(u32, String), RequestError> {
+    match page.and_then(|p| p.limit) {
+        None => Ok((DEFAULT_PAGE_SIZE, String::new())),
+        Some(0) => Err(RequestError::new("page.limit", "must be at least 1")),
+        Some(n) if n > MAX_PAGE_SIZE as u64 => Err(RequestError::new(
+            "page.limit",
+            format!("{n} is more than the maximum of {MAX_PAGE_SIZE}"),
+        )),
+        Some(n) => Ok((n as u32, n.to_string())),
+    }
+}
+
+/// The engine's token inside an edge token `<limit>.<token>`, refused if the limit changed.
+fn inner_token<'a>(given: Option<&'a str>, limit: &str) -> Result<&'a str, RequestError> {
+    let Some(t) = given.filter(|t| !t.is_empty()) else {
+        return Ok("");
+    };
+    let refused = |why: &str| RequestError::new("page.token", why);
+    let (bound, inner) = t
+        .split_once('.')
+        .ok_or_else(|| refused("is not a page token of this service (damaged or made up)"))?;
+    if bound != limit {
+        return Err(refused(
+            "was issued with another page.limit: a follow-up request repeats the query and the limit",
+        ));
+    }
+    Ok(inner)
+}
+
+fn outer_token(inner: &str, limit: &str) -> String {
+    if inner.is_empty() {
+        String::new()
+    } else {
+        format!("{limit}.{inner}")
+    }
+}
+
+fn required<'a, T>(v: Option<&'a T>, field: &str) -> Result<&'a T, RequestError> {
+    v.ok_or_else(|| RequestError::new(field, "is required"))
+}
+
+impl AuthzenService {
+    /// `POST /access/v1/search/subject` and `/search/resource`.
+    pub(super) fn search_entities(
+        &self,
+        body: &[u8],
+        listed: Listed,
+    ) -> Result<Vec<u8>, HttpError> {
+        let req: Search = query::parse(body)?;
+        let subject = required(req.subject.as_ref(), "subject")?;
+        let action = required(req.action.as_ref(), "action")?;
+        let resource = required(req.resource.as_ref(), "resource")?;
+        query::no_action_properties(action.properties.as_ref(), "action")?;
+        let (page_size, bound) = limit(req.page.as_ref())?;
+        let page_token = inner_token(req.page.as_ref().and_then(|p| p.token.as_deref()), &bound)?;
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let pack = &live.pack;
+        let store = live.store();
+        // The searched-for side's id is ignored, as the specification says; the other's is
+        // required.
+        let (searched, searched_at, other, other_at) = match listed {
+            Listed::Principals => (subject, "subject", resource, "resource"),
+            Listed::Resources => (resource, "resource", subject, "subject"),
+        };
+        if searched.properties.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(RequestError::new(
+                format!("{searched_at}.properties"),
+                "the searched-for side has no properties: its entities are the stored ones",
+            )
+            .into());
+        }
+        let searched_named = query::named(pack, searched, searched_at, false)?;
+        let other: Named<'_> = query::named(pack, other, other_at, true)?;
+        let context_json = query::context_text(req.context.as_ref());
+        let entities_json = query::properties_entities(pack, store, &[&other])?;
+        let action_id = pack.names.action_id(&action.name);
+        let at = |head: &str| -> Option<String> {
+            match head {
+                "principal" | "principal_type" => Some("subject".into()),
+                "resource" | "resource_type" => Some("resource".into()),
+                "action" => Some("action".into()),
+                "context_json" => Some("context".into()),
+                "entities_json" => Some(format!("{other_at}.properties")),
+                "page_size" => Some("page.limit".into()),
+                "page_token" => Some("page.token".into()),
+                _ => None,
+            }
+        };
+        let page = list::list(
+            pack,
+            store,
+            &ListRequest {
+                listed,
+                other: UidRef {
+                    ty: other.ty,
+                    id: other.id,
+                },
+                action: UidRef {
+                    ty: "",
+                    id: action_id,
+                },
+                listed_type: searched_named.ty,
+                context_json: &context_json,
+                entities_json: &entities_json,
+                page_size,
+                page_token,
+            },
+            self.engine.limits.slice_depth,
+        )
+        .map_err(|e| {
+            // A bare `resource_type` error names the type member.
+            let e = renamed(e, &at);
+            match e.field.as_str() {
+                "subject" | "resource" if e.message.contains("type") => RequestError {
+                    field: format!("{}.type", e.field),
+                    message: e.message,
+                },
+                _ => e,
+            }
+        })?;
+        let results: Vec<Found<'_>> = page
+            .items
+            .into_iter()
+            .map(|l| Found {
+                ty: &searched.ty,
+                id: l.id,
+            })
+            .collect();
+        let out = SearchResponse {
+            page: PageResponse {
+                next_token: outer_token(&page.next_token, &bound),
+                count: results.len(),
+            },
+            context: json!({
+                "policy_version": pack.version,
+                "revision": store.revision(),
+            }),
+            results,
+        };
+        Ok(serde_json::to_vec(&out).unwrap_or_default())
+    }
+
+    /// `POST /access/v1/search/action`: the allowed actions by name, in name order.
+    pub(super) fn search_actions(
+        &self,
+        body: &[u8],
+        call: &mut CallLog<'_>,
+    ) -> Result<Vec<u8>, HttpError> {
+        let req: Search = query::parse(body)?;
+        let subject = required(req.subject.as_ref(), "subject")?;
+        let resource = required(req.resource.as_ref(), "resource")?;
+        let (page_size, bound) = limit(req.page.as_ref())?;
+        let page_token = inner_token(req.page.as_ref().and_then(|p| p.token.as_deref()), &bound)?;
+        let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let pack = &live.pack;
+        let store = live.store();
+        let subject = query::named(pack, subject, "subject", true)?;
+        let resource = query::named(pack, resource, "resource", true)?;
+        let context_json = query::context_text(req.context.as_ref());
+        let entities_json = query::properties_entities(pack, store, &[&subject, &resource])?;
+        let principal = request::parse_uid(
+            pack,
+            UidRef {
+                ty: subject.ty,
+                id: subject.id,
+            },
+            "subject",
+        )?;
+        let resource_uid = request::parse_uid(
+            pack,
+            UidRef {
+                ty: resource.ty,
+                id: resource.id,
+            },
+            "resource",
+        )?;
+        let query = token::fingerprint(&[
+            "actions",
+            &principal.to_string(),
+            &resource_uid.to_string(),
+            context_json.trim(),
+            entities_json.trim(),
+        ]);
+        let cursor = match page_token {
+            "" => None,
+            t => Some(token::decode(t, query).map_err(|e| RequestError::new("page.token", e))?),
+        };
+        let at = |head: &str| -> Option<String> {
+            match head {
+                "context_json" => Some("context".into()),
+                "entities_json" => Some("properties".into()),
+                _ => None,
+            }
+        };
+        let outcomes = decide::list_allowed(
+            pack,
+            store,
+            &principal,
+            &resource_uid,
+            &context_json,
+            &entities_json,
+            self.engine.limits.slice_depth,
+        )
+        .map_err(|e| renamed(e, &at))?;
+        let revision = store.revision();
+        let mut allowed = Vec::new();
+        let mut not_evaluated = Vec::new();
+        for (action, outcome) in outcomes {
+            match outcome {
+                ActionOutcome::Decided(d) => {
+                    self.telemetry.record(
+                        call,
+                        &principal,
+                        &action,
+                        &resource_uid,
+                        (&context_json, &entities_json),
+                        &d,
+                        &pack.version,
+                        revision,
+                    );
+                    if d.allow {
+                        allowed.push(pack.names.action_name(&action).to_string());
+                    }
+                }
+                ActionOutcome::NotEvaluated(reason) => not_evaluated.push(json!({
+                    "name": pack.names.action_name(&action),
+                    "reason": reason,
+                })),
+            }
+        }
+        allowed.sort();
+        let start = match &cursor {
+            None => 0,
+            Some(c) => allowed.partition_point(|a| a.as_str() <= c.as_str()),
+        };
+        let end = (start + page_size as usize).min(allowed.len());
+        let next_token = if end < allowed.len() {
+            outer_token(&token::encode(query, &allowed[end - 1]), &bound)
+        } else {
+            String::new()
+        };
+        let results: Vec<FoundAction> = allowed[start..end]
+            .iter()
+            .map(|name| FoundAction { name: name.clone() })
+            .collect();
+        let mut context = json!({"policy_version": pack.version, "revision": revision});
+        if !not_evaluated.is_empty() {
+            context["not_evaluated"] = json!(not_evaluated);
+        }
+        let out = SearchResponse {
+            page: PageResponse {
+                next_token,
+                count: results.len(),
+            },
+            context,
+            results,
+        };
+        Ok(serde_json::to_vec(&out).unwrap_or_default())
+    }
+}
