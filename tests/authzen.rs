@@ -1008,8 +1008,12 @@ async fn http_calls_are_counted_in_the_metrics() {
 fn the_binary_serves_the_example_pack_over_authzen_with_a_decision_log() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("http-token");
+    std::fs::write(&token_file, "from-a-file-7\n").unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-listen", ""])
+        .arg("--http-token-file")
+        .arg(&token_file)
         .args(["--http-listen", "127.0.0.1:0", "--decision-log", "true"])
         .arg("--policies")
         .arg(docs_dir().join("policies"))
@@ -1024,34 +1028,43 @@ fn the_binary_serves_the_example_pack_over_authzen_with_a_decision_log() {
     let addr = common::wait_for_listen_addr(child.stderr.take().unwrap(), "AuthZEN HTTP API");
     let stdout = child.stdout.take().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let answers =
-        rt.block_on(async {
-            // Health flips after loading; retry briefly until decisions are served.
-            let mut http = Http::connect(addr, false).await;
-            let mut a = http
-                .post(EVALUATION, &ask("alice", "can_delete", "plan"))
-                .await;
-            for _ in 0..100 {
-                if a.status == 200 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                a = http
-                    .post(EVALUATION, &ask("alice", "can_delete", "plan"))
-                    .await;
+    let answers = rt.block_on(async {
+        // Health flips after loading; retry briefly until decisions are served.
+        let mut http = Http::connect(addr, false).await;
+        let auth = [
+            ("content-type", "application/json"),
+            ("authorization", "Bearer from-a-file-7"),
+        ];
+        let body = ask("alice", "can_delete", "plan").to_string();
+        let mut a = http.send("POST", EVALUATION, &auth, &body).await;
+        for _ in 0..100 {
+            if a.status == 200 {
+                break;
             }
-            let b = http
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            a = http.send("POST", EVALUATION, &auth, &body).await;
+        }
+        // The token file's token is required.
+        let refused = http
+            .post(EVALUATION, &ask("alice", "can_delete", "plan"))
+            .await;
+        assert_eq!(refused.status, 401);
+        let b = http
             .send(
                 "POST",
                 EVALUATIONS,
-                &[("content-type", "application/json"), ("x-request-id", "log-me")],
+                &[
+                    ("content-type", "application/json"),
+                    ("x-request-id", "log-me"),
+                    ("authorization", "Bearer from-a-file-7"),
+                ],
                 &json!({"subject": {"type": "user", "id": "dave"}, "action": {"name": "can_read"},
-                        "evaluations": [{"resource": {"type": "document", "id": "handbook"}}]})
+                            "evaluations": [{"resource": {"type": "document", "id": "handbook"}}]})
                 .to_string(),
             )
             .await;
-            (a, b)
-        });
+        (a, b)
+    });
     assert_eq!(
         (answers.0.status, &answers.0.body["decision"]),
         (200, &json!(true))

@@ -628,6 +628,7 @@ fn spawn_binary(dir: &std::path::Path) -> (Child, std::net::SocketAddr, std::net
             "serve",
         ])
         .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
+        .args(["--http-listen", ""])
         .args(["--db", dir.join("crash.redb").to_str().unwrap()])
         .args([
             "--seed",

@@ -95,6 +95,7 @@ fn spawn(url: &str, db: &Path, extra: &[&str]) -> Replica {
             "serve",
         ])
         .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
+        .args(["--http-listen", ""])
         .args(["--db", db.to_str().unwrap(), "--source", url])
         .args(["--watch", "false"])
         .env("BLUE_AUTHZ_SOURCE_POLL_MS", "200")

@@ -331,6 +331,7 @@ async fn sighup_reloads_the_real_binary() {
             "--watch",
             "false",
         ])
+        .args(["--http-listen", ""])
         .args([
             "--listen",
             "127.0.0.1:0",

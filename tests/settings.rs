@@ -82,6 +82,23 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
             "health_listen",
             ("0.0.0.0:50053", s("0.0.0.0:50053"), vec![]),
         ),
+        (
+            "http_listen",
+            ("127.0.0.1:6003", s("127.0.0.1:6003"), vec![]),
+        ),
+        ("http_token", ("s3cret", s("<redacted>"), vec![])),
+        (
+            "http_token_file",
+            ("/run/secrets/h", s("/run/secrets/h"), vec![]),
+        ),
+        (
+            "http_public_url",
+            (
+                "https://authz.example.com",
+                s("https://authz.example.com"),
+                vec![],
+            ),
+        ),
         ("decision_log", ("true", Boolean(true), vec![])),
         ("decision_log_sample", ("0.25", Float(0.25), vec![])),
         ("decision_log_context", ("true", Boolean(true), vec![])),
@@ -335,6 +352,7 @@ fn base_args(dir: &Path) -> Vec<(String, String)> {
             p(&root().join("policies/tests/fixture.json")),
         ),
         ("WATCH".into(), "false".into()),
+        ("HTTP_LISTEN".into(), "127.0.0.1:0".into()),
     ]
 }
 
@@ -697,7 +715,14 @@ async fn the_data_token_can_come_from_a_file() {
     ] {
         let out = bin()
             .arg("serve")
-            .args(["--watch", "false", "--listen", "127.0.0.1:0"])
+            .args([
+                "--watch",
+                "false",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "",
+            ])
             .args(["--db", dir.path().join("x.redb").to_str().unwrap()])
             .args(&args)
             .output()

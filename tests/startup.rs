@@ -14,6 +14,7 @@ use common::{copy_dir, root};
 fn start(policies: &Path, db: &Path) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-listen", ""])
+        .args(["--http-listen", ""])
         .args(["--watch", "false", "--seed"])
         .arg(root().join("policies/tests/fixture.json"))
         .arg("--policies")

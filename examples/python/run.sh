@@ -17,7 +17,7 @@ work="$(mktemp -d)"
 token="example-token-$$"
 "$bin" --policies "$root/policies" serve \
   --listen '' --listen-unix "$work/authz.sock" \
-  --data-listen '' --data-listen-unix "$work/data.sock" --data-token "$token" \
+  --http-listen '' --data-listen '' --data-listen-unix "$work/data.sock" --data-token "$token" \
   --db "$work/authz.redb" --seed "$root/data/demo.json" --watch false \
   2>"$work/server.log" &
 server=$!

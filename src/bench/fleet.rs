@@ -90,6 +90,8 @@ impl FleetBenchConfig {
                 "127.0.0.1:0",
                 "--data-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "",
             ])
             .arg("--db")
             .arg(&db)
