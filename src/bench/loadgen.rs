@@ -26,6 +26,9 @@ pub struct BenchConfig {
     pub duration: Duration,
     pub batch: usize,
     pub pid: Option<u32>,
+    /// The AuthZEN HTTP listener's address: adds the HTTP phases (HTTP/1.1 keep-alive and
+    /// h2c), compared with gRPC in the same run.
+    pub http_addr: Option<String>,
 }
 
 /// One phase's figures.
@@ -86,8 +89,112 @@ enum Kind {
     Empty,
     Decide,
     Batch(usize),
+    /// `POST /access/v1/evaluation`, over h2c (true) or HTTP/1.1.
+    HttpDecide(bool),
+    /// `POST /access/v1/evaluations` of n items, over HTTP/1.1.
+    HttpBatch(usize),
 }
 
+/// The AuthZEN body of one request (Cedar names: every type answers to them).
+fn authzen_body(a: &pb::IsAuthorizedRequest) -> serde_json::Value {
+    let e = |u: &Option<pb::EntityUid>| {
+        let u = u.as_ref().expect("generated requests name both sides");
+        serde_json::json!({"type": u.r#type, "id": u.id})
+    };
+    let mut body = serde_json::json!({
+        "subject": e(&a.principal),
+        "action": {"name": a.action.as_ref().map_or("", |x| x.id.as_str())},
+        "resource": e(&a.resource),
+    });
+    if !a.context_json.is_empty() {
+        body["context"] = serde_json::from_str(&a.context_json).unwrap_or_default();
+    }
+    body
+}
+
+/// One HTTP connection of the load tool.
+enum HttpConn {
+    H1(hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<hyper::body::Bytes>>),
+}
+
+impl HttpConn {
+    async fn open(addr: &str, h2: bool) -> Result<HttpConn, String> {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let io = TokioIo::new(tcp);
+        let bad = |e: hyper::Error| format!("HTTP handshake with {addr}: {e}");
+        Ok(if h2 {
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(bad)?;
+            tokio::spawn(conn);
+            HttpConn::H2(s)
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(bad)?;
+            tokio::spawn(conn);
+            HttpConn::H1(s)
+        })
+    }
+
+    /// POSTs a JSON body; returns the response body, refusing any status but 200.
+    async fn post(&mut self, addr: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        use http_body_util::BodyExt;
+        let h2 = matches!(self, HttpConn::H2(_));
+        let uri = if h2 {
+            format!("http://{addr}{path}")
+        } else {
+            path.to_string()
+        };
+        let req = hyper::Request::post(uri)
+            .header("host", addr)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(
+                hyper::body::Bytes::copy_from_slice(body),
+            ))
+            .map_err(|e| e.to_string())?;
+        let res = match self {
+            HttpConn::H1(s) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req).await
+            }
+            HttpConn::H2(s) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req).await
+            }
+        }
+        .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = res.status();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != hyper::StatusCode::OK {
+            return Err(format!(
+                "POST {path}: {status} {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+/// A valid AuthZEN decision: a boolean and no evaluation errors.
+fn check_http(d: &serde_json::Value) -> Result<(), String> {
+    if !d["decision"].is_boolean() || d["context"].get("errors").is_some() {
+        return Err(format!("invalid AuthZEN answer {d}"));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_phase(
     name: &str,
     kind: Kind,
@@ -96,6 +203,7 @@ async fn run_phase(
     concurrency: usize,
     duration: Duration,
     pid: Option<u32>,
+    http: Option<&str>,
 ) -> Result<Figures, String> {
     // Warm-up, then the measured window.
     let _ = drive(
@@ -104,11 +212,13 @@ async fn run_phase(
         asks.clone(),
         concurrency,
         Duration::from_millis(500),
+        http,
     )
     .await?;
     let cpu_before = pid.and_then(cpu_time);
     let started = Instant::now();
-    let (mut lat, calls, decisions) = drive(kind, channels, asks, concurrency, duration).await?;
+    let (mut lat, calls, decisions) =
+        drive(kind, channels, asks, concurrency, duration, http).await?;
     let elapsed = started.elapsed();
     let cpu_after = pid.and_then(cpu_time);
     lat.sort_unstable();
@@ -142,6 +252,7 @@ async fn drive(
     asks: Arc<Vec<pb::IsAuthorizedRequest>>,
     concurrency: usize,
     duration: Duration,
+    http: Option<&str>,
 ) -> Result<(Vec<Duration>, u64, u64), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -149,6 +260,12 @@ async fn drive(
         let channel = channels[t % channels.len()].clone();
         let asks = asks.clone();
         let stop = stop.clone();
+        let addr = http.unwrap_or_default().to_string();
+        let mut conn = match kind {
+            Kind::HttpDecide(h2) => Some(HttpConn::open(&addr, h2).await?),
+            Kind::HttpBatch(_) => Some(HttpConn::open(&addr, false).await?),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut decisions = 0u64;
@@ -193,6 +310,38 @@ async fn drive(
                         }
                         for (resp, ask) in r.responses.iter().zip(&asks[i..i + n]) {
                             check_answer(resp, ask)?;
+                        }
+                        decisions += n as u64;
+                    }
+                    Kind::HttpDecide(_) => {
+                        i = (i + 1) % asks.len();
+                        let body = authzen_body(&asks[i]).to_string();
+                        let conn = conn.as_mut().expect("opened above");
+                        let r = conn
+                            .post(&addr, "/access/v1/evaluation", body.as_bytes())
+                            .await?;
+                        let d: serde_json::Value =
+                            serde_json::from_slice(&r).map_err(|e| e.to_string())?;
+                        check_http(&d)?;
+                        decisions += 1;
+                    }
+                    Kind::HttpBatch(n) => {
+                        i = (i + n) % (asks.len() - n);
+                        let items: Vec<serde_json::Value> =
+                            asks[i..i + n].iter().map(authzen_body).collect();
+                        let body = serde_json::json!({ "evaluations": items }).to_string();
+                        let conn = conn.as_mut().expect("opened above");
+                        let r = conn
+                            .post(&addr, "/access/v1/evaluations", body.as_bytes())
+                            .await?;
+                        let d: serde_json::Value =
+                            serde_json::from_slice(&r).map_err(|e| e.to_string())?;
+                        let answers = d["evaluations"].as_array().map_or(0, Vec::len);
+                        if answers != n {
+                            return Err(format!("evaluations of {n} answered {answers}"));
+                        }
+                        for a in d["evaluations"].as_array().into_iter().flatten() {
+                            check_http(a)?;
                         }
                         decisions += n as u64;
                     }
@@ -269,13 +418,30 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
     }
     println!("{HEADER}");
     let mut out = Vec::new();
-    let phases: Vec<(&str, Kind, usize)> = vec![
+    let mut phases: Vec<(&str, Kind, usize)> = vec![
         ("empty call (health Check)", Kind::Empty, cfg.concurrency),
         ("IsAuthorized", Kind::Decide, cfg.concurrency),
         ("empty call (health Check)", Kind::Empty, 1),
         ("IsAuthorized", Kind::Decide, 1),
         ("BatchIsAuthorized (decisions)", Kind::Batch(cfg.batch), 1),
     ];
+    if cfg.http_addr.is_some() {
+        phases.extend([
+            (
+                "AuthZEN evaluation HTTP/1.1",
+                Kind::HttpDecide(false),
+                cfg.concurrency,
+            ),
+            (
+                "AuthZEN evaluation h2c",
+                Kind::HttpDecide(true),
+                cfg.concurrency,
+            ),
+            ("AuthZEN evaluation HTTP/1.1", Kind::HttpDecide(false), 1),
+            ("AuthZEN evaluation h2c", Kind::HttpDecide(true), 1),
+            ("AuthZEN evaluations (decs)", Kind::HttpBatch(cfg.batch), 1),
+        ]);
+    }
     for (name, kind, conc) in phases {
         let f = run_phase(
             name,
@@ -285,6 +451,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             conc,
             cfg.duration,
             cfg.pid,
+            cfg.http_addr.as_deref(),
         )
         .await?;
         println!("{}", f.line());
@@ -307,5 +474,27 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         "one call at a time: p50 {:.2}x the empty call's",
         ratio(us(out[3].p50), us(out[2].p50))
     );
+    if out.len() >= 10 {
+        for (proto, load, one) in [("HTTP/1.1", 5, 7), ("h2c", 6, 8)] {
+            println!(
+                "AuthZEN evaluation over {proto}: throughput {:.2}x IsAuthorized's, p50 one at a time {:.2}x",
+                ratio(out[load].per_second, out[1].per_second),
+                ratio(us(out[one].p50), us(out[3].p50)),
+            );
+        }
+        println!(
+            "AuthZEN evaluations of {}: {:.0} decisions/s{} (BatchIsAuthorized: {:.0}/s)",
+            cfg.batch,
+            out[9].per_second,
+            match out[9].cpu_per_call {
+                Some(c) => format!(
+                    ", {:.0} decisions per server CPU second",
+                    1.0 / c.as_secs_f64()
+                ),
+                None => String::new(),
+            },
+            out[4].per_second
+        );
+    }
     Ok(out)
 }

@@ -25,6 +25,9 @@ pub struct BenchCommand {
     /// The server's process id, to report its CPU time per call.
     #[arg(long)]
     pid: Option<u32>,
+    /// The AuthZEN HTTP listener's address: adds HTTP/1.1 and h2c phases to compare.
+    #[arg(long)]
+    http_addr: Option<String>,
 }
 
 pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
@@ -36,6 +39,7 @@ pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
         duration: std::time::Duration::from_secs_f64(args.seconds),
         batch: args.batch.max(1),
         pid: args.pid,
+        http_addr: args.http_addr,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(loadgen::run(&cfg))?;
