@@ -5,6 +5,7 @@
 //! resolved ([`config`]), errors ([`error`]) and telemetry ([`telemetry`]).
 
 pub mod authzen;
+mod bearer;
 pub mod config;
 pub mod error;
 pub mod gate;

@@ -24,6 +24,7 @@ use axum::Router;
 
 use self::error::HttpError;
 use crate::engine::error::RequestError;
+use crate::service::bearer::constant_time_eq;
 use crate::service::state::State;
 use crate::service::telemetry::{CallLog, Telemetry};
 
@@ -185,13 +186,6 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Reques
             RequestError::new("request", format!("cannot read the body: {e}"))
         }
     })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Svc = Shared<Arc<AuthzenService>>;

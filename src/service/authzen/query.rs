@@ -63,7 +63,10 @@ pub(super) fn named<'a>(
         return Err(RequestError::new(format!("{at}.type"), "is empty"));
     }
     let ty = pack.names.cedar_type(&e.ty);
-    if pack.entity_type(ty).is_none() || pack.action_type().is_some_and(|a| a.to_string() == ty) {
+    let known = pack
+        .entity_type(ty)
+        .filter(|t| Some(*t) != pack.action_type());
+    if known.is_none() {
         return Err(RequestError::new(
             format!("{at}.type"),
             format!(
@@ -97,7 +100,7 @@ fn known_types(pack: &PolicyPack) -> String {
 /// The Cedar context text of an AuthZEN `context` ('' for none).
 pub(super) fn context_text(context: Option<&Map<String, Value>>) -> String {
     match context {
-        Some(m) if !m.is_empty() => Value::Object(m.clone()).to_string(),
+        Some(m) if !m.is_empty() => serde_json::to_string(m).unwrap_or_default(),
         _ => String::new(),
     }
 }

@@ -15,6 +15,7 @@ use super::{check_size, pb, uid, ServiceError};
 use crate::engine::error::RequestError;
 use crate::engine::index::WriteOp;
 use crate::engine::json::json_uid;
+use crate::service::bearer::constant_time_eq;
 use crate::service::replica::Replica;
 use crate::service::replica::ReplicaSlot;
 use crate::service::state::{State, StateError};
@@ -113,13 +114,6 @@ pub fn bearer_auth(
             Err(ServiceError::Unauthenticated.into())
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn cedar_uid(
