@@ -12,6 +12,7 @@
 //! - [`cli`]: one file per command of the binary.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod authoring;
 pub mod bench;
 pub mod cli;

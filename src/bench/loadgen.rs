@@ -256,12 +256,23 @@ async fn drive(
 ) -> Result<(Vec<Duration>, u64, u64), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    // h2c is used as gRPC is: as many connections as gRPC channels, streams multiplexed on
+    // them (HTTP/1.1 needs a connection per call in flight).
+    let mut h2_conns = Vec::new();
+    if matches!(kind, Kind::HttpDecide(true)) {
+        for _ in 0..channels.len() {
+            if let HttpConn::H2(s) = HttpConn::open(http.unwrap_or_default(), true).await? {
+                h2_conns.push(s);
+            }
+        }
+    }
     for t in 0..concurrency {
         let channel = channels[t % channels.len()].clone();
         let asks = asks.clone();
         let stop = stop.clone();
         let addr = http.unwrap_or_default().to_string();
         let mut conn = match kind {
+            Kind::HttpDecide(true) => Some(HttpConn::H2(h2_conns[t % h2_conns.len()].clone())),
             Kind::HttpDecide(h2) => Some(HttpConn::open(&addr, h2).await?),
             Kind::HttpBatch(_) => Some(HttpConn::open(&addr, false).await?),
             _ => None,

@@ -1,8 +1,10 @@
 //! The commands of the binary, one file each; this file declares them (clap), dispatches, and
 //! maps every outcome to an exit code ([`Exit`]).
 
+mod analyze;
 mod bench;
 mod check;
+mod diff;
 mod export;
 mod fleet_bench;
 mod gen;
@@ -95,6 +97,12 @@ enum Command {
     Test,
     /// Print the effective permission table, computed by evaluating the policies.
     Matrix(matrix::MatrixCommand),
+    /// Prove the invariants of <policies>/invariants.toml (and that no policy errors) for all
+    /// data the schema allows, with a counterexample for each that fails (needs cvc5).
+    Analyze(analyze::AnalyzeCommand),
+    /// What changes between two policy directories, for all data: per action, a request newly
+    /// allowed and one newly denied (needs cvc5).
+    Diff(diff::DiffCommand),
     /// Write a Cedar JSON entities file into the database as one atomic batch (into a shared
     /// source: validated whole, then written in batches of 10,000).
     Import {
@@ -156,6 +164,8 @@ pub fn main() -> ExitCode {
         Command::Validate => validate::run(&spec),
         Command::Test => test::run(&spec),
         Command::Matrix(args) => matrix::run(&spec, args),
+        Command::Analyze(args) => analyze::run(&spec, args),
+        Command::Diff(args) => diff::run(&spec.overlays, args),
         Command::Import { file, db, source } => {
             import::run(&spec, &file, &db.db, source.url().as_deref())
         }

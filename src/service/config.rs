@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub http_public_url: Option<String>,
     /// The overlays were set by flag or environment: the file's do not apply.
     pub overlays_fixed: bool,
+    /// Whether a pack must have its invariants proved to serve.
+    pub analysis: super::gate::Analysis,
 }
 
 impl ServeConfig {
@@ -74,6 +76,7 @@ impl ServeConfig {
             watch: true,
             config_file: None,
             overlays_fixed: true,
+            analysis: super::gate::Analysis::default(),
             tls: None,
             metrics_listen: None,
             health_listen: None,

@@ -1,13 +1,27 @@
 //! The gate every policy pack passes before it serves, at start-up and at every reload alike:
-//! it loads (parse, `@id` naming, strict validation against the schema), then its own test
-//! suites all pass. Stored data's conformance to a changed schema is checked where the data
+//! it loads (parse, `@id` naming, strict validation against the schema), its own test suites
+//! all pass, and its invariants are proved for all data (`invariants.toml`, with cvc5; without
+//! the solver, [`Analysis`] says whether the pack is refused or loads with the analysis
+//! plainly skipped). Stored data's conformance to a changed schema is checked where the data
 //! is (start-up's load, `State::swap_pack_checked`). Fail closed: no gated pack, no ALLOW.
 
 use std::sync::Arc;
 
+use crate::analysis::{self, AnalysisError};
 use crate::authoring::suite::{self, SuiteError};
 use crate::engine::error::LoadError;
 use crate::engine::pack::{PackSpec, PolicyPack};
+
+/// Whether a pack must have its invariants proved to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Analysis {
+    /// No proof, no serving: a pack is refused when the solver is missing or fails.
+    Required,
+    /// Proved when the solver is there (a failed invariant still refuses the pack); without
+    /// it, the pack loads on validation and tests and the skip is logged and shown.
+    #[default]
+    Optional,
+}
 
 /// Why a pack did not pass the gate.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +41,20 @@ pub enum GateError {
         failures: Vec<String>,
         summary: String,
     },
+    /// Invariants that do not hold (each with its counterexample), and the tally.
+    #[error("invariants of version {version} fail: {summary}")]
+    Invariants {
+        version: String,
+        failures: Vec<String>,
+        summary: String,
+    },
+    /// The analysis could not run and is required.
+    #[error("analysis of version {version} is required and could not run: {error}")]
+    Analysis {
+        version: String,
+        #[source]
+        error: AnalysisError,
+    },
 }
 
 impl GateError {
@@ -44,6 +72,13 @@ impl GateError {
                 out.push(format!("policy tests: {summary}"));
                 out
             }
+            GateError::Invariants {
+                failures, summary, ..
+            } => {
+                let mut out = failures.clone();
+                out.push(format!("invariants: {summary}"));
+                out
+            }
             other => vec![other.to_string()],
         }
     }
@@ -52,18 +87,50 @@ impl GateError {
     pub fn version(&self) -> Option<&str> {
         match self {
             GateError::Load(_) => None,
-            GateError::Suites { version, .. } | GateError::Failed { version, .. } => Some(version),
+            GateError::Suites { version, .. }
+            | GateError::Failed { version, .. }
+            | GateError::Invariants { version, .. }
+            | GateError::Analysis { version, .. } => Some(version),
         }
     }
 }
 
-/// Loads the pack of `spec` and runs its suites.
-pub fn load(spec: &PackSpec) -> Result<Arc<PolicyPack>, GateError> {
-    check(PolicyPack::load(spec)?)
+/// Loads the pack of `spec`, runs its suites and proves its invariants.
+pub fn load(spec: &PackSpec, analysis: Analysis) -> Result<Arc<PolicyPack>, GateError> {
+    check(PolicyPack::load(spec)?, analysis)
+}
+
+/// Runs a loaded pack's suites, then proves its invariants; the pack passes only if every case
+/// passes and every invariant holds (or, optionally, the solver is missing). What the analysis
+/// said is kept on the pack (`PolicyPack::analysis`).
+pub fn check(pack: Arc<PolicyPack>, analysis: Analysis) -> Result<Arc<PolicyPack>, GateError> {
+    let pack = check_suites(pack)?;
+    let version = pack.version.clone();
+    let said = match analysis::analyze(&pack) {
+        Ok(report) if report.holds() => {
+            let summary = report.summary();
+            tracing::info!(%version, "invariants proved: {summary}");
+            format!("proved: {summary}")
+        }
+        Ok(report) => {
+            return Err(GateError::Invariants {
+                version,
+                failures: report.failed().iter().filter_map(|f| f.reason()).collect(),
+                summary: report.summary(),
+            })
+        }
+        Err(error) if analysis == Analysis::Optional => {
+            tracing::warn!(%version, "invariants NOT proved, analysis skipped: {error}");
+            format!("skipped: {error}")
+        }
+        Err(error) => return Err(GateError::Analysis { version, error }),
+    };
+    let _ = pack.analysis.set(said);
+    Ok(pack)
 }
 
 /// Runs a loaded pack's suites; the pack passes only if every case does.
-pub fn check(pack: Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
+fn check_suites(pack: Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
     let version = pack.version.clone();
     let report = suite::run_with(pack.clone()).map_err(|error| GateError::Suites {
         version: version.clone(),

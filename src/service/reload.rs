@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use notify::{RecursiveMode, Watcher};
 
 use super::error::SettingsError;
-use super::gate::{self, GateError};
+use super::gate::{self, Analysis, GateError};
 use super::state::State;
 use crate::engine::pack::{PackSpec, PolicyPack};
 
@@ -41,6 +41,8 @@ pub struct PolicyStatus {
     pub accepted: u64,
     pub rejected: u64,
     pub last_rejection: Option<Rejection>,
+    /// What the gate's analysis said of the live set (`proved: ...`, `skipped: ...`).
+    pub live_analysis: String,
 }
 
 /// The outcome of one reload attempt.
@@ -54,6 +56,7 @@ pub enum Outcome {
 pub struct Reloader {
     engine: Arc<State>,
     spec: SpecSource,
+    analysis: Analysis,
     accepted: AtomicU64,
     rejected: AtomicU64,
     status: Mutex<(u64, Option<Rejection>)>,
@@ -69,10 +72,11 @@ fn now_ms() -> u64 {
 }
 
 impl Reloader {
-    pub fn new(engine: Arc<State>, spec: SpecSource) -> Arc<Self> {
+    pub fn new(engine: Arc<State>, spec: SpecSource, analysis: Analysis) -> Arc<Self> {
         Arc::new(Reloader {
             engine,
             spec,
+            analysis,
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             status: Mutex::new((now_ms(), None)),
@@ -106,6 +110,10 @@ impl Reloader {
             accepted: self.accepted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             last_rejection: last,
+            live_analysis: live
+                .as_ref()
+                .and_then(|p| p.analysis.get().cloned())
+                .unwrap_or_default(),
         }
     }
 
@@ -113,6 +121,7 @@ impl Reloader {
     pub fn reload(&self) -> Outcome {
         let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
+        let before = self.engine.pack();
         let outcome = match self.candidate() {
             Ok(Some(pack)) => {
                 let version = pack.version.clone();
@@ -133,6 +142,10 @@ impl Reloader {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = now_ms();
                 tracing::info!(%version, elapsed_ms = started.elapsed().as_millis() as u64, "policy set reloaded");
+                if let (Some(old), Some(new)) = (before, self.engine.pack()) {
+                    // Off the reload's path: what the new set decides differently.
+                    std::thread::spawn(move || log_semantic_diff(&old, &new));
+                }
             }
             Outcome::Unchanged => tracing::debug!("policy files changed nothing"),
             Outcome::Rejected(r) => {
@@ -175,7 +188,31 @@ impl Reloader {
         {
             return Ok(None);
         }
-        gate::check(pack).map(Some).map_err(gated)
+        gate::check(pack, self.analysis)
+            .map(Some)
+            .map_err(gated)
+    }
+}
+
+/// Logs what `new` decides differently from `old`, for all data, in words (when the solver
+/// is there; without it, says that no semantic diff was made).
+fn log_semantic_diff(old: &PolicyPack, new: &PolicyPack) {
+    let (from, to) = (old.version.as_str(), new.version.as_str());
+    match crate::analysis::diff(old, new) {
+        Ok(report) => {
+            for line in report.lines() {
+                tracing::info!(from, to, "policy change: {line}");
+            }
+            tracing::info!(
+                from,
+                to,
+                changed = %report.changed_actions().join(","),
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "semantic diff of the reload: {} action(s) decide differently",
+                report.changed_actions().len()
+            );
+        }
+        Err(e) => tracing::info!(from, to, "no semantic diff of the reload: {e}"),
     }
 }
 

@@ -122,7 +122,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let engine = Arc::new(State::new(config.limits));
-    let reloader = Reloader::new(engine.clone(), spec_source(&config));
+    let reloader = Reloader::new(engine.clone(), spec_source(&config), config.analysis);
     let telemetry = Telemetry::new(config.decision_log);
     let replica = ReplicaSlot::default();
     // tonic refuses anything over twice our limit itself; between the two, the handlers
@@ -261,10 +261,13 @@ impl Running {
         let spec = self.reloader.spec()?;
         let db = self.config.db.clone();
         let seed = self.config.seed.clone();
+        let analysis = self.config.analysis;
         let (pack, store, storage) = match self.config.source.clone() {
             None => {
-                tokio::task::spawn_blocking(move || startup::load(&spec, &db, seed.as_deref()))
-                    .await??
+                tokio::task::spawn_blocking(move || {
+                    startup::load(&spec, analysis, &db, seed.as_deref())
+                })
+                .await??
             }
             Some(source) => return self.load_replica(spec, source).await,
         };
@@ -288,7 +291,9 @@ impl Running {
         spec: PackSpec,
         source: super::config::SourceConfig,
     ) -> Result<(), ServeError> {
-        let pack = tokio::task::spawn_blocking(move || super::gate::load(&spec)).await??;
+        let analysis = self.config.analysis;
+        let pack =
+            tokio::task::spawn_blocking(move || super::gate::load(&spec, analysis)).await??;
         let replica = Arc::new(
             Replica::new(self.engine.clone(), &self.config.db, source)
                 .map_err(|e| ServeError::State(e.into()))?,

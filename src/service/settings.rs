@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::config::{DecisionLog, ServeConfig, SourceConfig, TlsFiles};
 use super::error::SettingsError;
+use super::gate::Analysis;
 use super::state::Limits;
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::pack::PackSpec;
@@ -176,6 +177,11 @@ pub struct ServeSettings {
     /// (`https://authz.example.com`; '': the scheme and the request's Host).
     #[arg(long, env = "BLUE_AUTHZ_HTTP_PUBLIC_URL", default_value = "")]
     pub http_public_url: String,
+    /// Whether a policy set must have its invariants proved (with cvc5) to serve: `required`
+    /// refuses to load without the solver; `optional` loads on validation and tests when the
+    /// solver is missing, and says so. A failed invariant refuses the set either way.
+    #[arg(long, env = "BLUE_AUTHZ_ANALYSIS", default_value = "optional", value_parser = ["required", "optional"])]
+    pub analysis: String,
     /// Write one JSON line per decision to standard output.
     #[arg(long, env = "BLUE_AUTHZ_DECISION_LOG", default_value_t = false, action = clap::ArgAction::Set)]
     pub decision_log: bool,
@@ -360,6 +366,16 @@ impl ServeSettings {
                 format!("{} is not a fraction from 0 to 1", self.decision_log_sample),
             ));
         }
+        let analysis = match self.analysis.as_str() {
+            "required" => Analysis::Required,
+            "optional" => Analysis::Optional,
+            other => {
+                return Err(invalid(
+                    "--analysis",
+                    format!("`{other}` is not required or optional"),
+                ))
+            }
+        };
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid(
                 "--log-format",
@@ -417,6 +433,7 @@ impl ServeSettings {
                     notify: self.source_notify,
                 }),
             watch: self.watch,
+            analysis,
             config_file,
             overlays_fixed,
             tls,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::error::ServeError;
-use super::gate;
+use super::gate::{self, Analysis};
 use super::state::StateError;
 use crate::engine::error::DataError;
 use crate::engine::index::{parse_chunk, parse_entity, EntityStore, Parsed};
@@ -18,10 +18,15 @@ pub type Loaded = (Arc<PolicyPack>, EntityStore, Arc<dyn Storage>);
 
 /// Loads the pack, opens the database at `db` and builds the index (seeding an empty
 /// database from `seed`).
-pub fn load(spec: &PackSpec, db: &Path, seed: Option<&Path>) -> Result<Loaded, ServeError> {
+pub fn load(
+    spec: &PackSpec,
+    analysis: Analysis,
+    db: &Path,
+    seed: Option<&Path>,
+) -> Result<Loaded, ServeError> {
     let started = std::time::Instant::now();
-    // The same gate as a reload: a pack whose own tests fail never serves.
-    let pack = gate::load(spec)?;
+    // The same gate as a reload: a pack whose own tests or invariants fail never serves.
+    let pack = gate::load(spec, analysis)?;
     let loaded = started.elapsed();
     let storage: Arc<dyn Storage> = Arc::new(RedbStorage::open(db).map_err(StateError::from)?);
     tracing::info!(

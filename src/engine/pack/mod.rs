@@ -5,6 +5,7 @@
 mod actions;
 mod diagnostics;
 mod files;
+mod invariants;
 mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,7 @@ pub use self::diagnostics::line_col;
 use self::diagnostics::{at_policy_text, diagnostic, Captured};
 pub use self::files::overlay_names;
 use self::files::{cedar_files, read};
+pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::names::{Names, NAMES_FILE};
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
 use crate::engine::schema::{plain_type, EntitySchema};
@@ -76,6 +78,11 @@ pub struct PolicyPack {
     entity_types: hashbrown::HashMap<String, EntityTypeName>,
     /// What callers outside Cedar call the pack's types and actions (`names.toml`).
     pub names: Names,
+    /// What must hold for all data the schema allows (`invariants.toml`).
+    pub invariants: Invariants,
+    /// What the serving gate's analysis said of this pack (`proved: ...` or `skipped: ...`),
+    /// set once when it has run.
+    pub analysis: std::sync::OnceLock<String>,
 }
 
 impl PolicyPack {
@@ -201,6 +208,24 @@ impl PolicyPack {
             hasher.update([0]);
             hasher.update(text.as_bytes());
         }
+        let action_uid = |id: &str| {
+            let ty = action_type?;
+            let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id));
+            actions.contains_key(&uid).then_some(uid)
+        };
+        let (invariants, invariants_text) = invariants::load(
+            dir,
+            &invariants::Context {
+                schema: &schema,
+                action: &action_uid,
+                overlays: &available,
+            },
+        )?;
+        if let Some(text) = invariants_text {
+            hasher.update(INVARIANTS_FILE.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+        }
         let version = hex8(&hasher.finalize());
         Ok(Arc::new(PolicyPack {
             spec: spec.clone(),
@@ -213,6 +238,8 @@ impl PolicyPack {
             entity_types,
             entities,
             names,
+            invariants,
+            analysis: std::sync::OnceLock::new(),
         }))
     }
 

@@ -36,6 +36,7 @@ impl pb::policies_server::Policies for PoliciesService {
                 candidate_version: r.candidate_version.unwrap_or_default(),
                 reasons: r.reasons,
             }),
+            live_analysis: s.live_analysis,
         }))
     }
 }
