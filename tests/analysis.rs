@@ -81,8 +81,12 @@ fn check(pack: &PolicyPack, c: &Counterexample) -> bool {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("entities.json");
     std::fs::write(&file, c.entities.to_string()).unwrap();
-    let store = EntityStore::load_file(&file, &pack.entities)
-        .unwrap_or_else(|e| panic!("the counterexample's entities do not load: {e}\n{}", c.entities));
+    let store = EntityStore::load_file(&file, &pack.entities).unwrap_or_else(|e| {
+        panic!(
+            "the counterexample's entities do not load: {e}\n{}",
+            c.entities
+        )
+    });
     let (pt, pid) = split(&c.principal);
     let (rt, rid) = split(&c.resource);
     let context = c.context.to_string();
@@ -118,7 +122,10 @@ fn condition_holds(pack: &PolicyPack, id: &str, c: &Counterexample) -> bool {
         Some(&pack.schema),
     )
     .unwrap();
-    Authorizer::new().is_authorized(&req, reference, &entities).decision() == Decision::Allow
+    Authorizer::new()
+        .is_authorized(&req, reference, &entities)
+        .decision()
+        == Decision::Allow
 }
 
 #[test]
@@ -152,7 +159,11 @@ fn each_mutation_fails_its_invariant_with_a_counterexample_check_confirms() {
     let cases: [(Mutate, &str, &[&str]); 3] = [
         (client_deletes, "project.adminOnly", &[]),
         (invite_loses_check, "people.inviteNeverAboveInviter", &[]),
-        (overlay_grants, "overlays.onlyRestrict", &["clients-read-only"]),
+        (
+            overlay_grants,
+            "overlays.onlyRestrict",
+            &["clients-read-only"],
+        ),
     ];
     for (mutate, invariant, overlays) in cases {
         let (_tmp, dir) = copy();
@@ -160,7 +171,12 @@ fn each_mutation_fails_its_invariant_with_a_counterexample_check_confirms() {
         let pack = load(&dir, overlays);
         let report = analysis::analyze(&pack).unwrap();
         let failed: Vec<&str> = report.failed().iter().map(|f| f.id.as_str()).collect();
-        assert_eq!(failed, vec![invariant], "{invariant}: {:#?}", report.failed());
+        assert_eq!(
+            failed,
+            vec![invariant],
+            "{invariant}: {:#?}",
+            report.failed()
+        );
         let f = report.failed()[0];
         let c = f.counterexample.as_ref().expect("a counterexample");
         println!("{invariant}: {}", f.reason().unwrap());
@@ -194,7 +210,12 @@ fn diff_names_exactly_the_changed_actions() {
     let cases: [(Mutate, &[&str], &str, &str); 3] = [
         (client_deletes, &[], "deleteProject", "may now"),
         (invite_loses_check, &[], "inviteMember", "may now"),
-        (overlay_grants, &["clients-read-only"], "editWiki", "may now"),
+        (
+            overlay_grants,
+            &["clients-read-only"],
+            "editWiki",
+            "may now",
+        ),
     ];
     for (mutate, overlays, action, verb) in cases {
         let (_tmp, dir) = copy();
@@ -202,13 +223,32 @@ fn diff_names_exactly_the_changed_actions() {
         mutate(&dir);
         let after = load(&dir, overlays);
         let d = analysis::diff(&before, &after).unwrap();
-        assert_eq!(d.changed_actions(), vec![action.to_string()], "{:#?}", d.lines());
+        assert_eq!(
+            d.changed_actions(),
+            vec![action.to_string()],
+            "{:#?}",
+            d.lines()
+        );
         let change = &d.changed[0];
-        let allowed = change.newly_allowed.as_ref().expect("something newly allowed");
-        assert!(change.newly_denied.is_none(), "{:#?}", d.lines());
+        let allowed = change
+            .newly_allowed
+            .as_ref()
+            .expect("something newly allowed");
+        // For all data, a changed condition may also deny someone it allowed (an admin
+        // outside an unchained client group): when it says so, that is real too.
+        if let Some(denied) = &change.newly_denied {
+            println!("{}", denied.words);
+            assert!(denied.words.contains("may no longer"), "{}", denied.words);
+            assert!(!check(&after, &denied.counterexample));
+            assert!(check(&before, &denied.counterexample));
+        }
         println!("{}", allowed.words);
         assert!(allowed.words.contains(verb), "{}", allowed.words);
-        assert!(allowed.words.contains(&format!("`{action}`")), "{}", allowed.words);
+        assert!(
+            allowed.words.contains(&format!("`{action}`")),
+            "{}",
+            allowed.words
+        );
         // The counterexample is real: the new set allows it, the old one denies it.
         assert!(check(&after, &allowed.counterexample));
         assert!(!check(&before, &allowed.counterexample));
@@ -217,4 +257,140 @@ fn diff_names_exactly_the_changed_actions() {
         assert_eq!(json["changed"][0]["action"], action);
         assert!(json["changed"][0]["newly_allowed"]["counterexample"]["entities"].is_array());
     }
+}
+
+/// The suite updated as a careless author would, so that the tests pass and only the
+/// invariant stands between the mutation and production.
+fn client_deletes_with_tests_updated(dir: &Path) {
+    client_deletes(dir);
+    edit(
+        &dir.join("tests/project.toml"),
+        "expect = { ada = \"allow project.delete\", max = \"deny\", cleo = \"deny\",",
+        "expect = { ada = \"allow project.delete\", max = \"allow project.delete\", cleo = \"allow project.delete\",",
+    );
+}
+
+#[test]
+fn the_tests_alone_would_pass_the_mutation() {
+    let (_tmp, dir) = copy();
+    client_deletes_with_tests_updated(&dir);
+    let report = blue_authz::authoring::suite::run(&PackSpec::new(&dir, &[])).unwrap();
+    assert!(report.failed().is_empty(), "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_refuses_it() {
+    use blue_authz::service::gate::Analysis;
+    use blue_authz::service::grpc::pb::{
+        self, authorizer_client::AuthorizerClient, policies_client::PoliciesClient,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    if !solver_or_skip("a_reload_that_breaks_an_invariant_is_rejected") {
+        return;
+    }
+    let (tmp, dir) = copy();
+    let mut cfg = common::config(tmp.path(), blue_authz::service::server::Limits::default());
+    cfg.pack = PackSpec::new(&dir, &[]);
+    cfg.analysis = Analysis::Required;
+    let mut running = blue_authz::service::server::start(cfg).await.unwrap();
+    running.load().await.unwrap();
+    let url = format!("http://{}", running.addr.unwrap());
+    let decisions = AuthorizerClient::connect(url.clone()).await.unwrap();
+    let mut status = PoliciesClient::connect(url).await.unwrap();
+    let before = status
+        .get_policy_status(pb::GetPolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        before
+            .live_analysis
+            .starts_with("proved: 8 invariants hold"),
+        "{}",
+        before.live_analysis
+    );
+
+    // Decisions flow all along; any failed call, or any ALLOW for the client, fails the test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flow = {
+        let mut c = decisions.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .is_authorized(common::ask(
+                        "cleo",
+                        "deleteProject",
+                        "Blue::Project",
+                        "apollo",
+                    ))
+                    .await
+                    .expect("a call failed during the reload")
+                    .into_inner();
+                assert_eq!(r.decision, pb::Decision::Deny as i32, "the mutation served");
+                calls += 1;
+            }
+            calls
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client_deletes_with_tests_updated(&dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let s = status
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.reloads_rejected > 0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mutation was never rejected: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let calls = flow.await.unwrap();
+    assert!(calls > 20, "{calls} calls");
+    assert_eq!(after.live_version, before.live_version);
+    assert_eq!(after.reloads_accepted, 0);
+    let reasons = after.last_rejection.unwrap().reasons.join("\n");
+    assert!(
+        reasons.contains("invariant project.adminOnly fails at"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("counterexample {"), "{reasons}");
+    running.shutdown().await.unwrap();
+
+    // Start-up refuses the same directory: the real binary exits non-zero naming the invariant.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+        .args(["--policies", dir.to_str().unwrap(), "serve"])
+        .args(["--db", tmp.path().join("fresh.redb").to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "",
+            "--http-listen",
+            "",
+        ])
+        .args(["--seed", "", "--analysis", "required"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "start-up served the mutation: {stderr}"
+    );
+    assert!(
+        stderr.contains("invariant project.adminOnly fails"),
+        "{stderr}"
+    );
 }

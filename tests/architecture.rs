@@ -127,7 +127,11 @@ fn rooms_reach_only_the_rooms_below_them() {
         ("files", &[][..]),
         ("storage", &["engine"][..]),
         ("authoring", &["engine", "files"][..]),
-        ("service", &["engine", "files", "storage", "authoring"][..]),
+        ("analysis", &["engine"][..]),
+        (
+            "service",
+            &["engine", "files", "storage", "authoring", "analysis"][..],
+        ),
         ("bench", &["engine", "service"][..]),
         (
             "cli",
@@ -136,6 +140,7 @@ fn rooms_reach_only_the_rooms_below_them() {
                 "files",
                 "storage",
                 "authoring",
+                "analysis",
                 "service",
                 "bench",
             ][..],

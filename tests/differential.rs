@@ -20,8 +20,8 @@ use blue_authz::engine::index::EntityStore;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::engine::request::{self, RawRequest, UidRef};
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request, Schema, ValidationMode,
+    Validator,
 };
 use serde_json::{json, Value};
 
@@ -87,15 +87,18 @@ impl Rng2 {
 struct Rng2(Rng);
 
 fn shape(rng: &mut Rng2) -> Shape {
-    let mut attrs = |list: &[(&'static str, Ty)], rng: &mut Rng2| -> Vec<Attr> {
-        list.iter()
-            .filter(|_| rng.chance(85))
-            .map(|&(name, ty)| Attr {
-                name,
-                ty,
-                optional: rng.chance(35),
-            })
-            .collect()
+    let attrs = |list: &[(&'static str, Ty)], rng: &mut Rng2| -> Vec<Attr> {
+        let mut out = Vec::new();
+        for &(name, ty) in list {
+            if rng.chance(85) {
+                out.push(Attr {
+                    name,
+                    ty,
+                    optional: rng.chance(35),
+                });
+            }
+        }
+        out
     };
     Shape {
         user: attrs(
@@ -189,7 +192,7 @@ impl Gen<'_> {
 
     /// An expression of `ty` made from `base` (an entity expression) and its attributes,
     /// guarded by `has` where optional: returns (guard, value).
-    fn from_entity(&mut self, base: &EntExpr, ty: Ty, depth: usize) -> Option<(String, String)> {
+    fn attr_value(&mut self, base: &EntExpr, ty: Ty, depth: usize) -> Option<(String, String)> {
         let candidates: Vec<(&'static str, Ty, bool)> = self
             .attrs_of(base.ty)
             .iter()
@@ -207,7 +210,7 @@ impl Gen<'_> {
                 text: format!("{}.{name}", base.text),
                 ty: hop_ty,
             };
-            let (g, v) = self.from_entity(&next, ty, depth - 1)?;
+            let (g, v) = self.attr_value(&next, ty, depth - 1)?;
             let guard = if optional {
                 join_guard(&format!("{} has {name}", base.text), &g)
             } else {
@@ -257,7 +260,7 @@ impl Gen<'_> {
             let found = if base.ty == Ty::Ctx {
                 self.context_value(ty)
             } else {
-                self.from_entity(&base, ty, depth)
+                self.attr_value(&base, ty, depth)
             };
             if let Some(found) = found {
                 return found;
@@ -313,7 +316,7 @@ impl Gen<'_> {
                 let op = *self.rng.pick(&["<", "<=", ">", ">=", "==", "!="]);
                 let (ga, a) = self.value(Ty::Long, 1);
                 let (gb, b) = self.value(Ty::Long, 1);
-                if self.outside && self.rng.chance(20) {
+                if self.outside && self.rng.chance(40) {
                     // Arithmetic: outside the plans' subset.
                     let k = self.rng.below(3);
                     return guarded(&join_guard(&ga, &gb), &format!("{a} + {k} {op} {b}"));
@@ -375,7 +378,7 @@ impl Gen<'_> {
                     self.rng.pick(&ACTIONS)
                 ),
                 _ => {
-                    if self.outside && self.rng.chance(30) {
+                    if self.outside && self.rng.chance(60) {
                         // An extension function: outside the subset.
                         let (g, v) = self.value(Ty::Long, 1);
                         return guarded(
@@ -436,7 +439,11 @@ impl Gen<'_> {
         };
         let mut text = format!("@id(\"p.{id}\")\n{effect} {}", self.scope());
         for _ in 0..self.rng.below(3) {
-            let kind = if self.rng.chance(75) { "when" } else { "unless" };
+            let kind = if self.rng.chance(75) {
+                "when"
+            } else {
+                "unless"
+            };
             let depth = self.rng.below(3);
             let c = self.cond(depth);
             let _ = write!(text, "\n{kind} {{ {c} }}");
@@ -472,7 +479,9 @@ fn json_value(rng: &mut Rng2, ty: Ty) -> Value {
             // u5 never exists: a dangling reference.
             json!({"__entity": {"type": "G::U", "id": format!("u{}", rng.below(USERS + 1))}})
         }
-        Ty::Group => json!({"__entity": {"type": "G::Grp", "id": format!("g{}", rng.below(GROUPS))}}),
+        Ty::Group => {
+            json!({"__entity": {"type": "G::Grp", "id": format!("g{}", rng.below(GROUPS))}})
+        }
         Ty::Resource | Ty::Ctx => unreachable!("not a value type"),
         Ty::Strings => {
             let mut items: Vec<&str> = Vec::new();
@@ -550,7 +559,7 @@ fn run(seed: u64, packs: usize) -> Tally {
         let schema_src = schema_text(&shape);
         let (schema, _) = Schema::from_cedarschema_str(&schema_src).unwrap();
         let validator = Validator::new(schema.clone());
-        let outside = rng.chance(30);
+        let outside = rng.chance(50);
         let mut policies = String::new();
         let mut kept = 0;
         for i in 0..(2 + rng.below(6)) {
@@ -563,8 +572,7 @@ fn run(seed: u64, packs: usize) -> Tally {
             let set = PolicySet::from_str(&text)
                 .unwrap_or_else(|e| panic!("generated policy does not parse: {e}\n{text}"));
             let v = validator.validate(&set, ValidationMode::Strict);
-            if v.validation_errors().next().is_some() || v.validation_warnings().next().is_some()
-            {
+            if v.validation_errors().next().is_some() || v.validation_warnings().next().is_some() {
                 t.refused += 1;
                 continue;
             }
@@ -590,9 +598,16 @@ fn run(seed: u64, packs: usize) -> Tally {
                 .unwrap_or_else(|e| panic!("generated store does not load: {e}\n{data}"));
             let all = Entities::from_json_value(data.clone(), Some(&schema)).unwrap();
             for _ in 0..30 {
-                decide_one(&mut rng, &pack, &schema, &store, &all, &shape, &mut t, || {
-                    format!("schema:\n{schema_src}\npolicies:\n{policies}\nentities:\n{data}")
-                });
+                decide_one(
+                    &mut rng,
+                    &pack,
+                    &schema,
+                    &store,
+                    &all,
+                    &shape,
+                    &mut t,
+                    || format!("schema:\n{schema_src}\npolicies:\n{policies}\nentities:\n{data}"),
+                );
             }
         }
     }
@@ -671,7 +686,11 @@ fn decide_one(
     assert_eq!(ours.determining, reasons, "determining differ: {}", what());
     assert_eq!(our_errors, errors, "errors differ: {}", what());
     if let Some(plan) = decide::decide_by_plan_only(pack, store, &checked) {
-        assert!(errors.is_empty(), "a plan answered where Cedar errs: {}", what());
+        assert!(
+            errors.is_empty(),
+            "a plan answered where Cedar errs: {}",
+            what()
+        );
         assert_eq!(plan.allow, ours.allow, "plan differs: {}", what());
         assert_eq!(plan.determining, reasons, "plan determining: {}", what());
         t.plan_answered += 1;

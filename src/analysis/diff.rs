@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::counterexample::Counterexample;
-use super::prove::Prover;
+use super::prove::{Named, Prover};
 use super::run::block_on;
 use super::{words, AnalysisError};
 use crate::engine::pack::PolicyPack;
@@ -45,9 +45,8 @@ impl DiffReport {
     /// The report as JSON, for CI.
     pub fn to_json(&self) -> Value {
         let change = |c: &Option<Change>| {
-            c.as_ref().map(|c| {
-                json!({"words": c.words, "counterexample": c.counterexample.to_json()})
-            })
+            c.as_ref()
+                .map(|c| json!({"words": c.words, "counterexample": c.counterexample.to_json()}))
         };
         json!({
             "changed": self.changed.iter().map(|a| json!({
@@ -107,7 +106,7 @@ fn env_name(env: &cedar_policy::RequestEnv) -> String {
 async fn diff_async(old: &PolicyPack, new: &PolicyPack) -> Result<DiffReport, AnalysisError> {
     let started = Instant::now();
     let old_envs: Vec<String> = old.schema.request_envs().map(|e| env_name(&e)).collect();
-    let mut prover = Prover::new(&new.schema)?;
+    let mut prover = Prover::new(&new.schema, &new.schema_version)?;
     let new_envs = prover.envs_of(&[]);
     let new_names: Vec<String> = new_envs.iter().map(env_name).collect();
     let mut report = DiffReport {
@@ -121,16 +120,18 @@ async fn diff_async(old: &PolicyPack, new: &PolicyPack) -> Result<DiffReport, An
         only_new: Vec::new(),
         elapsed: Duration::ZERO,
     };
+    let (o, n) = (
+        Named::new("old", &old.policies),
+        Named::new("new", &new.policies),
+    );
     for (env, name) in new_envs.iter().zip(&new_names) {
         if !old_envs.contains(name) {
             report.only_new.push(name.clone());
             continue;
         }
         let what = format!("the diff of {name}");
-        let o = prover.compile(&old.policies, env, "old", &what)?;
-        let n = prover.compile(&new.policies, env, "new", &what)?;
-        let allowed = prover.implies(n.as_ref(), o.as_ref(), &what).await?;
-        let denied = prover.implies(o.as_ref(), n.as_ref(), &what).await?;
+        let allowed = prover.implies(&n, &o, env, &what).await?;
+        let denied = prover.implies(&o, &n, env, &what).await?;
         if allowed.is_none() && denied.is_none() {
             report.unchanged.push(name.clone());
             continue;

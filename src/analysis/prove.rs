@@ -3,12 +3,14 @@
 //! entity store it allows. One solver process serves a whole run; each pack is compiled once
 //! per environment.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cedar_policy::{ActionConstraint, Policy, PolicySet, RequestEnv, Schema};
+use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicySet, RequestEnv, Schema};
 use cedar_policy_symcc::solver::LocalSolver;
 use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet};
+use sha2::{Digest, Sha256};
 
 use super::counterexample::Counterexample;
 use super::run::block_on;
@@ -35,10 +37,7 @@ impl Finding {
     pub fn line(&self) -> String {
         let ms = self.elapsed.as_millis();
         match &self.failed_at {
-            None => format!(
-                "ok   {} ({} queries, {ms} ms)",
-                self.id, self.queries
-            ),
+            None => format!("ok   {} ({} queries, {ms} ms)", self.id, self.queries),
             Some(at) => format!("FAIL {} at {at} ({ms} ms)", self.id),
         }
     }
@@ -65,6 +64,9 @@ pub struct Report {
     pub invariants: usize,
     /// How many policies were proved never to error (when that property is on).
     pub never_errors_policies: usize,
+    /// Queries the solver answered (the others were proved before, in this process, for the
+    /// same policies, or held because both sides had the same policies).
+    pub solved: usize,
     pub elapsed: Duration,
 }
 
@@ -83,8 +85,8 @@ impl Report {
         let secs = self.elapsed.as_secs_f64();
         if failed == 0 {
             format!(
-                "{} invariants hold, {} policies never error ({secs:.1} s)",
-                self.invariants, self.never_errors_policies
+                "{} invariants hold, {} policies never error ({} solver queries, {secs:.1} s)",
+                self.invariants, self.never_errors_policies, self.solved
             )
         } else {
             format!(
@@ -102,7 +104,7 @@ pub fn analyze(pack: &PolicyPack) -> Result<Report, AnalysisError> {
 
 async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
     let started = Instant::now();
-    let mut cx = Prover::new(&pack.schema)?;
+    let mut cx = Prover::new(&pack.schema, &pack.schema_version)?;
     let mut findings = Vec::new();
     for inv in &pack.invariants.list {
         let t = Instant::now();
@@ -119,43 +121,40 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
             Property::AllowedOnlyWhen {
                 actions, reference, ..
             } => {
-                'outer: for env in cx.envs_of(actions) {
+                let live = Named::new("pack", &pack.policies);
+                let reference = Named::new(&format!("invariant:{}", inv.id), reference);
+                for env in cx.envs_of(actions) {
                     let what = format!("{} on {}", env.action(), env.resource());
-                    let live = cx.compile(&pack.policies, &env, "pack", &what)?;
-                    let refp = cx.compile_fresh(reference, &env, &what)?;
                     f.queries += 1;
-                    if let Some(cex) = cx.implies(live.as_ref(), refp.as_ref(), &what).await? {
-                        f.fail(&env, cex, &what)?;
-                        break 'outer;
+                    if let Some(cex) = cx.implies(&live, &reference, &env, &what).await? {
+                        f.fail(cex, &what);
+                        break;
                     }
                 }
             }
             Property::NeverAllowed { actions } => {
+                let live = Named::new("pack", &pack.policies);
                 for env in cx.envs_of(actions) {
                     let what = format!("{} on {}", env.action(), env.resource());
-                    let live = cx.compile(&pack.policies, &env, "pack", &what)?;
                     f.queries += 1;
-                    if let Some(cex) = cx.always_denies(live.as_ref(), &what).await? {
-                        f.fail(&env, cex, &what)?;
+                    if let Some(cex) = cx.always_denies(&live, &env, &what).await? {
+                        f.fail(cex, &what);
                         break;
                     }
                 }
             }
             Property::OverlaysOnlyRestrict { overlays } => {
                 let base = base_policies(pack);
+                let base = Named::new("base", &base);
                 'overlays: for name in overlays {
-                    let with = with_overlay(pack, &base, name)?;
+                    let with = with_overlay(pack, base.set, name)?;
+                    let with = Named::new(&format!("overlay:{name}"), &with);
                     for env in cx.envs_of(&[]) {
-                        let what = format!(
-                            "overlay {name}, {} on {}",
-                            env.action(),
-                            env.resource()
-                        );
-                        let w = cx.compile(&with, &env, &format!("overlay:{name}"), &what)?;
-                        let b = cx.compile(&base, &env, "base", &what)?;
+                        let what =
+                            format!("overlay {name}, {} on {}", env.action(), env.resource());
                         f.queries += 1;
-                        if let Some(cex) = cx.implies(w.as_ref(), b.as_ref(), &what).await? {
-                            f.fail(&env, cex, &what)?;
+                        if let Some(cex) = cx.implies(&with, &base, &env, &what).await? {
+                            f.fail(cex, &what);
                             break 'overlays;
                         }
                     }
@@ -182,16 +181,9 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
             };
             for env in cx.envs_of_policy(policy) {
                 let what = format!("policy {id}, {} on {}", env.action(), env.resource());
-                let compiled = CompiledPolicy::compile(policy, &env, cx.schema)
-                    .map_err(|e| symcc(&what, e))?;
                 f.queries += 1;
-                let found = cx
-                    .compiler
-                    .check_never_errors_with_counterexample_opt(&compiled)
-                    .await
-                    .map_err(|e| symcc(&what, e))?;
-                if let Some(env_found) = found {
-                    f.fail(&env, Counterexample::from_env(&env_found, &what)?, &what)?;
+                if let Some(cex) = cx.never_errors(policy, &env, &what).await? {
+                    f.fail(cex, &what);
                     break;
                 }
             }
@@ -207,48 +199,67 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
         findings,
         invariants: pack.invariants.list.len(),
         never_errors_policies,
+        solved: cx.solved,
         elapsed: started.elapsed(),
     })
 }
 
 impl Finding {
-    fn fail(
-        &mut self,
-        env: &RequestEnv,
-        cex: Counterexample,
-        what: &str,
-    ) -> Result<(), AnalysisError> {
-        let _ = env;
+    fn fail(&mut self, cex: Counterexample, what: &str) {
         self.holds = false;
         self.failed_at = Some(what.to_string());
         self.counterexample = Some(cex);
-        Ok(())
     }
+}
+
+/// A policy set with the name its compilations are cached under in one run.
+pub(super) struct Named<'a> {
+    name: String,
+    pub set: &'a PolicySet,
+}
+
+impl<'a> Named<'a> {
+    pub fn new(name: &str, set: &'a PolicySet) -> Self {
+        Named {
+            name: name.to_string(),
+            set,
+        }
+    }
+}
+
+/// Queries known to hold, by the digest of everything they depend on (the query's kind, the
+/// schema, the request environment and the text of every policy that can apply to it): a
+/// reload that changes one action's policies re-proves only that action. Failures are not
+/// kept (their counterexample is asked for again).
+static HOLDS: Mutex<Option<HashSet<[u8; 32]>>> = Mutex::new(None);
+
+fn known_to_hold(key: &[u8; 32]) -> bool {
+    HOLDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|h| h.contains(key))
+}
+
+fn remember(key: [u8; 32]) {
+    HOLDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(key);
 }
 
 /// The solver session and the per-environment compilation cache of one run.
 pub(super) struct Prover<'s> {
     pub schema: &'s Schema,
-    pub compiler: CedarSymCompiler<LocalSolver>,
+    schema_version: String,
+    compiler: CedarSymCompiler<LocalSolver>,
     envs: Vec<RequestEnv>,
     /// Each action's groups (its ancestors among the schema's actions).
-    action_groups: HashMap<cedar_policy::EntityUid, Vec<cedar_policy::EntityUid>>,
-    cache: HashMap<(String, String), std::sync::Arc<CompiledPolicySet>>,
-}
-
-/// A compiled set that is shared from the cache or made for one query.
-pub(super) enum Compiled {
-    Shared(std::sync::Arc<CompiledPolicySet>),
-    Own(CompiledPolicySet),
-}
-
-impl AsRef<CompiledPolicySet> for Compiled {
-    fn as_ref(&self) -> &CompiledPolicySet {
-        match self {
-            Compiled::Shared(c) => c,
-            Compiled::Own(c) => c,
-        }
-    }
+    action_groups: HashMap<EntityUid, Vec<EntityUid>>,
+    cache: HashMap<(String, String), Arc<CompiledPolicySet>>,
+    /// Queries sent to the solver (the rest were known to hold, or held trivially).
+    pub solved: usize,
 }
 
 pub(super) fn symcc(what: &str, e: impl std::fmt::Display) -> AnalysisError {
@@ -263,7 +274,7 @@ fn env_key(env: &RequestEnv) -> String {
 }
 
 impl<'s> Prover<'s> {
-    pub fn new(schema: &'s Schema) -> Result<Self, AnalysisError> {
+    pub fn new(schema: &'s Schema, schema_version: &str) -> Result<Self, AnalysisError> {
         let compiler = CedarSymCompiler::new(solver::start()?).map_err(|e| symcc("solver", e))?;
         let mut envs: Vec<RequestEnv> = schema.request_envs().collect();
         envs.sort_by_key(env_key);
@@ -282,15 +293,17 @@ impl<'s> Prover<'s> {
             .collect();
         Ok(Prover {
             schema,
+            schema_version: schema_version.to_string(),
             compiler,
             envs,
             action_groups,
             cache: HashMap::new(),
+            solved: 0,
         })
     }
 
     /// The environments of these actions (all environments when `actions` is empty).
-    pub fn envs_of(&self, actions: &[cedar_policy::EntityUid]) -> Vec<RequestEnv> {
+    pub fn envs_of(&self, actions: &[EntityUid]) -> Vec<RequestEnv> {
         self.envs
             .iter()
             .filter(|e| actions.is_empty() || actions.contains(e.action()))
@@ -298,91 +311,161 @@ impl<'s> Prover<'s> {
             .collect()
     }
 
-    /// The environments a policy's scope can match (by its action constraint).
-    fn envs_of_policy(&self, policy: &Policy) -> Vec<RequestEnv> {
+    /// Whether a policy's action scope can match `env`'s action.
+    fn applies(&self, policy: &Policy, env: &RequestEnv) -> bool {
         match policy.action_constraint() {
-            ActionConstraint::Any => self.envs.clone(),
-            ActionConstraint::Eq(a) => self.envs_of(std::slice::from_ref(&a)),
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == env.action(),
+            // An action group matches its members.
             ActionConstraint::In(list) => {
-                // An action group matches its members: keep environments whose action is listed
-                // or descends from a listed group.
-                self.envs
-                    .iter()
-                    .filter(|e| {
-                        list.contains(e.action())
-                            || self
-                                .action_groups
-                                .get(e.action())
-                                .is_some_and(|groups| groups.iter().any(|g| list.contains(g)))
-                    })
-                    .cloned()
-                    .collect()
+                list.contains(env.action())
+                    || self
+                        .action_groups
+                        .get(env.action())
+                        .is_some_and(|groups| groups.iter().any(|g| list.contains(g)))
             }
         }
     }
 
-    /// `set` compiled for `env`, cached under `name` (one name per policy set of a run).
-    pub fn compile(
-        &mut self,
-        set: &PolicySet,
-        env: &RequestEnv,
-        name: &str,
-        what: &str,
-    ) -> Result<Compiled, AnalysisError> {
-        let key = (name.to_string(), env_key(env));
-        if let Some(c) = self.cache.get(&key) {
-            return Ok(Compiled::Shared(c.clone()));
+    /// The environments a policy's scope can match (by its action constraint).
+    fn envs_of_policy(&self, policy: &Policy) -> Vec<RequestEnv> {
+        self.envs
+            .iter()
+            .filter(|e| self.applies(policy, e))
+            .cloned()
+            .collect()
+    }
+
+    /// The text of the policies of `set` that can apply to `env`, sorted by id.
+    fn relevant(&self, set: &PolicySet, env: &RequestEnv) -> String {
+        let mut parts: Vec<(String, String)> = set
+            .policies()
+            .filter(|p| self.applies(p, env))
+            .map(|p| (p.id().to_string(), p.to_string()))
+            .collect();
+        parts.sort();
+        parts
+            .into_iter()
+            .map(|(id, text)| format!("{id}\u{0}{text}\u{0}"))
+            .collect()
+    }
+
+    fn key(&self, kind: &str, env: &RequestEnv, parts: &[&str]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for piece in [kind, &self.schema_version, &env_key(env)] {
+            h.update(piece.as_bytes());
+            h.update([0xff]);
         }
-        let c = std::sync::Arc::new(
-            CompiledPolicySet::compile(set, env, self.schema).map_err(|e| symcc(what, e))?,
+        for p in parts {
+            h.update(p.as_bytes());
+            h.update([0xff]);
+        }
+        h.finalize().into()
+    }
+
+    /// `set` compiled for `env`, cached under its name.
+    fn compile(
+        &mut self,
+        set: &Named<'_>,
+        env: &RequestEnv,
+        what: &str,
+    ) -> Result<Arc<CompiledPolicySet>, AnalysisError> {
+        let key = (set.name.clone(), env_key(env));
+        if let Some(c) = self.cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            CompiledPolicySet::compile(set.set, env, self.schema).map_err(|e| symcc(what, e))?,
         );
         self.cache.insert(key, c.clone());
-        Ok(Compiled::Shared(c))
+        Ok(c)
     }
 
-    /// `set` compiled for `env`, not cached.
-    pub fn compile_fresh(
-        &self,
-        set: &PolicySet,
-        env: &RequestEnv,
-        what: &str,
-    ) -> Result<Compiled, AnalysisError> {
-        Ok(Compiled::Own(
-            CompiledPolicySet::compile(set, env, self.schema).map_err(|e| symcc(what, e))?,
-        ))
-    }
-
-    /// A request `a` allows and `b` denies, if there is one.
+    /// A request in `env` that `a` allows and `b` denies, if there is one.
     pub async fn implies(
         &mut self,
-        a: &CompiledPolicySet,
-        b: &CompiledPolicySet,
+        a: &Named<'_>,
+        b: &Named<'_>,
+        env: &RequestEnv,
         what: &str,
     ) -> Result<Option<Counterexample>, AnalysisError> {
+        let (ra, rb) = (self.relevant(a.set, env), self.relevant(b.set, env));
+        if ra == rb {
+            // The same policies decide the same way.
+            return Ok(None);
+        }
+        let key = self.key("implies", env, &[&ra, &rb]);
+        if known_to_hold(&key) {
+            return Ok(None);
+        }
+        let (ca, cb) = (self.compile(a, env, what)?, self.compile(b, env, what)?);
+        self.solved += 1;
         let found = self
             .compiler
-            .check_implies_with_counterexample_opt(a, b)
+            .check_implies_with_counterexample_opt(&ca, &cb)
             .await
             .map_err(|e| symcc(what, e))?;
-        found
-            .map(|env| Counterexample::from_env(&env, what))
-            .transpose()
+        self.settle(key, found, what)
     }
 
-    /// A request `a` allows, if there is one.
+    /// A request in `env` that `a` allows, if there is one.
     pub async fn always_denies(
         &mut self,
-        a: &CompiledPolicySet,
+        a: &Named<'_>,
+        env: &RequestEnv,
         what: &str,
     ) -> Result<Option<Counterexample>, AnalysisError> {
+        let ra = self.relevant(a.set, env);
+        let key = self.key("always_denies", env, &[&ra]);
+        if known_to_hold(&key) {
+            return Ok(None);
+        }
+        let ca = self.compile(a, env, what)?;
+        self.solved += 1;
         let found = self
             .compiler
-            .check_always_denies_with_counterexample_opt(a)
+            .check_always_denies_with_counterexample_opt(&ca)
             .await
             .map_err(|e| symcc(what, e))?;
-        found
-            .map(|env| Counterexample::from_env(&env, what))
-            .transpose()
+        self.settle(key, found, what)
+    }
+
+    /// A request in `env` on which `policy` errors, if there is one.
+    pub async fn never_errors(
+        &mut self,
+        policy: &Policy,
+        env: &RequestEnv,
+        what: &str,
+    ) -> Result<Option<Counterexample>, AnalysisError> {
+        let text = policy.to_string();
+        let key = self.key("never_errors", env, &[&text]);
+        if known_to_hold(&key) {
+            return Ok(None);
+        }
+        let compiled =
+            CompiledPolicy::compile(policy, env, self.schema).map_err(|e| symcc(what, e))?;
+        self.solved += 1;
+        let found = self
+            .compiler
+            .check_never_errors_with_counterexample_opt(&compiled)
+            .await
+            .map_err(|e| symcc(what, e))?;
+        self.settle(key, found, what)
+    }
+
+    fn settle(
+        &self,
+        key: [u8; 32],
+        found: Option<cedar_policy_symcc::Env>,
+        what: &str,
+    ) -> Result<Option<Counterexample>, AnalysisError> {
+        match found {
+            None => {
+                remember(key);
+                Ok(None)
+            }
+            Some(env) => Counterexample::from_env(&env, what).map(Some),
+        }
     }
 }
 
@@ -414,7 +497,11 @@ fn with_overlay(
         name: name.to_string(),
         message: e.to_string(),
     })?;
-    let file = pack.spec.dir.join(OVERLAY_DIR).join(format!("{name}.cedar"));
+    let file = pack
+        .spec
+        .dir
+        .join(OVERLAY_DIR)
+        .join(format!("{name}.cedar"));
     let mut out = base.clone();
     for p in loaded.policies.policies() {
         if loaded.origin.get(&p.id().to_string()) == Some(&file) {

@@ -25,13 +25,16 @@ pub fn solver_path() -> Option<PathBuf> {
 /// A fresh solver process (each query bounded to one minute of wall time).
 pub(super) fn start() -> Result<LocalSolver, AnalysisError> {
     let Some(path) = solver_path() else {
-        return Err(AnalysisError::NoSolver(match std::env::var_os(SOLVER_ENV) {
-            Some(p) => format!("{SOLVER_ENV}={} is not a file", PathBuf::from(p).display()),
-            None => "no `cvc5` on the PATH".into(),
-        }));
+        return Err(AnalysisError::NoSolver(
+            match std::env::var_os(SOLVER_ENV) {
+                Some(p) => format!("{SOLVER_ENV}={} is not a file", PathBuf::from(p).display()),
+                None => "no `cvc5` on the PATH".into(),
+            },
+        ));
     };
     let mut cmd = tokio::process::Command::new(&path);
-    cmd.args(["--lang", "smt", "--tlimit-per=60000"]).kill_on_drop(true);
+    cmd.args(["--lang", "smt", "--tlimit-per=60000"])
+        .kill_on_drop(true);
     LocalSolver::from_command(&mut cmd)
         .map_err(|e| AnalysisError::NoSolver(format!("cannot start {}: {e}", path.display())))
 }

@@ -110,17 +110,28 @@ pub(super) fn principal_phrase(cex: &Counterexample) -> String {
     let r_ty = short_type(r);
     let mut attrs = Vec::new();
     store.entity_attrs(r, r_ty, 2, &mut attrs);
+    // The resource's own attributes first; those of its attributes' entities only where the
+    // principal stands in no relation to the resource's own.
     let mut is = Vec::new();
     let mut inside = Vec::new();
     let mut outside = Vec::new();
+    let mut deeper_inside = Vec::new();
     for (path, target) in &attrs {
+        let direct = path.matches('.').count() == 1;
         if target == p {
             is.push(path.clone());
         } else if store.is_in(p, target) {
-            inside.push(path.clone());
-        } else if target != r {
+            if direct {
+                inside.push(path.clone());
+            } else {
+                deeper_inside.push(path.clone());
+            }
+        } else if target != r && direct {
             outside.push(path.clone());
         }
+    }
+    if is.is_empty() && inside.is_empty() {
+        inside = deeper_inside;
     }
     let mut phrase = format!("a `{}`", short_type(p));
     if !is.is_empty() {
@@ -179,7 +190,10 @@ fn context_words(cex: &Counterexample) -> String {
                     .map(|(p, _)| p.clone())
                     .collect();
                 if rel.is_empty() {
-                    format!("{k}: a `{}` outside every attribute of the `{r_ty}`", short_type(&u))
+                    format!(
+                        "{k}: a `{}` outside every attribute of the `{r_ty}`",
+                        short_type(&u)
+                    )
                 } else {
                     format!("{k}: a `{}` in {}", short_type(&u), quoted(&rel))
                 }

@@ -52,7 +52,10 @@ pub fn run(spec: &PackSpec, args: AnalyzeCommand) -> Result<Exit, AnyError> {
             if let Some(why) = &f.why {
                 println!("     should hold: {why}");
             }
-            println!("     counterexample: {}", serde_json::to_string(&c.to_json())?);
+            println!(
+                "     counterexample: {}",
+                serde_json::to_string(&c.to_json())?
+            );
             let file = file.unwrap_or_else(|| "<entities.json>".into());
             println!("     confirm: {}", c.check_command(&file));
         }

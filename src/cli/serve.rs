@@ -81,6 +81,17 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
                         "policy tests: {summary}; refusing to serve a policy set whose tests fail"
                     );
                 }
+                ServeError::Gate(GateError::Invariants {
+                    failures, summary, ..
+                }) => {
+                    for f in failures {
+                        eprintln!("{f}");
+                    }
+                    eprintln!(
+                        "invariants: {summary}; refusing to serve a policy set that breaks one \
+                         (blue-authz analyze shows each counterexample)"
+                    );
+                }
                 other => eprintln!("error: {other}"),
             }
             running.shutdown().await?;

@@ -188,9 +188,7 @@ impl Reloader {
         {
             return Ok(None);
         }
-        gate::check(pack, self.analysis)
-            .map(Some)
-            .map_err(gated)
+        gate::check(pack, self.analysis).map(Some).map_err(gated)
     }
 }
 

@@ -61,7 +61,7 @@ pub enum Property {
     AllowedOnlyWhen {
         actions: Vec<EntityUid>,
         condition: String,
-        reference: PolicySet,
+        reference: Box<PolicySet>,
     },
     /// None of `actions` is ever allowed.
     NeverAllowed { actions: Vec<EntityUid> },
@@ -219,7 +219,7 @@ pub(super) fn load(
                         Ok(reference) => Property::AllowedOnlyWhen {
                             actions,
                             condition,
-                            reference,
+                            reference: Box::new(reference),
                         },
                         Err(problem) => {
                             diags.push(diag(
