@@ -394,3 +394,76 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_solver_optional_serves_and_says_so_and_required_refuses() {
+    use blue_authz::service::grpc::pb::{self, policies_client::PoliciesClient};
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = |analysis: &str, db: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"));
+        c.args([
+            "--policies",
+            root().join("policies").to_str().unwrap(),
+            "serve",
+        ])
+        .args(["--db", tmp.path().join(db).to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "",
+            "--http-listen",
+            "",
+        ])
+        .args(["--seed", "", "--watch", "false", "--analysis", analysis])
+        .env("CVC5", tmp.path().join("no-such-cvc5"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+
+    // Required: refused, saying why.
+    let out = serve("required", "a.redb").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served without its proofs: {stderr}");
+    assert!(
+        stderr.contains("is required and could not run")
+            && stderr.contains("cvc5 is not available"),
+        "{stderr}"
+    );
+
+    // Optional: serves, and the log and GetPolicyStatus say the analysis was skipped.
+    let mut child = serve("optional", "b.redb").spawn().unwrap();
+    let rx = common::log_lines(child.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut addr, mut warned) = (None, false);
+    while std::time::Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) else {
+            break;
+        };
+        if line.contains("decision service listening") {
+            addr = common::addr_in(&line);
+        }
+        warned |= line.contains("WARN") && line.contains("analysis skipped");
+        if line.contains("serving") && !line.contains("not serving") {
+            break;
+        }
+    }
+    assert!(warned, "no warning that the analysis was skipped");
+    let mut status = PoliciesClient::connect(format!("http://{}", addr.unwrap()))
+        .await
+        .unwrap();
+    let s = status
+        .get_policy_status(pb::GetPolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        s.live_analysis.starts_with("skipped: "),
+        "{}",
+        s.live_analysis
+    );
+    assert!(s.live_analysis.contains("cvc5"), "{}", s.live_analysis);
+    child.kill().unwrap();
+    let _ = child.wait();
+}

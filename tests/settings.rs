@@ -123,6 +123,7 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
         ("slice_depth", ("2", Integer(2), vec![])),
         ("worker_threads", ("3", Integer(3), vec![])),
         ("watch", ("false", Boolean(false), vec![])),
+        ("analysis", ("required", s("required"), vec![])),
     ])
 }
 
