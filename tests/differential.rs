@@ -737,3 +737,62 @@ fn long_differential_run() {
     report(&t);
     println!("in {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// The first disagreement the long run found (seed 1): a policy's entity literal on the left
+/// of `in`, decided over a slice (the arithmetic keeps the action off the plans), saw none of
+/// its ancestors, because literals were not slice seeds.
+#[test]
+fn an_entity_literal_on_the_left_of_in_sees_its_ancestors_in_a_slice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let schema_src = "namespace G {\n  entity Grp in [Grp];\n  entity U in [Grp] = { level: Long };\n  entity R;\n  action a appliesTo { principal: U, resource: R };\n}\n";
+    std::fs::write(dir.join("schema.cedarschema"), schema_src).unwrap();
+    std::fs::write(
+        dir.join("p.cedar"),
+        "@id(\"p.literal\")\npermit (principal, action, resource)\nwhen { principal.level + 1 > 0 && !(G::U::\"u4\" in G::Grp::\"g2\") };\n",
+    )
+    .unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(dir, &[])).unwrap();
+    assert!(
+        !pack.unplanned_actions().is_empty(),
+        "the action must take the slice path"
+    );
+    let data = json!([
+        {"uid": {"type": "G::Grp", "id": "g2"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "G::U", "id": "u0"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "G::U", "id": "u4"}, "attrs": {"level": 3},
+         "parents": [{"type": "G::Grp", "id": "g2"}]},
+        {"uid": {"type": "G::R", "id": "r"}, "attrs": {}, "parents": []}
+    ]);
+    let file = dir.join("entities.json");
+    std::fs::write(&file, data.to_string()).unwrap();
+    let store = EntityStore::load_file(&file, &pack.entities).unwrap();
+    let raw = RawRequest {
+        principal: UidRef {
+            ty: "G::U",
+            id: "u0",
+        },
+        action: request::action_id("a"),
+        resource: UidRef {
+            ty: "G::R",
+            id: "r",
+        },
+        context_json: "{}",
+        entities_json: "",
+    };
+    let checked = request::check(&pack, &store, &raw).unwrap();
+    let ours = decide::decide(&pack, &store, &checked, 1);
+    let schema = &pack.schema;
+    let all = Entities::from_json_value(data, Some(schema)).unwrap();
+    let req = Request::new(
+        EntityUid::from_str("G::U::\"u0\"").unwrap(),
+        EntityUid::from_str("G::Action::\"a\"").unwrap(),
+        EntityUid::from_str("G::R::\"r\"").unwrap(),
+        Context::empty(),
+        Some(schema),
+    )
+    .unwrap();
+    let theirs = Authorizer::new().is_authorized(&req, &pack.policies, &all);
+    assert_eq!(theirs.decision(), Decision::Deny);
+    assert!(!ours.allow, "{ours:?}");
+}

@@ -88,6 +88,9 @@ fn decide_via(
     seeds.push((&req.principal, &entry.needs.principal));
     seeds.push((&req.resource, &entry.needs.resource));
     seeds.extend(req.context_refs.iter().map(|r| (r, &NEED_ALL)));
+    // A policy's entity literals are entities too: `User::"x" in Group::"g"` needs the
+    // literal's ancestors in the slice (found by tests/differential.rs).
+    seeds.extend(entry.literals.iter().map(|l| (l, &NEED_ALL)));
     let request = cedar_request(
         req.request.as_ref(),
         (&req.principal, &req.action, &req.resource),
@@ -312,6 +315,7 @@ pub fn list_allowed(
     let mut seeds: Vec<(&EntityUid, &Need)> =
         vec![(principal, &needs.principal), (resource, &needs.resource)];
     seeds.extend(context_refs.iter().map(|r| (r, &NEED_ALL)));
+    seeds.extend(literals.iter().map(|l| (l, &NEED_ALL)));
     // Each action's compiled plan first; the slice is built only if some action is left.
     let mut entities = None;
     Ok(requests
