@@ -224,6 +224,39 @@ async fn http_equals_grpc_for_every_case(running: &Running, pack_dir: &Path) -> 
                 .outside_type(&u.type_name().to_string())
                 .to_string()
         };
+        let grpc_request = pb::IsAuthorizedRequest {
+            principal: uid(
+                &case.principal.type_name().to_string(),
+                case.principal.id().unescaped(),
+            ),
+            action: uid("", &case.action),
+            resource: uid(
+                &case.resource.type_name().to_string(),
+                case.resource.id().unescaped(),
+            ),
+            context_json: case.context.to_string(),
+            ..Default::default()
+        };
+        if let Some(field) = &case.expect.invalid {
+            // Refused on both edges, naming the same field.
+            let e = client.is_authorized(grpc_request).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", case.name);
+            let body = json!({
+                "subject": {"type": ty(&case.principal), "id": case.principal.id().unescaped()},
+                "action": {"name": pack.names.action_name(&case.action)},
+                "resource": {"type": ty(&case.resource), "id": case.resource.id().unescaped()},
+                "context": case.context,
+            });
+            let a = h1.post(EVALUATION, &body).await;
+            assert_eq!(a.status, 400, "{}: {}", case.name, a.body);
+            assert!(
+                a.body.to_string().contains(field.as_str()),
+                "{}: {}",
+                case.name,
+                a.body
+            );
+            continue;
+        }
         let r = client
             .is_authorized(pb::IsAuthorizedRequest {
                 principal: uid(

@@ -194,8 +194,10 @@ async fn decisions_follow_membership_and_sharing_writes_at_once() {
 async fn all_decisions(c: &mut AuthorizerClient<Channel>) -> (Vec<(i32, Vec<String>)>, u64) {
     let suites = blue_authz::authoring::suite::load_suites(&root().join("policies/tests")).unwrap();
     let cases = blue_authz::authoring::suite::effective_cases(&suites, &[]);
+    // The cases the pack refuses would fail the batch; they are checked by tests/grpc.rs.
     let requests = cases
         .iter()
+        .filter(|c| c.expect.invalid.is_none())
         .map(|c| {
             ask(
                 c.principal.id().unescaped(),

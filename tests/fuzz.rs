@@ -234,7 +234,7 @@ async fn ten_thousand_random_and_mutated_requests() {
     let mut client = AuthorizerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    for case in cases.iter().take(50) {
+    for case in cases.iter().filter(|c| c.expect.invalid.is_none()).take(50) {
         let r = client
             .is_authorized(case_request(case))
             .await

@@ -53,6 +53,25 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
     let (running, mut client, _dir) = serve(Limits::default()).await;
     let cases = default_cases();
     assert!(cases.len() > 300);
+    // Cases the pack refuses (a context value outside its declared set) are INVALID_ARGUMENT
+    // naming the field, one by one; the batch takes the others.
+    let (refused, cases): (Vec<Case>, Vec<Case>) =
+        cases.into_iter().partition(|c| c.expect.invalid.is_some());
+    assert!(refused.len() >= 3, "{} refused cases", refused.len());
+    for case in &refused {
+        let e = client
+            .is_authorized(case_request(case))
+            .await
+            .expect_err(&case.name);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", case.name);
+        let field = case.expect.invalid.as_ref().unwrap();
+        assert!(
+            e.message().contains(field.as_str()),
+            "{}: {}",
+            case.name,
+            e.message()
+        );
+    }
     for case in &cases {
         let r = client
             .is_authorized(case_request(case))

@@ -404,7 +404,9 @@ fn decisions(pack: &PolicyPack, cases: &[Case]) -> Vec<Decision> {
 #[test]
 fn overlays_change_only_what_spec_section_4_says() {
     let suites = suite::load_suites(&policies().join("tests")).unwrap();
-    let defaults = suite::effective_cases(&suites, &[]);
+    let mut defaults = suite::effective_cases(&suites, &[]);
+    // Refused requests decide nothing to compare.
+    defaults.retain(|c| c.expect.invalid.is_none());
     let base = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
     let before = decisions(&base, &defaults);
     for overlay in OVERLAYS {
@@ -467,4 +469,69 @@ fn overlays_change_only_what_spec_section_4_says() {
             ),
         }
     }
+}
+
+/// A case that names a principal or resource the suite's entities do not hold cannot fail,
+/// so it is a failure itself, with the name and the suite's file:line.
+#[test]
+fn a_misspelled_principal_or_resource_fails_its_suite_with_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    copy_dir(&policies(), &dir);
+    let suite = dir.join("tests/project.toml");
+    let text = std::fs::read_to_string(&suite).unwrap();
+    // The first `max = "deny"` (copyProject) misspelled, and the first case on zeus.
+    let line = text
+        .lines()
+        .position(|l| l.contains("max = \"deny\""))
+        .unwrap()
+        + 1;
+    edit(&suite, "max = \"deny\"", "maxx = \"deny\"");
+    edit(
+        &suite,
+        "resource = \"Project::zeus\"",
+        "resource = \"Project::zeuss\"",
+    );
+    let report = suite::run(&PackSpec::new(&dir, &[])).unwrap();
+    let failed: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
+    assert_eq!(failed.len(), 4, "{failed:#?}");
+    let maxx = failed.iter().find(|f| f.contains("maxx")).unwrap();
+    assert!(
+        maxx.contains(&format!("project.toml:{line}:"))
+            && maxx.contains("principal `Blue::User::\"maxx\"`")
+            && maxx.contains("is not in the suite's entities (fixture.json)"),
+        "{maxx}"
+    );
+    let zeuss: Vec<&String> = failed.iter().filter(|f| f.contains("zeuss")).collect();
+    assert_eq!(zeuss.len(), 3, "one per principal of that case: {zeuss:#?}");
+    assert!(
+        zeuss[0].contains("resource `Blue::Project::\"zeuss\"`"),
+        "{}",
+        zeuss[0]
+    );
+    // The CLI fails too.
+    let (code, out, _) = run(&["test"], &dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("maxx") && out.contains("4 failed"), "{out}");
+}
+
+/// A declared context field the action's context does not have (or not as a String) is refused
+/// at load, at names.toml:line:col, so a misspelled declaration cannot let every value through.
+#[test]
+fn a_context_declaration_of_an_unknown_field_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    copy_dir(&policies(), &dir);
+    edit(
+        &dir.join("names.toml"),
+        "[context.inviteMember]\nrole =",
+        "[context.inviteMember]\nrol =",
+    );
+    let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("names.toml:") && err.contains("context field `rol` of `inviteMember`"),
+        "{err}"
+    );
 }

@@ -73,11 +73,11 @@ struct SuiteFile {
 struct TestFile {
     name: Option<String>,
     action: String,
-    resource: String,
+    resource: toml::Spanned<String>,
     #[serde(default)]
     context: Option<toml::Table>,
     /// principal id -> "allow <policy ids>" | "deny [<policy ids>]"
-    expect: BTreeMap<String, String>,
+    expect: BTreeMap<toml::Spanned<String>, String>,
     /// Evaluation errors are expected (e.g. an unknown resource).
     #[serde(default)]
     errors: bool,
@@ -88,6 +88,8 @@ struct TestFile {
 pub struct Expect {
     pub allow: bool,
     pub determining: Vec<String>,
+    /// `invalid <field>`: the request is refused (INVALID_ARGUMENT) naming this field.
+    pub invalid: Option<String>,
 }
 
 impl FromStr for Expect {
@@ -97,9 +99,22 @@ impl FromStr for Expect {
         let allow = match words.next() {
             Some("allow") => true,
             Some("deny") => false,
+            Some("invalid") => {
+                let (Some(field), None) = (words.next(), words.next()) else {
+                    return Err(format!(
+                        "expectation `{s}` must name the one refused field after `invalid` \
+                         (`invalid context.role`)"
+                    ));
+                };
+                return Ok(Expect {
+                    allow: false,
+                    determining: Vec::new(),
+                    invalid: Some(field.to_string()),
+                });
+            }
             _ => {
                 return Err(format!(
-                    "expectation `{s}` must start with `allow` or `deny`"
+                    "expectation `{s}` must start with `allow`, `deny` or `invalid`"
                 ))
             }
         };
@@ -110,12 +125,19 @@ impl FromStr for Expect {
                 "expectation `{s}` must name the determining policy ids after `allow`"
             ));
         }
-        Ok(Expect { allow, determining })
+        Ok(Expect {
+            allow,
+            determining,
+            invalid: None,
+        })
     }
 }
 
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(field) = &self.invalid {
+            return write!(f, "invalid {field}");
+        }
         f.write_str(if self.allow { "allow" } else { "deny" })?;
         for d in &self.determining {
             write!(f, " {d}")?;
@@ -135,6 +157,10 @@ pub struct Case {
     pub context: Value,
     pub expect: Expect,
     pub errors_expected: bool,
+    /// The line of the suite file that names this case's principal.
+    pub line: usize,
+    /// The line that names its resource.
+    pub resource_line: usize,
     entities: PathBuf,
 }
 
@@ -199,6 +225,11 @@ pub fn load_suites(dir: &Path) -> Result<Vec<Suite>, SuiteError> {
 
 fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
     let file: SuiteFile = read_toml(path)?;
+    let text = fs::read_to_string(path).map_err(|source| SuiteError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let line_of = |span: std::ops::Range<usize>| crate::engine::pack::line_col(&text, span.start).0;
     let base = path.parent().unwrap_or(Path::new("."));
     let entities = base.join(&file.entities);
     let mut cases = Vec::new();
@@ -208,7 +239,8 @@ fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
             index: index + 1,
             message,
         };
-        let resource = short_uid(&t.resource, &file.namespace).map_err(err)?;
+        let resource = short_uid(t.resource.get_ref(), &file.namespace).map_err(err)?;
+        let resource_line = line_of(t.resource.span());
         let context = match &t.context {
             Some(c) => serde_json::to_value(c).map_err(|e| err(e.to_string()))?,
             None => Value::Object(Default::default()),
@@ -216,7 +248,8 @@ fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
         if t.expect.is_empty() {
             return Err(err("`expect` names no principal".into()));
         }
-        for (who, expect) in &t.expect {
+        for (who_at, expect) in &t.expect {
+            let who = who_at.get_ref();
             let principal = short_uid(&format!("{}::{who}", file.principal_type), &file.namespace)
                 .map_err(err)?;
             let expect: Expect = expect.parse().map_err(err)?;
@@ -230,6 +263,8 @@ fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
                 context: context.clone(),
                 expect,
                 errors_expected: t.errors,
+                line: line_of(who_at.span()),
+                resource_line,
                 entities: entities.clone(),
             });
         }
@@ -275,6 +310,9 @@ pub struct CaseResult {
 
 impl CaseResult {
     pub fn passed(&self) -> bool {
+        if let Some(field) = &self.case.expect.invalid {
+            return matches!(&self.actual, Err(e) if e.starts_with(&format!("{field}: ")));
+        }
         match &self.actual {
             Ok(d) => {
                 d.allow == self.case.expect.allow
@@ -305,8 +343,9 @@ impl CaseResult {
             Err(e) => format!("request refused: {e}"),
         };
         format!(
-            "FAIL {}: {}\n  request:  {} {} {} {}\n  expected: {}\n  actual:   {}",
+            "FAIL {}:{}: {}\n  request:  {} {} {} {}\n  expected: {}\n  actual:   {}",
             c.suite.display(),
+            c.line,
             c.name,
             c.principal,
             c.action,
@@ -331,10 +370,35 @@ pub fn run_cases(pack: &PolicyPack, cases: &[Case]) -> Result<Vec<CaseResult>, S
         let store = &stores[&case.entities];
         out.push(CaseResult {
             case: case.clone(),
-            actual: decide_case(pack, store, case),
+            actual: missing(store, case).map_or_else(|| decide_case(pack, store, case), Err),
         });
     }
     Ok(out)
+}
+
+/// Why a case cannot test what it says, if it cannot: a principal or resource that is not in
+/// the suite's entities (a misspelled name would otherwise pass as a quiet DENY). A case that
+/// expects evaluation errors may name entities that do not exist on purpose.
+fn missing(store: &EntityStore, case: &Case) -> Option<String> {
+    if case.errors_expected {
+        return None;
+    }
+    let file = case
+        .entities
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    let (what, uid, line) = if !store.contains(&case.principal) {
+        ("principal", &case.principal, case.line)
+    } else if !store.contains(&case.resource) {
+        ("resource", &case.resource, case.resource_line)
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{what} `{uid}` ({}:{line}) is not in the suite's entities ({file}): a misspelled name? \
+         (a case that names an unknown entity on purpose sets `errors = true`)",
+        case.suite.display()
+    ))
 }
 
 /// One case through the decision path.

@@ -11,6 +11,15 @@ pub fn run(db: &Path, source: Option<&str>) -> Result<Exit, AnyError> {
     if let Some(url) = source {
         return export_shared(url);
     }
+    // Opening would create an empty database and print `[]`: a wrong path must not look like
+    // an empty store.
+    if !db.is_file() {
+        return Err(format!(
+            "{}: no such database file (export reads an existing one; `--db` names it)",
+            db.display()
+        )
+        .into());
+    }
     let storage = RedbStorage::open(db)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;

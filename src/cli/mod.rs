@@ -159,6 +159,15 @@ pub fn main() -> ExitCode {
         .unwrap_or(&matches)
         .clone();
     let spec = cli.pack.spec();
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Bench(_) | Command::FleetBench(_)
+    ) {
+        // A closed standard output (`blue-authz validate | head -1`) ends a command quietly,
+        // as for any Unix tool, instead of a panic on the next print. Not for the commands
+        // that hold sockets: a peer closing a Unix socket must not kill a server.
+        sigpipe::reset();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(cli.pack, *args, &sub),
         Command::Validate => validate::run(&spec),

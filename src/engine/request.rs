@@ -341,6 +341,10 @@ pub fn check_parsed(
     }
     let (request, context_refs) =
         checked_request(pack, entry, (&principal, &action, &resource), context_json)?;
+    let declared = pack.names.context_values(action.id().unescaped());
+    if !declared.is_empty() {
+        check_declared_values(declared, context_json)?;
+    }
     Ok(CheckedRequest {
         principal,
         action,
@@ -349,6 +353,36 @@ pub fn check_parsed(
         context_refs,
         overlay,
     })
+}
+
+/// Refuses a context field whose value is not one the pack declares for it (`names.toml`,
+/// `[context.<action>]`), naming the field and the values it may take.
+fn check_declared_values(
+    declared: &[(String, Vec<String>)],
+    context_json: &str,
+) -> Result<(), RequestError> {
+    if context_json.trim().is_empty() {
+        return Ok(());
+    }
+    let Ok(serde_json::Value::Object(context)) = serde_json::from_str(context_json) else {
+        // Cedar's check above already refused anything but a valid record.
+        return Ok(());
+    };
+    for (field, values) in declared {
+        if let Some(serde_json::Value::String(v)) = context.get(field) {
+            if !values.iter().any(|allowed| allowed == v) {
+                return Err(RequestError::new(
+                    format!("context.{field}"),
+                    format!(
+                        "`{}` is not one of the values the policies declare: {}",
+                        quote(v),
+                        values.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn request_error_field(e: &cedar_policy::RequestValidationError) -> &'static str {

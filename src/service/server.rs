@@ -174,7 +174,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 tracing::info!(path = %path.display(), "data service listening on a Unix socket");
             }
         }
-        _ => tracing::warn!("no data token configured: the data service is off"),
+        // Only a data listener that was asked for and cannot run is worth a warning.
+        _ if config.data_listen.is_some() || config.data_unix.is_some() => {
+            tracing::warn!("no data token configured: the data service is off")
+        }
+        _ => tracing::info!("the data service is off (no data listener)"),
     }
 
     let mut http_addr = None;

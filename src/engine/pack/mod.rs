@@ -202,6 +202,7 @@ impl PolicyPack {
                     actions.contains_key(&uid)
                 })
             },
+            |action, field| string_context_field(&schema, action_type, action, field),
         )?;
         if let Some(text) = names_text {
             hasher.update(NAMES_FILE.as_bytes());
@@ -292,6 +293,31 @@ impl PolicyPack {
     /// The action type name of this schema (`Blue::Action`), taken from its first action.
     pub fn action_type(&self) -> Option<&EntityTypeName> {
         self.actions.keys().next().map(EntityUid::type_name)
+    }
+}
+
+/// Whether `field` is a String field of `action`'s context: a policy that compares it with a
+/// string must validate strictly (an unknown field, or one of another type, does not).
+fn string_context_field(
+    schema: &Schema,
+    action_type: Option<&EntityTypeName>,
+    action: &str,
+    field: &str,
+) -> Result<(), String> {
+    let ty = action_type.ok_or("the schema has no actions")?;
+    let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(action));
+    let text = format!(
+        "permit (principal, action == {uid}, resource) when {{ context has \"{f}\" && context[\"{f}\"] == \"\" }};",
+        f = field.escape_default()
+    );
+    let set = PolicySet::from_str(&text).map_err(|e| e.to_string())?;
+    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    let clean = result.validation_errors().next().is_none()
+        && result.validation_warnings().next().is_none();
+    if clean {
+        Ok(())
+    } else {
+        Err("not a String field of the action's context".into())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Outside names of a pack's entity types and actions, declared by the pack in `names.toml`:
 //! what callers that do not speak Cedar (the AuthZEN API's subject and resource `type`s and
-//! action `name`s) call them. Checked against the schema when the pack loads; without the
-//! file, a `type` is a Cedar entity type name (`Blue::User`) and a `name` an action id.
+//! action `name`s) call them, and the values a context field may take (`[context.<action>]`:
+//! a request with any other value is refused naming the field, not decided as a quiet DENY).
+//! Checked against the schema when the pack loads; without the file, a `type` is a Cedar
+//! entity type name (`Blue::User`) and a `name` an action id, and any value is taken.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,6 +26,9 @@ struct NamesFile {
     /// Outside action name → action id, where they differ (`can_read = "read"`).
     #[serde(default)]
     actions: BTreeMap<toml::Spanned<String>, toml::Spanned<String>>,
+    /// Action id → context field → the string values it may take.
+    #[serde(default)]
+    context: BTreeMap<toml::Spanned<String>, BTreeMap<toml::Spanned<String>, Vec<String>>>,
 }
 
 /// The pack's outside names, both ways. Every name not declared is its Cedar name.
@@ -33,6 +38,8 @@ pub struct Names {
     from_type: HashMap<String, String>,
     to_action: HashMap<String, String>,
     from_action: HashMap<String, String>,
+    /// Action id → (context field, the values it may take), fields sorted.
+    context_values: HashMap<String, Vec<(String, Vec<String>)>>,
     /// Whether the pack has a names file.
     pub declared: bool,
 }
@@ -58,6 +65,13 @@ impl Names {
         self.from_action.get(id).map_or(id, String::as_str)
     }
 
+    /// The declared values of an action's context fields (empty: no declaration).
+    pub fn context_values(&self, action_id: &str) -> &[(String, Vec<String>)] {
+        self.context_values
+            .get(action_id)
+            .map_or(&[], |v| v.as_slice())
+    }
+
     /// The declared outside type names, sorted.
     pub fn outside_types(&self) -> Vec<&str> {
         let mut out: Vec<&str> = self.to_type.keys().map(String::as_str).collect();
@@ -72,6 +86,7 @@ pub(super) fn load(
     dir: &Path,
     is_entity_type: impl Fn(&str) -> bool,
     is_action: impl Fn(&str) -> bool,
+    is_string_field: impl Fn(&str, &str) -> Result<(), String>,
 ) -> Result<(Names, Option<String>), LoadError> {
     let path = dir.join(NAMES_FILE);
     if !path.is_file() {
@@ -153,6 +168,34 @@ pub(super) fn load(
             names.to_action.insert(o.clone(), i.clone());
             names.from_action.insert(i.clone(), o.clone());
         }
+    }
+    for (action, fields) in &file.context {
+        let a = action.get_ref();
+        if !is_action(a) {
+            diags.push(at(
+                action.span().start,
+                format!("`{a}` is not an action id of the schema"),
+            ));
+            continue;
+        }
+        let mut declared = Vec::new();
+        for (field, values) in fields {
+            let f = field.get_ref();
+            if let Err(problem) = is_string_field(a, f) {
+                diags.push(at(
+                    field.span().start,
+                    format!("context field `{f}` of `{a}`: {problem}"),
+                ));
+            } else if values.is_empty() {
+                diags.push(at(
+                    field.span().start,
+                    format!("context field `{f}` of `{a}` declares no values"),
+                ));
+            } else {
+                declared.push((f.clone(), values.clone()));
+            }
+        }
+        names.context_values.insert(a.clone(), declared);
     }
     if !diags.is_empty() {
         return Err(LoadError::Invalid(diags));
