@@ -99,7 +99,8 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
 #[tokio::test]
 async fn a_batch_of_a_thousand_and_more() {
     let (running, mut client, _dir) = serve(Limits::default()).await;
-    let cases = default_cases();
+    let mut cases = default_cases();
+    cases.retain(|c| c.expect.invalid.is_none());
     let requests: Vec<_> = cases.iter().cycle().take(2500).map(case_request).collect();
     let r = client
         .batch_is_authorized(pb::BatchIsAuthorizedRequest {

@@ -40,7 +40,7 @@ fn data(pack: &PolicyPack, scale: f64, seed: u64) -> Data {
 /// Contexts worth trying for an action: every role or level its policies compare with.
 fn contexts(action: &str, users: &[String]) -> Vec<String> {
     match action {
-        "inviteMember" | "changeMemberRole" => ["admin", "member", "client", "view", "owner"]
+        "inviteMember" | "changeMemberRole" => ["admin", "member", "client", "comment", "view"]
             .iter()
             .map(|r| format!(r#"{{"role": "{r}"}}"#))
             .collect(),

@@ -151,10 +151,13 @@ impl Reloader {
             Outcome::Rejected(r) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 for reason in &r.reasons {
-                    tracing::warn!(candidate = ?r.candidate_version, "{reason}");
+                    tracing::warn!(
+                        candidate = r.candidate_version.as_deref().unwrap_or("none"),
+                        "{reason}"
+                    );
                 }
                 tracing::warn!(
-                    candidate = ?r.candidate_version,
+                    candidate = r.candidate_version.as_deref().unwrap_or("none"),
                     problems = r.reasons.len(),
                     "policy reload rejected; the last good set keeps serving"
                 );

@@ -279,7 +279,7 @@ impl Running {
             policies = pack.policies.policies().count(),
             unplanned_actions = pack.unplanned_actions().len(),
             version = %pack.version,
-            overlays = ?pack.spec.overlays,
+            overlays = %pack.spec.overlays.join(","),
             entities = store.len(),
             revision = store.revision(),
             "policies and data loaded"
