@@ -367,9 +367,39 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
         "{reasons}"
     );
     assert!(reasons.contains("counterexample {"), "{reasons}");
+
+    // The fix is accepted, and the rejection it answers is no longer shown as the state.
+    copy_dir(&root().join("policies"), &dir);
+    let mut project = std::fs::read_to_string(dir.join("project.cedar")).unwrap();
+    project.push_str("\n// reviewed\n");
+    std::fs::write(dir.join("project.cedar"), project).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fixed = loop {
+        let s = status
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.reloads_accepted > 0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fix was never accepted: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(fixed.last_rejection.is_none(), "{fixed:?}");
+    assert!(
+        fixed.live_analysis.starts_with("proved: "),
+        "{}",
+        fixed.live_analysis
+    );
     running.shutdown().await.unwrap();
 
-    // Start-up refuses the same directory: the real binary exits non-zero naming the invariant.
+    // Start-up refuses the mutation: the real binary exits non-zero naming the invariant.
+    let (_tmp2, dir) = copy();
+    client_deletes_with_tests_updated(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
         .args(["--policies", dir.to_str().unwrap(), "serve"])
         .args(["--db", tmp.path().join("fresh.redb").to_str().unwrap()])

@@ -140,14 +140,21 @@ impl Reloader {
         match &outcome {
             Outcome::Swapped { version } => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = now_ms();
+                {
+                    // A rejection before this accepted set is history, not the state.
+                    let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                    status.0 = now_ms();
+                    status.1 = None;
+                }
                 tracing::info!(%version, elapsed_ms = started.elapsed().as_millis() as u64, "policy set reloaded");
                 if let (Some(old), Some(new)) = (before, self.engine.pack()) {
                     // Off the reload's path: what the new set decides differently.
                     std::thread::spawn(move || log_semantic_diff(&old, &new));
                 }
             }
-            Outcome::Unchanged => tracing::debug!("policy files changed nothing"),
+            Outcome::Unchanged => {
+                tracing::info!("policy files changed nothing: the live set stays as it is")
+            }
             Outcome::Rejected(r) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 for reason in &r.reasons {
