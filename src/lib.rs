@@ -6,6 +6,8 @@
 //!   explanations, and the in-memory entity index ([`engine::index`]);
 //! - [`storage`]: durable backends behind one trait (redb, embedded);
 //! - [`authoring`]: what policy authors run: test suites and the effective permission table;
+//! - [`analysis`]: proofs for all data (invariants, semantic diffs) with Cedar's symbolic
+//!   compiler and the cvc5 solver;
 //! - [`service`]: a running server: shared state, start-up, hot reload, the gRPC edge (proto
 //!   types stop there), listeners, settings, telemetry;
 //! - [`bench`]: benchmark data, request mixes and the load tool;
