@@ -278,6 +278,30 @@ fn the_tests_alone_would_pass_the_mutation() {
     assert!(report.failed().is_empty(), "{}", report.summary());
 }
 
+/// Polls `GetPolicyStatus` until `done` holds (20 s at most).
+async fn wait_status(
+    status: &mut blue_authz::service::grpc::pb::policies_client::PoliciesClient<
+        tonic::transport::Channel,
+    >,
+    done: impl Fn(&blue_authz::service::grpc::pb::PolicyStatus) -> bool,
+    never: &str,
+) -> blue_authz::service::grpc::pb::PolicyStatus {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status
+            .get_policy_status(blue_authz::service::grpc::pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{never}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_refuses_it() {
     use blue_authz::service::gate::Analysis;
@@ -286,7 +310,7 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
     };
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     if !solver_or_skip("a_reload_that_breaks_an_invariant_is_rejected") {
         return;
@@ -339,22 +363,12 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     client_deletes_with_tests_updated(&dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let after = loop {
-        let s = status
-            .get_policy_status(pb::GetPolicyStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.reloads_rejected > 0 {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the mutation was never rejected: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let after = wait_status(
+        &mut status,
+        |s| s.reloads_rejected > 0,
+        "the mutation was never rejected",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
     let calls = flow.await.unwrap();
@@ -373,22 +387,12 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
     let mut project = std::fs::read_to_string(dir.join("project.cedar")).unwrap();
     project.push_str("\n// reviewed\n");
     std::fs::write(dir.join("project.cedar"), project).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let fixed = loop {
-        let s = status
-            .get_policy_status(pb::GetPolicyStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.reloads_accepted > 0 {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fix was never accepted: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let fixed = wait_status(
+        &mut status,
+        |s| s.reloads_accepted > 0,
+        "the fix was never accepted",
+    )
+    .await;
     assert!(fixed.last_rejection.is_none(), "{fixed:?}");
     assert!(
         fixed.live_analysis.starts_with("proved: "),

@@ -258,19 +258,7 @@ async fn http_equals_grpc_for_every_case(running: &Running, pack_dir: &Path) -> 
             continue;
         }
         let r = client
-            .is_authorized(pb::IsAuthorizedRequest {
-                principal: uid(
-                    &case.principal.type_name().to_string(),
-                    case.principal.id().unescaped(),
-                ),
-                action: uid("", &case.action),
-                resource: uid(
-                    &case.resource.type_name().to_string(),
-                    case.resource.id().unescaped(),
-                ),
-                context_json: case.context.to_string(),
-                ..Default::default()
-            })
+            .is_authorized(grpc_request)
             .await
             .unwrap()
             .into_inner();

@@ -8,6 +8,29 @@ use miette::{Diagnostic, LabeledSpan};
 
 use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
 
+/// An error at a byte offset of one of the pack's TOML files (names.toml, invariants.toml).
+pub(super) fn toml_error(
+    path: &Path,
+    text: &str,
+    offset: usize,
+    message: String,
+) -> PolicyDiagnostic {
+    let (line, col, source_line) = line_col(text, offset);
+    PolicyDiagnostic {
+        location: Location {
+            file: path.to_path_buf(),
+            line,
+            col,
+        },
+        severity: Severity::Error,
+        message,
+        help: None,
+        source_line: Some(source_line),
+        source_text: Some(text.to_string()),
+        cedar: None,
+    }
+}
+
 /// 1-based line and column of a byte offset in `text`, and that line.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize, String) {
     let offset = offset.min(text.len());

@@ -12,8 +12,8 @@ use cedar_policy::{EntityUid, PolicySet, ValidationMode, Validator};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::diagnostics::line_col;
-use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
+use super::diagnostics::{line_col, toml_error};
+use crate::engine::error::{LoadError, Location};
 
 /// The invariants file inside a policy directory.
 pub const INVARIANTS_FILE: &str = "invariants.toml";
@@ -127,18 +127,7 @@ pub(super) fn load(
             col,
         }
     };
-    let diag = |offset: usize, message: String| {
-        let (_, _, source_line) = line_col(&text, offset);
-        PolicyDiagnostic {
-            location: at(offset),
-            severity: Severity::Error,
-            message,
-            help: None,
-            source_line: Some(source_line),
-            source_text: Some(text.clone()),
-            cedar: None,
-        }
-    };
+    let diag = |offset: usize, message: String| toml_error(&path, &text, offset, message);
     let file: File = toml::from_str(&text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         LoadError::Invalid(vec![diag(offset, e.message().to_string())])

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::diagnostics::line_col;
-use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
+use super::diagnostics::toml_error;
+use crate::engine::error::LoadError;
 
 /// The names file inside a policy directory.
 pub const NAMES_FILE: &str = "names.toml";
@@ -93,22 +93,7 @@ pub(super) fn load(
         return Ok((Names::default(), None));
     }
     let text = super::files::read(&path)?;
-    let at = |offset: usize, message: String| {
-        let (line, col, source_line) = line_col(&text, offset);
-        PolicyDiagnostic {
-            location: Location {
-                file: path.clone(),
-                line,
-                col,
-            },
-            severity: Severity::Error,
-            message,
-            help: None,
-            source_line: Some(source_line),
-            source_text: Some(text.clone()),
-            cedar: None,
-        }
-    };
+    let at = |offset: usize, message: String| toml_error(&path, &text, offset, message);
     let file: NamesFile = toml::from_str(&text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         LoadError::Invalid(vec![at(offset, e.message().to_string())])
