@@ -18,25 +18,13 @@ use blue_authz::engine::index::EntityStore;
 use blue_authz::engine::pack::{PackSpec, PolicyPack, Property};
 use blue_authz::engine::request::{self, RawRequest, UidRef};
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
-use common::{copy_dir, edit, root};
-
-/// Whether the solver is here; in CI its absence is a failure.
-pub fn solver_or_skip(test: &str) -> bool {
-    if analysis::solver_path().is_some() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: cvc5 is missing in CI (apt-get install cvc5)");
-    }
-    eprintln!("SKIPPED {test}: cvc5 is not installed (apt-get install cvc5)");
-    false
-}
+use common::{copy_dir, edit, live_pack, pack, solver_or_skip};
 
 /// A copy of Blue's policy directory.
 fn copy() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("policies");
-    copy_dir(&root().join("policies"), &dir);
+    copy_dir(&pack(), &dir);
     (tmp, dir)
 }
 
@@ -133,7 +121,7 @@ fn blue_invariants_hold_for_all_data() {
     if !solver_or_skip("blue_invariants_hold_for_all_data") {
         return;
     }
-    let pack = load(&root().join("policies"), &[]);
+    let pack = load(&live_pack(), &[]);
     assert!(pack.invariants.declared);
     assert_eq!(pack.invariants.list.len(), 8);
     let report = analysis::analyze(&pack).unwrap();
@@ -190,7 +178,7 @@ fn each_mutation_fails_its_invariant_with_a_counterexample_check_confirms() {
             // ... and the invariant's condition is false there.
             assert!(!condition_holds(&pack, invariant, c), "{c:?}");
             // The unmutated pack denies the same request on the same entities.
-            let good = load(&root().join("policies"), &[]);
+            let good = load(&common::pack(), &[]);
             assert!(!check(&good, c), "the good pack allows it too: {c:?}");
         }
     }
@@ -201,7 +189,7 @@ fn diff_names_exactly_the_changed_actions() {
     if !solver_or_skip("diff_names_exactly_the_changed_actions") {
         return;
     }
-    let good = load(&root().join("policies"), &[]);
+    let good = load(&pack(), &[]);
     let same = analysis::diff(&good, &good).unwrap();
     assert!(same.changed.is_empty(), "{:#?}", same.changed);
     assert_eq!(same.unchanged.len(), good.schema.request_envs().count());
@@ -383,7 +371,7 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
     assert!(reasons.contains("counterexample {"), "{reasons}");
 
     // The fix is accepted, and the rejection it answers is no longer shown as the state.
-    copy_dir(&root().join("policies"), &dir);
+    copy_dir(&pack(), &dir);
     let mut project = std::fs::read_to_string(dir.join("project.cedar")).unwrap();
     project.push_str("\n// reviewed\n");
     std::fs::write(dir.join("project.cedar"), project).unwrap();
@@ -435,24 +423,20 @@ async fn without_the_solver_optional_serves_and_says_so_and_required_refuses() {
     let tmp = tempfile::tempdir().unwrap();
     let serve = |analysis: &str, db: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"));
-        c.args([
-            "--policies",
-            root().join("policies").to_str().unwrap(),
-            "serve",
-        ])
-        .args(["--db", tmp.path().join(db).to_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "",
-            "--http-listen",
-            "",
-        ])
-        .args(["--seed", "", "--watch", "false", "--analysis", analysis])
-        .env("CVC5", tmp.path().join("no-such-cvc5"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+        c.args(["--policies", pack().to_str().unwrap(), "serve"])
+            .args(["--db", tmp.path().join(db).to_str().unwrap()])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--data-listen",
+                "",
+                "--http-listen",
+                "",
+            ])
+            .args(["--seed", "", "--watch", "false", "--analysis", analysis])
+            .env("CVC5", tmp.path().join("no-such-cvc5"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         c
     };
 

@@ -6,11 +6,11 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use common::root;
+use common::pack;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blue-authz"));
-    c.arg("--policies").arg(root().join("policies"));
+    c.arg("--policies").arg(pack());
     c
 }
 

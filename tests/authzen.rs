@@ -15,7 +15,7 @@ use blue_authz::authoring::suite;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::service::server::{self, Limits, Running};
-use common::{root, uid};
+use common::{live_pack, pack, root, uid};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::{http1, http2};
@@ -299,12 +299,12 @@ async fn every_suite_case_is_answered_over_http_as_over_grpc_for_both_packs() {
     let dir = tempfile::tempdir().unwrap();
     let blue = start_pack(
         dir.path(),
-        &root().join("policies"),
-        &root().join("policies/tests/fixture.json"),
+        &live_pack(),
+        &live_pack().join("tests/fixture.json"),
         None,
     )
     .await;
-    let n = http_equals_grpc_for_every_case(&blue, &root().join("policies")).await;
+    let n = http_equals_grpc_for_every_case(&blue, &live_pack()).await;
     assert!(n > 100, "{n} Blue cases");
     blue.shutdown().await.unwrap();
 
@@ -658,8 +658,8 @@ async fn search_results_equal_the_grpc_listing_for_blue() {
     let dir = tempfile::tempdir().unwrap();
     let running = start_pack(
         dir.path(),
-        &root().join("policies"),
-        &root().join("policies/tests/fixture.json"),
+        &pack(),
+        &pack().join("tests/fixture.json"),
         None,
     )
     .await;

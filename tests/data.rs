@@ -12,7 +12,7 @@ use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
 use blue_authz::service::server::{self, Limits, Running};
-use common::{config, delete, edge, root, uid, upsert, TOKEN};
+use common::{config, delete, edge, pack, uid, upsert, TOKEN};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -192,7 +192,7 @@ async fn decisions_follow_membership_and_sharing_writes_at_once() {
 
 /// Every default suite case, decided in one batch: the decisions and the revision.
 async fn all_decisions(c: &mut AuthorizerClient<Channel>) -> (Vec<(i32, Vec<String>)>, u64) {
-    let suites = blue_authz::authoring::suite::load_suites(&root().join("policies/tests")).unwrap();
+    let suites = blue_authz::authoring::suite::load_suites(&pack().join("tests")).unwrap();
     let cases = blue_authz::authoring::suite::effective_cases(&suites, &[]);
     // The cases the pack refuses would fail the batch; they are checked by tests/grpc.rs.
     let requests = cases
@@ -624,17 +624,13 @@ async fn no_decision_ever_sees_half_a_batch() {
 /// Starts the real binary and returns it with its decision and data addresses.
 fn spawn_binary(dir: &std::path::Path) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args([
-            "--policies",
-            root().join("policies").to_str().unwrap(),
-            "serve",
-        ])
+        .args(["--policies", pack().to_str().unwrap(), "serve"])
         .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
         .args(["--http-listen", ""])
         .args(["--db", dir.join("crash.redb").to_str().unwrap()])
         .args([
             "--seed",
-            root().join("policies/tests/fixture.json").to_str().unwrap(),
+            pack().join("tests/fixture.json").to_str().unwrap(),
         ])
         .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
         .env("BLUE_AUTHZ_LOG", "info")
@@ -732,8 +728,8 @@ fn import_and_export_commands_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cli.redb");
     let bin = env!("CARGO_BIN_EXE_blue-authz");
-    let policies = root().join("policies");
-    let fixture = root().join("policies/tests/fixture.json");
+    let policies = pack();
+    let fixture = pack().join("tests/fixture.json");
     let out = Command::new(bin)
         .args([
             "--policies",
@@ -850,10 +846,10 @@ fn a_store_of_many_chunks_loads_whole_and_a_bad_entity_fails_the_load() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("authz.redb");
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(pack(), &[])).unwrap();
     let seeded = {
         let storage = RedbStorage::open(&path).unwrap();
-        let fixture = root().join("policies/tests/fixture.json");
+        let fixture = common::pack().join("tests/fixture.json");
         load_store(&storage, &pack, Some(&fixture)).unwrap().len()
     };
     let entities: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entities");

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
-use common::{delete, edge, root, uid, upsert, TOKEN};
+use common::{delete, edge, pack, uid, upsert, TOKEN};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
@@ -89,20 +89,13 @@ impl Drop for Replica {
 
 fn spawn(url: &str, db: &Path, extra: &[&str]) -> Replica {
     let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args([
-            "--policies",
-            root().join("policies").to_str().unwrap(),
-            "serve",
-        ])
+        .args(["--policies", pack().to_str().unwrap(), "serve"])
         .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
         .args(["--http-listen", ""])
         .args(["--db", db.to_str().unwrap(), "--source", url])
         .args(["--watch", "false"])
         .env("BLUE_AUTHZ_SOURCE_POLL_MS", "200")
-        .env(
-            "BLUE_AUTHZ_SEED",
-            root().join("policies/tests/fixture.json"),
-        )
+        .env("BLUE_AUTHZ_SEED", pack().join("tests/fixture.json"))
         .args(extra)
         .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
         .env("BLUE_AUTHZ_LOG", "info")
@@ -861,8 +854,8 @@ async fn import_and_export_work_on_the_shared_source() {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_blue-authz");
-    let policies = root().join("policies");
-    let fixture = root().join("policies/tests/fixture.json");
+    let policies = pack();
+    let fixture = pack().join("tests/fixture.json");
     let cli = |args: &[&str]| {
         Command::new(bin)
             .args(["--policies", policies.to_str().unwrap()])

@@ -3,20 +3,30 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use blue_authz::authoring::suite::{self, Case};
 use blue_authz::engine::pack::PackSpec;
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::service::server::{self, Limits, Running, AUTHORIZER_SERVICE};
-use common::{case_request, config, copy_dir, root, uid};
+use common::{case_request, config, config_on, copy_dir, live_matrix, live_pack, pack, uid};
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
+/// A server on the frozen pack, for tests with hand-written expectations.
 async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile::TempDir) {
+    serve_on(&pack(), limits).await
+}
+
+/// A server on `policies` (the live pack for the data-driven tests).
+async fn serve_on(
+    policies: &Path,
+    limits: Limits,
+) -> (Running, AuthorizerClient<Channel>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut running = server::start(config(dir.path(), limits))
+    let mut running = server::start(config_on(policies, dir.path(), limits))
         .await
         .expect("start");
     running.load().await.expect("load");
@@ -26,8 +36,9 @@ async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile:
     (running, client, dir)
 }
 
+/// The live pack's suite cases.
 fn default_cases() -> Vec<Case> {
-    let suites = suite::load_suites(&root().join("policies/tests")).unwrap();
+    let suites = suite::load_suites(&live_pack().join("tests")).unwrap();
     suite::effective_cases(&suites, &[])
 }
 
@@ -50,7 +61,7 @@ fn assert_matches(case: &Case, r: &pb::IsAuthorizedResponse) {
 
 #[tokio::test]
 async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
-    let (running, mut client, _dir) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve_on(&live_pack(), Limits::default()).await;
     let cases = default_cases();
     assert!(cases.len() > 300);
     // Cases the pack refuses (a context value outside its declared set) are INVALID_ARGUMENT
@@ -98,7 +109,7 @@ async fn every_suite_case_over_the_wire_one_by_one_and_in_one_batch() {
 
 #[tokio::test]
 async fn a_batch_of_a_thousand_and_more() {
-    let (running, mut client, _dir) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve_on(&live_pack(), Limits::default()).await;
     let mut cases = default_cases();
     cases.retain(|c| c.expect.invalid.is_none());
     let requests: Vec<_> = cases.iter().cycle().take(2500).map(case_request).collect();
@@ -120,7 +131,7 @@ async fn a_batch_of_a_thousand_and_more() {
 /// The matrix rows without a note or context, parsed from the committed table: table title ->
 /// (action, resource type) -> column -> allowed.
 fn matrix_rows() -> Vec<(String, String, BTreeMap<String, bool>)> {
-    let text = std::fs::read_to_string(root().join("docs/permissions.md")).unwrap();
+    let text = std::fs::read_to_string(live_matrix()).unwrap();
     let mut header: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("| ")) {
@@ -152,7 +163,7 @@ fn matrix_rows() -> Vec<(String, String, BTreeMap<String, bool>)> {
 
 #[tokio::test]
 async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_authorized() {
-    let (running, mut client, _dir) = serve(Limits::default()).await;
+    let (running, mut client, _dir) = serve_on(&live_pack(), Limits::default()).await;
     let columns: &[(&str, &str)] = &[
         ("admin", "ada"),
         ("member", "max"),
@@ -623,7 +634,7 @@ async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
 async fn an_invalid_policy_set_is_never_served() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("policies");
-    copy_dir(&root().join("policies"), &dir);
+    copy_dir(&pack(), &dir);
     let path = dir.join("company.cedar");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("resource.member", "resource.boss")).unwrap();

@@ -13,7 +13,7 @@ use blue_authz::engine::index::EntityStore;
 use blue_authz::engine::list::{self, ListRequest, Page, Side};
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::engine::request::{self, RawRequest, UidRef};
-use common::root;
+use common::live_pack;
 
 struct Data {
     store: EntityStore,
@@ -279,7 +279,7 @@ fn listings_equal_brute_force_with_and_without_each_overlay() {
             "invite-client-and-above".to_string(),
         ],
     ] {
-        let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &overlays)).unwrap();
+        let pack = PolicyPack::load(&PackSpec::new(live_pack(), &overlays)).unwrap();
         assert!(
             list::unnarrowed(&pack).is_empty(),
             "{:?}",
@@ -297,7 +297,7 @@ fn listings_equal_brute_force_with_and_without_each_overlay() {
 
 #[test]
 fn listings_with_request_scoped_entities_equal_brute_force() {
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(live_pack(), &[])).unwrap();
     let d = data(&pack, 0.001, 9);
     let users = &d.ids["Blue::User"];
     let (p0, p1) = (&d.ids["Blue::Project"][0], &d.ids["Blue::Project"][1]);
@@ -359,7 +359,7 @@ fn listings_with_request_scoped_entities_equal_brute_force() {
 #[test]
 fn policies_outside_the_narrowing_subset_are_listed_exactly_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    common::copy_dir(&root().join("policies"), dir.path());
+    common::copy_dir(&common::pack(), dir.path());
     std::fs::write(
         dir.path().join("extra.cedar"),
         r#"
@@ -430,7 +430,7 @@ when { principal in resource.project.admin && [2].contains(1 + 1) };
 
 #[test]
 fn pages_of_1_7_and_1000_concatenate_to_the_whole_answer() {
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(live_pack(), &[])).unwrap();
     let d = data(&pack, 0.003, 2);
     let mut checked = 0;
     for u in d.ids["Blue::User"].iter().take(8) {
@@ -504,9 +504,9 @@ fn pages_of_1_7_and_1000_concatenate_to_the_whole_answer() {
 
 #[test]
 fn bad_listing_requests_name_the_field() {
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
-    let store = EntityStore::load_file(&root().join("policies/tests/fixture.json"), &pack.entities)
-        .unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(common::pack(), &[])).unwrap();
+    let store =
+        EntityStore::load_file(&common::pack().join("tests/fixture.json"), &pack.entities).unwrap();
     let ada = ("Blue::User", "ada");
     let field =
         |r: ListRequest<'_>| list::list(&pack, &store, &r, DEFAULT_SLICE_DEPTH).unwrap_err();

@@ -1,6 +1,10 @@
-//! Acceptance tests of the policy pack: validation, the suites, the matrix against SPEC.md, a
-//! flipped cell caught, located errors, and the overlays changing only what SPEC.md section 4
-//! says.
+//! Acceptance tests of the policy pack. The `shipped_pack_*` tests check the live `policies/`
+//! only through data its author updates with a rule (the suites, `docs/permissions.md`):
+//! strict validation, ids, the suites with each overlay, their coverage, the committed matrix.
+//! Everything with hand-written expectations (the matrix against SPEC.md cell by cell, a flipped
+//! cell caught, located errors, the overlays changing only what SPEC.md section 4 says) runs on
+//! the frozen copy in `tests/fixtures/blue/`. The README's rule-change procedure is followed on
+//! a copy of the project and these same `shipped_pack_*` tests run on the result.
 
 mod common;
 
@@ -11,10 +15,11 @@ use std::process::Command;
 use blue_authz::authoring::suite::{self, Case};
 use blue_authz::engine::decide::Decision;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
-use common::{copy_dir, edit};
+use common::{copy_dir, edit, live_matrix, live_pack};
 
+/// The frozen copy of Blue's pack.
 fn policies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+    common::pack()
 }
 
 fn bin() -> Command {
@@ -39,14 +44,14 @@ fn run(args: &[&str], policies: &Path) -> (i32, String, String) {
 const OVERLAYS: [&str; 2] = ["clients-read-only", "invite-client-and-above"];
 
 #[test]
-fn validate_is_clean_in_strict_mode() {
+fn shipped_pack_is_valid_in_strict_mode() {
     // Loading fails on any error or warning, so Ok means zero of both.
-    let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).expect("valid pack");
+    let pack = PolicyPack::load(&PackSpec::new(live_pack(), &[])).expect("valid pack");
     assert!(pack.policies.policies().count() >= 30);
     for o in OVERLAYS {
-        PolicyPack::load(&PackSpec::new(policies(), &[o.to_string()])).expect("valid overlay");
+        PolicyPack::load(&PackSpec::new(live_pack(), &[o.to_string()])).expect("valid overlay");
     }
-    let (code, out, err) = run(&["validate"], &policies());
+    let (code, out, err) = run(&["validate"], &live_pack());
     assert_eq!(code, 0, "validate failed: {out}{err}");
     assert!(out.starts_with("ok: "), "{out}");
     assert!(err.is_empty(), "validate printed diagnostics: {err}");
@@ -104,15 +109,15 @@ fn a_policy_outside_the_plans_subset_moves_its_action_to_cedars_evaluator() {
 }
 
 #[test]
-fn every_policy_is_named_by_its_id() {
-    let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
+fn shipped_pack_policies_are_named_by_their_ids() {
+    let pack = PolicyPack::load(&PackSpec::new(live_pack(), &[])).unwrap();
     for p in pack.policies.policies() {
         assert_eq!(Some(p.id().to_string().as_str()), p.annotation("id"));
     }
 }
 
 #[test]
-fn suites_pass_by_default_and_with_each_overlay() {
+fn shipped_pack_suites_pass_by_default_and_with_each_overlay() {
     for overlays in [
         vec![],
         vec!["clients-read-only"],
@@ -120,16 +125,16 @@ fn suites_pass_by_default_and_with_each_overlay() {
         OVERLAYS.to_vec(),
     ] {
         let overlays: Vec<String> = overlays.into_iter().map(String::from).collect();
-        let report = suite::run(&PackSpec::new(policies(), &overlays)).expect("suites run");
+        let report = suite::run(&PackSpec::new(live_pack(), &overlays)).expect("suites run");
         let failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
         println!("overlays {overlays:?}: {}", report.summary());
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         assert!(report.results.len() > 300);
     }
     // The CLI runs the same suites and prints the same summary line.
-    let (code, out, _) = run(&["test"], &policies());
+    let (code, out, _) = run(&["test"], &live_pack());
     assert_eq!(code, 0, "{out}");
-    let report = suite::run(&PackSpec::new(policies(), &[])).unwrap();
+    let report = suite::run(&PackSpec::new(live_pack(), &[])).unwrap();
     assert!(out.ends_with(&format!("{}\n", report.summary())), "{out}");
 }
 
@@ -151,10 +156,10 @@ const DASHBOARD_ROLES: [(&str, &str); 5] = [
 ];
 
 #[test]
-fn suites_cover_every_role_and_action() {
-    let spec = PackSpec::new(policies(), &[]);
+fn shipped_pack_suites_cover_every_role_and_action() {
+    let spec = PackSpec::new(live_pack(), &[]);
     let pack = PolicyPack::load(&spec).unwrap();
-    let suites = suite::load_suites(&policies().join("tests")).unwrap();
+    let suites = suite::load_suites(&live_pack().join("tests")).unwrap();
     let cases = suite::effective_cases(&suites, &[]);
     let mut missing = Vec::new();
     for action in pack.actions() {
@@ -238,17 +243,31 @@ const SPEC_TABLE: &[(&str, &str)] = &[
     ("`deleteDashboard`", "owner"),
 ];
 
+/// The live pack's matrix equals the committed one, which its author regenerates with a rule.
 #[test]
-fn matrix_equals_committed_table_and_spec() {
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/permissions.md");
+fn shipped_pack_matrix_equals_the_committed_table() {
+    let committed = live_matrix();
     let (code, out, err) = run(
         &["matrix", "--check", committed.to_str().unwrap()],
-        &policies(),
+        &live_pack(),
     );
     assert_eq!(
-        code, 0,
-        "matrix differs from docs/permissions.md: {out}{err}"
+        code,
+        0,
+        "the matrix of {} differs from {}: if the change is meant, regenerate it with \
+         `cargo run --release -- matrix > docs/permissions.md` and review its diff\n{out}{err}",
+        live_pack().display(),
+        committed.display()
     );
+    let pack = PolicyPack::load(&PackSpec::new(live_pack(), &[])).unwrap();
+    let rendered = blue_authz::authoring::matrix::render(&pack).unwrap();
+    assert_eq!(rendered, std::fs::read_to_string(&committed).unwrap());
+}
+
+/// Blue's original table: the frozen pack's matrix, cell by cell against SPEC.md.
+#[test]
+fn the_frozen_packs_matrix_equals_spec_cell_by_cell() {
+    let committed = policies().join("../permissions.md");
     let pack = PolicyPack::load(&PackSpec::new(policies(), &[])).unwrap();
     let rendered = blue_authz::authoring::matrix::render(&pack).unwrap();
     assert_eq!(rendered, std::fs::read_to_string(&committed).unwrap());
@@ -317,7 +336,7 @@ fn a_flipped_cell_fails_test_and_matrix_check() {
     );
     assert!(out.trim_end().ends_with("1 failed"), "{out}");
 
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/permissions.md");
+    let committed = policies().join("../permissions.md");
     let (code, out, _) = run(&["matrix", "--check", committed.to_str().unwrap()], &copy);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("`editWiki`"), "{out}");
@@ -534,4 +553,117 @@ fn a_context_declaration_of_an_unknown_field_is_refused_at_load() {
         err.contains("names.toml:") && err.contains("context field `rol` of `inviteMember`"),
         "{err}"
     );
+}
+
+/// `blue-authz ARGS` run in `dir` as the README shows it (the default `--policies policies`).
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .current_dir(dir)
+        .args(args)
+        .env_remove("BLUE_AUTHZ_OVERLAYS")
+        .env_remove("BLUE_AUTHZ_POLICIES")
+        .output()
+        .expect("run blue-authz");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `shipped_pack_*` tests of this very binary, run on the project copy in `dir`: the same
+/// checks `cargo test` makes of the live pack. Success, and what libtest printed.
+fn shipped_checks_on(dir: &Path) -> (bool, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["shipped_pack_", "--test-threads=2"])
+        .env("BLUE_AUTHZ_TEST_PACK", dir.join("policies"))
+        .env("BLUE_AUTHZ_TEST_MATRIX", dir.join("docs/permissions.md"))
+        .env_remove("BLUE_AUTHZ_OVERLAYS")
+        .output()
+        .expect("run the shipped-pack tests");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The README's procedure for changing a rule, followed literally on a copy of the project
+/// (the frozen pack, so the edit's text is stable): `editWiki` goes from member and above to
+/// client and above. Validate, update the suite, test, analyze, regenerate the table: the same checks
+/// `cargo test` makes of the live pack pass on the copy. Skipping the suite's update instead
+/// fails them, naming the suite file and line to update.
+#[test]
+fn the_readme_procedure_for_changing_a_rule_keeps_the_checks_green() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path();
+    copy_dir(&policies(), &project.join("policies"));
+    std::fs::create_dir_all(project.join("docs")).unwrap();
+    std::fs::copy(
+        policies().join("../permissions.md"),
+        project.join("docs/permissions.md"),
+    )
+    .unwrap();
+    // Before any change the copy passes the checks.
+    let (ok, text) = shipped_checks_on(project);
+    assert!(ok && text.contains("5 passed; 0 failed"), "{text}");
+
+    // Edit the policy.
+    let rule = "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };";
+    edit(
+        &project.join("policies/project.cedar"),
+        rule,
+        &rule.replace("resource.member", "resource.client"),
+    );
+    // Run validate.
+    let (code, out, err) = run_in(project, &["validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Regenerate the table, but forget to update the expectations: the checks fail and say
+    // which suite file and line to update.
+    let suite_file = project.join("policies/tests/project.toml");
+    let suite_text = std::fs::read_to_string(&suite_file).unwrap();
+    let expect = "expect = { ada = \"allow project.editWiki\", max = \"allow project.editWiki\", cleo = \"deny\"";
+    let line = suite_text
+        .lines()
+        .position(|l| l.starts_with(expect))
+        .unwrap()
+        + 1;
+    let (code, table, err) = run_in(project, &["matrix"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(project.join("docs/permissions.md"), &table).unwrap();
+    let (ok, text) = shipped_checks_on(project);
+    assert!(!ok, "{text}");
+    let location = format!("{}:{line}:", suite_file.display());
+    assert!(
+        text.contains(&location) && text.contains("editWiki / cleo"),
+        "the failure names {location}: {text}"
+    );
+    let (code, out, _) = run_in(project, &["test"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL policies/tests/project.toml:"), "{out}");
+
+    // Update the expectations in tests/, run test.
+    edit(
+        &suite_file,
+        expect,
+        "expect = { ada = \"allow project.editWiki\", max = \"allow project.editWiki\", cleo = \"allow project.editWiki\"",
+    );
+    let (code, out, _) = run_in(project, &["test"]);
+    assert_eq!(code, 0, "{out}");
+    // Run analyze: the invariants still hold.
+    if common::solver_or_skip("the_readme_procedure_for_changing_a_rule_keeps_the_checks_green") {
+        let (code, out, err) = run_in(project, &["analyze"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    // The regenerated table differs from the old one in the editWiki row only.
+    let old = std::fs::read_to_string(policies().join("../permissions.md")).unwrap();
+    let changed: Vec<&str> = table
+        .lines()
+        .zip(old.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].starts_with("| `editWiki` |"), "{changed:?}");
+    // The same checks as `cargo test`, on the changed project: green.
+    let (ok, text) = shipped_checks_on(project);
+    assert!(ok && text.contains("5 passed; 0 failed"), "{text}");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, policies_client::PoliciesClient,
 };
 use blue_authz::service::server::{self, Limits, Running};
-use common::{ask, config, copy_dir, edit, root};
+use common::{ask, config, copy_dir, edit, pack};
 use tonic::transport::Channel;
 
 struct Fixture {
@@ -29,7 +29,7 @@ struct Fixture {
 async fn fixture(config_file: Option<&str>) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let policies = tmp.path().join("policies");
-    copy_dir(&root().join("policies"), &policies);
+    copy_dir(&pack(), &policies);
     let mut cfg = config(tmp.path(), Limits::default());
     cfg.pack = PackSpec::new(&policies, &[]);
     if let Some(text) = config_file {
@@ -322,7 +322,7 @@ async fn overlays_switch_with_the_config_file() {
 async fn sighup_reloads_the_real_binary() {
     let tmp = tempfile::tempdir().unwrap();
     let policies = tmp.path().join("policies");
-    copy_dir(&root().join("policies"), &policies);
+    copy_dir(&pack(), &policies);
     let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
         .args([
             "--policies",
@@ -340,7 +340,7 @@ async fn sighup_reloads_the_real_binary() {
         ])
         .args([
             "--seed",
-            root().join("policies/tests/fixture.json").to_str().unwrap(),
+            pack().join("tests/fixture.json").to_str().unwrap(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -397,4 +397,58 @@ async fn sighup_reloads_the_real_binary() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Replaces `path` the way editors save: write a temporary file beside it, rename it over.
+fn save_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-save");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The config file is watched through its directory: two saves by rename in a row both take
+/// effect (a watch on the file's first inode would see only the first). Ten saves of a policy
+/// file within a second make one reload, of the last save's content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_saves_each_take_effect_and_a_burst_of_saves_makes_one_reload() {
+    let mut f = fixture(Some("overlays = []\n")).await;
+    let config_path = f._tmp.path().join("blue-authz.toml");
+    save_by_rename(&config_path, "overlays = [\"clients-read-only\"]\n");
+    let s = wait_status(&mut f, |s| s.reloads_accepted == 1).await;
+    assert_eq!(s.live_overlays, vec!["clients-read-only"]);
+    assert_eq!(
+        cleo_creates_a_record(&mut f).await.decision,
+        pb::Decision::Deny as i32
+    );
+    save_by_rename(&config_path, "overlays = []\n");
+    let s = wait_status(&mut f, |s| s.reloads_accepted == 2).await;
+    assert!(s.live_overlays.is_empty(), "{s:?}");
+    assert_eq!(
+        cleo_creates_a_record(&mut f).await.decision,
+        pb::Decision::Allow as i32
+    );
+
+    // Ten saves, 100 ms apart, each a different policy text (so each would be a new version).
+    let company = f.policies.join("company.cedar");
+    let original = std::fs::read_to_string(&company).unwrap();
+    for i in 0..10 {
+        save_by_rename(&company, &format!("{original}\n// save {i}\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = wait_status(&mut f, |s| s.reloads_accepted >= 3).await;
+    // Time for any further reload to show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = status(&mut f).await;
+    assert_eq!(
+        after.reloads_accepted, 3,
+        "one reload for the burst: {after:?}"
+    );
+    assert_eq!(after.reloads_rejected, 0, "{after:?}");
+    let last = PackSpec::new(&f.policies, &[]);
+    let last = blue_authz::engine::pack::PolicyPack::load(&last).unwrap();
+    assert_eq!(
+        s.live_version, last.version,
+        "the live set is the last save's"
+    );
+    f.running.shutdown().await.unwrap();
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use blue_authz::service::grpc::pb;
 use blue_authz::service::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
-use common::{ask, log_lines, print_config, root, settings_table, uid, unix_channel, TOKEN};
+use common::{ask, log_lines, pack, print_config, root, settings_table, uid, unix_channel, TOKEN};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-authz");
@@ -346,12 +346,9 @@ impl Served {
 fn base_args(dir: &Path) -> Vec<(String, String)> {
     let p = |path: &Path| path.to_str().unwrap().to_string();
     vec![
-        ("POLICIES".into(), p(&root().join("policies"))),
+        ("POLICIES".into(), p(&pack())),
         ("DB".into(), p(&dir.join("authz.redb"))),
-        (
-            "SEED".into(),
-            p(&root().join("policies/tests/fixture.json")),
-        ),
+        ("SEED".into(), p(&pack().join("tests/fixture.json"))),
         ("WATCH".into(), "false".into()),
         ("HTTP_LISTEN".into(), "127.0.0.1:0".into()),
     ]

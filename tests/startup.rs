@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{copy_dir, root};
+use common::{copy_dir, pack};
 
 /// `serve` on `policies` with a fresh database; its exit code (None: still running, and so
 /// serving, when `serving` was logged) and its standard error.
@@ -16,7 +16,7 @@ fn start(policies: &Path, db: &Path) -> (Option<i32>, String) {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-listen", ""])
         .args(["--http-listen", ""])
         .args(["--watch", "false", "--seed"])
-        .arg(root().join("policies/tests/fixture.json"))
+        .arg(pack().join("tests/fixture.json"))
         .arg("--policies")
         .arg(policies)
         .arg("--db")
@@ -65,7 +65,7 @@ fn start(policies: &Path, db: &Path) -> (Option<i32>, String) {
 fn a_policy_set_whose_tests_fail_is_refused_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
-    copy_dir(&root().join("policies"), &policies);
+    copy_dir(&pack(), &policies);
 
     // As shipped, the copy serves.
     let (code, log) = start(&policies, &dir.path().join("a.redb"));

@@ -12,7 +12,7 @@ use blue_authz::service::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
 use blue_authz::service::reload::Outcome;
 use blue_authz::service::server::{self, Limits, TlsFiles};
-use common::{ask, config, copy_dir, edit, root, uid, TOKEN};
+use common::{ask, config, copy_dir, edit, pack, uid, TOKEN};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -197,7 +197,7 @@ fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
 async fn metrics_count_decisions_errors_reloads_and_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
-    copy_dir(&root().join("policies"), &policies);
+    copy_dir(&pack(), &policies);
     let mut c = config(dir.path(), Limits::default());
     c.pack = blue_authz::engine::pack::PackSpec::new(&policies, &[]);
     c.watch = false;
@@ -305,10 +305,9 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
     );
     assert_eq!(get("blue_authz_store_revision"), batch.revision as f64);
     // The fixture's users, counted from the file.
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("policies/tests/fixture.json")).unwrap(),
-    )
-    .unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pack().join("tests/fixture.json")).unwrap())
+            .unwrap();
     let users = fixture
         .as_array()
         .unwrap()

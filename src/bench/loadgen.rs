@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::bench::gen;
+use crate::bench::progress::{self, Progress};
 use crate::bench::workload::{self, Ask};
 use crate::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 
@@ -453,7 +454,19 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             ("AuthZEN evaluations (decs)", Kind::HttpBatch(cfg.batch), 1),
         ]);
     }
-    for (name, kind, conc) in phases {
+    let count = phases.len();
+    for (i, (name, kind, conc)) in phases.into_iter().enumerate() {
+        // A ticking line on a terminal while the phase runs: which phase, how far.
+        let label = format!("phase {} of {count}: {name} x{conc}, seconds", i + 1);
+        let seconds = cfg.duration.as_secs().max(1);
+        let ticker = tokio::spawn(async move {
+            let mut progress = Progress::new(label, Some(seconds));
+            let started = Instant::now();
+            loop {
+                progress.set(started.elapsed().as_secs());
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
         let f = run_phase(
             name,
             kind,
@@ -464,7 +477,11 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             cfg.pid,
             cfg.http_addr.as_deref(),
         )
-        .await?;
+        .await;
+        ticker.abort();
+        let _ = ticker.await;
+        progress::clear_line();
+        let f = f?;
         println!("{}", f.line());
         out.push(f);
     }

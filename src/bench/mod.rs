@@ -1,9 +1,11 @@
 //! Benchmark tooling: a deterministic generator of realistic data in Blue's entity conventions
 //! ([`gen`]), request mixes over it ([`workload`]), and the gRPC load tool behind
-//! `blue-authz bench` ([`loadgen`]), and the listing benchmark ([`listing`]). Test data only: the engine's decisions do not depend on it.
+//! `blue-authz bench` ([`loadgen`]), the listing benchmark ([`listing`]), and a progress line for
+//! a terminal ([`progress`]). Test data only: the engine's decisions do not depend on it.
 
 pub mod fleet;
 pub mod gen;
 pub mod listing;
 pub mod loadgen;
+pub mod progress;
 pub mod workload;

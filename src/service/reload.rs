@@ -226,26 +226,54 @@ fn log_semantic_diff(old: &PolicyPack, new: &PolicyPack) {
 
 /// Watches the policy directory (and the config file, if any) and reloads on changes, after a
 /// short quiet period so that an editor's burst of writes makes one candidate.
+///
+/// A file is watched through its directory: an editor's save-by-rename (or `sed -i`) replaces
+/// the file's inode, and a watch on the file itself would see only the first such save.
 pub fn watch(
     reloader: Arc<Reloader>,
     paths: Vec<PathBuf>,
     quiet: Duration,
 ) -> notify::Result<notify::RecommendedWatcher> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for path in &paths {
+        if path.is_dir() {
+            dirs.push(std::fs::canonicalize(path)?);
+        } else {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+            let name = path.file_name().ok_or_else(|| {
+                notify::Error::generic(&format!("{} names no file", path.display()))
+            })?;
+            files.push(std::fs::canonicalize(parent)?.join(name));
+        }
+    }
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (watched_dirs, watched_files) = (dirs.clone(), files.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event {
-            if e.kind.is_create() || e.kind.is_modify() || e.kind.is_remove() {
-                let _ = tx.send(());
-            }
+        let Ok(e) = event else { return };
+        if !(e.kind.is_create() || e.kind.is_modify() || e.kind.is_remove()) {
+            return;
+        }
+        // A watched file's directory reports its neighbours too: only the file counts.
+        let ours = e
+            .paths
+            .iter()
+            .any(|p| watched_dirs.iter().any(|d| p.starts_with(d)) || watched_files.contains(p));
+        if ours {
+            let _ = tx.send(());
         }
     })?;
-    for path in &paths {
-        let mode = if path.is_dir() {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        watcher.watch(path, mode)?;
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::Recursive)?;
+    }
+    for file in &files {
+        let dir = file.parent().unwrap_or(file);
+        if !dirs.iter().any(|d| dir.starts_with(d)) {
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        }
     }
     std::thread::Builder::new()
         .name("policy-watch".into())

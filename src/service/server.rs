@@ -73,7 +73,7 @@ pub struct Running {
 
 /// How long the policy directory must be quiet after a change before a reload starts, so that
 /// an editor's burst of writes makes one candidate.
-pub const RELOAD_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+pub const RELOAD_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// The name the health service reports the decision service under.
 pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";

@@ -13,16 +13,44 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The frozen copy of Blue's pack (`tests/fixtures/blue/policies`) that every test with
+/// hand-written expectations or a patched policy text runs on, so that a rule changed in
+/// `policies/` by the README's procedure breaks none of them.
+pub fn pack() -> PathBuf {
+    root().join("tests/fixtures/blue/policies")
+}
+
+/// The shipped pack, checked only by data-driven tests (its suites, its committed matrix, its
+/// invariants, brute-force oracles). `BLUE_AUTHZ_TEST_PACK` points them at another copy: the
+/// README-procedure test runs them on an edited copy of the project that way.
+pub fn live_pack() -> PathBuf {
+    match std::env::var_os("BLUE_AUTHZ_TEST_PACK") {
+        Some(dir) => PathBuf::from(dir),
+        None => root().join("policies"),
+    }
+}
+
+/// The shipped pack's committed matrix (or `BLUE_AUTHZ_TEST_MATRIX`, beside
+/// `BLUE_AUTHZ_TEST_PACK`).
+pub fn live_matrix() -> PathBuf {
+    match std::env::var_os("BLUE_AUTHZ_TEST_MATRIX") {
+        Some(file) => PathBuf::from(file),
+        None => root().join("docs/permissions.md"),
+    }
+}
+
 /// A server config on 127.0.0.1:0 (both services), with a fresh database in `dir` seeded
-/// from the policy tests' fixture.
+/// from the policy tests' fixture, on the frozen pack.
 pub fn config(dir: &Path, limits: Limits) -> ServeConfig {
-    let mut c = ServeConfig::new(
-        PackSpec::new(root().join("policies"), &[]),
-        dir.join("authz.redb"),
-    );
+    config_on(&pack(), dir, limits)
+}
+
+/// The same on the pack in `policies` (with its own suites' fixture as the seed).
+pub fn config_on(policies: &Path, dir: &Path, limits: Limits) -> ServeConfig {
+    let mut c = ServeConfig::new(PackSpec::new(policies, &[]), dir.join("authz.redb"));
     c.listen = Some("127.0.0.1:0".parse().unwrap());
     c.data_listen = Some("127.0.0.1:0".parse().unwrap());
-    c.seed = Some(root().join("policies/tests/fixture.json"));
+    c.seed = Some(policies.join("tests/fixture.json"));
     c.data_token = Some(TOKEN.to_string());
     c.limits = limits;
     c
@@ -238,4 +266,16 @@ pub async fn unix_channel(path: &Path) -> tonic::transport::Channel {
         }))
         .await
         .expect("connect over the Unix socket")
+}
+
+/// Whether the solver is here; in CI its absence is a failure.
+pub fn solver_or_skip(test: &str) -> bool {
+    if blue_authz::analysis::solver_path().is_some() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: cvc5 is missing in CI (apt-get install cvc5)");
+    }
+    eprintln!("SKIPPED {test}: cvc5 is not installed (apt-get install cvc5)");
+    false
 }
