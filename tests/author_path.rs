@@ -1,5 +1,6 @@
 //! The policy author's and operator's path, where a new user tripped: an export of a database
-//! that does not exist, a closed standard output, a data-token warning with no data listener.
+//! that does not exist, a closed standard output, a data-token warning with no data listener,
+//! a start-up with no data that said nothing.
 
 mod common;
 
@@ -62,7 +63,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
 }
 
 #[test]
-fn no_data_token_warning_when_no_data_listener_is_asked_for() {
+fn an_empty_store_is_a_warning_and_a_metric_and_no_data_listener_no_token_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = bin()
         .arg("serve")
@@ -74,6 +75,8 @@ fn no_data_token_warning_when_no_data_listener_is_asked_for() {
             "",
             "--http-listen",
             "",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .args(["--seed", "", "--watch", "false"])
         .env_remove("BLUE_AUTHZ_DATA_TOKEN")
@@ -94,9 +97,28 @@ fn no_data_token_warning_when_no_data_listener_is_asked_for() {
             break;
         }
     }
+    let log = lines.join("\n");
+    // Started without data: a warning, and the metric says so.
+    let metrics: std::net::SocketAddr = log
+        .split("metrics at http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address: {log}"))
+        .parse()
+        .unwrap();
+    let scraped = common::get_metrics(metrics);
     child.kill().unwrap();
     let _ = child.wait();
-    let log = lines.join("\n");
+    assert!(
+        scraped.contains("\nblue_authz_store_empty 1\n"),
+        "{scraped}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("the entity store is empty")),
+        "{log}"
+    );
     assert!(log.contains("serving"), "{log}");
     assert!(
         log.contains("the data service is off (no data listener)"),

@@ -44,8 +44,72 @@ fn the_kubernetes_sidecar_example_parses_and_agrees_with_the_binary() {
     let docs = docs(path);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["Secret", "Deployment"]);
-    let (resolved, _) = check_pod(path, &docs[1]);
+    let (resolved, sidecar) = check_pod(path, &docs[1]);
     assert_eq!(resolved["source"].as_str(), Some(""));
+    // It starts with data: an init container writes the seed file, on a volume the sidecar
+    // mounts, before the sidecar starts.
+    let seed = resolved["seed"].as_str().unwrap();
+    assert!(!seed.is_empty(), "the sidecar has no seed");
+    let pod = &docs[1]["spec"]["template"]["spec"];
+    let mount_of = |container: &Value, file: &str| -> Option<String> {
+        container["volumeMounts"]
+            .as_sequence()?
+            .iter()
+            .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+            .map(|m| m["name"].as_str().unwrap().to_string())
+    };
+    let volume = mount_of(&sidecar, seed).expect("the seed is on a mounted volume");
+    let init = pod["initContainers"]
+        .as_sequence()
+        .expect("an init container");
+    let writer = init
+        .iter()
+        .find(|c| {
+            mount_of(c, seed).as_deref() == Some(volume.as_str())
+                && c["args"]
+                    .as_sequence()
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(seed)))
+        })
+        .expect("an init container that writes the seed file");
+    // And fails (so the pod does not start) when there is no snapshot.
+    assert!(
+        writer["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some("--fail")),
+        "{writer:?}"
+    );
+}
+
+/// The build context leaves out build output and databases.
+#[test]
+fn dockerignore_keeps_target_and_databases_out_of_the_build_context() {
+    let text = read(".dockerignore");
+    let patterns: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(patterns.contains(&"target/"), "{patterns:?}");
+    assert!(
+        patterns.iter().any(|p| p.ends_with("*.redb")),
+        "{patterns:?}"
+    );
+    // Nothing the Dockerfile's build needs is excluded.
+    for needed in [
+        "src",
+        "policies",
+        "proto",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+    ] {
+        assert!(
+            !patterns.iter().any(|p| p.trim_end_matches('/') == needed),
+            "{needed} is ignored"
+        );
+    }
 }
 
 #[test]
@@ -155,28 +219,59 @@ fn check_pod(path: &str, deployment: &Value) -> (toml::Table, Value) {
         .iter()
         .map(|v| (v["name"].as_str().unwrap(), v))
         .collect();
+    // One ConfigMap holds the whole pack (a kubelet update never shows a policy without its
+    // tests), mounted where BLUE_AUTHZ_POLICIES points, its items putting every file of
+    // policies/ back at its path.
     let yaml = read(path);
-    let mut covered = Vec::new();
-    for (name, path) in &mounts {
-        let volume = volumes[name];
-        if let Some(cm) = volume["configMap"]["name"].as_str() {
-            let sub = path
-                .strip_prefix(policies)
-                .unwrap_or_else(|| panic!("{path} is outside {policies}"));
-            let dir = format!("policies{sub}/");
-            assert!(root().join(&dir).is_dir(), "{dir}");
-            let command = format!("kubectl create configmap {cm} --from-file={dir}");
-            assert!(
-                yaml.contains(&command),
-                "the example does not say `{command}`"
-            );
-            covered.push(dir);
+    let config_maps: Vec<(&str, &Value)> = volumes
+        .iter()
+        .filter(|(_, v)| !v["configMap"].is_null())
+        .map(|(name, v)| (*name, *v))
+        .collect();
+    assert_eq!(config_maps.len(), 1, "one ConfigMap for the pack");
+    let (volume, cm) = config_maps[0];
+    assert_eq!(mounts[volume], policies);
+    let name = cm["configMap"]["name"].as_str().unwrap();
+    let command = format!(
+        "kubectl create configmap {name} --from-file=policies/ --from-file=policies/optional/ --from-file=policies/tests/"
+    );
+    assert!(
+        yaml.contains(&command),
+        "the example does not say `{command}`"
+    );
+    let items: BTreeMap<String, String> = cm["configMap"]["items"]
+        .as_sequence()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["path"].as_str().unwrap().to_string(),
+                i["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut files = BTreeMap::new();
+    for dir in ["", "optional/", "tests/"] {
+        for entry in std::fs::read_dir(root().join("policies").join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                let file = entry.file_name().into_string().unwrap();
+                // --from-file names each key after its file: no two may share a name.
+                assert!(
+                    files.values().all(|k| k != &file),
+                    "two files of the pack are named {file}"
+                );
+                files.insert(format!("{dir}{file}"), file);
+            }
         }
     }
-    covered.sort();
     assert_eq!(
-        covered,
-        ["policies/", "policies/optional/", "policies/tests/"]
+        items, files,
+        "the ConfigMap's items are every file of policies/"
+    );
+    assert!(
+        files.keys().any(|f| f.starts_with("tests/")),
+        "the tests are in it"
     );
     let db = resolved["db"].as_str().unwrap();
     let data = mounts["data"];

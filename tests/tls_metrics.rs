@@ -304,6 +304,7 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
         1.0
     );
     assert_eq!(get("blue_authz_store_revision"), batch.revision as f64);
+    assert_eq!(get("blue_authz_store_empty"), 0.0);
     // The fixture's users, counted from the file.
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(pack().join("tests/fixture.json")).unwrap())

@@ -284,6 +284,14 @@ impl Running {
             revision = store.revision(),
             "policies and data loaded"
         );
+        if store.is_empty() {
+            tracing::warn!(
+                db = %self.config.db.display(),
+                "the entity store is empty: decisions that need entity data deny until data is \
+                 written (a seed on first start, `import`, or WriteEntities); metric \
+                 blue_authz_store_empty"
+            );
+        }
         self.engine.install(pack, store, storage);
         self.serve_loaded().await
     }

@@ -386,6 +386,15 @@ impl Collector for Scrape {
                 ConstGauge::new(value).encode(enc)?;
             }
         }
+        let total: usize = counts.iter().map(|(_, n)| n).sum();
+        let enc = encoder.encode_descriptor(
+            "store_empty",
+            "Whether the loaded entity store holds no entity at all (1): every decision that needs data denies",
+            None,
+            MetricType::Gauge,
+        )?;
+        let empty = self.engine.live().is_some() && total == 0;
+        ConstGauge::new(empty as i64).encode(enc)?;
         let mut enc = encoder.encode_descriptor(
             "store_entities",
             "Entities in the store, by type",
