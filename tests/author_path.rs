@@ -131,3 +131,165 @@ fn an_empty_store_is_a_warning_and_a_metric_and_no_data_listener_no_token_warnin
         "{log}"
     );
 }
+
+/// `blue-authz ARGS`: exit code, stdout, stderr.
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .args(args)
+        .env_remove("BLUE_AUTHZ_SOURCE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The ids in an exported store.
+fn exported_ids(db: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let (code, out, err) = cli(&["export", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    all.iter()
+        .map(|e| format!("{}::{}", e["uid"]["type"], e["uid"]["id"]))
+        .collect()
+}
+
+/// `import` says that it merges; `--replace` makes the store the file's; a parent that
+/// exists nowhere is refused and nothing is written.
+#[test]
+fn import_merges_or_replaces_and_says_which_and_refuses_dangling_parents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("a.redb");
+    let db_s = db.to_str().unwrap();
+    let fixture = pack().join("tests/fixture.json");
+    let (code, out, err) = cli(&["import", fixture.to_str().unwrap(), "--db", db_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("merged: 0 stored entities"), "{out}");
+    let before = exported_ids(&db);
+    assert!(before.len() > 50);
+
+    // One user, whose parent is a role of the fixture: merged, the rest kept.
+    let one = tmp.path().join("one.json");
+    std::fs::write(
+        &one,
+        r#"[{"uid": {"type": "Blue::User", "id": "newbie"}, "attrs": {},
+             "parents": [{"type": "Blue::Role", "id": "apollo/view"}]}]"#,
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["import", one.to_str().unwrap(), "--db", db_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "merged: {} stored entities the file does not name kept",
+            before.len()
+        )),
+        "{out}"
+    );
+    assert_eq!(exported_ids(&db).len(), before.len() + 1);
+
+    // A parent that exists nowhere: refused, nothing written.
+    let dangling = tmp.path().join("dangling.json");
+    std::fs::write(
+        &dangling,
+        r#"[{"uid": {"type": "Blue::User", "id": "lost"}, "attrs": {},
+             "parents": [{"type": "Blue::Role", "id": "nowhere/view"}]}]"#,
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["import", dangling.to_str().unwrap(), "--db", db_s]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            r#"Blue::User::"lost" has parent Blue::Role::"nowhere/view", which does not exist"#
+        ),
+        "{err}"
+    );
+    assert_eq!(exported_ids(&db).len(), before.len() + 1);
+
+    // With --replace the dangling parent is refused too: the store would lose the role.
+    let (code, _, err) = cli(&["import", one.to_str().unwrap(), "--db", db_s, "--replace"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("apollo/view"), "{err}");
+
+    // --replace with a self-contained file: the store becomes exactly the file.
+    let alone = tmp.path().join("alone.json");
+    std::fs::write(
+        &alone,
+        r#"[{"uid": {"type": "Blue::User", "id": "solo"}, "attrs": {}, "parents": []}]"#,
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["import", alone.to_str().unwrap(), "--db", db_s, "--replace"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "replaced: {} stored entities the file does not name deleted",
+            before.len() + 1
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        exported_ids(&db).into_iter().collect::<Vec<_>>(),
+        [r#""Blue::User"::"solo""#]
+    );
+}
+
+/// `export` and `import` of a database a running server holds say so and name the calls to use.
+#[test]
+fn offline_commands_on_a_database_a_server_holds_point_at_the_data_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("held.redb");
+    let mut child = bin()
+        .arg("serve")
+        .args(["--db", db.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "",
+            "--http-listen",
+            "",
+        ])
+        .args(["--watch", "false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::log_lines(child.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut log = String::new();
+    while std::time::Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            break;
+        };
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("serving") && !line.contains("not serving") {
+            break;
+        }
+    }
+    let export = cli(&["export", "--db", db.to_str().unwrap()]);
+    let fixture = pack().join("tests/fixture.json");
+    let import = cli(&[
+        "import",
+        fixture.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(log.contains("serving"), "{log}");
+    let (code, out, err) = export;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("a running server holds this database") && err.contains("ExportEntities"),
+        "{err}"
+    );
+    let (code, _, err) = import;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a running server holds this database") && err.contains("WriteEntities"),
+        "{err}"
+    );
+}

@@ -4,8 +4,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use super::{runtime, AnyError, Exit};
-use crate::storage::{PgSource, RedbStorage, Storage};
+use super::{open_offline, runtime, AnyError, Exit};
+use crate::storage::{PgSource, Storage};
 
 pub fn run(db: &Path, source: Option<&str>) -> Result<Exit, AnyError> {
     if let Some(url) = source {
@@ -20,7 +20,10 @@ pub fn run(db: &Path, source: Option<&str>) -> Result<Exit, AnyError> {
         )
         .into());
     }
-    let storage = RedbStorage::open(db)?;
+    let storage = open_offline(
+        db,
+        "read it through the running server with the ExportEntities call of its data service",
+    )?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
     let mut io_error = None;

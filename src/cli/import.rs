@@ -1,19 +1,21 @@
 //! `blue-authz import FILE`: write a Cedar JSON entities file into the embedded database as one
 //! atomic batch, validated against the schema; or into a shared source, through a replica of
-//! it (validated whole against the schema and the source's data, then written in batches).
+//! it (validated whole against the schema and the source's data, then written in batches). It
+//! merges by default (`--replace` also deletes what the file does not name), refuses parents
+//! that exist nowhere (as `add_parent` does), and says which it did.
 
 use std::path::Path;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{load_or_report, runtime, AnyError, Exit};
-use crate::engine::index::WriteOp;
+use super::{load_or_report, open_offline, runtime, AnyError, Exit};
+use crate::engine::index::{EntityStore, Prepared, WriteOp};
 use crate::engine::pack::{PackSpec, PolicyPack};
 use crate::service::replica::{Replica, SourceConfig};
 use crate::service::startup::load_store;
 use crate::service::state::{Limits, State};
-use crate::storage::{RedbStorage, Storage};
+use crate::storage::Storage;
 
 /// Entities per batch written to a shared source.
 const SHARED_BATCH: usize = 10_000;
@@ -23,28 +25,79 @@ pub fn run(
     file: &Path,
     db: &Path,
     source: Option<&str>,
+    replace: bool,
 ) -> Result<Exit, AnyError> {
     let Some(pack) = load_or_report(spec)? else {
         return Ok(Exit::Problems);
     };
     if let Some(url) = source {
-        return import_shared(pack, file, url);
+        return import_shared(pack, file, url, replace);
     }
-    let storage = RedbStorage::open(db)?;
+    let storage = open_offline(
+        db,
+        "write through the running server with the WriteEntities call of its data service",
+    )?;
     let store = load_store(&storage, &pack, None)?;
-    let mut prepared = store.prepare_file(file, &pack.entities)?;
+    let (mut prepared, how) = prepare(&store, file, &pack, replace)?;
     prepared.changes.schema = Some(pack.schema_version.clone());
     let count = prepared.changes.puts.len();
     storage.apply(&prepared.changes)?;
     println!(
-        "imported {count} entities into {} (revision {})",
+        "imported {count} entities into {} (revision {}): {how}",
         db.display(),
         prepared.revision()
     );
     Ok(Exit::Success)
 }
 
-fn import_shared(pack: Arc<PolicyPack>, file: &Path, url: &str) -> Result<Exit, AnyError> {
+/// The file as one batch over `store` (replacing its contents if asked), refused if a parent
+/// exists nowhere; and what the batch does to the rest of the store, in words.
+fn prepare(
+    store: &EntityStore,
+    file: &Path,
+    pack: &PolicyPack,
+    replace: bool,
+) -> Result<(Prepared, String), AnyError> {
+    let prepared = store.prepare_file(file, &pack.entities)?;
+    let written = prepared.changes.puts.len();
+    let (prepared, how) = if replace {
+        let (prepared, deleted) = prepared.replacing(store);
+        let how = format!("replaced: {deleted} stored entities the file does not name deleted");
+        (prepared, how)
+    } else {
+        let kept = store.len().saturating_sub(
+            prepared
+                .changes
+                .puts
+                .iter()
+                .filter(|(uid, _)| uid.parse().is_ok_and(|u| store.contains(&u)))
+                .count(),
+        );
+        let how = format!(
+            "merged: {kept} stored entities the file does not name kept (--replace deletes them)"
+        );
+        (prepared, how)
+    };
+    let dangling = prepared.dangling_parents(store);
+    if let Some((child, parent)) = dangling.first() {
+        return Err(format!(
+            "{}: {child} has parent {parent}, which does not exist in the file or the store \
+             ({} such parent edges; add_parent refuses them the same way); nothing was written \
+             of {written} entities",
+            file.display(),
+            dangling.len()
+        )
+        .into());
+    }
+    Ok((prepared, how))
+}
+
+fn import_shared(
+    pack: Arc<PolicyPack>,
+    file: &Path,
+    url: &str,
+    replace: bool,
+) -> Result<Exit, AnyError> {
     let scratch = std::env::temp_dir().join(format!("blue-authz-import-{}", std::process::id()));
     let result = runtime()?.block_on(async {
         let state = Arc::new(State::new(Limits::default()));
@@ -61,21 +114,24 @@ fn import_shared(pack: Arc<PolicyPack>, file: &Path, url: &str) -> Result<Exit, 
         )?;
         let (store, storage, _) = replica.open(&pack, false).await?;
         // Validated whole on top of the source's data before anything is written.
-        let prepared = store.prepare_file(file, &pack.entities)?;
-        let ops: Vec<WriteOp> = prepared
+        let (prepared, how) = prepare(&store, file, &pack, replace)?;
+        let mut ops: Vec<WriteOp> = prepared
             .changes
             .puts
             .iter()
             .map(|(_, json)| serde_json::from_slice(json).map(WriteOp::Upsert))
             .collect::<Result<_, _>>()?;
-        state.install(pack.clone(), store, storage);
         let count = ops.len();
+        for uid in &prepared.changes.deletes {
+            ops.push(WriteOp::Delete(uid.parse()?));
+        }
+        state.install(pack.clone(), store, storage);
         let mut revision = 0;
         for chunk in ops.chunks(SHARED_BATCH) {
             revision = replica.write(chunk.to_vec()).await?;
         }
         println!(
-            "imported {count} entities into {} (revision {revision})",
+            "imported {count} entities into {} (revision {revision}): {how}",
             replica.source.name()
         );
         Ok::<_, AnyError>(Exit::Success)

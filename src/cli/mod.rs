@@ -67,6 +67,25 @@ impl SourceArgs {
 }
 
 /// A runtime for the commands that talk to a shared source.
+/// Opens the embedded database for an offline command; one a running server holds is an error
+/// that says so and what to do instead (`instead`: the data-service call that does the job).
+fn open_offline(
+    db: &std::path::Path,
+    instead: &str,
+) -> Result<crate::storage::RedbStorage, AnyError> {
+    crate::storage::RedbStorage::open(db).map_err(|e| -> AnyError {
+        if e.in_use {
+            format!(
+                "{}: a running server holds this database; {instead}, or stop the server first",
+                db.display()
+            )
+            .into()
+        } else {
+            e.into()
+        }
+    })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -104,10 +123,14 @@ enum Command {
     /// allowed and one newly denied (needs cvc5).
     Diff(diff::DiffCommand),
     /// Write a Cedar JSON entities file into the database as one atomic batch (into a shared
-    /// source: validated whole, then written in batches of 10,000).
+    /// source: validated whole, then written in batches of 10,000). It merges: stored entities
+    /// the file does not name are kept, unless --replace.
     Import {
         /// Cedar JSON entities file.
         file: PathBuf,
+        /// Replace the store's contents: also delete every stored entity the file does not name.
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
@@ -175,9 +198,12 @@ pub fn main() -> ExitCode {
         Command::Matrix(args) => matrix::run(&spec, args),
         Command::Analyze(args) => analyze::run(&spec, args),
         Command::Diff(args) => diff::run(&spec.overlays, args),
-        Command::Import { file, db, source } => {
-            import::run(&spec, &file, &db.db, source.url().as_deref())
-        }
+        Command::Import {
+            file,
+            replace,
+            db,
+            source,
+        } => import::run(&spec, &file, &db.db, source.url().as_deref(), replace),
         Command::Export { db, source } => export::run(&db.db, source.url().as_deref()),
         Command::Gen(args) => gen::run(&spec, args),
         Command::Bench(args) => bench::run(args),

@@ -119,6 +119,7 @@ fn move_into_place(db: &Path) -> Result<(), crate::storage::StorageError> {
     std::fs::rename(bootstrap_path(db), db).map_err(|e| crate::storage::StorageError {
         path: db.to_path_buf(),
         message: format!("cannot move the snapshot into place: {e}"),
+        in_use: false,
     })
 }
 
@@ -126,6 +127,7 @@ fn blocking_failed(e: tokio::task::JoinError) -> StateError {
     StateError::Storage(crate::storage::StorageError {
         path: PathBuf::new(),
         message: format!("a blocking task failed: {e}"),
+        in_use: false,
     })
 }
 

@@ -32,6 +32,7 @@ impl RedbStorage {
         let err = |e: &dyn std::fmt::Display| StorageError {
             path: path.to_path_buf(),
             message: e.to_string(),
+            in_use: false,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
@@ -41,7 +42,13 @@ impl RedbStorage {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StorageError {
+                    in_use: true,
+                    ..err(&"the database is in use by another process (a running server holds it)")
+                },
+                e => err(&e),
+            })?;
         let storage = RedbStorage {
             path: path.to_path_buf(),
             db,
@@ -125,6 +132,7 @@ impl RedbStorage {
         StorageError {
             path: self.path.clone(),
             message: e.to_string(),
+            in_use: false,
         }
     }
 }

@@ -18,6 +18,8 @@ pub use postgres::{Head, PgSource, Poll, SourceError, WriteTxn};
 pub struct StorageError {
     pub path: PathBuf,
     pub message: String,
+    /// The database is held open by another process (a running server).
+    pub in_use: bool,
 }
 
 /// Durable storage of entities.

@@ -67,6 +67,49 @@ impl Prepared {
             .filter_map(|(uid, json)| json.as_ref().map(|j| (uid, j)))
     }
 
+    /// The same batch, also deleting every stored entity it does not write: the store's
+    /// contents replaced by the batch's. Returns the batch and how many it deletes.
+    pub fn replacing(mut self, store: &EntityStore) -> (Prepared, usize) {
+        let written: std::collections::HashSet<EntityUid> =
+            self.touched.iter().map(|(uid, _)| uid.clone()).collect();
+        let mut deleted = 0;
+        for ix in 0..store.nodes.len() as Ix {
+            if store.node(ix).is_none() {
+                continue;
+            }
+            let uid = store.uid_of(ix);
+            if !written.contains(&uid) {
+                self.changes.deletes.push(uid.to_string());
+                self.touched.push((uid, None));
+                deleted += 1;
+            }
+        }
+        (self, deleted)
+    }
+
+    /// Every parent edge of the batch's entities that names an entity neither the batch (as
+    /// written) nor the rest of `store` holds, as (child, parent).
+    pub fn dangling_parents(&self, store: &EntityStore) -> Vec<(EntityUid, EntityUid)> {
+        let final_state: HashMap<&EntityUid, bool> = self
+            .touched
+            .iter()
+            .map(|(uid, json)| (uid, json.is_some()))
+            .collect();
+        let exists = |uid: &EntityUid| match final_state.get(uid) {
+            Some(present) => *present,
+            None => store.contains(uid),
+        };
+        let mut dangling = Vec::new();
+        for (child, json) in self.upserts() {
+            for parent in json_uids(json.get("parents")) {
+                if !exists(&parent) {
+                    dangling.push((child.clone(), parent));
+                }
+            }
+        }
+        dangling
+    }
+
     /// Replaces the revision (when rebuilding from storage, which knows it).
     pub fn with_revision(mut self, revision: u64) -> Self {
         self.revision = revision;
