@@ -293,3 +293,41 @@ fn offline_commands_on_a_database_a_server_holds_point_at_the_data_service() {
         "{err}"
     );
 }
+
+/// `check` names its own flags in its errors, not the gRPC request's fields.
+#[test]
+fn check_errors_name_its_flags() {
+    let demo = common::root().join("data/demo.json");
+    let demo = demo.to_str().unwrap();
+    let base = |action: &str, resource: &str, context: &str| {
+        cli(&[
+            "check",
+            "--entities",
+            demo,
+            "--principal",
+            r#"Blue::User::"erin""#,
+            "--action",
+            action,
+            "--resource",
+            resource,
+            "--context",
+            context,
+        ])
+    };
+    let (code, _, err) = base("nope", r#"Blue::Record::"website-1""#, "{}");
+    assert_eq!(code, 2);
+    assert!(err.contains("--action: unknown action `nope`"), "{err}");
+    let (_, _, err) = base("comment", r#"Blue::Record::"website-1""#, r#"{"x": 1}"#);
+    assert!(err.starts_with("error: --context: "), "{err}");
+    let (_, _, err) = base(
+        "inviteMember",
+        r#"Blue::Project::"website""#,
+        r#"{"role": "owner"}"#,
+    );
+    assert!(err.starts_with("error: --context: role: `owner`"), "{err}");
+    let (_, _, err) = base("comment", r#"Blue::Project::"website""#, "{}");
+    assert!(err.starts_with("error: --resource: "), "{err}");
+    for field in ["action.id", "context_json", "resource.type"] {
+        assert!(!err.contains(field), "{err}");
+    }
+}

@@ -1009,3 +1009,60 @@ async fn the_data_service_bounds_what_one_call_may_cost() {
     assert_eq!(r, before + 1);
     running.shutdown().await.unwrap();
 }
+
+/// The README's one data-service request body, sent as it is written there, on the demo data:
+/// frank becomes a member of website, and the revision it returns shows the write.
+#[tokio::test]
+async fn the_readmes_write_request_body_does_what_it_says() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let call = readme
+        .split("grpcurl -plaintext -H 'authorization: Bearer change-me' -d '")
+        .nth(1)
+        .expect("the README's WriteEntities call");
+    let (body, rest) = call.split_once("' 127.0.0.1:50052 ").unwrap();
+    assert!(rest.starts_with("blue.authz.v1.EntityStore/WriteEntities"));
+    let body: serde_json::Value = serde_json::from_str(body).expect("the body is JSON");
+    let uid_of =
+        |v: &serde_json::Value| uid(v["type"].as_str().unwrap(), v["id"].as_str().unwrap());
+    let ops: Vec<pb::WriteOp> = body["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            let op = op.as_object().unwrap();
+            assert_eq!(op.len(), 1, "one operation per element: {op:?}");
+            let (kind, v) = op.iter().next().unwrap();
+            pb::WriteOp {
+                op: Some(match kind.as_str() {
+                    "upsertJson" => pb::write_op::Op::UpsertJson(v.as_str().unwrap().to_string()),
+                    "addParent" => pb::write_op::Op::AddParent(pb::Edge {
+                        child: uid_of(&v["child"]),
+                        parent: uid_of(&v["parent"]),
+                    }),
+                    other => panic!("an operation this test does not know: {other}"),
+                }),
+            }
+        })
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Limits::default());
+    c.seed = Some(common::root().join("data/demo.json"));
+    let mut running = server::start(c).await.unwrap();
+    running.load().await.unwrap();
+    let mut decisions = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
+        .await
+        .unwrap();
+    let mut data = data_client(running.data_addr.unwrap(), Some(TOKEN)).await;
+    let wiki = || ask("frank", "editWiki", "Blue::Project", "website", "");
+    let before = decisions.is_authorized(wiki()).await.unwrap().into_inner();
+    assert_eq!(before.decision, pb::Decision::Deny as i32);
+    let revision = write(&mut data, ops).await;
+    assert_eq!(revision, 2, "the README says revision 2");
+    let mut after = wiki();
+    after.min_revision = revision;
+    let after = decisions.is_authorized(after).await.unwrap().into_inner();
+    assert_eq!(after.decision, pb::Decision::Allow as i32);
+    assert_eq!(after.determining_policies, ["project.editWiki"]);
+    running.shutdown().await.unwrap();
+}

@@ -41,7 +41,7 @@ pub fn run(spec: &PackSpec, args: CheckCommand) -> Result<Exit, AnyError> {
         context_json: &args.context,
         entities_json: "",
     };
-    let req = request::check(&pack, &store, &raw)?;
+    let req = request::check(&pack, &store, &raw).map_err(flag_error)?;
     let d = decide::decide(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
     println!("decision: {}", if d.allow { "ALLOW" } else { "DENY" });
     println!("determining policies: {}", list(&d.determining));
@@ -60,4 +60,23 @@ pub(super) fn split_uid(s: &str, flag: &str) -> Result<(String, String), String>
         .and_then(|i| i.strip_suffix('"'))
         .unwrap_or(id);
     Ok((ty.to_string(), id.to_string()))
+}
+
+/// A request error in the words of this command's flags (the engine names request fields).
+fn flag_error(e: crate::engine::error::RequestError) -> String {
+    let field = e.field.as_str();
+    let flag = if field.starts_with("principal") {
+        "--principal".to_string()
+    } else if field.starts_with("resource") {
+        "--resource".to_string()
+    } else if field.starts_with("action") {
+        "--action".to_string()
+    } else if field == "context_json" || field == "context" {
+        "--context".to_string()
+    } else if let Some(attr) = field.strip_prefix("context.") {
+        format!("--context: {attr}")
+    } else {
+        return e.to_string();
+    };
+    format!("{flag}: {}", e.message)
 }
