@@ -194,6 +194,8 @@ async fn ten_thousand_random_and_mutated_requests() {
                             context_json: req.context_json.clone(),
                             entities_json: req.entities_json.clone(),
                             min_revision: 0,
+                            each_declared_context: rng.below(2) == 0,
+                            ..Default::default()
                         })
                         .await
                         .map(|_| ())

@@ -207,6 +207,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
                     context_json: String::new(),
                     entities_json: String::new(),
                     min_revision: 0,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -251,6 +252,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
             context_json: r#"{"role": "client"}"#.into(),
             entities_json: String::new(),
             min_revision: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -267,6 +269,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
                 context_json: bad.into(),
                 entities_json: String::new(),
                 min_revision: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -773,4 +776,166 @@ async fn on_shutdown_every_health_entry_goes_not_serving() {
         assert_eq!(next.status, ServingStatus::NotServing as i32, "{service:?}");
     }
     stop.await.unwrap().unwrap();
+}
+
+/// A whole screen in one call: every action with each declared context value (inviteMember's
+/// role, changeMemberRole's, shareDashboard's level), each answer equal to IsAuthorized with
+/// that context; a context given per action; and bad per-action contexts named.
+#[tokio::test]
+async fn list_allowed_actions_decides_each_declared_context_and_per_action_contexts() {
+    let (running, mut client, _dir) = serve(Limits::default()).await;
+    let mut compared = 0;
+    for (user, rtype, rid) in [
+        ("ada", "Blue::Project", "apollo"),
+        ("cleo", "Blue::Project", "apollo"),
+        ("vic", "Blue::Project", "apollo"),
+        ("gus", "Blue::Project", "apollo"),
+        ("dora", "Blue::Dashboard", "acme-kpis"),
+        ("eli", "Blue::Dashboard", "acme-kpis"),
+        ("val", "Blue::Dashboard", "acme-kpis"),
+    ] {
+        // Sharing needs whom to share with besides the declared level: given per action,
+        // under which each level is laid.
+        let with = r#"{"with": {"type": "Blue::User", "id": "vic"}}"#;
+        let per_action: std::collections::HashMap<String, String> =
+            [("shareDashboard".to_string(), with.to_string())].into();
+        let r = client
+            .list_allowed_actions(pb::ListAllowedActionsRequest {
+                principal: uid("Blue::User", user),
+                resource: uid(rtype, rid),
+                each_declared_context: true,
+                action_contexts_json: if rtype == "Blue::Dashboard" {
+                    per_action.clone()
+                } else {
+                    Default::default()
+                },
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.not_evaluated.is_empty(), "{user}: {:?}", r.not_evaluated);
+        // Every (action, context) the pack can be asked, decided one by one.
+        let pack = blue_authz::engine::pack::PolicyPack::load(
+            &blue_authz::engine::pack::PackSpec::new(pack(), &[]),
+        )
+        .unwrap();
+        let principal: cedar_policy::EntityUid = format!("Blue::User::\"{user}\"").parse().unwrap();
+        let resource: cedar_policy::EntityUid = format!("{rtype}::\"{rid}\"").parse().unwrap();
+        let mut expected = BTreeSet::new();
+        let mut with_context = 0;
+        for (action, _) in pack.actions_for(principal.type_name(), resource.type_name()) {
+            let id = action.id().unescaped().to_string();
+            let base = per_action
+                .get(&id)
+                .filter(|_| rtype == "Blue::Dashboard")
+                .map_or("", String::as_str);
+            let declared = blue_authz::engine::decide::declared_contexts(&pack, &id, base);
+            let contexts: Vec<String> = if declared.is_empty() {
+                vec![String::new()]
+            } else {
+                with_context += 1;
+                declared
+            };
+            for context in contexts {
+                let single = client
+                    .is_authorized(pb::IsAuthorizedRequest {
+                        principal: uid("Blue::User", user),
+                        action: uid("Blue::Action", &id),
+                        resource: uid(rtype, rid),
+                        context_json: context.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                compared += 1;
+                if single.decision == pb::Decision::Allow as i32 {
+                    expected.insert((id.clone(), context, single.determining_policies));
+                }
+            }
+        }
+        assert!(
+            with_context >= 1,
+            "{rtype} has an action with declared contexts"
+        );
+        let listed: BTreeSet<(String, String, Vec<String>)> = r
+            .allowed
+            .into_iter()
+            .map(|a| (a.action, a.context_json, a.determining_policies))
+            .collect();
+        assert_eq!(listed, expected, "{user} on {rtype} {rid}");
+    }
+    assert!(compared > 100, "{compared}");
+
+    // Inviting, seen by view-only vic: only as view.
+    let r = client
+        .list_allowed_actions(pb::ListAllowedActionsRequest {
+            principal: uid("Blue::User", "vic"),
+            resource: uid("Blue::Project", "apollo"),
+            each_declared_context: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let invites: Vec<&str> = r
+        .allowed
+        .iter()
+        .filter(|a| a.action == "inviteMember")
+        .map(|a| a.context_json.as_str())
+        .collect();
+    assert_eq!(invites, [r#"{"role":"view"}"#]);
+
+    // One context for one action: only that action gets it; the rest take context_json.
+    let ask = |contexts: &[(&str, &str)]| pb::ListAllowedActionsRequest {
+        principal: uid("Blue::User", "cleo"),
+        resource: uid("Blue::Project", "apollo"),
+        action_contexts_json: contexts
+            .iter()
+            .map(|(a, c)| (a.to_string(), c.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let r = client
+        .list_allowed_actions(ask(&[("inviteMember", r#"{"role": "comment"}"#)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let invite: Vec<&pb::AllowedAction> = r
+        .allowed
+        .iter()
+        .filter(|a| a.action == "inviteMember")
+        .collect();
+    assert_eq!(invite.len(), 1, "{:?}", r.allowed);
+    assert_eq!(invite[0].context_json, r#"{"role": "comment"}"#);
+    assert!(r
+        .not_evaluated
+        .iter()
+        .any(|n| n.action == "changeMemberRole" && n.context_json.is_empty()));
+    for (contexts, field) in [
+        (vec![("nope", "{}")], "action_contexts_json[nope]"),
+        (
+            vec![("inviteMember", r#"{"role": "owner"}"#)],
+            "action_contexts_json[inviteMember]",
+        ),
+        (
+            vec![("inviteMember", "[1]")],
+            "action_contexts_json[inviteMember]",
+        ),
+    ] {
+        let e = client
+            .list_allowed_actions(ask(&contexts))
+            .await
+            .expect_err(field);
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {}", e.message());
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    // A shared context with a value the pack does not declare: refused as for IsAuthorized.
+    let mut owner = ask(&[]);
+    owner.context_json = r#"{"role": "owner"}"#.into();
+    let e = client.list_allowed_actions(owner).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("context.role"), "{}", e.message());
+    running.shutdown().await.unwrap();
 }

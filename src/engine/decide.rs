@@ -3,6 +3,8 @@
 //! policies indexed under the action; the decision is explained with the `@id`s of the
 //! determining policies. [`list_allowed`] decides every action of a principal and resource.
 
+use std::collections::HashMap;
+
 use cedar_policy::{EntityUid, Request};
 
 use crate::engine::compiled::Compiled;
@@ -13,7 +15,8 @@ use crate::engine::needs::{Need, Needs, NEED_ALL};
 use crate::engine::pack::{ActionEntry, PolicyPack};
 use crate::engine::plan::Plan;
 use crate::engine::request::{
-    cedar_request, checked_request, context_of, parse_overlay, CheckedRequest,
+    cedar_request, check_declared_values, checked_request, context_of, parse_overlay,
+    CheckedRequest,
 };
 
 /// How many attribute hops a slice follows from the request's entities by default. Blue's
@@ -286,26 +289,170 @@ pub fn list_allowed(
     entities_json: &str,
     depth: usize,
 ) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
+    let contexts = Contexts {
+        default: context_json,
+        ..Contexts::default()
+    };
+    Ok(list_allowed_in(
+        pack,
+        store,
+        (principal, resource),
+        &contexts,
+        entities_json,
+        depth,
+    )?
+    .into_iter()
+    .map(|l| (l.action, l.outcome))
+    .collect())
+}
+
+/// The contexts [`list_allowed_in`] decides each action with.
+#[derive(Debug, Default)]
+pub struct Contexts<'a> {
+    /// For every action not otherwise given one.
+    pub default: &'a str,
+    /// Per action id, the context for that action instead of the default.
+    pub per_action: Option<&'a HashMap<String, String>>,
+    /// Actions whose context fields the pack declares the values of (names.toml) are decided
+    /// once per combination of those values, each laid over the action's context (its
+    /// `per_action` one, or the default): fields that context sets stay as given.
+    pub each_declared: bool,
+}
+
+/// One action decided with one context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub action: String,
+    /// The context it was decided with, when not the default one.
+    pub context: Option<String>,
+    pub outcome: ActionOutcome,
+}
+
+/// Every combination of the declared values of an action's context fields, each laid over
+/// `base` (a context JSON object, or empty; the fields it sets stay as given), as context JSON
+/// objects. None when the pack declares none, or `base` is no JSON object (the caller's
+/// context check then says what is wrong with it).
+pub fn declared_contexts(pack: &PolicyPack, action_id: &str, base: &str) -> Vec<String> {
+    let declared = pack.names.context_values(action_id);
+    if declared.is_empty() {
+        return Vec::new();
+    }
+    let base = if base.trim().is_empty() {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_str::<serde_json::Value>(base) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Vec::new(),
+        }
+    };
+    let mut combos = vec![base];
+    for (field, values) in declared {
+        if combos[0].contains_key(field) {
+            continue;
+        }
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.insert(field.clone(), serde_json::Value::String(v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+        .into_iter()
+        .map(|c| serde_json::Value::Object(c).to_string())
+        .collect()
+}
+
+/// [`list_allowed`] with a context per action, or each declared one: one entry per action and
+/// context, sorted by action id (and, within one action, in the declared values' order).
+pub fn list_allowed_in(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    (principal, resource): (&EntityUid, &EntityUid),
+    contexts: &Contexts<'_>,
+    entities_json: &str,
+    depth: usize,
+) -> Result<Vec<Listed>, RequestError> {
     let actions = pack.actions_for(principal.type_name(), resource.type_name());
+    if let Some(per_action) = contexts.per_action {
+        for id in per_action.keys() {
+            if !actions
+                .iter()
+                .any(|(a, _)| a.id().unescaped() == id.as_str())
+            {
+                return Err(RequestError::new(
+                    format!("action_contexts_json[{id}]"),
+                    format!(
+                        "no action `{id}` applies to a {} and a {}",
+                        principal.type_name(),
+                        resource.type_name()
+                    ),
+                ));
+            }
+        }
+    }
     let overlay = parse_overlay(pack, store, entities_json)?;
     let mut requests = Vec::with_capacity(actions.len());
     let mut context_refs: Vec<EntityUid> = Vec::new();
     let mut literals: Vec<EntityUid> = Vec::new();
     for (action, entry) in &actions {
-        match checked_request(pack, entry, (principal, action, resource), context_json) {
-            Ok((r, refs)) => {
-                context_refs.extend(refs);
-                literals.extend(entry.literals.iter().cloned());
-                requests.push((*action, *entry, Ok(r)));
+        let id = action.id().unescaped();
+        let given = contexts.per_action.and_then(|m| m.get(id));
+        let base = given.map_or(contexts.default, String::as_str);
+        let declared = match contexts.each_declared {
+            true => declared_contexts(pack, id, base),
+            false => Vec::new(),
+        };
+        let mine: Vec<(Option<String>, &str)> = match given {
+            _ if !declared.is_empty() => declared
+                .iter()
+                .map(|c| (Some(c.clone()), c.as_str()))
+                .collect(),
+            Some(c) => vec![(Some(c.clone()), c.as_str())],
+            None => vec![(None, contexts.default)],
+        };
+        literals.extend(entry.literals.iter().cloned());
+        let declared_values = pack.names.context_values(id);
+        for (shown, context_json) in mine {
+            // The same checks as a single decision's: the schema's, then the declared values.
+            let checked = checked_request(pack, entry, (principal, action, resource), context_json)
+                .and_then(|ok| {
+                    if !declared_values.is_empty() {
+                        check_declared_values(declared_values, context_json)?;
+                    }
+                    Ok(ok)
+                });
+            match checked {
+                Ok((r, refs)) => {
+                    context_refs.extend(refs);
+                    requests.push((*action, *entry, shown, Ok(r)));
+                }
+                // A context that fits only some actions leaves the others not evaluated; one
+                // that is no JSON object fits none, an error as for a single decision (checked
+                // only here, on the way out, so a good context is parsed no more than before).
+                Err(e) if e.field == "context_json" => {
+                    not_a_json_object(context_json).map_err(|e| match given {
+                        Some(_) => {
+                            RequestError::new(format!("action_contexts_json[{id}]"), e.message)
+                        }
+                        None => e,
+                    })?;
+                    requests.push((*action, *entry, shown, Err(e.message)))
+                }
+                Err(e) => {
+                    return Err(match given {
+                        Some(_) if e.field.starts_with("context") => RequestError::new(
+                            format!("action_contexts_json[{id}]"),
+                            format!("{}: {}", e.field, e.message),
+                        ),
+                        _ => e,
+                    })
+                }
             }
-            // A context that fits only some actions leaves the others not evaluated; one
-            // that is no JSON object fits none, an error as for a single decision (checked
-            // only here, on the way out, so a good context is parsed no more than before).
-            Err(e) if e.field == "context_json" => {
-                not_a_json_object(context_json)?;
-                requests.push((*action, *entry, Err(e.message)))
-            }
-            Err(e) => return Err(e),
         }
     }
     let mut needs = Needs::default();
@@ -320,7 +467,7 @@ pub fn list_allowed(
     let mut entities = None;
     Ok(requests
         .into_iter()
-        .map(|(action, entry, request)| {
+        .map(|(action, entry, context, request)| {
             let outcome = match request {
                 Err(reason) => ActionOutcome::NotEvaluated(reason),
                 Ok(r) => ActionOutcome::Decided(
@@ -349,7 +496,11 @@ pub fn list_allowed(
                     },
                 ),
             };
-            (action.id().unescaped().to_string(), outcome)
+            Listed {
+                action: action.id().unescaped().to_string(),
+                context,
+                outcome,
+            }
         })
         .collect())
 }

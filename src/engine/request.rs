@@ -357,7 +357,7 @@ pub fn check_parsed(
 
 /// Refuses a context field whose value is not one the pack declares for it (`names.toml`,
 /// `[context.<action>]`), naming the field and the values it may take.
-fn check_declared_values(
+pub(crate) fn check_declared_values(
     declared: &[(String, Vec<String>)],
     context_json: &str,
 ) -> Result<(), RequestError> {

@@ -134,12 +134,16 @@ impl AuthorizerService {
         let principal = request::parse_uid(&live.pack, principal, "principal")?;
         let resource = uid(&req.resource, "resource")?;
         let resource = request::parse_uid(&live.pack, resource, "resource")?;
-        let outcomes = decide::list_allowed(
+        let contexts = decide::Contexts {
+            default: &req.context_json,
+            per_action: Some(&req.action_contexts_json),
+            each_declared: req.each_declared_context,
+        };
+        let outcomes = decide::list_allowed_in(
             &live.pack,
             store,
-            &principal,
-            &resource,
-            &req.context_json,
+            (&principal, &resource),
+            &contexts,
             &req.entities_json,
             self.engine.limits.slice_depth,
         )?;
@@ -149,15 +153,26 @@ impl AuthorizerService {
             revision,
             ..Default::default()
         };
-        for (action, outcome) in outcomes {
+        for decide::Listed {
+            action,
+            context,
+            outcome,
+        } in outcomes
+        {
+            let context_json = context.unwrap_or_default();
             match outcome {
                 ActionOutcome::Decided(d) => {
+                    let logged = if context_json.is_empty() {
+                        &req.context_json
+                    } else {
+                        &context_json
+                    };
                     self.telemetry.record(
                         call,
                         &principal,
                         &action,
                         &resource,
-                        (&req.context_json, &req.entities_json),
+                        (logged, &req.entities_json),
                         &d,
                         &live.pack.version,
                         revision,
@@ -166,12 +181,17 @@ impl AuthorizerService {
                         out.allowed.push(pb::AllowedAction {
                             action,
                             determining_policies: d.determining,
+                            context_json,
                         });
                     }
                 }
-                ActionOutcome::NotEvaluated(reason) => out
-                    .not_evaluated
-                    .push(pb::NotEvaluatedAction { action, reason }),
+                ActionOutcome::NotEvaluated(reason) => {
+                    out.not_evaluated.push(pb::NotEvaluatedAction {
+                        action,
+                        reason,
+                        context_json,
+                    })
+                }
             }
         }
         Ok(out)
