@@ -1066,3 +1066,102 @@ async fn the_readmes_write_request_body_does_what_it_says() {
     assert_eq!(after.determining_policies, ["project.editWiki"]);
     running.shutdown().await.unwrap();
 }
+
+/// `delete_owned` of a project takes what the pack's lifecycle.toml says it owns (its role
+/// groups, its records) and removes every parent edge to them from the users that stay; no
+/// entity is left with a dangling parent, and nothing of another project changes. A plain
+/// `delete` removes the entity alone.
+#[tokio::test]
+async fn delete_owned_takes_what_the_pack_declares_and_leaves_no_dangling_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let before = export(&mut n.data).await;
+    let key = |ty: &str, id: &str| serde_json::json!({"type": ty, "id": id}).to_string();
+    // An entity reference in an attribute, as a key (without the `__entity` wrapper).
+    let reference = |v: &serde_json::Value| v.get("__entity").unwrap_or(v).to_string();
+    let apollo = key("Blue::Project", "apollo");
+    assert!(before.contains_key(&apollo));
+    // What the declaration makes apollo own, computed from the data: the entities its role
+    // attributes name and the records whose project is apollo.
+    let roles: Vec<String> = ["admin", "member", "client", "comment", "view"]
+        .iter()
+        .map(|r| reference(&before[&apollo]["attrs"][r]))
+        .collect();
+    let records: Vec<String> = before
+        .iter()
+        .filter(|(_, e)| {
+            e["uid"]["type"] == "Blue::Record" && reference(&e["attrs"]["project"]) == apollo
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(records.len() >= 2, "{records:?}");
+    let mut owned: std::collections::BTreeSet<String> = roles.iter().cloned().collect();
+    owned.extend(records.iter().cloned());
+    owned.insert(apollo.clone());
+    let zeus_before = ask("zed", "editWiki", "Blue::Project", "zeus", "");
+    let zeus_answer = n
+        .decisions
+        .is_authorized(zeus_before.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(zeus_answer.decision, pb::Decision::Allow as i32);
+
+    let revision = write(
+        &mut n.data,
+        vec![pb::WriteOp {
+            op: Some(pb::write_op::Op::DeleteOwned(
+                uid("Blue::Project", "apollo").unwrap(),
+            )),
+        }],
+    )
+    .await;
+    let after = export(&mut n.data).await;
+    let gone: std::collections::BTreeSet<String> = before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .cloned()
+        .collect();
+    assert_eq!(gone, owned, "exactly what apollo owns is deleted");
+    // No entity keeps a parent that no longer exists; users that stay lost only apollo's roles.
+    for (k, e) in &after {
+        for p in e["parents"].as_array().unwrap() {
+            assert!(after.contains_key(&p.to_string()), "{k} keeps parent {p}");
+        }
+        let old = &before[k];
+        if old != e {
+            assert_eq!(e["uid"]["type"], "Blue::User", "{k} changed: {e}");
+            let kept: Vec<&serde_json::Value> = old["parents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| !roles.contains(&p.to_string()))
+                .collect();
+            assert_eq!(
+                e["parents"].as_array().unwrap().iter().collect::<Vec<_>>(),
+                kept,
+                "{k}"
+            );
+        }
+    }
+    // Decisions follow at the write's revision: nothing on apollo, zeus as before.
+    let mut ada = ask("ada", "editWiki", "Blue::Project", "apollo", "");
+    ada.min_revision = revision;
+    let r = n.decisions.is_authorized(ada).await.unwrap().into_inner();
+    assert_eq!(r.decision, pb::Decision::Deny as i32);
+    let r = n
+        .decisions
+        .is_authorized(zeus_before)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.determining_policies, zeus_answer.determining_policies);
+
+    // A plain delete of zeus removes zeus alone: its role groups stay.
+    let before = after;
+    write(&mut n.data, vec![delete("Blue::Project", "zeus")]).await;
+    let after = export(&mut n.data).await;
+    assert_eq!(before.len() - 1, after.len());
+    assert!(!after.contains_key(&key("Blue::Project", "zeus")));
+    n.running.shutdown().await.unwrap();
+}

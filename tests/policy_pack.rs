@@ -667,3 +667,53 @@ fn the_readme_procedure_for_changing_a_rule_keeps_the_checks_green() {
     let (ok, text) = shipped_checks_on(project);
     assert!(ok && text.contains("5 passed; 0 failed"), "{text}");
 }
+
+/// A lifecycle rule naming a type or an attribute the schema lacks (or one that holds no
+/// entity) is refused at load, at lifecycle.toml:line:col, so a misspelled rule cannot make a
+/// `delete_owned` quietly leave data behind.
+#[test]
+fn a_lifecycle_rule_the_schema_does_not_back_is_refused_at_load() {
+    for (from, to, message) in [
+        (
+            "type = \"Blue::Company\"",
+            "type = \"Blue::Firm\"",
+            "`Blue::Firm` is not an entity type of the schema",
+        ),
+        (
+            "attributes = [\"editors\", \"viewers\"]",
+            "attributes = [\"editors\", \"watchers\"]",
+            "`Blue::Dashboard` has no attribute `watchers` that holds entities",
+        ),
+        (
+            "type = \"Blue::Record\"\nattribute = \"project\"",
+            "type = \"Blue::Record\"\nattribute = \"title\"",
+            "`Blue::Record` has no attribute `title` that holds entities",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("policies");
+        copy_dir(&policies(), &dir);
+        let file = dir.join("lifecycle.toml");
+        edit(&file, from, to);
+        // The rule's line: where its table starts, or the edited key within it.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let edited = text[..text.find(to).unwrap()].lines().count();
+        let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
+            .unwrap_err()
+            .to_string();
+        let line: usize = err
+            .split(&format!("{}:", file.display()))
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("no line in {err}"));
+        assert!(
+            line + 3 >= edited && line <= edited,
+            "line {line}, edited {edited}: {err}"
+        );
+        assert!(err.contains(message), "{err}");
+        let (code, _, err) = run(&["validate"], &dir);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("lifecycle.toml:") && err.contains(message), "{err}");
+    }
+}

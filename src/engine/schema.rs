@@ -12,15 +12,29 @@ pub struct EntitySchema {
     pub schema: Schema,
     /// The parent types each entity type declares (`entity User in [Role, ...]`), direct only.
     parent_types: HashMap<EntityTypeName, HashSet<EntityTypeName>>,
+    /// Per entity type, its attributes that hold an entity or a set of entities, with the
+    /// entity type they hold.
+    entity_attrs: HashMap<EntityTypeName, HashMap<String, EntityTypeName>>,
+    /// What a `delete_owned` takes with it (the pack's `lifecycle.toml`).
+    pub lifecycle: Lifecycle,
 }
 
 impl EntitySchema {
     /// The view of a schema parsed from `schema_text`.
     pub fn new(schema: Schema, schema_text: &str) -> Self {
+        let (parent_types, entity_attrs) = declared_types(schema_text);
         EntitySchema {
             schema,
-            parent_types: declared_parent_types(schema_text),
+            parent_types,
+            entity_attrs,
+            lifecycle: Lifecycle::default(),
         }
+    }
+
+    /// The entity type an attribute of `ty` holds (itself, or as a set's elements), if it
+    /// holds entities.
+    pub fn entity_attr(&self, ty: &EntityTypeName, attr: &str) -> Option<&EntityTypeName> {
+        self.entity_attrs.get(ty)?.get(attr)
     }
 
     /// Whether the schema lets an entity of type `child` have a direct parent of type
@@ -34,13 +48,22 @@ impl EntitySchema {
 
 /// The direct parent types each entity type declares, read from the schema's JSON form
 /// (`memberOfTypes`, relative to the type's namespace).
-fn declared_parent_types(schema_text: &str) -> HashMap<EntityTypeName, HashSet<EntityTypeName>> {
-    let mut out = HashMap::new();
+/// Per entity type, from the schema's JSON form: the parent types it declares, and its
+/// attributes that hold entities (or sets of them), with their entity type.
+#[allow(clippy::type_complexity)]
+fn declared_types(
+    schema_text: &str,
+) -> (
+    HashMap<EntityTypeName, HashSet<EntityTypeName>>,
+    HashMap<EntityTypeName, HashMap<String, EntityTypeName>>,
+) {
+    let mut parents_of = HashMap::new();
+    let mut attrs_of = HashMap::new();
     let Ok((fragment, _)) = cedar_policy::SchemaFragment::from_cedarschema_str(schema_text) else {
-        return out;
+        return (parents_of, attrs_of);
     };
     let Ok(json) = fragment.to_json_value() else {
-        return out;
+        return (parents_of, attrs_of);
     };
     let qualify = |ns: &str, name: &str| -> Option<EntityTypeName> {
         let full = if ns.is_empty() || name.contains("::") {
@@ -49,6 +72,27 @@ fn declared_parent_types(schema_text: &str) -> HashMap<EntityTypeName, HashSet<E
             format!("{ns}::{name}")
         };
         full.parse().ok()
+    };
+    let mut declared: HashSet<EntityTypeName> = HashSet::new();
+    for (ns, body) in json.as_object().into_iter().flatten() {
+        let types = body.get("entityTypes").and_then(|t| t.as_object());
+        for name in types.into_iter().flatten().map(|(n, _)| n) {
+            declared.extend(qualify(ns, name));
+        }
+    }
+    // An attribute's entity type: `{"type": "Entity" | "EntityOrCommon", "name": ..}`, or a
+    // set of those.
+    let entity_of = |ns: &str, ty: &serde_json::Value| -> Option<EntityTypeName> {
+        let ty = match ty.get("type")?.as_str()? {
+            "Set" => ty.get("element")?,
+            _ => ty,
+        };
+        match ty.get("type")?.as_str()? {
+            "Entity" | "EntityOrCommon" => {
+                qualify(ns, ty.get("name")?.as_str()?).filter(|t| declared.contains(t))
+            }
+            _ => None,
+        }
     };
     for (ns, body) in json.as_object().into_iter().flatten() {
         let types = body.get("entityTypes").and_then(|t| t.as_object());
@@ -63,10 +107,20 @@ fn declared_parent_types(schema_text: &str) -> HashMap<EntityTypeName, HashSet<E
                 .flatten()
                 .filter_map(|p| p.as_str().and_then(|p| qualify(ns, p)))
                 .collect();
-            out.insert(ty, parents);
+            parents_of.insert(ty.clone(), parents);
+            let attrs = def
+                .get("shape")
+                .and_then(|s| s.get("attributes"))
+                .and_then(|a| a.as_object());
+            let held: HashMap<String, EntityTypeName> = attrs
+                .into_iter()
+                .flatten()
+                .filter_map(|(a, t)| entity_of(ns, t).map(|e| (a.clone(), e)))
+                .collect();
+            attrs_of.insert(ty, held);
         }
     }
-    out
+    (parents_of, attrs_of)
 }
 
 /// The same entity type without a source location. Types taken from the schema point into its
@@ -85,4 +139,17 @@ pub fn plain_type(t: &cedar_policy_core::ast::EntityType) -> cedar_policy_core::
         // A reserved name cannot come from a validated schema; keep it as it is.
         Err(_) => t.clone(),
     }
+}
+
+/// What deleting an entity with `delete_owned` takes with it, as a pack declares it
+/// (`lifecycle.toml`): the entities an owner's attributes name (`owns`) and the entities whose
+/// attribute names the owner (`owned_by`), transitively. Empty: `delete_owned` deletes only
+/// the entity itself (and the parent edges to it).
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// Owner type → its attributes whose entities it owns.
+    pub owns: HashMap<EntityTypeName, Vec<String>>,
+    /// Owner type → (held type, attribute): the entities of the held type whose attribute
+    /// names the owner are owned by it.
+    pub owned_by: HashMap<EntityTypeName, Vec<(EntityTypeName, String)>>,
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::entity::{parse_entities, parse_entity, NewEntity};
 use super::{EntityStore, Ix};
 use crate::engine::error::{DataError, EditError, RequestError};
-use crate::engine::json::{json_uid_parts, json_uids, uid_json};
+use crate::engine::json::{json_uid, json_uid_parts, json_uids, uid_json};
 use crate::engine::schema::EntitySchema;
 
 /// One operation of an atomic write batch.
@@ -22,6 +22,9 @@ pub enum WriteOp {
     Upsert(Value),
     /// Delete an entity (a no-op if it does not exist).
     Delete(EntityUid),
+    /// Delete an entity and, transitively, what the pack's lifecycle rules say it owns; every
+    /// parent edge to a deleted entity is removed from the entities that stay.
+    DeleteOwned(EntityUid),
     /// Add a parent edge; both entities must exist.
     AddParent { child: EntityUid, parent: EntityUid },
     /// Remove a parent edge (a no-op if absent); the child must exist.
@@ -243,6 +246,29 @@ impl EntityStore {
                     working.set(e.uid, Some(e.json));
                 }
                 WriteOp::Delete(uid) => working.set(uid, None),
+                WriteOp::DeleteOwned(uid) => {
+                    let doomed = working.owned(&uid, schema);
+                    let gone: std::collections::HashSet<&EntityUid> = doomed.iter().collect();
+                    let mut staying = Vec::new();
+                    for d in &doomed {
+                        for c in working.children(d) {
+                            if !gone.contains(&c) && !staying.contains(&c) {
+                                staying.push(c);
+                            }
+                        }
+                    }
+                    for child in staying {
+                        let e = working
+                            .edit_parents(&child, schema, |parents| {
+                                parents.retain(|p| !gone.contains(p))
+                            })
+                            .map_err(|m| RequestError::new(&field, format!("delete_owned: {m}")))?;
+                        working.set(child, Some(e.json));
+                    }
+                    for d in doomed {
+                        working.set(d, None);
+                    }
+                }
                 WriteOp::AddParent { child, parent } => {
                     if !working.exists(&parent) {
                         return Err(RequestError::new(
@@ -344,6 +370,45 @@ impl EntityStore {
     }
 }
 
+/// The entities an entity's attribute names (itself, or a set's members), from its JSON.
+fn attr_refs(json: &Value, attr: &str) -> Vec<EntityUid> {
+    match json.get("attrs").and_then(|a| a.get(attr)) {
+        Some(v @ Value::Array(_)) => json_uids(Some(v)),
+        Some(v) => json_uid(Some(v)).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+impl EntityStore {
+    /// The stored entities whose parents include `uid`.
+    fn stored_children(&self, uid: &EntityUid) -> Vec<EntityUid> {
+        let Some(ix) = self.lookup(uid) else {
+            return Vec::new();
+        };
+        self.children
+            .get(&ix)
+            .into_iter()
+            .flatten()
+            .filter(|c| self.node(**c).is_some())
+            .map(|c| self.uid_of(*c))
+            .collect()
+    }
+
+    /// The stored entities whose attribute `attr` names `uid` (the reverse attribute index).
+    fn stored_holders(&self, attr: &str, uid: &EntityUid) -> Vec<EntityUid> {
+        let (Some(ix), Some(key)) = (self.lookup(uid), self.attr_ix.get(attr)) else {
+            return Vec::new();
+        };
+        self.refs
+            .get(&(*key, ix))
+            .into_iter()
+            .flatten()
+            .filter(|h| self.node(**h).is_some())
+            .map(|h| self.uid_of(*h))
+            .collect()
+    }
+}
+
 /// The state of a batch being prepared: the final JSON of every touched entity (None:
 /// deleted), over the unchanged store.
 struct Working<'a> {
@@ -379,6 +444,68 @@ impl<'a> Working<'a> {
             Some(e) => e.clone(),
             None => self.store.get_json(uid),
         }
+    }
+
+    /// The entities whose parents include `uid`, as the batch has them so far.
+    fn children(&self, uid: &EntityUid) -> Vec<EntityUid> {
+        let has_parent = |json: &Value| json_uids(json.get("parents")).contains(uid);
+        self.current_among(self.store.stored_children(uid), has_parent)
+    }
+
+    /// The entities whose attribute `attr` names `uid` (or holds it in a set), as the batch
+    /// has them so far.
+    fn holders(&self, attr: &str, uid: &EntityUid) -> Vec<EntityUid> {
+        let names = |json: &Value| attr_refs(json, attr).contains(uid);
+        self.current_among(self.store.stored_holders(attr, uid), names)
+    }
+
+    /// Of the stored `candidates` and the entities the batch wrote, those whose version so far
+    /// satisfies `holds`.
+    fn current_among(
+        &self,
+        candidates: Vec<EntityUid>,
+        holds: impl Fn(&Value) -> bool,
+    ) -> Vec<EntityUid> {
+        let mut out: Vec<EntityUid> = candidates
+            .into_iter()
+            .filter(|c| self.json(c).is_some_and(|j| holds(&j)))
+            .collect();
+        for uid in &self.order {
+            if let Some(Some(json)) = self.touched.get(uid) {
+                if holds(json) && !out.contains(uid) {
+                    out.push(uid.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// `root` and, transitively, what the lifecycle rules say it owns: the entities its owned
+    /// attributes name and those whose owning attribute names it. Only entities that exist.
+    fn owned(&self, root: &EntityUid, schema: &EntitySchema) -> Vec<EntityUid> {
+        let rules = &schema.lifecycle;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut queue = vec![root.clone()];
+        while let Some(e) = queue.pop() {
+            if !self.exists(&e) || !seen.insert(e.clone()) {
+                continue;
+            }
+            if let (Some(attrs), Some(json)) = (rules.owns.get(e.type_name()), self.json(&e)) {
+                for a in attrs {
+                    queue.extend(attr_refs(&json, a));
+                }
+            }
+            for (held, attr) in rules.owned_by.get(e.type_name()).into_iter().flatten() {
+                queue.extend(
+                    self.holders(attr, &e)
+                        .into_iter()
+                        .filter(|h| h.type_name() == held),
+                );
+            }
+            out.push(e);
+        }
+        out
     }
 
     /// The entity with its parents edited, validated against the schema again.

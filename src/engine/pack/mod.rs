@@ -6,6 +6,7 @@ mod actions;
 mod diagnostics;
 mod files;
 mod invariants;
+mod lifecycle;
 mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ use self::diagnostics::{at_policy_text, diagnostic, Captured};
 pub use self::files::overlay_names;
 use self::files::{cedar_files, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
+pub use self::lifecycle::LIFECYCLE_FILE;
 pub use self::names::{Names, NAMES_FILE};
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
 use crate::engine::schema::{plain_type, EntitySchema};
@@ -186,7 +188,9 @@ impl PolicyPack {
         }
 
         let actions = index_actions(&schema, &policies, &schema_path)?;
-        let entities = EntitySchema::new(schema.clone(), &schema_text);
+        let mut entities = EntitySchema::new(schema.clone(), &schema_text);
+        let (lifecycle, lifecycle_text) = lifecycle::load(dir, &entities)?;
+        entities.lifecycle = lifecycle;
         let entity_types = schema
             .entity_types()
             .chain(actions.keys().map(EntityUid::type_name))
@@ -222,6 +226,11 @@ impl PolicyPack {
                 overlays: &available,
             },
         )?;
+        if let Some(text) = lifecycle_text {
+            hasher.update(LIFECYCLE_FILE.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+        }
         if let Some(text) = invariants_text {
             hasher.update(INVARIANTS_FILE.as_bytes());
             hasher.update([0]);

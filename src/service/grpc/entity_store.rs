@@ -148,6 +148,10 @@ fn write_op(i: usize, op: &pb::WriteOp) -> Result<WriteOp, RequestError> {
             &Some(u.clone()),
             &format!("{field}.delete"),
         )?)),
+        Some(Op::DeleteOwned(u)) => Ok(WriteOp::DeleteOwned(cedar_uid(
+            &Some(u.clone()),
+            &format!("{field}.delete_owned"),
+        )?)),
         Some(Op::AddParent(e)) => {
             let (child, parent) = edge(e, "add_parent")?;
             Ok(WriteOp::AddParent { child, parent })
