@@ -714,6 +714,9 @@ fn a_lifecycle_rule_the_schema_does_not_back_is_refused_at_load() {
         assert!(err.contains(message), "{err}");
         let (code, _, err) = run(&["validate"], &dir);
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("lifecycle.toml:") && err.contains(message), "{err}");
+        assert!(
+            err.contains("lifecycle.toml:") && err.contains(message),
+            "{err}"
+        );
     }
 }

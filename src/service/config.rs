@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-
 use super::error::ServeError;
 pub use super::replica::SourceConfig;
 use super::state::Limits;
@@ -32,6 +30,8 @@ pub struct ServeConfig {
     /// File mode of the Unix sockets.
     pub unix_mode: u32,
     pub limits: Limits,
+    /// Every listener's connection limits and timeouts.
+    pub conn: super::listeners::ConnLimits,
     /// The shared source this node replicates (None: the embedded database alone).
     pub source: Option<SourceConfig>,
     /// Watch the policy directory (and the config file) and reload on changes.
@@ -72,6 +72,7 @@ impl ServeConfig {
             data_unix: None,
             unix_mode: 0o660,
             limits: Limits::default(),
+            conn: super::listeners::ConnLimits::default(),
             source: None,
             watch: true,
             config_file: None,
@@ -101,28 +102,8 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    pub(super) fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).map_err(|e| {
-                ServeError::Config(format!(
-                    "cannot read the TLS {what} {}: {e}",
-                    path.display()
-                ))
-            })
-        };
-        let identity =
-            Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?);
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
-        }
-        Ok(config)
-    }
-}
-
-impl TlsFiles {
-    /// The same files as a rustls configuration for the HTTP listener, offering HTTP/2 and
-    /// HTTP/1.1 by ALPN.
+    /// The files as a rustls configuration for every TCP listener, offering HTTP/2 and
+    /// HTTP/1.1 by ALPN (gRPC listeners then speak HTTP/2 alone).
     pub(super) fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, ServeError> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};

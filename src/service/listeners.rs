@@ -1,15 +1,54 @@
-//! Listeners: TCP (with TCP_NODELAY and optional TLS) and Unix domain sockets, each serving a
-//! set of gRPC routes until told to stop.
+//! Listeners: every one (gRPC and HTTP, TCP and Unix sockets, TLS or not) accepts through one
+//! loop with the same guards: at most `max_connections` open at once (at the limit, accepting
+//! waits and the kernel's backlog holds the rest), a deadline for the TLS handshake and for a
+//! client's first bytes (a connection that says nothing is dropped, not kept), failed accepts
+//! (out of file descriptors, say) backed off instead of spun, HTTP/2 keepalive pings and a
+//! limit on concurrent streams per connection. Served by hyper until told to stop, then
+//! drained.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
-use tonic::service::Routes;
-use tonic::transport::{Server, ServerTlsConfig};
 
 use super::error::ServeError;
+
+/// The guards every listener applies to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open connections per listener; past it, accepting waits.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_streams: u32,
+    /// HTTP/2 keepalive ping interval (None: no pings).
+    pub keepalive: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// How long the TLS handshake, and then the client's first bytes, may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 4096,
+            max_streams: 256,
+            keepalive: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long shutdown waits for in-flight connections.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// The servers started, and how to stop them.
 #[derive(Default)]
@@ -19,37 +58,269 @@ pub(super) struct Listeners {
 }
 
 impl Listeners {
-    pub(super) fn spawn<I, IO, IE>(
+    /// Serves `service` on `listener` until the server stops.
+    pub(super) fn spawn<L, S, B>(
         &mut self,
-        routes: Routes,
-        incoming: I,
-        tls: Option<ServerTlsConfig>,
-    ) -> Result<(), ServeError>
-    where
-        I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
-        IO: tokio::io::AsyncRead
-            + tokio::io::AsyncWrite
-            + tonic::transport::server::Connected
-            + Unpin
+        listener: L,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        service: S,
+        protocol: Protocol,
+        limits: ConnLimits,
+    ) where
+        L: Accept,
+        S: tonic::codegen::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<B>,
+            > + Clone
             + Send
             + 'static,
-        IO::ConnectInfo: Clone + Send + Sync + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut builder = Server::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
-        }
         let (tx, rx) = oneshot::channel::<()>();
         self.shutdown.push(tx);
-        let server = builder
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            });
-        self.tasks
-            .push(tokio::spawn(async move { Ok(server.await?) }));
-        Ok(())
+        let stop = async {
+            let _ = rx.await;
+        };
+        self.tasks.push(tokio::spawn(serve(
+            listener, tls, service, protocol, limits, stop,
+        )));
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// gRPC: HTTP/2 only (by prior knowledge in plaintext, ALPN `h2` over TLS).
+    Grpc,
+    /// HTTP/1.1 and HTTP/2.
+    Http,
+}
+
+/// A listening socket whose connections [`serve`] accepts.
+pub(super) trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Io> {
+        let (stream, _) = self.accept().await?;
+        // Small gRPC frames must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Io> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+/// Accepts and serves connections until `stop` resolves, then lets in-flight calls finish
+/// (for at most [`DRAIN`]).
+async fn serve<L, S, B>(
+    listener: L,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    service: S,
+    protocol: Protocol,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    L: Accept,
+    S: tonic::codegen::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .keep_alive_interval(limits.keepalive)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    if protocol == Protocol::Grpc {
+        builder = builder.http2_only();
+    }
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut backoff = Duration::from_millis(5);
+    let mut warned_full: Option<Instant> = None;
+    tokio::pin!(stop);
+    loop {
+        // A free slot first: at the limit nothing more is accepted until a connection ends.
+        if slots.available_permits() == 0
+            && warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "connection limit reached: new connections wait"
+            );
+            warned_full = Some(Instant::now());
+        }
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept_one() => match accepted {
+                Ok(stream) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut stop => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = TowerToHyperService::new(service.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => {
+                    let io = TokioIo::new(FirstBytes::new(stream, timeout));
+                    let conn = builder.serve_connection(io, service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(FirstBytes::new(stream, timeout));
+                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
+                        return;
+                    };
+                    let io = TokioIo::new(FirstBytes::new(stream, timeout));
+                    let conn = builder.serve_connection(io, service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN) => {
+            tracing::warn!("connections still open after the drain period");
+        }
+    }
+    Ok(())
+}
+
+/// A connection that must receive its first bytes before a deadline: reading fails with
+/// `TimedOut` if nothing came by then, so a client that connects and says nothing does not
+/// hold a connection slot.
+struct FirstBytes<IO> {
+    io: IO,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> FirstBytes<IO> {
+    fn new(io: IO, timeout: Duration) -> Self {
+        FirstBytes {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FirstBytes<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = match &mut this.deadline {
+                    Some(deadline) => deadline.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client sent nothing within the handshake timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstBytes<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -57,7 +328,7 @@ impl Listeners {
 pub(super) fn bind_unix(
     path: &std::path::Path,
     mode: u32,
-) -> Result<tokio_stream::wrappers::UnixListenerStream, ServeError> {
+) -> Result<tokio::net::UnixListener, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let err =
         |e: std::io::Error| ServeError::Config(format!("unix socket {}: {e}", path.display()));
@@ -68,12 +339,7 @@ pub(super) fn bind_unix(
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    Ok(tokio_stream::wrappers::UnixListenerStream::new(listener))
-}
-
-/// Accepted connections with TCP_NODELAY: small gRPC frames must not wait for Nagle.
-pub(super) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+    Ok(listener)
 }
 
 pub(super) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
@@ -81,78 +347,4 @@ pub(super) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), 
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
     Ok((listener, bound))
-}
-
-/// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long shutdown waits for in-flight HTTP connections.
-const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves an axum router over HTTP/1.1 and HTTP/2 (h2c by prior knowledge in plaintext; ALPN
-/// over TLS) until `stop` resolves, then lets in-flight requests finish. Failed accepts (out
-/// of file descriptors, say) back off instead of spinning.
-pub(super) async fn serve_http(
-    listener: TcpListener,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    app: axum::Router,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), ServeError> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
-    let mut backoff = std::time::Duration::from_millis(5);
-    tokio::pin!(stop);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    backoff = std::time::Duration::from_millis(5);
-                    stream
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "HTTP accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        match &acceptor {
-            None => {
-                tokio::spawn(async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                });
-            }
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(HTTP_DRAIN) => {
-            tracing::warn!("HTTP connections still open after the drain period");
-        }
-    }
-    Ok(())
 }

@@ -21,7 +21,7 @@ use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
-use super::listeners::{bind, bind_unix, incoming, serve_http, Listeners};
+use super::listeners::{bind, bind_unix, Listeners, Protocol};
 use super::reload::{self, Reloader, SpecSource};
 use super::replica::{Replica, ReplicaSlot};
 use super::settings;
@@ -99,8 +99,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let tls = config
         .tls
         .as_ref()
-        .map(TlsFiles::server_config)
+        .map(TlsFiles::rustls_config)
         .transpose()?;
+    let conn = config.conn;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -141,12 +142,24 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let mut addr = None;
     if let Some(listen) = config.listen {
         let (listener, bound) = bind(listen).await?;
-        listeners.spawn(decisions.clone(), incoming(listener), tls.clone())?;
+        listeners.spawn(
+            listener,
+            tls.clone(),
+            decisions.clone(),
+            Protocol::Grpc,
+            conn,
+        );
         tracing::info!(addr = %bound, tls = tls.is_some(), "decision service listening (not serving until loaded)");
         addr = Some(bound);
     }
     if let Some(path) = &config.unix {
-        listeners.spawn(decisions, bind_unix(path, config.unix_mode)?, None)?;
+        listeners.spawn(
+            bind_unix(path, config.unix_mode)?,
+            None,
+            decisions,
+            Protocol::Grpc,
+            conn,
+        );
         tracing::info!(path = %path.display(), "decision service listening on a Unix socket");
     }
 
@@ -165,12 +178,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             ));
             if let Some(listen) = config.data_listen {
                 let (listener, bound) = bind(listen).await?;
-                listeners.spawn(data.clone(), incoming(listener), tls.clone())?;
+                listeners.spawn(listener, tls.clone(), data.clone(), Protocol::Grpc, conn);
                 tracing::info!(addr = %bound, tls = tls.is_some(), "data service listening");
                 data_addr = Some(bound);
             }
             if let Some(path) = &config.data_unix {
-                listeners.spawn(data, bind_unix(path, config.unix_mode)?, None)?;
+                listeners.spawn(
+                    bind_unix(path, config.unix_mode)?,
+                    None,
+                    data,
+                    Protocol::Grpc,
+                    conn,
+                );
                 tracing::info!(path = %path.display(), "data service listening on a Unix socket");
             }
         }
@@ -184,11 +203,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let mut http_addr = None;
     if let Some(listen) = config.http_listen {
         let (listener, bound) = bind(listen).await?;
-        let tls = config
-            .tls
-            .as_ref()
-            .map(TlsFiles::rustls_config)
-            .transpose()?;
         let service = Arc::new(AuthzenService::new(
             engine.clone(),
             telemetry.clone(),
@@ -199,17 +213,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         if config.http_token.is_none() {
             tracing::info!("no HTTP caller token configured: AuthZEN calls need none");
         }
-        let (tx, rx) = oneshot::channel::<()>();
-        listeners.shutdown.push(tx);
         let secure = tls.is_some();
-        listeners.tasks.push(tokio::spawn(serve_http(
+        listeners.spawn(
             listener,
-            tls,
+            tls.clone(),
             authzen::router(service),
-            async {
-                let _ = rx.await;
-            },
-        )));
+            Protocol::Http,
+            conn,
+        );
         tracing::info!(addr = %bound, tls = secure, "AuthZEN HTTP API listening (not serving until loaded)");
         http_addr = Some(bound);
     }
@@ -217,7 +228,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let mut health_addr = None;
     if let Some(listen) = config.health_listen {
         let (listener, bound) = bind(listen).await?;
-        listeners.spawn(health_only, incoming(listener), None)?;
+        listeners.spawn(listener, None, health_only, Protocol::Grpc, conn);
         tracing::info!(addr = %bound, "health service listening");
         health_addr = Some(bound);
     }
@@ -226,16 +237,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     if let Some(listen) = config.metrics_listen {
         let (listener, bound) = bind(listen).await?;
         let registry = telemetry.registry(engine.clone(), reloader.clone(), replica.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        listeners.shutdown.push(tx);
-        listeners.tasks.push(tokio::spawn(async move {
-            let stop = async {
-                let _ = rx.await;
-            };
-            telemetry::serve_metrics(listener, registry, stop)
-                .await
-                .map_err(|e| ServeError::Config(format!("metrics endpoint: {e}")))
-        }));
+        listeners.spawn(
+            listener,
+            None,
+            telemetry::metrics_router(registry),
+            Protocol::Http,
+            conn,
+        );
         tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
         metrics_addr = Some(bound);
     }

@@ -126,6 +126,30 @@ pub struct ServeSettings {
     /// Largest request message, in bytes.
     #[arg(long, env = "BLUE_AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Open connections per listener; at the limit, new ones wait to be accepted.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls in flight) per connection.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_streams_per_connection: u32,
+    /// Seconds between HTTP/2 keepalive pings on an idle connection (0: no pings).
+    #[arg(long, env = "BLUE_AUTHZ_KEEPALIVE_SECS", default_value_t = 30)]
+    pub keepalive_secs: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "BLUE_AUTHZ_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10)]
+    pub keepalive_timeout_secs: u64,
+    /// Milliseconds a new connection has for its TLS handshake, and then for its first
+    /// bytes (the HTTP/2 preface or an HTTP/1.1 request's headers), before it is dropped.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub handshake_timeout_ms: u64,
     /// Longest wait for a request's min_revision when the call sets no deadline, in ms.
     #[arg(long, env = "BLUE_AUTHZ_MAX_REVISION_WAIT_MS", default_value_t = 5000)]
     pub max_revision_wait_ms: u64,
@@ -420,6 +444,13 @@ impl ServeSettings {
                 max_write_ops: self.max_write_ops,
                 max_message_bytes: self.max_message_bytes,
                 max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
+            },
+            conn: super::listeners::ConnLimits {
+                max_connections: self.max_connections.max(1),
+                max_streams: self.max_streams_per_connection.max(1),
+                keepalive: Some(Duration::from_secs(self.keepalive_secs)).filter(|d| !d.is_zero()),
+                keepalive_timeout: Duration::from_secs(self.keepalive_timeout_secs.max(1)),
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms.max(1)),
             },
             source: Some(self.source.trim())
                 .filter(|s| !s.is_empty())

@@ -1,4 +1,4 @@
-//! Telemetry: Prometheus metrics (served over HTTP by [`serve_metrics`]) and the JSON decision
+//! Telemetry: Prometheus metrics (served over HTTP by [`metrics_router`]) and the JSON decision
 //! log (one tracing event per decision, target [`DECISION_TARGET`]). Generic: the labels are
 //! whatever action ids and entity types the live policy pack and data have.
 
@@ -409,15 +409,11 @@ impl Collector for Scrape {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` resolves.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// `GET /metrics` (Prometheus text format), for a listener to serve.
+pub fn metrics_router(registry: Registry) -> axum::Router {
     use axum::http::header::CONTENT_TYPE;
     let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let registry = registry.clone();
@@ -440,10 +436,7 @@ pub async fn serve_metrics(
                 }
             }
         }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    )
 }
 
 thread_local! {
