@@ -17,6 +17,8 @@ use common::{pack, uid};
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The data listener's, when it was asked for.
+    data_addr: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -45,13 +47,14 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
             .to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
-        "--data-listen".into(),
-        String::new(),
         "--http-listen".into(),
         String::new(),
         "--watch".into(),
         "false".into(),
     ];
+    if !extra.contains(&"--data-listen") {
+        args.extend(["--data-listen".to_string(), String::new()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let quoted: Vec<String> = args
         .iter()
@@ -67,6 +70,7 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
     let rx = common::log_lines(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut addr = None;
+    let mut data_addr = None;
     let mut log = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -75,6 +79,9 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
         };
         if line.contains("decision service listening") {
             addr = common::addr_in(&line);
+        }
+        if line.contains("data service listening") {
+            data_addr = common::addr_in(&line);
         }
         log.push_str(&line);
         log.push('\n');
@@ -86,15 +93,23 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
     Server {
         child,
         addr: addr.expect("the decision listener's address"),
+        data_addr,
     }
 }
 
 /// One decision over a fresh connection: ada may edit apollo's wiki.
 async fn decide(addr: SocketAddr) -> Result<pb::IsAuthorizedResponse, String> {
-    let mut client = AuthorizerClient::connect(format!("http://{addr}"))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .map_err(|e| e.to_string())?;
-    client
+    decide_on(channel).await
+}
+
+/// The same decision on `channel`.
+async fn decide_on(channel: tonic::transport::Channel) -> Result<pb::IsAuthorizedResponse, String> {
+    AuthorizerClient::new(channel)
         .is_authorized(pb::IsAuthorizedRequest {
             principal: uid("Blue::User", "ada"),
             action: uid("Blue::Action", "editWiki"),
@@ -224,6 +239,9 @@ async fn calls_on_one_connection_wait_for_the_stream_limit() {
             .connect()
             .await
             .unwrap();
+        // One call first, so the client has the server's settings (its stream limit) before
+        // it opens six streams at once.
+        assert!(decide_on(channel.clone()).await.is_ok());
         let started = Instant::now();
         let calls = (0..6).map(|_| {
             let mut client = AuthorizerClient::new(channel.clone());
@@ -276,4 +294,261 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     for h in handles {
         h.await.unwrap();
     }
+}
+
+/// A gRPC call with a raw body over HTTP/2 (prior knowledge): the grpc-status and
+/// grpc-message, from the headers (trailers-only) or the trailers.
+async fn raw_call(addr: SocketAddr, path: &str, body: Vec<u8>) -> (String, String) {
+    raw_call_with(addr, path, body, None).await
+}
+
+/// The same with an `authorization` header.
+async fn raw_call_with(
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> (String, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut request = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let header =
+        |h: &hyper::HeaderMap, k: &str| h.get(k).map(|v| v.to_str().unwrap_or("").to_string());
+    if let Some(status) = header(&parts.headers, "grpc-status") {
+        return (
+            status,
+            header(&parts.headers, "grpc-message").unwrap_or_default(),
+        );
+    }
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    (
+        header(&trailers, "grpc-status").unwrap_or_default(),
+        header(&trailers, "grpc-message").unwrap_or_default(),
+    )
+}
+
+/// A gRPC frame: the uncompressed flag, the length, the message.
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Bodies the gRPC stack refuses before any handler runs are INVALID_ARGUMENT like the
+/// handlers' own refusals (not INTERNAL), and a message over the limit is INVALID_ARGUMENT
+/// whatever its size (tonic's own cap is twice the limit, and said OUT_OF_RANGE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_truncated_and_oversized_bodies_are_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), "", &["--max-message-bytes", "1000"]);
+    let path = "/blue.authz.v1.Authorizer/IsAuthorized";
+    let oversized = |n: usize| {
+        prost::Message::encode_to_vec(&pb::IsAuthorizedRequest {
+            context_json: "a".repeat(n),
+            ..Default::default()
+        })
+    };
+    let mut truncated = frame(&[0x0a; 100]);
+    truncated.truncate(20);
+    let mut compressed = frame(&[]);
+    compressed[0] = 1;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "not protobuf",
+            frame(&[0xff; 5]),
+            "not a valid request message",
+        ),
+        (
+            "invalid UTF-8 in a string",
+            frame(&[0x0a, 0x03, 0x0a, 0x01, 0xff]),
+            "not UTF-8",
+        ),
+        ("a truncated frame", truncated, "Unexpected EOF"),
+        (
+            "a compressed frame without an encoding",
+            compressed,
+            "compressed",
+        ),
+        (
+            "1.5x the limit",
+            frame(&oversized(1500)),
+            "limit of 1000 bytes",
+        ),
+        (
+            "5x the limit",
+            frame(&oversized(5000)),
+            "limit of 1000 bytes",
+        ),
+    ];
+    for (name, body, says) in cases {
+        let (code, message) = raw_call(server.addr, path, body).await;
+        let message = message.replace("%20", " ");
+        assert_eq!(code, "3", "{name}: {message}");
+        assert!(message.starts_with("request: "), "{name}: {message}");
+        assert!(message.contains(says), "{name}: {message}");
+    }
+}
+
+/// A tiny deterministic generator (xorshift), so a failure names a reproducible case.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The bad-input suite: for every method of every gRPC service, random bodies, random
+/// messages in a valid frame, truncated frames, protobuf nested a million groups deep, JSON
+/// nested a million deep and 1 MB ids. Every answer is a status the README documents (never
+/// INTERNAL or UNKNOWN, never a dropped stream), no message is longer than 1 KiB, and after
+/// each case a known decision still answers ALLOW.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_every_method_never_breaks_a_known_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bad-input-token";
+    let server = serve(
+        dir.path(),
+        "",
+        &[
+            "--max-revision-wait-ms",
+            "20",
+            "--data-listen",
+            "127.0.0.1:0",
+            "--data-token",
+            token,
+        ],
+    );
+    let data_addr = server.data_addr.expect("the data listener");
+    let mut known = AuthorizerClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let methods: Vec<(SocketAddr, &str, Option<&str>)> = [
+        "/blue.authz.v1.Authorizer/IsAuthorized",
+        "/blue.authz.v1.Authorizer/BatchIsAuthorized",
+        "/blue.authz.v1.Authorizer/ListAllowedActions",
+        "/blue.authz.v1.Authorizer/ListResources",
+        "/blue.authz.v1.Authorizer/ListSubjects",
+        "/blue.authz.v1.Policies/GetPolicyStatus",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/blue.authz.v1.NoSuch/Method",
+    ]
+    .into_iter()
+    .map(|m| (server.addr, m, None))
+    .chain(
+        [
+            "/blue.authz.v1.EntityStore/WriteEntities",
+            "/blue.authz.v1.EntityStore/ReadEntities",
+            "/blue.authz.v1.EntityStore/ExportEntities",
+            "/blue.authz.v1.EntityStore/GetDataStatus",
+        ]
+        .into_iter()
+        .flat_map(|m| [(data_addr, m, Some(token)), (data_addr, m, None)]),
+    )
+    .collect();
+    let json_deep = "[".repeat(1 << 20);
+    let big_id = "x".repeat(1 << 20);
+    let typed: Vec<Vec<u8>> = vec![
+        prost::Message::encode_to_vec(&pb::IsAuthorizedRequest {
+            principal: uid("Blue::User", &big_id),
+            action: uid("Blue::Action", &big_id),
+            resource: uid(&big_id, "apollo"),
+            context_json: json_deep.clone(),
+            entities_json: json_deep.clone(),
+            ..Default::default()
+        }),
+        prost::Message::encode_to_vec(&pb::IsAuthorizedRequest {
+            principal: uid("Blue::User", "ada"),
+            action: uid("Blue::Action", "editWiki"),
+            resource: uid("Blue::Project", "apollo"),
+            entities_json: format!(
+                "[{{\"uid\": {{\"type\": \"Blue::User\", \"id\": \"{big_id}\"}}}}]"
+            ),
+            ..Default::default()
+        }),
+        prost::Message::encode_to_vec(&pb::WriteEntitiesRequest {
+            ops: vec![pb::WriteOp {
+                op: Some(pb::write_op::Op::UpsertJson(json_deep.clone())),
+            }],
+        }),
+    ];
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut cases = 0;
+    let started = Instant::now();
+    for (addr, method, auth) in &methods {
+        let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
+        for i in 0..6 {
+            let n = rng.below(64) as usize;
+            bodies.push((format!("random bytes {i}"), rng.bytes(n)));
+            let n = rng.below(200) as usize;
+            bodies.push((format!("random message {i}"), frame(&rng.bytes(n))));
+            let mut f = frame(&rng.bytes(40));
+            f.truncate(rng.below(f.len() as u64) as usize);
+            bodies.push((format!("truncated frame {i}"), f));
+        }
+        // Unknown field groups, a million deep (field 1, wire type 3).
+        bodies.push(("groups nested 1M deep".into(), frame(&vec![0x0b; 1 << 20])));
+        for (i, t) in typed.iter().enumerate() {
+            bodies.push((format!("typed {i} (1 MB ids, JSON 1M deep)"), frame(t)));
+        }
+        for (name, body) in bodies {
+            let (code, message) = raw_call_with(*addr, method, body, *auth).await;
+            cases += 1;
+            assert!(
+                ["0", "3", "5", "9", "11", "12", "16"].contains(&code.as_str()),
+                "{method} {name}: status {code:?} {message}"
+            );
+            assert!(
+                message.len() <= 3 * 1024,
+                "{method} {name}: {} bytes",
+                message.len()
+            );
+            let r = known
+                .is_authorized(pb::IsAuthorizedRequest {
+                    principal: uid("Blue::User", "ada"),
+                    action: uid("Blue::Action", "editWiki"),
+                    resource: uid("Blue::Project", "apollo"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("after {method} {name}: {e}"))
+                .into_inner();
+            assert_eq!(
+                r.decision,
+                pb::Decision::Allow as i32,
+                "after {method} {name}"
+            );
+        }
+    }
+    assert!(cases > 300, "{cases} cases");
+    eprintln!("{cases} bad-input cases in {:?}", started.elapsed());
 }

@@ -20,6 +20,7 @@ pub use super::error::ServeError;
 use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
+use super::grpc::transport_errors::TransportErrors;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
 use super::listeners::{bind, bind_unix, Listeners, Protocol};
 use super::reload::{self, Reloader, SpecSource};
@@ -132,12 +133,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let authorizer =
         AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
             .max_decoding_message_size(decode_cap);
-    let health_only = Routes::new(health_service.clone());
-    let decisions = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(authorizer)
-        .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone())));
+    let limit = config.limits.max_message_bytes;
+    let health_only = TransportErrors::new(Routes::new(health_service.clone()), limit);
+    let decisions = TransportErrors::new(
+        Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(authorizer)
+            .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
+        limit,
+    );
     let mut listeners = Listeners::default();
     let mut addr = None;
     if let Some(listen) = config.listen {
@@ -166,16 +171,19 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let mut data_addr = None;
     match &config.data_token {
         Some(token) if !token.is_empty() => {
-            let data = Routes::new(tonic::service::interceptor::InterceptedService::new(
-                EntityStoreServer::new(EntityStoreService::new(
-                    engine.clone(),
-                    telemetry.clone(),
-                    replica.clone(),
-                    config.source.is_some(),
-                ))
-                .max_decoding_message_size(decode_cap),
-                bearer_auth(token.clone()),
-            ));
+            let data = TransportErrors::new(
+                Routes::new(tonic::service::interceptor::InterceptedService::new(
+                    EntityStoreServer::new(EntityStoreService::new(
+                        engine.clone(),
+                        telemetry.clone(),
+                        replica.clone(),
+                        config.source.is_some(),
+                    ))
+                    .max_decoding_message_size(decode_cap),
+                    bearer_auth(token.clone()),
+                )),
+                limit,
+            );
             if let Some(listen) = config.data_listen {
                 let (listener, bound) = bind(listen).await?;
                 listeners.spawn(listener, tls.clone(), data.clone(), Protocol::Grpc, conn);
