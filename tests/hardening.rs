@@ -19,6 +19,8 @@ struct Server {
     addr: SocketAddr,
     /// The data listener's, when it was asked for.
     data_addr: Option<SocketAddr>,
+    /// The metrics listener's, when it was asked for.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -71,6 +73,7 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut addr = None;
     let mut data_addr = None;
+    let mut metrics_addr = None;
     let mut log = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -83,6 +86,9 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
         if line.contains("data service listening") {
             data_addr = common::addr_in(&line);
         }
+        if let Some(rest) = line.split("metrics at http://").nth(1) {
+            metrics_addr = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
         log.push_str(&line);
         log.push('\n');
         if line.trim_end().ends_with(" serving") {
@@ -94,6 +100,7 @@ fn serve(dir: &std::path::Path, shell_prefix: &str, extra: &[&str]) -> Server {
         child,
         addr: addr.expect("the decision listener's address"),
         data_addr,
+        metrics_addr,
     }
 }
 
@@ -551,4 +558,221 @@ async fn bad_input_on_every_method_never_breaks_a_known_decision() {
     }
     assert!(cases > 300, "{cases} cases");
     eprintln!("{cases} bad-input cases in {:?}", started.elapsed());
+}
+
+/// A tmpfs of `mb` megabytes at `dir`, unmounted when dropped; None (said loudly) where this
+/// machine cannot mount one, which fails the test in CI.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mb: u32, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: cannot mount a tmpfs in CI (needs root)");
+        }
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs here (needs root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `path` with a file there, until a write fails.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+/// Adds `authorization: Bearer <token>`.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A batch big enough to need new pages in any file: `n` users with long ids.
+fn users(prefix: &str, n: usize) -> Vec<pb::WriteOp> {
+    (0..n)
+        .map(|i| {
+            common::upsert(serde_json::json!({
+                "uid": {"type": "Blue::User", "id": format!("{prefix}-{i}-{}", "u".repeat(200))},
+                "attrs": {}, "parents": [{"type": "Blue::Role", "id": "apollo/view"}]
+            }))
+        })
+        .collect()
+}
+
+/// A full disk: writes get RESOURCE_EXHAUSTED saying so (every time, not a different error
+/// after the first), decisions keep answering, the data path's health entry, a metric and
+/// GetDataStatus say writes fail; once space is freed the store recovers by itself (health
+/// first, without a write), the same batch then succeeds, and after a restart every
+/// acknowledged write is there and nothing of the refused ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself() {
+    use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let test = "a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself";
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(&dir.path().join("mnt"), 24, test) else {
+        return;
+    };
+    let token = "disk-full-token";
+    let args = [
+        "--data-listen",
+        "127.0.0.1:0",
+        "--data-token",
+        token,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut server = serve(&mnt.0, "", &args);
+    let metrics = server.metrics_addr.expect("metrics listener");
+    let data_channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.data_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut data = EntityStoreClient::with_interceptor(
+        data_channel,
+        Bearer(format!("Bearer {token}").parse().unwrap()),
+    );
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = |name: &str| HealthCheckRequest {
+        service: name.to_string(),
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let first = data
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: users("before", 50),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+
+    fill(&mnt.0.join("filler"));
+    for attempt in 0..2 {
+        let e = data
+            .write_entities(pb::WriteEntitiesRequest {
+                ops: users("refused", 3000),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::ResourceExhausted,
+            "attempt {attempt}: {e}"
+        );
+        assert!(e.message().contains("disk is full"), "{}", e.message());
+        // Decisions go on.
+        assert_eq!(
+            decide(server.addr).await.unwrap().decision,
+            pb::Decision::Allow as i32
+        );
+    }
+    let degraded = health
+        .check(status("blue.authz.v1.EntityStore"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        degraded.status, serving,
+        "the data path says it is degraded"
+    );
+    for name in ["", "blue.authz.v1.Authorizer"] {
+        let s = health.check(status(name)).await.unwrap().into_inner();
+        assert_eq!(s.status, serving, "{name:?} stays SERVING");
+    }
+    assert!(common::get_metrics(metrics).contains("\nblue_authz_store_writable 0\n"));
+    let ds = data
+        .get_data_status(pb::GetDataStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !ds.writable && ds.last_error.contains("disk is full"),
+        "{ds:?}"
+    );
+
+    // Space back: the probe restores the data path by itself, then the batch succeeds.
+    std::fs::remove_file(mnt.0.join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = health
+            .check(status("blue.authz.v1.EntityStore"))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.status == serving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the data path never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(common::get_metrics(metrics).contains("\nblue_authz_store_writable 1\n"));
+    let after = data
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: users("after", 3000),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    assert_eq!(after, first + 1, "the refused batches made no revision");
+
+    // After a restart: both acknowledged batches, none of the refused one.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    drop(data);
+    let server = serve(&mnt.0, "", &args);
+    let mut data = EntityStoreClient::with_interceptor(
+        tonic::transport::Channel::from_shared(format!("http://{}", server.data_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        Bearer(format!("Bearer {token}").parse().unwrap()),
+    );
+    let mut stream = data
+        .export_entities(pb::ExportEntitiesRequest { chunk_size: 10_000 })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut before, mut refused, mut later) = (0, 0, 0);
+    while let Some(chunk) = stream.message().await.unwrap() {
+        let items: Vec<serde_json::Value> = serde_json::from_str(&chunk.entities_json).unwrap();
+        for e in items {
+            let id = e["uid"]["id"].as_str().unwrap_or("");
+            before += id.starts_with("before-") as usize;
+            refused += id.starts_with("refused-") as usize;
+            later += id.starts_with("after-") as usize;
+        }
+    }
+    assert_eq!((before, refused, later), (50, 0, 3000));
 }

@@ -120,6 +120,7 @@ fn move_into_place(db: &Path) -> Result<(), crate::storage::StorageError> {
         path: db.to_path_buf(),
         message: format!("cannot move the snapshot into place: {e}"),
         in_use: false,
+        full: false,
     })
 }
 
@@ -128,6 +129,7 @@ fn blocking_failed(e: tokio::task::JoinError) -> StateError {
         path: PathBuf::new(),
         message: format!("a blocking task failed: {e}"),
         in_use: false,
+        full: false,
     })
 }
 

@@ -79,6 +79,10 @@ pub const RELOAD_QUIET: std::time::Duration = std::time::Duration::from_millis(3
 /// The name the health service reports the decision service under.
 pub const AUTHORIZER_SERVICE: &str = "blue.authz.v1.Authorizer";
 
+/// The name the health service reports the data path under: NOT_SERVING while writes fail
+/// (a full disk), when decisions still go on.
+pub const ENTITY_STORE_SERVICE: &str = "blue.authz.v1.EntityStore";
+
 /// What the decision listener serves, as reflection lists it (the data service has a
 /// listener of its own).
 pub const DECISION_LISTENER_SERVICES: &[&str] = &[
@@ -368,6 +372,13 @@ impl Running {
         self.health
             .set_service_status(AUTHORIZER_SERVICE, ServingStatus::Serving)
             .await;
+        let (tx, rx) = oneshot::channel();
+        self.shutdown.push(tx);
+        tokio::spawn(watch_data_path(
+            self.engine.clone(),
+            self.health.clone(),
+            rx,
+        ));
         Ok(())
     }
 
@@ -388,7 +399,7 @@ impl Running {
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.watcher = None;
         // Every health entry, so that a probe of the decision service by name sees it go too.
-        for service in ["", AUTHORIZER_SERVICE] {
+        for service in ["", AUTHORIZER_SERVICE, ENTITY_STORE_SERVICE] {
             self.health
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
@@ -447,5 +458,42 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
         _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// Keeps the data path's health entry true: SERVING while writes succeed, NOT_SERVING while
+/// they fail (decisions go on from memory), probing the storage every second meanwhile so
+/// that it recovers by itself once the fault is gone (space freed), with no write needed.
+async fn watch_data_path(
+    engine: Arc<State>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut fault = engine.subscribe_write_fault();
+    loop {
+        let degraded = fault.borrow_and_update().is_some();
+        let status = if degraded {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        health
+            .set_service_status(ENTITY_STORE_SERVICE, status)
+            .await;
+        if degraded {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = fault.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    let engine = engine.clone();
+                    let _ = tokio::task::spawn_blocking(move || engine.probe_storage()).await;
+                }
+            }
+        } else {
+            tokio::select! {
+                _ = &mut stop => return,
+                changed = fault.changed() => if changed.is_err() { return },
+            }
+        }
     }
 }

@@ -75,6 +75,8 @@ pub struct State {
     /// Serializes writers; decisions never take it.
     writer: Mutex<()>,
     revision: watch::Sender<u64>,
+    /// Why writes fail now (None: the last write or probe succeeded).
+    write_fault: watch::Sender<Option<String>>,
     pub limits: Limits,
 }
 
@@ -99,6 +101,7 @@ impl State {
             storage: Mutex::new(None),
             writer: Mutex::new(()),
             revision: watch::channel(0).0,
+            write_fault: watch::channel(None).0,
             limits,
         }
     }
@@ -200,11 +203,12 @@ impl State {
         prepared: Prepared,
         relaxed: bool,
     ) -> Result<u64, StateError> {
-        if relaxed {
-            storage.apply_relaxed(&prepared.changes)?;
+        let made = if relaxed {
+            storage.apply_relaxed(&prepared.changes)
         } else {
-            storage.apply(&prepared.changes)?;
-        }
+            storage.apply(&prepared.changes)
+        };
+        self.note_write(made.as_ref().err())?;
         let revision = prepared.revision();
         self.store
             .write()
@@ -212,6 +216,50 @@ impl State {
             .commit(prepared);
         self.revision.send_replace(revision);
         Ok(revision)
+    }
+
+    /// Records whether the data path can write (a failed write or probe degrades it, a
+    /// successful one restores it); passes the error on.
+    fn note_write(&self, failed: Option<&StorageError>) -> Result<(), StateError> {
+        match failed {
+            Some(e) => {
+                let why = e.to_string();
+                let changed = self.write_fault.send_if_modified(|f| {
+                    let was_ok = f.is_none();
+                    *f = Some(why.clone());
+                    was_ok
+                });
+                if changed {
+                    tracing::error!(error = %why, "writes fail: the data path is degraded; decisions go on from memory");
+                }
+                Err(StateError::Storage(e.clone()))
+            }
+            None => {
+                if self.write_fault.send_if_modified(|f| f.take().is_some()) {
+                    tracing::info!("writes succeed again: the data path is restored");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Why writes fail now, if they do.
+    pub fn write_fault(&self) -> Option<String> {
+        self.write_fault.borrow().clone()
+    }
+
+    /// Follows whether writes fail.
+    pub fn subscribe_write_fault(&self) -> watch::Receiver<Option<String>> {
+        self.write_fault.subscribe()
+    }
+
+    /// Tries whether a write could succeed now (the storage reopened after an I/O error, a
+    /// write that needs new pages), restoring the data path if so.
+    pub fn probe_storage(&self) -> Result<(), StateError> {
+        let (_, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let probed = storage.probe();
+        self.note_write(probed.as_ref().err())
     }
 
     /// Applies batches of the shared source in order, each validated under the live schema,

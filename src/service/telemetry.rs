@@ -386,6 +386,13 @@ impl Collector for Scrape {
                 ConstGauge::new(value).encode(enc)?;
             }
         }
+        let enc = encoder.encode_descriptor(
+            "store_writable",
+            "Whether writes to the entity store succeed (1) or fail, a full disk say (0); decisions go on either way",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.engine.write_fault().is_none() as i64).encode(enc)?;
         let total: usize = counts.iter().map(|(_, n)| n).sum();
         let enc = encoder.encode_descriptor(
             "store_empty",

@@ -1,7 +1,12 @@
 //! The embedded default backend: redb, a transactional database in one file. Every commit is
-//! synced before it returns.
+//! synced before it returns. After an I/O error (a full disk, say) redb refuses every later
+//! transaction until the database is opened again, so the next write (or [`Storage::probe`])
+//! reopens it first; a commit that failed wrote nothing, and a reopened file must be at the
+//! revision of the last commit that succeeded, or writes stay refused.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -12,6 +17,8 @@ const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
 /// Store metadata: `revision` -> u64.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// Store metadata: `probe` -> when a probe write last succeeded (Unix ms).
+const PROBE: &str = "probe";
 /// Text metadata: `schema` -> the schema version the stored entities were validated with.
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 const SCHEMA: &str = "schema";
@@ -23,7 +30,31 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// redb-backed storage: one file.
 pub struct RedbStorage {
     path: PathBuf,
-    db: Database,
+    /// None between dropping a database that failed and opening it again.
+    db: RwLock<Option<Database>>,
+    /// An I/O error happened: the next write opens the database again first.
+    broken: AtomicBool,
+    /// The revision of the last commit that succeeded (or found at open).
+    committed: AtomicU64,
+}
+
+/// The database, borrowed while it is open: made only from a slot that holds one.
+struct OpenDb<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for OpenDb<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("an OpenDb is made only from a slot holding a database")
+    }
+}
+
+/// Whether an I/O error says the disk (or the quota) is full.
+fn disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 impl RedbStorage {
@@ -33,13 +64,44 @@ impl RedbStorage {
             path: path.to_path_buf(),
             message: e.to_string(),
             in_use: false,
+            full: false,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
         }
+        let db = Self::open_db(path)?;
+        let storage = RedbStorage {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            committed: AtomicU64::new(0),
+        };
+        // Create the tables so that readers never meet a missing table (a new file only: a
+        // write transaction on a large file costs a sync).
+        if !storage.tables_exist()? {
+            let db = storage.db()?;
+            let txn = db.begin_write().map_err(|e| storage.err(e))?;
+            txn.open_table(ENTITIES).map_err(|e| storage.err(e))?;
+            txn.open_table(META).map_err(|e| storage.err(e))?;
+            txn.open_table(META_TEXT).map_err(|e| storage.err(e))?;
+            txn.commit().map_err(|e| storage.err(e))?;
+        }
+        storage
+            .committed
+            .store(storage.revision()?, Ordering::SeqCst);
+        Ok(storage)
+    }
+
+    fn open_db(path: &Path) -> Result<Database, StorageError> {
+        let err = |e: &dyn std::fmt::Display| StorageError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+            in_use: false,
+            full: false,
+        };
         // The entity index lives in memory; redb's page cache only needs to serve writes and
         // the start-up scan, not hold the whole file (its default is 1 GiB).
-        let db = Database::builder()
+        Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| match e {
@@ -47,27 +109,80 @@ impl RedbStorage {
                     in_use: true,
                     ..err(&"the database is in use by another process (a running server holds it)")
                 },
+                redb::DatabaseError::Storage(redb::StorageError::Io(io)) if disk_full(&io) => {
+                    StorageError {
+                        full: true,
+                        ..err(&format!("the disk is full: {io}"))
+                    }
+                }
                 e => err(&e),
-            })?;
-        let storage = RedbStorage {
-            path: path.to_path_buf(),
-            db,
-        };
-        // Create the tables so that readers never meet a missing table (a new file only: a
-        // write transaction on a large file costs a sync).
-        if storage.tables_exist()? {
-            return Ok(storage);
+            })
+    }
+
+    /// The open database (an error while it is closed for reopening).
+    fn db(&self) -> Result<OpenDb<'_>, StorageError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(
+                self.err("the database is closed after an I/O error; it reopens on the next write")
+            );
         }
-        let txn = storage.db.begin_write().map_err(|e| storage.err(e))?;
-        txn.open_table(ENTITIES).map_err(|e| storage.err(e))?;
-        txn.open_table(META).map_err(|e| storage.err(e))?;
-        txn.open_table(META_TEXT).map_err(|e| storage.err(e))?;
-        txn.commit().map_err(|e| storage.err(e))?;
-        Ok(storage)
+        Ok(OpenDb(guard))
+    }
+
+    /// After an I/O error: drops the database and opens it again, which must find it at the
+    /// revision of the last commit that succeeded.
+    fn reopen_if_broken(&self) -> Result<(), StorageError> {
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The file lock must go before the file can be opened again.
+        drop(slot.take());
+        *slot = Some(Self::open_db(&self.path)?);
+        drop(slot);
+        let found = self.revision()?;
+        let expected = self.committed.load(Ordering::SeqCst);
+        if found != expected {
+            return Err(self.err(format!(
+                "reopened after an I/O error at revision {found}, but the last commit that \
+                 succeeded made {expected}: restart the server to load the database again"
+            )));
+        }
+        self.broken.store(false, Ordering::SeqCst);
+        tracing::info!(path = %self.path.display(), revision = found, "database reopened after an I/O error");
+        Ok(())
+    }
+
+    /// The error of a failed transaction, marking the database for reopening after an I/O
+    /// error and saying so when the disk is full.
+    fn failed(&self, e: redb::Error) -> StorageError {
+        let full = match &e {
+            redb::Error::Io(io) => {
+                self.broken.store(true, Ordering::SeqCst);
+                disk_full(io)
+            }
+            redb::Error::PreviousIo => {
+                self.broken.store(true, Ordering::SeqCst);
+                false
+            }
+            _ => false,
+        };
+        if full {
+            StorageError {
+                full: true,
+                ..self.err(format!("the disk is full: {e}"))
+            }
+        } else {
+            self.err(e)
+        }
     }
 
     fn tables_exist(&self) -> Result<bool, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         for name in ["entities", "meta", "meta_text"] {
             let def: TableDefinition<&str, &[u8]> = TableDefinition::new(name);
             match txn.open_untyped_table(def) {
@@ -80,45 +195,53 @@ impl RedbStorage {
     }
 
     fn write(&self, changes: &ChangeSet, durability: redb::Durability) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(durability).map_err(|e| self.err(e))?;
-        // Keeps recovery after a crash quick (no full scan of the allocator state).
-        txn.set_quick_repair(true);
-        {
-            let mut entities = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
-            for (uid, json) in &changes.puts {
-                entities
-                    .insert(uid.as_str(), json.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            for uid in &changes.deletes {
-                entities.remove(uid.as_str()).map_err(|e| self.err(e))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            meta.insert(REVISION, changes.revision)
-                .map_err(|e| self.err(e))?;
-            let mut text = txn.open_table(META_TEXT).map_err(|e| self.err(e))?;
-            match &changes.schema {
-                Some(schema) => {
-                    text.insert(SCHEMA, schema.as_str())
-                        .map_err(|e| self.err(e))?;
+        self.reopen_if_broken()?;
+        let db = self.db()?;
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
+            // Keeps recovery after a crash quick (no full scan of the allocator state).
+            txn.set_quick_repair(true);
+            {
+                let mut entities = txn.open_table(ENTITIES)?;
+                for (uid, json) in &changes.puts {
+                    entities.insert(uid.as_str(), json.as_slice())?;
                 }
-                // A writer that did not validate against a known schema: the next start
-                // validates everything again.
-                None => {
-                    text.remove(SCHEMA).map_err(|e| self.err(e))?;
+                for uid in &changes.deletes {
+                    entities.remove(uid.as_str())?;
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(REVISION, changes.revision)?;
+                let mut text = txn.open_table(META_TEXT)?;
+                match &changes.schema {
+                    Some(schema) => {
+                        text.insert(SCHEMA, schema.as_str())?;
+                    }
+                    // A writer that did not validate against a known schema: the next start
+                    // validates everything again.
+                    None => {
+                        text.remove(SCHEMA)?;
+                    }
+                }
+                if let Some(source) = &changes.source {
+                    text.insert(SOURCE, source.as_str())?;
                 }
             }
-            if let Some(source) = &changes.source {
-                text.insert(SOURCE, source.as_str())
-                    .map_err(|e| self.err(e))?;
+            txn.commit()?;
+            Ok(())
+        })();
+        drop(db);
+        match result {
+            Ok(()) => {
+                self.committed.store(changes.revision, Ordering::SeqCst);
+                Ok(())
             }
+            Err(e) => Err(self.failed(e)),
         }
-        txn.commit().map_err(|e| self.err(e))
     }
 
     fn text(&self, key: &str) -> Result<Option<String>, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let meta = match txn.open_table(META_TEXT) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -133,13 +256,14 @@ impl RedbStorage {
             path: self.path.clone(),
             message: e.to_string(),
             in_use: false,
+            full: false,
         }
     }
 }
 
 impl Storage for RedbStorage {
     fn revision(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let meta = match txn.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -166,14 +290,40 @@ impl Storage for RedbStorage {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| self.err(e))?;
-        txn.commit().map_err(|e| self.err(e))
+        self.reopen_if_broken()?;
+        let db = self.db()?;
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        drop(db);
+        result.map_err(|e| self.failed(e))
+    }
+
+    fn probe(&self) -> Result<(), StorageError> {
+        self.reopen_if_broken()?;
+        let db = self.db()?;
+        // A write that needs new pages, as any batch does, and changes nothing a reader sees.
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                meta.insert(PROBE, now)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        drop(db);
+        result.map_err(|e| self.failed(e))
     }
 
     fn count(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         match txn.open_table(ENTITIES) {
             Ok(table) => table.len().map_err(|e| self.err(e)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
@@ -194,7 +344,7 @@ impl Storage for RedbStorage {
                     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
                 }
             });
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let revision = txn
             .open_table(META)
             .map_err(|e| self.err(e))?

@@ -13,13 +13,15 @@ pub use embedded::RedbStorage;
 pub use postgres::{Head, PgSource, Poll, SourceError, WriteTxn};
 
 /// A storage operation that failed, naming the database.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("storage {path}: {message}")]
 pub struct StorageError {
     pub path: PathBuf,
     pub message: String,
     /// The database is held open by another process (a running server).
     pub in_use: bool,
+    /// The disk (or quota) is full: writes fail until space is freed.
+    pub full: bool,
 }
 
 /// Durable storage of entities.
@@ -37,6 +39,11 @@ pub trait Storage: Send + Sync {
     /// shared source, which has it durably and gives it again).
     fn apply_relaxed(&self, changes: &ChangeSet) -> Result<(), StorageError> {
         self.apply(changes)
+    }
+    /// Whether a write could succeed now (after a failed one, say), without changing what
+    /// readers see.
+    fn probe(&self) -> Result<(), StorageError> {
+        Ok(())
     }
     /// Makes every relaxed change set durable.
     fn sync(&self) -> Result<(), StorageError> {

@@ -324,8 +324,9 @@ impl EntityStoreRpc for EntityStoreService {
                 source_revision: revision,
                 source_reachable: true,
                 ms_since_source_answered: 0,
-                last_error: String::new(),
-                writable: self.engine.live().is_some(),
+                // A local write fault (a full disk): why, and that writes fail until it clears.
+                last_error: self.engine.write_fault().unwrap_or_default(),
+                writable: self.engine.live().is_some() && self.engine.write_fault().is_none(),
             },
             Some(replica) => {
                 let view = replica.status.view();
@@ -338,8 +339,11 @@ impl EntityStoreRpc for EntityStoreService {
                         .since_answered
                         .map(|d| d.as_millis() as u64)
                         .unwrap_or(u64::MAX),
-                    last_error: view.last_error,
-                    writable: view.reachable,
+                    last_error: match self.engine.write_fault() {
+                        Some(local) => local,
+                        None => view.last_error,
+                    },
+                    writable: view.reachable && self.engine.write_fault().is_none(),
                 }
             }
         };

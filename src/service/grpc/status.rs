@@ -37,6 +37,13 @@ impl From<ServiceError> for Status {
                         "the shared source is unavailable: the batch was not applied; retry later",
                     )
                 }
+                StateError::Storage(ref s) if s.full => {
+                    tracing::warn!(error = %e, "write refused: the disk is full");
+                    Status::resource_exhausted(
+                        "the disk is full: the batch was not applied; writes succeed again once \
+                         space is freed, and decisions go on meanwhile",
+                    )
+                }
                 StateError::Storage(_) | StateError::Data(_) | StateError::Gap { .. } => {
                     tracing::error!(error = %e, "internal error");
                     Status::internal("internal error")
