@@ -30,6 +30,11 @@ pub struct BenchConfig {
     /// The AuthZEN HTTP listener's address: adds the HTTP phases (HTTP/1.1 keep-alive and
     /// h2c), compared with gRPC in the same run.
     pub http_addr: Option<String>,
+    /// The data service's address and token: adds decisions while large batches are written,
+    /// beside decisions without writes, in the same run.
+    pub data: Option<(String, String)>,
+    /// Operations per batch those writes make.
+    pub write_ops: usize,
 }
 
 /// One phase's figures.
@@ -485,6 +490,47 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         println!("{}", f.line());
         out.push(f);
     }
+    if let Some((data_addr, token)) = &cfg.data {
+        let conc = cfg.concurrency.min(4);
+        let idle = run_phase(
+            "IsAuthorized, no writes",
+            Kind::Decide,
+            &channels,
+            asks.clone(),
+            conc,
+            cfg.duration,
+            None,
+            None,
+        )
+        .await?;
+        println!("{}", idle.line());
+        let writer = Writer::start(data_addr, token, cfg.write_ops).await?;
+        let loaded = run_phase(
+            &format!("IsAuthorized, {}-op writes", cfg.write_ops),
+            Kind::Decide,
+            &channels,
+            asks.clone(),
+            conc,
+            cfg.duration,
+            None,
+            None,
+        )
+        .await?;
+        let writes = writer.stop().await?;
+        println!("{}", loaded.line());
+        println!(
+            "during the writes: {} batches of {} operations, commit p50 {:.1} ms, max {:.1} ms; \
+             decisions p99 {:.2}x and p99.9 {:.2}x of those without writes",
+            writes.len(),
+            cfg.write_ops,
+            writes
+                .get(writes.len() / 2)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            writes.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            us(loaded.p99) / us(idle.p99).max(f64::MIN_POSITIVE),
+            us(loaded.p999) / us(idle.p999).max(f64::MIN_POSITIVE),
+        );
+    }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     println!(
         "under load (concurrency {}): throughput {:.2}x the empty call's{}",
@@ -525,4 +571,63 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         );
     }
     Ok(out)
+}
+
+/// Writes batches of `ops` upserts to the data service in a loop, back to back, until
+/// stopped; the same entities every time (the store does not grow), each batch a full commit.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Vec<Duration>, String>>,
+}
+
+impl Writer {
+    async fn start(addr: &str, token: &str, ops: usize) -> Result<Writer, String> {
+        use crate::service::grpc::pb::entity_store_client::EntityStoreClient;
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to the data service at {addr}: {e}"))?;
+        let mut client = EntityStoreClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the data token is not a valid header value".to_string())?;
+        let batch: Vec<pb::WriteOp> = (0..ops)
+            .map(|i| pb::WriteOp {
+                op: Some(pb::write_op::Op::UpsertJson(
+                    serde_json::json!({
+                        "uid": {"type": "Blue::User", "id": format!("bench-writer-{i}")},
+                        "attrs": {}, "parents": []
+                    })
+                    .to_string(),
+                )),
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut took = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let mut req = tonic::Request::new(pb::WriteEntitiesRequest { ops: batch.clone() });
+                req.metadata_mut().insert("authorization", header.clone());
+                let started = Instant::now();
+                client
+                    .write_entities(req)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                took.push(started.elapsed());
+            }
+            took.sort_unstable();
+            Ok(took)
+        });
+        Ok(Writer { stop, task })
+    }
+
+    /// Stops writing; each batch's time, sorted.
+    async fn stop(self) -> Result<Vec<Duration>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.map_err(|e| e.to_string())?
+    }
 }

@@ -28,6 +28,16 @@ pub struct BenchCommand {
     /// The AuthZEN HTTP listener's address: adds HTTP/1.1 and h2c phases to compare.
     #[arg(long)]
     http_addr: Option<String>,
+    /// The data service's address: adds decisions while batches of --write-ops operations are
+    /// written, beside decisions without writes (needs --data-token).
+    #[arg(long, requires = "data_token")]
+    data_addr: Option<String>,
+    /// The data service's token.
+    #[arg(long)]
+    data_token: Option<String>,
+    /// Operations per batch written with --data-addr.
+    #[arg(long, default_value_t = 10_000)]
+    write_ops: usize,
 }
 
 pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
@@ -40,6 +50,8 @@ pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
         batch: args.batch.max(1),
         pid: args.pid,
         http_addr: args.http_addr,
+        data: args.data_addr.zip(args.data_token),
+        write_ops: args.write_ops.max(1),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(loadgen::run(&cfg))?;
