@@ -322,3 +322,54 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A TLS client that starts a handshake and stalls (half a ClientHello) is dropped at the
+/// handshake timeout, and so is one that completes no handshake at all; a real client is
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_dropped_at_the_handshake_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "blue");
+    let server_cert = pki.leaf("server", &["localhost"]);
+    let mut c = config(dir.path(), Limits::default());
+    c.watch = false;
+    c.conn.handshake_timeout = std::time::Duration::from_millis(600);
+    c.tls = Some(TlsFiles {
+        cert: server_cert.0.clone(),
+        key: server_cert.1.clone(),
+        client_ca: None,
+    });
+    let mut running = server::start(c).await.unwrap();
+    running.load().await.unwrap();
+    let addr = running.addr.unwrap();
+    // A TLS record header and the start of a ClientHello, then nothing.
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+        .unwrap();
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    let started = std::time::Instant::now();
+    // Served while those two wait.
+    let channel = tls_channel(addr, &pki.ca("blue"), None).await.unwrap();
+    assert!(decide(channel).await.unwrap());
+    for (name, mut conn) in [("stalled", stalled), ("silent", silent)] {
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        };
+        assert!(closed, "the {name} connection was kept");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    running.shutdown().await.unwrap();
+}

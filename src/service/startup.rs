@@ -88,7 +88,10 @@ pub fn load_store(
     }
     let trusted = storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
     let started = std::time::Instant::now();
-    store.reserve(storage.count()? as usize);
+    // Room to grow: the index's tables double when full, rehashing every entity under the
+    // decisions' lock, so the first batches of new entities would stall decisions for as long.
+    let count = storage.count()? as usize;
+    store.reserve(count + count / 8 + 16_384);
     // The database is read on a second thread, in chunks. Entities stored under this schema
     // are also parsed there (with chunk-local numbers), so this thread only indexes them;
     // entities to validate again are parsed here, against the pack.

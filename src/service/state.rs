@@ -210,10 +210,21 @@ impl State {
         };
         self.note_write(made.as_ref().err())?;
         let revision = prepared.revision();
-        self.store
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .commit(prepared);
+        let entities = prepared.changes.puts.len() + prepared.changes.deletes.len();
+        let waited = std::time::Instant::now();
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let held = std::time::Instant::now();
+        store.commit(prepared);
+        drop(store);
+        // How long decisions waited for this batch (the index swap is the only part of a
+        // write that holds the decisions' lock).
+        tracing::debug!(
+            revision,
+            entities,
+            lock_wait_us = (held - waited).as_micros() as u64,
+            lock_held_us = held.elapsed().as_micros() as u64,
+            "batch visible"
+        );
         self.revision.send_replace(revision);
         Ok(revision)
     }
