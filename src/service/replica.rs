@@ -384,10 +384,18 @@ impl Replica {
         // Applied batches are made durable locally once caught up, and at least every
         // SYNC_EVERY under a steady stream (the source has them durably meanwhile).
         let mut synced_at = (self.state.revision(), Instant::now());
+        // How long a poll that finds a batch takes (the query and the apply), as last seen.
+        let mut busy = Duration::from_millis(2);
         loop {
-            // Polls keep a fixed cadence: the next one is due an interval after this one began.
+            // A change committed just after a poll read the log is found by the next one and
+            // visible when that one has applied it: so the next poll is due an interval after
+            // this one began, less what finding and applying takes, and a change is visible
+            // within one interval of its commit.
             let polled_at = Instant::now();
             let step = self.step().await;
+            if matches!(step, Ok(true)) {
+                busy = polled_at.elapsed().min(self.config.poll / 2);
+            }
             let revision = self.state.revision();
             let caught_up = matches!(step, Ok(false));
             if revision != synced_at.0 && (caught_up || synced_at.1.elapsed() >= SYNC_EVERY) {
@@ -405,7 +413,10 @@ impl Replica {
                 }
                 Ok(false) => {
                     backoff = Duration::from_millis(100);
-                    self.config.poll.saturating_sub(polled_at.elapsed())
+                    self.config
+                        .poll
+                        .saturating_sub(polled_at.elapsed())
+                        .saturating_sub(busy)
                 }
                 Err(e) => {
                     match &e {
