@@ -15,8 +15,13 @@ use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::engine::request;
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The shipped pack (or `BLUE_AUTHZ_TEST_PACK`: these checks are data-driven, and the
+/// README-procedure test in tests/policy_pack.rs runs them on an edited copy).
+fn pack_dir() -> PathBuf {
+    match std::env::var_os("BLUE_AUTHZ_TEST_PACK") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies"),
+    }
 }
 
 fn oracle(
@@ -56,13 +61,13 @@ fn every_suite_case_agrees_with_plain_cedar_over_all_entities() {
             "invite-client-and-above".to_string(),
         ],
     ] {
-        let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &overlays)).unwrap();
-        let fixture = root().join("policies/tests/fixture.json");
+        let pack = PolicyPack::load(&PackSpec::new(pack_dir(), &overlays)).unwrap();
+        let fixture = pack_dir().join("tests/fixture.json");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
         let all = Entities::from_json_value(json, Some(&pack.schema)).unwrap();
         let store = EntityStore::load_file(&fixture, &pack.entities).unwrap();
-        let suites = suite::load_suites(&root().join("policies/tests")).unwrap();
+        let suites = suite::load_suites(&pack_dir().join("tests")).unwrap();
         let cases = suite::effective_cases(&suites, &overlays);
         for case in &cases {
             if let Some(field) = &case.expect.invalid {
@@ -93,7 +98,7 @@ fn every_suite_case_agrees_with_plain_cedar_over_all_entities() {
 
 #[test]
 fn generated_requests_agree_with_plain_cedar_over_all_entities() {
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(pack_dir(), &[])).unwrap();
     let mut entities = Vec::new();
     let mut store = EntityStore::default();
     let g = gen::generate(0.005, 3, &mut |e| {
@@ -152,7 +157,7 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
 /// and the oracle is plain Cedar over all entities with the replacement applied.
 #[test]
 fn request_scoped_entities_that_reparent_stored_ones_agree_with_plain_cedar() {
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(pack_dir(), &[])).unwrap();
     let mut entities = Vec::new();
     let mut store = EntityStore::default();
     let g = gen::generate(0.002, 7, &mut |e| {
@@ -298,7 +303,7 @@ fn oracle_without_overlay(pack: &PolicyPack, store: &EntityStore, a: &workload::
 /// evaluator over a slice.
 #[test]
 fn listed_actions_agree_with_single_decisions_through_cedar() {
-    let pack = PolicyPack::load(&PackSpec::new(root().join("policies"), &[])).unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(pack_dir(), &[])).unwrap();
     let mut store = EntityStore::default();
     let g = gen::generate(0.005, 3, &mut |e| store.bulk_insert(&e).unwrap());
     store.finish_bulk(1).unwrap();

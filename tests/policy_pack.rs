@@ -571,19 +571,80 @@ fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// The `shipped_pack_*` tests of this very binary, run on the project copy in `dir`: the same
-/// checks `cargo test` makes of the live pack. Success, and what libtest printed.
-fn shipped_checks_on(dir: &Path) -> (bool, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["shipped_pack_", "--test-threads=2"])
+/// The tests `cargo test` runs on the live pack (all data-driven), by test binary and name
+/// filter, beside this binary's own `shipped_pack_*`.
+const LIVE_PACK_TESTS: &[(&str, &[&str])] = &[
+    (
+        "grpc",
+        &[
+            "every_suite_case_over_the_wire",
+            "a_batch_of_a_thousand_and_more",
+            "list_allowed_actions_equals_each_roles_matrix_row",
+        ],
+    ),
+    (
+        "authzen",
+        &["every_suite_case_is_answered_over_http_as_over_grpc"],
+    ),
+    (
+        "listing",
+        &[
+            "listings_equal_brute_force",
+            "listings_with_request_scoped_entities",
+            "pages_of_1_7_and_1000",
+        ],
+    ),
+    ("oracle", &[""]),
+    ("analysis", &["blue_invariants_hold_for_all_data"]),
+];
+
+/// The newest test binary `name-<hash>` beside this one (`cargo test` builds them all before
+/// it runs any; `cargo test --test policy_pack` alone may not have built it: then None, which
+/// fails in CI).
+fn sibling_test_binary(name: &str) -> Option<PathBuf> {
+    let me = std::env::current_exe().unwrap();
+    let dir = me.parent().unwrap();
+    let prefix = format!("{name}-");
+    let found = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.strip_prefix(&prefix)
+                .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "no test binary {name}-<hash> beside {}",
+            me.display()
+        );
+        eprintln!("SKIPPED the {name} checks on the changed project: run the whole `cargo test`");
+    }
+    found
+}
+
+/// Runs a test binary with name filters on the project copy in `dir`; success, and what
+/// libtest printed.
+fn run_tests_on(binary: &Path, filters: &[&str], dir: &Path) -> (bool, String) {
+    let out = Command::new(binary)
+        .args(filters)
+        .arg("--test-threads=2")
         .env("BLUE_AUTHZ_TEST_PACK", dir.join("policies"))
         .env("BLUE_AUTHZ_TEST_MATRIX", dir.join("docs/permissions.md"))
         .env_remove("BLUE_AUTHZ_OVERLAYS")
         .output()
-        .expect("run the shipped-pack tests");
+        .expect("run a test binary");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// The `shipped_pack_*` tests of this very binary, run on the project copy in `dir`.
+fn shipped_checks_on(dir: &Path) -> (bool, String) {
+    run_tests_on(&std::env::current_exe().unwrap(), &["shipped_pack_"], dir)
 }
 
 /// The README's procedure for changing a rule, followed literally on a copy of the project
@@ -663,9 +724,23 @@ fn the_readme_procedure_for_changing_a_rule_keeps_the_checks_green() {
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].starts_with("| `editWiki` |"), "{changed:?}");
-    // The same checks as `cargo test`, on the changed project: green.
+    // The same checks as `cargo test`, on the changed project: green. This binary's, then
+    // every data-driven test of the other binaries (the suites over gRPC and HTTP, the matrix
+    // rows against ListAllowedActions, listings against brute force, the oracle against
+    // plain Cedar, the invariants).
     let (ok, text) = shipped_checks_on(project);
     assert!(ok && text.contains("5 passed; 0 failed"), "{text}");
+    for (binary, filters) in LIVE_PACK_TESTS {
+        let Some(path) = sibling_test_binary(binary) else {
+            continue;
+        };
+        let (ok, text) = run_tests_on(&path, filters, project);
+        assert!(ok, "{binary} on the changed project: {text}");
+        assert!(
+            !text.contains("running 0 tests"),
+            "{binary}: the filters {filters:?} match no test: {text}"
+        );
+    }
 }
 
 /// A lifecycle rule naming a type or an attribute the schema lacks (or one that holds no
