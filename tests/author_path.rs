@@ -15,6 +15,43 @@ fn bin() -> Command {
     c
 }
 
+/// `serve` on `db` with decisions on 127.0.0.1:0, no data or HTTP listener, no watching, and
+/// `extra`; waits (60 s at most) until it says it serves. The child and its log lines so far.
+fn serve(db: &std::path::Path, extra: &[&str]) -> (std::process::Child, Vec<String>) {
+    let mut child = bin()
+        .arg("serve")
+        .args(["--db", db.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "",
+            "--http-listen",
+            "",
+        ])
+        .args(["--watch", "false"])
+        .args(extra)
+        .env_remove("BLUE_AUTHZ_DATA_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::log_lines(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            break;
+        };
+        let done = line.contains("serving") && !line.contains("not serving");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, lines)
+}
+
 #[test]
 fn export_of_a_missing_database_fails_and_creates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -65,38 +102,10 @@ fn a_closed_stdout_ends_a_command_quietly() {
 #[test]
 fn an_empty_store_is_a_warning_and_a_metric_and_no_data_listener_no_token_warning() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .arg("serve")
-        .args(["--db", tmp.path().join("a.redb").to_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "",
-            "--http-listen",
-            "",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--seed", "", "--watch", "false"])
-        .env_remove("BLUE_AUTHZ_DATA_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::log_lines(child.stderr.take().unwrap());
-    let mut lines = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
-            break;
-        };
-        let done = line.contains("serving") && !line.contains("not serving");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
+    let (mut child, lines) = serve(
+        &tmp.path().join("a.redb"),
+        &["--metrics-listen", "127.0.0.1:0", "--seed", ""],
+    );
     let log = lines.join("\n");
     // Started without data: a warning, and the metric says so.
     let metrics: std::net::SocketAddr = log
@@ -239,35 +248,8 @@ fn import_merges_or_replaces_and_says_which_and_refuses_dangling_parents() {
 fn offline_commands_on_a_database_a_server_holds_point_at_the_data_service() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("held.redb");
-    let mut child = bin()
-        .arg("serve")
-        .args(["--db", db.to_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "",
-            "--http-listen",
-            "",
-        ])
-        .args(["--watch", "false"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::log_lines(child.stderr.take().unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut log = String::new();
-    while std::time::Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
-            break;
-        };
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("serving") && !line.contains("not serving") {
-            break;
-        }
-    }
+    let (mut child, lines) = serve(&db, &[]);
+    let log = lines.join("\n");
     let export = cli(&["export", "--db", db.to_str().unwrap()]);
     let fixture = pack().join("tests/fixture.json");
     let import = cli(&[

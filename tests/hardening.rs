@@ -609,6 +609,24 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// A data-service client that sends the token.
+async fn data_client(
+    addr: SocketAddr,
+    token: &str,
+) -> blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient::with_interceptor(
+        channel,
+        Bearer(format!("Bearer {token}").parse().unwrap()),
+    )
+}
+
 /// A batch big enough to need new pages in any file: `n` users with long ids.
 fn users(prefix: &str, n: usize) -> Vec<pb::WriteOp> {
     (0..n)
@@ -628,7 +646,6 @@ fn users(prefix: &str, n: usize) -> Vec<pb::WriteOp> {
 /// acknowledged write is there and nothing of the refused ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself() {
-    use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let test = "a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself";
     let dir = tempfile::tempdir().unwrap();
@@ -646,16 +663,7 @@ async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself
     ];
     let mut server = serve(&mnt.0, "", &args);
     let metrics = server.metrics_addr.expect("metrics listener");
-    let data_channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", server.data_addr.unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut data = EntityStoreClient::with_interceptor(
-        data_channel,
-        Bearer(format!("Bearer {token}").parse().unwrap()),
-    );
+    let mut data = data_client(server.data_addr.unwrap(), token).await;
     let mut health = HealthClient::new(
         tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
             .unwrap()
@@ -751,14 +759,7 @@ async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself
     let _ = server.child.wait();
     drop(data);
     let server = serve(&mnt.0, "", &args);
-    let mut data = EntityStoreClient::with_interceptor(
-        tonic::transport::Channel::from_shared(format!("http://{}", server.data_addr.unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-        Bearer(format!("Bearer {token}").parse().unwrap()),
-    );
+    let mut data = data_client(server.data_addr.unwrap(), token).await;
     let mut stream = data
         .export_entities(pb::ExportEntitiesRequest { chunk_size: 10_000 })
         .await

@@ -15,8 +15,7 @@ use crate::engine::needs::{Need, Needs, NEED_ALL};
 use crate::engine::pack::{ActionEntry, PolicyPack};
 use crate::engine::plan::Plan;
 use crate::engine::request::{
-    cedar_request, check_declared_values, checked_request, context_of, parse_overlay,
-    CheckedRequest,
+    cedar_request, checked_request, context_of, parse_overlay, CheckedRequest,
 };
 
 /// How many attribute hops a slice follows from the request's entities by default. Blue's
@@ -416,17 +415,8 @@ pub fn list_allowed_in(
             None => vec![(None, contexts.default)],
         };
         literals.extend(entry.literals.iter().cloned());
-        let declared_values = pack.names.context_values(id);
         for (shown, context_json) in mine {
-            // The same checks as a single decision's: the schema's, then the declared values.
-            let checked = checked_request(pack, entry, (principal, action, resource), context_json)
-                .and_then(|ok| {
-                    if !declared_values.is_empty() {
-                        check_declared_values(declared_values, context_json)?;
-                    }
-                    Ok(ok)
-                });
-            match checked {
+            match checked_request(pack, entry, (principal, action, resource), context_json) {
                 Ok((r, refs)) => {
                     context_refs.extend(refs);
                     requests.push((*action, *entry, shown, Ok(r)));

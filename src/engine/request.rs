@@ -264,7 +264,23 @@ static EMPTY_CONTEXT: std::sync::LazyLock<cedar_policy_core::ast::Context> =
 /// load, nothing is left to check, and the Cedar request is not built (None): only Cedar's
 /// evaluator needs it. Otherwise the context is read (quickly if it is plain, else by Cedar's
 /// parser) and the whole request validated.
+/// Then a context field's value must be one the pack declares for it, if it declares any.
 pub(crate) fn checked_request(
+    pack: &PolicyPack,
+    entry: &ActionEntry,
+    uids: (&EntityUid, &EntityUid, &EntityUid),
+    context_json: &str,
+) -> Result<(Option<Request>, Vec<EntityUid>), RequestError> {
+    let checked = schema_checked_request(pack, entry, uids, context_json)?;
+    let declared = pack.names.context_values(uids.1.id().unescaped());
+    if !declared.is_empty() {
+        check_declared_values(declared, context_json)?;
+    }
+    Ok(checked)
+}
+
+/// [`checked_request`] as far as the schema goes.
+fn schema_checked_request(
     pack: &PolicyPack,
     entry: &ActionEntry,
     (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
@@ -341,10 +357,6 @@ pub fn check_parsed(
     }
     let (request, context_refs) =
         checked_request(pack, entry, (&principal, &action, &resource), context_json)?;
-    let declared = pack.names.context_values(action.id().unescaped());
-    if !declared.is_empty() {
-        check_declared_values(declared, context_json)?;
-    }
     Ok(CheckedRequest {
         principal,
         action,
@@ -357,7 +369,7 @@ pub fn check_parsed(
 
 /// Refuses a context field whose value is not one the pack declares for it (`names.toml`,
 /// `[context.<action>]`), naming the field and the values it may take.
-pub(crate) fn check_declared_values(
+fn check_declared_values(
     declared: &[(String, Vec<String>)],
     context_json: &str,
 ) -> Result<(), RequestError> {

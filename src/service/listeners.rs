@@ -215,22 +215,20 @@ where
         let timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            match acceptor {
-                None => {
-                    let io = TokioIo::new(FirstBytes::new(stream, timeout));
-                    let conn = builder.serve_connection(io, service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
+            // Either way the client's first bytes (after the handshake, with TLS) are due
+            // within the timeout.
+            let io = match acceptor {
+                None => Box::new(FirstBytes::new(stream, timeout)) as Box<dyn Io>,
                 Some(acceptor) => {
                     let handshake = acceptor.accept(FirstBytes::new(stream, timeout));
-                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
+                    let Ok(Ok(tls)) = tokio::time::timeout(timeout, handshake).await else {
                         return;
                     };
-                    let io = TokioIo::new(FirstBytes::new(stream, timeout));
-                    let conn = builder.serve_connection(io, service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    Box::new(FirstBytes::new(tls, timeout))
                 }
-            }
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);
@@ -242,6 +240,11 @@ where
     }
     Ok(())
 }
+
+/// A connection as hyper serves it, plain or TLS (one box per connection).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A connection that must receive its first bytes before a deadline: reading fails with
 /// `TimedOut` if nothing came by then, so a client that connects and says nothing does not

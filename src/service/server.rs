@@ -20,7 +20,7 @@ pub use super::error::ServeError;
 use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
-use super::grpc::transport_errors::TransportErrors;
+use super::grpc::transport_errors;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
 use super::listeners::{bind, bind_unix, Listeners, Protocol};
 use super::reload::{self, Reloader, SpecSource};
@@ -138,8 +138,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
             .max_decoding_message_size(decode_cap);
     let limit = config.limits.max_message_bytes;
-    let health_only = TransportErrors::new(Routes::new(health_service.clone()), limit);
-    let decisions = TransportErrors::new(
+    let health_only = transport_errors::wrap(Routes::new(health_service.clone()), limit);
+    let decisions = transport_errors::wrap(
         Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -175,7 +175,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let mut data_addr = None;
     match &config.data_token {
         Some(token) if !token.is_empty() => {
-            let data = TransportErrors::new(
+            let data = transport_errors::wrap(
                 Routes::new(tonic::service::interceptor::InterceptedService::new(
                     EntityStoreServer::new(EntityStoreService::new(
                         engine.clone(),

@@ -249,10 +249,12 @@ impl EntityStore {
                 WriteOp::DeleteOwned(uid) => {
                     let doomed = working.owned(&uid, schema);
                     let gone: std::collections::HashSet<&EntityUid> = doomed.iter().collect();
+                    // The children that stay, each once (a user in several deleted groups).
                     let mut staying = Vec::new();
+                    let mut seen = std::collections::HashSet::new();
                     for d in &doomed {
                         for c in working.children(d) {
-                            if !gone.contains(&c) && !staying.contains(&c) {
+                            if !gone.contains(&c) && seen.insert(c.clone()) {
                                 staying.push(c);
                             }
                         }

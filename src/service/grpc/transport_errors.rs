@@ -6,48 +6,21 @@
 //! listener's routes that rewrites those trailers-only answers; the handlers' own statuses
 //! come from [`super::status`] and pass through untouched.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use hyper::header::{HeaderMap, HeaderValue};
 
-/// Wraps a gRPC service so that decode and size errors of the stack are INVALID_ARGUMENT.
-#[derive(Clone)]
-pub struct TransportErrors<S> {
-    inner: S,
-    /// The configured `max_message_bytes`, named in a size error.
+/// A gRPC listener's routes whose decode and size errors are INVALID_ARGUMENT (`limit`: the
+/// configured `max_message_bytes`, named in a size error).
+pub fn wrap<S>(
+    routes: S,
     limit: usize,
-}
-
-impl<S> TransportErrors<S> {
-    pub fn new(inner: S, limit: usize) -> Self {
-        TransportErrors { inner, limit }
-    }
-}
-
-impl<S, B, RB> tonic::codegen::Service<hyper::Request<B>> for TransportErrors<S>
-where
-    S: tonic::codegen::Service<hyper::Request<B>, Response = hyper::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = hyper::Response<RB>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: hyper::Request<B>) -> Self::Future {
-        let call = self.inner.call(request);
-        let limit = self.limit;
-        Box::pin(async move {
-            let mut response = call.await?;
-            rewrite(response.headers_mut(), limit);
-            Ok(response)
-        })
-    }
+) -> tower::util::MapResponse<
+    S,
+    impl FnOnce(hyper::Response<tonic::body::Body>) -> hyper::Response<tonic::body::Body> + Clone,
+> {
+    tower::util::MapResponse::new(routes, move |mut response: hyper::Response<_>| {
+        rewrite(response.headers_mut(), limit);
+        response
+    })
 }
 
 /// The stack's own error messages (tonic's), and what each becomes.
