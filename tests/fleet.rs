@@ -376,6 +376,76 @@ async fn a_write_on_one_replica_is_seen_on_another_with_its_revision() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_on_one_replica_commit_together_each_its_own_revision() {
+    let Some((pg, url)) = schema("fleet_group").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(&url, &dir.path().join("a.redb"), &[]);
+    let b = spawn(&url, &dir.path().join("b.redb"), &[]);
+    let mut da = data(&a).await;
+    let before = status(&mut da).await.revision;
+    // 64 writes at once on A; every fourth names a parent nobody made and is refused alone.
+    let mut tasks = Vec::new();
+    for i in 0..64usize {
+        let mut d = da.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ops = vec![upsert(record(&format!("g-{i}")))];
+            if i % 4 == 3 {
+                ops.push(edge(true, (USER, "pat"), (ROLE, "nowhere/none")));
+            }
+            (i, write(&mut d, ops).await)
+        }));
+    }
+    let mut revisions = Vec::new();
+    for t in tasks {
+        let (i, outcome) = t.await.unwrap();
+        if i % 4 == 3 {
+            let e = outcome.expect_err("a write naming a missing parent is refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.message().contains("ops[1]") && e.message().contains("does not exist"),
+                "{e:?}"
+            );
+        } else {
+            revisions.push(outcome.unwrap_or_else(|e| panic!("write {i}: {e:?}")));
+        }
+    }
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        (before + 1..=before + 48).collect::<Vec<_>>(),
+        "the accepted writes' revisions are not one each and dense"
+    );
+    // Written together: some transaction (the rows' xmin) holds several log batches.
+    let rows = pg
+        .query(
+            "SELECT count(*) FROM blue_authz_changes WHERE revision > $1 GROUP BY xmin::text",
+            &[&(before as i64)],
+        )
+        .await
+        .unwrap();
+    let sizes: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(sizes.iter().sum::<i64>(), 48);
+    assert!(
+        sizes.iter().any(|n| *n > 1),
+        "no two writes shared a transaction: {sizes:?}"
+    );
+    // Both replicas hold the accepted records and nothing of the refused writes.
+    let last = before + 48;
+    let mut db = data(&b).await;
+    reach(&mut db, last).await;
+    let (ea, eb) = (export(&mut da).await, export(&mut db).await);
+    assert_eq!((ea.0, eb.0), (last, last));
+    assert!(ea.1 == eb.1, "the replicas hold other entities");
+    for i in 0..64 {
+        let held = ea.1.iter().any(|e| e.contains(&format!("\"g-{i}\"")));
+        assert_eq!(held, i % 4 != 3, "record g-{i}");
+    }
+    println!("transactions for 48 accepted writes: {}", sizes.len());
+}
+
 /// Writes one record's batch at `revision` straight into the source, in the log's format, in
 /// an open transaction; with `head`, it also moves the head there.
 async fn put_batch(txn: &tokio_postgres::Transaction<'_>, revision: i64, id: &str, head: bool) {

@@ -416,7 +416,8 @@ pub async fn run(cfg: &FleetBenchConfig) -> Result<(), String> {
     visibility(&polled[..], 100, "polling every 100 ms, no notifications").await?;
     drop(polled);
 
-    for writers in [1, 4] {
+    // 16: how group commit scales with a replica's concurrent writers.
+    for writers in [1, 4, 16] {
         let rate = throughput(&notified, writers, s, &format!("tp{writers}")).await?;
         println!("write throughput through PostgreSQL, {writers} writer(s) over 3 replicas: {rate:.0} batches/s");
     }

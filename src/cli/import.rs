@@ -101,7 +101,7 @@ fn import_shared(
     let scratch = std::env::temp_dir().join(format!("blue-authz-import-{}", std::process::id()));
     let result = runtime()?.block_on(async {
         let state = Arc::new(State::new(Limits::default()));
-        let replica = Replica::new(
+        let replica = Arc::new(Replica::new(
             state.clone(),
             &scratch.join("copy.redb"),
             SourceConfig {
@@ -111,7 +111,7 @@ fn import_shared(
                 max_age: None,
                 notify: false,
             },
-        )?;
+        )?);
         let (store, storage, _) = replica.open(&pack, false).await?;
         // Validated whole on top of the source's data before anything is written.
         let (prepared, how) = prepare(&store, file, &pack, replace)?;

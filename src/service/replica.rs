@@ -6,7 +6,11 @@
 //! head, validate the batch on top of exactly that state, commit it at the source, then apply
 //! it here. So a batch is validated against the same data on every replica, and the revision a
 //! write returns is global: any replica that has applied it has applied everything before it.
+//! Writes that queue on one replica while a commit is under way are committed together at its
+//! next turn (group commit): one transaction, each write its own revision, validated on top of
+//! the ones before it, refused alone if it fails.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +51,63 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between attempts when the source does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// At most this many queued writes are committed in one transaction…
+const GROUP_WRITES: usize = 256;
+/// …and at most about this many operations (a larger write goes alone).
+const GROUP_OPS: usize = 20_000;
+
+/// A write waiting for its turn to be committed.
+struct Pending {
+    ops: Vec<WriteOp>,
+    /// The seed: written only when the source holds nothing yet.
+    only_if_empty: bool,
+    reply: oneshot::Sender<Result<Option<u64>, StateError>>,
+}
+
+/// The writes queued on this replica, and the turn to commit them.
+#[derive(Default)]
+struct WriteQueue {
+    pending: Mutex<VecDeque<Pending>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl WriteQueue {
+    /// The next group: the oldest writes, within [`GROUP_WRITES`] and [`GROUP_OPS`].
+    fn next_group(&self) -> Vec<Pending> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut group = Vec::new();
+        let mut ops = 0;
+        while let Some(next) = pending.front() {
+            if !group.is_empty()
+                && (group.len() >= GROUP_WRITES || ops + next.ops.len() > GROUP_OPS)
+            {
+                break;
+            }
+            ops += next.ops.len();
+            group.extend(pending.pop_front());
+        }
+        group
+    }
+}
+
+/// The same failure, for each write of a group it failed whole.
+fn shared(e: &StateError) -> StateError {
+    match e {
+        StateError::Source(e) => StateError::Source(e.clone()),
+        StateError::Storage(e) => StateError::Storage(e.clone()),
+        StateError::NotReady => StateError::NotReady,
+        StateError::Gap { current, got } => StateError::Gap {
+            current: *current,
+            got: *got,
+        },
+        other => StateError::Storage(crate::storage::StorageError {
+            path: PathBuf::new(),
+            message: other.to_string(),
+            in_use: false,
+            full: false,
+        }),
+    }
+}
 
 /// What this replica last heard from its source (for GetDataStatus, metrics and the log).
 #[derive(Debug, Default)]
@@ -107,6 +168,7 @@ pub struct Replica {
     pub status: SourceStatus,
     db: PathBuf,
     config: SourceConfig,
+    queue: WriteQueue,
 }
 
 /// The path a snapshot is read into before it replaces the database.
@@ -146,6 +208,7 @@ impl Replica {
             status: SourceStatus::default(),
             db: db.to_path_buf(),
             config,
+            queue: WriteQueue::default(),
         })
     }
 
@@ -292,12 +355,12 @@ impl Replica {
 
     /// Commits a batch through the source; returns its (global) revision once committed
     /// there and applied here.
-    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StateError> {
-        self.write_if(ops, false).await.map(|r| r.unwrap_or(0))
+    pub async fn write(self: &Arc<Self>, ops: Vec<WriteOp>) -> Result<u64, StateError> {
+        self.submit(ops, false).await.map(|r| r.unwrap_or(0))
     }
 
     /// Writes the seed file's entities when the source is empty (None: it was not).
-    pub async fn seed(&self, path: &Path) -> Result<Option<u64>, StateError> {
+    pub async fn seed(self: &Arc<Self>, path: &Path) -> Result<Option<u64>, StateError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             crate::engine::error::DataError::Io {
                 path: path.to_path_buf(),
@@ -320,61 +383,159 @@ impl Replica {
                 .into())
             }
         };
-        self.write_if(ops, true).await
+        self.submit(ops, true).await
     }
 
-    async fn write_if(
-        &self,
+    /// Queues a write and waits for its outcome.
+    async fn submit(
+        self: &Arc<Self>,
         ops: Vec<WriteOp>,
         only_if_empty: bool,
     ) -> Result<Option<u64>, StateError> {
-        let mut txn = self
-            .source
-            .begin_write()
-            .await
-            .inspect_err(|e| self.status.failed(e))?;
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Pending {
+                ops,
+                only_if_empty,
+                reply,
+            });
+        // A task of its own, not this request's future (which its client may cancel), waits
+        // for the next turn and commits every write queued by then: this one, or a write
+        // queued before whose task has not had its turn yet.
+        let this = self.clone();
+        tokio::spawn(async move { this.commit_queued().await });
+        outcome.await.unwrap_or_else(|_| {
+            Err(StateError::Storage(crate::storage::StorageError {
+                path: PathBuf::new(),
+                message: "the task committing this write stopped: its outcome is unknown".into(),
+                in_use: false,
+                full: false,
+            }))
+        })
+    }
+
+    /// Takes the turn and commits the queue, group by group, until it is empty.
+    async fn commit_queued(&self) {
+        let _turn = self.queue.turn.lock().await;
+        loop {
+            let group = self.queue.next_group();
+            if group.is_empty() {
+                return;
+            }
+            self.commit_group(group).await;
+        }
+    }
+
+    /// Commits a group of writes in one transaction at the source, each its own revision,
+    /// then applies them here; answers each write.
+    async fn commit_group(&self, group: Vec<Pending>) {
+        let fail_all = |replies: Vec<oneshot::Sender<_>>, e: &StateError| {
+            for reply in replies {
+                let _ = reply.send(Err(shared(e)));
+            }
+        };
+        let mut txn = match self.source.begin_write().await {
+            Ok(txn) => txn,
+            Err(e) => {
+                self.status.failed(&e);
+                fail_all(group.into_iter().map(|p| p.reply).collect(), &e.into());
+                return;
+            }
+        };
         let head = txn.head();
-        if only_if_empty && head > 0 {
+        let (mut writes, mut replies) = (Vec::new(), Vec::new());
+        for (i, p) in group.into_iter().enumerate() {
+            if p.only_if_empty && (head > 0 || i > 0) {
+                let _ = p.reply.send(Ok(None));
+            } else {
+                writes.push(p.ops);
+                replies.push(p.reply);
+            }
+        }
+        if writes.is_empty() {
             txn.rollback().await;
-            return Ok(None);
+            return;
         }
         let local = self.state.revision();
         let behind = if local < head {
-            txn.batches_after(local)
-                .await
-                .inspect_err(|e| self.status.failed(e))?
+            match txn.batches_after(local).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.status.failed(&e);
+                    fail_all(replies, &e.into());
+                    return;
+                }
+            }
         } else {
             Vec::new()
         };
         let state = self.state.clone();
-        let prepared = tokio::task::spawn_blocking(move || state.prepare_on(behind, head, ops))
-            .await
-            .map_err(blocking_failed)?;
+        let prepared =
+            tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, writes))
+                .await
+                .map_err(blocking_failed)
+                .and_then(|r| r);
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 txn.rollback().await;
-                return Err(e);
+                fail_all(replies, &e);
+                return;
             }
         };
-        txn.commit(&prepared.changes, self.config.keep_batches)
-            .await
-            .inspect_err(|e| self.status.failed(e))?;
-        let revision = prepared.revision();
-        self.status.answered(revision);
-        let state = self.state.clone();
-        // Committed at the source: acknowledged even if the local copy cannot take it now
-        // (the follower applies it from the log).
-        match tokio::task::spawn_blocking(move || state.apply_prepared(prepared)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, revision, "a committed batch could not be applied locally yet")
-            }
-            Err(e) => {
-                tracing::error!(error = %e, revision, "a committed batch could not be applied locally yet")
+        let (mut accepted, mut waiting) = (Vec::new(), Vec::new());
+        for (p, reply) in prepared.into_iter().zip(replies) {
+            match p {
+                Ok(p) => {
+                    accepted.push(p);
+                    waiting.push(reply);
+                }
+                // Refused alone: the writes after it were validated without it.
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
             }
         }
-        Ok(Some(revision))
+        if accepted.is_empty() {
+            txn.rollback().await;
+            return;
+        }
+        let changes: Vec<&ChangeSet> = accepted.iter().map(|p| &p.changes).collect();
+        if let Err(e) = txn.commit(&changes, self.config.keep_batches).await {
+            self.status.failed(&e);
+            fail_all(waiting, &e.into());
+            return;
+        }
+        let revisions: Vec<u64> = accepted.iter().map(|p| p.revision()).collect();
+        self.status
+            .answered(revisions.last().copied().unwrap_or(head));
+        let state = self.state.clone();
+        // Committed at the source: acknowledged even if the local copy cannot take them now
+        // (the follower applies them from the log).
+        let applied = tokio::task::spawn_blocking(move || {
+            accepted
+                .into_iter()
+                .try_for_each(|p| state.apply_prepared(p).map(|_| ()))
+        })
+        .await
+        .map_err(blocking_failed)
+        .and_then(|r| r);
+        if let Err(e) = applied {
+            tracing::error!(error = %e, revision = revisions.last().copied().unwrap_or(head), "a committed batch could not be applied locally yet");
+        }
+        if revisions.len() > 1 {
+            tracing::debug!(
+                writes = revisions.len(),
+                first = revisions[0],
+                "writes committed together"
+            );
+        }
+        for (reply, revision) in waiting.into_iter().zip(revisions) {
+            let _ = reply.send(Ok(Some(revision)));
+        }
     }
 
     /// Follows the source's log until `stop` fires.

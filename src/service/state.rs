@@ -307,14 +307,15 @@ impl State {
         Ok(self.revision())
     }
 
-    /// For a write through the shared source, whose head is `head` (and locked): applies the
-    /// batches this replica lacks, then validates `ops` on top, as batch `head + 1`.
-    pub fn prepare_on(
+    /// For a group of writes through the shared source, whose head is `head` (and locked):
+    /// applies the batches this replica lacks, then validates each write as the next revision
+    /// after the accepted ones before it (a refused write has its error in its place).
+    pub fn prepare_chain_on(
         &self,
         behind: Vec<ChangeSet>,
         head: u64,
-        ops: Vec<WriteOp>,
-    ) -> Result<Prepared, StateError> {
+        writes: Vec<Vec<WriteOp>>,
+    ) -> Result<Vec<Result<Prepared, StateError>>, StateError> {
         let (pack, storage) = self.ready()?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let reached = self.apply_locked(&pack, storage.as_ref(), behind)?;
@@ -324,9 +325,17 @@ impl State {
                 got: head + 1,
             });
         }
-        let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
-        prepared.changes.schema = Some(pack.schema_version.clone());
-        Ok(prepared)
+        let prepared = self.read_store().prepare_chain(writes, &pack.entities);
+        Ok(prepared
+            .into_iter()
+            .map(|p| {
+                p.map(|mut p| {
+                    p.changes.schema = Some(pack.schema_version.clone());
+                    p
+                })
+                .map_err(StateError::from)
+            })
+            .collect())
     }
 
     /// Makes a batch the shared source committed durable and visible here, unless the

@@ -11,6 +11,7 @@
 //! source's id), `blue_authz_entities` (uid text, entity JSON: the current state, read by a
 //! new replica's snapshot) and `blue_authz_changes` (revision, commit time, the batch).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -359,7 +360,8 @@ impl PgSource {
                     ),
                     client.prepare("DELETE FROM blue_authz_entities WHERE uid = ANY($1::text[])"),
                     client.prepare(
-                        "INSERT INTO blue_authz_changes (revision, batch) VALUES ($1, $2)"
+                        "INSERT INTO blue_authz_changes (revision, batch)
+                     SELECT * FROM unnest($1::bigint[], $2::text[])"
                     ),
                     client.prepare("UPDATE blue_authz_head SET revision = $1 WHERE id = 1"),
                     client.prepare(&notify_text),
@@ -532,25 +534,53 @@ impl WriteTxn {
         Ok(out)
     }
 
-    /// Writes the batch (its revision must be `head + 1`), records it in the log, prunes the
-    /// log to `keep` batches (0: no count limit) and commits. Returns only after the commit.
-    pub async fn commit(mut self, changes: &ChangeSet, keep: u64) -> Result<(), SourceError> {
-        assert_eq!(
-            changes.revision,
-            self.head + 1,
-            "a batch must follow the head"
-        );
-        let text = match encode(changes) {
-            Ok(t) => t,
-            Err(e) => return Err(self.fail(format!("cannot encode the batch: {e}"))),
+    /// Writes the batches (consecutive revisions from `head + 1`) in this one transaction,
+    /// records each in the log as its own revision, prunes the log to `keep` batches (0: no
+    /// count limit) and commits. Returns only after the commit.
+    pub async fn commit(mut self, batches: &[&ChangeSet], keep: u64) -> Result<(), SourceError> {
+        for (i, b) in batches.iter().enumerate() {
+            assert_eq!(
+                b.revision,
+                self.head + 1 + i as u64,
+                "batches must follow the head, one revision each"
+            );
+        }
+        let Some(last) = batches.last() else {
+            self.rollback().await;
+            return Ok(());
         };
-        let revision = changes.revision as i64;
-        let (uids, jsons): (Vec<&str>, Vec<&str>) = changes
-            .puts
-            .iter()
-            .map(|(u, j)| (u.as_str(), std::str::from_utf8(j).unwrap_or("null")))
-            .unzip();
-        let deletes: Vec<&str> = changes.deletes.iter().map(String::as_str).collect();
+        let mut texts = Vec::with_capacity(batches.len());
+        for b in batches {
+            match encode(b) {
+                Ok(t) => texts.push(t),
+                Err(e) => return Err(self.fail(format!("cannot encode the batch: {e}"))),
+            }
+        }
+        let revisions: Vec<i64> = batches.iter().map(|b| b.revision as i64).collect();
+        let revision = last.revision as i64;
+        // Each entity's state after the last batch (one row each: an upsert may not touch a
+        // row twice).
+        let mut last_state: HashMap<&str, Option<&[u8]>> = HashMap::new();
+        let mut order = Vec::new();
+        for b in batches {
+            let puts = b.puts.iter().map(|(u, j)| (u.as_str(), Some(j.as_slice())));
+            let deletes = b.deletes.iter().map(|u| (u.as_str(), None));
+            for (uid, json) in puts.chain(deletes) {
+                if last_state.insert(uid, json).is_none() {
+                    order.push(uid);
+                }
+            }
+        }
+        let (mut uids, mut jsons, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for uid in order {
+            match last_state[uid] {
+                Some(json) => {
+                    uids.push(uid);
+                    jsons.push(std::str::from_utf8(json).unwrap_or("null"));
+                }
+                None => deletes.push(uid),
+            }
+        }
         let conn = self.conn();
         let (client, st) = (&conn.client, &conn.statements);
         let work = async {
@@ -577,7 +607,8 @@ impl WriteTxn {
                     Ok(())
                 }
             };
-            let change_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&revision, &text];
+            let change_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&revisions, &texts];
             let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&revision];
             tokio::try_join!(
                 upserts,

@@ -417,4 +417,98 @@ mod tests {
         .unwrap();
         assert!(store.overlay(batch).is_ok());
     }
+
+    #[test]
+    fn a_chain_of_batches_is_validated_as_if_committed_one_by_one() {
+        let (mut store, schema) = chain();
+        let upsert = |e: Value| vec![WriteOp::Upsert(e)];
+        let batches = vec![
+            // 1: a new group under g3.
+            upsert(ent("Group", "n", &["g3"])),
+            // 2: a parent edge to the group batch 1 made (it does not exist in the store).
+            vec![WriteOp::AddParent {
+                child: uid(r#"User::"v""#),
+                parent: uid(r#"Group::"n""#),
+            }],
+            // 3: g3 under n: a cycle only with batch 1 (n in g3): refused.
+            vec![WriteOp::AddParent {
+                child: uid(r#"Group::"g3""#),
+                parent: uid(r#"Group::"n""#),
+            }],
+            // 4: a parent edge to an entity only the refused batch would have touched: fine,
+            // and it does not see batch 3's edge (g3 keeps no parents).
+            vec![WriteOp::AddParent {
+                child: uid(r#"Group::"g1""#),
+                parent: uid(r#"Group::"n""#),
+            }],
+            // 5: an edge to a group nobody made: refused alone.
+            vec![WriteOp::AddParent {
+                child: uid(r#"User::"u""#),
+                parent: uid(r#"Group::"nobody""#),
+            }],
+        ];
+        let results = store.prepare_chain(batches, &schema);
+        assert_eq!(results.len(), 5);
+        assert!(results[2]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("own ancestor"));
+        assert!(results[4]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("does not exist"));
+        let accepted: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
+        // Consecutive revisions for the accepted ones, whatever was refused between them.
+        let revisions: Vec<u64> = accepted.iter().map(|p| p.revision()).collect();
+        let first = store.revision + 1;
+        assert_eq!(revisions, vec![first, first + 1, first + 2]);
+        for p in accepted {
+            store.commit(p);
+        }
+        assert_eq!(store.revision, first + 2);
+        assert_eq!(
+            closure(&store, r#"User::"v""#),
+            names(&[r#"Group::"g2""#, r#"Group::"g3""#, r#"Group::"n""#])
+        );
+        assert_eq!(
+            closure(&store, r#"User::"u""#),
+            names(&[
+                r#"Group::"g1""#,
+                r#"Group::"g2""#,
+                r#"Group::"g3""#,
+                r#"Group::"n""#
+            ])
+        );
+        assert!(closure(&store, r#"Group::"g3""#).is_empty());
+    }
+
+    #[test]
+    fn a_chained_batch_sees_a_deletion_before_it() {
+        let (store, schema) = chain();
+        let batches = vec![
+            vec![WriteOp::Delete(uid(r#"Group::"g3""#))],
+            vec![WriteOp::AddParent {
+                child: uid(r#"User::"u""#),
+                parent: uid(r#"Group::"g3""#),
+            }],
+        ];
+        let results = store.prepare_chain(batches, &schema);
+        assert!(results[0].is_ok());
+        assert!(results[1]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("does not exist"));
+        // The same edge alone, on the store, is fine.
+        let alone = store.prepare(
+            vec![WriteOp::AddParent {
+                child: uid(r#"User::"u""#),
+                parent: uid(r#"Group::"g3""#),
+            }],
+            &schema,
+        );
+        assert!(alone.is_ok());
+    }
 }

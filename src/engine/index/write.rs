@@ -206,7 +206,8 @@ impl EntityStore {
 
     /// A batch of upserts, without the hierarchy check.
     pub(super) fn prepare_unchecked(&self, batch: Vec<NewEntity>) -> Prepared {
-        let mut working = Working::new(self);
+        let chain = Chain::default();
+        let mut working = Working::new(self, &chain);
         for e in batch {
             working.set(e.uid, Some(e.json));
         }
@@ -236,7 +237,38 @@ impl EntityStore {
         ops: Vec<WriteOp>,
         schema: &EntitySchema,
     ) -> Result<Prepared, RequestError> {
-        let mut working = Working::new(self);
+        self.prepare_after(&Chain::default(), ops, schema)
+    }
+
+    /// Validates several write batches as consecutive revisions: each against the data as the
+    /// accepted batches before it leave it, as if they had been committed one by one. A batch
+    /// that fails is refused alone (its error in its place) and the next follows the last
+    /// accepted one.
+    pub fn prepare_chain(
+        &self,
+        batches: Vec<Vec<WriteOp>>,
+        schema: &EntitySchema,
+    ) -> Vec<Result<Prepared, RequestError>> {
+        let mut chain = Chain::default();
+        let mut out = Vec::with_capacity(batches.len());
+        for ops in batches {
+            let prepared = self.prepare_after(&chain, ops, schema);
+            if let Ok(p) = &prepared {
+                chain.extend(p);
+            }
+            out.push(prepared);
+        }
+        out
+    }
+
+    /// One batch on top of the store and the accepted batches of `chain`.
+    fn prepare_after(
+        &self,
+        chain: &Chain,
+        ops: Vec<WriteOp>,
+        schema: &EntitySchema,
+    ) -> Result<Prepared, RequestError> {
+        let mut working = Working::new(self, chain);
         for (i, op) in ops.into_iter().enumerate() {
             let field = format!("ops[{i}]");
             match op {
@@ -296,7 +328,11 @@ impl EntityStore {
             }
         }
         let prepared = working.finish();
-        self.acyclic(prepared.upserts())
+        // The hierarchy as this batch leaves it: the chain's entities it does not touch too.
+        let mine: std::collections::HashSet<&EntityUid> =
+            prepared.touched.iter().map(|(uid, _)| uid).collect();
+        let earlier = chain.upserts().filter(|(uid, _)| !mine.contains(uid));
+        self.acyclic(earlier.chain(prepared.upserts()))
             .map_err(|m| RequestError::new("ops", m))?;
         Ok(prepared)
     }
@@ -309,7 +345,8 @@ impl EntityStore {
         schema: &EntitySchema,
     ) -> Result<Prepared, DataError> {
         let what = format!("batch {}", changes.revision);
-        let mut working = Working::new(self);
+        let chain = Chain::default();
+        let mut working = Working::new(self, &chain);
         for (uid, bytes) in &changes.puts {
             let value: Value = serde_json::from_slice(bytes).map_err(|source| DataError::Json {
                 what: format!("{what} entity {uid}"),
@@ -411,18 +448,46 @@ impl EntityStore {
     }
 }
 
+/// The accepted batches of a chain not yet in the store: the final JSON of every entity they
+/// touch (None: deleted).
+#[derive(Default)]
+struct Chain {
+    touched: HashMap<EntityUid, Option<Value>>,
+    order: Vec<EntityUid>,
+    batches: u64,
+}
+
+impl Chain {
+    fn extend(&mut self, prepared: &Prepared) {
+        for (uid, json) in &prepared.touched {
+            if self.touched.insert(uid.clone(), json.clone()).is_none() {
+                self.order.push(uid.clone());
+            }
+        }
+        self.batches += 1;
+    }
+
+    fn upserts(&self) -> impl Iterator<Item = (&EntityUid, &Value)> {
+        self.order
+            .iter()
+            .filter_map(|uid| self.touched.get(uid)?.as_ref().map(|j| (uid, j)))
+    }
+}
+
 /// The state of a batch being prepared: the final JSON of every touched entity (None:
-/// deleted), over the unchanged store.
+/// deleted), over the unchanged store and the batches of a chain before it.
 struct Working<'a> {
     store: &'a EntityStore,
+    chain: &'a Chain,
     touched: HashMap<EntityUid, Option<Value>>,
     order: Vec<EntityUid>,
 }
 
 impl<'a> Working<'a> {
-    fn new(store: &'a EntityStore) -> Self {
+    fn new(store: &'a EntityStore, chain: &'a Chain) -> Self {
         Working {
             store,
+            chain,
             touched: HashMap::new(),
             order: Vec::new(),
         }
@@ -435,14 +500,22 @@ impl<'a> Working<'a> {
     }
 
     fn exists(&self, uid: &EntityUid) -> bool {
-        match self.touched.get(uid) {
+        match self
+            .touched
+            .get(uid)
+            .or_else(|| self.chain.touched.get(uid))
+        {
             Some(e) => e.is_some(),
             None => self.store.contains(uid),
         }
     }
 
     fn json(&self, uid: &EntityUid) -> Option<Value> {
-        match self.touched.get(uid) {
+        match self
+            .touched
+            .get(uid)
+            .or_else(|| self.chain.touched.get(uid))
+        {
             Some(e) => e.clone(),
             None => self.store.get_json(uid),
         }
@@ -461,8 +534,8 @@ impl<'a> Working<'a> {
         self.current_among(self.store.stored_holders(attr, uid), names)
     }
 
-    /// Of the stored `candidates` and the entities the batch wrote, those whose version so far
-    /// satisfies `holds`.
+    /// Of the stored `candidates` and the entities the chain and the batch wrote, those whose
+    /// version so far satisfies `holds`.
     fn current_among(
         &self,
         candidates: Vec<EntityUid>,
@@ -472,8 +545,13 @@ impl<'a> Working<'a> {
             .into_iter()
             .filter(|c| self.json(c).is_some_and(|j| holds(&j)))
             .collect();
-        for uid in &self.order {
-            if let Some(Some(json)) = self.touched.get(uid) {
+        let written = self.chain.order.iter().chain(&self.order);
+        for uid in written {
+            let now = self
+                .touched
+                .get(uid)
+                .or_else(|| self.chain.touched.get(uid));
+            if let Some(Some(json)) = now {
                 if holds(json) && !out.contains(uid) {
                     out.push(uid.clone());
                 }
@@ -527,7 +605,7 @@ impl<'a> Working<'a> {
     }
 
     fn finish(self) -> Prepared {
-        let revision = self.store.revision + 1;
+        let revision = self.store.revision + 1 + self.chain.batches;
         let mut changes = ChangeSet {
             revision,
             ..Default::default()
