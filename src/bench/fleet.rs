@@ -286,6 +286,11 @@ where
     out
 }
 
+/// The batches a second the decision-latency figure asks replica C to apply.
+const PACED_RATE: f64 = 500.0;
+/// How many paced writers share that rate, alternately on A and B.
+const PACED_WRITERS: usize = 8;
+
 /// `writers` writers, spread over the replicas, for `seconds`: batches a second.
 async fn throughput(
     replicas: &[Replica],
@@ -341,7 +346,7 @@ fn paced_writer(
     mut d: Data,
     rate: f64,
     stop: Arc<AtomicBool>,
-    tag: &'static str,
+    tag: usize,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
     tokio::spawn(async move {
         let started = Instant::now();
@@ -350,7 +355,7 @@ fn paced_writer(
             let due = started + Duration::from_secs_f64(n as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
             n += 1;
-            write(&mut d, &format!("{tag}-{n}")).await?;
+            write(&mut d, &format!("p{tag}-{n}")).await?;
         }
         Ok(n)
     })
@@ -431,13 +436,15 @@ pub async fn run(cfg: &FleetBenchConfig) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut dc = data(&notified[2]).await?;
     let before = revision_of(&mut dc).await?;
-    // Four writers at 125 a second each, on A and B (one alone cannot keep 500 up).
-    let writers = [
-        paced_writer(data(&notified[0]).await?, 125.0, stop.clone(), "pa"),
-        paced_writer(data(&notified[1]).await?, 125.0, stop.clone(), "pb"),
-        paced_writer(data(&notified[0]).await?, 125.0, stop.clone(), "pc"),
-        paced_writer(data(&notified[1]).await?, 125.0, stop.clone(), "pd"),
-    ];
+    // Eight writers at 62.5 a second each, four on A and four on B: one writer waits out each
+    // commit's round trips and cannot keep 500 up alone; a replica's concurrent writers share
+    // its group commits.
+    let mut writers = Vec::new();
+    for w in 0..PACED_WRITERS {
+        let d = data(&notified[w % 2]).await?;
+        let rate = PACED_RATE / PACED_WRITERS as f64;
+        writers.push(paced_writer(d, rate, stop.clone(), w));
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let (mut busy, mut calm) = (Vec::new(), Vec::new());

@@ -550,8 +550,9 @@ impl Replica {
         loop {
             // A change committed just after a poll read the log is found by the next one and
             // visible when that one has applied it: so the next poll is due an interval after
-            // this one began, less what finding and applying takes, and a change is visible
-            // within one interval of its commit.
+            // this one began, less what finding and applying takes and a twentieth of the
+            // interval for timers that fire late and queries slower than the last on a loaded
+            // machine, and a change is visible within one interval of its commit.
             let polled_at = Instant::now();
             let step = self.step().await;
             if matches!(step, Ok(true)) {
@@ -577,7 +578,7 @@ impl Replica {
                     self.config
                         .poll
                         .saturating_sub(polled_at.elapsed())
-                        .saturating_sub(busy)
+                        .saturating_sub(busy + self.config.poll / 20)
                 }
                 Err(e) => {
                     match &e {

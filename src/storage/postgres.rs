@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
 use super::ChangeSet;
 
@@ -110,8 +110,9 @@ pub struct PgSource {
     /// The connection writes use (one write transaction at a time per replica), with its
     /// prepared statements.
     writer: Arc<Mutex<Option<WriterConn>>>,
-    /// The connection reads use (single statements, safe to share), listening for commits.
-    reader: Mutex<Option<Arc<Client>>>,
+    /// The connection reads use (single statements, safe to share), listening for commits,
+    /// with the poll's statement prepared.
+    reader: Mutex<Option<Arc<ReaderConn>>>,
     /// Woken by a commit notification (followers also poll: this is only a hint).
     pub notified: Arc<Notify>,
     /// Whether the read connection listens for commit notifications.
@@ -217,16 +218,18 @@ impl PgSource {
         self.head().await
     }
 
-    /// The shared read connection, connecting (and listening) if needed.
-    async fn reader(&self) -> Result<Arc<Client>, SourceError> {
+    /// The shared read connection, connecting (listening, preparing the poll) if needed.
+    async fn reader(&self) -> Result<Arc<ReaderConn>, SourceError> {
         let mut slot = self.reader.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+        if let Some(c) = slot.as_ref().filter(|c| !c.client.is_closed()) {
             return Ok(c.clone());
         }
         *slot = None;
-        let client = Arc::new(self.connect(self.listen).await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        let client = self.connect(self.listen).await?;
+        let poll = self.timed(client.prepare(POLL)).await?;
+        let conn = Arc::new(ReaderConn { client, poll });
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// A read's result; after a failure the read connection is dropped, so the next call
@@ -240,9 +243,9 @@ impl PgSource {
 
     /// The source's id and head.
     pub async fn head(&self) -> Result<Head, SourceError> {
-        let client = self.reader().await?;
+        let reader = self.reader().await?;
         let row = self
-            .timed(client.query_one(
+            .timed(reader.client.query_one(
                 "SELECT source_id, revision, pruned_through FROM blue_authz_head WHERE id = 1",
                 &[],
             ))
@@ -252,17 +255,13 @@ impl PgSource {
 
     /// Up to `limit` batches after revision `after`, read in one snapshot with the head.
     pub async fn poll(&self, after: u64, limit: u32) -> Result<Poll, SourceError> {
-        let client = self.reader().await?;
+        let reader = self.reader().await?;
         let rows = self
-            .timed(client.query(
-                "SELECT h.revision, h.pruned_through, c.revision,
-                        (extract(epoch FROM c.committed_at) * 1000)::bigint, c.batch
-                 FROM blue_authz_head h LEFT JOIN LATERAL (
-                     SELECT revision, committed_at, batch FROM blue_authz_changes
-                     WHERE revision > $1 ORDER BY revision LIMIT $2) c ON true
-                 WHERE h.id = 1",
-                &[&(after as i64), &(limit as i64)],
-            ))
+            .timed(
+                reader
+                    .client
+                    .query(&reader.poll, &[&(after as i64), &(limit as i64)]),
+            )
             .await;
         let rows = self.read_failed_on(rows).await?;
         let Some(first) = rows.first() else {
@@ -456,15 +455,29 @@ async fn prune(
     Ok(())
 }
 
+/// The followers' read of the head and the batches after a revision, in one snapshot.
+const POLL: &str = "SELECT h.revision, h.pruned_through, c.revision,
+        (extract(epoch FROM c.committed_at) * 1000)::bigint, c.batch
+    FROM blue_authz_head h LEFT JOIN LATERAL (
+        SELECT revision, committed_at, batch FROM blue_authz_changes
+        WHERE revision > $1 ORDER BY revision LIMIT $2) c ON true
+    WHERE h.id = 1";
+
+/// The read connection, with the poll prepared once (not parsed and planned on every poll).
+struct ReaderConn {
+    client: Client,
+    poll: Statement,
+}
+
 /// The writer connection's prepared statements.
 struct Statements {
-    select_head: tokio_postgres::Statement,
-    batches_after: tokio_postgres::Statement,
-    upsert: tokio_postgres::Statement,
-    delete: tokio_postgres::Statement,
-    insert_change: tokio_postgres::Statement,
-    update_head: tokio_postgres::Statement,
-    notify: tokio_postgres::Statement,
+    select_head: Statement,
+    batches_after: Statement,
+    upsert: Statement,
+    delete: Statement,
+    insert_change: Statement,
+    update_head: Statement,
+    notify: Statement,
 }
 
 /// A writer connection.
