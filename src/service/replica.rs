@@ -100,12 +100,7 @@ fn shared(e: &StateError) -> StateError {
             current: *current,
             got: *got,
         },
-        other => StateError::Storage(crate::storage::StorageError {
-            path: PathBuf::new(),
-            message: other.to_string(),
-            in_use: false,
-            full: false,
-        }),
+        other => local_failure(other.to_string()),
     }
 }
 
@@ -187,9 +182,14 @@ fn move_into_place(db: &Path) -> Result<(), crate::storage::StorageError> {
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> StateError {
+    local_failure(format!("a blocking task failed: {e}"))
+}
+
+/// A failure of this replica's own machinery, of no file in particular.
+fn local_failure(message: String) -> StateError {
     StateError::Storage(crate::storage::StorageError {
         path: PathBuf::new(),
-        message: format!("a blocking task failed: {e}"),
+        message,
         in_use: false,
         full: false,
     })
@@ -408,12 +408,9 @@ impl Replica {
         let this = self.clone();
         tokio::spawn(async move { this.commit_queued().await });
         outcome.await.unwrap_or_else(|_| {
-            Err(StateError::Storage(crate::storage::StorageError {
-                path: PathBuf::new(),
-                message: "the task committing this write stopped: its outcome is unknown".into(),
-                in_use: false,
-                full: false,
-            }))
+            Err(local_failure(
+                "the task committing this write stopped: its outcome is unknown".into(),
+            ))
         })
     }
 

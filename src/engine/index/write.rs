@@ -499,23 +499,23 @@ impl<'a> Working<'a> {
         }
     }
 
-    fn exists(&self, uid: &EntityUid) -> bool {
-        match self
-            .touched
+    /// What this batch, or else the chain before it, left of `uid` (None: neither touched it;
+    /// Some(None): deleted).
+    fn written(&self, uid: &EntityUid) -> Option<&Option<Value>> {
+        self.touched
             .get(uid)
             .or_else(|| self.chain.touched.get(uid))
-        {
+    }
+
+    fn exists(&self, uid: &EntityUid) -> bool {
+        match self.written(uid) {
             Some(e) => e.is_some(),
             None => self.store.contains(uid),
         }
     }
 
     fn json(&self, uid: &EntityUid) -> Option<Value> {
-        match self
-            .touched
-            .get(uid)
-            .or_else(|| self.chain.touched.get(uid))
-        {
+        match self.written(uid) {
             Some(e) => e.clone(),
             None => self.store.get_json(uid),
         }
@@ -545,13 +545,8 @@ impl<'a> Working<'a> {
             .into_iter()
             .filter(|c| self.json(c).is_some_and(|j| holds(&j)))
             .collect();
-        let written = self.chain.order.iter().chain(&self.order);
-        for uid in written {
-            let now = self
-                .touched
-                .get(uid)
-                .or_else(|| self.chain.touched.get(uid));
-            if let Some(Some(json)) = now {
+        for uid in self.chain.order.iter().chain(&self.order) {
+            if let Some(Some(json)) = self.written(uid) {
                 if holds(json) && !out.contains(uid) {
                     out.push(uid.clone());
                 }
