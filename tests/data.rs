@@ -64,11 +64,14 @@ async fn node(dir: &std::path::Path) -> Node {
 }
 
 async fn write(data: &mut EntityStoreClient<Authed>, ops: Vec<pb::WriteOp>) -> u64 {
-    data.write_entities(pb::WriteEntitiesRequest { ops })
-        .await
-        .expect("write")
-        .into_inner()
-        .revision
+    data.write_entities(pb::WriteEntitiesRequest {
+        ops,
+        ..Default::default()
+    })
+    .await
+    .expect("write")
+    .into_inner()
+    .revision
 }
 
 fn ask(user: &str, action: &str, rtype: &str, rid: &str, context: &str) -> pb::IsAuthorizedRequest {
@@ -311,7 +314,8 @@ async fn an_invalid_batch_is_rejected_whole() {
         edge(true, (USER, "cora"), (ROLE, "apollo/admin")),
         // Schema violation: a record without its creator.
         upsert(serde_json::json!({"uid": {"type": "Blue::Record", "id": "broken"}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}}, "parents": []})),
-    ]}).await.unwrap_err();
+    ],
+        ..Default::default()}).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("ops[2]"), "{}", err.message());
     assert!(
@@ -367,7 +371,10 @@ async fn an_invalid_batch_is_rejected_whole() {
     ] {
         let err = n
             .data
-            .write_entities(pb::WriteEntitiesRequest { ops })
+            .write_entities(pb::WriteEntitiesRequest {
+                ops,
+                ..Default::default()
+            })
             .await
             .expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -409,7 +416,10 @@ async fn a_write_or_request_that_closes_a_hierarchy_cycle_is_refused() {
     ] {
         let err = n
             .data
-            .write_entities(pb::WriteEntitiesRequest { ops })
+            .write_entities(pb::WriteEntitiesRequest {
+                ops,
+                ..Default::default()
+            })
             .await
             .expect_err(names);
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -451,7 +461,10 @@ async fn the_data_service_needs_the_token_and_its_own_listener() {
     for token in [None, Some("wrong"), Some("")] {
         let mut c = data_client(data_addr, token).await;
         let err = c
-            .write_entities(pb::WriteEntitiesRequest { ops: ops() })
+            .write_entities(pb::WriteEntitiesRequest {
+                ops: ops(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
@@ -478,7 +491,10 @@ async fn the_data_service_needs_the_token_and_its_own_listener() {
     // The decision listener does not serve the data service, even with the token.
     let mut c = data_client(n.running.addr.unwrap(), Some(TOKEN)).await;
     let err = c
-        .write_entities(pb::WriteEntitiesRequest { ops: ops() })
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: ops(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
@@ -677,7 +693,13 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write_and_no_half_batch() {
             for i in 1u64.. {
                 attempted.store(i, Ordering::SeqCst);
                 let ops = vec![rec(format!("crash-{i}-a")), rec(format!("crash-{i}-b"))];
-                match data.write_entities(pb::WriteEntitiesRequest { ops }).await {
+                match data
+                    .write_entities(pb::WriteEntitiesRequest {
+                        ops,
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(_) => acked.store(i, Ordering::SeqCst),
                     Err(_) => return,
                 }
@@ -979,6 +1001,7 @@ async fn the_data_service_bounds_what_one_call_may_cost() {
     let err = data
         .write_entities(pb::WriteEntitiesRequest {
             ops: (0..51).map(user).collect(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -988,7 +1011,10 @@ async fn the_data_service_bounds_what_one_call_may_cost() {
         serde_json::json!({"uid": {"type": "Blue::User", "id": "x".repeat(25_000)}, "attrs": {}, "parents": []}),
     );
     let err = data
-        .write_entities(pb::WriteEntitiesRequest { ops: vec![big] })
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: vec![big],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -1163,5 +1189,234 @@ async fn delete_owned_takes_what_the_pack_declares_and_leaves_no_dangling_edge()
     let after = export(&mut n.data).await;
     assert_eq!(before.len() - 1, after.len());
     assert!(!after.contains_key(&key("Blue::Project", "zeus")));
+    n.running.shutdown().await.unwrap();
+}
+
+fn user_json(id: &str) -> serde_json::Value {
+    serde_json::json!({"uid": {"type": "Blue::User", "id": id}, "attrs": {}, "parents": []})
+}
+
+/// The revision of each named entity's last change, as ReadEntities reports it.
+async fn last_changed(data: &mut EntityStoreClient<Authed>, ids: &[&str]) -> Vec<u64> {
+    data.read_entities(pb::ReadEntitiesRequest {
+        uids: ids
+            .iter()
+            .map(|id| uid("Blue::User", id).unwrap())
+            .collect(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .revisions
+}
+
+#[tokio::test]
+async fn compare_and_set_preconditions_and_idempotency_keys_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let made = write(&mut n.data, vec![upsert(user_json("cas"))]).await;
+    assert_eq!(last_changed(&mut n.data, &["cas"]).await, vec![made]);
+    // expected_revision: the second writer of the same revision is told why.
+    let share = |expected: u64| pb::WriteEntitiesRequest {
+        ops: vec![edge(
+            true,
+            ("Blue::User", "cas"),
+            ("Blue::Role", "apollo/view"),
+        )],
+        expected_revision: Some(expected),
+        ..Default::default()
+    };
+    let won = n
+        .data
+        .write_entities(share(made))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(won.revision, made + 1);
+    let lost = n.data.write_entities(share(made)).await.unwrap_err();
+    assert_eq!(lost.code(), Code::FailedPrecondition);
+    assert!(
+        lost.message().contains("expected_revision")
+            && lost
+                .message()
+                .contains(&format!("at revision {}", made + 1)),
+        "{lost:?}"
+    );
+    assert_eq!(
+        lost.metadata().get("blue-authz-write-outcome").unwrap(),
+        "not-applied"
+    );
+    // Per-entity preconditions: the entity's last change, or its absence.
+    let at = last_changed(&mut n.data, &["cas"]).await[0];
+    assert_eq!(at, made + 1);
+    let revoke = |p: pb::EntityPrecondition| pb::WriteEntitiesRequest {
+        ops: vec![edge(
+            false,
+            ("Blue::User", "cas"),
+            ("Blue::Role", "apollo/view"),
+        )],
+        preconditions: vec![p],
+        ..Default::default()
+    };
+    let on = |rev| pb::EntityPrecondition {
+        uid: uid("Blue::User", "cas"),
+        expect: Some(pb::entity_precondition::Expect::LastChangedAt(rev)),
+    };
+    let stale = n.data.write_entities(revoke(on(made))).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(stale.message().contains("preconditions[0]"), "{stale:?}");
+    let fresh = n
+        .data
+        .write_entities(revoke(on(at)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        last_changed(&mut n.data, &["cas"]).await,
+        vec![fresh.revision]
+    );
+    let absent = pb::EntityPrecondition {
+        uid: uid("Blue::User", "newcomer"),
+        expect: Some(pb::entity_precondition::Expect::Absent(true)),
+    };
+    let create = pb::WriteEntitiesRequest {
+        ops: vec![upsert(user_json("newcomer"))],
+        preconditions: vec![absent],
+        ..Default::default()
+    };
+    n.data.write_entities(create.clone()).await.unwrap();
+    let twice = n.data.write_entities(create).await.unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
+    // An idempotency key: applied once, answered with the same revision after, and refused
+    // for a different batch.
+    let keyed = |id: &str| pb::WriteEntitiesRequest {
+        ops: vec![upsert(user_json(id))],
+        idempotency_key: "k-1".into(),
+        ..Default::default()
+    };
+    let first = n
+        .data
+        .write_entities(keyed("once"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let again = n
+        .data
+        .write_entities(keyed("once"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.revision, again.replayed), (first.revision, true));
+    let other = n.data.write_entities(keyed("other")).await.unwrap_err();
+    assert_eq!(other.code(), Code::InvalidArgument);
+    assert!(other.message().contains("idempotency_key"), "{other:?}");
+    let ask_key = |key: &str, abandon: bool| pb::GetWriteRequest {
+        idempotency_key: key.into(),
+        abandon,
+    };
+    let got = n
+        .data
+        .get_write(ask_key("k-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((got.committed, got.revision), (true, first.revision));
+    let none = n
+        .data
+        .get_write(ask_key("k-2", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!none.committed && !none.abandoned);
+    // Abandoned: a write that carries the key later never commits.
+    let gone = n
+        .data
+        .get_write(ask_key("k-2", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.abandoned && !gone.committed);
+    let late = n
+        .data
+        .write_entities(pb::WriteEntitiesRequest {
+            idempotency_key: "k-2".into(),
+            ..keyed("late")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    let status = n
+        .data
+        .read_entities(pb::ReadEntitiesRequest {
+            uids: vec![uid("Blue::User", "late").unwrap()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.missing.len(), 1);
+    // Keys survive a restart.
+    n.running.shutdown().await.unwrap();
+    let mut n = node(dir.path()).await;
+    let again = n
+        .data
+        .write_entities(keyed("once"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.revision, again.replayed), (first.revision, true));
+    n.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_write_whose_deadline_passed_is_refused_and_bad_tokens_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path()).await;
+    let addr = n.running.data_addr.unwrap();
+    // The bearer scheme in any case (RFC 7235).
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let lower = format!("bearer {TOKEN}").parse().unwrap();
+    let mut client = EntityStoreClient::with_interceptor(channel.clone(), Bearer(Some(lower)));
+    client
+        .get_data_status(pb::GetDataStatusRequest {})
+        .await
+        .expect("a lowercase scheme is accepted");
+    // Two Authorization headers: refused, even when one is right.
+    let mut req = Request::new(pb::GetDataStatusRequest {});
+    let good: MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
+    req.metadata_mut().append("authorization", good.clone());
+    req.metadata_mut().append("authorization", good);
+    let mut raw = EntityStoreClient::new(channel);
+    let two = raw.get_data_status(req).await.unwrap_err();
+    assert_eq!(two.code(), Code::Unauthenticated);
+    // A deadline too short to be met is refused, not applied later.
+    let mut data = data_client(addr, Some(TOKEN)).await;
+    let mut req = Request::new(pb::WriteEntitiesRequest {
+        ops: vec![upsert(user_json("hurried"))],
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("grpc-timeout", "1n".parse().unwrap());
+    let e = data.write_entities(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let read = data
+        .read_entities(pb::ReadEntitiesRequest {
+            uids: vec![uid("Blue::User", "hurried").unwrap()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        read.missing.len(),
+        1,
+        "a write past its deadline was applied"
+    );
     n.running.shutdown().await.unwrap();
 }

@@ -9,9 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,202 +17,13 @@ use std::time::{Duration, Instant};
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
-use common::{delete, edge, pack, uid, upsert, TOKEN};
+use common::{delete, edge, pack, uid, upsert};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
-const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-const USER: &str = "Blue::User";
-const ROLE: &str = "Blue::Role";
-
-/// A fresh schema for one test and the connection string that uses it; None (after saying so
-/// loudly) when PostgreSQL does not answer outside CI.
-async fn schema(name: &str) -> Option<(tokio_postgres::Client, String)> {
-    let connected = tokio_postgres::connect(PG, tokio_postgres::NoTls).await;
-    let (client, conn) = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("PostgreSQL on 127.0.0.1:5432 is required in CI: {e}");
-            }
-            // Straight to file descriptor 2: the test harness captures eprintln!.
-            use std::io::Write as _;
-            use std::os::fd::AsFd as _;
-            if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
-                let _ = writeln!(
-                    std::fs::File::from(fd),
-                    "\n*** SKIPPED {name}: PostgreSQL on 127.0.0.1:5432 does not answer ({e}) ***\n"
-                );
-            }
-            return None;
-        }
-    };
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!("SET search_path TO {name}"))
-        .await
-        .unwrap();
-    Some((client, url_for(name, 5432)))
-}
-
-fn url_for(schema: &str, port: u16) -> String {
-    format!(
-        "postgres://postgres@127.0.0.1:{port}/test?options=-csearch_path%3D{schema}&connect_timeout=2"
-    )
-}
-
-/// A replica: the real binary, following `url` into `db`.
-struct Replica {
-    child: Child,
-    decisions: SocketAddr,
-    data: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(url: &str, db: &Path, extra: &[&str]) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args(["--policies", pack().to_str().unwrap(), "serve"])
-        .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
-        .args(["--http-listen", ""])
-        .args(["--db", db.to_str().unwrap(), "--source", url])
-        .args(["--watch", "false"])
-        .env("BLUE_AUTHZ_SOURCE_POLL_MS", "200")
-        .env("BLUE_AUTHZ_SEED", pack().join("tests/fixture.json"))
-        .args(extra)
-        .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
-        .env("BLUE_AUTHZ_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = common::log_lines(child.stderr.take().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (mut decisions, mut data, mut serving) = (None, None, false);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(serving && decisions.is_some() && data.is_some()) {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("replica start-up log; so far: {:#?}", log.lock().unwrap()));
-        if line.contains("decision service listening") {
-            decisions = common::addr_in(&line);
-        } else if line.contains("data service listening") {
-            data = common::addr_in(&line);
-        } else if line.contains(" serving") {
-            serving = true;
-        }
-        log.lock().unwrap().push(line);
-    }
-    let keep = log.clone();
-    std::thread::spawn(move || {
-        while let Ok(line) = rx.recv() {
-            keep.lock().unwrap().push(line);
-        }
-    });
-    Replica {
-        child,
-        decisions: decisions.unwrap(),
-        data: data.unwrap(),
-        log,
-    }
-}
-
-#[derive(Clone)]
-struct Bearer;
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {TOKEN}").parse().unwrap();
-        req.metadata_mut().insert("authorization", value);
-        Ok(req)
-    }
-}
-
-type Data = EntityStoreClient<InterceptedService<Channel, Bearer>>;
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn data(r: &Replica) -> Data {
-    EntityStoreClient::with_interceptor(channel(r.data).await, Bearer)
-}
-
-async fn decisions(r: &Replica) -> AuthorizerClient<Channel> {
-    AuthorizerClient::new(channel(r.decisions).await)
-}
-
-fn record(id: &str) -> serde_json::Value {
-    serde_json::json!({"uid": {"type": "Blue::Record", "id": id}, "attrs": {"project": {"type": "Blue::Project", "id": "apollo"}, "creator": {"type": USER, "id": "pat"}}, "parents": []})
-}
-
-async fn write(d: &mut Data, ops: Vec<pb::WriteOp>) -> Result<u64, tonic::Status> {
-    d.write_entities(pb::WriteEntitiesRequest { ops })
-        .await
-        .map(|r| r.into_inner().revision)
-}
-
-async fn status(d: &mut Data) -> pb::DataStatus {
-    d.get_data_status(pb::GetDataStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Waits until a replica has applied `revision` (30 s at most).
-async fn reach(d: &mut Data, revision: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(d).await;
-        if s.revision >= revision {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica stuck at {} (wanted {revision}): {s:?}",
-            s.revision
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every entity a replica holds, as canonical JSON text, and the export's revision.
-async fn export(d: &mut Data) -> (u64, BTreeSet<String>) {
-    let mut stream = d
-        .export_entities(pb::ExportEntitiesRequest { chunk_size: 5000 })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut all = BTreeSet::new();
-    let mut revision = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        revision = chunk.revision;
-        let items: Vec<serde_json::Value> = serde_json::from_str(&chunk.entities_json).unwrap();
-        all.extend(items.iter().map(|v| v.to_string()));
-    }
-    (revision, all)
-}
+use common::fleet::*;
 
 /// A fixed set of decisions: every fixture user on a few actions of project apollo and of
 /// records the writers touch.
@@ -777,8 +586,19 @@ async fn replicas_serve_while_the_source_is_away_and_converge_when_it_is_back() 
         "acknowledged writes lost: {:?}",
         read.missing
     );
-    let s = status(&mut db).await;
-    assert!(s.source_reachable && s.writable, "{s:?}");
+    // B never wrote: its probe of the source's head finds writes possible again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&mut db).await;
+        if s.source_reachable && s.writable {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never said writable again: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop((a, b));
 }
 

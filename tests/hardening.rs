@@ -506,6 +506,7 @@ async fn bad_input_on_every_method_never_breaks_a_known_decision() {
             ops: vec![pb::WriteOp {
                 op: Some(pb::write_op::Op::UpsertJson(json_deep.clone())),
             }],
+            ..Default::default()
         }),
     ];
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -678,6 +679,7 @@ async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself
     let first = data
         .write_entities(pb::WriteEntitiesRequest {
             ops: users("before", 50),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -689,6 +691,7 @@ async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself
         let e = data
             .write_entities(pb::WriteEntitiesRequest {
                 ops: users("refused", 3000),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -747,6 +750,7 @@ async fn a_full_disk_refuses_writes_as_resource_exhausted_and_recovers_by_itself
     let after = data
         .write_entities(pb::WriteEntitiesRequest {
             ops: users("after", 3000),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -625,7 +625,10 @@ mod grpc {
             .await
             .unwrap();
         let mut data = EntityStoreClient::new(channel);
-        let mut req = tonic::Request::new(pb::WriteEntitiesRequest { ops });
+        let mut req = tonic::Request::new(pb::WriteEntitiesRequest {
+            ops,
+            ..Default::default()
+        });
         req.metadata_mut()
             .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         data.write_entities(req).await.unwrap();

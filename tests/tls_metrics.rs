@@ -248,6 +248,7 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
                 r#"{"uid": {"type": "Blue::Nope", "id": "x"}, "attrs": {}, "parents": []}"#.into(),
             )),
         }],
+        ..Default::default()
     });
     bad.metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());

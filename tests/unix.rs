@@ -60,6 +60,7 @@ async fn decisions_and_data_over_unix_sockets() {
     let err = anonymous
         .write_entities(pb::WriteEntitiesRequest {
             ops: vec![op.clone()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -71,7 +72,10 @@ async fn decisions_and_data_over_unix_sockets() {
             Ok(req)
         });
     let revision = data
-        .write_entities(pb::WriteEntitiesRequest { ops: vec![op] })
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: vec![op],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

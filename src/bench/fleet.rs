@@ -186,6 +186,7 @@ fn batch(id: &str) -> pb::WriteEntitiesRequest {
         ops: vec![pb::WriteOp {
             op: Some(pb::write_op::Op::UpsertJson(json.to_string())),
         }],
+        ..Default::default()
     }
 }
 

@@ -610,7 +610,10 @@ impl Writer {
         let task = tokio::spawn(async move {
             let mut took = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                let mut req = tonic::Request::new(pb::WriteEntitiesRequest { ops: batch.clone() });
+                let mut req = tonic::Request::new(pb::WriteEntitiesRequest {
+                    ops: batch.clone(),
+                    ..Default::default()
+                });
                 req.metadata_mut().insert("authorization", header.clone());
                 let started = Instant::now();
                 client

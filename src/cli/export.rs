@@ -59,7 +59,7 @@ fn export_shared(url: &str) -> Result<Exit, AnyError> {
             let mut first = true;
             out.write_all(b"[")?;
             while let Some(items) = rx.recv().await {
-                for (_, json) in items {
+                for (_, json, _) in items {
                     out.write_all(if first { b"\n" } else { b",\n" })?;
                     first = false;
                     out.write_all(&json)?;

@@ -19,6 +19,8 @@ use crate::storage::Storage;
 
 /// Entities per batch written to a shared source.
 const SHARED_BATCH: usize = 10_000;
+/// How long one chunk of an import into a shared source may take to commit.
+const IMPORT_CHUNK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub fn run(
     spec: &PackSpec,
@@ -110,6 +112,7 @@ fn import_shared(
                 keep_batches: 0,
                 max_age: None,
                 notify: false,
+                limits: crate::storage::SourceLimits::default(),
             },
         )?);
         let (store, storage, _) = replica.open(&pack, false).await?;
@@ -128,7 +131,9 @@ fn import_shared(
         state.install(pack.clone(), store, storage);
         let mut revision = 0;
         for chunk in ops.chunks(SHARED_BATCH) {
-            revision = replica.write(chunk.to_vec()).await?;
+            let deadline = std::time::Instant::now() + IMPORT_CHUNK_DEADLINE;
+            let w = crate::service::state::Write::new(chunk.to_vec(), deadline);
+            revision = replica.write(w).await?.revision;
         }
         println!(
             "imported {count} entities into {} (revision {revision}): {how}",

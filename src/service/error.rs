@@ -20,6 +20,8 @@ pub enum ServeError {
     Gate(#[from] GateError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Write(#[from] crate::service::write::WriteError),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]

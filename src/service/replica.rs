@@ -18,10 +18,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::state::{State, StateError};
-use crate::engine::index::{EntityStore, WriteOp};
+use super::state::{replay, State, StateError, Write, Written};
+use super::write::{ChangeStream, DataPath, DataView, WatchError, WriteError};
+use crate::engine::index::{EntityStore, WriteKey, WriteOp};
 use crate::engine::pack::PolicyPack;
-use crate::storage::{ChangeSet, Head, PgSource, Poll, RedbStorage, SourceError, Storage};
+use crate::storage::{
+    ChangeSet, Head, KeyRecord, PgSource, Poll, RedbStorage, SourceError, SourceLimits, Storage,
+};
 
 /// Where the replica of a shared source is put once start-up has made it.
 pub type ReplicaSlot = Arc<std::sync::OnceLock<Arc<Replica>>>;
@@ -39,6 +42,8 @@ pub struct SourceConfig {
     pub max_age: Option<Duration>,
     /// Listen for commit notifications (false: poll only).
     pub notify: bool,
+    /// Bounds on this replica's transactions at the source, and the key window.
+    pub limits: SourceLimits,
 }
 
 /// Batches one poll reads.
@@ -55,13 +60,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const GROUP_WRITES: usize = 256;
 /// …and at most about this many operations (a larger write goes alone).
 const GROUP_OPS: usize = 20_000;
+/// How long the seed's write may take.
+const SEED_DEADLINE: Duration = Duration::from_secs(600);
+/// Batches one `WatchChanges` read of the log carries.
+const WATCH_BATCHES: u32 = 100;
 
 /// A write waiting for its turn to be committed.
 struct Pending {
-    ops: Vec<WriteOp>,
+    write: Write,
     /// The seed: written only when the source holds nothing yet.
     only_if_empty: bool,
-    reply: oneshot::Sender<Result<Option<u64>, StateError>>,
+    reply: oneshot::Sender<Result<Option<Written>, WriteError>>,
 }
 
 /// The writes queued on this replica, and the turn to commit them.
@@ -72,35 +81,49 @@ struct WriteQueue {
 }
 
 impl WriteQueue {
-    /// The next group: the oldest writes, within [`GROUP_WRITES`] and [`GROUP_OPS`].
+    /// The next group: the oldest writes, within [`GROUP_WRITES`] and [`GROUP_OPS`]. A write
+    /// whose caller went away, or whose deadline has passed, is dropped here, before it
+    /// starts. A conditional write goes alone (its conditions are checked against the head it
+    /// commits on), and a key already in the group waits for the next one (where it is found
+    /// committed, or not).
     fn next_group(&self) -> Vec<Pending> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut group = Vec::new();
+        let now = Instant::now();
+        let mut group: Vec<Pending> = Vec::new();
         let mut ops = 0;
         while let Some(next) = pending.front() {
+            if next.reply.is_closed() {
+                tracing::debug!("a queued write's caller went away: dropped before it started");
+                pending.pop_front();
+                continue;
+            }
+            if next.write.deadline <= now {
+                if let Some(p) = pending.pop_front() {
+                    let _ = p.reply.send(Err(StateError::DeadlineExceeded.into()));
+                }
+                continue;
+            }
+            let conditional = !next.write.conditions.is_empty();
+            let repeated_key = next.write.key.as_ref().is_some_and(|k| {
+                group
+                    .iter()
+                    .any(|p| p.write.key.as_ref().is_some_and(|g| g.key == k.key))
+            });
             if !group.is_empty()
-                && (group.len() >= GROUP_WRITES || ops + next.ops.len() > GROUP_OPS)
+                && (conditional
+                    || repeated_key
+                    || group.len() >= GROUP_WRITES
+                    || ops + next.write.ops.len() > GROUP_OPS)
             {
                 break;
             }
-            ops += next.ops.len();
+            ops += next.write.ops.len();
             group.extend(pending.pop_front());
+            if conditional {
+                break;
+            }
         }
         group
-    }
-}
-
-/// The same failure, for each write of a group it failed whole.
-fn shared(e: &StateError) -> StateError {
-    match e {
-        StateError::Source(e) => StateError::Source(e.clone()),
-        StateError::Storage(e) => StateError::Storage(e.clone()),
-        StateError::NotReady => StateError::NotReady,
-        StateError::Gap { current, got } => StateError::Gap {
-            current: *current,
-            got: *got,
-        },
-        other => local_failure(other.to_string()),
     }
 }
 
@@ -197,7 +220,7 @@ fn local_failure(message: String) -> StateError {
 
 impl Replica {
     pub fn new(state: Arc<State>, db: &Path, config: SourceConfig) -> Result<Self, SourceError> {
-        let source = PgSource::new(&config.url)?;
+        let source = PgSource::new(&config.url)?.with_limits(config.limits);
         Ok(Replica {
             source: if config.notify {
                 source
@@ -289,15 +312,22 @@ impl Replica {
         let path = bootstrap_path(&self.db);
         let _ = std::fs::remove_file(&path);
         let storage = Arc::new(RedbStorage::open(&path)?);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, Vec<u8>)>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, Vec<u8>, u64)>>(2);
         let local = storage.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StateError> {
             let mut n = 0u64;
-            while let Some(puts) = rx.blocking_recv() {
-                n += puts.len() as u64;
+            while let Some(rows) = rx.blocking_recv() {
+                n += rows.len() as u64;
+                let mut puts = Vec::with_capacity(rows.len());
+                let mut put_revisions = Vec::with_capacity(rows.len());
+                for (uid, json, at) in rows {
+                    puts.push((uid, json));
+                    put_revisions.push(at);
+                }
                 // Revision 0 until the end: a crash mid-way leaves nothing that looks whole.
                 local.apply_relaxed(&ChangeSet {
                     puts,
+                    put_revisions,
                     ..Default::default()
                 })?;
             }
@@ -353,63 +383,76 @@ impl Replica {
         Ok(())
     }
 
-    /// Commits a batch through the source; returns its (global) revision once committed
-    /// there and applied here.
-    pub async fn write(self: &Arc<Self>, ops: Vec<WriteOp>) -> Result<u64, StateError> {
-        self.submit(ops, false).await.map(|r| r.unwrap_or(0))
+    /// Commits a batch through the source by its deadline, or never; returns its (global)
+    /// revision once committed there and applied here.
+    pub async fn write(self: &Arc<Self>, w: Write) -> Result<Written, WriteError> {
+        self.submit(w, false).await.map(|r| {
+            r.unwrap_or(Written {
+                revision: 0,
+                replayed: false,
+            })
+        })
     }
 
     /// Writes the seed file's entities when the source is empty (None: it was not).
-    pub async fn seed(self: &Arc<Self>, path: &Path) -> Result<Option<u64>, StateError> {
+    pub async fn seed(self: &Arc<Self>, path: &Path) -> Result<Option<u64>, WriteError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
-            crate::engine::error::DataError::Io {
+            StateError::from(crate::engine::error::DataError::Io {
                 path: path.to_path_buf(),
                 source,
-            }
+            })
         })?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| {
-            crate::engine::error::DataError::Json {
+            StateError::from(crate::engine::error::DataError::Json {
                 what: path.display().to_string(),
                 source,
-            }
+            })
         })?;
         let ops = match value {
             serde_json::Value::Array(items) => items.into_iter().map(WriteOp::Upsert).collect(),
             _ => {
-                return Err(crate::engine::error::DataError::Invalid {
+                return Err(StateError::from(crate::engine::error::DataError::Invalid {
                     what: path.display().to_string(),
                     message: "is not a JSON array of entities".into(),
-                }
+                })
                 .into())
             }
         };
-        self.submit(ops, true).await
+        let w = Write::new(ops, Instant::now() + SEED_DEADLINE);
+        Ok(self.submit(w, true).await?.map(|w| w.revision))
     }
 
     /// Queues a write and waits for its outcome.
     async fn submit(
         self: &Arc<Self>,
-        ops: Vec<WriteOp>,
+        write: Write,
         only_if_empty: bool,
-    ) -> Result<Option<u64>, StateError> {
+    ) -> Result<Option<Written>, WriteError> {
         let (reply, outcome) = oneshot::channel();
+        tracing::debug!(
+            ops = write.ops.len(),
+            key = write.key.as_ref().map(|k| k.key.as_str()),
+            "write queued"
+        );
         self.queue
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(Pending {
-                ops,
+                write,
                 only_if_empty,
                 reply,
             });
         // A task of its own, not this request's future (which its client may cancel), waits
         // for the next turn and commits every write queued by then: this one, or a write
-        // queued before whose task has not had its turn yet.
+        // queued before whose task has not had its turn yet. A write whose caller went away
+        // before its turn is dropped then; once its commit started, it is bounded by its
+        // deadline at the source.
         let this = self.clone();
         tokio::spawn(async move { this.commit_queued().await });
         outcome.await.unwrap_or_else(|_| {
-            Err(local_failure(
-                "the task committing this write stopped: its outcome is unknown".into(),
+            Err(WriteError::Internal(
+                "the task committing this write stopped".into(),
             ))
         })
     }
@@ -426,29 +469,97 @@ impl Replica {
         }
     }
 
+    /// Notes a failure of the source on the write path (writes fail until one succeeds or a
+    /// probe of the head does).
+    fn write_failed(&self, e: &SourceError) {
+        self.status.failed(e);
+        if !matches!(e, SourceError::DeadlinePassed { .. }) {
+            self.state.set_source_fault(Some(e.to_string()));
+        }
+    }
+
     /// Commits a group of writes in one transaction at the source, each its own revision,
-    /// then applies them here; answers each write.
+    /// then applies them here; answers each write. The transaction must commit by the
+    /// group's earliest deadline (the source refuses it after that).
     async fn commit_group(&self, group: Vec<Pending>) {
-        let fail_all = |replies: Vec<oneshot::Sender<_>>, e: &StateError| {
-            for reply in replies {
-                let _ = reply.send(Err(shared(e)));
+        let deadline = group
+            .iter()
+            .map(|p| p.write.deadline)
+            .min()
+            .unwrap_or_else(Instant::now);
+        // Each write told why the group failed: a write whose own deadline passed is told
+        // so; the others that they were not applied.
+        let fail_all = |group: Vec<Pending>, e: WriteError| {
+            let now = Instant::now();
+            for p in group {
+                let answer = match &e {
+                    WriteError::Source(SourceError::DeadlinePassed { .. })
+                    | WriteError::State(StateError::DeadlineExceeded)
+                        if p.write.deadline > now =>
+                    {
+                        WriteError::GroupDeadline
+                    }
+                    WriteError::Source(SourceError::DeadlinePassed { .. }) => {
+                        StateError::DeadlineExceeded.into()
+                    }
+                    e => e.again(),
+                };
+                let _ = p.reply.send(Err(answer));
             }
         };
-        let mut txn = match self.source.begin_write().await {
+        let mut txn = match self.source.begin_write(deadline).await {
             Ok(txn) => txn,
             Err(e) => {
-                self.status.failed(&e);
-                fail_all(group.into_iter().map(|p| p.reply).collect(), &e.into());
+                self.write_failed(&e);
+                fail_all(group, e.into());
                 return;
             }
         };
         let head = txn.head();
-        let (mut writes, mut replies) = (Vec::new(), Vec::new());
+        // Keys committed before: answered with their revision, not applied again.
+        let mut group = group;
+        let keys: Vec<&str> = group
+            .iter()
+            .filter_map(|p| p.write.key.as_ref().map(|k| k.key.as_str()))
+            .collect();
+        if !keys.is_empty() {
+            let window = self.source.limits().key_window;
+            let found = match txn.committed_keys(&keys, window).await {
+                Ok(found) => found,
+                Err(e) => {
+                    self.write_failed(&e);
+                    fail_all(group, e.into());
+                    return;
+                }
+            };
+            if !found.is_empty() {
+                let mut rest = Vec::with_capacity(group.len());
+                for p in group {
+                    let seen = p
+                        .write
+                        .key
+                        .as_ref()
+                        .and_then(|k| found.get(&k.key).map(|f| (k, f)));
+                    match seen {
+                        Some((key, (revision, fingerprint))) => {
+                            let answer = replay(key, *revision, fingerprint)
+                                .map(Some)
+                                .map_err(WriteError::from);
+                            let _ = p.reply.send(answer);
+                        }
+                        None => rest.push(p),
+                    }
+                }
+                group = rest;
+            }
+        }
+        let mut writes = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
         for (i, p) in group.into_iter().enumerate() {
             if p.only_if_empty && (head > 0 || i > 0) {
                 let _ = p.reply.send(Ok(None));
             } else {
-                writes.push(p.ops);
+                writes.push(p.write);
                 replies.push(p.reply);
             }
         }
@@ -456,22 +567,50 @@ impl Replica {
             txn.rollback().await;
             return;
         }
+        // A conditional write is alone in its group: checked against the head it commits on.
+        if let Some(w) = writes.first().filter(|w| !w.conditions.is_empty()) {
+            let last = if w.conditions.entities.is_empty() {
+                Ok(Vec::new())
+            } else {
+                txn.last_changes(&w.conditions.uids()).await
+            };
+            let checked = match last {
+                Ok(last) => w.conditions.check(head, &last).map_err(WriteError::from),
+                Err(e) => {
+                    self.write_failed(&e);
+                    Err(e.into())
+                }
+            };
+            if let Err(e) = checked {
+                txn.rollback().await;
+                // Alone in its group: one reply.
+                if let Some(reply) = replies.pop() {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+        }
         let local = self.state.revision();
         let behind = if local < head {
             match txn.batches_after(local).await {
                 Ok(b) => b,
                 Err(e) => {
-                    self.status.failed(&e);
-                    fail_all(replies, &e.into());
+                    self.write_failed(&e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone().into()));
+                    }
                     return;
                 }
             }
         } else {
             Vec::new()
         };
+        let deadlines: Vec<Instant> = writes.iter().map(|w| w.deadline).collect();
+        let keys: Vec<Option<WriteKey>> = writes.iter_mut().map(|w| w.key.take()).collect();
+        let ops: Vec<Vec<WriteOp>> = writes.into_iter().map(|w| w.ops).collect();
         let state = self.state.clone();
         let prepared =
-            tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, writes))
+            tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, ops))
                 .await
                 .map_err(blocking_failed)
                 .and_then(|r| r);
@@ -479,20 +618,32 @@ impl Replica {
             Ok(p) => p,
             Err(e) => {
                 txn.rollback().await;
-                fail_all(replies, &e);
+                let e = WriteError::from(e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.again()));
+                }
                 return;
             }
         };
-        let (mut accepted, mut waiting) = (Vec::new(), Vec::new());
-        for (p, reply) in prepared.into_iter().zip(replies) {
+        let mut accepted = Vec::new();
+        let mut accepted_keys = Vec::new();
+        let mut members = Vec::new();
+        for (((p, reply), key), deadline) in
+            prepared.into_iter().zip(replies).zip(keys).zip(deadlines)
+        {
             match p {
                 Ok(p) => {
+                    accepted_keys.push(key);
                     accepted.push(p);
-                    waiting.push(reply);
+                    members.push(Pending {
+                        write: Write::new(Vec::new(), deadline),
+                        only_if_empty: false,
+                        reply,
+                    });
                 }
                 // Refused alone: the writes after it were validated without it.
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    let _ = reply.send(Err(e.into()));
                 }
             }
         }
@@ -501,11 +652,31 @@ impl Replica {
             return;
         }
         let changes: Vec<&ChangeSet> = accepted.iter().map(|p| &p.changes).collect();
-        if let Err(e) = txn.commit(&changes, self.config.keep_batches).await {
-            self.status.failed(&e);
-            fail_all(waiting, &e.into());
+        let records: Vec<KeyRecord<'_>> = accepted
+            .iter()
+            .zip(&accepted_keys)
+            .filter_map(|(p, k)| {
+                k.as_ref().map(|k| KeyRecord {
+                    key: &k.key,
+                    revision: p.revision(),
+                    fingerprint: &k.fingerprint,
+                })
+            })
+            .collect();
+        let committed = txn
+            .commit(&changes, &records, self.config.keep_batches, deadline)
+            .await;
+        drop(records);
+        drop(changes);
+        if let Err(e) = committed {
+            if matches!(e, SourceError::OutcomeUnknown { .. }) {
+                tracing::warn!(error = %e, first = head + 1, writes = members.len(), "a commit was sent and not answered: its outcome is unknown until its keys are asked for");
+            }
+            self.write_failed(&e);
+            fail_all(members, e.into());
             return;
         }
+        self.state.set_source_fault(None);
         let revisions: Vec<u64> = accepted.iter().map(|p| p.revision()).collect();
         self.status
             .answered(revisions.last().copied().unwrap_or(head));
@@ -530,8 +701,11 @@ impl Replica {
                 "writes committed together"
             );
         }
-        for (reply, revision) in waiting.into_iter().zip(revisions) {
-            let _ = reply.send(Ok(Some(revision)));
+        for (p, revision) in members.into_iter().zip(revisions) {
+            let _ = p.reply.send(Ok(Some(Written {
+                revision,
+                replayed: false,
+            })));
         }
     }
 
@@ -579,7 +753,12 @@ impl Replica {
                 }
                 Err(e) => {
                     match &e {
-                        StateError::Source(e) => self.status.failed(e),
+                        StateError::Source(e) => {
+                            self.status.failed(e);
+                            // Writes need the source too: they fail until a write or a probe
+                            // of the head succeeds.
+                            self.state.set_source_fault(Some(e.to_string()));
+                        }
                         e => {
                             tracing::error!(error = %e, revision = self.state.revision(), "cannot apply the next batch of the shared source: retrying (it is never skipped)")
                         }
@@ -588,9 +767,9 @@ impl Replica {
                     backoff
                 }
             };
-            if let Some(age) = self.config.max_age {
-                if last_prune.elapsed() >= PRUNE_EVERY {
-                    last_prune = Instant::now();
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                if let Some(age) = self.config.max_age {
                     match self.source.prune_older_than(age).await {
                         Ok(through) if through > 0 => {
                             tracing::info!(through, "change log pruned by age")
@@ -598,6 +777,13 @@ impl Replica {
                         Ok(_) => {}
                         Err(e) => self.status.failed(&e),
                     }
+                }
+                match self.source.prune_keys().await {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(keys = n, "idempotency keys past the window forgotten")
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.status.failed(&e),
                 }
             }
             tokio::select! {
@@ -645,6 +831,116 @@ impl Replica {
                 self.rebootstrap().await?;
                 Ok(true)
             }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DataPath for Arc<Replica> {
+    async fn write(&self, w: Write) -> Result<Written, WriteError> {
+        Replica::write(self, w).await
+    }
+
+    async fn keyed_write(
+        &self,
+        key: &str,
+        abandon: bool,
+    ) -> Result<Option<(u64, String)>, WriteError> {
+        self.source.keyed_write(key, abandon).await.map_err(|e| {
+            self.status.failed(&e);
+            e.into()
+        })
+    }
+
+    async fn probe(&self) -> Result<(), WriteError> {
+        if self.state.write_fault().is_none() {
+            return Ok(());
+        }
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.probe_storage())
+            .await
+            .map_err(|e| WriteError::Internal(e.to_string()))??;
+        match self.source.probe_write().await {
+            Ok(()) => {
+                self.state.set_source_fault(None);
+                Ok(())
+            }
+            Err(e) => {
+                self.write_failed(&e);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn watch(&self, from: u64) -> Result<ChangeStream, WatchError> {
+        // Refuse a pruned position before the stream starts, so the caller gets the status;
+        // 0 starts at the oldest batch the log retains.
+        let (mut cursor, first) = match self.source.poll(from, WATCH_BATCHES).await? {
+            Poll::Pruned { pruned_through, .. } if from == 0 => (pruned_through, None),
+            Poll::Pruned { pruned_through, .. } => {
+                return Err(WatchError::Pruned {
+                    from,
+                    pruned_through,
+                })
+            }
+            Poll::Batches { batches, .. } => (from, Some(batches)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut revisions = self.state.subscribe();
+        let replica = self.clone();
+        tokio::spawn(async move {
+            let mut next = first.unwrap_or_default();
+            let mut first_round = true;
+            loop {
+                let got = !next.is_empty();
+                for b in next.drain(..) {
+                    cursor = b.revision;
+                    if tx.send(Ok(b)).await.is_err() {
+                        return;
+                    }
+                }
+                if !got && !first_round {
+                    // Wake on this replica's next batch (it follows the same log), or poll.
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = revisions.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                first_round = false;
+                match replica.source.poll(cursor, WATCH_BATCHES).await {
+                    Ok(Poll::Batches { batches, .. }) => next = batches,
+                    Ok(Poll::Pruned { pruned_through, .. }) => {
+                        let _ = tx
+                            .send(Err(WatchError::Pruned {
+                                from: cursor,
+                                pruned_through,
+                            }))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn view(&self) -> DataView {
+        let view = self.status.view();
+        let revision = self.state.revision();
+        let fault = self.state.write_fault();
+        DataView {
+            source: "postgres",
+            revision,
+            source_revision: view.head.max(revision),
+            reachable: view.reachable,
+            since_answered: view.since_answered,
+            writable: view.reachable && fault.is_none(),
+            last_error: fault.unwrap_or(view.last_error),
         }
     }
 }

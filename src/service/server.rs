@@ -30,6 +30,7 @@ use super::startup;
 pub use super::state::Limits;
 use super::state::State;
 use super::telemetry::{self, Telemetry};
+use super::write::{DataPath, DataSlot, LocalPath};
 use crate::engine::pack::PackSpec;
 
 /// Where reloads take the pack spec from: fixed, or with the overlays read from the
@@ -65,6 +66,8 @@ pub struct Running {
     pub telemetry: Arc<Telemetry>,
     /// The replica of the shared source, once loaded (None: the embedded database alone).
     pub replica: ReplicaSlot,
+    /// The data path start-up chose: the embedded database alone, or the replica.
+    pub data: DataSlot,
     watcher: Option<notify::RecommendedWatcher>,
     config: ServeConfig,
     health: HealthReporter,
@@ -131,6 +134,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let reloader = Reloader::new(engine.clone(), spec_source(&config), config.analysis);
     let telemetry = Telemetry::new(config.decision_log);
     let replica = ReplicaSlot::default();
+    let data = DataSlot::default();
     // tonic refuses anything over twice our limit itself; between the two, the handlers
     // answer INVALID_ARGUMENT naming the limit.
     let decode_cap = config.limits.max_message_bytes.saturating_mul(2);
@@ -180,8 +184,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                     EntityStoreServer::new(EntityStoreService::new(
                         engine.clone(),
                         telemetry.clone(),
-                        replica.clone(),
-                        config.source.is_some(),
+                        data.clone(),
                     ))
                     .max_decoding_message_size(decode_cap),
                     bearer_auth(token.clone()),
@@ -270,6 +273,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         reloader,
         telemetry,
         replica,
+        data,
         watcher: None,
         config,
         health,
@@ -286,10 +290,11 @@ impl Running {
         let db = self.config.db.clone();
         let seed = self.config.seed.clone();
         let analysis = self.config.analysis;
+        let key_window = self.config.limits.key_window;
         let (pack, store, storage) = match self.config.source.clone() {
             None => {
                 tokio::task::spawn_blocking(move || {
-                    startup::load(&spec, analysis, &db, seed.as_deref())
+                    startup::load(&spec, analysis, &db, seed.as_deref(), key_window)
                 })
                 .await??
             }
@@ -313,6 +318,7 @@ impl Running {
             );
         }
         self.engine.install(pack, store, storage);
+        let _ = self.data.set(Arc::new(LocalPath::new(self.engine.clone())));
         self.serve_loaded().await
     }
 
@@ -351,7 +357,8 @@ impl Running {
         let (tx, rx) = oneshot::channel();
         self.shutdown.push(tx);
         tokio::spawn(replica.clone().follow(rx));
-        let _ = self.replica.set(replica);
+        let _ = self.replica.set(replica.clone());
+        let _ = self.data.set(Arc::new(replica));
         self.serve_loaded().await
     }
 
@@ -374,11 +381,14 @@ impl Running {
             .await;
         let (tx, rx) = oneshot::channel();
         self.shutdown.push(tx);
-        tokio::spawn(watch_data_path(
-            self.engine.clone(),
-            self.health.clone(),
-            rx,
-        ));
+        if let Some(data) = self.data.get() {
+            tokio::spawn(watch_data_path(
+                self.engine.clone(),
+                data.clone(),
+                self.health.clone(),
+                rx,
+            ));
+        }
         Ok(())
     }
 
@@ -462,16 +472,21 @@ pub async fn shutdown_signal() {
 }
 
 /// Keeps the data path's health entry true: SERVING while writes succeed, NOT_SERVING while
-/// they fail (decisions go on from memory), probing the storage every second meanwhile so
-/// that it recovers by itself once the fault is gone (space freed), with no write needed.
+/// they fail (a full disk, a shared source that does not answer or whose head a write cannot
+/// take; decisions go on from memory), probing the data path every second meanwhile so that
+/// it recovers by itself once the fault is gone, with no write needed.
 async fn watch_data_path(
     engine: Arc<State>,
+    data: Arc<dyn DataPath>,
     health: tonic_health::server::HealthReporter,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut fault = engine.subscribe_write_fault();
     loop {
-        let degraded = fault.borrow_and_update().is_some();
+        let degraded = {
+            let f = fault.borrow_and_update();
+            f.local.is_some() || f.source.is_some()
+        };
         let status = if degraded {
             ServingStatus::NotServing
         } else {
@@ -485,8 +500,7 @@ async fn watch_data_path(
                 _ = &mut stop => return,
                 _ = fault.changed() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
-                    let engine = engine.clone();
-                    let _ = tokio::task::spawn_blocking(move || engine.probe_storage()).await;
+                    let _ = data.probe().await;
                 }
             }
         } else {

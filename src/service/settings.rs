@@ -19,6 +19,7 @@ use super::state::Limits;
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::pack::PackSpec;
 use crate::files::read_toml;
+use crate::storage::SourceLimits;
 
 /// The policy pack to load: given to every command.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +89,42 @@ pub struct ServeSettings {
         default_value_t = 1_000_000
     )]
     pub log_retention_batches: u64,
+    /// How long a writer waits for the source's head lock before the write fails, in ms
+    /// (PostgreSQL's lock_timeout; keep it above source_idle_timeout_ms, so that a write
+    /// outwaits a paused writer's session).
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_SOURCE_LOCK_TIMEOUT_MS",
+        default_value_t = 4000
+    )]
+    pub source_lock_timeout_ms: u64,
+    /// How long one statement at the source may run, in ms (PostgreSQL's statement_timeout).
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_SOURCE_STATEMENT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub source_statement_timeout_ms: u64,
+    /// How long a writer's transaction at the source may sit idle before PostgreSQL ends its
+    /// session and rolls it back, in ms (idle_in_transaction_session_timeout): the longest a
+    /// paused or partitioned replica can hold every other replica's writes.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_SOURCE_IDLE_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub source_idle_timeout_ms: u64,
+    /// How long idempotency keys are remembered, in seconds.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_IDEMPOTENCY_WINDOW_SECS",
+        default_value_t = 86_400
+    )]
+    pub idempotency_window_secs: u64,
+    /// Longest a write may take when the call sets no deadline (and the most a deadline may
+    /// give it), in ms: a write not committed by then is never committed.
+    #[arg(long, env = "BLUE_AUTHZ_MAX_WRITE_WAIT_MS", default_value_t = 10_000)]
+    pub max_write_wait_ms: u64,
     /// How long the source's change log keeps a batch, in hours (0: no age limit).
     #[arg(long, env = "BLUE_AUTHZ_LOG_RETENTION_HOURS", default_value_t = 168)]
     pub log_retention_hours: u64,
@@ -444,6 +481,8 @@ impl ServeSettings {
                 max_write_ops: self.max_write_ops,
                 max_message_bytes: self.max_message_bytes,
                 max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
+                max_write_wait: Duration::from_millis(self.max_write_wait_ms.max(1)),
+                key_window: Duration::from_secs(self.idempotency_window_secs),
             },
             conn: super::listeners::ConnLimits {
                 max_connections: self.max_connections.max(1),
@@ -462,6 +501,14 @@ impl ServeSettings {
                         .filter(|h| *h > 0)
                         .map(|h| Duration::from_secs(h * 3600)),
                     notify: self.source_notify,
+                    limits: SourceLimits {
+                        lock_timeout: Duration::from_millis(self.source_lock_timeout_ms.max(1)),
+                        statement_timeout: Duration::from_millis(
+                            self.source_statement_timeout_ms.max(1),
+                        ),
+                        idle_timeout: Duration::from_millis(self.source_idle_timeout_ms.max(1)),
+                        key_window: Duration::from_secs(self.idempotency_window_secs),
+                    },
                 }),
             watch: self.watch,
             analysis,

@@ -23,12 +23,15 @@ pub fn load(
     analysis: Analysis,
     db: &Path,
     seed: Option<&Path>,
+    key_window: std::time::Duration,
 ) -> Result<Loaded, ServeError> {
     let started = std::time::Instant::now();
     // The same gate as a reload: a pack whose own tests or invariants fail never serves.
     let pack = gate::load(spec, analysis)?;
     let loaded = started.elapsed();
-    let storage: Arc<dyn Storage> = Arc::new(RedbStorage::open(db).map_err(StateError::from)?);
+    let redb = RedbStorage::open(db).map_err(StateError::from)?;
+    redb.set_key_window(key_window);
+    let storage: Arc<dyn Storage> = Arc::new(redb);
     tracing::info!(
         policies_ms = loaded.as_millis() as u64,
         open_ms = (started.elapsed() - loaded).as_millis() as u64,

@@ -3,14 +3,14 @@
 //! durable, then made visible at once; decisions read one consistent view.
 
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::error::{DataError, RequestError};
-use crate::engine::index::{EntityStore, Prepared, WriteOp};
+use crate::engine::index::{EntityStore, Prepared, WriteKey, WriteOp};
 use crate::engine::pack::PolicyPack;
 use crate::storage::{ChangeSet, SourceError, Storage, StorageError};
 
@@ -28,6 +28,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Longest wait for `min_revision` when the call has no deadline.
     pub max_revision_wait: Duration,
+    /// Longest a write may take when the call has no deadline (and the most it may take).
+    pub max_write_wait: Duration,
+    /// How long idempotency keys are remembered.
+    pub key_window: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +42,8 @@ impl Default for Limits {
             max_write_ops: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
             max_revision_wait: Duration::from_secs(5),
+            max_write_wait: Duration::from_secs(10),
+            key_window: crate::storage::DEFAULT_KEY_WINDOW,
         }
     }
 }
@@ -64,6 +70,141 @@ pub enum StateError {
     /// A batch from the shared source does not follow this replica's revision.
     #[error("batch {got} does not follow revision {current}")]
     Gap { current: u64, got: u64 },
+    /// A write's condition did not hold: nothing was applied.
+    #[error("{field}: {message}")]
+    PreconditionFailed { field: String, message: String },
+    /// A write's deadline passed before it could commit: nothing was applied.
+    #[error("the write's deadline passed before it committed: nothing was applied")]
+    DeadlineExceeded,
+}
+
+/// One write batch as the write path takes it: the operations, the deadline by which it
+/// commits or never does, its conditions and its idempotency key.
+#[derive(Debug)]
+pub struct Write {
+    pub ops: Vec<WriteOp>,
+    pub deadline: Instant,
+    pub conditions: Conditions,
+    pub key: Option<WriteKey>,
+}
+
+impl Write {
+    /// A plain write: no conditions, no key.
+    pub fn new(ops: Vec<WriteOp>, deadline: Instant) -> Self {
+        Write {
+            ops,
+            deadline,
+            conditions: Conditions::default(),
+            key: None,
+        }
+    }
+}
+
+/// What a write made: its revision, and whether it was a replay of a key already committed
+/// (nothing applied now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub revision: u64,
+    pub replayed: bool,
+}
+
+/// What a write must find when it commits (compare-and-set).
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// The store's newest revision.
+    pub expected_revision: Option<u64>,
+    /// Entities' last changes.
+    pub entities: Vec<Precondition>,
+}
+
+/// One entity's expected last change.
+#[derive(Debug, Clone)]
+pub struct Precondition {
+    /// The entity's uid text, as stored.
+    pub uid: String,
+    /// The revision of its last change; None: it must not exist.
+    pub last_changed_at: Option<u64>,
+}
+
+impl Conditions {
+    pub fn is_empty(&self) -> bool {
+        self.expected_revision.is_none() && self.entities.is_empty()
+    }
+
+    /// The uids whose last change the entity conditions need.
+    pub fn uids(&self) -> Vec<&str> {
+        self.entities.iter().map(|p| p.uid.as_str()).collect()
+    }
+
+    /// Checks the conditions against the store's newest revision and the entities' last
+    /// changes (parallel to [`Conditions::uids`]; None: absent).
+    pub fn check(&self, head: u64, last: &[Option<u64>]) -> Result<(), StateError> {
+        if let Some(expected) = self.expected_revision {
+            if expected != head {
+                return Err(StateError::PreconditionFailed {
+                    field: "expected_revision".into(),
+                    message: format!("the store is at revision {head}, not {expected}"),
+                });
+            }
+        }
+        for (i, (p, found)) in self.entities.iter().zip(last).enumerate() {
+            let holds = match (p.last_changed_at, found) {
+                (None, None) => true,
+                (Some(want), Some(at)) => want == *at,
+                _ => false,
+            };
+            if !holds {
+                let want = match p.last_changed_at {
+                    Some(r) => format!("last changed at revision {r}"),
+                    None => "absent".into(),
+                };
+                let found = match found {
+                    Some(r) => format!("last changed at revision {r}"),
+                    None => "absent".into(),
+                };
+                return Err(StateError::PreconditionFailed {
+                    field: format!("preconditions[{i}]"),
+                    message: format!("{} is {found}, not {want}", p.uid),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a write whose key was committed before: the original revision when it is
+/// the same write, a refusal when the key was used for another.
+pub fn replay(key: &WriteKey, revision: u64, fingerprint: &str) -> Result<Written, StateError> {
+    if fingerprint == crate::engine::index::ABANDONED {
+        Err(StateError::PreconditionFailed {
+            field: "idempotency_key".into(),
+            message: format!(
+                "{:?} was abandoned by GetWrite: a write that carries it never commits",
+                key.key
+            ),
+        })
+    } else if key.fingerprint == fingerprint {
+        Ok(Written {
+            revision,
+            replayed: true,
+        })
+    } else {
+        Err(RequestError::new(
+            "idempotency_key",
+            format!(
+                "{:?} was used for a different batch, committed at revision {revision}",
+                key.key
+            ),
+        )
+        .into())
+    }
+}
+
+/// Why writes fail now: the local database, or the shared source (None: they succeed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub local: Option<String>,
+    pub source: Option<String>,
 }
 
 /// The shared engine state.
@@ -76,7 +217,7 @@ pub struct State {
     writer: Mutex<()>,
     revision: watch::Sender<u64>,
     /// Why writes fail now (None: the last write or probe succeeded).
-    write_fault: watch::Sender<Option<String>>,
+    write_fault: watch::Sender<Faults>,
     pub limits: Limits,
 }
 
@@ -101,7 +242,7 @@ impl State {
             storage: Mutex::new(None),
             writer: Mutex::new(()),
             revision: watch::channel(0).0,
-            write_fault: watch::channel(None).0,
+            write_fault: watch::channel(Faults::default()).0,
             limits,
         }
     }
@@ -236,8 +377,8 @@ impl State {
             Some(e) => {
                 let why = e.to_string();
                 let changed = self.write_fault.send_if_modified(|f| {
-                    let was_ok = f.is_none();
-                    *f = Some(why.clone());
+                    let was_ok = f.local.is_none();
+                    f.local = Some(why.clone());
                     was_ok
                 });
                 if changed {
@@ -246,7 +387,10 @@ impl State {
                 Err(StateError::Storage(e.clone()))
             }
             None => {
-                if self.write_fault.send_if_modified(|f| f.take().is_some()) {
+                if self
+                    .write_fault
+                    .send_if_modified(|f| f.local.take().is_some())
+                {
                     tracing::info!("writes succeed again: the data path is restored");
                 }
                 Ok(())
@@ -254,13 +398,31 @@ impl State {
         }
     }
 
+    /// Records whether writes through the shared source fail (None: a write or a probe of
+    /// the source's head succeeded).
+    pub fn set_source_fault(&self, fault: Option<String>) {
+        let changed = self.write_fault.send_if_modified(|f| {
+            let changed = f.source.is_some() != fault.is_some();
+            f.source = fault.clone();
+            changed
+        });
+        match fault {
+            Some(why) if changed => {
+                tracing::error!(error = %why, "writes through the shared source fail; decisions go on from the local copy")
+            }
+            None if changed => tracing::info!("writes through the shared source succeed again"),
+            _ => {}
+        }
+    }
+
     /// Why writes fail now, if they do.
     pub fn write_fault(&self) -> Option<String> {
-        self.write_fault.borrow().clone()
+        let f = self.write_fault.borrow();
+        f.local.clone().or_else(|| f.source.clone())
     }
 
     /// Follows whether writes fail.
-    pub fn subscribe_write_fault(&self) -> watch::Receiver<Option<String>> {
+    pub fn subscribe_write_fault(&self) -> watch::Receiver<Faults> {
         self.write_fault.subscribe()
     }
 
@@ -389,11 +551,66 @@ impl State {
     /// Validates a batch whole against the schema and the data, commits it durably, then
     /// makes it visible; returns the new revision. An invalid batch changes nothing.
     pub fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StateError> {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        self.write_checked(Write::new(ops, deadline))
+            .map(|w| w.revision)
+    }
+
+    /// A write to the local database: refused once its deadline has passed, answered with
+    /// the original revision when its key was committed before, applied only if its
+    /// conditions hold; then as [`State::write`]. All under the writer lock, so the checks and
+    /// the commit see the same data.
+    pub fn write_checked(&self, w: Write) -> Result<Written, StateError> {
         let (pack, storage) = self.ready()?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut prepared = self.read_store().prepare(ops, &pack.entities)?;
+        if Instant::now() >= w.deadline {
+            return Err(StateError::DeadlineExceeded);
+        }
+        if let Some(key) = &w.key {
+            if let Some((revision, fingerprint)) = storage.keyed_write(&key.key)? {
+                return replay(key, revision, &fingerprint);
+            }
+        }
+        if !w.conditions.is_empty() {
+            let last = if w.conditions.entities.is_empty() {
+                Vec::new()
+            } else {
+                storage.last_changes(&w.conditions.uids())?
+            };
+            w.conditions.check(self.revision(), &last)?;
+        }
+        let mut prepared = self.read_store().prepare(w.ops, &pack.entities)?;
         prepared.changes.schema = Some(pack.schema_version.clone());
-        self.commit_prepared(storage.as_ref(), prepared, false)
+        prepared.changes.key = w.key;
+        let revision = self.commit_prepared(storage.as_ref(), prepared, false)?;
+        Ok(Written {
+            revision,
+            replayed: false,
+        })
+    }
+
+    /// For each uid, the revision of the entity's last change in the local database (None:
+    /// absent).
+    pub fn last_changes(&self, uids: &[&str]) -> Result<Vec<Option<u64>>, StateError> {
+        let storage = self.storage().ok_or(StateError::NotReady)?;
+        Ok(storage.last_changes(uids)?)
+    }
+
+    /// The revision and fingerprint of the local write that committed `key`, if any; with
+    /// `abandon`, a key that did not commit is recorded so that it never will.
+    pub fn keyed_write(
+        &self,
+        key: &str,
+        abandon: bool,
+    ) -> Result<Option<(u64, String)>, StateError> {
+        let (_, storage) = self.ready()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let found = storage.keyed_write(key)?;
+        if found.is_none() && abandon {
+            storage.abandon_key(key)?;
+            return Ok(Some((0, crate::engine::index::ABANDONED.to_string())));
+        }
+        Ok(found)
     }
 
     /// Waits until the store has reached `min` (0: no wait), for at most `deadline` and never

@@ -24,6 +24,16 @@ const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text")
 const SCHEMA: &str = "schema";
 /// Text metadata: `source` -> the id of the shared source this database is a copy of.
 const SOURCE: &str = "source";
+/// Each entity's last change: canonical uid text -> the revision of the batch that made it.
+/// An entity with no entry predates revision tracking (reported as 0).
+const LAST_CHANGE: TableDefinition<&str, u64> = TableDefinition::new("last_change");
+/// Idempotency keys: key -> the revision (8 bytes, big-endian), the commit time (Unix ms, 8
+/// bytes) and the write's fingerprint.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("write_keys");
+/// The same keys by commit time, so that keys older than the window are pruned in order.
+const KEYS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("write_keys_by_time");
+/// How long idempotency keys are remembered unless set otherwise.
+pub const DEFAULT_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -36,6 +46,14 @@ pub struct RedbStorage {
     broken: AtomicBool,
     /// The revision of the last commit that succeeded (or found at open).
     committed: AtomicU64,
+    /// How long idempotency keys are remembered, in ms.
+    key_window_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The database, borrowed while it is open: made only from a slot that holds one.
@@ -75,6 +93,7 @@ impl RedbStorage {
             db: RwLock::new(Some(db)),
             broken: AtomicBool::new(false),
             committed: AtomicU64::new(0),
+            key_window_ms: AtomicU64::new(DEFAULT_KEY_WINDOW.as_millis() as u64),
         };
         // Create the tables so that readers never meet a missing table (a new file only: a
         // write transaction on a large file costs a sync).
@@ -90,6 +109,12 @@ impl RedbStorage {
             .committed
             .store(storage.revision()?, Ordering::SeqCst);
         Ok(storage)
+    }
+
+    /// How long idempotency keys are remembered.
+    pub fn set_key_window(&self, window: std::time::Duration) {
+        self.key_window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn open_db(path: &Path) -> Result<Database, StorageError> {
@@ -204,11 +229,18 @@ impl RedbStorage {
             txn.set_quick_repair(true);
             {
                 let mut entities = txn.open_table(ENTITIES)?;
-                for (uid, json) in &changes.puts {
+                let mut last_change = txn.open_table(LAST_CHANGE)?;
+                for (i, (uid, json)) in changes.puts.iter().enumerate() {
                     entities.insert(uid.as_str(), json.as_slice())?;
+                    let at = changes.put_revisions.get(i).copied();
+                    last_change.insert(uid.as_str(), at.unwrap_or(changes.revision))?;
                 }
                 for uid in &changes.deletes {
                     entities.remove(uid.as_str())?;
+                    last_change.remove(uid.as_str())?;
+                }
+                if let Some(key) = &changes.key {
+                    self.record_key(&txn, &key.key, changes.revision, &key.fingerprint)?;
                 }
                 let mut meta = txn.open_table(META)?;
                 meta.insert(REVISION, changes.revision)?;
@@ -240,6 +272,36 @@ impl RedbStorage {
         }
     }
 
+    /// Remembers an idempotency key with its revision and fingerprint, forgetting the keys
+    /// older than the window.
+    fn record_key(
+        &self,
+        txn: &redb::WriteTransaction,
+        key: &str,
+        revision: u64,
+        fingerprint: &str,
+    ) -> Result<(), redb::Error> {
+        let now = unix_ms();
+        let mut keys = txn.open_table(KEYS)?;
+        let mut by_time = txn.open_table(KEYS_BY_TIME)?;
+        let cutoff = now.saturating_sub(self.key_window_ms.load(Ordering::Relaxed));
+        let old: Vec<(u64, String)> = by_time
+            .range::<(u64, &str)>(..(cutoff, ""))?
+            .map(|item| item.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+            .collect::<Result<_, _>>()?;
+        for (at, k) in &old {
+            by_time.remove((*at, k.as_str()))?;
+            keys.remove(k.as_str())?;
+        }
+        let mut value = Vec::with_capacity(16 + fingerprint.len());
+        value.extend_from_slice(&revision.to_be_bytes());
+        value.extend_from_slice(&now.to_be_bytes());
+        value.extend_from_slice(fingerprint.as_bytes());
+        keys.insert(key, value.as_slice())?;
+        by_time.insert((now, key), ())?;
+        Ok(())
+    }
+
     fn text(&self, key: &str) -> Result<Option<String>, StorageError> {
         let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let meta = match txn.open_table(META_TEXT) {
@@ -262,6 +324,67 @@ impl RedbStorage {
 }
 
 impl Storage for RedbStorage {
+    fn last_changes(&self, uids: &[&str]) -> Result<Vec<Option<u64>>, StorageError> {
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
+        let entities = txn.open_table(ENTITIES).map_err(|e| self.err(e))?;
+        let last_change = match txn.open_table(LAST_CHANGE) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let at = match &last_change {
+                Some(t) => t.get(*uid).map_err(|e| self.err(e))?.map(|v| v.value()),
+                None => None,
+            };
+            out.push(match at {
+                Some(at) => Some(at),
+                None if entities.get(*uid).map_err(|e| self.err(e))?.is_some() => Some(0),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    fn abandon_key(&self, key: &str) -> Result<(), StorageError> {
+        self.reopen_if_broken()?;
+        let db = self.db()?;
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            self.record_key(&txn, key, 0, super::ABANDONED)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        drop(db);
+        result.map_err(|e| self.failed(e))
+    }
+
+    fn keyed_write(&self, key: &str) -> Result<Option<(u64, String)>, StorageError> {
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
+        let keys = match txn.open_table(KEYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some(v) = keys.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let v = v.value();
+        if v.len() < 16 {
+            return Err(self.err(format!("idempotency key {key:?} has a malformed record")));
+        }
+        let revision = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        let at = u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"));
+        if at < unix_ms().saturating_sub(self.key_window_ms.load(Ordering::Relaxed)) {
+            return Ok(None);
+        }
+        Ok(Some((
+            revision,
+            String::from_utf8_lossy(&v[16..]).into_owned(),
+        )))
+    }
+
     fn revision(&self) -> Result<u64, StorageError> {
         let txn = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let meta = match txn.open_table(META) {

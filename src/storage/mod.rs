@@ -8,9 +8,9 @@ use std::path::PathBuf;
 mod embedded;
 mod postgres;
 
-pub use crate::engine::index::ChangeSet;
-pub use embedded::RedbStorage;
-pub use postgres::{Head, PgSource, Poll, SourceError, WriteTxn};
+pub use crate::engine::index::{ChangeSet, WriteKey, ABANDONED};
+pub use embedded::{RedbStorage, DEFAULT_KEY_WINDOW};
+pub use postgres::{Head, KeyRecord, PgSource, Poll, SourceError, SourceLimits, WriteTxn};
 
 /// A storage operation that failed, naming the database.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,4 +54,12 @@ pub trait Storage: Send + Sync {
     fn scan(&self, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError>;
     /// How many entities are stored (to size the index before a scan).
     fn count(&self) -> Result<u64, StorageError>;
+    /// For each uid, the revision of the entity's last change (None: it does not exist; 0: it
+    /// was last changed before revisions were recorded).
+    fn last_changes(&self, uids: &[&str]) -> Result<Vec<Option<u64>>, StorageError>;
+    /// The revision and fingerprint of the write that committed this idempotency key, if it
+    /// did within the key window.
+    fn keyed_write(&self, key: &str) -> Result<Option<(u64, String)>, StorageError>;
+    /// Records a key that never committed as abandoned (revision 0), so that it never will.
+    fn abandon_key(&self, key: &str) -> Result<(), StorageError>;
 }

@@ -7,20 +7,34 @@
 //! order, and any snapshot that sees a revision sees every revision before it. Followers
 //! check this anyway: a gap is waited out, never stepped over (see [`Poll`]).
 //!
+//! Why no write commits after its deadline: the writer tells the transaction its deadline on
+//! PostgreSQL's own clock (anchored when the head lock was taken), and a deferred constraint
+//! trigger on the head row refuses the COMMIT once that clock has passed it. A replica that
+//! pauses anywhere in between cannot carry a write past its deadline; and a replica that
+//! pauses inside its transaction holds the head for at most `idle_in_transaction_session_timeout`
+//! before PostgreSQL ends its session (its writes roll back and the others' go on).
+//!
+//! Why an outcome is never misreported: a failure before the COMMIT was sent, or an error
+//! PostgreSQL answered (a statement's, or the deadline trigger's at COMMIT), means nothing was
+//! applied; a COMMIT sent and not answered is [`SourceError::OutcomeUnknown`], which the
+//! client resolves with the write's idempotency key ([`PgSource::keyed_write`]).
+//!
 //! Tables: `blue_authz_head` (one row: the newest revision, how far the log is pruned, the
-//! source's id), `blue_authz_entities` (uid text, entity JSON: the current state, read by a
-//! new replica's snapshot) and `blue_authz_changes` (revision, commit time, the batch).
+//! source's id), `blue_authz_entities` (uid text, entity JSON, the revision of its last change:
+//! the current state, read by a new replica's snapshot), `blue_authz_changes` (revision, commit
+//! time, the batch) and `blue_authz_writes` (idempotency key, revision, fingerprint, commit
+//! time: kept for the key window).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
-use super::ChangeSet;
+use super::{ChangeSet, ABANDONED};
 
 /// How long one call to PostgreSQL may take before the source counts as unreachable.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,15 +62,85 @@ CREATE TABLE IF NOT EXISTS blue_authz_changes (
 INSERT INTO blue_authz_head (id, revision, pruned_through, source_id)
     VALUES (1, 0, 0, md5(random()::text || clock_timestamp()::text))
     ON CONFLICT (id) DO NOTHING;
+ALTER TABLE blue_authz_entities ADD COLUMN IF NOT EXISTS revision bigint NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS blue_authz_writes (
+    key text PRIMARY KEY,
+    revision bigint NOT NULL,
+    fingerprint text NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS blue_authz_writes_committed_at ON blue_authz_writes (committed_at);
+CREATE OR REPLACE FUNCTION blue_authz_check_deadline() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    deadline text := current_setting('blue_authz.deadline_us', true);
+BEGIN
+    IF deadline IS NOT NULL AND deadline <> ''
+       AND extract(epoch FROM clock_timestamp()) * 1000000 > deadline::bigint THEN
+        RAISE EXCEPTION 'the write''s deadline passed before it committed'
+            USING ERRCODE = 'BA001';
+    END IF;
+    RETURN NULL;
+END $$;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'blue_authz_deadline'
+                   AND tgrelid = 'blue_authz_head'::regclass) THEN
+        CREATE CONSTRAINT TRIGGER blue_authz_deadline AFTER UPDATE ON blue_authz_head
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            EXECUTE FUNCTION blue_authz_check_deadline();
+    END IF;
+END $$;
 ";
+
+/// The SQLSTATE the deadline trigger raises at COMMIT.
+const DEADLINE_PASSED: &str = "BA001";
+
+/// How a replica's transactions on the source are bounded (settings).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLimits {
+    /// How long a writer waits for the head lock (`lock_timeout`).
+    pub lock_timeout: Duration,
+    /// How long one statement may run (`statement_timeout`).
+    pub statement_timeout: Duration,
+    /// How long a writer's transaction may sit idle before PostgreSQL ends its session and
+    /// rolls it back (`idle_in_transaction_session_timeout`): the longest a paused replica can
+    /// hold the head.
+    pub idle_timeout: Duration,
+    /// How long idempotency keys are remembered.
+    pub key_window: Duration,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            lock_timeout: Duration::from_secs(4),
+            statement_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(2),
+            key_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl SourceLimits {
+    /// How long a writer's call waits for an answer before it counts as unanswered.
+    fn call_timeout(&self) -> Duration {
+        self.lock_timeout.max(self.statement_timeout) + Duration::from_secs(1)
+    }
+}
 
 /// Why a call to the shared source failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     /// Connecting, a query or the transaction failed (the database is down or unreachable,
-    /// or refused the statement); nothing of the call was applied.
+    /// or refused the statement) before any COMMIT was sent; nothing of the call was applied.
     #[error("the shared source {db} did not answer: {message}")]
     Unavailable { db: String, message: String },
+    /// A COMMIT was sent and not answered: the batch may or may not have committed.
+    #[error("the shared source {db} did not answer a COMMIT: {message}")]
+    OutcomeUnknown { db: String, message: String },
+    /// The source refused the COMMIT because the write's deadline had passed on its clock;
+    /// nothing was applied.
+    #[error("the shared source {db} refused a commit after the write's deadline")]
+    DeadlinePassed { db: String },
     /// The source holds something this version cannot read.
     #[error("the shared source {db} holds an unreadable change batch {revision}: {message}")]
     Corrupt {
@@ -117,6 +201,7 @@ pub struct PgSource {
     pub notified: Arc<Notify>,
     /// Whether the read connection listens for commit notifications.
     listen: bool,
+    limits: SourceLimits,
 }
 
 impl PgSource {
@@ -128,6 +213,9 @@ impl PgSource {
         })?;
         config.connect_timeout(CALL_TIMEOUT);
         config.keepalives_idle(Duration::from_secs(10));
+        if config.get_application_name().is_none() {
+            config.application_name("blue-authz");
+        }
         let hosts = config
             .get_hosts()
             .iter()
@@ -151,7 +239,18 @@ impl PgSource {
             reader: Mutex::new(None),
             notified: Arc::new(Notify::new()),
             listen: true,
+            limits: SourceLimits::default(),
         })
+    }
+
+    /// Bounds on this replica's transactions.
+    pub fn with_limits(mut self, limits: SourceLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> SourceLimits {
+        self.limits
     }
 
     /// Polls only: no commit notifications.
@@ -301,7 +400,7 @@ impl PgSource {
     pub async fn snapshot(
         &self,
         chunk: u32,
-        out: &tokio::sync::mpsc::Sender<Vec<(String, Vec<u8>)>>,
+        out: &tokio::sync::mpsc::Sender<Vec<(String, Vec<u8>, u64)>>,
     ) -> Result<Head, SourceError> {
         let mut client = self.connect(false).await?;
         let txn = self
@@ -321,7 +420,7 @@ impl PgSource {
             .await?;
         let head = head_of(&row);
         let portal = self
-            .timed(txn.bind("SELECT uid, json FROM blue_authz_entities", &[]))
+            .timed(txn.bind("SELECT uid, json, revision FROM blue_authz_entities", &[]))
             .await?;
         loop {
             let rows = self.timed(txn.query_portal(&portal, chunk as i32)).await?;
@@ -330,7 +429,13 @@ impl PgSource {
             }
             let items = rows
                 .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).into_bytes()))
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1).into_bytes(),
+                        r.get::<_, i64>(2).max(0) as u64,
+                    )
+                })
                 .collect();
             if out.send(items).await.is_err() {
                 return Err(self.unavailable("the snapshot's reader stopped"));
@@ -340,74 +445,201 @@ impl PgSource {
         Ok(head)
     }
 
-    /// A writer connection with its statements prepared (all in one round trip).
+    /// A writer connection with its statements prepared (all in one round trip), its
+    /// transactions bounded by the source limits.
     async fn writer_conn(&self) -> Result<WriterConn, SourceError> {
         let client = self.connect(false).await?;
         let notify_text = format!("NOTIFY {CHANNEL}");
+        let l = self.limits;
+        let session = format!(
+            "SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; \
+             SET idle_in_transaction_session_timeout = '{}ms'",
+            l.lock_timeout.as_millis().max(1),
+            l.statement_timeout.as_millis().max(1),
+            l.idle_timeout.as_millis().max(1),
+        );
         let prepared = async {
-            let (select_head, batches_after, upsert, delete, insert_change, update_head, notify) =
-                tokio::try_join!(
-                    client.prepare("SELECT revision FROM blue_authz_head WHERE id = 1 FOR UPDATE"),
-                    client.prepare(
-                        "SELECT revision, (extract(epoch FROM committed_at) * 1000)::bigint, batch
+            let (_, select_head, clock, batches_after, upsert, delete, insert_change) = tokio::try_join!(
+                client.batch_execute(&session),
+                client.prepare("SELECT revision FROM blue_authz_head WHERE id = 1 FOR UPDATE"),
+                client.prepare("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"),
+                client.prepare(
+                    "SELECT revision, (extract(epoch FROM committed_at) * 1000)::bigint, batch
                      FROM blue_authz_changes WHERE revision > $1 ORDER BY revision"
-                    ),
-                    client.prepare(
-                        "INSERT INTO blue_authz_entities (uid, json)
-                     SELECT * FROM unnest($1::text[], $2::text[])
-                     ON CONFLICT (uid) DO UPDATE SET json = EXCLUDED.json"
-                    ),
-                    client.prepare("DELETE FROM blue_authz_entities WHERE uid = ANY($1::text[])"),
-                    client.prepare(
-                        "INSERT INTO blue_authz_changes (revision, batch)
+                ),
+                client.prepare(
+                    "INSERT INTO blue_authz_entities (uid, json, revision)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                     ON CONFLICT (uid) DO UPDATE
+                     SET json = EXCLUDED.json, revision = EXCLUDED.revision"
+                ),
+                client.prepare("DELETE FROM blue_authz_entities WHERE uid = ANY($1::text[])"),
+                client.prepare(
+                    "INSERT INTO blue_authz_changes (revision, batch)
                      SELECT * FROM unnest($1::bigint[], $2::text[])"
-                    ),
-                    client.prepare("UPDATE blue_authz_head SET revision = $1 WHERE id = 1"),
-                    client.prepare(&notify_text),
-                )?;
+                ),
+            )?;
+            let (update_head, notify, deadline, keys, insert_keys, last_changes) = tokio::try_join!(
+                client.prepare("UPDATE blue_authz_head SET revision = $1 WHERE id = 1"),
+                client.prepare(&notify_text),
+                client.prepare("SELECT set_config('blue_authz.deadline_us', $1::bigint::text, true)"),
+                client.prepare(
+                    "SELECT key, revision, fingerprint FROM blue_authz_writes
+                     WHERE key = ANY($1::text[]) AND committed_at >= now() - make_interval(secs => $2)"
+                ),
+                client.prepare(
+                    "INSERT INTO blue_authz_writes (key, revision, fingerprint)
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+                     ON CONFLICT (key) DO UPDATE SET revision = EXCLUDED.revision,
+                         fingerprint = EXCLUDED.fingerprint, committed_at = now()"
+                ),
+                client.prepare(
+                    "SELECT uid, revision FROM blue_authz_entities WHERE uid = ANY($1::text[])"
+                ),
+            )?;
             Ok::<_, tokio_postgres::Error>(Statements {
                 select_head,
+                clock,
                 batches_after,
                 upsert,
                 delete,
                 insert_change,
                 update_head,
                 notify,
+                deadline,
+                keys,
+                insert_keys,
+                last_changes,
             })
         };
         let statements = self.timed(prepared).await?;
         Ok(WriterConn { client, statements })
     }
 
-    /// Starts a write: takes the head row's lock (every other writer, on any replica, waits
-    /// until this one commits or rolls back) and reads the head revision.
-    pub async fn begin_write(&self) -> Result<WriteTxn, SourceError> {
+    /// Starts a write that must commit by `deadline`: takes the head row's lock (every other
+    /// writer, on any replica, waits until this one commits or rolls back; this one waits at
+    /// most the lock timeout, and never past the deadline), reads the head revision, and
+    /// anchors the deadline on PostgreSQL's clock.
+    pub async fn begin_write(&self, deadline: Instant) -> Result<WriteTxn, SourceError> {
         let mut guard = self.writer.clone().lock_owned().await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(SourceError::DeadlinePassed {
+                db: self.name.clone(),
+            });
+        }
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = Some(self.writer_conn().await?);
         }
         let conn = guard.as_ref().expect("connected above");
-        // One round trip: BEGIN and the locking read, pipelined.
+        let wait = left.min(self.limits.lock_timeout).as_millis().max(1);
+        let begin = format!("BEGIN; SET LOCAL lock_timeout = '{wait}ms'");
+        // One round trip: BEGIN, the locking read and PostgreSQL's clock once the lock is held,
+        // pipelined.
         let began = async {
-            let (_, row) = tokio::try_join!(
-                conn.client.batch_execute("BEGIN"),
+            let (_, head, clock) = tokio::try_join!(
+                conn.client.batch_execute(&begin),
                 conn.client.query_one(&conn.statements.select_head, &[]),
+                conn.client.query_one(&conn.statements.clock, &[]),
             )?;
-            Ok::<_, tokio_postgres::Error>(row)
+            Ok::<_, tokio_postgres::Error>((head, clock))
         };
-        match self.timed(began).await {
-            Ok(row) => Ok(WriteTxn {
-                head: row.get::<_, i64>(0) as u64,
+        let timeout = self.limits.call_timeout();
+        match tokio::time::timeout(timeout, began).await {
+            Ok(Ok((head, clock))) => Ok(WriteTxn {
+                head: head.get::<_, i64>(0) as u64,
+                // Read after the reply came: PostgreSQL's clock was at least `source_now_us`
+                // then, so a deadline placed on its clock from here is never later than the
+                // real one.
+                anchor: (clock.get::<_, i64>(0), Instant::now()),
                 guard,
                 open: true,
                 name: self.name.clone(),
+                timeout,
             }),
-            Err(e) => {
+            Ok(Err(e)) => {
                 // A half-begun transaction: drop the connection (the server rolls it back).
                 *guard = None;
-                Err(e)
+                Err(self.unavailable(e))
+            }
+            Err(_) => {
+                *guard = None;
+                Err(self.unavailable(format!("no answer within {timeout:?}")))
             }
         }
+    }
+
+    /// Whether a write could take the head now: begins a write and rolls it back.
+    pub async fn probe_write(&self) -> Result<(), SourceError> {
+        let txn = self
+            .begin_write(Instant::now() + self.limits.call_timeout())
+            .await?;
+        txn.rollback().await;
+        Ok(())
+    }
+
+    /// The revision and fingerprint of the write that committed `key` within the key window;
+    /// waits for a write holding the head (which may be committing it) to finish first, so a
+    /// "not committed" stays true.
+    /// With `abandon`, a key that has not committed is recorded as abandoned (revision 0),
+    /// in the same transaction, so that a write still carrying it never commits.
+    pub async fn keyed_write(
+        &self,
+        key: &str,
+        abandon: bool,
+    ) -> Result<Option<(u64, String)>, SourceError> {
+        let client = self.connect(false).await?;
+        let wait = self.limits.lock_timeout.as_millis().max(1);
+        let window = self.limits.key_window.as_secs_f64();
+        let work = async {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{wait}ms'; \
+                     SELECT revision FROM blue_authz_head WHERE id = 1 FOR SHARE"
+                ))
+                .await?;
+            if abandon {
+                client
+                    .execute(
+                        "INSERT INTO blue_authz_writes (key, revision, fingerprint)
+                         VALUES ($1, 0, $2)
+                         ON CONFLICT (key) DO UPDATE SET revision = 0, fingerprint = $2,
+                             committed_at = now()
+                         WHERE blue_authz_writes.committed_at < now() - make_interval(secs => $3)",
+                        &[&key, &ABANDONED, &window],
+                    )
+                    .await?;
+            }
+            let rows = client
+                .query(
+                    "SELECT revision, fingerprint FROM blue_authz_writes
+                     WHERE key = $1 AND committed_at >= now() - make_interval(secs => $2)",
+                    &[&key, &window],
+                )
+                .await?;
+            client.batch_execute("COMMIT").await?;
+            Ok::<_, tokio_postgres::Error>(rows)
+        };
+        let rows = match tokio::time::timeout(self.limits.call_timeout(), work).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(self.unavailable(e)),
+            Err(_) => return Err(self.unavailable("no answer in time")),
+        };
+        Ok(rows
+            .first()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1))))
+    }
+
+    /// Forgets idempotency keys older than the key window.
+    pub async fn prune_keys(&self) -> Result<u64, SourceError> {
+        let client = self.connect(false).await?;
+        let n = self
+            .timed(client.execute(
+                "DELETE FROM blue_authz_writes WHERE committed_at < now() - make_interval(secs => $1)",
+                &[&self.limits.key_window.as_secs_f64()],
+            ))
+            .await?;
+        Ok(n)
     }
 
     /// Prunes the log of batches committed before `max_age` (the newest batch is kept).
@@ -472,12 +704,17 @@ struct ReaderConn {
 /// The writer connection's prepared statements.
 struct Statements {
     select_head: Statement,
+    clock: Statement,
     batches_after: Statement,
     upsert: Statement,
     delete: Statement,
     insert_change: Statement,
     update_head: Statement,
     notify: Statement,
+    deadline: Statement,
+    keys: Statement,
+    insert_keys: Statement,
+    last_changes: Statement,
 }
 
 /// A writer connection.
@@ -486,13 +723,35 @@ struct WriterConn {
     statements: Statements,
 }
 
+/// An idempotency key a commit records, with the revision it committed and its fingerprint.
+pub struct KeyRecord<'a> {
+    pub key: &'a str,
+    pub revision: u64,
+    pub fingerprint: &'a str,
+}
+
+/// Whether PostgreSQL answered this error for a statement it refused (the transaction is
+/// aborted and rolls back), as opposed to the connection failing or the server ending the
+/// session, after which a COMMIT already sent may or may not have been applied.
+fn refused(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.parsed_severity() == Some(tokio_postgres::error::Severity::Error)
+            // Ended for idling in its transaction: it had not been sent a COMMIT.
+            || d.code() == &tokio_postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+    })
+}
+
 /// An open write transaction holding the head row's lock. Dropped without
 /// [`WriteTxn::commit`], it is rolled back (its connection is closed).
 pub struct WriteTxn {
     head: u64,
+    /// PostgreSQL's clock (Unix µs) when the lock was taken, and this process's clock no
+    /// earlier than that.
+    anchor: (i64, Instant),
     guard: OwnedMutexGuard<Option<WriterConn>>,
     open: bool,
     name: String,
+    timeout: Duration,
 }
 
 impl WriteTxn {
@@ -516,21 +775,68 @@ impl WriteTxn {
         }
     }
 
+    /// A deadline of this process's clock on PostgreSQL's (Unix µs), never later than it.
+    fn on_source_clock(&self, deadline: Instant) -> i64 {
+        let (source_us, local) = self.anchor;
+        let ahead = deadline.saturating_duration_since(local).as_micros() as i64;
+        let behind = local.saturating_duration_since(deadline).as_micros() as i64;
+        source_us.saturating_add(ahead).saturating_sub(behind)
+    }
+
+    /// One query in this transaction; a failure ends it (nothing was applied).
+    async fn query(
+        &mut self,
+        statement: impl FnOnce(&Statements) -> &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, SourceError> {
+        let conn = self.conn();
+        let rows = tokio::time::timeout(
+            self.timeout,
+            conn.client.query(statement(&conn.statements), params),
+        )
+        .await;
+        match rows {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(self.fail(e)),
+            Err(_) => Err(self.fail("no answer in time")),
+        }
+    }
+
+    /// The writes among `keys` already committed within the key window: key -> (revision,
+    /// fingerprint).
+    pub async fn committed_keys(
+        &mut self,
+        keys: &[&str],
+        window: Duration,
+    ) -> Result<HashMap<String, (u64, String)>, SourceError> {
+        let rows = self
+            .query(|s| &s.keys, &[&keys, &window.as_secs_f64()])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    (r.get::<_, i64>(1) as u64, r.get::<_, String>(2)),
+                )
+            })
+            .collect())
+    }
+
+    /// For each uid, the revision of the entity's last change (None: it does not exist).
+    pub async fn last_changes(&mut self, uids: &[&str]) -> Result<Vec<Option<u64>>, SourceError> {
+        let rows = self.query(|s| &s.last_changes, &[&uids]).await?;
+        let found: HashMap<String, u64> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect();
+        Ok(uids.iter().map(|u| found.get(*u).copied()).collect())
+    }
+
     /// The batches after `after` up to the head, in order (what this replica has not yet
     /// applied).
     pub async fn batches_after(&mut self, after: u64) -> Result<Vec<ChangeSet>, SourceError> {
-        let conn = self.conn();
-        let rows = tokio::time::timeout(
-            CALL_TIMEOUT,
-            conn.client
-                .query(&conn.statements.batches_after, &[&(after as i64)]),
-        )
-        .await;
-        let rows = match rows {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return Err(self.fail(e.to_string())),
-            Err(_) => return Err(self.fail("no answer in time")),
-        };
+        let rows = self.query(|s| &s.batches_after, &[&(after as i64)]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let revision = row.get::<_, i64>(0) as u64;
@@ -548,9 +854,16 @@ impl WriteTxn {
     }
 
     /// Writes the batches (consecutive revisions from `head + 1`) in this one transaction,
-    /// records each in the log as its own revision, prunes the log to `keep` batches (0: no
-    /// count limit) and commits. Returns only after the commit.
-    pub async fn commit(mut self, batches: &[&ChangeSet], keep: u64) -> Result<(), SourceError> {
+    /// records each in the log as its own revision and each key with its revision, prunes the
+    /// log to `keep` batches (0: no count limit) and commits, unless PostgreSQL's clock has
+    /// passed `deadline` by then. Returns only after the commit answered.
+    pub async fn commit(
+        mut self,
+        batches: &[&ChangeSet],
+        keys: &[KeyRecord<'_>],
+        keep: u64,
+        deadline: Instant,
+    ) -> Result<(), SourceError> {
         for (i, b) in batches.iter().enumerate() {
             assert_eq!(
                 b.revision,
@@ -572,38 +885,46 @@ impl WriteTxn {
         let revisions: Vec<i64> = batches.iter().map(|b| b.revision as i64).collect();
         let revision = last.revision as i64;
         // Each entity's state after the last batch (one row each: an upsert may not touch a
-        // row twice).
-        let mut last_state: HashMap<&str, Option<&[u8]>> = HashMap::new();
+        // row twice), with the revision that made it.
+        let mut last_state: HashMap<&str, (Option<&[u8]>, i64)> = HashMap::new();
         let mut order = Vec::new();
         for b in batches {
+            let at = b.revision as i64;
             let puts = b.puts.iter().map(|(u, j)| (u.as_str(), Some(j.as_slice())));
             let deletes = b.deletes.iter().map(|u| (u.as_str(), None));
             for (uid, json) in puts.chain(deletes) {
-                if last_state.insert(uid, json).is_none() {
+                if last_state.insert(uid, (json, at)).is_none() {
                     order.push(uid);
                 }
             }
         }
-        let (mut uids, mut jsons, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut uids, mut jsons, mut ats, mut deletes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for uid in order {
             match last_state[uid] {
-                Some(json) => {
+                (Some(json), at) => {
                     uids.push(uid);
                     jsons.push(std::str::from_utf8(json).unwrap_or("null"));
+                    ats.push(at);
                 }
-                None => deletes.push(uid),
+                (None, _) => deletes.push(uid),
             }
         }
+        let key_names: Vec<&str> = keys.iter().map(|k| k.key).collect();
+        let key_revisions: Vec<i64> = keys.iter().map(|k| k.revision as i64).collect();
+        let key_prints: Vec<&str> = keys.iter().map(|k| k.fingerprint).collect();
+        let deadline_us = self.on_source_clock(deadline);
+        let deadline_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&deadline_us];
         let conn = self.conn();
         let (client, st) = (&conn.client, &conn.statements);
         let work = async {
-            // One round trip for the statements (pipelined), each checked before the commit:
-            // an aborted transaction's COMMIT reports success as a rollback.
+            // One round trip for the statements and the COMMIT (pipelined). Each result is
+            // kept: which failed, and how, decides whether the batch is known not applied.
             let upserts = async {
                 if uids.is_empty() {
                     Ok(0)
                 } else {
-                    client.execute(&st.upsert, &[&uids, &jsons]).await
+                    client.execute(&st.upsert, &[&uids, &jsons, &ats]).await
                 }
             };
             let removals = async {
@@ -620,33 +941,88 @@ impl WriteTxn {
                     Ok(())
                 }
             };
+            let recorded = async {
+                if key_names.is_empty() {
+                    Ok(0)
+                } else {
+                    client
+                        .execute(&st.insert_keys, &[&key_names, &key_revisions, &key_prints])
+                        .await
+                }
+            };
             let change_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                 [&revisions, &texts];
             let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&revision];
-            tokio::try_join!(
+            let (deadline_set, upserts, removals, changes, head, pruned, recorded, notify, commit) = tokio::join!(
+                client.execute(&st.deadline, &deadline_params),
                 upserts,
                 removals,
                 client.execute(&st.insert_change, &change_params),
                 client.execute(&st.update_head, &head_params),
                 pruned,
+                recorded,
                 client.execute(&st.notify, &[]),
-            )?;
-            client.batch_execute("COMMIT").await
+                client.batch_execute("COMMIT"),
+            );
+            let before = [
+                deadline_set.err(),
+                upserts.err(),
+                removals.err(),
+                changes.err(),
+                head.err(),
+                pruned.err(),
+                recorded.err(),
+                notify.err(),
+            ];
+            (before.into_iter().flatten().collect::<Vec<_>>(), commit)
         };
-        match tokio::time::timeout(CALL_TIMEOUT, work).await {
-            Ok(Ok(())) => {
-                self.open = false;
-                Ok(())
+        let answered = tokio::time::timeout(self.timeout, work).await;
+        self.open = false;
+        let name = self.name.clone();
+        let outcome = match answered {
+            Err(_) => Err(SourceError::OutcomeUnknown {
+                db: name,
+                message: format!("no answer within {:?}", self.timeout),
+            }),
+            Ok((before, commit)) => {
+                if let Some(e) = before.iter().find(|e| refused(e)) {
+                    // A refused statement aborted the transaction: its COMMIT rolled back.
+                    Err(SourceError::Unavailable {
+                        db: name,
+                        message: e.to_string(),
+                    })
+                } else {
+                    match commit {
+                        Ok(()) if before.is_empty() => Ok(()),
+                        Ok(()) => Err(SourceError::OutcomeUnknown {
+                            db: name,
+                            message: before[0].to_string(),
+                        }),
+                        Err(e) if e.code().is_some_and(|c| c.code() == DEADLINE_PASSED) => {
+                            Err(SourceError::DeadlinePassed { db: name })
+                        }
+                        Err(e) if refused(&e) => Err(SourceError::Unavailable {
+                            db: name,
+                            message: e.to_string(),
+                        }),
+                        Err(e) => Err(SourceError::OutcomeUnknown {
+                            db: name,
+                            message: e.to_string(),
+                        }),
+                    }
+                }
             }
-            Ok(Err(e)) => Err(self.fail(e.to_string())),
-            Err(_) => Err(self.fail("no answer in time; the batch was not acknowledged")),
+        };
+        if outcome.is_err() {
+            *self.guard = None;
         }
+        outcome
     }
 
     /// Ends the transaction without writing.
     pub async fn rollback(mut self) {
         let ok = matches!(
-            tokio::time::timeout(CALL_TIMEOUT, self.conn().client.batch_execute("ROLLBACK")).await,
+            tokio::time::timeout(self.timeout, self.conn().client.batch_execute("ROLLBACK")).await,
             Ok(Ok(()))
         );
         if ok {
@@ -700,5 +1076,6 @@ fn decode(name: &str, revision: u64, at: u64, text: &str) -> Result<ChangeSet, S
         schema: batch.schema,
         source: None,
         committed_at_unix_ms: at,
+        ..Default::default()
     })
 }

@@ -46,6 +46,23 @@ pub struct ChangeSet {
     pub source: Option<String>,
     /// When the batch was committed at its source (Unix ms; 0 when unknown).
     pub committed_at_unix_ms: u64,
+    /// Each put's last-change revision, parallel to `puts` (a snapshot's entities, each
+    /// changed at its own revision); empty: every put was changed at `revision`.
+    pub put_revisions: Vec<u64>,
+    /// The write's idempotency key, remembered with the revision (a local writer's batch).
+    pub key: Option<WriteKey>,
+}
+
+/// The fingerprint recorded for a key that GetWrite abandoned (its revision is 0): a write
+/// that carries it later is refused.
+pub const ABANDONED: &str = "abandoned";
+
+/// An idempotency key and the fingerprint of the write that carries it (the same key with
+/// another write is refused, not answered as a replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteKey {
+    pub key: String,
+    pub fingerprint: String,
 }
 
 /// A validated batch: the final version of every touched entity (None: deleted), ready to

@@ -24,7 +24,7 @@ use axum::Router;
 
 use self::error::HttpError;
 use crate::engine::error::RequestError;
-use crate::service::bearer::constant_time_eq;
+use crate::service::bearer::bearer_matches;
 use crate::service::state::State;
 use crate::service::telemetry::{CallLog, Telemetry};
 
@@ -44,7 +44,7 @@ pub const MIN_REVISION_HEADER: &str = "x-min-revision";
 pub struct AuthzenService {
     engine: Arc<State>,
     telemetry: Arc<Telemetry>,
-    /// `Bearer <token>` as callers must send it, if a caller token is configured.
+    /// The token callers must send as `Bearer <token>`, if one is configured.
     bearer: Option<Vec<u8>>,
     /// The base URL discovery names (None: the scheme and the request's `Host`).
     public_url: Option<String>,
@@ -62,7 +62,7 @@ impl AuthzenService {
         AuthzenService {
             engine,
             telemetry,
-            bearer: token.map(|t| format!("Bearer {t}").into_bytes()),
+            bearer: token.map(String::into_bytes),
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
             tls,
         }
@@ -72,14 +72,11 @@ impl AuthzenService {
         let Some(expected) = &self.bearer else {
             return Ok(());
         };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
-        if constant_time_eq(given, expected) {
-            Ok(())
-        } else {
-            Err(HttpError::Unauthenticated)
+        // The scheme in any case (RFC 7235); more than one Authorization header is refused.
+        let mut given = headers.get_all(header::AUTHORIZATION).iter();
+        match (given.next(), given.next()) {
+            (Some(v), None) if bearer_matches(v.as_bytes(), expected) => Ok(()),
+            _ => Err(HttpError::Unauthenticated),
         }
     }
 

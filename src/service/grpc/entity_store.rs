@@ -10,17 +10,18 @@ use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use sha2::Digest;
+
 use super::pb::entity_store_server::EntityStore as EntityStoreRpc;
-use super::{check_size, pb, uid, ServiceError};
+use super::{check_size, deadline, pb, uid, ServiceError};
 use crate::engine::error::RequestError;
-use crate::engine::index::WriteOp;
+use crate::engine::index::{WriteKey, WriteOp, ABANDONED};
 use crate::engine::json::json_uid;
-use crate::service::bearer::constant_time_eq;
-use crate::service::replica::Replica;
-use crate::service::replica::ReplicaSlot;
-use crate::service::state::{State, StateError};
+use crate::service::bearer::bearer_matches;
+use crate::service::state::{Conditions, Precondition, State, StateError, Write};
 use crate::service::telemetry::Telemetry;
-use crate::storage::{ChangeSet, Poll};
+use crate::service::write::{DataPath, DataSlot};
+use crate::storage::ChangeSet;
 
 /// The most entities one `ExportEntities` chunk may hold (a chunk is one message, held in
 /// memory whole).
@@ -31,39 +32,34 @@ pub const MAX_EXPORT_CHUNK: usize = 10_000;
 pub struct EntityStoreService {
     engine: Arc<State>,
     telemetry: Arc<Telemetry>,
-    /// The replica of the shared source, once started.
-    replica: ReplicaSlot,
-    /// Whether this node has a shared source (then it never writes only locally).
-    shared: bool,
+    /// The node's data path, once start-up has chosen it.
+    data: DataSlot,
 }
 
-/// Batches one `WatchChanges` read of the log carries.
-const WATCH_BATCHES: u32 = 100;
+/// The longest an idempotency key may be.
+const MAX_KEY_BYTES: usize = 256;
 
 impl EntityStoreService {
-    pub fn new(
-        engine: Arc<State>,
-        telemetry: Arc<Telemetry>,
-        replica: ReplicaSlot,
-        shared: bool,
-    ) -> Self {
+    pub fn new(engine: Arc<State>, telemetry: Arc<Telemetry>, data: DataSlot) -> Self {
         EntityStoreService {
             engine,
             telemetry,
-            replica,
-            shared,
+            data,
         }
     }
 
-    fn replica(&self) -> Result<Option<Arc<Replica>>, Status> {
-        match self.replica.get() {
-            Some(r) => Ok(Some(r.clone())),
-            None if self.shared => Err(ServiceError::from(StateError::NotReady).into()),
-            None => Ok(None),
-        }
+    fn data(&self) -> Result<Arc<dyn DataPath>, Status> {
+        self.data
+            .get()
+            .cloned()
+            .ok_or_else(|| ServiceError::from(StateError::NotReady).into())
     }
 
-    async fn write(&self, request: &pb::WriteEntitiesRequest) -> Result<u64, Status> {
+    async fn write(
+        &self,
+        request: &pb::WriteEntitiesRequest,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<pb::WriteEntitiesResponse, Status> {
         check_size(self.engine.limits.max_message_bytes, request.encoded_len())?;
         let max = self.engine.limits.max_write_ops;
         if request.ops.len() > max {
@@ -83,35 +79,93 @@ impl EntityStoreService {
             .map(|(i, op)| write_op(i, op))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServiceError::from)?;
-        if let Some(replica) = self.replica()? {
-            return Ok(replica.write(ops).await.map_err(ServiceError::from)?);
-        }
-        let engine = self.engine.clone();
-        Ok(tokio::task::spawn_blocking(move || engine.write(ops))
+        let conditions = Conditions {
+            expected_revision: request.expected_revision,
+            entities: request
+                .preconditions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| precondition(i, p))
+                .collect::<Result<_, _>>()
+                .map_err(ServiceError::from)?,
+        };
+        let key = write_key(request).map_err(ServiceError::from)?;
+        // The caller's deadline, never longer than the server's maximum: a write not committed
+        // by then is never committed.
+        let max = self.engine.limits.max_write_wait;
+        let wait = deadline(metadata).map_or(max, |d| d.min(max));
+        let data = self.data()?;
+        let written = data
+            .write(Write {
+                ops,
+                deadline: Instant::now() + wait,
+                conditions,
+                key,
+            })
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "write task failed");
-                Status::internal("internal error")
-            })?
-            .map_err(ServiceError::from)?)
+            .map_err(ServiceError::from)?;
+        Ok(pb::WriteEntitiesResponse {
+            revision: written.revision,
+            replayed: written.replayed,
+        })
     }
 }
 
-/// Checks `authorization: Bearer <token>` in constant time.
+/// The idempotency key of a write, with the fingerprint of its operations and conditions.
+fn write_key(request: &pb::WriteEntitiesRequest) -> Result<Option<WriteKey>, RequestError> {
+    let key = &request.idempotency_key;
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RequestError::new(
+            "idempotency_key",
+            format!("{} bytes exceed the limit of {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    let mut hash = sha2::Sha256::new();
+    let unkeyed = pb::WriteEntitiesRequest {
+        idempotency_key: String::new(),
+        ..request.clone()
+    };
+    hash.update(unkeyed.encode_to_vec());
+    let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(WriteKey {
+        key: key.clone(),
+        fingerprint,
+    }))
+}
+
+fn precondition(i: usize, p: &pb::EntityPrecondition) -> Result<Precondition, RequestError> {
+    use pb::entity_precondition::Expect;
+    let field = format!("preconditions[{i}]");
+    let uid = cedar_uid(&p.uid, &format!("{field}.uid"))?;
+    let last_changed_at = match p.expect {
+        Some(Expect::LastChangedAt(r)) => Some(r),
+        Some(Expect::Absent(true)) => None,
+        Some(Expect::Absent(false)) | None => {
+            return Err(RequestError::new(
+                field,
+                "names no expectation (last_changed_at, or absent: true)",
+            ))
+        }
+    };
+    Ok(Precondition {
+        uid: uid.to_string(),
+        last_changed_at,
+    })
+}
+
+/// Checks `authorization: Bearer <token>` in constant time (the scheme in any case, as RFC
+/// 7235 says; more than one `authorization` header is refused).
 pub fn bearer_auth(
     token: String,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    let expected = format!("Bearer {token}").into_bytes();
     move |req: Request<()>| {
-        let given = req
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(given, &expected) {
-            Ok(req)
-        } else {
-            Err(ServiceError::Unauthenticated.into())
+        let mut given = req.metadata().get_all("authorization").iter();
+        match (given.next(), given.next()) {
+            (Some(v), None) if bearer_matches(v.as_bytes(), token.as_bytes()) => Ok(req),
+            _ => Err(ServiceError::Unauthenticated.into()),
         }
     }
 }
@@ -194,13 +248,6 @@ fn change_batch(b: ChangeSet) -> pb::ChangeBatch {
     }
 }
 
-fn pruned(from: u64, pruned_through: u64) -> Status {
-    Status::out_of_range(format!(
-        "revision {from} is older than the retained change log, which starts after revision \
-         {pruned_through}: read a snapshot with ExportEntities and watch from its revision"
-    ))
-}
-
 #[tonic::async_trait]
 impl EntityStoreRpc for EntityStoreService {
     async fn write_entities(
@@ -208,11 +255,40 @@ impl EntityStoreRpc for EntityStoreService {
         request: Request<pb::WriteEntitiesRequest>,
     ) -> Result<Response<pb::WriteEntitiesResponse>, Status> {
         let started = Instant::now();
-        let result = self.write(request.get_ref()).await;
+        let result = self.write(request.get_ref(), request.metadata()).await;
         let code = result.as_ref().err().map(Status::code);
         self.telemetry.finish("WriteEntities", started, code);
-        Ok(Response::new(pb::WriteEntitiesResponse {
-            revision: result?,
+        Ok(Response::new(result?))
+    }
+
+    async fn get_write(
+        &self,
+        request: Request<pb::GetWriteRequest>,
+    ) -> Result<Response<pb::GetWriteResponse>, Status> {
+        let key = &request.get_ref().idempotency_key;
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(ServiceError::from(RequestError::new(
+                "idempotency_key",
+                format!("must be 1 to {MAX_KEY_BYTES} bytes"),
+            ))
+            .into());
+        }
+        let found = self
+            .data()?
+            .keyed_write(key, request.get_ref().abandon)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(match found {
+            Some((_, fingerprint)) if fingerprint == ABANDONED => pb::GetWriteResponse {
+                abandoned: true,
+                ..Default::default()
+            },
+            Some((revision, _)) => pb::GetWriteResponse {
+                committed: true,
+                revision,
+                abandoned: false,
+            },
+            None => pb::GetWriteResponse::default(),
         }))
     }
 
@@ -220,10 +296,6 @@ impl EntityStoreRpc for EntityStoreService {
         &self,
         request: Request<pb::ReadEntitiesRequest>,
     ) -> Result<Response<pb::ReadEntitiesResponse>, Status> {
-        let live = self
-            .engine
-            .live()
-            .ok_or(ServiceError::from(StateError::NotReady))?;
         let uids = request
             .get_ref()
             .uids
@@ -232,19 +304,44 @@ impl EntityStoreRpc for EntityStoreService {
             .map(|(i, u)| cedar_uid(&Some(u.clone()), &format!("uids[{i}]")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServiceError::from)?;
-        let store = live.store();
-        let mut found = Vec::new();
-        let mut missing = Vec::new();
-        for (u, given) in uids.iter().zip(&request.get_ref().uids) {
-            match store.get_json(u) {
-                Some(json) => found.push(json.clone()),
-                None => missing.push(given.clone()),
+        let (found, found_uids, missing, revision) = {
+            let live = self
+                .engine
+                .live()
+                .ok_or(ServiceError::from(StateError::NotReady))?;
+            let store = live.store();
+            let mut found = Vec::new();
+            let mut found_uids = Vec::new();
+            let mut missing = Vec::new();
+            for (u, given) in uids.iter().zip(&request.get_ref().uids) {
+                match store.get_json(u) {
+                    Some(json) => {
+                        found.push(json.clone());
+                        found_uids.push(u.to_string());
+                    }
+                    None => missing.push(given.clone()),
+                }
             }
-        }
+            (found, found_uids, missing, store.revision())
+        };
+        let engine = self.engine.clone();
+        let changed = tokio::task::spawn_blocking(move || {
+            let uids: Vec<&str> = found_uids.iter().map(String::as_str).collect();
+            engine.last_changes(&uids)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "read task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ReadEntitiesResponse {
             entities_json: serde_json::Value::Array(found).to_string(),
             missing,
-            revision: store.revision(),
+            revision,
+            // An entity written after the index was read: its newest change, at most `revision`
+            // behind what the durable copy says.
+            revisions: changed.into_iter().map(|r| r.unwrap_or(0)).collect(),
         }))
     }
 
@@ -254,56 +351,16 @@ impl EntityStoreRpc for EntityStoreService {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let Some(replica) = self.replica()? else {
-            return Err(Status::failed_precondition(
-                "this node keeps its data in its embedded database alone: WatchChanges needs a \
-                 shared source (--source)",
-            ));
-        };
         let from = request.get_ref().from_revision;
-        // Refuse a pruned position before the stream starts, so the caller gets the status.
-        let first = replica
-            .source
-            .poll(from, WATCH_BATCHES)
-            .await
-            .map_err(|e| ServiceError::from(StateError::from(e)))?;
-        let first = match first {
-            Poll::Pruned { pruned_through, .. } => return Err(pruned(from, pruned_through)),
-            Poll::Batches { batches, .. } => batches,
-        };
+        let mut changes = self.data()?.watch(from).await.map_err(ServiceError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut revisions = self.engine.subscribe();
         tokio::spawn(async move {
-            let mut cursor = from;
-            let mut next = first;
-            loop {
-                let got = !next.is_empty();
-                for b in next.drain(..) {
-                    cursor = b.revision;
-                    if tx.send(Ok(change_batch(b))).await.is_err() {
-                        return;
-                    }
-                }
-                if !got {
-                    // Wake on this replica's next batch (it follows the same log), or poll.
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = revisions.changed() => {}
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    }
-                }
-                match replica.source.poll(cursor, WATCH_BATCHES).await {
-                    Ok(Poll::Batches { batches, .. }) => next = batches,
-                    Ok(Poll::Pruned { pruned_through, .. }) => {
-                        let _ = tx.send(Err(pruned(cursor, pruned_through))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(ServiceError::from(StateError::from(e)).into()))
-                            .await;
-                        return;
-                    }
+            while let Some(next) = changes.recv().await {
+                let item = next
+                    .map(change_batch)
+                    .map_err(|e| ServiceError::from(e).into());
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
         });
@@ -316,38 +373,16 @@ impl EntityStoreRpc for EntityStoreService {
         &self,
         _request: Request<pb::GetDataStatusRequest>,
     ) -> Result<Response<pb::DataStatus>, Status> {
-        let revision = self.engine.revision();
-        let status = match self.replica()? {
-            None => pb::DataStatus {
-                source: "embedded".into(),
-                revision,
-                source_revision: revision,
-                source_reachable: true,
-                ms_since_source_answered: 0,
-                // A local write fault (a full disk): why, and that writes fail until it clears.
-                last_error: self.engine.write_fault().unwrap_or_default(),
-                writable: self.engine.live().is_some() && self.engine.write_fault().is_none(),
-            },
-            Some(replica) => {
-                let view = replica.status.view();
-                pb::DataStatus {
-                    source: "postgres".into(),
-                    revision,
-                    source_revision: view.head.max(revision),
-                    source_reachable: view.reachable,
-                    ms_since_source_answered: view
-                        .since_answered
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(u64::MAX),
-                    last_error: match self.engine.write_fault() {
-                        Some(local) => local,
-                        None => view.last_error,
-                    },
-                    writable: view.reachable && self.engine.write_fault().is_none(),
-                }
-            }
-        };
-        Ok(Response::new(status))
+        let view = self.data()?.view();
+        Ok(Response::new(pb::DataStatus {
+            source: view.source.into(),
+            revision: view.revision,
+            source_revision: view.source_revision,
+            source_reachable: view.reachable,
+            ms_since_source_answered: view.since_answered.map(|d| d.as_millis() as u64),
+            last_error: view.last_error,
+            writable: view.writable,
+        }))
     }
 
     type ExportEntitiesStream = ExportStream;

@@ -1,17 +1,27 @@
 //! The one place where errors become gRPC statuses: what a call can fail with
 //! ([`ServiceError`]) and its `Status`. An internal error is logged and answered without
-//! internals.
+//! internals. A failed write also says in the `blue-authz-write-outcome` trailer whether it
+//! was applied: `not-applied`, or `unknown` (ask GetWrite with its key).
 
 use tonic::Status;
 
 use crate::engine::error::RequestError;
 use crate::service::state::StateError;
+use crate::service::write::{WatchError, WriteError};
+use crate::storage::SourceError;
+
+/// The trailer that says what a failed write's caller may conclude.
+pub const WRITE_OUTCOME: &str = "blue-authz-write-outcome";
 
 /// What can go wrong in a call, before it becomes a `Status`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
     #[error("missing or invalid bearer token")]
     Unauthenticated,
 }
@@ -22,33 +32,78 @@ impl From<RequestError> for ServiceError {
     }
 }
 
+fn state_status(e: StateError) -> Status {
+    match e {
+        StateError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        StateError::NotReady => Status::unavailable(e.to_string()),
+        StateError::RevisionNotReached { .. } | StateError::PreconditionFailed { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        StateError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+        StateError::Source(e) => source_status(e),
+        StateError::Storage(ref s) if s.full => {
+            tracing::warn!(error = %e, "write refused: the disk is full");
+            Status::resource_exhausted(
+                "the disk is full: the batch was not applied; writes succeed again once \
+                 space is freed, and decisions go on meanwhile",
+            )
+        }
+        StateError::Storage(_) | StateError::Data(_) | StateError::Gap { .. } => {
+            tracing::error!(error = %e, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn source_status(e: SourceError) -> Status {
+    // The details (host, database, driver message) go to the log only.
+    match e {
+        SourceError::OutcomeUnknown { .. } => {
+            tracing::warn!(error = %e, "write outcome unknown: a commit at the shared source was not answered");
+            Status::unavailable(
+                "outcome unknown: the shared source did not answer the commit, so the batch may \
+                 or may not have been applied; ask GetWrite with its idempotency_key",
+            )
+        }
+        SourceError::DeadlinePassed { .. } => {
+            Status::deadline_exceeded(StateError::DeadlineExceeded.to_string())
+        }
+        SourceError::Unavailable { .. } | SourceError::Corrupt { .. } => {
+            tracing::warn!(error = %e, "write refused: the shared source is unavailable");
+            Status::unavailable(
+                "the shared source is unavailable: the batch was not applied; retry later",
+            )
+        }
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         match e {
             ServiceError::Unauthenticated => Status::unauthenticated(e.to_string()),
-            ServiceError::State(e) => match e {
-                StateError::Invalid(e) => Status::invalid_argument(e.to_string()),
-                StateError::NotReady => Status::unavailable(e.to_string()),
-                StateError::RevisionNotReached { .. } => Status::failed_precondition(e.to_string()),
-                StateError::Source(_) => {
-                    // The details (host, database, driver message) go to the log only.
-                    tracing::warn!(error = %e, "write refused: the shared source is unavailable");
-                    Status::unavailable(
-                        "the shared source is unavailable: the batch was not applied; retry later",
-                    )
-                }
-                StateError::Storage(ref s) if s.full => {
-                    tracing::warn!(error = %e, "write refused: the disk is full");
-                    Status::resource_exhausted(
-                        "the disk is full: the batch was not applied; writes succeed again once \
-                         space is freed, and decisions go on meanwhile",
-                    )
-                }
-                StateError::Storage(_) | StateError::Data(_) | StateError::Gap { .. } => {
-                    tracing::error!(error = %e, "internal error");
-                    Status::internal("internal error")
-                }
+            ServiceError::State(e) => state_status(e),
+            ServiceError::Watch(e) => match e {
+                WatchError::NoChangeLog => Status::failed_precondition(e.to_string()),
+                WatchError::Pruned { .. } => Status::out_of_range(e.to_string()),
+                WatchError::Source(e) => source_status(e),
             },
+            ServiceError::Write(e) => {
+                let outcome = e.outcome();
+                let mut status = match e {
+                    WriteError::State(e) => state_status(e),
+                    WriteError::Source(e) => source_status(e),
+                    WriteError::GroupDeadline => Status::unavailable(e.to_string()),
+                    WriteError::Internal(_) => {
+                        tracing::error!(error = %e, "internal error: the write's outcome is unknown");
+                        Status::internal("internal error: the write's outcome is unknown; ask GetWrite with its idempotency_key")
+                    }
+                };
+                status.metadata_mut().insert(
+                    WRITE_OUTCOME,
+                    tonic::metadata::MetadataValue::from_static(outcome.as_str()),
+                );
+                status
+            }
         }
     }
 }
