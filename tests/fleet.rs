@@ -645,6 +645,24 @@ async fn a_replica_whose_position_was_pruned_reads_a_new_snapshot() {
         err.message().contains("older than the retained change log"),
         "{err:?}"
     );
+    // From 0 means from the oldest retained batch: the stream starts there, not with an error.
+    let mut from_start = da
+        .watch_changes(pb::WatchChangesRequest { from_revision: 0 })
+        .await
+        .expect("from 0 on a pruned log")
+        .into_inner();
+    let oldest = from_start.next().await.unwrap().unwrap().revision;
+    assert!(
+        oldest > first && oldest <= last - 4,
+        "oldest retained: {oldest}"
+    );
+    let mut expected = oldest + 1;
+    while expected <= last {
+        let b = from_start.next().await.unwrap().unwrap();
+        assert_eq!(b.revision, expected);
+        expected += 1;
+    }
+    drop(from_start);
     proxy.restore();
     reach(&mut dc, last).await;
     assert!(export(&mut da).await == export(&mut dc).await);
@@ -797,4 +815,82 @@ async fn import_and_export_work_on_the_shared_source() {
     let out = cli(&["export", "--source", &url_for("fleet_cli", 1)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("did not answer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_reached_its_source_says_so_and_that_writes_fail() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let Some((_pg, _)) = schema("fleet_never").await else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let url = url_for("fleet_never", proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.redb");
+    let a = spawn(&url, &db, &[]);
+    let mut da = data(&a).await;
+    let first = write(&mut da, vec![upsert(record("never-1"))])
+        .await
+        .unwrap();
+    drop(da);
+    drop(a);
+    // Restarted on its local copy while the source is away: it never heard from it.
+    proxy.cut();
+    let a = spawn(&url, &db, &[]);
+    let mut da = data(&a).await;
+    let entry = HealthCheckRequest {
+        service: "blue.authz.v1.EntityStore".into(),
+    };
+    let mut health = HealthClient::new(channel(a.decisions).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&mut da).await;
+        let h = health
+            .check(entry.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(s.ms_since_source_answered, None, "{s:?}");
+        assert!(s.revision >= first && !s.source_reachable, "{s:?}");
+        // NOT_SERVING (2) once the first poll has failed.
+        if !s.writable && h == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never said failing: {s:?}, health {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = write(&mut da, vec![upsert(record("never-2"))])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(
+        e.metadata().get("blue-authz-write-outcome").unwrap(),
+        "not-applied"
+    );
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&mut da).await;
+        let h = health
+            .check(entry.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if s.writable && h == 1 && s.ms_since_source_answered.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never came back: {s:?}, health {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&mut da, vec![upsert(record("never-2"))])
+        .await
+        .unwrap();
 }

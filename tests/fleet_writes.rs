@@ -970,6 +970,7 @@ async fn two_writers_racing_on_one_membership_with_compare_and_set_one_wins() {
         head = won.revision;
     }
     // Per entity: the racer's last change, as each replica reads it.
+    reach(&mut da, head).await;
     reach(&mut db, head).await;
     let last = |r: pb::ReadEntitiesResponse| r.revisions[0];
     let ask = || pb::ReadEntitiesRequest {
