@@ -909,6 +909,25 @@ async fn a_configured_token_is_required_and_discovery_names_the_endpoints() {
         )
         .await;
     assert_eq!((a.status, &a.body["decision"]), (200, &json!(true)));
+    // The scheme in any case (RFC 7235); two Authorization headers are refused, even when
+    // both are right.
+    let json = ("content-type", "application/json");
+    let lower = http
+        .send(
+            "POST",
+            EVALUATION,
+            &[json, ("authorization", "bearer s3cret")],
+            &body,
+        )
+        .await;
+    assert_eq!(lower.status, 200);
+    let twice = [
+        json,
+        ("authorization", "Bearer s3cret"),
+        ("authorization", "Bearer s3cret"),
+    ];
+    let two = http.send("POST", EVALUATION, &twice, &body).await;
+    assert_eq!(two.status, 401);
 
     // Discovery, without a token, over HTTP/1.1 and h2.
     for h2 in [false, true] {

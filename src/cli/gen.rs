@@ -9,7 +9,7 @@ use crate::bench::gen;
 use crate::bench::progress::Progress;
 use crate::engine::index::parse_entity;
 use crate::engine::pack::PackSpec;
-use crate::storage::{ChangeSet, RedbStorage, Storage};
+use crate::storage::{ChangeSet, Changes, RedbStorage, Storage};
 
 #[derive(clap::Args)]
 pub struct GenCommand {
@@ -77,11 +77,15 @@ pub fn run(spec: &PackSpec, args: GenCommand) -> Result<Exit, AnyError> {
     if storage.revision()? != 0 {
         return Err(format!("{} is not empty", db.display()).into());
     }
-    let mut changes = ChangeSet {
-        revision: 1,
+    let mut set = ChangeSet {
+        changes: Changes {
+            revision: 1,
+            ..Default::default()
+        },
         schema: Some(pack.schema_version.clone()),
         ..Default::default()
     };
+    let changes = &mut set.changes;
     let mut count = 0usize;
     let mut failed = None;
     let mut progress = Progress::new("generating and validating entities", Some(expected(scale)));
@@ -108,7 +112,7 @@ pub fn run(spec: &PackSpec, args: GenCommand) -> Result<Exit, AnyError> {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprint!("writing {count} entities into {} ...", db.display());
     }
-    storage.apply(&changes)?;
+    storage.apply(&set)?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(" done");
     }

@@ -15,7 +15,7 @@ use crate::engine::pack::{PackSpec, PolicyPack};
 use crate::service::replica::{Replica, SourceConfig};
 use crate::service::startup::load_store;
 use crate::service::state::{Limits, State};
-use crate::storage::Storage;
+use crate::storage::{ChangeSet, Storage};
 
 /// Entities per batch written to a shared source.
 const SHARED_BATCH: usize = 10_000;
@@ -40,14 +40,17 @@ pub fn run(
         "write through the running server with the WriteEntities call of its data service",
     )?;
     let store = load_store(&storage, &pack, None)?;
-    let (mut prepared, how) = prepare(&store, file, &pack, replace)?;
-    prepared.changes.schema = Some(pack.schema_version.clone());
+    let (prepared, how) = prepare(&store, file, &pack, replace)?;
     let count = prepared.changes.puts.len();
-    storage.apply(&prepared.changes)?;
+    let revision = prepared.revision();
+    storage.apply(&ChangeSet {
+        changes: prepared.changes,
+        schema: Some(pack.schema_version.clone()),
+        ..Default::default()
+    })?;
     println!(
-        "imported {count} entities into {} (revision {}): {how}",
+        "imported {count} entities into {} (revision {revision}): {how}",
         db.display(),
-        prepared.revision()
     );
     Ok(Exit::Success)
 }

@@ -22,6 +22,9 @@ pub enum ServeError {
     State(#[from] StateError),
     #[error(transparent)]
     Write(#[from] crate::service::write::WriteError),
+    /// The replica of a shared source could not start (its `ReplicaError`).
+    #[error(transparent)]
+    Replica(Box<dyn std::error::Error + Send + Sync>),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]

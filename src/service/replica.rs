@@ -20,10 +20,11 @@ use tokio::sync::oneshot;
 
 use super::state::{replay, State, StateError, Write, Written};
 use super::write::{ChangeStream, DataPath, DataView, WatchError, WriteError};
-use crate::engine::index::{EntityStore, WriteKey, WriteOp};
+use crate::engine::index::{Changes, EntityStore, WriteOp};
 use crate::engine::pack::PolicyPack;
 use crate::storage::{
     ChangeSet, Head, KeyRecord, PgSource, Poll, RedbStorage, SourceError, SourceLimits, Storage,
+    StorageError, WriteKey,
 };
 
 /// Where the replica of a shared source is put once start-up has made it.
@@ -204,18 +205,27 @@ fn move_into_place(db: &Path) -> Result<(), crate::storage::StorageError> {
     })
 }
 
-fn blocking_failed(e: tokio::task::JoinError) -> StateError {
-    local_failure(format!("a blocking task failed: {e}"))
+/// Why the replica's start-up, a snapshot or the follower failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("a blocking task of the replica failed: {0}")]
+    Task(String),
 }
 
-/// A failure of this replica's own machinery, of no file in particular.
-fn local_failure(message: String) -> StateError {
-    StateError::Storage(crate::storage::StorageError {
-        path: PathBuf::new(),
-        message,
-        in_use: false,
-        full: false,
-    })
+impl From<ReplicaError> for super::error::ServeError {
+    fn from(e: ReplicaError) -> Self {
+        super::error::ServeError::Replica(Box::new(e))
+    }
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> ReplicaError {
+    ReplicaError::Task(e.to_string())
 }
 
 impl Replica {
@@ -245,7 +255,7 @@ impl Replica {
         &self,
         pack: &Arc<PolicyPack>,
         wait: bool,
-    ) -> Result<(EntityStore, Arc<dyn Storage>, Option<Head>), StateError> {
+    ) -> Result<(EntityStore, Arc<dyn Storage>, Option<Head>), ReplicaError> {
         let db = self.db.clone();
         let local = tokio::task::spawn_blocking(move || -> Result<_, StateError> {
             let storage = RedbStorage::open(&db)?;
@@ -307,7 +317,7 @@ impl Replica {
     }
 
     /// Reads one consistent snapshot of the source into a new database beside this one.
-    async fn snapshot(&self) -> Result<Arc<dyn Storage>, StateError> {
+    async fn snapshot(&self) -> Result<Arc<dyn Storage>, ReplicaError> {
         let started = Instant::now();
         let path = bootstrap_path(&self.db);
         let _ = std::fs::remove_file(&path);
@@ -326,7 +336,10 @@ impl Replica {
                 }
                 // Revision 0 until the end: a crash mid-way leaves nothing that looks whole.
                 local.apply_relaxed(&ChangeSet {
-                    puts,
+                    changes: Changes {
+                        puts,
+                        ..Default::default()
+                    },
                     put_revisions,
                     ..Default::default()
                 })?;
@@ -347,7 +360,10 @@ impl Replica {
         tokio::task::spawn_blocking(move || {
             // Entities' schema is not recorded: the load validates them under the live pack.
             local.apply(&ChangeSet {
-                revision: mark.revision,
+                changes: Changes {
+                    revision: mark.revision,
+                    ..Default::default()
+                },
                 source: Some(mark.source_id),
                 ..Default::default()
             })
@@ -365,7 +381,7 @@ impl Replica {
 
     /// Reads a new snapshot while decisions go on being served from the old data, then
     /// switches to it at once.
-    async fn rebootstrap(&self) -> Result<(), StateError> {
+    async fn rebootstrap(&self) -> Result<(), ReplicaError> {
         let pack = self.state.pack().ok_or(StateError::NotReady)?;
         let storage = self.snapshot().await?;
         let for_load = storage.clone();
@@ -610,15 +626,16 @@ impl Replica {
         let ops: Vec<Vec<WriteOp>> = writes.into_iter().map(|w| w.ops).collect();
         let state = self.state.clone();
         let prepared =
-            tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, ops))
+            match tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, ops))
                 .await
-                .map_err(blocking_failed)
-                .and_then(|r| r);
-        let prepared = match prepared {
+            {
+                Ok(prepared) => prepared.map_err(WriteError::from),
+                Err(e) => Err(WriteError::Failed(e.to_string())),
+            };
+        let (schema, prepared) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 txn.rollback().await;
-                let e = WriteError::from(e);
                 for reply in replies {
                     let _ = reply.send(Err(e.again()));
                 }
@@ -651,7 +668,7 @@ impl Replica {
             txn.rollback().await;
             return;
         }
-        let changes: Vec<&ChangeSet> = accepted.iter().map(|p| &p.changes).collect();
+        let changes: Vec<&Changes> = accepted.iter().map(|p| &p.changes).collect();
         let records: Vec<KeyRecord<'_>> = accepted
             .iter()
             .zip(&accepted_keys)
@@ -664,7 +681,13 @@ impl Replica {
             })
             .collect();
         let committed = txn
-            .commit(&changes, &records, self.config.keep_batches, deadline)
+            .commit(
+                &changes,
+                Some(&schema),
+                &records,
+                self.config.keep_batches,
+                deadline,
+            )
             .await;
         drop(records);
         drop(changes);
@@ -686,11 +709,11 @@ impl Replica {
         let applied = tokio::task::spawn_blocking(move || {
             accepted
                 .into_iter()
-                .try_for_each(|p| state.apply_prepared(p).map(|_| ()))
+                .try_for_each(|p| state.apply_prepared(p, &schema).map(|_| ()))
         })
         .await
         .map_err(blocking_failed)
-        .and_then(|r| r);
+        .and_then(|r| r.map_err(ReplicaError::from));
         if let Err(e) = applied {
             tracing::error!(error = %e, revision = revisions.last().copied().unwrap_or(head), "a committed batch could not be applied locally yet");
         }
@@ -753,7 +776,7 @@ impl Replica {
                 }
                 Err(e) => {
                     match &e {
-                        StateError::Source(e) => {
+                        ReplicaError::Source(e) | ReplicaError::State(StateError::Source(e)) => {
                             self.status.failed(e);
                             // Writes need the source too: they fail until a write or a probe
                             // of the head succeeds.
@@ -795,7 +818,7 @@ impl Replica {
     }
 
     /// One poll; true when it applied something (poll again at once).
-    async fn step(&self) -> Result<bool, StateError> {
+    async fn step(&self) -> Result<bool, ReplicaError> {
         let current = self.state.revision();
         match self.source.poll(current, POLL_BATCHES).await? {
             Poll::Batches { head, .. } if head < current => {
@@ -859,7 +882,7 @@ impl DataPath for Arc<Replica> {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || state.probe_storage())
             .await
-            .map_err(|e| WriteError::Internal(e.to_string()))??;
+            .map_err(|e| WriteError::Failed(e.to_string()))??;
         match self.source.probe_write().await {
             Ok(()) => {
                 self.state.set_source_fault(None);
@@ -894,7 +917,7 @@ impl DataPath for Arc<Replica> {
             loop {
                 let got = !next.is_empty();
                 for b in next.drain(..) {
-                    cursor = b.revision;
+                    cursor = b.revision();
                     if tx.send(Ok(b)).await.is_err() {
                         return;
                     }

@@ -11,7 +11,7 @@ use super::state::StateError;
 use crate::engine::error::DataError;
 use crate::engine::index::{parse_chunk, parse_entity, EntityStore, Parsed};
 use crate::engine::pack::{PackSpec, PolicyPack};
-use crate::storage::{ChangeSet, RedbStorage, Storage};
+use crate::storage::{ChangeSet, Changes, RedbStorage, Storage};
 
 /// The policy pack, the entity index and the storage it was built from.
 pub type Loaded = (Arc<PolicyPack>, EntityStore, Arc<dyn Storage>);
@@ -83,8 +83,11 @@ pub fn load_store(
     if revision == 0 {
         if let Some(seed) = seed {
             let mut prepared = store.prepare_file(seed, &pack.entities)?;
-            prepared.changes.schema = Some(pack.schema_version.clone());
-            storage.apply(&prepared.changes)?;
+            storage.apply(&ChangeSet {
+                changes: std::mem::take(&mut prepared.changes),
+                schema: Some(pack.schema_version.clone()),
+                ..Default::default()
+            })?;
             store.commit(prepared);
         }
         return Ok(store);
@@ -165,7 +168,10 @@ pub fn load_store(
     if !trusted {
         // Everything was just validated under this schema: record it, changing nothing else.
         storage.apply(&ChangeSet {
-            revision,
+            changes: Changes {
+                revision,
+                ..Default::default()
+            },
             schema: Some(pack.schema_version.clone()),
             ..Default::default()
         })?;

@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::error::{DataError, RequestError};
-use crate::engine::index::{EntityStore, Prepared, WriteKey, WriteOp};
+use crate::engine::index::{EntityStore, Prepared, WriteOp};
 use crate::engine::pack::PolicyPack;
-use crate::storage::{ChangeSet, SourceError, Storage, StorageError};
+use crate::storage::{ChangeSet, SourceError, Storage, StorageError, WriteKey};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +175,7 @@ impl Conditions {
 /// The answer to a write whose key was committed before: the original revision when it is
 /// the same write, a refusal when the key was used for another.
 pub fn replay(key: &WriteKey, revision: u64, fingerprint: &str) -> Result<Written, StateError> {
-    if fingerprint == crate::engine::index::ABANDONED {
+    if fingerprint == crate::storage::ABANDONED {
         Err(StateError::PreconditionFailed {
             field: "idempotency_key".into(),
             message: format!(
@@ -337,21 +337,31 @@ impl State {
     }
 
     /// Makes a prepared batch durable (or, `relaxed`, durable with the next sync: a batch a
-    /// shared source holds durably), then visible. The caller holds the writer lock.
+    /// shared source holds durably), recording that the stored entities conform to `schema`
+    /// and the write's key, then visible. The caller holds the writer lock.
     fn commit_prepared(
         &self,
         storage: &dyn Storage,
-        prepared: Prepared,
+        mut prepared: Prepared,
+        schema: &str,
+        key: Option<WriteKey>,
         relaxed: bool,
     ) -> Result<u64, StateError> {
+        let set = ChangeSet {
+            changes: std::mem::take(&mut prepared.changes),
+            schema: Some(schema.to_string()),
+            key,
+            ..Default::default()
+        };
         let made = if relaxed {
-            storage.apply_relaxed(&prepared.changes)
+            storage.apply_relaxed(&set)
         } else {
-            storage.apply(&prepared.changes)
+            storage.apply(&set)
         };
         self.note_write(made.as_ref().err())?;
         let revision = prepared.revision();
-        let entities = prepared.changes.puts.len() + prepared.changes.deletes.len();
+        let entities = set.changes.puts.len() + set.changes.deletes.len();
+        drop(set);
         let waited = std::time::Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         let held = std::time::Instant::now();
@@ -453,31 +463,34 @@ impl State {
     ) -> Result<u64, StateError> {
         for batch in batches {
             let current = self.revision();
-            if batch.revision <= current {
+            if batch.revision() <= current {
                 continue;
             }
-            if batch.revision != current + 1 {
+            if batch.revision() != current + 1 {
                 return Err(StateError::Gap {
                     current,
-                    got: batch.revision,
+                    got: batch.revision(),
                 });
             }
-            let mut prepared = self.read_store().prepare_changes(&batch, &pack.entities)?;
-            prepared.changes.schema = Some(pack.schema_version.clone());
-            self.commit_prepared(storage, prepared, true)?;
+            let prepared = self
+                .read_store()
+                .prepare_changes(&batch.changes, &pack.entities)?;
+            self.commit_prepared(storage, prepared, &pack.schema_version, None, true)?;
         }
         Ok(self.revision())
     }
 
     /// For a group of writes through the shared source, whose head is `head` (and locked):
     /// applies the batches this replica lacks, then validates each write as the next revision
-    /// after the accepted ones before it (a refused write has its error in its place).
+    /// after the accepted ones before it (a refused write has its error in its place), under
+    /// the schema version it returns.
+    #[allow(clippy::type_complexity)]
     pub fn prepare_chain_on(
         &self,
         behind: Vec<ChangeSet>,
         head: u64,
         writes: Vec<Vec<WriteOp>>,
-    ) -> Result<Vec<Result<Prepared, StateError>>, StateError> {
+    ) -> Result<(String, Vec<Result<Prepared, StateError>>), StateError> {
         let (pack, storage) = self.ready()?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let reached = self.apply_locked(&pack, storage.as_ref(), behind)?;
@@ -488,21 +501,16 @@ impl State {
             });
         }
         let prepared = self.read_store().prepare_chain(writes, &pack.entities);
-        Ok(prepared
+        let prepared = prepared
             .into_iter()
-            .map(|p| {
-                p.map(|mut p| {
-                    p.changes.schema = Some(pack.schema_version.clone());
-                    p
-                })
-                .map_err(StateError::from)
-            })
-            .collect())
+            .map(|p| p.map_err(StateError::from))
+            .collect();
+        Ok((pack.schema_version.clone(), prepared))
     }
 
-    /// Makes a batch the shared source committed durable and visible here, unless the
-    /// follower got there first.
-    pub fn apply_prepared(&self, prepared: Prepared) -> Result<u64, StateError> {
+    /// Makes a batch the shared source committed durable and visible here (its entities
+    /// validated under `schema`), unless the follower got there first.
+    pub fn apply_prepared(&self, prepared: Prepared, schema: &str) -> Result<u64, StateError> {
         let (_, storage) = self.ready()?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.revision();
@@ -515,7 +523,7 @@ impl State {
                 got: prepared.revision(),
             });
         }
-        self.commit_prepared(storage.as_ref(), prepared, true)
+        self.commit_prepared(storage.as_ref(), prepared, schema, None, true)
     }
 
     /// Makes the batches applied from a shared source durable locally (until then a crash
@@ -579,10 +587,14 @@ impl State {
             };
             w.conditions.check(self.revision(), &last)?;
         }
-        let mut prepared = self.read_store().prepare(w.ops, &pack.entities)?;
-        prepared.changes.schema = Some(pack.schema_version.clone());
-        prepared.changes.key = w.key;
-        let revision = self.commit_prepared(storage.as_ref(), prepared, false)?;
+        let prepared = self.read_store().prepare(w.ops, &pack.entities)?;
+        let revision = self.commit_prepared(
+            storage.as_ref(),
+            prepared,
+            &pack.schema_version,
+            w.key,
+            false,
+        )?;
         Ok(Written {
             revision,
             replayed: false,
@@ -608,7 +620,7 @@ impl State {
         let found = storage.keyed_write(key)?;
         if found.is_none() && abandon {
             storage.abandon_key(key)?;
-            return Ok(Some((0, crate::engine::index::ABANDONED.to_string())));
+            return Ok(Some((0, crate::storage::ABANDONED.to_string())));
         }
         Ok(found)
     }

@@ -27,7 +27,11 @@ pub enum WriteError {
         "committed together with a write whose deadline passed first: nothing was applied; retry"
     )]
     GroupDeadline,
-    /// This node's own machinery failed while the write was under way.
+    /// This node's own machinery failed before the commit: nothing was applied.
+    #[error("the write failed before its commit: {0}")]
+    Failed(String),
+    /// This node's own machinery failed while the write was under way: it may have been
+    /// applied.
     #[error("the write's task failed: {0}")]
     Internal(String),
 }
@@ -67,6 +71,7 @@ impl WriteError {
             WriteError::Source(e) => WriteError::Source(e.clone()),
             WriteError::GroupDeadline => WriteError::GroupDeadline,
             WriteError::Internal(m) => WriteError::Internal(m.clone()),
+            WriteError::Failed(m) => WriteError::Failed(m.clone()),
             WriteError::State(e) => WriteError::State(match e {
                 StateError::Source(e) => StateError::Source(e.clone()),
                 StateError::Storage(e) => StateError::Storage(e.clone()),
@@ -150,6 +155,8 @@ impl LocalPath {
     }
 }
 
+/// A local write's task failed: it may have committed before (the local write is durable
+/// before it answers).
 fn task_failed(e: tokio::task::JoinError) -> WriteError {
     WriteError::Internal(e.to_string())
 }

@@ -219,7 +219,8 @@ impl RedbStorage {
         Ok(true)
     }
 
-    fn write(&self, changes: &ChangeSet, durability: redb::Durability) -> Result<(), StorageError> {
+    fn write(&self, set: &ChangeSet, durability: redb::Durability) -> Result<(), StorageError> {
+        let changes = &set.changes;
         self.reopen_if_broken()?;
         let db = self.db()?;
         let result = (|| -> Result<(), redb::Error> {
@@ -232,20 +233,20 @@ impl RedbStorage {
                 let mut last_change = txn.open_table(LAST_CHANGE)?;
                 for (i, (uid, json)) in changes.puts.iter().enumerate() {
                     entities.insert(uid.as_str(), json.as_slice())?;
-                    let at = changes.put_revisions.get(i).copied();
+                    let at = set.put_revisions.get(i).copied();
                     last_change.insert(uid.as_str(), at.unwrap_or(changes.revision))?;
                 }
                 for uid in &changes.deletes {
                     entities.remove(uid.as_str())?;
                     last_change.remove(uid.as_str())?;
                 }
-                if let Some(key) = &changes.key {
+                if let Some(key) = &set.key {
                     self.record_key(&txn, &key.key, changes.revision, &key.fingerprint)?;
                 }
                 let mut meta = txn.open_table(META)?;
                 meta.insert(REVISION, changes.revision)?;
                 let mut text = txn.open_table(META_TEXT)?;
-                match &changes.schema {
+                match &set.schema {
                     Some(schema) => {
                         text.insert(SCHEMA, schema.as_str())?;
                     }
@@ -255,7 +256,7 @@ impl RedbStorage {
                         text.remove(SCHEMA)?;
                     }
                 }
-                if let Some(source) = &changes.source {
+                if let Some(source) = &set.source {
                     text.insert(SOURCE, source.as_str())?;
                 }
             }

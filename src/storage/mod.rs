@@ -1,6 +1,7 @@
 //! Durable entity storage: the embedded database behind one small trait ([`Storage`]), and
 //! the shared PostgreSQL source a fleet of replicas follows ([`PgSource`]). The engine hands
-//! storage the change sets of its validated write batches ([`ChangeSet`]); storage makes them
+//! storage the changes of its validated write batches ([`Changes`], carried in a [`ChangeSet`]
+//! with what storage records beside them: schema, source, idempotency key); storage makes them
 //! durable and scans them back at start-up.
 
 use std::path::PathBuf;
@@ -8,7 +9,51 @@ use std::path::PathBuf;
 mod embedded;
 mod postgres;
 
-pub use crate::engine::index::{ChangeSet, WriteKey, ABANDONED};
+pub use crate::engine::index::Changes;
+
+/// One atomic change set in durable form: a validated batch's entities and the revision it
+/// makes (the engine's [`Changes`]), with what storage records beside them.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub changes: Changes,
+    /// The schema version every stored entity now conforms to, when the writer knows it.
+    pub schema: Option<String>,
+    /// The shared source these entities are a copy of (recorded when Some, kept when None).
+    pub source: Option<String>,
+    /// When the batch was committed at its source (Unix ms; 0 when unknown).
+    pub committed_at_unix_ms: u64,
+    /// Each put's last-change revision, parallel to the puts (a snapshot's entities, each
+    /// changed at its own revision); empty: every put was changed at the batch's revision.
+    pub put_revisions: Vec<u64>,
+    /// The write's idempotency key, remembered with the revision (a local writer's batch).
+    pub key: Option<WriteKey>,
+}
+
+impl ChangeSet {
+    /// A batch's changes, with nothing recorded beside them yet.
+    pub fn of(changes: Changes) -> Self {
+        ChangeSet {
+            changes,
+            ..Default::default()
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.changes.revision
+    }
+}
+
+/// The fingerprint recorded for a key that GetWrite abandoned (its revision is 0): a write
+/// that carries it later is refused.
+pub const ABANDONED: &str = "abandoned";
+
+/// An idempotency key and the fingerprint of the write that carries it (the same key with
+/// another write is refused, not answered as a replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteKey {
+    pub key: String,
+    pub fingerprint: String,
+}
 pub use embedded::{RedbStorage, DEFAULT_KEY_WINDOW};
 pub use postgres::{Head, KeyRecord, PgSource, Poll, SourceError, SourceLimits, WriteTxn};
 

@@ -34,7 +34,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
-use super::{ChangeSet, ABANDONED};
+use super::{ChangeSet, Changes, ABANDONED};
 
 /// How long one call to PostgreSQL may take before the source counts as unreachable.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -843,7 +843,7 @@ impl WriteTxn {
             let at = row.get::<_, Option<i64>>(1).unwrap_or(0).max(0) as u64;
             out.push(decode(&self.name, revision, at, row.get(2))?);
         }
-        if out.first().is_some_and(|b| b.revision != after + 1)
+        if out.first().is_some_and(|b| b.revision() != after + 1)
             || (out.is_empty() && after < self.head)
         {
             return Err(self.fail(format!(
@@ -856,10 +856,12 @@ impl WriteTxn {
     /// Writes the batches (consecutive revisions from `head + 1`) in this one transaction,
     /// records each in the log as its own revision and each key with its revision, prunes the
     /// log to `keep` batches (0: no count limit) and commits, unless PostgreSQL's clock has
-    /// passed `deadline` by then. Returns only after the commit answered.
+    /// passed `deadline` by then. Each batch records that its entities conform to `schema`.
+    /// Returns only after the commit answered.
     pub async fn commit(
         mut self,
-        batches: &[&ChangeSet],
+        batches: &[&Changes],
+        schema: Option<&str>,
         keys: &[KeyRecord<'_>],
         keep: u64,
         deadline: Instant,
@@ -877,7 +879,7 @@ impl WriteTxn {
         };
         let mut texts = Vec::with_capacity(batches.len());
         for b in batches {
-            match encode(b) {
+            match encode(b, schema) {
                 Ok(t) => texts.push(t),
                 Err(e) => return Err(self.fail(format!("cannot encode the batch: {e}"))),
             }
@@ -1040,7 +1042,7 @@ impl Drop for WriteTxn {
     }
 }
 
-fn encode(changes: &ChangeSet) -> Result<String, serde_json::Error> {
+fn encode(changes: &Changes, schema: Option<&str>) -> Result<String, serde_json::Error> {
     let raws = changes
         .puts
         .iter()
@@ -1054,7 +1056,7 @@ fn encode(changes: &ChangeSet) -> Result<String, serde_json::Error> {
             .map(|((uid, _), raw)| (uid.as_str(), raw))
             .collect(),
         deletes: &changes.deletes,
-        schema: changes.schema.as_deref(),
+        schema,
     };
     serde_json::to_string(&batch)
 }
@@ -1066,15 +1068,16 @@ fn decode(name: &str, revision: u64, at: u64, text: &str) -> Result<ChangeSet, S
         message: e.to_string(),
     })?;
     Ok(ChangeSet {
-        revision,
-        puts: batch
-            .puts
-            .into_iter()
-            .map(|(uid, json)| (uid, json.get().as_bytes().to_vec()))
-            .collect(),
-        deletes: batch.deletes,
+        changes: Changes {
+            revision,
+            puts: batch
+                .puts
+                .into_iter()
+                .map(|(uid, json)| (uid, json.get().as_bytes().to_vec()))
+                .collect(),
+            deletes: batch.deletes,
+        },
         schema: batch.schema,
-        source: None,
         committed_at_unix_ms: at,
         ..Default::default()
     })

@@ -38,7 +38,7 @@ pub use self::decode::{parse_chunk, Parsed};
 pub use self::entity::{parse_entities, parse_entity, NewEntity};
 pub use self::overlay::Overlay;
 pub use self::reverse::ListView;
-pub use self::write::{ChangeSet, Prepared, WriteKey, WriteOp, ABANDONED};
+pub use self::write::{Changes, Prepared, WriteOp};
 pub use crate::engine::facts::Ix;
 use crate::engine::json::uid_json;
 

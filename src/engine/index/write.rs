@@ -1,6 +1,6 @@
 //! Write batches: validated whole against the schema and the current data (no dangling
 //! parent, no hierarchy cycle) into a [`Prepared`] batch, then committed to the index, which
-//! cannot fail. The batch's [`ChangeSet`] is what durable storage writes.
+//! cannot fail. The batch's [`Changes`] are what durable storage writes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,38 +31,15 @@ pub enum WriteOp {
     RemoveParent { child: EntityUid, parent: EntityUid },
 }
 
-/// One atomic change set in durable form: what to put, what to delete, and the revision it
-/// makes.
-#[derive(Debug, Default)]
-pub struct ChangeSet {
+/// What a batch changes, in the form storage keeps: what to put, what to delete, and the
+/// revision it makes. (Storage's `ChangeSet` carries it with what storage records beside it.)
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
     pub revision: u64,
     /// (uid text, entity JSON)
     pub puts: Vec<(String, Vec<u8>)>,
     /// uid texts
     pub deletes: Vec<String>,
-    /// The schema version every stored entity now conforms to, when the writer knows it.
-    pub schema: Option<String>,
-    /// The shared source these entities are a copy of (recorded when Some, kept when None).
-    pub source: Option<String>,
-    /// When the batch was committed at its source (Unix ms; 0 when unknown).
-    pub committed_at_unix_ms: u64,
-    /// Each put's last-change revision, parallel to `puts` (a snapshot's entities, each
-    /// changed at its own revision); empty: every put was changed at `revision`.
-    pub put_revisions: Vec<u64>,
-    /// The write's idempotency key, remembered with the revision (a local writer's batch).
-    pub key: Option<WriteKey>,
-}
-
-/// The fingerprint recorded for a key that GetWrite abandoned (its revision is 0): a write
-/// that carries it later is refused.
-pub const ABANDONED: &str = "abandoned";
-
-/// An idempotency key and the fingerprint of the write that carries it (the same key with
-/// another write is refused, not answered as a replay).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteKey {
-    pub key: String,
-    pub fingerprint: String,
 }
 
 /// A validated batch: the final version of every touched entity (None: deleted), ready to
@@ -72,7 +49,7 @@ pub struct Prepared {
     revision: u64,
     touched: Vec<(EntityUid, Option<Value>)>,
     /// What the durable storage must write: the entities as written, by uid text.
-    pub changes: ChangeSet,
+    pub changes: Changes,
 }
 
 impl Prepared {
@@ -358,7 +335,7 @@ impl EntityStore {
     /// validated again under `schema`, and refused if they would close a hierarchy cycle.
     pub fn prepare_changes(
         &self,
-        changes: &ChangeSet,
+        changes: &Changes,
         schema: &EntitySchema,
     ) -> Result<Prepared, DataError> {
         let what = format!("batch {}", changes.revision);
@@ -618,7 +595,7 @@ impl<'a> Working<'a> {
 
     fn finish(self) -> Prepared {
         let revision = self.store.revision + 1 + self.chain.batches;
-        let mut changes = ChangeSet {
+        let mut changes = Changes {
             revision,
             ..Default::default()
         };

@@ -15,13 +15,13 @@ use sha2::Digest;
 use super::pb::entity_store_server::EntityStore as EntityStoreRpc;
 use super::{check_size, deadline, pb, uid, ServiceError};
 use crate::engine::error::RequestError;
-use crate::engine::index::{WriteKey, WriteOp, ABANDONED};
+use crate::engine::index::WriteOp;
 use crate::engine::json::json_uid;
 use crate::service::bearer::bearer_matches;
 use crate::service::state::{Conditions, Precondition, State, StateError, Write};
 use crate::service::telemetry::Telemetry;
 use crate::service::write::{DataPath, DataSlot};
-use crate::storage::ChangeSet;
+use crate::storage::{ChangeSet, WriteKey, ABANDONED};
 
 /// The most entities one `ExportEntities` chunk may hold (a chunk is one message, held in
 /// memory whole).
@@ -221,7 +221,8 @@ type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportEntitiesChunk, St
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ChangeBatch, Status>> + Send>>;
 
 /// A batch of the log as `WatchChanges` sends it.
-fn change_batch(b: ChangeSet) -> pb::ChangeBatch {
+fn change_batch(set: ChangeSet) -> pb::ChangeBatch {
+    let b = &set.changes;
     let mut upserts =
         Vec::with_capacity(b.puts.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 2);
     upserts.push(b'[');
@@ -234,7 +235,7 @@ fn change_batch(b: ChangeSet) -> pb::ChangeBatch {
     upserts.push(b']');
     pb::ChangeBatch {
         revision: b.revision,
-        committed_at_unix_ms: b.committed_at_unix_ms,
+        committed_at_unix_ms: set.committed_at_unix_ms,
         upserts_json: String::from_utf8_lossy(&upserts).into_owned(),
         deletes: b
             .deletes

@@ -93,6 +93,10 @@ impl From<ServiceError> for Status {
                     WriteError::State(e) => state_status(e),
                     WriteError::Source(e) => source_status(e),
                     WriteError::GroupDeadline => Status::unavailable(e.to_string()),
+                    WriteError::Failed(_) => {
+                        tracing::error!(error = %e, "internal error: the write was not applied");
+                        Status::internal("internal error: the write was not applied")
+                    }
                     WriteError::Internal(_) => {
                         tracing::error!(error = %e, "internal error: the write's outcome is unknown");
                         Status::internal("internal error: the write's outcome is unknown; ask GetWrite with its idempotency_key")
