@@ -529,11 +529,16 @@ async fn replicas_serve_while_the_source_is_away_and_converge_when_it_is_back() 
         match write(&mut da, vec![upsert(record(&format!("down-{i}")))]).await {
             Ok(r) => acked.push((format!("down-{i}"), r)),
             Err(e) => {
+                // Not applied, or (the cut met a COMMIT in flight) outcome unknown: each
+                // says which, in the message and the trailer.
                 assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                assert!(
-                    e.message().contains("shared source is unavailable"),
-                    "{e:?}"
-                );
+                let outcome = e.metadata().get("blue-authz-write-outcome").unwrap();
+                let said = if outcome == "unknown" {
+                    "outcome unknown"
+                } else {
+                    "shared source is unavailable"
+                };
+                assert!(e.message().contains(said), "{e:?}");
                 refused += 1;
             }
         }

@@ -168,12 +168,12 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         let eve = format!("eve-{round}");
         let key = format!("share-{round}");
         write(&mut d1, vec![upsert(user(&eve))]).await.unwrap();
-        // r0 busy with a large batch; the share queued behind it, with 300 ms to commit.
+        // r0 busy with a 10,000-op batch; the share queued behind it, with 300 ms to commit.
         let mut busy_client = d0.clone();
         let busy = tokio::spawn(async move {
             write_with(
                 &mut busy_client,
-                busy_batch(round, 5000),
+                busy_batch(round, 10_000),
                 "",
                 Duration::from_secs(30),
             )

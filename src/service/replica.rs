@@ -625,13 +625,21 @@ impl Replica {
         let keys: Vec<Option<WriteKey>> = writes.iter_mut().map(|w| w.key.take()).collect();
         let ops: Vec<Vec<WriteOp>> = writes.into_iter().map(|w| w.ops).collect();
         let state = self.state.clone();
-        let prepared =
-            match tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, ops))
-                .await
-            {
-                Ok(prepared) => prepared.map_err(WriteError::from),
-                Err(e) => Err(WriteError::Failed(e.to_string())),
-            };
+        // Applying what this replica lacks and validating the group can take longer than the
+        // source lets a transaction sit idle: while this process works (and only while it
+        // does: a paused one sends nothing), the transaction says so.
+        let work = tokio::task::spawn_blocking(move || state.prepare_chain_on(behind, head, ops));
+        tokio::pin!(work);
+        let every = self.source.limits().idle_timeout / 3;
+        let prepared = loop {
+            tokio::select! {
+                done = &mut work => break match done {
+                    Ok(prepared) => prepared.map_err(WriteError::from),
+                    Err(e) => Err(WriteError::Failed(e.to_string())),
+                },
+                _ = tokio::time::sleep(every) => txn.keepalive().await,
+            }
+        };
         let (schema, prepared) = match prepared {
             Ok(p) => p,
             Err(e) => {

@@ -272,13 +272,13 @@ impl PgSource {
     }
 
     /// Runs one call with the call timeout.
-    async fn timed<T, E: std::fmt::Display>(
+    async fn timed<T>(
         &self,
-        f: impl std::future::Future<Output = Result<T, E>>,
+        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, SourceError> {
         match tokio::time::timeout(CALL_TIMEOUT, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.unavailable(e.to_string())),
+            Ok(Err(e)) => Err(self.unavailable(describe(&e))),
             Err(_) => Err(self.unavailable(format!("no answer within {CALL_TIMEOUT:?}"))),
         }
     }
@@ -560,7 +560,7 @@ impl PgSource {
             Ok(Err(e)) => {
                 // A half-begun transaction: drop the connection (the server rolls it back).
                 *guard = None;
-                Err(self.unavailable(e))
+                Err(self.unavailable(describe(&e)))
             }
             Err(_) => {
                 *guard = None;
@@ -622,7 +622,7 @@ impl PgSource {
         };
         let rows = match tokio::time::timeout(self.limits.call_timeout(), work).await {
             Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return Err(self.unavailable(e)),
+            Ok(Err(e)) => return Err(self.unavailable(describe(&e))),
             Err(_) => return Err(self.unavailable("no answer in time")),
         };
         Ok(rows
@@ -730,6 +730,18 @@ pub struct KeyRecord<'a> {
     pub fingerprint: &'a str,
 }
 
+/// A PostgreSQL error as an operator needs it: the server's own severity, SQLSTATE and message
+/// (tokio-postgres alone says "db error"), or the driver's description with its cause.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// Whether PostgreSQL answered this error for a statement it refused (the transaction is
 /// aborted and rolls back), as opposed to the connection failing or the server ending the
 /// session, after which a COMMIT already sent may or may not have been applied.
@@ -797,7 +809,7 @@ impl WriteTxn {
         .await;
         match rows {
             Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(self.fail(e)),
+            Ok(Err(e)) => Err(self.fail(describe(&e))),
             Err(_) => Err(self.fail("no answer in time")),
         }
     }
@@ -991,25 +1003,25 @@ impl WriteTxn {
                     // A refused statement aborted the transaction: its COMMIT rolled back.
                     Err(SourceError::Unavailable {
                         db: name,
-                        message: e.to_string(),
+                        message: describe(e),
                     })
                 } else {
                     match commit {
                         Ok(()) if before.is_empty() => Ok(()),
                         Ok(()) => Err(SourceError::OutcomeUnknown {
                             db: name,
-                            message: before[0].to_string(),
+                            message: describe(&before[0]),
                         }),
                         Err(e) if e.code().is_some_and(|c| c.code() == DEADLINE_PASSED) => {
                             Err(SourceError::DeadlinePassed { db: name })
                         }
                         Err(e) if refused(&e) => Err(SourceError::Unavailable {
                             db: name,
-                            message: e.to_string(),
+                            message: describe(&e),
                         }),
                         Err(e) => Err(SourceError::OutcomeUnknown {
                             db: name,
-                            message: e.to_string(),
+                            message: describe(&e),
                         }),
                     }
                 }
@@ -1019,6 +1031,14 @@ impl WriteTxn {
             *self.guard = None;
         }
         outcome
+    }
+
+    /// Tells the source this transaction's client is at work (it is not idle), so that the
+    /// idle-in-transaction timeout ends only a client that stopped. A failure is left to the
+    /// commit, which then fails as the transaction's end says.
+    pub async fn keepalive(&self) {
+        let conn = self.conn();
+        let _ = tokio::time::timeout(self.timeout, conn.client.simple_query("SELECT 1")).await;
     }
 
     /// Ends the transaction without writing.
