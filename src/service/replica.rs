@@ -71,7 +71,39 @@ struct Pending {
     write: Write,
     /// The seed: written only when the source holds nothing yet.
     only_if_empty: bool,
-    reply: oneshot::Sender<Result<Option<Written>, WriteError>>,
+    reply: Reply,
+}
+
+impl Pending {
+    /// The write's deadline and where its outcome goes.
+    fn answer_to(self) -> (Instant, Reply) {
+        (self.write.deadline, self.reply)
+    }
+}
+
+/// Where a write's outcome goes.
+type Reply = oneshot::Sender<Result<Option<Written>, WriteError>>;
+
+/// Answers each write of a group that failed whole: a write whose own deadline passed is told
+/// so, the others that they were not applied (or, for an unanswered commit, that the outcome
+/// is unknown).
+fn fail_all(writes: impl IntoIterator<Item = (Instant, Reply)>, e: WriteError) {
+    let now = Instant::now();
+    for (deadline, reply) in writes {
+        let answer = match &e {
+            WriteError::Source(SourceError::DeadlinePassed { .. })
+            | WriteError::State(StateError::DeadlineExceeded)
+                if deadline > now =>
+            {
+                WriteError::GroupDeadline
+            }
+            WriteError::Source(SourceError::DeadlinePassed { .. }) => {
+                StateError::DeadlineExceeded.into()
+            }
+            e => e.again(),
+        };
+        let _ = reply.send(Err(answer));
+    }
 }
 
 /// The writes queued on this replica, and the turn to commit them.
@@ -503,31 +535,11 @@ impl Replica {
             .map(|p| p.write.deadline)
             .min()
             .unwrap_or_else(Instant::now);
-        // Each write told why the group failed: a write whose own deadline passed is told
-        // so; the others that they were not applied.
-        let fail_all = |group: Vec<Pending>, e: WriteError| {
-            let now = Instant::now();
-            for p in group {
-                let answer = match &e {
-                    WriteError::Source(SourceError::DeadlinePassed { .. })
-                    | WriteError::State(StateError::DeadlineExceeded)
-                        if p.write.deadline > now =>
-                    {
-                        WriteError::GroupDeadline
-                    }
-                    WriteError::Source(SourceError::DeadlinePassed { .. }) => {
-                        StateError::DeadlineExceeded.into()
-                    }
-                    e => e.again(),
-                };
-                let _ = p.reply.send(Err(answer));
-            }
-        };
         let mut txn = match self.source.begin_write(deadline).await {
             Ok(txn) => txn,
             Err(e) => {
                 self.write_failed(&e);
-                fail_all(group, e.into());
+                fail_all(group.into_iter().map(Pending::answer_to), e.into());
                 return;
             }
         };
@@ -544,7 +556,7 @@ impl Replica {
                 Ok(found) => found,
                 Err(e) => {
                     self.write_failed(&e);
-                    fail_all(group, e.into());
+                    fail_all(group.into_iter().map(Pending::answer_to), e.into());
                     return;
                 }
             };
@@ -575,8 +587,8 @@ impl Replica {
             if p.only_if_empty && (head > 0 || i > 0) {
                 let _ = p.reply.send(Ok(None));
             } else {
+                replies.push((p.write.deadline, p.reply));
                 writes.push(p.write);
-                replies.push(p.reply);
             }
         }
         if writes.is_empty() {
@@ -599,10 +611,7 @@ impl Replica {
             };
             if let Err(e) = checked {
                 txn.rollback().await;
-                // Alone in its group: one reply.
-                if let Some(reply) = replies.pop() {
-                    let _ = reply.send(Err(e));
-                }
+                fail_all(replies, e);
                 return;
             }
         }
@@ -612,16 +621,13 @@ impl Replica {
                 Ok(b) => b,
                 Err(e) => {
                     self.write_failed(&e);
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone().into()));
-                    }
+                    fail_all(replies, e.into());
                     return;
                 }
             }
         } else {
             Vec::new()
         };
-        let deadlines: Vec<Instant> = writes.iter().map(|w| w.deadline).collect();
         let keys: Vec<Option<WriteKey>> = writes.iter_mut().map(|w| w.key.take()).collect();
         let ops: Vec<Vec<WriteOp>> = writes.into_iter().map(|w| w.ops).collect();
         let state = self.state.clone();
@@ -644,27 +650,19 @@ impl Replica {
             Ok(p) => p,
             Err(e) => {
                 txn.rollback().await;
-                for reply in replies {
-                    let _ = reply.send(Err(e.again()));
-                }
+                fail_all(replies, e);
                 return;
             }
         };
         let mut accepted = Vec::new();
         let mut accepted_keys = Vec::new();
         let mut members = Vec::new();
-        for (((p, reply), key), deadline) in
-            prepared.into_iter().zip(replies).zip(keys).zip(deadlines)
-        {
+        for ((p, (deadline, reply)), key) in prepared.into_iter().zip(replies).zip(keys) {
             match p {
                 Ok(p) => {
                     accepted_keys.push(key);
                     accepted.push(p);
-                    members.push(Pending {
-                        write: Write::new(Vec::new(), deadline),
-                        only_if_empty: false,
-                        reply,
-                    });
+                    members.push((deadline, reply));
                 }
                 // Refused alone: the writes after it were validated without it.
                 Err(e) => {
@@ -732,8 +730,8 @@ impl Replica {
                 "writes committed together"
             );
         }
-        for (p, revision) in members.into_iter().zip(revisions) {
-            let _ = p.reply.send(Ok(Some(Written {
+        for ((_, reply), revision) in members.into_iter().zip(revisions) {
+            let _ = reply.send(Ok(Some(Written {
                 revision,
                 replayed: false,
             })));

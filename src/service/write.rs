@@ -90,7 +90,8 @@ impl WriteError {
                     current: *current,
                     got: *got,
                 },
-                other => return WriteError::Internal(other.to_string()),
+                // Refused before any commit (a batch this replica lacked did not apply, say).
+                other => return WriteError::Failed(other.to_string()),
             }),
         }
     }

@@ -111,24 +111,42 @@ impl EntityStoreService {
     }
 }
 
-/// The idempotency key of a write, with the fingerprint of its operations and conditions.
+/// Refuses an idempotency key that is empty or too long.
+fn check_key(key: &str) -> Result<(), RequestError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(RequestError::new(
+            "idempotency_key",
+            format!("must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The idempotency key of a write, with the fingerprint of its operations and conditions
+/// (each field hashed length-delimited, so no two requests share one by accident).
 fn write_key(request: &pb::WriteEntitiesRequest) -> Result<Option<WriteKey>, RequestError> {
     let key = &request.idempotency_key;
     if key.is_empty() {
         return Ok(None);
     }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(RequestError::new(
-            "idempotency_key",
-            format!("{} bytes exceed the limit of {MAX_KEY_BYTES}", key.len()),
-        ));
-    }
+    check_key(key)?;
     let mut hash = sha2::Sha256::new();
-    let unkeyed = pb::WriteEntitiesRequest {
-        idempotency_key: String::new(),
-        ..request.clone()
+    let mut buf = Vec::new();
+    let mut add = |m: &dyn Fn(&mut Vec<u8>)| {
+        buf.clear();
+        m(&mut buf);
+        hash.update(&buf);
     };
-    hash.update(unkeyed.encode_to_vec());
+    add(&|b| b.extend_from_slice(&(request.ops.len() as u64).to_be_bytes()));
+    for op in &request.ops {
+        add(&|b| op.encode_length_delimited(b).expect("a Vec grows"));
+    }
+    add(&|b| b.extend_from_slice(&[u8::from(request.expected_revision.is_some())]));
+    add(&|b| b.extend_from_slice(&request.expected_revision.unwrap_or(0).to_be_bytes()));
+    add(&|b| b.extend_from_slice(&(request.preconditions.len() as u64).to_be_bytes()));
+    for p in &request.preconditions {
+        add(&|b| p.encode_length_delimited(b).expect("a Vec grows"));
+    }
     let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(Some(WriteKey {
         key: key.clone(),
@@ -267,13 +285,7 @@ impl EntityStoreRpc for EntityStoreService {
         request: Request<pb::GetWriteRequest>,
     ) -> Result<Response<pb::GetWriteResponse>, Status> {
         let key = &request.get_ref().idempotency_key;
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(ServiceError::from(RequestError::new(
-                "idempotency_key",
-                format!("must be 1 to {MAX_KEY_BYTES} bytes"),
-            ))
-            .into());
-        }
+        check_key(key).map_err(ServiceError::from)?;
         let found = self
             .data()?
             .keyed_write(key, request.get_ref().abandon)
