@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use blue_authz::bench::gen;
 use blue_authz::bench::workload::{self, Ask};
-use blue_authz::engine::decide::{self, DEFAULT_SLICE_DEPTH};
 use blue_authz::engine::index::{EntityStore, WriteOp};
+use blue_authz::engine::list::actions::ActionsRequest;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
-use blue_authz::engine::request::{self, UidRef};
+use blue_authz::engine::request::UidRef;
+use blue_authz::engine::View;
 use blue_authz::service::state::{Limits, State};
 use blue_authz::storage::RedbStorage;
 use criterion::{criterion_group, Criterion, Throughput};
@@ -61,8 +62,12 @@ fn world() -> World {
 /// The real decision path: check against the schema, the action's compiled plan (or a slice
 /// and Cedar's evaluator where the plan leaves the request to Cedar), explain.
 fn decide_one(w: &World, a: &Ask) -> bool {
-    let req = request::check(&w.pack, &w.store, &a.raw()).expect("valid request");
-    let d = decide::decide(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
+    let view = View::new(&w.pack, &w.store);
+    let context = a.context();
+    let req = view
+        .check(&a.request(context.as_ref()))
+        .expect("valid request");
+    let d = view.decide(&req);
     assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
     d.allow
 }
@@ -70,43 +75,36 @@ fn decide_one(w: &World, a: &Ask) -> bool {
 /// The same decision always through a slice and Cedar's evaluator (the path of actions whose
 /// policies are outside the plans' subset, and of requests a plan hands back).
 fn decide_one_by_slice(w: &World, a: &Ask) -> bool {
-    let req = request::check(&w.pack, &w.store, &a.raw()).expect("valid request");
-    let d = decide::decide_by_slice(&w.pack, &w.store, &req, DEFAULT_SLICE_DEPTH);
+    let view = View::new(&w.pack, &w.store);
+    let context = a.context();
+    let req = view
+        .check(&a.request(context.as_ref()))
+        .expect("valid request");
+    let d = view.decide_by_slice(&req);
     assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
     d.allow
 }
 
 /// ListAllowedActions for one (user, project) pair.
 fn list_one(w: &World, user: &str, project: &str) -> usize {
-    let principal = request::parse_uid(
-        &w.pack,
-        UidRef {
-            ty: "Blue::User",
-            id: user,
-        },
-        "principal",
-    )
-    .unwrap();
-    let resource = request::parse_uid(
-        &w.pack,
-        UidRef {
-            ty: "Blue::Project",
-            id: project,
-        },
-        "resource",
-    )
-    .unwrap();
-    decide::list_allowed(
-        &w.pack,
-        &w.store,
-        &principal,
-        &resource,
-        "",
-        "",
-        DEFAULT_SLICE_DEPTH,
-    )
-    .unwrap()
-    .len()
+    View::new(&w.pack, &w.store)
+        .list_actions(&ActionsRequest {
+            principal: UidRef {
+                ty: "Blue::User",
+                id: user,
+            },
+            resource: UidRef {
+                ty: "Blue::Project",
+                id: project,
+            },
+            context: None,
+            per_action: None,
+            each_declared: false,
+            entities: &[],
+        })
+        .unwrap()
+        .listed
+        .len()
 }
 
 fn benches(c: &mut Criterion, w: &World) {
@@ -173,8 +171,8 @@ fn write_bench(c: &mut Criterion, w: World) {
     let (edit, view) = (ask("editWiki"), ask("viewProject"));
     let decide_live = |a: &Ask| {
         let live = engine.live().unwrap();
-        let req = request::check(&live.pack, live.store(), &a.raw()).unwrap();
-        decide::decide(&live.pack, live.store(), &req, DEFAULT_SLICE_DEPTH).allow
+        let view = live.view();
+        view.decide(&view.check(&a.request(None)).unwrap()).allow
     };
     // Start from a known role: member (and not view).
     let user_uid = uid("User", &user);

@@ -9,10 +9,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::authoring::suite::short_uid;
-use crate::engine::decide::{self, Decision, DEFAULT_SLICE_DEPTH};
+use crate::engine::decide::Decision;
 use crate::engine::index::EntityStore;
 use crate::engine::pack::PolicyPack;
 use crate::engine::request;
+use crate::engine::View;
 use crate::files::{read_toml, FileError};
 
 /// The matrix configuration file inside a policy directory.
@@ -136,9 +137,13 @@ fn render_table(
             message,
         };
         let context = match &row.context {
-            Some(c) => serde_json::to_value(c).map_err(|e| err(e.to_string()))?,
-            None => Value::Object(Default::default()),
+            Some(c) => match serde_json::to_value(c).map_err(|e| err(e.to_string()))? {
+                Value::Object(m) => m,
+                _ => return Err(err("context: must be a table".to_string())),
+            },
+            None => Default::default(),
         };
+        let view = View::new(pack, store);
         let action = request::parse_action(pack, request::action_id(&row.action))
             .map_err(|e| err(e.to_string()))?;
         let mut cells = Vec::new();
@@ -157,14 +162,12 @@ fn render_table(
             .map_err(err)?;
             let req = request::check_parsed(
                 pack,
-                principal,
-                action.clone(),
-                resource,
-                &context.to_string(),
+                (principal, action.clone(), resource),
+                Some(&context),
                 Default::default(),
             )
             .map_err(|e| err(e.to_string()))?;
-            let d: Decision = decide::decide(pack, store, &req, DEFAULT_SLICE_DEPTH);
+            let d: Decision = view.decide(&req);
             if !d.errors.is_empty() {
                 return Err(err(format!(
                     "column `{}`: evaluation errors: {}",

@@ -17,11 +17,12 @@ use cedar_policy::EntityUid;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::decide::{self, Decision, DEFAULT_SLICE_DEPTH};
+use crate::engine::decide::Decision;
 use crate::engine::error::{DataError, LoadError};
 use crate::engine::index::EntityStore;
 use crate::engine::pack::{PackSpec, PolicyPack};
 use crate::engine::request;
+use crate::engine::View;
 use crate::files::{read_toml, FileError};
 
 /// The folder of suites inside a policy directory.
@@ -409,16 +410,17 @@ pub fn decide_case(
 ) -> Result<Decision, String> {
     let action =
         request::parse_action(pack, request::action_id(&case.action)).map_err(|e| e.to_string())?;
+    let Value::Object(context) = &case.context else {
+        return Err("context: must be a JSON object".to_string());
+    };
     let req = request::check_parsed(
         pack,
-        case.principal.clone(),
-        action,
-        case.resource.clone(),
-        &case.context.to_string(),
+        (case.principal.clone(), action, case.resource.clone()),
+        Some(context),
         Default::default(),
     )
     .map_err(|e| e.to_string())?;
-    Ok(decide::decide(pack, store, &req, DEFAULT_SLICE_DEPTH))
+    Ok(View::new(pack, store).decide(&req))
 }
 
 /// A whole test run: the pack and every effective case's result.

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use crate::bench::gen;
-use crate::engine::decide::{self, DEFAULT_SLICE_DEPTH};
 use crate::engine::index::EntityStore;
 use crate::engine::list::{self, ListRequest, Side};
 use crate::engine::pack::PolicyPack;
-use crate::engine::request::{self, RawRequest, UidRef};
+use crate::engine::request::{self, DecisionRequest, UidRef};
+use crate::engine::View;
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -50,15 +50,17 @@ fn brute(
             Side::Resources => (other, me),
             Side::Principals => (me, other),
         };
-        let raw = RawRequest {
-            principal,
-            action: request::action_id(action),
-            resource,
-            context_json: "",
-            entities_json: "",
-        };
-        let checked = request::check(pack, store, &raw).expect("a valid request");
-        n += usize::from(decide::decide(pack, store, &checked, DEFAULT_SLICE_DEPTH).allow);
+        let view = View::new(pack, store);
+        let d = view
+            .is_authorized(&DecisionRequest {
+                principal,
+                action: request::action_id(action),
+                resource,
+                context: None,
+                entities: &[],
+            })
+            .expect("a valid request");
+        n += usize::from(d.allow);
     }
     n
 }
@@ -107,22 +109,18 @@ pub fn run(pack: &PolicyPack, scale: f64, rounds: usize) {
                 ty: &'static str,
                 size: u32|
      -> list::Page {
-        list::list(
-            pack,
-            &store,
-            &ListRequest {
+        View::new(pack, &store)
+            .list(&ListRequest {
                 listed,
                 other,
                 action: request::action_id(action),
                 listed_type: ty,
-                context_json: "",
-                entities_json: "",
+                context: None,
+                entities: &[],
                 page_size: size,
                 page_token: "",
-            },
-            DEFAULT_SLICE_DEPTH,
-        )
-        .expect("a valid listing")
+            })
+            .expect("a valid listing")
     };
     let user = |i: usize| UidRef {
         ty: "Blue::User",

@@ -2,7 +2,7 @@
 //! benchmarks and the `bench` load tool.
 
 use crate::bench::gen::{Generated, Rng, ROLES};
-use crate::engine::request::{self, RawRequest, UidRef};
+use crate::engine::request::{self, ContextMap, DecisionRequest, UidRef};
 
 /// One decision request, owned.
 #[derive(Debug, Clone)]
@@ -15,9 +15,14 @@ pub struct Ask {
 }
 
 impl Ask {
-    /// The request as the decision path takes it.
-    pub fn raw(&self) -> RawRequest<'_> {
-        RawRequest {
+    /// The context, read from its text as the gRPC edge reads it.
+    pub fn context(&self) -> Option<ContextMap> {
+        serde_json::from_str(&self.context_json).ok()
+    }
+
+    /// The request as the engine takes it, with this context.
+    pub fn request<'a>(&'a self, context: Option<&'a ContextMap>) -> DecisionRequest<'a> {
+        DecisionRequest {
             principal: UidRef {
                 ty: "Blue::User",
                 id: &self.principal,
@@ -27,8 +32,8 @@ impl Ask {
                 ty: self.resource_type,
                 id: &self.resource,
             },
-            context_json: &self.context_json,
-            entities_json: "",
+            context,
+            entities: &[],
         }
     }
 }

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use super::{list, load_or_report, AnyError, Exit};
-use crate::engine::decide::{self, DEFAULT_SLICE_DEPTH};
+use crate::engine::error::{Field, RequestError};
 use crate::engine::index::EntityStore;
 use crate::engine::pack::PackSpec;
-use crate::engine::request::{self, RawRequest, UidRef};
+use crate::engine::request::{self, ContextMap, DecisionRequest, UidRef};
+use crate::engine::View;
 
 #[derive(clap::Args)]
 pub struct CheckCommand {
@@ -34,20 +35,35 @@ pub fn run(spec: &PackSpec, args: CheckCommand) -> Result<Exit, AnyError> {
     let store = EntityStore::load_file(&args.entities, &pack.entities)?;
     let (pt, pid) = split_uid(&args.principal, "--principal")?;
     let (rt, rid) = split_uid(&args.resource, "--resource")?;
-    let raw = RawRequest {
-        principal: UidRef { ty: &pt, id: &pid },
-        action: request::action_id(&args.action),
-        resource: UidRef { ty: &rt, id: &rid },
-        context_json: &args.context,
-        entities_json: "",
-    };
-    let req = request::check(&pack, &store, &raw).map_err(flag_error)?;
-    let d = decide::decide(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+    let context = context_flag(&args.context)?;
+    let view = View::new(&pack, &store);
+    let req = view
+        .check(&DecisionRequest {
+            principal: UidRef { ty: &pt, id: &pid },
+            action: request::action_id(&args.action),
+            resource: UidRef { ty: &rt, id: &rid },
+            context: context.as_ref(),
+            entities: &[],
+        })
+        .map_err(flag_error)?;
+    let d = view.decide(&req);
     println!("decision: {}", if d.allow { "ALLOW" } else { "DENY" });
     println!("determining policies: {}", list(&d.determining));
     println!("errors: {}", list(&d.errors));
     println!("policy version: {}", pack.version);
     Ok(Exit::Success)
+}
+
+/// The `--context` flag read as a JSON object (empty: none).
+pub(super) fn context_flag(text: &str) -> Result<Option<ContextMap>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err("--context: must be a JSON object".into()),
+        Err(e) => Err(format!("--context: invalid JSON: {e}")),
+    }
 }
 
 /// Splits `Type::"id"` (or `Type::id`) into type and id.
@@ -63,20 +79,14 @@ pub(super) fn split_uid(s: &str, flag: &str) -> Result<(String, String), String>
 }
 
 /// A request error in the words of this command's flags (the engine names request fields).
-fn flag_error(e: crate::engine::error::RequestError) -> String {
-    let field = e.field.as_str();
-    let flag = if field.starts_with("principal") {
-        "--principal".to_string()
-    } else if field.starts_with("resource") {
-        "--resource".to_string()
-    } else if field.starts_with("action") {
-        "--action".to_string()
-    } else if field == "context_json" || field == "context" {
-        "--context".to_string()
-    } else if let Some(attr) = field.strip_prefix("context.") {
-        format!("--context: {attr}")
-    } else {
-        return e.to_string();
+fn flag_error(e: RequestError) -> String {
+    let flag = match &e.field {
+        Field::Principal(_) => "--principal".to_string(),
+        Field::Resource(_) => "--resource".to_string(),
+        Field::Action(_) => "--action".to_string(),
+        Field::Context(None) => "--context".to_string(),
+        Field::Context(Some(attr)) => format!("--context: {attr}"),
+        _ => return e.to_string(),
     };
     format!("{flag}: {}", e.message)
 }

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use super::check::split_uid;
 use super::{load_or_report, AnyError, Exit};
-use crate::engine::decide::DEFAULT_SLICE_DEPTH;
+use crate::engine::error::{Field, RequestError};
 use crate::engine::index::EntityStore;
-use crate::engine::list::{self, ListRequest, Side, MAX_PAGE_SIZE};
+use crate::engine::list::{ListRequest, Side, MAX_PAGE_SIZE};
 use crate::engine::pack::PackSpec;
 use crate::engine::request::{self, UidRef};
+use crate::engine::View;
 
 #[derive(clap::Args)]
 pub struct ListResourcesCommand {
@@ -79,25 +80,23 @@ fn run(
         return Ok(Exit::Problems);
     };
     let store = EntityStore::load_file(entities, &pack.entities)?;
+    let context = super::check::context_flag(context)?;
+    let view = View::new(&pack, &store);
     let mut token = String::new();
     let (mut count, mut narrowed) = (0, true);
     loop {
-        let page = list::list(
-            &pack,
-            &store,
-            &ListRequest {
+        let page = view
+            .list(&ListRequest {
                 listed,
                 other,
                 action: request::action_id(action),
                 listed_type: ty,
-                context_json: context,
-                entities_json: "",
+                context: context.as_ref(),
+                entities: &[],
                 page_size: MAX_PAGE_SIZE,
                 page_token: &token,
-            },
-            DEFAULT_SLICE_DEPTH,
-        )
-        .map_err(|e| flag_error(e, listed))?;
+            })
+            .map_err(|e| flag_error(e, listed))?;
         narrowed &= page.narrowed;
         for item in &page.items {
             println!("{}  ({})", item.id, item.determining.join(", "));
@@ -124,20 +123,17 @@ fn run(
 }
 
 /// A request error in the words of this command's flags.
-fn flag_error(e: crate::engine::error::RequestError, listed: Side) -> String {
-    let flag = match (e.field.as_str(), listed) {
-        ("principal" | "principal.type" | "principal.id", Side::Resources) => "--principal",
-        ("resource" | "resource.type" | "resource.id", Side::Principals) => "--resource",
-        ("resource_type" | "principal_type", _) => "--type",
-        ("context_json", _) => "--context",
-        (f, _) if f.starts_with("action") => "--action",
-        _ => "",
+fn flag_error(e: RequestError, listed: Side) -> String {
+    let flag = match (&e.field, listed) {
+        (Field::Principal(_), Side::Resources) => "--principal".to_string(),
+        (Field::Resource(_), Side::Principals) => "--resource".to_string(),
+        (Field::ListedType(_), _) => "--type".to_string(),
+        (Field::Context(None), _) => "--context".to_string(),
+        (Field::Context(Some(attr)), _) => format!("--context: {attr}"),
+        (Field::Action(_), _) => "--action".to_string(),
+        _ => return e.to_string(),
     };
-    if flag.is_empty() {
-        e.to_string()
-    } else {
-        format!("{flag}: {}", e.message)
-    }
+    format!("{flag}: {}", e.message)
 }
 
 /// `blue-authz list-bench`.

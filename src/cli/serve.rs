@@ -60,6 +60,7 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
     tracing::info!(workers = runtime.metrics().num_workers(), "runtime started");
     runtime.block_on(async {
         let mut running = server::start(config).await?;
+        announce("listening", &running);
         if let Err(e) = running.load().await {
             match &e {
                 ServeError::Gate(GateError::Load(LoadError::Invalid(diags))) => {
@@ -99,11 +100,37 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         }
         server::reload_on_sighup(&running);
         tracing::info!("serving");
+        announce("serving", &running);
         server::shutdown_signal().await;
         running.shutdown().await?;
         tracing::info!("stopped");
         Ok(Exit::Success)
     })
+}
+
+/// The start-up line: one JSON object on standard error, once the listeners are bound
+/// (`"blue_authz": "listening"`) and again once the policies and data are loaded and calls are
+/// answered (`"serving"`), with every bound address (port 0 resolved) and the process id, so
+/// that scripts and tests need not read the log's prose. Absent listeners are null.
+fn announce(event: &str, running: &server::Running) {
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let mut line = serde_json::json!({
+        "blue_authz": event,
+        "pid": std::process::id(),
+        "decisions": addr(running.addr),
+        "decisions_unix": path(&running.unix),
+        "data": addr(running.data_addr),
+        "data_unix": path(&running.data_unix),
+        "http": addr(running.http_addr),
+        "health": addr(running.health_addr),
+        "metrics": addr(running.metrics_addr),
+    });
+    if let Some(live) = running.engine.live() {
+        line["policy_version"] = live.pack.version.clone().into();
+        line["revision"] = live.store().revision().into();
+    }
+    eprintln!("{line}");
 }
 
 /// The operational log on standard error (text or JSON, filtered), and the decision log: its

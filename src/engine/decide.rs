@@ -1,22 +1,17 @@
 //! The decision path, on plain Rust types: a checked request is decided by its action's
 //! compiled plan, or else over a slice of the index by Cedar's evaluator, running only the
 //! policies indexed under the action; the decision is explained with the `@id`s of the
-//! determining policies. [`list_allowed`] decides every action of a principal and resource.
-
-use std::collections::HashMap;
+//! determining policies.
 
 use cedar_policy::{EntityUid, Request};
 
 use crate::engine::compiled::Compiled;
-use crate::engine::error::RequestError;
 use crate::engine::facts::Ent;
 use crate::engine::index::{EntityStore, Overlay};
-use crate::engine::needs::{Need, Needs, NEED_ALL};
+use crate::engine::needs::{Need, NEED_ALL};
 use crate::engine::pack::{ActionEntry, PolicyPack};
 use crate::engine::plan::Plan;
-use crate::engine::request::{
-    cedar_request, checked_request, context_of, parse_overlay, CheckedRequest,
-};
+use crate::engine::request::{cedar_request, context_of, CheckedRequest};
 
 /// How many attribute hops a slice follows from the request's entities by default. Blue's
 /// policies dereference one hop (`resource.project.member`); a policy that needs more shows up
@@ -110,7 +105,7 @@ fn decide_via(
 /// The decision of the action's compiled plan over the index: None when the action has no
 /// plan, the request carries its own entities (they change the index's view of the data),
 /// or the plan leaves the request to Cedar. Combined as [`evaluate`] does.
-fn planned(
+pub(crate) fn planned(
     entry: &ActionEntry,
     store: &EntityStore,
     uids: (&EntityUid, &EntityUid),
@@ -175,7 +170,7 @@ fn plan_decision(
 /// The Cedar entities of one slice, plus the given actions' entities. Every slice entity
 /// carries its ancestors already (closed over what the request can compare), so Cedar's
 /// closure pass is skipped.
-fn slice_entities<'a>(
+pub(crate) fn slice_entities<'a>(
     store: &EntityStore,
     seeds: &[(&EntityUid, &Need)],
     overlay: &Overlay,
@@ -203,7 +198,7 @@ fn slice_entities<'a>(
 /// as not satisfied and is reported. (`Authorizer::is_authorized` computes the same, through
 /// the partial-evaluation machinery and a condition rebuilt per policy per request;
 /// `tests/oracle.rs` and the unit tests below compare the two.)
-fn evaluate(
+pub(crate) fn evaluate(
     request: &Request,
     compiled: &[Compiled],
     entities: &cedar_policy_core::entities::Entities,
@@ -259,254 +254,11 @@ fn combine(permits: Vec<String>, forbids: Vec<String>, errors: Vec<String>) -> D
     }
 }
 
-fn deny_with(error: &str) -> Decision {
+pub(crate) fn deny_with(error: &str) -> Decision {
     Decision {
         allow: false,
         determining: Vec::new(),
         errors: vec![error.to_string()],
-    }
-}
-
-/// One action's outcome in [`list_allowed`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionOutcome {
-    Decided(Decision),
-    /// The given context does not fit this action's context type, so it was not evaluated.
-    NotEvaluated(String),
-}
-
-/// Decides every action that applies to the principal's and resource's types, with the same
-/// context and request-scoped entities, over one slice built for all of them (it keeps the
-/// ancestors any of the actions can compare, which changes no single decision). Sorted by
-/// action id.
-pub fn list_allowed(
-    pack: &PolicyPack,
-    store: &EntityStore,
-    principal: &EntityUid,
-    resource: &EntityUid,
-    context_json: &str,
-    entities_json: &str,
-    depth: usize,
-) -> Result<Vec<(String, ActionOutcome)>, RequestError> {
-    let contexts = Contexts {
-        default: context_json,
-        ..Contexts::default()
-    };
-    Ok(list_allowed_in(
-        pack,
-        store,
-        (principal, resource),
-        &contexts,
-        entities_json,
-        depth,
-    )?
-    .into_iter()
-    .map(|l| (l.action, l.outcome))
-    .collect())
-}
-
-/// The contexts [`list_allowed_in`] decides each action with.
-#[derive(Debug, Default)]
-pub struct Contexts<'a> {
-    /// For every action not otherwise given one.
-    pub default: &'a str,
-    /// Per action id, the context for that action instead of the default.
-    pub per_action: Option<&'a HashMap<String, String>>,
-    /// Actions whose context fields the pack declares the values of (names.toml) are decided
-    /// once per combination of those values, each laid over the action's context (its
-    /// `per_action` one, or the default): fields that context sets stay as given.
-    pub each_declared: bool,
-}
-
-/// One action decided with one context.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub action: String,
-    /// The context it was decided with, when not the default one.
-    pub context: Option<String>,
-    pub outcome: ActionOutcome,
-}
-
-/// Every combination of the declared values of an action's context fields, each laid over
-/// `base` (a context JSON object, or empty; the fields it sets stay as given), as context JSON
-/// objects. None when the pack declares none, or `base` is no JSON object (the caller's
-/// context check then says what is wrong with it).
-pub fn declared_contexts(pack: &PolicyPack, action_id: &str, base: &str) -> Vec<String> {
-    let declared = pack.names.context_values(action_id);
-    if declared.is_empty() {
-        return Vec::new();
-    }
-    let base = if base.trim().is_empty() {
-        serde_json::Map::new()
-    } else {
-        match serde_json::from_str::<serde_json::Value>(base) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => return Vec::new(),
-        }
-    };
-    let mut combos = vec![base];
-    for (field, values) in declared {
-        if combos[0].contains_key(field) {
-            continue;
-        }
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                values.iter().map(move |v| {
-                    let mut c = c.clone();
-                    c.insert(field.clone(), serde_json::Value::String(v.clone()));
-                    c
-                })
-            })
-            .collect();
-    }
-    combos
-        .into_iter()
-        .map(|c| serde_json::Value::Object(c).to_string())
-        .collect()
-}
-
-/// [`list_allowed`] with a context per action, or each declared one: one entry per action and
-/// context, sorted by action id (and, within one action, in the declared values' order).
-pub fn list_allowed_in(
-    pack: &PolicyPack,
-    store: &EntityStore,
-    (principal, resource): (&EntityUid, &EntityUid),
-    contexts: &Contexts<'_>,
-    entities_json: &str,
-    depth: usize,
-) -> Result<Vec<Listed>, RequestError> {
-    let actions = pack.actions_for(principal.type_name(), resource.type_name());
-    if let Some(per_action) = contexts.per_action {
-        for id in per_action.keys() {
-            if !actions
-                .iter()
-                .any(|(a, _)| a.id().unescaped() == id.as_str())
-            {
-                return Err(RequestError::new(
-                    format!("action_contexts_json[{id}]"),
-                    format!(
-                        "no action `{id}` applies to a {} and a {}",
-                        principal.type_name(),
-                        resource.type_name()
-                    ),
-                ));
-            }
-        }
-    }
-    let overlay = parse_overlay(pack, store, entities_json)?;
-    let mut requests = Vec::with_capacity(actions.len());
-    let mut context_refs: Vec<EntityUid> = Vec::new();
-    let mut literals: Vec<EntityUid> = Vec::new();
-    for (action, entry) in &actions {
-        let id = action.id().unescaped();
-        let given = contexts.per_action.and_then(|m| m.get(id));
-        let base = given.map_or(contexts.default, String::as_str);
-        let declared = match contexts.each_declared {
-            true => declared_contexts(pack, id, base),
-            false => Vec::new(),
-        };
-        let mine: Vec<(Option<String>, &str)> = match given {
-            _ if !declared.is_empty() => declared
-                .iter()
-                .map(|c| (Some(c.clone()), c.as_str()))
-                .collect(),
-            Some(c) => vec![(Some(c.clone()), c.as_str())],
-            None => vec![(None, contexts.default)],
-        };
-        literals.extend(entry.literals.iter().cloned());
-        for (shown, context_json) in mine {
-            match checked_request(pack, entry, (principal, action, resource), context_json) {
-                Ok((r, refs)) => {
-                    context_refs.extend(refs);
-                    requests.push((*action, *entry, shown, Ok(r)));
-                }
-                // A context that fits only some actions leaves the others not evaluated; one
-                // that is no JSON object fits none, an error as for a single decision (checked
-                // only here, on the way out, so a good context is parsed no more than before).
-                Err(e) if e.field == "context_json" => {
-                    not_a_json_object(context_json).map_err(|e| match given {
-                        Some(_) => {
-                            RequestError::new(format!("action_contexts_json[{id}]"), e.message)
-                        }
-                        None => e,
-                    })?;
-                    requests.push((*action, *entry, shown, Err(e.message)))
-                }
-                Err(e) => {
-                    return Err(match given {
-                        Some(_) if e.field.starts_with("context") => RequestError::new(
-                            format!("action_contexts_json[{id}]"),
-                            format!("{}: {}", e.field, e.message),
-                        ),
-                        _ => e,
-                    })
-                }
-            }
-        }
-    }
-    let mut needs = Needs::default();
-    for (_, entry) in &actions {
-        needs.merge(&entry.needs);
-    }
-    let mut seeds: Vec<(&EntityUid, &Need)> =
-        vec![(principal, &needs.principal), (resource, &needs.resource)];
-    seeds.extend(context_refs.iter().map(|r| (r, &NEED_ALL)));
-    seeds.extend(literals.iter().map(|l| (l, &NEED_ALL)));
-    // Each action's compiled plan first; the slice is built only if some action is left.
-    let mut entities = None;
-    Ok(requests
-        .into_iter()
-        .map(|(action, entry, context, request)| {
-            let outcome = match request {
-                Err(reason) => ActionOutcome::NotEvaluated(reason),
-                Ok(r) => ActionOutcome::Decided(
-                    match planned(entry, store, (principal, resource), r.as_ref(), &overlay) {
-                        Some(d) => d,
-                        None => {
-                            let slice = entities.get_or_insert_with(|| {
-                                slice_entities(
-                                    store,
-                                    &seeds,
-                                    &overlay,
-                                    depth,
-                                    &literals,
-                                    actions.iter().map(|(_, e)| *e),
-                                )
-                            });
-                            match (
-                                slice,
-                                cedar_request(r.as_ref(), (principal, action, resource)),
-                            ) {
-                                (Ok(slice), Ok(r)) => evaluate(&r, &entry.compiled, slice),
-                                (Err(e), _) => deny_with(e),
-                                (_, Err(e)) => deny_with(&e),
-                            }
-                        }
-                    },
-                ),
-            };
-            Listed {
-                action: action.id().unescaped().to_string(),
-                context,
-                outcome,
-            }
-        })
-        .collect())
-}
-
-/// INVALID_ARGUMENT on `context_json` if it is given but is no JSON object.
-fn not_a_json_object(context_json: &str) -> Result<(), RequestError> {
-    if context_json.trim().is_empty() {
-        return Ok(());
-    }
-    match serde_json::from_str::<serde_json::Value>(context_json) {
-        Err(e) => Err(RequestError::new(
-            "context_json",
-            format!("invalid JSON: {e}"),
-        )),
-        Ok(v) if !v.is_object() => Err(RequestError::new("context_json", "must be a JSON object")),
-        Ok(_) => Ok(()),
     }
 }
 

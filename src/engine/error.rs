@@ -94,14 +94,93 @@ fn render_all(diags: &[PolicyDiagnostic]) -> String {
         .join("\n")
 }
 
-/// A request the decision path refuses, naming the field that is wrong. The gRPC layer maps
-/// this to INVALID_ARGUMENT; the CLI prints it.
+/// A request the decision path refuses, naming the field that is wrong. Each edge spells the
+/// field its own way (gRPC as proto field paths, AuthZEN as JSON paths, the CLI as flags); the
+/// engine's own spelling ([`Field`]'s `Display`) is for logs and tests.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct RequestError {
-    /// The request field at fault (`principal`, `action`, `resource.type`, `context_json`, ...).
-    pub field: String,
+    pub field: Field,
     pub message: String,
+}
+
+/// Which part of an entity reference is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    Type,
+    Id,
+}
+
+/// Which side a listing lists (its entity type is a field of the request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListedSide {
+    Resources,
+    Principals,
+}
+
+/// The field of a request at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// The request as a whole (its size, its shape).
+    Request,
+    Principal(Part),
+    Action(Part),
+    Resource(Part),
+    /// The context, or one member of it.
+    Context(Option<String>),
+    /// The request-scoped entities, or the one at this index.
+    Entities(Option<usize>),
+    /// The context given for one action of ListAllowedActions.
+    ActionContext(String),
+    /// The entity type a listing lists.
+    ListedType(ListedSide),
+    PageSize,
+    PageToken,
+    /// The operations of a write batch, or the one at this index.
+    Ops(Option<usize>),
+    /// Item `n` of a batch, and the field within it.
+    Item(usize, Box<Field>),
+    /// A field only an edge knows (named in that edge's own words).
+    Edge(String),
+}
+
+impl Field {
+    /// Field `self` of item `n` of a batch.
+    pub fn item(self, n: usize) -> Field {
+        Field::Item(n, Box::new(self))
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn part(f: &mut fmt::Formatter<'_>, name: &str, p: Part) -> fmt::Result {
+            match p {
+                Part::Whole => f.write_str(name),
+                Part::Type => write!(f, "{name}.type"),
+                Part::Id => write!(f, "{name}.id"),
+            }
+        }
+        match self {
+            Field::Request => f.write_str("request"),
+            Field::Principal(p) => part(f, "principal", *p),
+            Field::Action(p) => part(f, "action", *p),
+            Field::Resource(p) => part(f, "resource", *p),
+            Field::Context(None) => f.write_str("context"),
+            Field::Context(Some(m)) => write!(f, "context.{m}"),
+            Field::Entities(None) => f.write_str("entities"),
+            Field::Entities(Some(i)) => write!(f, "entities[{i}]"),
+            Field::ActionContext(a) => write!(f, "action_contexts[{a}]"),
+            Field::ListedType(ListedSide::Resources) => f.write_str("resource_type"),
+            Field::ListedType(ListedSide::Principals) => f.write_str("principal_type"),
+            Field::PageSize => f.write_str("page_size"),
+            Field::PageToken => f.write_str("page_token"),
+            Field::Ops(None) => f.write_str("ops"),
+            Field::Ops(Some(i)) => write!(f, "ops[{i}]"),
+            Field::Item(i, inner) => write!(f, "[{i}].{inner}"),
+            Field::Edge(name) => f.write_str(name),
+        }
+    }
 }
 
 /// The longest message a [`RequestError`] carries: past it the message is cut, so that no
@@ -130,7 +209,7 @@ fn prefix(s: &str, max: usize) -> &str {
 }
 
 impl RequestError {
-    pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Self {
+    pub fn new(field: Field, message: impl fmt::Display) -> Self {
         let mut message = message.to_string();
         if message.len() > MAX_MESSAGE_BYTES {
             let total = message.len();
@@ -139,17 +218,25 @@ impl RequestError {
                 prefix(&message, MAX_MESSAGE_BYTES)
             );
         }
-        let mut field = field.into();
-        if field.len() > MAX_MESSAGE_BYTES / 4 {
-            field = quote(&field);
-        }
+        let field = match field {
+            Field::Edge(name) if name.len() > MAX_MESSAGE_BYTES / 4 => Field::Edge(quote(&name)),
+            Field::ActionContext(a) if a.len() > MAX_MESSAGE_BYTES / 4 => {
+                Field::ActionContext(quote(&a))
+            }
+            f => f,
+        };
         RequestError { field, message }
     }
 
-    /// The same error inside a batch or a list: `requests[3].principal`.
-    pub fn within(self, prefix: &str) -> Self {
+    /// An error in a field only an edge names.
+    pub fn edge(field: impl Into<String>, message: impl fmt::Display) -> Self {
+        RequestError::new(Field::Edge(field.into()), message)
+    }
+
+    /// The same error in item `n` of a batch.
+    pub fn item(self, n: usize) -> Self {
         RequestError {
-            field: format!("{prefix}.{}", self.field),
+            field: self.field.item(n),
             message: self.message,
         }
     }

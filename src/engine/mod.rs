@@ -6,6 +6,9 @@
 //! index ([`index`]). Listing ([`list`]) enumerates the principals or resources a request
 //! allows, with candidates found by [`narrow`] from the plans and checked on the decision path.
 //!
+//! Callers enter through [`view`]: one [`view::View`] of a pack, an index and the limits per
+//! call, with `check`, `decide`, `list` and `list_actions`.
+//!
 //! Leaf modules shared by those: [`error`] (typed errors), [`json`] (entity references in
 //! Cedar JSON), [`schema`] (the schema as the index sees it), [`needs`] (what slices must
 //! carry), [`facts`] (what plans read of entity data, implemented by the index).
@@ -26,3 +29,6 @@ pub mod pack;
 pub mod plan;
 pub mod request;
 pub mod schema;
+pub mod view;
+
+pub use view::View;

@@ -25,11 +25,7 @@ use crate::engine::facts::{Ent, Ix, Lookup, V};
 use crate::engine::plan::{eval_known, Node, Plan};
 
 /// Which side of the request a listing enumerates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listed {
-    Principals,
-    Resources,
-}
+pub use crate::engine::error::ListedSide as Listed;
 
 /// How a part that does not mention the listed entity relates to a path from it.
 #[derive(Debug, Clone, Copy)]

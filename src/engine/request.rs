@@ -1,17 +1,21 @@
 //! Requests as they arrive, checked against the schema: entity references, the action, the
-//! context (read quickly when it is plain, else by Cedar's parser), and request-scoped
-//! entities. Every refusal names the field at fault.
+//! context (a JSON object each edge has already read from its wire format; read into Cedar
+//! quickly when it is plain, else by Cedar's parser) and request-scoped entities. Every
+//! refusal names the field at fault ([`Field`]).
 
 use std::borrow::Cow;
 use std::str::FromStr;
 
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::engine::error::{quote, RequestError};
-use crate::engine::index::{parse_entities, EntityStore, Overlay};
+use crate::engine::error::{quote, Field, Part, RequestError};
+use crate::engine::index::{parse_entity, EntityStore, Overlay};
 use crate::engine::json::value_refs;
 use crate::engine::pack::{ActionEntry, PolicyPack};
+
+/// A context as the engine takes it: a JSON object in Cedar's JSON form.
+pub type ContextMap = Map<String, Value>;
 
 /// An entity reference as callers send it: a Cedar type name and an id.
 #[derive(Debug, Clone, Copy)]
@@ -20,16 +24,17 @@ pub struct UidRef<'a> {
     pub id: &'a str,
 }
 
-/// A decision request as it arrives, before any validation.
+/// A decision request as it arrives, before any validation: references as the caller named
+/// them, the context and the request-scoped entities already read as JSON.
 #[derive(Debug, Clone, Copy)]
-pub struct RawRequest<'a> {
+pub struct DecisionRequest<'a> {
     pub principal: UidRef<'a>,
     pub action: UidRef<'a>,
     pub resource: UidRef<'a>,
-    /// A Cedar JSON record; empty means `{}`.
-    pub context_json: &'a str,
-    /// A Cedar JSON array of request-scoped entities; empty means none.
-    pub entities_json: &'a str,
+    /// None: `{}`.
+    pub context: Option<&'a ContextMap>,
+    /// Request-scoped entities in Cedar's JSON form; empty: none.
+    pub entities: &'a [Value],
 }
 
 /// A request validated against the schema, ready to decide.
@@ -45,21 +50,25 @@ pub struct CheckedRequest {
     pub(crate) overlay: Overlay,
 }
 
-/// Parses an entity reference; `field` names it in errors.
-pub fn parse_uid(pack: &PolicyPack, r: UidRef<'_>, field: &str) -> Result<EntityUid, RequestError> {
+/// Parses an entity reference; `field` names its parts in errors (`Field::Principal`, ...).
+pub fn parse_uid(
+    pack: &PolicyPack,
+    r: UidRef<'_>,
+    field: fn(Part) -> Field,
+) -> Result<EntityUid, RequestError> {
     if r.ty.is_empty() {
-        return Err(RequestError::new(format!("{field}.type"), "is empty"));
+        return Err(RequestError::new(field(Part::Type), "is empty"));
     }
     let Some(ty) = pack.entity_type(r.ty) else {
         let message = match EntityTypeName::from_str(r.ty) {
             Ok(ty) => format!("unknown entity type `{}`", quote(&ty.to_string())),
             Err(e) => format!("`{}` is not a Cedar type name: {e}", quote(r.ty)),
         };
-        return Err(RequestError::new(format!("{field}.type"), message));
+        return Err(RequestError::new(field(Part::Type), message));
     };
     let ty = ty.clone();
     if r.id.is_empty() {
-        return Err(RequestError::new(format!("{field}.id"), "is empty"));
+        return Err(RequestError::new(field(Part::Id), "is empty"));
     }
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(r.id)))
 }
@@ -68,24 +77,24 @@ pub fn parse_uid(pack: &PolicyPack, r: UidRef<'_>, field: &str) -> Result<Entity
 /// send a bare action id (`viewProject`).
 pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, RequestError> {
     if r.id.is_empty() {
-        return Err(RequestError::new("action.id", "is empty"));
+        return Err(RequestError::new(Field::Action(Part::Id), "is empty"));
     }
     let Some(action_type) = pack.action_type() else {
         return Err(RequestError::new(
-            "action",
+            Field::Action(Part::Whole),
             "the schema declares no actions",
         ));
     };
     if !r.ty.is_empty() && pack.entity_type(r.ty) != Some(action_type) {
         let ty = EntityTypeName::from_str(r.ty).map_err(|e| {
             RequestError::new(
-                "action.type",
+                Field::Action(Part::Type),
                 format!("`{}` is not a Cedar type name: {e}", quote(r.ty)),
             )
         })?;
         if &ty != action_type {
             return Err(RequestError::new(
-                "action.type",
+                Field::Action(Part::Type),
                 format!(
                     "`{}` is not the action type `{action_type}`",
                     quote(&ty.to_string())
@@ -96,7 +105,7 @@ pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, Reque
     let uid = EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(r.id));
     if pack.action(&uid).is_none() {
         return Err(RequestError::new(
-            "action.id",
+            Field::Action(Part::Id),
             format!("unknown action `{}`", quote(r.id)),
         ));
     }
@@ -108,45 +117,47 @@ pub fn action_id(id: &str) -> UidRef<'_> {
     UidRef { ty: "", id }
 }
 
-/// Parses request-scoped entities (Cedar JSON array), validated against the schema.
+/// Parses request-scoped entities (Cedar JSON), each validated against the schema; a refusal
+/// names the entity at fault by its index.
 pub fn parse_overlay(
     pack: &PolicyPack,
     store: &EntityStore,
-    entities_json: &str,
+    entities: &[Value],
 ) -> Result<Overlay, RequestError> {
-    if entities_json.trim().is_empty() {
+    if entities.is_empty() {
         return Ok(Overlay::default());
     }
-    let value: Value = serde_json::from_str(entities_json)
-        .map_err(|e| RequestError::new("entities_json", format!("invalid JSON: {e}")))?;
-    let batch = parse_entities(value, &pack.entities, "entities_json")
-        .map_err(|e| RequestError::new("entities_json", e))?;
+    let mut batch = Vec::with_capacity(entities.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, value) in entities.iter().enumerate() {
+        let e = parse_entity(value.clone(), &pack.entities, "entity")
+            .map_err(|e| RequestError::new(Field::Entities(Some(i)), e))?;
+        if !seen.insert(e.uid()) {
+            return Err(RequestError::new(
+                Field::Entities(Some(i)),
+                format!("duplicate entity {}", e.uid()),
+            ));
+        }
+        batch.push(e);
+    }
     store
         .overlay(batch)
-        .map_err(|e| RequestError::new("entities_json", e))
+        .map_err(|e| RequestError::new(Field::Entities(None), e))
 }
 
-/// Parses a context for one action, validated against the schema. Also returns the entities
-/// the context references, for the slice. An empty text means `{}`.
+/// Parses a context for one action with Cedar's parser, validated against the schema. Also
+/// returns the entities the context references, for the slice.
 fn parse_context(
     pack: &PolicyPack,
     action: &EntityUid,
-    context_json: &str,
+    context: Option<&ContextMap>,
 ) -> Result<(Context, Vec<EntityUid>), RequestError> {
-    let value: Value = if context_json.trim().is_empty() {
-        Value::Object(Default::default())
-    } else {
-        serde_json::from_str(context_json)
-            .map_err(|e| RequestError::new("context_json", format!("invalid JSON: {e}")))?
-    };
-    if !value.is_object() {
-        return Err(RequestError::new("context_json", "must be a JSON object"));
-    }
+    let value = Value::Object(context.cloned().unwrap_or_default());
     let mut refs = Vec::new();
     value_refs(&value, &mut refs);
     let context = Context::from_json_value(value, Some((&pack.schema, action))).map_err(|e| {
         RequestError::new(
-            "context_json",
+            Field::Context(None),
             format!(
                 "does not match the schema for `{}`: {e}",
                 action.id().unescaped()
@@ -164,7 +175,7 @@ fn parse_context(
 /// this reads differently from Cedar (a record shaped like an entity reference, say) fails that
 /// validation and goes to Cedar's parser too.
 fn quick_context(
-    context_json: &str,
+    map: &ContextMap,
     types: &dyn Fn(&str) -> Option<EntityTypeName>,
 ) -> Option<(Context, Vec<EntityUid>)> {
     use cedar_policy::RestrictedExpression as X;
@@ -214,10 +225,6 @@ fn quick_context(
             Value::Null => return None,
         })
     }
-    let value: Value = serde_json::from_str(context_json).ok()?;
-    let Value::Object(map) = &value else {
-        return None;
-    };
     let mut refs = Vec::new();
     let pairs = map
         .iter()
@@ -260,7 +267,7 @@ static EMPTY_CONTEXT: std::sync::LazyLock<cedar_policy_core::ast::Context> =
 
 /// The request validated against the schema, with the entities its context references. The
 /// caller has checked the principal's and resource's types against the action's `appliesTo`;
-/// so when no context is given and the pack validated the empty context for this action at
+/// so when the context is empty and the pack validated the empty context for this action at
 /// load, nothing is left to check, and the Cedar request is not built (None): only Cedar's
 /// evaluator needs it. Otherwise the context is read (quickly if it is plain, else by Cedar's
 /// parser) and the whole request validated.
@@ -269,12 +276,13 @@ pub(crate) fn checked_request(
     pack: &PolicyPack,
     entry: &ActionEntry,
     uids: (&EntityUid, &EntityUid, &EntityUid),
-    context_json: &str,
+    context: Option<&ContextMap>,
 ) -> Result<(Option<Request>, Vec<EntityUid>), RequestError> {
-    let checked = schema_checked_request(pack, entry, uids, context_json)?;
+    let context = context.filter(|c| !c.is_empty());
+    let checked = schema_checked_request(pack, entry, uids, context)?;
     let declared = pack.names.context_values(uids.1.id().unescaped());
-    if !declared.is_empty() {
-        check_declared_values(declared, context_json)?;
+    if let (false, Some(context)) = (declared.is_empty(), context) {
+        check_declared_values(declared, context)?;
     }
     Ok(checked)
 }
@@ -284,9 +292,9 @@ fn schema_checked_request(
     pack: &PolicyPack,
     entry: &ActionEntry,
     (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
-    context_json: &str,
+    context: Option<&ContextMap>,
 ) -> Result<(Option<Request>, Vec<EntityUid>), RequestError> {
-    if context_json.trim().is_empty() && entry.empty_context {
+    if context.is_none() && entry.empty_context {
         return Ok((None, Vec::new()));
     }
     let request = |context| {
@@ -299,14 +307,16 @@ fn schema_checked_request(
         )
         .map_err(|e| RequestError::new(request_error_field(&e), e))
     };
-    if let Some((context, refs)) = quick_context(context_json, &|t| pack.entity_type(t).cloned()) {
+    let empty = ContextMap::new();
+    let quick = quick_context(context.unwrap_or(&empty), &|t| pack.entity_type(t).cloned());
+    if let Some((context, refs)) = quick {
         if let Ok(request) = request(context) {
             return Ok((Some(request), refs));
         }
     }
     // What the quick reader does not take, or took but the schema refuses: Cedar's parser
     // decides, and words the error.
-    let (context, refs) = parse_context(pack, action, context_json)?;
+    let (context, refs) = parse_context(pack, action, context)?;
     Ok((Some(request(context)?), refs))
 }
 
@@ -314,30 +324,28 @@ fn schema_checked_request(
 pub fn check(
     pack: &PolicyPack,
     store: &EntityStore,
-    raw: &RawRequest<'_>,
+    req: &DecisionRequest<'_>,
 ) -> Result<CheckedRequest, RequestError> {
-    let principal = parse_uid(pack, raw.principal, "principal")?;
-    let action = parse_action(pack, raw.action)?;
-    let resource = parse_uid(pack, raw.resource, "resource")?;
-    let overlay = parse_overlay(pack, store, raw.entities_json)?;
-    check_parsed(pack, principal, action, resource, raw.context_json, overlay)
+    let principal = parse_uid(pack, req.principal, Field::Principal)?;
+    let action = parse_action(pack, req.action)?;
+    let resource = parse_uid(pack, req.resource, Field::Resource)?;
+    let overlay = parse_overlay(pack, store, req.entities)?;
+    check_parsed(pack, (principal, action, resource), req.context, overlay)
 }
 
 /// The rest of [`check`], once uids and request-scoped entities are parsed.
 pub fn check_parsed(
     pack: &PolicyPack,
-    principal: EntityUid,
-    action: EntityUid,
-    resource: EntityUid,
-    context_json: &str,
+    (principal, action, resource): (EntityUid, EntityUid, EntityUid),
+    context: Option<&ContextMap>,
     overlay: Overlay,
 ) -> Result<CheckedRequest, RequestError> {
     let entry = pack
         .action(&action)
-        .ok_or_else(|| RequestError::new("action", "unknown action"))?;
+        .ok_or_else(|| RequestError::new(Field::Action(Part::Whole), "unknown action"))?;
     if !entry.principal_types.contains(principal.type_name()) {
         return Err(RequestError::new(
-            "principal.type",
+            Field::Principal(Part::Type),
             format!(
                 "action `{}` does not apply to principals of type `{}`",
                 action.id().unescaped(),
@@ -347,7 +355,7 @@ pub fn check_parsed(
     }
     if !entry.resource_types.contains(resource.type_name()) {
         return Err(RequestError::new(
-            "resource.type",
+            Field::Resource(Part::Type),
             format!(
                 "action `{}` does not apply to resources of type `{}`",
                 action.id().unescaped(),
@@ -356,7 +364,7 @@ pub fn check_parsed(
         ));
     }
     let (request, context_refs) =
-        checked_request(pack, entry, (&principal, &action, &resource), context_json)?;
+        checked_request(pack, entry, (&principal, &action, &resource), context)?;
     Ok(CheckedRequest {
         principal,
         action,
@@ -371,20 +379,13 @@ pub fn check_parsed(
 /// `[context.<action>]`), naming the field and the values it may take.
 fn check_declared_values(
     declared: &[(String, Vec<String>)],
-    context_json: &str,
+    context: &ContextMap,
 ) -> Result<(), RequestError> {
-    if context_json.trim().is_empty() {
-        return Ok(());
-    }
-    let Ok(serde_json::Value::Object(context)) = serde_json::from_str(context_json) else {
-        // Cedar's check above already refused anything but a valid record.
-        return Ok(());
-    };
     for (field, values) in declared {
-        if let Some(serde_json::Value::String(v)) = context.get(field) {
+        if let Some(Value::String(v)) = context.get(field) {
             if !values.iter().any(|allowed| allowed == v) {
                 return Err(RequestError::new(
-                    format!("context.{field}"),
+                    Field::Context(Some(field.clone())),
                     format!(
                         "`{}` is not one of the values the policies declare: {}",
                         quote(v),
@@ -397,14 +398,14 @@ fn check_declared_values(
     Ok(())
 }
 
-fn request_error_field(e: &cedar_policy::RequestValidationError) -> &'static str {
+fn request_error_field(e: &cedar_policy::RequestValidationError) -> Field {
     use cedar_policy::RequestValidationError as E;
     match e {
-        E::UndeclaredAction(_) | E::ExternalAction(_) => "action",
-        E::UndeclaredPrincipalType(_) | E::InvalidPrincipalType(_) => "principal.type",
-        E::UndeclaredResourceType(_) | E::InvalidResourceType(_) => "resource.type",
-        E::InvalidContext(_) | E::TypeOfContext(_) => "context_json",
-        _ => "request",
+        E::UndeclaredAction(_) | E::ExternalAction(_) => Field::Action(Part::Whole),
+        E::UndeclaredPrincipalType(_) | E::InvalidPrincipalType(_) => Field::Principal(Part::Type),
+        E::UndeclaredResourceType(_) | E::InvalidResourceType(_) => Field::Resource(Part::Type),
+        E::InvalidContext(_) | E::TypeOfContext(_) => Field::Context(None),
+        _ => Field::Request,
     }
 }
 
@@ -469,7 +470,10 @@ mod tests {
                 });
             assert_eq!(cedar.is_ok(), *valid, "{text}: {cedar:?}");
             let types = |t: &str| t.parse().ok();
-            let Some((context, _)) = super::quick_context(text, &types) else {
+            let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) else {
+                continue;
+            };
+            let Some((context, _)) = super::quick_context(&map, &types) else {
                 continue;
             };
             match (

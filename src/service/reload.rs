@@ -40,6 +40,8 @@ pub struct PolicyStatus {
     pub live_since_unix_ms: u64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Candidates that changed nothing.
+    pub unchanged: u64,
     pub last_rejection: Option<Rejection>,
     /// What the gate's analysis said of the live set (`proved: ...`, `skipped: ...`).
     pub live_analysis: String,
@@ -59,6 +61,7 @@ pub struct Reloader {
     analysis: Analysis,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    unchanged: AtomicU64,
     status: Mutex<(u64, Option<Rejection>)>,
     /// Serializes reloads.
     running: Mutex<()>,
@@ -79,6 +82,7 @@ impl Reloader {
             analysis,
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            unchanged: AtomicU64::new(0),
             status: Mutex::new((now_ms(), None)),
             running: Mutex::new(()),
         })
@@ -109,6 +113,7 @@ impl Reloader {
             live_since_unix_ms: since,
             accepted: self.accepted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            unchanged: self.unchanged.load(Ordering::Relaxed),
             last_rejection: last,
             live_analysis: live
                 .as_ref()
@@ -153,6 +158,7 @@ impl Reloader {
                 }
             }
             Outcome::Unchanged => {
+                self.unchanged.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("policy files changed nothing: the live set stays as it is")
             }
             Outcome::Rejected(r) => {

@@ -61,6 +61,10 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// The health-only listener's address as bound, if any.
     pub health_addr: Option<SocketAddr>,
+    /// The decision service's Unix socket, if it listens on one.
+    pub unix: Option<std::path::PathBuf>,
+    /// The data service's Unix socket, if it runs on one.
+    pub data_unix: Option<std::path::PathBuf>,
     pub engine: Arc<State>,
     pub reloader: Arc<Reloader>,
     pub telemetry: Arc<Telemetry>,
@@ -175,6 +179,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         );
         tracing::info!(path = %path.display(), "decision service listening on a Unix socket");
     }
+    let unix = config.unix.clone();
+    let mut data_unix = None;
 
     let mut data_addr = None;
     match &config.data_token {
@@ -206,6 +212,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                     conn,
                 );
                 tracing::info!(path = %path.display(), "data service listening on a Unix socket");
+                data_unix = Some(path.clone());
             }
         }
         // Only a data listener that was asked for and cannot run is worth a warning.
@@ -269,6 +276,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         http_addr,
         metrics_addr,
         health_addr,
+        unix,
+        data_unix,
         engine,
         reloader,
         telemetry,

@@ -476,7 +476,9 @@ impl ServeSettings {
             data_unix: self.data_listen_unix.clone(),
             unix_mode,
             limits: Limits {
-                slice_depth: self.slice_depth,
+                engine: crate::engine::view::Limits {
+                    slice_depth: self.slice_depth,
+                },
                 max_batch: self.max_batch,
                 max_write_ops: self.max_write_ops,
                 max_message_bytes: self.max_message_bytes,

@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use crate::engine::decide::DEFAULT_SLICE_DEPTH;
 use crate::engine::error::{DataError, RequestError};
 use crate::engine::index::{EntityStore, Prepared, WriteOp};
 use crate::engine::pack::PolicyPack;
+use crate::engine::View;
 use crate::storage::{ChangeSet, SourceError, Storage, StorageError, WriteKey};
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Attribute hops a slice follows from the request's entities.
-    pub slice_depth: usize,
+    /// The engine's own limits (the slice depth), which every view of the live state carries.
+    pub engine: crate::engine::view::Limits,
     /// Requests per `BatchIsAuthorized` call.
     pub max_batch: usize,
     /// Operations per `WriteEntities` batch (a batch is committed to the index under its
@@ -37,7 +37,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            slice_depth: DEFAULT_SLICE_DEPTH,
+            engine: crate::engine::view::Limits::default(),
             max_batch: 10_000,
             max_write_ops: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
@@ -189,7 +189,7 @@ pub fn replay(key: &WriteKey, revision: u64, fingerprint: &str) -> Result<Writte
             replayed: true,
         })
     } else {
-        Err(RequestError::new(
+        Err(RequestError::edge(
             "idempotency_key",
             format!(
                 "{:?} was used for a different batch, committed at revision {revision}",
@@ -218,6 +218,8 @@ pub struct State {
     revision: watch::Sender<u64>,
     /// Why writes fail now (None: the last write or probe succeeded).
     write_fault: watch::Sender<Faults>,
+    /// Calls waiting now in [`State::wait_for_revision`].
+    waiters: std::sync::atomic::AtomicUsize,
     pub limits: Limits,
 }
 
@@ -226,11 +228,18 @@ pub struct State {
 pub struct Live<'a> {
     pub pack: Arc<PolicyPack>,
     store: RwLockReadGuard<'a, EntityStore>,
+    limits: crate::engine::view::Limits,
 }
 
 impl Live<'_> {
     pub fn store(&self) -> &EntityStore {
         &self.store
+    }
+
+    /// The engine's front door onto this state: every decision and listing of a call goes
+    /// through it.
+    pub fn view(&self) -> View<'_> {
+        View::with_limits(&self.pack, &self.store, self.limits)
     }
 }
 
@@ -243,6 +252,7 @@ impl State {
             writer: Mutex::new(()),
             revision: watch::channel(0).0,
             write_fault: watch::channel(Faults::default()).0,
+            waiters: Default::default(),
             limits,
         }
     }
@@ -253,7 +263,11 @@ impl State {
         // the write lock, so store and pack always match.
         let store = self.read_store();
         let pack = self.pack.load_full()?;
-        Some(Live { pack, store })
+        Some(Live {
+            pack,
+            store,
+            limits: self.limits.engine,
+        })
     }
 
     fn read_store(&self) -> RwLockReadGuard<'_, EntityStore> {
@@ -642,6 +656,7 @@ impl State {
             .unwrap_or(self.limits.max_revision_wait)
             .min(self.limits.max_revision_wait);
         let mut rx = self.revision.subscribe();
+        let _waiting = Waiting::count(&self.waiters);
         let reached = matches!(
             tokio::time::timeout(waited, rx.wait_for(|r| *r >= min)).await,
             Ok(Ok(_))
@@ -654,6 +669,11 @@ impl State {
             current: self.revision(),
             waited,
         })
+    }
+
+    /// How many calls wait now for their `min_revision` (a metric, and what tests wait on).
+    pub fn revision_waiters(&self) -> usize {
+        self.waiters.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Streams a consistent snapshot of the durable store, chunk by chunk.
@@ -679,5 +699,21 @@ impl State {
             visit(last, batch);
         }
         Ok(())
+    }
+}
+
+/// One call counted as waiting for a revision while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -26,6 +26,39 @@ use crate::service::state::State;
 /// The tracing target of decision log events.
 pub const DECISION_TARGET: &str = "blue_authz::decision";
 
+/// A request's context and request-scoped entities as the decision log writes them: the text
+/// a gRPC caller sent, or the JSON an AuthZEN caller's values became (written out only when the
+/// decision is logged).
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Text(&'a str, &'a str),
+    Json(
+        Option<&'a serde_json::Map<String, serde_json::Value>>,
+        &'a [serde_json::Value],
+    ),
+}
+
+impl Input<'_> {
+    fn text(&self) -> (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>) {
+        use std::borrow::Cow;
+        match *self {
+            Input::Text(c, e) => (Cow::Borrowed(c), Cow::Borrowed(e)),
+            Input::Json(c, e) => (
+                match c {
+                    Some(c) if !c.is_empty() => {
+                        Cow::Owned(serde_json::to_string(c).unwrap_or_default())
+                    }
+                    _ => Cow::Borrowed(""),
+                },
+                match e {
+                    [] => Cow::Borrowed(""),
+                    e => Cow::Owned(serde_json::to_string(e).unwrap_or_default()),
+                },
+            ),
+        }
+    }
+}
+
 /// One decision as the log records it.
 pub struct Logged<'a> {
     pub request_id: &'a str,
@@ -179,7 +212,7 @@ impl Telemetry {
         principal: &dyn std::fmt::Display,
         action: &str,
         resource: &dyn std::fmt::Display,
-        raw: (&str, &str),
+        raw: Input<'_>,
         d: &Decision,
         version: &str,
         revision: u64,
@@ -187,6 +220,7 @@ impl Telemetry {
         self.count_decision(action, d.allow);
         if self.sampled() {
             let request_id = call.request_id(self);
+            let (context_json, entities_json) = raw.text();
             self.log_decision(&Logged {
                 request_id: &request_id,
                 method: call.method,
@@ -197,8 +231,8 @@ impl Telemetry {
                 policy_version: version,
                 revision,
                 latency: call.started.elapsed(),
-                context_json: raw.0,
-                entities_json: raw.1,
+                context_json: &context_json,
+                entities_json: &entities_json,
             });
         }
     }
@@ -393,6 +427,13 @@ impl Collector for Scrape {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.engine.write_fault().is_none() as i64).encode(enc)?;
+        let enc = encoder.encode_descriptor(
+            "revision_waiters",
+            "Calls waiting now for their min_revision to be reached",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.engine.revision_waiters() as i64).encode(enc)?;
         let total: usize = counts.iter().map(|(_, n)| n).sum();
         let enc = encoder.encode_descriptor(
             "store_empty",

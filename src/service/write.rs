@@ -78,7 +78,7 @@ impl WriteError {
                 StateError::NotReady => StateError::NotReady,
                 StateError::DeadlineExceeded => StateError::DeadlineExceeded,
                 StateError::Invalid(e) => StateError::Invalid(
-                    crate::engine::error::RequestError::new(e.field.clone(), e.message.clone()),
+                    crate::engine::error::RequestError::new(e.field.clone(), &e.message),
                 ),
                 StateError::PreconditionFailed { field, message } => {
                     StateError::PreconditionFailed {

@@ -336,7 +336,7 @@ mod tests {
             parent: uid(r#"Group::"g1""#),
         }];
         let err = store.prepare(ops, &schema).unwrap_err();
-        assert_eq!(err.field, "ops");
+        assert_eq!(err.field, crate::engine::error::Field::Ops(None));
         assert!(err.message.contains("would be its own ancestor"), "{err}");
         // A self-loop too.
         let batch = parse_entities(json!([ent("Group", "g2", &["g2"])]), &schema, "t").unwrap();

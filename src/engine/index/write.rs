@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::entity::{parse_entities, parse_entity, NewEntity};
 use super::{EntityStore, Ix};
-use crate::engine::error::{DataError, EditError, RequestError};
+use crate::engine::error::{DataError, EditError, Field, RequestError};
 use crate::engine::json::{json_uid, json_uid_parts, json_uids, uid_json};
 use crate::engine::schema::EntitySchema;
 
@@ -264,11 +264,11 @@ impl EntityStore {
     ) -> Result<Prepared, RequestError> {
         let mut working = Working::new(self, chain);
         for (i, op) in ops.into_iter().enumerate() {
-            let field = format!("ops[{i}]");
+            let field = Field::Ops(Some(i));
             match op {
                 WriteOp::Upsert(value) => {
                     let e = parse_entity(value, schema, "upsert")
-                        .map_err(|e| RequestError::new(&field, e))?;
+                        .map_err(|e| RequestError::new(field.clone(), e))?;
                     working.set(e.uid, Some(e.json));
                 }
                 WriteOp::Delete(uid) => working.set(uid, None),
@@ -290,7 +290,9 @@ impl EntityStore {
                             .edit_parents(&child, schema, |parents| {
                                 parents.retain(|p| !gone.contains(p))
                             })
-                            .map_err(|m| RequestError::new(&field, format!("delete_owned: {m}")))?;
+                            .map_err(|m| {
+                                RequestError::new(field.clone(), format!("delete_owned: {m}"))
+                            })?;
                         working.set(child, Some(e.json));
                     }
                     for d in doomed {
@@ -310,13 +312,17 @@ impl EntityStore {
                                 parents.push(parent.clone());
                             }
                         })
-                        .map_err(|m| RequestError::new(&field, format!("add_parent: {m}")))?;
+                        .map_err(|m| {
+                            RequestError::new(field.clone(), format!("add_parent: {m}"))
+                        })?;
                     working.set(child, Some(e.json));
                 }
                 WriteOp::RemoveParent { child, parent } => {
                     let e = working
                         .edit_parents(&child, schema, |parents| parents.retain(|p| p != &parent))
-                        .map_err(|m| RequestError::new(&field, format!("remove_parent: {m}")))?;
+                        .map_err(|m| {
+                            RequestError::new(field.clone(), format!("remove_parent: {m}"))
+                        })?;
                     working.set(child, Some(e.json));
                 }
             }
@@ -327,7 +333,7 @@ impl EntityStore {
             prepared.touched.iter().map(|(uid, _)| uid).collect();
         let earlier = chain.upserts().filter(|(uid, _)| !mine.contains(uid));
         self.acyclic(earlier.chain(prepared.upserts()))
-            .map_err(|m| RequestError::new("ops", m))?;
+            .map_err(|m| RequestError::new(Field::Ops(None), m))?;
         Ok(prepared)
     }
 

@@ -10,17 +10,18 @@
 //! returned ([`token`]), so an entity present throughout a paginated read is returned exactly
 //! once, whatever is written between pages.
 
+pub mod actions;
 pub mod token;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 
 use crate::engine::decide;
-use crate::engine::error::{quote, RequestError};
+use crate::engine::error::{quote, Field, ListedSide, Part, RequestError};
 use crate::engine::facts::{Ent, Ix, Lookup};
 use crate::engine::index::{EntityStore, Overlay};
 use crate::engine::narrow::{At, Listed};
 use crate::engine::pack::{ActionEntry, PolicyPack};
-use crate::engine::request::{self, context_of, UidRef};
+use crate::engine::request::{self, context_of, ContextMap, UidRef};
 
 pub use crate::engine::narrow::Listed as Side;
 
@@ -38,8 +39,10 @@ pub struct ListRequest<'a> {
     pub action: UidRef<'a>,
     /// The entity type to list.
     pub listed_type: &'a str,
-    pub context_json: &'a str,
-    pub entities_json: &'a str,
+    /// None: `{}`.
+    pub context: Option<&'a ContextMap>,
+    /// Request-scoped entities in Cedar's JSON form.
+    pub entities: &'a [serde_json::Value],
     /// 0: [`DEFAULT_PAGE_SIZE`].
     pub page_size: u32,
     /// Empty: the first page.
@@ -67,10 +70,11 @@ pub struct Page {
 }
 
 impl ListRequest<'_> {
-    fn fields(&self) -> (&'static str, &'static str) {
+    /// The field naming the other side, and the listed type's field.
+    fn fields(&self) -> (fn(Part) -> Field, Field) {
         match self.listed {
-            Listed::Resources => ("principal", "resource_type"),
-            Listed::Principals => ("resource", "principal_type"),
+            Listed::Resources => (Field::Principal, Field::ListedType(ListedSide::Resources)),
+            Listed::Principals => (Field::Resource, Field::ListedType(ListedSide::Principals)),
         }
     }
 }
@@ -85,15 +89,15 @@ pub fn list(
     let (other_field, type_field) = req.fields();
     let other = request::parse_uid(pack, req.other, other_field)?;
     let action = request::parse_action(pack, req.action)?;
-    let listed_type = listed_type(pack, req.listed_type, type_field)?;
+    let listed_type = listed_type(pack, req.listed_type, type_field.clone())?;
     let entry = pack
         .action(&action)
-        .ok_or_else(|| RequestError::new("action", "unknown action"))?;
+        .ok_or_else(|| RequestError::new(Field::Action(Part::Whole), "unknown action"))?;
     let (other_types, listed_types, what) = match req.listed {
         Listed::Resources => (&entry.principal_types, &entry.resource_types, "resources"),
         Listed::Principals => (&entry.resource_types, &entry.principal_types, "principals"),
     };
-    let applies = |types: &std::collections::HashSet<EntityTypeName>, ty, field: &str, what| {
+    let applies = |types: &std::collections::HashSet<EntityTypeName>, ty, field: Field, what| {
         if types.contains(ty) {
             Ok(())
         } else {
@@ -113,7 +117,7 @@ pub fn list(
     applies(
         other_types,
         other.type_name(),
-        &format!("{other_field}.type"),
+        other_field(Part::Type),
         other_what,
     )?;
     applies(listed_types, &listed_type, type_field, what)?;
@@ -121,12 +125,20 @@ pub fn list(
         0 => DEFAULT_PAGE_SIZE,
         n if n > MAX_PAGE_SIZE => {
             return Err(RequestError::new(
-                "page_size",
+                Field::PageSize,
                 format!("{n} is more than the maximum of {MAX_PAGE_SIZE}"),
             ))
         }
         n => n,
     } as usize;
+    let context_text = match req.context {
+        Some(c) if !c.is_empty() => serde_json::to_string(c).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let entities_text = match req.entities {
+        [] => String::new(),
+        e => serde_json::to_string(e).unwrap_or_default(),
+    };
     let query = token::fingerprint(&[
         match req.listed {
             Listed::Resources => "resources",
@@ -135,14 +147,14 @@ pub fn list(
         &other.to_string(),
         &action.to_string(),
         &listed_type.to_string(),
-        req.context_json.trim(),
-        req.entities_json.trim(),
+        &context_text,
+        &entities_text,
     ]);
     let cursor = match req.page_token {
         "" => None,
-        t => Some(token::decode(t, query).map_err(|e| RequestError::new("page_token", e))?),
+        t => Some(token::decode(t, query).map_err(|e| RequestError::new(Field::PageToken, e))?),
     };
-    let overlay = request::parse_overlay(pack, store, req.entities_json)?;
+    let overlay = request::parse_overlay(pack, store, req.entities)?;
     // The context, checked once against the schema (with a stand-in for the listed entity).
     let placeholder = EntityUid::from_type_name_and_id(listed_type.clone(), EntityId::new("?"));
     let uids = |listed: &EntityUid| match req.listed {
@@ -152,10 +164,8 @@ pub fn list(
     let (p, r) = uids(&placeholder);
     let probe = request::check_parsed(
         pack,
-        p,
-        action.clone(),
-        r,
-        req.context_json,
+        (p, action.clone(), r),
+        req.context,
         Overlay::default(),
     )?;
     let query = Query {
@@ -181,7 +191,7 @@ pub fn list(
     }
 }
 
-fn listed_type(pack: &PolicyPack, ty: &str, field: &str) -> Result<EntityTypeName, RequestError> {
+fn listed_type(pack: &PolicyPack, ty: &str, field: Field) -> Result<EntityTypeName, RequestError> {
     if ty.is_empty() {
         return Err(RequestError::new(field, "is empty"));
     }
@@ -278,10 +288,8 @@ impl Query<'_> {
                     };
                     let checked = request::check_parsed(
                         self.pack,
-                        p,
-                        self.action.clone(),
-                        r,
-                        self.req.context_json,
+                        (p, self.action.clone(), r),
+                        self.req.context,
                         self.overlay.clone(),
                     )?;
                     decide::decide(self.pack, self.store, &checked, self.depth)

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 
 use super::wire::{ErrorBody, ErrorDetail};
-use crate::engine::error::RequestError;
+use crate::engine::error::{Field, Part, RequestError};
 use crate::service::state::StateError;
 
 /// Why an AuthZEN call failed, before it becomes a response.
@@ -58,7 +58,7 @@ impl HttpError {
         let status = self.status();
         let (field, message) = match self {
             HttpError::Invalid(e) | HttpError::NotFound(e) => {
-                (Some(e.field.as_str()), e.to_string())
+                (Some(e.field.to_string()), e.to_string())
             }
             HttpError::State(
                 e @ (StateError::NotReady | StateError::RevisionNotReached { .. }),
@@ -72,7 +72,7 @@ impl HttpError {
         let body = ErrorBody {
             error: ErrorDetail {
                 status: status.as_u16(),
-                field,
+                field: field.as_deref(),
                 message: &message,
             },
         };
@@ -80,25 +80,51 @@ impl HttpError {
     }
 }
 
-/// A request error whose field the engine named (`principal.type`, `action.id`,
-/// `context_json`, `entities_json`, `page_size`, ...) renamed to the AuthZEN path it came
-/// from: `at` maps the engine's first segment to that path.
-pub(super) fn renamed(e: RequestError, at: &dyn Fn(&str) -> Option<String>) -> RequestError {
-    let (head, rest) = match e.field.split_once('.') {
-        Some((h, r)) => (h, Some(r)),
-        None => (e.field.as_str(), None),
-    };
-    let Some(path) = at(head) else {
-        return e;
-    };
-    let field = match (head, rest) {
+/// The JSON paths an AuthZEN request's members came from (`evaluations[2].subject`,
+/// `context`, ...), by which the engine's fields are spelled.
+pub(super) struct Paths<'a> {
+    pub subject: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub context: &'a str,
+    /// Per request-scoped entity (by index), the member whose `properties` made it.
+    pub entities: &'a [&'a str],
+    /// The searched-for side of a search, whose type is the listed type.
+    pub searched: &'a str,
+}
+
+/// An engine error with its field spelled as the AuthZEN path it came from.
+pub(super) fn spelled(e: RequestError, p: &Paths<'_>) -> RequestError {
+    fn part(at: &str, part: Part) -> String {
+        match part {
+            Part::Whole => at.to_string(),
+            Part::Type => format!("{at}.type"),
+            Part::Id => format!("{at}.id"),
+        }
+    }
+    let field = match &e.field {
+        Field::Principal(x) => part(p.subject, *x),
+        Field::Resource(x) => part(p.resource, *x),
+        Field::Action(Part::Whole) => p.action.to_string(),
         // An AuthZEN action is named, not typed.
-        ("action", Some(_)) => format!("{path}.name"),
-        (_, Some(rest)) => format!("{path}.{rest}"),
-        (_, None) => path,
+        Field::Action(_) => format!("{}.name", p.action),
+        Field::Context(None) => p.context.to_string(),
+        Field::Context(Some(m)) => format!("{}.{m}", p.context),
+        Field::Entities(Some(i)) => match p.entities.get(*i) {
+            Some(at) => format!("{at}.properties"),
+            None => "properties".to_string(),
+        },
+        Field::Entities(None) => match p.entities {
+            [one] => format!("{one}.properties"),
+            _ => "properties".to_string(),
+        },
+        Field::ListedType(_) => format!("{}.type", p.searched),
+        Field::PageSize => "page.limit".to_string(),
+        Field::PageToken => "page.token".to_string(),
+        other => other.to_string(),
     };
     RequestError {
-        field,
+        field: Field::Edge(field),
         message: e.message,
     }
 }

@@ -6,15 +6,15 @@
 
 use serde_json::{json, Value};
 
-use super::error::{renamed, HttpError};
+use super::error::{spelled, HttpError, Paths};
 use super::query::{self, At};
 use super::wire::{self, Action, Entity, Evaluation, Evaluations};
 use super::AuthzenService;
-use crate::engine::decide::{self, Decision};
+use crate::engine::decide::Decision;
 use crate::engine::error::RequestError;
-use crate::engine::request::{self, RawRequest, UidRef};
+use crate::engine::request::{DecisionRequest, UidRef};
 use crate::service::state::{Live, StateError};
-use crate::service::telemetry::CallLog;
+use crate::service::telemetry::{CallLog, Input};
 
 /// How `evaluations` runs its items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Semantic {
             None | Some("execute_all") => Ok(Semantic::ExecuteAll),
             Some("deny_on_first_deny") => Ok(Semantic::DenyOnFirstDeny),
             Some("permit_on_first_permit") => Ok(Semantic::PermitOnFirstPermit),
-            Some(other) => Err(RequestError::new(
+            Some(other) => Err(RequestError::edge(
                 "options.evaluations_semantic",
                 format!(
                     "`{}` is not execute_all, deny_on_first_deny or permit_on_first_permit",
@@ -59,11 +59,11 @@ fn pick<'a, T>(
     match (own, default, item) {
         (Some(v), _, Some(i)) => Ok((v, format!("evaluations[{i}].{member}").into())),
         (Some(v), _, None) | (None, Some(v), _) => Ok((v, member.into())),
-        (None, None, Some(i)) => Err(RequestError::new(
+        (None, None, Some(i)) => Err(RequestError::edge(
             format!("evaluations[{i}].{member}"),
             "is required: neither the item nor the top level gives it",
         )),
-        (None, None, None) => Err(RequestError::new(member, "is required")),
+        (None, None, None) => Err(RequestError::edge(member, "is required")),
     }
 }
 
@@ -109,7 +109,7 @@ fn reason(d: &Decision, version: &str, revision: u64) -> Value {
 }
 
 fn item_error(e: &RequestError) -> Value {
-    json!({"error": {"status": 400, "field": e.field, "message": e.to_string()}})
+    json!({"error": {"status": 400, "field": e.field.to_string(), "message": e.to_string()}})
 }
 
 impl AuthzenService {
@@ -120,52 +120,52 @@ impl AuthzenService {
         item: &Item<'_>,
         call: &mut CallLog<'_>,
     ) -> Result<Decision, RequestError> {
+        let view = live.view();
         let pack = &live.pack;
-        let store = live.store();
         let subject = query::named(pack, item.subject.0, &item.subject.1, true)?;
         let resource = query::named(pack, item.resource.0, &item.resource.1, true)?;
         let (action, action_at) = (&item.action.0, &item.action.1);
         query::no_action_properties(action.properties.as_ref(), action_at)?;
         let action_id = pack.names.action_id(&action.name);
-        let context_json = query::context_text(item.context.0);
-        let entities_json = query::properties_entities(pack, store, &[&subject, &resource])?;
-        let raw = RawRequest {
-            principal: UidRef {
-                ty: subject.ty,
-                id: subject.id,
-            },
-            action: UidRef {
-                ty: "",
-                id: action_id,
-            },
-            resource: UidRef {
-                ty: resource.ty,
-                id: resource.id,
-            },
-            context_json: &context_json,
-            entities_json: &entities_json,
+        let (entities, from) =
+            query::properties_entities(pack, view.store, &[&subject, &resource])?;
+        let context = item.context.0;
+        let paths = Paths {
+            subject: &item.subject.1,
+            action: action_at,
+            resource: &item.resource.1,
+            context: &item.context.1,
+            entities: &from,
+            searched: "",
         };
-        let at = |head: &str| -> Option<String> {
-            match head {
-                "principal" => Some(item.subject.1.to_string()),
-                "resource" => Some(item.resource.1.to_string()),
-                "action" => Some(action_at.to_string()),
-                "context_json" => Some(item.context.1.to_string()),
-                "entities_json" => Some("properties".into()),
-                _ => None,
-            }
-        };
-        let checked = request::check(pack, store, &raw).map_err(|e| renamed(e, &at))?;
-        let d = decide::decide(pack, store, &checked, self.engine.limits.slice_depth);
+        let checked = view
+            .check(&DecisionRequest {
+                principal: UidRef {
+                    ty: subject.ty,
+                    id: subject.id,
+                },
+                action: UidRef {
+                    ty: "",
+                    id: action_id,
+                },
+                resource: UidRef {
+                    ty: resource.ty,
+                    id: resource.id,
+                },
+                context,
+                entities: &entities,
+            })
+            .map_err(|e| spelled(e, &paths))?;
+        let d = view.decide(&checked);
         self.telemetry.record(
             call,
             &checked.principal,
             action_id,
             &checked.resource,
-            (&context_json, &entities_json),
+            Input::Json(context, &entities),
             &d,
             &pack.version,
-            store.revision(),
+            view.store.revision(),
         );
         Ok(d)
     }
@@ -223,7 +223,7 @@ impl AuthzenService {
         }
         let max = self.engine.limits.max_batch;
         if items.len() > max {
-            return Err(RequestError::new(
+            return Err(RequestError::edge(
                 "evaluations",
                 format!("{} items exceed the limit of {max} per call", items.len()),
             )

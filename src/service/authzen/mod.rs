@@ -149,7 +149,7 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), RequestError> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(RequestError::new(
+        Err(RequestError::edge(
             "Content-Type",
             format!(
                 "is `{}`; AuthZEN requests are application/json",
@@ -167,7 +167,7 @@ fn min_revision(headers: &HeaderMap) -> Result<Option<u64>, RequestError> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .map(Some)
-        .ok_or_else(|| RequestError::new(MIN_REVISION_HEADER, "is not a revision number"))
+        .ok_or_else(|| RequestError::edge(MIN_REVISION_HEADER, "is not a revision number"))
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, RequestError> {
@@ -175,12 +175,12 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Reques
         let too_long = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_long {
-            RequestError::new(
+            RequestError::edge(
                 "request",
                 format!("the body exceeds the limit of {limit} bytes"),
             )
         } else {
-            RequestError::new("request", format!("cannot read the body: {e}"))
+            RequestError::edge("request", format!("cannot read the body: {e}"))
         }
     })
 }
@@ -232,7 +232,7 @@ async fn search_action(Shared(s): Svc, headers: HeaderMap, body: Body) -> Respon
 }
 
 async fn not_found(headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    let e = RequestError::new(
+    let e = RequestError::edge(
         "path",
         format!(
             "`{}` is not an endpoint of this server (see {WELL_KNOWN})",

@@ -14,7 +14,6 @@ use super::wire::Entity;
 use crate::engine::error::{quote, RequestError};
 use crate::engine::index::EntityStore;
 use crate::engine::pack::PolicyPack;
-use crate::engine::request;
 
 /// A JSON path in the request, for errors.
 pub(super) type At = Cow<'static, str>;
@@ -24,7 +23,7 @@ pub(super) type At = Cow<'static, str>;
 pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(RequestError::new(
+        return Err(RequestError::edge(
             "request",
             "the body must be a JSON object",
         ));
@@ -34,13 +33,13 @@ pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError>
         let path = e.path().to_string();
         let e = e.into_inner();
         if e.is_syntax() || e.is_eof() || path == "." || path.is_empty() {
-            RequestError::new("request", format!("invalid JSON: {e}"))
+            RequestError::edge("request", format!("invalid JSON: {e}"))
         } else {
-            RequestError::new(path, e)
+            RequestError::edge(path, e)
         }
     })?;
     de.end()
-        .map_err(|e| RequestError::new("request", format!("invalid JSON: {e}")))?;
+        .map_err(|e| RequestError::edge("request", format!("invalid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -60,14 +59,14 @@ pub(super) fn named<'a>(
     need_id: bool,
 ) -> Result<Named<'a>, RequestError> {
     if e.ty.is_empty() {
-        return Err(RequestError::new(format!("{at}.type"), "is empty"));
+        return Err(RequestError::edge(format!("{at}.type"), "is empty"));
     }
     let ty = pack.names.cedar_type(&e.ty);
     let known = pack
         .entity_type(ty)
         .filter(|t| Some(*t) != pack.action_type());
     if known.is_none() {
-        return Err(RequestError::new(
+        return Err(RequestError::edge(
             format!("{at}.type"),
             format!(
                 "unknown type `{}` (this pack's types: {})",
@@ -78,7 +77,7 @@ pub(super) fn named<'a>(
     }
     let id = e.id.as_deref().unwrap_or("");
     if need_id && id.is_empty() {
-        return Err(RequestError::new(format!("{at}.id"), "is required"));
+        return Err(RequestError::edge(format!("{at}.id"), "is required"));
     }
     Ok(Named {
         ty,
@@ -97,22 +96,14 @@ fn known_types(pack: &PolicyPack) -> String {
     all.join(", ")
 }
 
-/// The Cedar context text of an AuthZEN `context` ('' for none).
-pub(super) fn context_text(context: Option<&Map<String, Value>>) -> String {
-    match context {
-        Some(m) if !m.is_empty() => serde_json::to_string(m).unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
-/// The request-scoped entities of these subjects and resources' `properties` ('' for none):
-/// each the stored entity (if any) with the properties laid over its attributes, parents
-/// kept; validated against the schema, a refusal named by the `properties` it came from.
-pub(super) fn properties_entities(
+/// The request-scoped entities of these subjects and resources' `properties`: each the stored
+/// entity (if any) with the properties laid over its attributes, parents kept; and for each,
+/// the path of the member it came from. The engine validates them against the schema once.
+pub(super) fn properties_entities<'a>(
     pack: &PolicyPack,
     store: &EntityStore,
-    sides: &[&Named<'_>],
-) -> Result<String, RequestError> {
+    sides: &[&Named<'a>],
+) -> Result<(Vec<Value>, Vec<&'a str>), RequestError> {
     let mut entities = Vec::new();
     let mut from = Vec::new();
     for side in sides {
@@ -120,7 +111,7 @@ pub(super) fn properties_entities(
             continue;
         };
         if side.id.is_empty() {
-            return Err(RequestError::new(
+            return Err(RequestError::edge(
                 format!("{}.properties", side.at),
                 "an entity without an id has no properties",
             ));
@@ -145,16 +136,7 @@ pub(super) fn properties_entities(
         entities.push(json);
         from.push(side.at);
     }
-    if entities.is_empty() {
-        return Ok(String::new());
-    }
-    // Each side alone, so that a refusal names the properties at fault.
-    for (json, at) in entities.iter().zip(&from) {
-        let one = Value::Array(vec![json.clone()]).to_string();
-        request::parse_overlay(pack, store, &one)
-            .map_err(|e| RequestError::new(format!("{at}.properties"), e.message))?;
-    }
-    Ok(Value::Array(entities).to_string())
+    Ok((entities, from))
 }
 
 /// Refuses action `properties`: Cedar actions carry no per-request attributes.
@@ -163,7 +145,7 @@ pub(super) fn no_action_properties(
     at: &str,
 ) -> Result<(), RequestError> {
     match props {
-        Some(p) if !p.is_empty() => Err(RequestError::new(
+        Some(p) if !p.is_empty() => Err(RequestError::edge(
             format!("{at}.properties"),
             "Cedar actions have no per-request attributes: send these values in `context`",
         )),

@@ -6,16 +6,16 @@
 
 use serde_json::json;
 
-use super::error::{renamed, HttpError};
+use super::error::{spelled, HttpError, Paths};
 use super::query::{self, Named};
 use super::wire::{Found, FoundAction, PageResponse, Search, SearchResponse};
 use super::AuthzenService;
-use crate::engine::decide::{self, ActionOutcome};
 use crate::engine::error::RequestError;
-use crate::engine::list::{self, token, ListRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::engine::request::{self, UidRef};
+use crate::engine::list::actions::{ActionOutcome, ActionsRequest};
+use crate::engine::list::{token, ListRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::engine::request::UidRef;
 use crate::service::state::StateError;
-use crate::service::telemetry::CallLog;
+use crate::service::telemetry::{CallLog, Input};
 
 pub(super) use crate::engine::list::Side as Listed;
 
@@ -23,8 +23,8 @@ pub(super) use crate::engine::list::Side as Listed;
 fn limit(page: Option<&super::wire::PageRequest>) -> Result<(u32, String), RequestError> {
     match page.and_then(|p| p.limit) {
         None => Ok((DEFAULT_PAGE_SIZE, String::new())),
-        Some(0) => Err(RequestError::new("page.limit", "must be at least 1")),
-        Some(n) if n > MAX_PAGE_SIZE as u64 => Err(RequestError::new(
+        Some(0) => Err(RequestError::edge("page.limit", "must be at least 1")),
+        Some(n) if n > MAX_PAGE_SIZE as u64 => Err(RequestError::edge(
             "page.limit",
             format!("{n} is more than the maximum of {MAX_PAGE_SIZE}"),
         )),
@@ -37,7 +37,7 @@ fn inner_token<'a>(given: Option<&'a str>, limit: &str) -> Result<&'a str, Reque
     let Some(t) = given.filter(|t| !t.is_empty()) else {
         return Ok("");
     };
-    let refused = |why: &str| RequestError::new("page.token", why);
+    let refused = |why: &str| RequestError::edge("page.token", why);
     let (bound, inner) = t
         .split_once('.')
         .ok_or_else(|| refused("is not a page token of this service (damaged or made up)"))?;
@@ -58,7 +58,7 @@ fn outer_token(inner: &str, limit: &str) -> String {
 }
 
 fn required<'a, T>(v: Option<&'a T>, field: &str) -> Result<&'a T, RequestError> {
-    v.ok_or_else(|| RequestError::new(field, "is required"))
+    v.ok_or_else(|| RequestError::edge(field, "is required"))
 }
 
 impl AuthzenService {
@@ -76,8 +76,9 @@ impl AuthzenService {
         let (page_size, bound) = limit(req.page.as_ref())?;
         let page_token = inner_token(req.page.as_ref().and_then(|p| p.token.as_deref()), &bound)?;
         let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let view = live.view();
         let pack = &live.pack;
-        let store = live.store();
+        let store = view.store;
         // The searched-for side's id is ignored, as the specification says; the other's is
         // required.
         let (searched, searched_at, other, other_at) = match listed {
@@ -85,7 +86,7 @@ impl AuthzenService {
             Listed::Resources => (resource, "resource", subject, "subject"),
         };
         if searched.properties.as_ref().is_some_and(|p| !p.is_empty()) {
-            return Err(RequestError::new(
+            return Err(RequestError::edge(
                 format!("{searched_at}.properties"),
                 "the searched-for side has no properties: its entities are the stored ones",
             )
@@ -93,25 +94,20 @@ impl AuthzenService {
         }
         let searched_named = query::named(pack, searched, searched_at, false)?;
         let other: Named<'_> = query::named(pack, other, other_at, true)?;
-        let context_json = query::context_text(req.context.as_ref());
-        let entities_json = query::properties_entities(pack, store, &[&other])?;
+        let (entities, _) = query::properties_entities(pack, store, &[&other])?;
         let action_id = pack.names.action_id(&action.name);
-        let at = |head: &str| -> Option<String> {
-            match head {
-                "principal" | "principal_type" => Some("subject".into()),
-                "resource" | "resource_type" => Some("resource".into()),
-                "action" => Some("action".into()),
-                "context_json" => Some("context".into()),
-                "entities_json" => Some(format!("{other_at}.properties")),
-                "page_size" => Some("page.limit".into()),
-                "page_token" => Some("page.token".into()),
-                _ => None,
-            }
+        // The other side's properties are the only request-scoped entities.
+        let from = [other_at];
+        let paths = Paths {
+            subject: "subject",
+            action: "action",
+            resource: "resource",
+            context: "context",
+            entities: &from,
+            searched: searched_at,
         };
-        let page = list::list(
-            pack,
-            store,
-            &ListRequest {
+        let page = view
+            .list(&ListRequest {
                 listed,
                 other: UidRef {
                     ty: other.ty,
@@ -122,24 +118,12 @@ impl AuthzenService {
                     id: action_id,
                 },
                 listed_type: searched_named.ty,
-                context_json: &context_json,
-                entities_json: &entities_json,
+                context: req.context.as_ref(),
+                entities: &entities,
                 page_size,
                 page_token,
-            },
-            self.engine.limits.slice_depth,
-        )
-        .map_err(|e| {
-            // A bare `resource_type` error names the type member.
-            let e = renamed(e, &at);
-            match e.field.as_str() {
-                "subject" | "resource" if e.message.contains("type") => RequestError {
-                    field: format!("{}.type", e.field),
-                    message: e.message,
-                },
-                _ => e,
-            }
-        })?;
+            })
+            .map_err(|e| spelled(e, &paths))?;
         let results: Vec<Found<'_>> = page
             .items
             .into_iter()
@@ -155,7 +139,7 @@ impl AuthzenService {
             },
             context: json!({
                 "policy_version": pack.version,
-                "revision": store.revision(),
+                "revision": view.store.revision(),
             }),
             results,
         };
@@ -174,68 +158,67 @@ impl AuthzenService {
         let (page_size, bound) = limit(req.page.as_ref())?;
         let page_token = inner_token(req.page.as_ref().and_then(|p| p.token.as_deref()), &bound)?;
         let live = self.engine.live().ok_or(StateError::NotReady)?;
+        let view = live.view();
         let pack = &live.pack;
-        let store = live.store();
         let subject = query::named(pack, subject, "subject", true)?;
         let resource = query::named(pack, resource, "resource", true)?;
-        let context_json = query::context_text(req.context.as_ref());
-        let entities_json = query::properties_entities(pack, store, &[&subject, &resource])?;
-        let principal = request::parse_uid(
-            pack,
-            UidRef {
-                ty: subject.ty,
-                id: subject.id,
-            },
-            "subject",
-        )?;
-        let resource_uid = request::parse_uid(
-            pack,
-            UidRef {
-                ty: resource.ty,
-                id: resource.id,
-            },
-            "resource",
-        )?;
+        let context = req.context.as_ref();
+        let (entities, from) =
+            query::properties_entities(pack, view.store, &[&subject, &resource])?;
+        let paths = Paths {
+            subject: "subject",
+            action: "action",
+            resource: "resource",
+            context: "context",
+            entities: &from,
+            searched: "",
+        };
+        let actions = view
+            .list_actions(&ActionsRequest {
+                principal: UidRef {
+                    ty: subject.ty,
+                    id: subject.id,
+                },
+                resource: UidRef {
+                    ty: resource.ty,
+                    id: resource.id,
+                },
+                context,
+                per_action: None,
+                each_declared: false,
+                entities: &entities,
+            })
+            .map_err(|e| spelled(e, &paths))?;
         let query = token::fingerprint(&[
             "actions",
-            &principal.to_string(),
-            &resource_uid.to_string(),
-            context_json.trim(),
-            entities_json.trim(),
+            &actions.principal.to_string(),
+            &actions.resource.to_string(),
+            &context
+                .filter(|c| !c.is_empty())
+                .map(|c| serde_json::to_string(c).unwrap_or_default())
+                .unwrap_or_default(),
+            &match entities.as_slice() {
+                [] => String::new(),
+                e => serde_json::to_string(e).unwrap_or_default(),
+            },
         ]);
         let cursor = match page_token {
             "" => None,
-            t => Some(token::decode(t, query).map_err(|e| RequestError::new("page.token", e))?),
+            t => Some(token::decode(t, query).map_err(|e| RequestError::edge("page.token", e))?),
         };
-        let at = |head: &str| -> Option<String> {
-            match head {
-                "context_json" => Some("context".into()),
-                "entities_json" => Some("properties".into()),
-                _ => None,
-            }
-        };
-        let outcomes = decide::list_allowed(
-            pack,
-            store,
-            &principal,
-            &resource_uid,
-            &context_json,
-            &entities_json,
-            self.engine.limits.slice_depth,
-        )
-        .map_err(|e| renamed(e, &at))?;
-        let revision = store.revision();
+        let revision = view.store.revision();
         let mut allowed = Vec::new();
         let mut not_evaluated = Vec::new();
-        for (action, outcome) in outcomes {
-            match outcome {
+        for listed in actions.listed {
+            let action = listed.action;
+            match listed.outcome {
                 ActionOutcome::Decided(d) => {
                     self.telemetry.record(
                         call,
-                        &principal,
+                        &actions.principal,
                         &action,
-                        &resource_uid,
-                        (&context_json, &entities_json),
+                        &actions.resource,
+                        Input::Json(context, &entities),
                         &d,
                         &pack.version,
                         revision,

@@ -9,21 +9,46 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::pb::authorizer_server::Authorizer;
-use super::{check_size, deadline, pb, uid, ServiceError};
-use crate::engine::decide::{self, ActionOutcome, Decision};
-use crate::engine::error::RequestError;
+use super::{check_size, context_json, deadline, entities_json, pb, uid, ServiceError};
+use crate::engine::decide::Decision;
+use crate::engine::error::{Field, RequestError};
+use crate::engine::list::actions::{ActionOutcome, ActionsRequest, Shown};
 use crate::engine::list::{self, ListRequest, Side};
-use crate::engine::request::{self, RawRequest};
+use crate::engine::request::{ContextMap, DecisionRequest};
 use crate::service::state::{State, StateError};
-use crate::service::telemetry::{CallLog, Telemetry};
+use crate::service::telemetry::{CallLog, Input, Telemetry};
 
-fn raw(req: &pb::IsAuthorizedRequest) -> Result<RawRequest<'_>, RequestError> {
-    Ok(RawRequest {
-        principal: uid(&req.principal, "principal")?,
-        action: uid(&req.action, "action")?,
-        resource: uid(&req.resource, "resource")?,
-        context_json: &req.context_json,
-        entities_json: &req.entities_json,
+/// A decision request's context and entities, read from their JSON text.
+struct Parsed {
+    context: Option<ContextMap>,
+    entities: Vec<serde_json::Value>,
+}
+
+impl Parsed {
+    fn of(context: &str, entities: &str) -> Result<Self, RequestError> {
+        Ok(Parsed {
+            context: context_json(context, Field::Context(None))?,
+            entities: entities_json(entities)?,
+        })
+    }
+}
+
+/// Checks one request: its references are present, its JSON fields read, then the engine
+/// validates the whole against the schema.
+fn check(
+    view: &crate::engine::View<'_>,
+    req: &pb::IsAuthorizedRequest,
+) -> Result<crate::engine::request::CheckedRequest, RequestError> {
+    let principal = uid(&req.principal, Field::Principal)?;
+    let action = uid(&req.action, Field::Action)?;
+    let resource = uid(&req.resource, Field::Resource)?;
+    let parsed = Parsed::of(&req.context_json, &req.entities_json)?;
+    view.check(&DecisionRequest {
+        principal,
+        action,
+        resource,
+        context: parsed.context.as_ref(),
+        entities: &parsed.entities,
     })
 }
 
@@ -62,17 +87,17 @@ impl AuthorizerService {
         call: &mut CallLog<'_>,
     ) -> Result<pb::IsAuthorizedResponse, ServiceError> {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
-        let store = live.store();
-        let raw = raw(req)?;
-        let checked = request::check(&live.pack, store, &raw)?;
-        let d = decide::decide(&live.pack, store, &checked, self.engine.limits.slice_depth);
-        let revision = store.revision();
+        let view = live.view();
+        let checked = check(&view, req)?;
+        let d = view.decide(&checked);
+        let revision = view.store.revision();
+        let action = req.action.as_ref().map_or("", |a| a.id.as_str());
         self.telemetry.record(
             call,
             &checked.principal,
-            raw.action.id,
+            action,
             &checked.resource,
-            (raw.context_json, raw.entities_json),
+            Input::Text(&req.context_json, &req.entities_json),
             &d,
             &live.pack.version,
             revision,
@@ -86,29 +111,25 @@ impl AuthorizerService {
         call: &mut CallLog<'_>,
     ) -> Result<pb::BatchIsAuthorizedResponse, ServiceError> {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
-        let store = live.store();
+        let view = live.view();
         let mut checked = Vec::with_capacity(req.requests.len());
         for (i, r) in req.requests.iter().enumerate() {
-            let within = |e: RequestError| e.within(&format!("requests[{i}]"));
-            let raw = raw(r).map_err(within)?;
-            checked.push(request::check(&live.pack, store, &raw).map_err(within)?);
+            checked.push(check(&view, r).map_err(|e| e.item(i))?);
         }
-        let depth = self.engine.limits.slice_depth;
-        let revision = store.revision();
+        let revision = view.store.revision();
         let version = &live.pack.version;
         let responses = checked
             .iter()
             .zip(&req.requests)
             .map(|(c, r)| {
-                let d = decide::decide(&live.pack, store, c, depth);
+                let d = view.decide(c);
                 let action = r.action.as_ref().map_or("", |a| a.id.as_str());
-                let raw = (r.context_json.as_str(), r.entities_json.as_str());
                 self.telemetry.record(
                     call,
                     &c.principal,
                     action,
                     &c.resource,
-                    raw,
+                    Input::Text(&r.context_json, &r.entities_json),
                     &d,
                     version,
                     revision,
@@ -129,38 +150,39 @@ impl AuthorizerService {
         call: &mut CallLog<'_>,
     ) -> Result<pb::ListAllowedActionsResponse, ServiceError> {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
-        let store = live.store();
-        let principal = uid(&req.principal, "principal")?;
-        let principal = request::parse_uid(&live.pack, principal, "principal")?;
-        let resource = uid(&req.resource, "resource")?;
-        let resource = request::parse_uid(&live.pack, resource, "resource")?;
-        let contexts = decide::Contexts {
-            default: &req.context_json,
-            per_action: Some(&req.action_contexts_json),
+        let view = live.view();
+        let context = context_json(&req.context_json, Field::Context(None))?;
+        let per_action = req
+            .action_contexts_json
+            .iter()
+            .map(|(id, text)| {
+                let field = Field::ActionContext(id.clone());
+                Ok((id.clone(), context_json(text, field)?.unwrap_or_default()))
+            })
+            .collect::<Result<_, RequestError>>()?;
+        let entities = entities_json(&req.entities_json)?;
+        let actions = view.list_actions(&ActionsRequest {
+            principal: uid(&req.principal, Field::Principal)?,
+            resource: uid(&req.resource, Field::Resource)?,
+            context: context.as_ref(),
+            per_action: Some(&per_action),
             each_declared: req.each_declared_context,
-        };
-        let outcomes = decide::list_allowed_in(
-            &live.pack,
-            store,
-            (&principal, &resource),
-            &contexts,
-            &req.entities_json,
-            self.engine.limits.slice_depth,
-        )?;
-        let revision = store.revision();
+            entities: &entities,
+        })?;
+        let revision = view.store.revision();
         let mut out = pb::ListAllowedActionsResponse {
             policy_version: live.pack.version.clone(),
             revision,
             ..Default::default()
         };
-        for decide::Listed {
-            action,
-            context,
-            outcome,
-        } in outcomes
-        {
-            let context_json = context.unwrap_or_default();
-            match outcome {
+        for listed in actions.listed {
+            // The context as the caller wrote it, or a declared combination written out.
+            let context_json = match &listed.context {
+                Shown::Default => String::new(),
+                Shown::Given => req.action_contexts_json[&listed.action].clone(),
+                Shown::Declared(c) => serde_json::to_string(c).unwrap_or_default(),
+            };
+            match listed.outcome {
                 ActionOutcome::Decided(d) => {
                     let logged = if context_json.is_empty() {
                         &req.context_json
@@ -169,17 +191,17 @@ impl AuthorizerService {
                     };
                     self.telemetry.record(
                         call,
-                        &principal,
-                        &action,
-                        &resource,
-                        (logged, &req.entities_json),
+                        &actions.principal,
+                        &listed.action,
+                        &actions.resource,
+                        Input::Text(logged, &req.entities_json),
                         &d,
                         &live.pack.version,
                         revision,
                     );
                     if d.allow {
                         out.allowed.push(pb::AllowedAction {
-                            action,
+                            action: listed.action,
                             determining_policies: d.determining,
                             context_json,
                         });
@@ -187,7 +209,7 @@ impl AuthorizerService {
                 }
                 ActionOutcome::NotEvaluated(reason) => {
                     out.not_evaluated.push(pb::NotEvaluatedAction {
-                        action,
+                        action: listed.action,
                         reason,
                         context_json,
                     })
@@ -198,11 +220,35 @@ impl AuthorizerService {
     }
 
     /// One page of a listing, from one consistent view.
-    fn listing(&self, req: &ListRequest<'_>) -> Result<(list::Page, String, u64), ServiceError> {
+    fn listing(
+        &self,
+        listed: Side,
+        other: &Option<pb::EntityUid>,
+        action: &Option<pb::EntityUid>,
+        listed_type: &str,
+        (context, entities): (&str, &str),
+        (page_size, page_token): (u32, &str),
+    ) -> Result<(list::Page, String, u64), ServiceError> {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
-        let store = live.store();
-        let page = list::list(&live.pack, store, req, self.engine.limits.slice_depth)?;
-        Ok((page, live.pack.version.clone(), store.revision()))
+        let view = live.view();
+        let parsed = Parsed::of(context, entities)?;
+        let page = view.list(&ListRequest {
+            listed,
+            other: uid(
+                other,
+                match listed {
+                    Side::Resources => Field::Principal,
+                    Side::Principals => Field::Resource,
+                },
+            )?,
+            action: uid(action, Field::Action)?,
+            listed_type,
+            context: parsed.context.as_ref(),
+            entities: &parsed.entities,
+            page_size,
+            page_token,
+        })?;
+        Ok((page, live.pack.version.clone(), view.store.revision()))
     }
 
     async fn wait(&self, metadata: &MetadataMap, min: u64) -> Result<(), ServiceError> {
@@ -260,7 +306,7 @@ impl Authorizer for AuthorizerService {
                 let max = self.engine.limits.max_batch;
                 if req.requests.len() > max {
                     let n = req.requests.len();
-                    return Err(RequestError::new(
+                    return Err(RequestError::edge(
                         "requests",
                         format!("{n} requests exceed the limit of {max} per call"),
                     )
@@ -307,16 +353,14 @@ impl Authorizer for AuthorizerService {
             async |_call, metadata| {
                 self.check_size(req.encoded_len())?;
                 self.wait(metadata, req.min_revision).await?;
-                let (page, policy_version, revision) = self.listing(&ListRequest {
-                    listed: Side::Resources,
-                    other: uid(&req.principal, "principal")?,
-                    action: uid(&req.action, "action")?,
-                    listed_type: &req.resource_type,
-                    context_json: &req.context_json,
-                    entities_json: &req.entities_json,
-                    page_size: req.page_size,
-                    page_token: &req.page_token,
-                })?;
+                let (page, policy_version, revision) = self.listing(
+                    Side::Resources,
+                    &req.principal,
+                    &req.action,
+                    &req.resource_type,
+                    (&req.context_json, &req.entities_json),
+                    (req.page_size, &req.page_token),
+                )?;
                 Ok(pb::ListResourcesResponse {
                     resources: listed(page.items),
                     next_page_token: page.next_token,
@@ -339,16 +383,14 @@ impl Authorizer for AuthorizerService {
             async |_call, metadata| {
                 self.check_size(req.encoded_len())?;
                 self.wait(metadata, req.min_revision).await?;
-                let (page, policy_version, revision) = self.listing(&ListRequest {
-                    listed: Side::Principals,
-                    other: uid(&req.resource, "resource")?,
-                    action: uid(&req.action, "action")?,
-                    listed_type: &req.principal_type,
-                    context_json: &req.context_json,
-                    entities_json: &req.entities_json,
-                    page_size: req.page_size,
-                    page_token: &req.page_token,
-                })?;
+                let (page, policy_version, revision) = self.listing(
+                    Side::Principals,
+                    &req.resource,
+                    &req.action,
+                    &req.principal_type,
+                    (&req.context_json, &req.entities_json),
+                    (req.page_size, &req.page_token),
+                )?;
                 Ok(pb::ListSubjectsResponse {
                     subjects: listed(page.items),
                     next_page_token: page.next_token,

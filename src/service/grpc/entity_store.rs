@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use sha2::Digest;
 
 use super::pb::entity_store_server::EntityStore as EntityStoreRpc;
-use super::{check_size, deadline, pb, uid, ServiceError};
+use super::{check_size, deadline, pb, ServiceError};
 use crate::engine::error::RequestError;
 use crate::engine::index::WriteOp;
 use crate::engine::json::json_uid;
@@ -63,7 +63,7 @@ impl EntityStoreService {
         check_size(self.engine.limits.max_message_bytes, request.encoded_len())?;
         let max = self.engine.limits.max_write_ops;
         if request.ops.len() > max {
-            return Err(ServiceError::from(RequestError::new(
+            return Err(ServiceError::from(RequestError::edge(
                 "ops",
                 format!(
                     "{} operations exceed the limit of {max} per batch",
@@ -114,7 +114,7 @@ impl EntityStoreService {
 /// Refuses an idempotency key that is empty or too long.
 fn check_key(key: &str) -> Result<(), RequestError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(RequestError::new(
+        return Err(RequestError::edge(
             "idempotency_key",
             format!("must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len()),
         ));
@@ -162,7 +162,7 @@ fn precondition(i: usize, p: &pb::EntityPrecondition) -> Result<Precondition, Re
         Some(Expect::LastChangedAt(r)) => Some(r),
         Some(Expect::Absent(true)) => None,
         Some(Expect::Absent(false)) | None => {
-            return Err(RequestError::new(
+            return Err(RequestError::edge(
                 field,
                 "names no expectation (last_changed_at, or absent: true)",
             ))
@@ -192,10 +192,16 @@ fn cedar_uid(
     v: &Option<pb::EntityUid>,
     field: &str,
 ) -> Result<cedar_policy::EntityUid, RequestError> {
-    let u = uid(v, field)?;
+    let u = v
+        .as_ref()
+        .ok_or_else(|| RequestError::edge(field, "is required"))?;
+    let u = crate::engine::request::UidRef {
+        ty: &u.r#type,
+        id: &u.id,
+    };
     let value = serde_json::json!({"type": u.ty, "id": u.id});
     json_uid(Some(&value))
-        .ok_or_else(|| RequestError::new(field, format!("`{}` is not a Cedar type name", u.ty)))
+        .ok_or_else(|| RequestError::edge(field, format!("`{}` is not a Cedar type name", u.ty)))
 }
 
 fn write_op(i: usize, op: &pb::WriteOp) -> Result<WriteOp, RequestError> {
@@ -208,12 +214,12 @@ fn write_op(i: usize, op: &pb::WriteOp) -> Result<WriteOp, RequestError> {
         ))
     };
     match &op.op {
-        None => Err(RequestError::new(field, "names no operation")),
+        None => Err(RequestError::edge(field, "names no operation")),
         Some(Op::UpsertJson(text)) => {
             serde_json::from_str(text)
                 .map(WriteOp::Upsert)
                 .map_err(|e| {
-                    RequestError::new(format!("{field}.upsert_json"), format!("invalid JSON: {e}"))
+                    RequestError::edge(format!("{field}.upsert_json"), format!("invalid JSON: {e}"))
                 })
         }
         Some(Op::Delete(u)) => Ok(WriteOp::Delete(cedar_uid(
@@ -407,7 +413,7 @@ impl EntityStoreRpc for EntityStoreService {
         let chunk = match request.get_ref().chunk_size {
             0 => 1000,
             n if n as usize > MAX_EXPORT_CHUNK => {
-                return Err(ServiceError::from(RequestError::new(
+                return Err(ServiceError::from(RequestError::edge(
                     "chunk_size",
                     format!("{n} exceeds the maximum of {MAX_EXPORT_CHUNK} entities per chunk"),
                 ))

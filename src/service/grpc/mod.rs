@@ -17,8 +17,8 @@ pub use self::authorizer::AuthorizerService;
 pub use self::entity_store::{bearer_auth, EntityStoreService};
 pub use self::policies::PoliciesService;
 pub use self::status::ServiceError;
-use crate::engine::error::RequestError;
-use crate::engine::request::UidRef;
+use crate::engine::error::{Field, Part, RequestError};
+use crate::engine::request::{ContextMap, UidRef};
 
 /// Generated code for `blue.authz.v1`.
 pub mod pb {
@@ -45,16 +45,46 @@ pub(crate) fn deadline(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
-pub(crate) fn uid<'a>(
-    v: &'a Option<pb::EntityUid>,
-    field: &str,
-) -> Result<UidRef<'a>, RequestError> {
+pub(crate) fn uid(
+    v: &Option<pb::EntityUid>,
+    field: fn(Part) -> Field,
+) -> Result<UidRef<'_>, RequestError> {
     match v {
         Some(u) => Ok(UidRef {
             ty: &u.r#type,
             id: &u.id,
         }),
-        None => Err(RequestError::new(field, "is required")),
+        None => Err(RequestError::new(field(Part::Whole), "is required")),
+    }
+}
+
+/// A `context_json` field read as a JSON object (empty text: none); `field` names it.
+pub(crate) fn context_json(text: &str, field: Field) -> Result<Option<ContextMap>, RequestError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(RequestError::new(field, "must be a JSON object")),
+        Err(e) => Err(RequestError::new(field, format!("invalid JSON: {e}"))),
+    }
+}
+
+/// An `entities_json` field read as a JSON array of entities (empty text: none).
+pub(crate) fn entities_json(text: &str) -> Result<Vec<serde_json::Value>, RequestError> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Array(items)) => Ok(items),
+        Ok(_) => Err(RequestError::new(
+            Field::Entities(None),
+            "expected a JSON array of entities",
+        )),
+        Err(e) => Err(RequestError::new(
+            Field::Entities(None),
+            format!("invalid JSON: {e}"),
+        )),
     }
 }
 
@@ -63,7 +93,7 @@ pub(crate) fn uid<'a>(
 pub(crate) fn check_size(limit: usize, len: usize) -> Result<(), ServiceError> {
     if len > limit {
         return Err(RequestError::new(
-            "request",
+            Field::Request,
             format!("message of {len} bytes exceeds the limit of {limit} bytes"),
         )
         .into());

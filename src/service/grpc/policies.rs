@@ -31,6 +31,7 @@ impl pb::policies_server::Policies for PoliciesService {
             live_since_unix_ms: s.live_since_unix_ms,
             reloads_accepted: s.accepted,
             reloads_rejected: s.rejected,
+            reloads_unchanged: s.unchanged,
             last_rejection: s.last_rejection.map(|r| pb::PolicyRejection {
                 at_unix_ms: r.at_unix_ms,
                 candidate_version: r.candidate_version.unwrap_or_default(),

@@ -5,7 +5,7 @@
 
 use tonic::Status;
 
-use crate::engine::error::RequestError;
+use crate::engine::error::{Field, ListedSide, Part, RequestError};
 use crate::service::state::StateError;
 use crate::service::write::{WatchError, WriteError};
 use crate::storage::SourceError;
@@ -32,9 +32,42 @@ impl From<RequestError> for ServiceError {
     }
 }
 
+/// A request field as a proto field path: `principal.type`, `context_json`,
+/// `entities_json[2]`, `requests[3].resource.id`, `action_contexts_json[viewProject]`.
+pub fn field_path(f: &Field) -> String {
+    fn part(name: &str, p: Part) -> String {
+        match p {
+            Part::Whole => name.to_string(),
+            Part::Type => format!("{name}.type"),
+            Part::Id => format!("{name}.id"),
+        }
+    }
+    match f {
+        Field::Request => "request".into(),
+        Field::Principal(p) => part("principal", *p),
+        Field::Action(p) => part("action", *p),
+        Field::Resource(p) => part("resource", *p),
+        Field::Context(None) => "context_json".into(),
+        Field::Context(Some(m)) => format!("context.{m}"),
+        Field::Entities(None) => "entities_json".into(),
+        Field::Entities(Some(i)) => format!("entities_json[{i}]"),
+        Field::ActionContext(a) => format!("action_contexts_json[{a}]"),
+        Field::ListedType(ListedSide::Resources) => "resource_type".into(),
+        Field::ListedType(ListedSide::Principals) => "principal_type".into(),
+        Field::PageSize => "page_size".into(),
+        Field::PageToken => "page_token".into(),
+        Field::Ops(None) => "ops".into(),
+        Field::Ops(Some(i)) => format!("ops[{i}]"),
+        Field::Item(i, inner) => format!("requests[{i}].{}", field_path(inner)),
+        Field::Edge(name) => name.clone(),
+    }
+}
+
 fn state_status(e: StateError) -> Status {
     match e {
-        StateError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        StateError::Invalid(e) => {
+            Status::invalid_argument(format!("{}: {}", field_path(&e.field), e.message))
+        }
         StateError::NotReady => Status::unavailable(e.to_string()),
         StateError::RevisionNotReached { .. } | StateError::PreconditionFailed { .. } => {
             Status::failed_precondition(e.to_string())

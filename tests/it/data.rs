@@ -1,18 +1,19 @@
 //! Durable entity data over real gRPC: writes and the decisions right after them, restarts,
 //! a SIGKILL in the middle of a write stream, atomic batches, torn-read freedom, the token.
 
-mod common;
+use crate::common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::server::{Binary, Server};
+use crate::common::{config, delete, edge, pack, uid, upsert, TOKEN};
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
 use blue_authz::service::server::{self, Limits, Running};
-use common::{config, delete, edge, pack, uid, upsert, TOKEN};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -526,7 +527,13 @@ async fn min_revision_waits_for_the_revision_or_fails_at_the_deadline() {
         req.set_timeout(Duration::from_secs(5));
         waiter.is_authorized(req).await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let engine = n.running.engine.clone();
+    common::until(
+        "the call to wait for its revision",
+        Duration::from_secs(30),
+        || engine.revision_waiters() == 1,
+    )
+    .await;
     write(&mut n.data, vec![upsert(serde_json::json!({"uid": {"type": USER, "id": "newbie"}, "attrs": {}, "parents": [{"type": ROLE, "id": "apollo/view"}]}))]).await;
     let r = pending.await.unwrap().unwrap().into_inner();
     assert_eq!(r.decision, pb::Decision::Allow as i32);
@@ -589,9 +596,10 @@ async fn no_decision_ever_sees_half_a_batch() {
         }));
     }
     let mut readers = Vec::new();
+    let reads = Arc::new(AtomicU64::new(0));
     for _ in 0..2 {
         let mut c = n.decisions.clone();
-        let stop = stop.clone();
+        let (stop, reads) = (stop.clone(), reads.clone());
         readers.push(tokio::spawn(async move {
             let mut checked = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -615,11 +623,16 @@ async fn no_decision_ever_sees_half_a_batch() {
                 assert!(d[0], "pat had no role at revision {}", r.revision);
                 assert_eq!(d[1], d[2], "half a record pair at revision {}", r.revision);
                 checked += 1;
+                reads.fetch_add(1, Ordering::Relaxed);
             }
             checked
         }));
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until enough writes and reads have interleaved (not for a fixed time).
+    common::until("100 writes and 300 reads", Duration::from_secs(120), || {
+        writes.load(Ordering::Relaxed) >= 100 && reads.load(Ordering::Relaxed) >= 300
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -637,48 +650,29 @@ async fn no_decision_ever_sees_half_a_batch() {
     n.running.shutdown().await.unwrap();
 }
 
-/// Starts the real binary and returns it with its decision and data addresses.
-fn spawn_binary(dir: &std::path::Path) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args(["--policies", pack().to_str().unwrap(), "serve"])
-        .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
-        .args(["--http-listen", ""])
-        .args(["--db", dir.join("crash.redb").to_str().unwrap()])
+/// Starts the real binary, serving, with the data service on.
+fn spawn_binary(dir: &std::path::Path) -> Server {
+    let mut server = Binary::serve(&pack(), &dir.join("crash.redb"))
         .args([
-            "--seed",
-            pack().join("tests/fixture.json").to_str().unwrap(),
+            "--data-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
+        .arg("--seed")
+        .arg(pack().join("tests/fixture.json"))
         .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
         .env("BLUE_AUTHZ_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = common::log_lines(child.stderr.take().unwrap());
-    let addr_of = common::addr_in;
-    let (mut decisions, mut data, mut serving) = (None, None, false);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(serving && decisions.is_some() && data.is_some()) {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server start-up log");
-        if line.contains("decision service listening") {
-            decisions = addr_of(&line);
-        } else if line.contains("data service listening") {
-            data = addr_of(&line);
-        } else if line.contains("serving") {
-            serving = true;
-        }
-    }
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    (child, decisions.unwrap(), data.unwrap())
+        .spawn();
+    server.wait_serving();
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_acknowledged_write_and_no_half_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, _, data_addr) = spawn_binary(dir.path());
+    let mut server = spawn_binary(dir.path());
+    let data_addr = server.started.data.unwrap();
     let acked = Arc::new(AtomicU64::new(0));
     let attempted = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -707,17 +701,17 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write_and_no_half_batch() {
         })
     };
     // Kill it while writes stream.
-    while acked.load(Ordering::SeqCst) < 40 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::until("40 acknowledged batches", Duration::from_secs(60), || {
+        acked.load(Ordering::SeqCst) >= 40
+    })
+    .await;
+    server.kill(); // SIGKILL
     writer.await.unwrap();
     let acked = acked.load(Ordering::SeqCst);
     let attempted = attempted.load(Ordering::SeqCst);
 
-    let (mut child, _, data_addr) = spawn_binary(dir.path());
-    let mut data = data_client(data_addr, Some(TOKEN)).await;
+    let server = spawn_binary(dir.path());
+    let mut data = data_client(server.started.data.unwrap(), Some(TOKEN)).await;
     let uids: Vec<pb::EntityUid> = (1..=attempted + 1)
         .flat_map(|i| ["a", "b"].map(|s| uid("Blue::Record", &format!("crash-{i}-{s}")).unwrap()))
         .collect();
@@ -741,8 +735,6 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write_and_no_half_batch() {
     println!(
         "acknowledged {acked} batches, attempted {attempted}; all acknowledged found after SIGKILL"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
@@ -820,7 +812,9 @@ fn import_and_export_commands_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, _) = spawn_binary(dir.path());
+    let mut server = spawn_binary(dir.path());
+    let addr = server.decisions();
+    let metrics = server.started.metrics.unwrap();
     let mut c = AuthorizerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -834,12 +828,18 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
         let started = Instant::now();
         (c.is_authorized(req).await, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    // Once it waits at the server, SIGTERM.
+    common::until_async(
+        "a call waiting for its revision",
+        Duration::from_secs(30),
+        async || {
+            common::get_metrics_async(metrics)
+                .await
+                .contains("\nblue_authz_revision_waiters 1\n")
+        },
+    )
+    .await;
+    server.signal("-TERM");
     let (answer, took) = pending.await.unwrap();
     // The call ran to its own end (the revision wait), not cut off by the shutdown.
     let err = answer.unwrap_err();
@@ -848,7 +848,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
         took >= Duration::from_millis(1200),
         "answered after {took:?}"
     );
-    let status = child.wait().unwrap();
+    let status = server.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");
     // And new connections are refused once it is gone.
     assert!(AuthorizerClient::connect(format!("http://{addr}"))

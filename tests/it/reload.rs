@@ -2,20 +2,20 @@
 //! failed call; bad candidates rejected while the last good set keeps answering; overlays
 //! switched by configuration; SIGHUP.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::server::Binary;
+use crate::common::{ask, config, copy_dir, edit, pack};
 use blue_authz::engine::pack::PackSpec;
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, policies_client::PoliciesClient,
 };
 use blue_authz::service::server::{self, Limits, Running};
-use common::{ask, config, copy_dir, edit, pack};
 use tonic::transport::Channel;
 
 struct Fixture {
@@ -65,12 +65,13 @@ async fn status(f: &mut Fixture) -> pb::PolicyStatus {
         .into_inner()
 }
 
-/// Polls the status until `done` holds (at most 10 s).
+/// Polls the status until `done` holds (at most 60 s: a reload runs every suite, and the
+/// proofs when cvc5 is there).
 async fn wait_status(
     f: &mut Fixture,
     done: impl Fn(&pb::PolicyStatus) -> bool,
 ) -> pb::PolicyStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = status(f).await;
         if done(&s) {
@@ -88,9 +89,10 @@ async fn an_edit_goes_live_while_decisions_flow_and_none_fails() {
     assert_eq!(before.reloads_accepted, 0);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flow = {
         let mut c = f.decisions.clone();
-        let stop = stop.clone();
+        let (stop, calls) = (stop.clone(), calls.clone());
         tokio::spawn(async move {
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -101,11 +103,16 @@ async fn an_edit_goes_live_while_decisions_flow_and_none_fails() {
                     .expect("a call failed during reload")
                     .into_inner();
                 seen.push((r.decision == pb::Decision::Allow as i32, r.policy_version));
+                calls.fetch_add(1, Ordering::Relaxed);
             }
             seen
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let flowing = |n: usize| {
+        let calls = calls.clone();
+        move || calls.load(Ordering::Relaxed) >= n
+    };
+    common::until("decisions flowing", Duration::from_secs(30), flowing(30)).await;
 
     // Clients may now edit the wiki: the suite expectation and the policy, in one burst.
     edit(
@@ -147,7 +154,14 @@ action = "editDocuments""#,
         "file write to new policy set serving: {} ms",
         latency.as_millis()
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Decisions go on flowing under the new set.
+    let at = calls.load(Ordering::Relaxed);
+    common::until(
+        "decisions after the switch",
+        Duration::from_secs(30),
+        flowing(at + 10),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let seen = flow.await.unwrap();
 
@@ -274,12 +288,12 @@ async fn bad_candidates_are_rejected_and_the_last_good_set_keeps_answering() {
             .unwrap()
             .into_inner();
         assert_eq!(r.decision, pb::Decision::Allow as i32);
-        // Restoring the file brings back the live set: nothing to swap.
+        // Restoring the file brings back the live set: nothing to swap. The reload that
+        // judges the restored files says so, before the next case edits a file.
+        let unchanged_before = s.reloads_unchanged;
         std::fs::write(&path, original).unwrap();
         std::fs::write(&fixture, &fixture_text).unwrap();
-        // The quiet period and the reload it starts, before the next case edits a file.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let s = status(&mut f).await;
+        let s = wait_status(&mut f, |s| s.reloads_unchanged > unchanged_before).await;
         assert_eq!(
             (s.live_version.as_str(), s.reloads_accepted),
             (good.as_str(), 0),
@@ -329,82 +343,60 @@ async fn overlays_switch_with_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_real_binary() {
     let tmp = tempfile::tempdir().unwrap();
-    let policies = tmp.path().join("policies");
-    copy_dir(&pack(), &policies);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args([
-            "--policies",
-            policies.to_str().unwrap(),
-            "serve",
-            "--watch",
-            "false",
-        ])
-        .args(["--http-listen", ""])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            tmp.path().join("db.redb").to_str().unwrap(),
-        ])
-        .args([
-            "--seed",
-            pack().join("tests/fixture.json").to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr =
-        common::wait_for_listen_addr(child.stderr.take().unwrap(), "decision service listening");
-    let mut client = PoliciesClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let before = loop {
-        let s = client
-            .get_policy_status(pb::GetPolicyStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if !s.live_version.is_empty() {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Two servers on copies of the pack: this one does not watch its files, the control does.
+    let start = |name: &str, watch: &str| {
+        let policies = tmp.path().join(name);
+        copy_dir(&pack(), &policies);
+        let mut server = Binary::serve(&policies, &tmp.path().join(format!("{name}.redb")))
+            .args(["--watch", watch, "--seed"])
+            .arg(pack().join("tests/fixture.json"))
+            .spawn();
+        server.wait_serving();
+        (policies, server)
     };
-
-    // Without the watcher nothing happens until SIGHUP.
-    edit(
-        &policies.join("project.cedar"),
-        "// Wiki bearbeiten",
-        "// Wiki bearbeiten (edited)",
-    );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let s = client
-        .get_policy_status(pb::GetPolicyStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.live_version, before.live_version);
-    let ok = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = client
+    let (policies, server) = start("still", "false");
+    let (watched, control) = start("watched", "true");
+    let status_of = |addr: std::net::SocketAddr| async move {
+        PoliciesClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
             .get_policy_status(pb::GetPolicyStatusRequest {})
             .await
             .unwrap()
-            .into_inner();
-        if s.reloads_accepted == 1 {
-            assert_ne!(s.live_version, before.live_version);
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .into_inner()
+    };
+    let before = status_of(server.decisions()).await;
+    assert!(!before.live_version.is_empty());
+
+    // Without the watcher nothing happens until SIGHUP: the same edit in both copies, and once
+    // the watching control has reloaded it, this one still serves the old set.
+    for dir in [&policies, &watched] {
+        edit(
+            &dir.join("project.cedar"),
+            "// Wiki bearbeiten",
+            "// Wiki bearbeiten (edited)",
+        );
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::until_async(
+        "the watching control to reload",
+        Duration::from_secs(60),
+        async || status_of(control.decisions()).await.reloads_accepted == 1,
+    )
+    .await;
+    let s = status_of(server.decisions()).await;
+    assert_eq!(s.live_version, before.live_version);
+    assert_eq!((s.reloads_accepted, s.reloads_unchanged), (0, 0), "{s:?}");
+    server.signal("-HUP");
+    common::until_async("SIGHUP to reload", Duration::from_secs(60), async || {
+        status_of(server.decisions()).await.reloads_accepted == 1
+    })
+    .await;
+    let s = status_of(server.decisions()).await;
+    assert_ne!(s.live_version, before.live_version);
+    assert_eq!(
+        s.live_version,
+        status_of(control.decisions()).await.live_version
+    );
 }
 
 /// Replaces `path` the way editors save: write a temporary file beside it, rename it over.
@@ -436,27 +428,22 @@ async fn atomic_saves_each_take_effect_and_a_burst_of_saves_makes_one_reload() {
         pb::Decision::Allow as i32
     );
 
-    // Ten saves, 100 ms apart, each a different policy text (so each would be a new version).
+    // Ten saves in a burst (well inside the quiet period), each a different policy text, so
+    // each would be a new version.
     let company = f.policies.join("company.cedar");
     let original = std::fs::read_to_string(&company).unwrap();
     for i in 0..10 {
         save_by_rename(&company, &format!("{original}\n// save {i}\n"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let s = wait_status(&mut f, |s| s.reloads_accepted >= 3).await;
-    // Time for any further reload to show.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = status(&mut f).await;
+    let last = PackSpec::new(&f.policies, &[]);
+    let last = blue_authz::engine::pack::PolicyPack::load(&last).unwrap();
+    // Until the last save's content is live: had any earlier save been reloaded on its own,
+    // it would have been accepted first and counted; nothing after the last save can be new.
+    let after = wait_status(&mut f, |s| s.live_version == last.version).await;
     assert_eq!(
         after.reloads_accepted, 3,
         "one reload for the burst: {after:?}"
     );
     assert_eq!(after.reloads_rejected, 0, "{after:?}");
-    let last = PackSpec::new(&f.policies, &[]);
-    let last = blue_authz::engine::pack::PolicyPack::load(&last).unwrap();
-    assert_eq!(
-        s.live_version, last.version,
-        "the live set is the last save's"
-    );
     f.running.shutdown().await.unwrap();
 }

@@ -3,19 +3,20 @@
 //! or only by flags, listens where it is told, requires its token and writes (or does not
 //! write) its decision log.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use crate::common::server::{Binary, Server};
+use crate::common::{ask, pack, print_config, root, settings_table, uid, unix_channel, TOKEN};
 use blue_authz::service::grpc::pb;
 use blue_authz::service::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
-use common::{ask, log_lines, pack, print_config, root, settings_table, uid, unix_channel, TOKEN};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-authz");
@@ -271,9 +272,10 @@ fn bad_settings_are_refused_with_the_setting_named() {
     }
 }
 
-/// A `blue-authz serve` child process: its addresses (from its log), its standard output.
+/// A `blue-authz serve` child process: its addresses (from its start-up line), its standard
+/// output.
 struct Served {
-    child: Child,
+    server: Server,
     addrs: BTreeMap<&'static str, SocketAddr>,
     /// The runtime's worker count, from its start-up log line.
     workers: Option<usize>,
@@ -281,77 +283,48 @@ struct Served {
     stdout: Option<std::thread::JoinHandle<String>>,
 }
 
-const NEEDLES: [(&str, &str); 4] = [
-    ("decisions", "decision service listening (not serving"),
-    ("data", "data service listening"),
-    ("metrics", "metrics at"),
-    ("health", "health service listening"),
-];
-
-/// Starts the binary and waits until it serves; `expect` names the listeners to wait for.
-fn serve(c: &mut Command, expect: &[&'static str]) -> Served {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = log_lines(child.stderr.take().unwrap());
-    let mut pipe = child.stdout.take().unwrap();
+/// Starts the binary and waits until it serves; `expect` names the listeners it must have.
+fn serve(c: Command, expect: &[&'static str]) -> Served {
+    let mut server = Binary::from_command(c).stdout_piped().spawn();
+    let mut pipe = server.stdout.take().unwrap();
     let stdout = std::thread::spawn(move || {
         let mut out = String::new();
         pipe.read_to_string(&mut out).unwrap();
         out
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut addrs = BTreeMap::new();
-    let mut workers = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("the server's start-up log");
-        if line.contains("runtime started") {
-            workers = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("workers="))
-                .and_then(|n| n.parse().ok());
-        }
-        for (name, needle) in NEEDLES {
-            if line.contains(needle) {
-                addrs.insert(name, common::addr_in(&line).expect("addr="));
-            }
-        }
-        if line.trim_end().ends_with(" serving") {
-            break;
-        }
-    }
-    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let started = server.wait_serving().clone();
+    let addrs: BTreeMap<&'static str, SocketAddr> = [
+        ("decisions", started.decisions),
+        ("data", started.data),
+        ("metrics", started.metrics),
+        ("health", started.health),
+    ]
+    .into_iter()
+    .filter_map(|(name, a)| Some((name, a?)))
+    .collect();
     for name in expect {
-        assert!(addrs.contains_key(name), "no {name} listener in the log");
+        assert!(addrs.contains_key(name), "no {name} listener: {started:?}");
     }
+    let workers = server
+        .wait_log("runtime started", Duration::from_secs(1))
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("workers="))
+                .and_then(|n| n.parse().ok())
+        });
     Served {
-        child,
+        server,
         addrs,
         workers,
         stdout: Some(stdout),
     }
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Served {
     /// SIGTERM, then everything the process wrote on standard output.
     fn stop(&mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        assert!(self.child.wait().unwrap().success());
+        self.server.signal("-TERM");
+        assert!(self.server.wait_exit(Duration::from_secs(60)).success());
         self.stdout.take().unwrap().join().unwrap()
     }
 }
@@ -400,7 +373,7 @@ async fn a_server_configured_by_environment_or_by_flags_listens_checks_its_token
         ]);
         let mut c = bin();
         apply(&mut c, &settings, by_env);
-        let mut served = serve(&mut c, &["decisions", "data", "metrics", "health"]);
+        let mut served = serve(c, &["decisions", "data", "metrics", "health"]);
         let how = if by_env { "environment" } else { "flags" };
         // The runtime reports the workers it has.
         assert_eq!(served.workers, Some(3), "{how}");
@@ -503,7 +476,7 @@ async fn decision_log(extra: &[&str]) -> (Vec<serde_json::Value>, pb::ListAllowe
     let mut c = bin();
     apply(&mut c, &settings, false);
     c.args(extra);
-    let mut served = serve(&mut c, &["decisions"]);
+    let mut served = serve(c, &["decisions"]);
     let mut client = AuthorizerClient::connect(format!("http://{}", served.addrs["decisions"]))
         .await
         .unwrap();
@@ -631,7 +604,7 @@ async fn the_decision_log_samples_the_given_fraction() {
     settings.push(("DECISION_LOG_SAMPLE".into(), "0.5".into()));
     let mut c = bin();
     apply(&mut c, &settings, false);
-    let mut served = serve(&mut c, &["decisions"]);
+    let mut served = serve(c, &["decisions"]);
     let mut client = AuthorizerClient::connect(format!("http://{}", served.addrs["decisions"]))
         .await
         .unwrap();
@@ -696,7 +669,7 @@ async fn the_data_token_can_come_from_a_file() {
     ]);
     let mut c = bin();
     apply(&mut c, &settings, false);
-    let served = serve(&mut c, &["data"]);
+    let served = serve(c, &["data"]);
     let mut client = data_client(&served).await;
     let found = client
         .read_entities(read_ada("from-a-file-42"))

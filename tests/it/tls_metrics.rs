@@ -1,18 +1,18 @@
 //! TLS and mutual TLS on the TCP listeners (real certificates, made for the test), and the
 //! Prometheus endpoint scraped after decisions, an error and a rejected reload.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::common::{ask, config, copy_dir, edit, pack, uid, TOKEN};
 use blue_authz::service::grpc::pb;
 use blue_authz::service::grpc::pb::authorizer_client::AuthorizerClient;
 use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
 use blue_authz::service::reload::Outcome;
 use blue_authz::service::server::{self, Limits, TlsFiles};
-use common::{ask, config, copy_dir, edit, pack, uid, TOKEN};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

@@ -3,17 +3,18 @@
 //! each overlay, with request-scoped entities, and with policies outside the narrowing subset;
 //! pages concatenate to the whole answer.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
+use crate::common::live_pack;
 use blue_authz::bench::gen;
-use blue_authz::engine::decide::{self, DEFAULT_SLICE_DEPTH};
+use blue_authz::engine::error::{Field, ListedSide, Part};
 use blue_authz::engine::index::EntityStore;
 use blue_authz::engine::list::{self, ListRequest, Page, Side};
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
-use blue_authz::engine::request::{self, RawRequest, UidRef};
-use common::live_pack;
+use blue_authz::engine::request::{self, ContextMap, DecisionRequest, UidRef};
+use blue_authz::engine::View;
 
 struct Data {
     store: EntityStore,
@@ -66,16 +67,12 @@ fn whole(
     let mut out = Vec::new();
     let mut narrowed = true;
     loop {
-        let page: Page = list::list(
-            pack,
-            store,
-            &ListRequest {
+        let page: Page = View::new(pack, store)
+            .list(&ListRequest {
                 page_token: &token,
                 ..req
-            },
-            DEFAULT_SLICE_DEPTH,
-        )
-        .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+            })
+            .unwrap_or_else(|e| panic!("{req:?}: {e}"));
         assert!(page.items.len() <= req.page_size as usize);
         if !page.next_token.is_empty() {
             assert_eq!(
@@ -123,15 +120,16 @@ fn brute(
             Side::Resources => (them, me),
             Side::Principals => (me, them),
         };
-        let raw = RawRequest {
-            principal,
-            action: request::action_id(action),
-            resource,
-            context_json: context,
-            entities_json: entities,
-        };
-        let checked = request::check(pack, store, &raw).unwrap();
-        let d = decide::decide(pack, store, &checked, DEFAULT_SLICE_DEPTH);
+        let input = json(context, entities);
+        let d = View::new(pack, store)
+            .is_authorized(&DecisionRequest {
+                principal,
+                action: request::action_id(action),
+                resource,
+                context: input.context.as_ref(),
+                entities: &input.entities,
+            })
+            .unwrap();
         if d.allow {
             out.push((id.clone(), d.determining));
         }
@@ -139,13 +137,31 @@ fn brute(
     out
 }
 
+/// A context and request-scoped entities read from their JSON text, as an edge reads them.
+struct Json {
+    context: Option<ContextMap>,
+    entities: Vec<serde_json::Value>,
+}
+
+fn json(context: &str, entities: &str) -> Json {
+    Json {
+        context: match context {
+            "" => None,
+            c => Some(serde_json::from_str(c).unwrap()),
+        },
+        entities: match entities {
+            "" => Vec::new(),
+            e => serde_json::from_str(e).unwrap(),
+        },
+    }
+}
+
 fn req<'a>(
     listed: Side,
     other: (&'a str, &'a str),
     action: &'a str,
     listed_type: &'a str,
-    context: &'a str,
-    entities: &'a str,
+    input: &'a Json,
     page_size: u32,
 ) -> ListRequest<'a> {
     ListRequest {
@@ -156,8 +172,8 @@ fn req<'a>(
         },
         action: request::action_id(action),
         listed_type,
-        context_json: context,
-        entities_json: entities,
+        context: input.context.as_ref(),
+        entities: &input.entities,
         page_size,
         page_token: "",
     }
@@ -206,8 +222,7 @@ fn compare_all(
                             other,
                             name,
                             &rt,
-                            &context,
-                            entities,
+                            &json(&context, entities),
                             list::MAX_PAGE_SIZE,
                         ),
                     );
@@ -242,8 +257,7 @@ fn compare_all(
                             other,
                             name,
                             "Blue::User",
-                            &context,
-                            entities,
+                            &json(&context, entities),
                             list::MAX_PAGE_SIZE,
                         ),
                     );
@@ -331,8 +345,7 @@ fn listings_with_request_scoped_entities_equal_brute_force() {
             ("Blue::Project", p1),
             "editWiki",
             "Blue::User",
-            "",
-            &entities,
+            &json("", &entities),
             1000,
         ),
     );
@@ -348,8 +361,7 @@ fn listings_with_request_scoped_entities_equal_brute_force() {
             ("Blue::User", u0),
             "editRecord",
             "Blue::Record",
-            "",
-            &entities,
+            &json("", &entities),
             1000,
         ),
     );
@@ -394,37 +406,27 @@ when { principal in resource.project.admin && [2].contains(1 + 1) };
     );
     // The scan is reported as such.
     let u = &d.ids["Blue::User"][0];
-    let page = list::list(
-        &pack,
-        &d.store,
-        &req(
+    let page = View::new(&pack, &d.store)
+        .list(&req(
             Side::Resources,
             ("Blue::User", u),
             "viewRecord",
             "Blue::Record",
-            "",
-            "",
+            &json("", ""),
             10,
-        ),
-        DEFAULT_SLICE_DEPTH,
-    )
-    .unwrap();
+        ))
+        .unwrap();
     assert!(!page.narrowed);
-    let page = list::list(
-        &pack,
-        &d.store,
-        &req(
+    let page = View::new(&pack, &d.store)
+        .list(&req(
             Side::Resources,
             ("Blue::User", u),
             "editRecord",
             "Blue::Record",
-            "",
-            "",
+            &json("", ""),
             10,
-        ),
-        DEFAULT_SLICE_DEPTH,
-    )
-    .unwrap();
+        ))
+        .unwrap();
     assert!(page.narrowed);
 }
 
@@ -443,8 +445,7 @@ fn pages_of_1_7_and_1000_concatenate_to_the_whole_answer() {
                 other,
                 "viewRecord",
                 "Blue::Record",
-                "",
-                "",
+                &json("", ""),
                 list::MAX_PAGE_SIZE,
             ),
         );
@@ -457,8 +458,7 @@ fn pages_of_1_7_and_1000_concatenate_to_the_whole_answer() {
                     other,
                     "viewRecord",
                     "Blue::Record",
-                    "",
-                    "",
+                    &json("", ""),
                     size,
                 ),
             );
@@ -476,8 +476,7 @@ fn pages_of_1_7_and_1000_concatenate_to_the_whole_answer() {
                 other,
                 "viewProject",
                 "Blue::User",
-                "",
-                "",
+                &json("", ""),
                 list::MAX_PAGE_SIZE,
             ),
         );
@@ -490,8 +489,7 @@ fn pages_of_1_7_and_1000_concatenate_to_the_whole_answer() {
                     other,
                     "viewProject",
                     "Blue::User",
-                    "",
-                    "",
+                    &json("", ""),
                     size,
                 ),
             );
@@ -508,20 +506,18 @@ fn bad_listing_requests_name_the_field() {
     let store =
         EntityStore::load_file(&common::pack().join("tests/fixture.json"), &pack.entities).unwrap();
     let ada = ("Blue::User", "ada");
-    let field =
-        |r: ListRequest<'_>| list::list(&pack, &store, &r, DEFAULT_SLICE_DEPTH).unwrap_err();
+    let field = |r: ListRequest<'_>| View::new(&pack, &store).list(&r).unwrap_err();
     let e = field(req(
         Side::Resources,
         ada,
         "viewRecord",
         "Blue::Nope",
-        "",
-        "",
+        &json("", ""),
         0,
     ));
     assert_eq!(
-        (e.field.as_str(), e.message.contains("unknown entity type")),
-        ("resource_type", true),
+        (&e.field, e.message.contains("unknown entity type")),
+        (&Field::ListedType(ListedSide::Resources), true),
         "{e}"
     );
     let e = field(req(
@@ -529,23 +525,21 @@ fn bad_listing_requests_name_the_field() {
         ada,
         "flyAway",
         "Blue::Record",
-        "",
-        "",
+        &json("", ""),
         0,
     ));
-    assert_eq!(e.field, "action.id", "{e}");
+    assert_eq!(e.field, Field::Action(Part::Id), "{e}");
     let e = field(req(
         Side::Resources,
         ada,
         "viewRecord",
         "Blue::Project",
-        "",
-        "",
+        &json("", ""),
         0,
     ));
     assert_eq!(
-        (e.field.as_str(), e.message.contains("does not apply")),
-        ("resource_type", true),
+        (&e.field, e.message.contains("does not apply")),
+        (&Field::ListedType(ListedSide::Resources), true),
         "{e}"
     );
     let e = field(req(
@@ -553,23 +547,21 @@ fn bad_listing_requests_name_the_field() {
         ("Blue::Project", "apollo"),
         "editWiki",
         "Blue::Role",
-        "",
-        "",
+        &json("", ""),
         0,
     ));
-    assert_eq!(e.field, "principal_type", "{e}");
+    assert_eq!(e.field, Field::ListedType(ListedSide::Principals), "{e}");
     let e = field(req(
         Side::Resources,
         ada,
         "viewRecord",
         "Blue::Record",
-        "",
-        "",
+        &json("", ""),
         list::MAX_PAGE_SIZE + 1,
     ));
     assert_eq!(
-        (e.field.as_str(), e.message.contains("maximum")),
-        ("page_size", true),
+        (&e.field, e.message.contains("maximum")),
+        (&Field::PageSize, true),
         "{e}"
     );
     let e = field(req(
@@ -577,11 +569,10 @@ fn bad_listing_requests_name_the_field() {
         ada,
         "inviteMember",
         "Blue::Project",
-        r#"{"role": 3}"#,
-        "",
+        &json(r#"{"role": 3}"#, ""),
         0,
     ));
-    assert_eq!(e.field, "context_json", "{e}");
+    assert_eq!(e.field, Field::Context(None), "{e}");
     let e = field(ListRequest {
         page_token: "00ff",
         ..req(
@@ -589,12 +580,11 @@ fn bad_listing_requests_name_the_field() {
             ada,
             "viewRecord",
             "Blue::Record",
-            "",
-            "",
+            &json("", ""),
             0,
         )
     });
-    assert_eq!(e.field, "page_token", "{e}");
+    assert_eq!(e.field, Field::PageToken, "{e}");
 }
 
 mod grpc {

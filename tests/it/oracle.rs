@@ -9,10 +9,13 @@ use std::path::PathBuf;
 use blue_authz::authoring::suite;
 use blue_authz::bench::gen;
 use blue_authz::bench::workload;
-use blue_authz::engine::decide::{self, DEFAULT_SLICE_DEPTH};
+use blue_authz::engine::decide;
 use blue_authz::engine::index::EntityStore;
+use blue_authz::engine::list::actions::{ActionOutcome, ActionsRequest};
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::engine::request;
+use blue_authz::engine::request::UidRef;
+use blue_authz::engine::View;
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
 
 /// The shipped pack (or `BLUE_AUTHZ_TEST_PACK`: these checks are data-driven, and the
@@ -111,9 +114,10 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
     let asks = workload::mix(&g, 5, 3000);
     let (mut allowed, mut planned) = (0, 0);
     for a in &asks {
-        let raw = a.raw();
-        let req = request::check(&pack, &store, &raw).unwrap();
-        let ours = decide::decide(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+        let view = View::new(&pack, &store);
+        let parsed = a.context();
+        let req = view.check(&a.request(parsed.as_ref())).unwrap();
+        let ours = view.decide(&req);
         let context = if a.context_json.is_empty() {
             serde_json::json!({})
         } else {
@@ -127,7 +131,7 @@ fn generated_requests_agree_with_plain_cedar_over_all_entities() {
         assert_eq!((ours.allow, ours.determining.clone()), theirs, "{a:?}");
         // Both of the engine's paths: the compiled plan where it answers, Cedar's evaluator
         // over a slice always.
-        let by_slice = decide::decide_by_slice(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+        let by_slice = view.decide_by_slice(&req);
         assert_eq!(ours, by_slice, "{a:?}");
         if let Some(by_plan) = decide::decide_by_plan_only(&pack, &store, &req) {
             assert_eq!(by_plan, by_slice, "{a:?}");
@@ -232,9 +236,12 @@ fn request_scoped_entities_that_reparent_stored_ones_agree_with_plain_cedar() {
         };
         let overlay = serde_json::Value::Array(vec![replaced.clone()]);
         let overlay_text = overlay.to_string();
-        let mut raw = a.raw();
-        raw.entities_json = &overlay_text;
-        let checked = request::check(&pack, &store, &raw);
+        let view = View::new(&pack, &store);
+        let parsed = a.context();
+        let mut req = a.request(parsed.as_ref());
+        let overlay = [replaced.clone()];
+        req.entities = &overlay;
+        let checked = view.check(&req);
 
         let all: Vec<serde_json::Value> = entities
             .iter()
@@ -259,7 +266,7 @@ fn request_scoped_entities_that_reparent_stored_ones_agree_with_plain_cedar() {
             }
             (ours, theirs) => panic!("{overlay_text}: ours {ours:?}, Cedar's {theirs:?}"),
         };
-        let ours = decide::decide(&pack, &store, &checked.unwrap(), DEFAULT_SLICE_DEPTH);
+        let ours = view.decide(&checked.unwrap());
         let plain = oracle_without_overlay(&pack, &store, a);
         let context = if a.context_json.is_empty() {
             serde_json::json!({})
@@ -294,8 +301,11 @@ fn request_scoped_entities_that_reparent_stored_ones_agree_with_plain_cedar() {
 
 /// The engine's decision for an ask without request-scoped entities.
 fn oracle_without_overlay(pack: &PolicyPack, store: &EntityStore, a: &workload::Ask) -> bool {
-    let req = request::check(pack, store, &a.raw()).unwrap();
-    decide::decide(pack, store, &req, DEFAULT_SLICE_DEPTH).allow
+    let parsed = a.context();
+    View::new(pack, store)
+        .is_authorized(&a.request(parsed.as_ref()))
+        .unwrap()
+        .allow
 }
 
 /// `ListAllowedActions` answers each action from its compiled plan, building one slice only
@@ -309,29 +319,31 @@ fn listed_actions_agree_with_single_decisions_through_cedar() {
     store.finish_bulk(1).unwrap();
     let (mut decided, mut allowed) = (0, 0);
     for a in workload::mix(&g, 21, 300) {
-        let principal: EntityUid = format!("Blue::User::\"{}\"", a.principal).parse().unwrap();
-        let resource: EntityUid = format!("{}::\"{}\"", a.resource_type, a.resource)
-            .parse()
+        let view = View::new(&pack, &store);
+        let listed = view
+            .list_actions(&ActionsRequest {
+                principal: UidRef {
+                    ty: "Blue::User",
+                    id: &a.principal,
+                },
+                resource: UidRef {
+                    ty: a.resource_type,
+                    id: &a.resource,
+                },
+                context: None,
+                per_action: None,
+                each_declared: false,
+                entities: &[],
+            })
             .unwrap();
-        let listed = decide::list_allowed(
-            &pack,
-            &store,
-            &principal,
-            &resource,
-            "",
-            "",
-            DEFAULT_SLICE_DEPTH,
-        )
-        .unwrap();
-        for (action, outcome) in listed {
-            let decide::ActionOutcome::Decided(d) = outcome else {
+        for listed in listed.listed {
+            let (action, ActionOutcome::Decided(d)) = (listed.action, listed.outcome) else {
                 continue;
             };
-            let mut raw = a.raw();
-            raw.action = request::action_id(&action);
-            raw.context_json = "";
-            let req = request::check(&pack, &store, &raw).unwrap();
-            let single = decide::decide_by_slice(&pack, &store, &req, DEFAULT_SLICE_DEPTH);
+            let mut req = a.request(None);
+            req.action = request::action_id(&action);
+            let req = view.check(&req).unwrap();
+            let single = view.decide_by_slice(&req);
             assert_eq!(d, single, "{a:?} {action}");
             decided += 1;
             allowed += d.allow as usize;

@@ -5,17 +5,18 @@
 //! every suite case answered over HTTP as over gRPC, for Blue's pack and for the
 //! document-sharing example pack, which the same binary serves.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::common::server::Binary;
+use crate::common::{live_pack, pack, root, uid};
 use blue_authz::authoring::suite;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::service::server::{self, Limits, Running};
-use common::{live_pack, pack, root, uid};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::{http1, http2};
@@ -1050,40 +1051,25 @@ fn the_binary_serves_the_example_pack_over_authzen_with_a_decision_log() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("http-token");
     std::fs::write(&token_file, "from-a-file-7\n").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-listen", ""])
+    let mut server = Binary::serve(&docs_dir().join("policies"), &dir.path().join("docs.redb"))
         .arg("--http-token-file")
         .arg(&token_file)
         .args(["--http-listen", "127.0.0.1:0", "--decision-log", "true"])
-        .arg("--policies")
-        .arg(docs_dir().join("policies"))
         .arg("--seed")
         .arg(docs_dir().join("data.json"))
-        .arg("--db")
-        .arg(dir.path().join("docs.redb"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = common::wait_for_listen_addr(child.stderr.take().unwrap(), "AuthZEN HTTP API");
-    let stdout = child.stdout.take().unwrap();
+        .stdout_piped()
+        .spawn();
+    let addr = server.wait_serving().http.expect("an AuthZEN listener");
+    let stdout = server.stdout.take().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let answers = rt.block_on(async {
-        // Health flips after loading; retry briefly until decisions are served.
         let mut http = Http::connect(addr, false).await;
         let auth = [
             ("content-type", "application/json"),
             ("authorization", "Bearer from-a-file-7"),
         ];
         let body = ask("alice", "can_delete", "plan").to_string();
-        let mut a = http.send("POST", EVALUATION, &auth, &body).await;
-        for _ in 0..100 {
-            if a.status == 200 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            a = http.send("POST", EVALUATION, &auth, &body).await;
-        }
+        let a = http.send("POST", EVALUATION, &auth, &body).await;
         // The token file's token is required.
         let refused = http
             .post(EVALUATION, &ask("alice", "can_delete", "plan"))
@@ -1118,8 +1104,7 @@ fn the_binary_serves_the_example_pack_over_authzen_with_a_decision_log() {
             found.push(line);
         }
     }
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(server);
     assert!(found[0].contains("authzen.evaluation"), "{}", found[0]);
     assert!(found[0].contains("docs.owner"), "{}", found[0]);
     assert!(found[1].contains("authzen.evaluations"), "{}", found[1]);

@@ -2,9 +2,9 @@
 //! decision or INVALID_ARGUMENT, never a panic, an internal error or a dropped connection, and
 //! the server keeps serving correctly afterwards.
 
-mod common;
+use crate::common;
 
-use common::case_request;
+use crate::common::case_request;
 
 use blue_authz::authoring::suite;
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};

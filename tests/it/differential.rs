@@ -18,7 +18,8 @@ use blue_authz::bench::gen::Rng;
 use blue_authz::engine::decide::{self};
 use blue_authz::engine::index::EntityStore;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
-use blue_authz::engine::request::{self, RawRequest, UidRef};
+use blue_authz::engine::request::{self, DecisionRequest, UidRef};
+use blue_authz::engine::view::{Limits, View};
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request, Schema, ValidationMode,
     Validator,
@@ -631,21 +632,23 @@ fn decide_one(
     let action = *rng.pick(&ACTIONS);
     let context = attrs_json(rng, &shape.context);
     let context_text = context.to_string();
-    let raw = RawRequest {
-        principal: UidRef {
-            ty: "G::U",
-            id: &principal,
-        },
-        action: request::action_id(action),
-        resource: UidRef {
-            ty: "G::R",
-            id: &resource,
-        },
-        context_json: &context_text,
-        entities_json: "",
-    };
-    let checked = request::check(pack, store, &raw).unwrap();
-    let ours = decide::decide(pack, store, &checked, 4);
+    let view = View::with_limits(pack, store, Limits { slice_depth: 4 });
+    let checked = view
+        .check(&DecisionRequest {
+            principal: UidRef {
+                ty: "G::U",
+                id: &principal,
+            },
+            action: request::action_id(action),
+            resource: UidRef {
+                ty: "G::R",
+                id: &resource,
+            },
+            context: context.as_object(),
+            entities: &[],
+        })
+        .unwrap();
+    let ours = view.decide(&checked);
     let action_uid = EntityUid::from_str(&format!("G::Action::\"{action}\"")).unwrap();
     let req = Request::new(
         EntityUid::from_str(&format!("G::U::\"{principal}\"")).unwrap(),
@@ -767,21 +770,21 @@ fn an_entity_literal_on_the_left_of_in_sees_its_ancestors_in_a_slice() {
     let file = dir.join("entities.json");
     std::fs::write(&file, data.to_string()).unwrap();
     let store = EntityStore::load_file(&file, &pack.entities).unwrap();
-    let raw = RawRequest {
-        principal: UidRef {
-            ty: "G::U",
-            id: "u0",
-        },
-        action: request::action_id("a"),
-        resource: UidRef {
-            ty: "G::R",
-            id: "r",
-        },
-        context_json: "{}",
-        entities_json: "",
-    };
-    let checked = request::check(&pack, &store, &raw).unwrap();
-    let ours = decide::decide(&pack, &store, &checked, 1);
+    let ours = View::new(&pack, &store)
+        .is_authorized(&DecisionRequest {
+            principal: UidRef {
+                ty: "G::U",
+                id: "u0",
+            },
+            action: request::action_id("a"),
+            resource: UidRef {
+                ty: "G::R",
+                id: "r",
+            },
+            context: None,
+            entities: &[],
+        })
+        .unwrap();
     let schema = &pack.schema;
     let all = Entities::from_json_value(data, Some(schema)).unwrap();
     let req = Request::new(

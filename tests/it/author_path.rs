@@ -2,12 +2,13 @@
 //! that does not exist, a closed standard output, a data-token warning with no data listener,
 //! a start-up with no data that said nothing.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use common::pack;
+use crate::common::pack;
+use crate::common::server::{Binary, Server};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blue-authz"));
@@ -16,40 +17,15 @@ fn bin() -> Command {
 }
 
 /// `serve` on `db` with decisions on 127.0.0.1:0, no data or HTTP listener, no watching, and
-/// `extra`; waits (60 s at most) until it says it serves. The child and its log lines so far.
-fn serve(db: &std::path::Path, extra: &[&str]) -> (std::process::Child, Vec<String>) {
-    let mut child = bin()
-        .arg("serve")
-        .args(["--db", db.to_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "",
-            "--http-listen",
-            "",
-        ])
-        .args(["--watch", "false"])
+/// `extra`, serving; its log lines so far.
+fn serve(db: &std::path::Path, extra: &[&str]) -> (Server, Vec<String>) {
+    let mut server = Binary::serve(&pack(), db)
         .args(extra)
         .env_remove("BLUE_AUTHZ_DATA_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::log_lines(child.stderr.take().unwrap());
-    let mut lines = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
-            break;
-        };
-        let done = line.contains("serving") && !line.contains("not serving");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    (child, lines)
+        .spawn();
+    server.wait_serving();
+    let lines = server.log.lines();
+    (server, lines)
 }
 
 #[test]
@@ -102,22 +78,15 @@ fn a_closed_stdout_ends_a_command_quietly() {
 #[test]
 fn an_empty_store_is_a_warning_and_a_metric_and_no_data_listener_no_token_warning() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, lines) = serve(
+    let (server, lines) = serve(
         &tmp.path().join("a.redb"),
         &["--metrics-listen", "127.0.0.1:0", "--seed", ""],
     );
     let log = lines.join("\n");
     // Started without data: a warning, and the metric says so.
-    let metrics: std::net::SocketAddr = log
-        .split("metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address: {log}"))
-        .parse()
-        .unwrap();
+    let metrics = server.started.metrics.expect("a metrics listener");
     let scraped = common::get_metrics(metrics);
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(server);
     assert!(
         scraped.contains("\nblue_authz_store_empty 1\n"),
         "{scraped}"
@@ -248,7 +217,7 @@ fn import_merges_or_replaces_and_says_which_and_refuses_dangling_parents() {
 fn offline_commands_on_a_database_a_server_holds_point_at_the_data_service() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("held.redb");
-    let (mut child, lines) = serve(&db, &[]);
+    let (server, lines) = serve(&db, &[]);
     let log = lines.join("\n");
     let export = cli(&["export", "--db", db.to_str().unwrap()]);
     let fixture = pack().join("tests/fixture.json");
@@ -258,8 +227,7 @@ fn offline_commands_on_a_database_a_server_holds_point_at_the_data_service() {
         "--db",
         db.to_str().unwrap(),
     ]);
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(server);
     assert!(log.contains("serving"), "{log}");
     let (code, out, err) = export;
     assert_eq!(code, 2, "{out}{err}");

@@ -2,12 +2,12 @@
 //! Dockerfile builds with the README's own commands. (No image can be built on these machines:
 //! there is no Docker engine.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{root, settings_table};
+use crate::common::{root, settings_table};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 

@@ -4,8 +4,6 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blue_authz::service::grpc::pb::{
@@ -15,6 +13,7 @@ use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use super::server::{Binary, Server};
 use super::{pack, TOKEN};
 
 pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
@@ -65,64 +64,32 @@ pub fn url_for(schema: &str, port: u16) -> String {
 
 /// A replica: the real binary, following `url` into `db`.
 pub struct Replica {
-    pub child: Child,
+    pub server: Server,
     pub decisions: SocketAddr,
     pub data: SocketAddr,
-    pub log: Arc<Mutex<Vec<String>>>,
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Replica {
+    /// Its log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.server.log.lines()
     }
 }
 
 pub fn spawn(url: &str, db: &Path, extra: &[&str]) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args(["--policies", pack().to_str().unwrap(), "serve"])
-        .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
-        .args(["--http-listen", ""])
-        .args(["--db", db.to_str().unwrap(), "--source", url])
-        .args(["--watch", "false"])
+    let mut server = Binary::serve(&pack(), db)
+        .args(["--data-listen", "127.0.0.1:0", "--source", url])
         .env("BLUE_AUTHZ_SOURCE_POLL_MS", "200")
         .env("BLUE_AUTHZ_SEED", pack().join("tests/fixture.json"))
         .args(extra)
         .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
         .env("BLUE_AUTHZ_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = super::log_lines(child.stderr.take().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (mut decisions, mut data, mut serving) = (None, None, false);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(serving && decisions.is_some() && data.is_some()) {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("replica start-up log; so far: {:#?}", log.lock().unwrap()));
-        if line.contains("decision service listening") {
-            decisions = super::addr_in(&line);
-        } else if line.contains("data service listening") {
-            data = super::addr_in(&line);
-        } else if line.contains(" serving") {
-            serving = true;
-        }
-        log.lock().unwrap().push(line);
-    }
-    let keep = log.clone();
-    std::thread::spawn(move || {
-        while let Ok(line) = rx.recv() {
-            keep.lock().unwrap().push(line);
-        }
-    });
+        .spawn();
+    let started = server.wait_serving().clone();
     Replica {
-        child,
-        decisions: decisions.unwrap(),
-        data: data.unwrap(),
-        log,
+        server,
+        decisions: started.decisions.expect("a decision listener"),
+        data: started.data.expect("a data listener"),
     }
 }
 

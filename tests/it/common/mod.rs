@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 
@@ -116,6 +117,57 @@ pub fn get_metrics(addr: std::net::SocketAddr) -> String {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     text
+}
+
+/// [`get_metrics`] off the async runtime's threads.
+pub async fn get_metrics_async(addr: std::net::SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || get_metrics(addr))
+        .await
+        .unwrap()
+}
+
+/// How often the waits below look at their condition.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Waits until `cond` holds, looking every few milliseconds; after `timeout`, a panic naming
+/// `what`. Tests wait on conditions like this, never for a fixed time.
+pub async fn until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting after {timeout:?} for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`until`] with an asynchronous condition.
+pub async fn until_async(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting after {timeout:?} for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`until`] for a test without an async runtime.
+pub fn until_blocking(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting after {timeout:?} for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
 }
 
 /// A policy-suite case as a decision request.

@@ -7,15 +7,15 @@
 //! Without PostgreSQL the tests fail in CI (`CI=true`) and elsewhere say loudly that they were
 //! skipped.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::fleet::*;
+use crate::common::{edge, upsert};
 use blue_authz::service::grpc::pb;
-use common::fleet::*;
-use common::{edge, upsert};
 use tonic::Code;
 
 const APOLLO_VIEW: (&str, &str) = ("Blue::Role", "apollo/view");
@@ -26,9 +26,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// A replica's warnings and errors so far, for a failure message.
 fn complaints(r: &Replica) -> Vec<String> {
-    r.log
-        .lock()
-        .unwrap()
+    r.log()
         .iter()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .cloned()
@@ -182,7 +180,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         wait_in_transaction(&watcher, "late_r0").await;
         let queued_before = queued(&r0);
         if fault == Fault::PausedBeforeTheShare {
-            signal(r0.child.id(), "-STOP");
+            signal(r0.server.child.id(), "-STOP");
         }
         let mut share_client = d0.clone();
         let share_op = edge(true, ("Blue::User", &eve), APOLLO_VIEW);
@@ -198,7 +196,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         });
         if fault == Fault::PausedWithTheShare {
             wait_until(|| queued(&r0) > queued_before, "r0 to queue the share").await;
-            signal(r0.child.id(), "-STOP");
+            signal(r0.server.child.id(), "-STOP");
         }
         let e = share
             .await
@@ -232,7 +230,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         .unwrap()
         .revision;
         if fault != Fault::Busy {
-            signal(r0.child.id(), "-CONT");
+            signal(r0.server.child.id(), "-CONT");
         }
         // r0 drains: its busy batch ends (committed, or ended by the source while paused)
         // and a write queued after the share is answered.
@@ -265,9 +263,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
 
 /// How many writes a replica (logging at debug) has queued so far.
 fn queued(r: &Replica) -> usize {
-    r.log
-        .lock()
-        .unwrap()
+    r.log()
         .iter()
         .filter(|l| l.contains("write queued"))
         .count()
@@ -364,7 +360,7 @@ async fn a_replica_paused_in_its_transaction_does_not_stall_the_others() {
             .await
         });
         let pid = wait_in_transaction(&watcher, "stall_r0").await;
-        signal(r0.child.id(), "-STOP");
+        signal(r0.server.child.id(), "-STOP");
         let still: Option<String> = watcher
             .query_opt("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
             .await
@@ -375,7 +371,7 @@ async fn a_replica_paused_in_its_transaction_does_not_stall_the_others() {
             break;
         }
         // It committed in between: let it go and try again.
-        signal(r0.child.id(), "-CONT");
+        signal(r0.server.child.id(), "-CONT");
         let _ = busy.await;
     }
     let busy = held.expect("r0 was never caught holding the head");
@@ -435,7 +431,7 @@ async fn a_replica_paused_in_its_transaction_does_not_stall_the_others() {
     );
     eprintln!("{n} writes through r1 and r2 while r0 was paused, slowest {slowest:?}");
     // r0 resumes: its transaction was ended by the source; it writes again by itself.
-    signal(r0.child.id(), "-CONT");
+    signal(r0.server.child.id(), "-CONT");
     let ended = busy.await.unwrap();
     if let Err(e) = &ended {
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");

@@ -6,16 +6,16 @@
 //! the frozen copy in `tests/fixtures/blue/`. The README's rule-change procedure is followed on
 //! a copy of the project and these same `shipped_pack_*` tests run on the result.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::{copy_dir, edit, live_matrix, live_pack};
 use blue_authz::authoring::suite::{self, Case};
 use blue_authz::engine::decide::Decision;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
-use common::{copy_dir, edit, live_matrix, live_pack};
 
 /// The frozen copy of Blue's pack.
 fn policies() -> PathBuf {
@@ -571,72 +571,31 @@ fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// The tests `cargo test` runs on the live pack (all data-driven), by test binary and name
-/// filter, beside this binary's own `shipped_pack_*`.
-const LIVE_PACK_TESTS: &[(&str, &[&str])] = &[
-    (
-        "grpc",
-        &[
-            "every_suite_case_over_the_wire",
-            "a_batch_of_a_thousand_and_more",
-            "list_allowed_actions_equals_each_roles_matrix_row",
-        ],
-    ),
-    (
-        "authzen",
-        &["every_suite_case_is_answered_over_http_as_over_grpc"],
-    ),
-    (
-        "listing",
-        &[
-            "listings_equal_brute_force",
-            "listings_with_request_scoped_entities",
-            "pages_of_1_7_and_1000",
-        ],
-    ),
-    ("oracle", &[""]),
-    ("analysis", &["blue_invariants_hold_for_all_data"]),
+/// The tests `cargo test` runs on the live pack (all data-driven), as name filters on this
+/// very test binary, beside the `shipped_pack_*` checks.
+const LIVE_PACK_TESTS: &[&str] = &[
+    "grpc::every_suite_case_over_the_wire",
+    "grpc::a_batch_of_a_thousand_and_more",
+    "grpc::list_allowed_actions_equals_each_roles_matrix_row",
+    "authzen::every_suite_case_is_answered_over_http_as_over_grpc",
+    "listing::listings_equal_brute_force",
+    "listing::listings_with_request_scoped_entities",
+    "listing::pages_of_1_7_and_1000",
+    "oracle::",
+    "analysis::blue_invariants_hold_for_all_data",
 ];
 
-/// The newest test binary `name-<hash>` beside this one (`cargo test` builds them all before
-/// it runs any; `cargo test --test policy_pack` alone may not have built it: then None, which
-/// fails in CI).
-fn sibling_test_binary(name: &str) -> Option<PathBuf> {
-    let me = std::env::current_exe().unwrap();
-    let dir = me.parent().unwrap();
-    let prefix = format!("{name}-");
-    let found = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            file.strip_prefix(&prefix)
-                .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "no test binary {name}-<hash> beside {}",
-            me.display()
-        );
-        eprintln!("SKIPPED the {name} checks on the changed project: run the whole `cargo test`");
-    }
-    found
-}
-
-/// Runs a test binary with name filters on the project copy in `dir`; success, and what
+/// Runs this test binary with name filters on the project copy in `dir`; success, and what
 /// libtest printed.
-fn run_tests_on(binary: &Path, filters: &[&str], dir: &Path) -> (bool, String) {
-    let out = Command::new(binary)
+fn run_tests_on(filters: &[&str], dir: &Path) -> (bool, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
         .args(filters)
         .arg("--test-threads=2")
         .env("BLUE_AUTHZ_TEST_PACK", dir.join("policies"))
         .env("BLUE_AUTHZ_TEST_MATRIX", dir.join("docs/permissions.md"))
         .env_remove("BLUE_AUTHZ_OVERLAYS")
         .output()
-        .expect("run a test binary");
+        .expect("run the test binary");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
@@ -644,7 +603,7 @@ fn run_tests_on(binary: &Path, filters: &[&str], dir: &Path) -> (bool, String) {
 
 /// The `shipped_pack_*` tests of this very binary, run on the project copy in `dir`.
 fn shipped_checks_on(dir: &Path) -> (bool, String) {
-    run_tests_on(&std::env::current_exe().unwrap(), &["shipped_pack_"], dir)
+    run_tests_on(&["policy_pack::shipped_pack_"], dir)
 }
 
 /// The README's procedure for changing a rule, followed literally on a copy of the project
@@ -724,21 +683,18 @@ fn the_readme_procedure_for_changing_a_rule_keeps_the_checks_green() {
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].starts_with("| `editWiki` |"), "{changed:?}");
-    // The same checks as `cargo test`, on the changed project: green. This binary's, then
-    // every data-driven test of the other binaries (the suites over gRPC and HTTP, the matrix
-    // rows against ListAllowedActions, listings against brute force, the oracle against
-    // plain Cedar, the invariants).
+    // The same checks as `cargo test`, on the changed project: green. The shipped-pack
+    // checks, then every data-driven test of the live pack (the suites over gRPC and HTTP, the
+    // matrix rows against ListAllowedActions, listings against brute force, the oracle against
+    // plain Cedar, the invariants), each filter matching some test.
     let (ok, text) = shipped_checks_on(project);
     assert!(ok && text.contains("5 passed; 0 failed"), "{text}");
-    for (binary, filters) in LIVE_PACK_TESTS {
-        let Some(path) = sibling_test_binary(binary) else {
-            continue;
-        };
-        let (ok, text) = run_tests_on(&path, filters, project);
-        assert!(ok, "{binary} on the changed project: {text}");
+    let (ok, text) = run_tests_on(LIVE_PACK_TESTS, project);
+    assert!(ok, "the live pack's tests on the changed project: {text}");
+    for filter in LIVE_PACK_TESTS {
         assert!(
-            !text.contains("running 0 tests"),
-            "{binary}: the filters {filters:?} match no test: {text}"
+            text.contains(&format!("test {filter}")),
+            "the filter {filter} matches no test: {text}"
         );
     }
 }

@@ -6,7 +6,7 @@
 //! Each test works in a PostgreSQL schema of its own. Without PostgreSQL on 127.0.0.1:5432 the
 //! tests fail in CI (`CI=true`) and elsewhere say loudly that they were skipped.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -14,16 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{delete, edge, pack, uid, upsert};
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
-use common::{delete, edge, pack, uid, upsert};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use common::fleet::*;
+use crate::common::fleet::*;
 
 /// A fixed set of decisions: every fixture user on a few actions of project apollo and of
 /// records the writers touch.
@@ -85,7 +85,12 @@ async fn three_replicas_and_four_writers_converge() {
             n
         }));
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until the writers have interleaved a few hundred batches (not for a fixed time).
+    let written = revisions.clone();
+    common::until("300 batches", Duration::from_secs(120), move || {
+        written.lock().unwrap().len() >= 300
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut batches = 0;
     for w in writers {
@@ -299,6 +304,11 @@ async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
 
     // 1. A transaction that takes revision h+1 the way writers do (the head lock) and stays
     // open: a write through A waits for it instead of taking a later revision past it.
+    let holder: i32 = pg
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let held = pg.transaction().await.unwrap();
     let head: i64 = held
         .query_one(
@@ -311,7 +321,13 @@ async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
     assert_eq!(head as u64, h);
     put_batch(&held, head + 1, "held", true).await;
     let later = tokio::spawn(async move { write(&mut da, vec![upsert(record("later"))]).await });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Until the write waits at PostgreSQL for the head lock the open transaction holds.
+    common::until_async(
+        "the write to wait for the head lock",
+        Duration::from_secs(30),
+        async || blocked_by(holder).await > 0,
+    )
+    .await;
     assert!(
         !later.is_finished(),
         "a write went past an open earlier revision"
@@ -336,7 +352,21 @@ async fn a_batch_that_commits_late_is_applied_in_order_and_never_skipped() {
     let second = pg2.transaction().await.unwrap();
     put_batch(&second, head + 4, "fourth", true).await;
     second.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Until B has seen the source's head at h+4, and polled it once more after that.
+    common::until_async(
+        "B to see the head at h+4",
+        Duration::from_secs(30),
+        async || status(&mut db).await.source_revision == (head + 4) as u64,
+    )
+    .await;
+    let seen = Instant::now();
+    common::until_async("B to poll once more", Duration::from_secs(30), async || {
+        status(&mut db)
+            .await
+            .ms_since_source_answered
+            .is_some_and(|ms| Duration::from_millis(ms) < seen.elapsed())
+    })
+    .await;
     assert_eq!(
         status(&mut db).await.revision,
         h + 2,
@@ -415,19 +445,33 @@ async fn a_follower_killed_mid_stream_resumes_from_its_own_position() {
             }
         })
     };
-    while last.load(Ordering::SeqCst) < 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let past = |n: u64| {
+        let last = last.clone();
+        move || last.load(Ordering::SeqCst) >= n
+    };
+    common::until("100 batches", Duration::from_secs(60), past(100)).await;
     drop(c); // SIGKILL while batches stream in
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = last.load(Ordering::SeqCst);
+    common::until(
+        "batches while C is down",
+        Duration::from_secs(60),
+        past(killed_at + 20),
+    )
+    .await;
     let c = spawn(&url, &c_db, &[]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted_at = last.load(Ordering::SeqCst);
+    common::until(
+        "batches after C restarts",
+        Duration::from_secs(60),
+        past(restarted_at + 20),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let last = last.load(Ordering::SeqCst);
     let mut dc = data(&c).await;
     reach(&mut dc, last).await;
-    let started: Vec<String> = c.log.lock().unwrap().clone();
+    let started: Vec<String> = c.log();
     assert!(
         !started.iter().any(|l| l.contains("reading a snapshot")),
         "the restarted follower read a snapshot instead of resuming: {started:#?}"
@@ -671,7 +715,7 @@ async fn a_replica_whose_position_was_pruned_reads_a_new_snapshot() {
     proxy.restore();
     reach(&mut dc, last).await;
     assert!(export(&mut da).await == export(&mut dc).await);
-    let log = c.log.lock().unwrap().clone();
+    let log = c.log();
     assert!(
         log.iter().any(|l| l.contains("pruned from the change log")),
         "{log:#?}"
@@ -685,7 +729,7 @@ async fn a_replica_whose_position_was_pruned_reads_a_new_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_is_pruned_by_age_and_a_follower_within_it_goes_on() {
-    let Some((_pg, url)) = schema("fleet_age").await else {
+    let Some((pg, url)) = schema("fleet_age").await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -698,12 +742,19 @@ async fn the_log_is_pruned_by_age_and_a_follower_within_it_goes_on() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The old batches aged an hour (rather than waiting for them to age).
+    pg.execute(
+        "UPDATE blue_authz_changes SET committed_at = committed_at - interval '1 hour' \
+         WHERE revision <= $1",
+        &[&(old as i64)],
+    )
+    .await
+    .unwrap();
     let young = write(&mut da, vec![upsert(record("young"))]).await.unwrap();
     reach(&mut db, young).await;
     let source = blue_authz::storage::PgSource::new(&url).unwrap();
     let through = source
-        .prune_older_than(Duration::from_secs(1))
+        .prune_older_than(Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(through, old, "pruned through {through}");
@@ -731,9 +782,7 @@ async fn the_log_is_pruned_by_age_and_a_follower_within_it_goes_on() {
         .unwrap();
     assert_eq!(second.revision, next);
     assert!(!b
-        .log
-        .lock()
-        .unwrap()
+        .log()
         .iter()
         .any(|l| l.contains("pruned from the change log")));
 }
@@ -902,4 +951,20 @@ async fn a_replica_that_never_reached_its_source_says_so_and_that_writes_fail() 
     write(&mut da, vec![upsert(record("never-2"))])
         .await
         .unwrap();
+}
+
+/// How many PostgreSQL sessions wait now for a lock that session `holder` holds.
+async fn blocked_by(holder: i32) -> i64 {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            &[&holder],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -1,14 +1,12 @@
 //! Both services over Unix domain sockets, as a sidecar's neighbour would call them.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
+use crate::common::{config, uid, unix_channel, TOKEN};
 use blue_authz::service::grpc::pb::{
     self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
 };
 use blue_authz::service::server::{self, Limits};
-use common::{config, uid, unix_channel, TOKEN};
 use tonic::Code;
 
 #[tokio::test]

@@ -7,18 +7,19 @@
 //! Needs cvc5 (`apt-get install cvc5`; `.ci/run` installs it): in CI (`CI=true`) a missing
 //! solver fails these tests, elsewhere they say loudly that they were skipped.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::common::server::Binary;
+use crate::common::{copy_dir, edit, live_pack, pack, solver_or_skip};
 use blue_authz::analysis::{self, Counterexample};
-use blue_authz::engine::decide::{self, DEFAULT_SLICE_DEPTH};
 use blue_authz::engine::index::EntityStore;
 use blue_authz::engine::pack::{PackSpec, PolicyPack, Property};
-use blue_authz::engine::request::{self, RawRequest, UidRef};
+use blue_authz::engine::request::{self, DecisionRequest, UidRef};
+use blue_authz::engine::View;
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request};
-use common::{copy_dir, edit, live_pack, pack, solver_or_skip};
 
 /// A copy of Blue's policy directory.
 fn copy() -> (tempfile::TempDir, PathBuf) {
@@ -77,16 +78,17 @@ fn check(pack: &PolicyPack, c: &Counterexample) -> bool {
     });
     let (pt, pid) = split(&c.principal);
     let (rt, rid) = split(&c.resource);
-    let context = c.context.to_string();
-    let raw = RawRequest {
-        principal: UidRef { ty: &pt, id: &pid },
-        action: request::action_id(&c.action),
-        resource: UidRef { ty: &rt, id: &rid },
-        context_json: &context,
-        entities_json: "",
-    };
-    let req = request::check(pack, &store, &raw).unwrap();
-    decide::decide(pack, &store, &req, DEFAULT_SLICE_DEPTH).allow
+    let context = c.context.as_object();
+    View::new(pack, &store)
+        .is_authorized(&DecisionRequest {
+            principal: UidRef { ty: &pt, id: &pid },
+            action: request::action_id(&c.action),
+            resource: UidRef { ty: &rt, id: &rid },
+            context,
+            entities: &[],
+        })
+        .unwrap()
+        .allow
 }
 
 fn split(uid: &str) -> (String, String) {
@@ -275,7 +277,7 @@ async fn wait_status(
     never: &str,
 ) -> blue_authz::service::grpc::pb::PolicyStatus {
     use std::time::{Duration, Instant};
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = status
             .get_policy_status(blue_authz::service::grpc::pb::GetPolicyStatusRequest {})
@@ -327,9 +329,11 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
 
     // Decisions flow all along; any failed call, or any ALLOW for the client, fails the test.
     let stop = Arc::new(AtomicBool::new(false));
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let flow = {
         let mut c = decisions.clone();
         let stop = stop.clone();
+        let counted = counted.clone();
         tokio::spawn(async move {
             let mut calls = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -345,11 +349,16 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
                     .into_inner();
                 assert_eq!(r.decision, pb::Decision::Deny as i32, "the mutation served");
                 calls += 1;
+                counted.fetch_add(1, Ordering::Relaxed);
             }
             calls
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at_least = |n: u64| {
+        let counted = counted.clone();
+        move || counted.load(Ordering::Relaxed) >= n
+    };
+    common::until("decisions flowing", Duration::from_secs(30), at_least(10)).await;
     client_deletes_with_tests_updated(&dir);
     let after = wait_status(
         &mut status,
@@ -357,7 +366,14 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
         "the mutation was never rejected",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Decisions go on after the rejection.
+    let now = counted.load(Ordering::Relaxed);
+    common::until(
+        "decisions after the rejection",
+        Duration::from_secs(30),
+        at_least(now + 10),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let calls = flow.await.unwrap();
     assert!(calls > 20, "{calls} calls");
@@ -392,20 +408,9 @@ async fn a_reload_that_breaks_an_invariant_is_rejected_under_load_and_start_up_r
     // Start-up refuses the mutation: the real binary exits non-zero naming the invariant.
     let (_tmp2, dir) = copy();
     client_deletes_with_tests_updated(&dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args(["--policies", dir.to_str().unwrap(), "serve"])
-        .args(["--db", tmp.path().join("fresh.redb").to_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "",
-            "--http-listen",
-            "",
-        ])
+    let out = Binary::serve(&dir, &tmp.path().join("fresh.redb"))
         .args(["--seed", "", "--analysis", "required"])
-        .output()
-        .unwrap();
+        .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -422,26 +427,13 @@ async fn without_the_solver_optional_serves_and_says_so_and_required_refuses() {
     use blue_authz::service::grpc::pb::{self, policies_client::PoliciesClient};
     let tmp = tempfile::tempdir().unwrap();
     let serve = |analysis: &str, db: &str| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"));
-        c.args(["--policies", pack().to_str().unwrap(), "serve"])
-            .args(["--db", tmp.path().join(db).to_str().unwrap()])
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--data-listen",
-                "",
-                "--http-listen",
-                "",
-            ])
-            .args(["--seed", "", "--watch", "false", "--analysis", analysis])
+        Binary::serve(&pack(), &tmp.path().join(db))
+            .args(["--seed", "", "--analysis", analysis])
             .env("CVC5", tmp.path().join("no-such-cvc5"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        c
     };
 
     // Required: refused, saying why.
-    let out = serve("required", "a.redb").output().unwrap();
+    let out = serve("required", "a.redb").output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "served without its proofs: {stderr}");
     assert!(
@@ -451,22 +443,13 @@ async fn without_the_solver_optional_serves_and_says_so_and_required_refuses() {
     );
 
     // Optional: serves, and the log and GetPolicyStatus say the analysis was skipped.
-    let mut child = serve("optional", "b.redb").spawn().unwrap();
-    let rx = common::log_lines(child.stderr.take().unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let (mut addr, mut warned) = (None, false);
-    while std::time::Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) else {
-            break;
-        };
-        if line.contains("decision service listening") {
-            addr = common::addr_in(&line);
-        }
-        warned |= line.contains("WARN") && line.contains("analysis skipped");
-        if line.contains("serving") && !line.contains("not serving") {
-            break;
-        }
-    }
+    let mut server = serve("optional", "b.redb").spawn();
+    let addr = server.wait_serving().decisions;
+    let warned = server
+        .log
+        .lines()
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("analysis skipped"));
     assert!(warned, "no warning that the analysis was skipped");
     let mut status = PoliciesClient::connect(format!("http://{}", addr.unwrap()))
         .await
@@ -482,6 +465,4 @@ async fn without_the_solver_optional_serves_and_says_so_and_required_refuses() {
         s.live_analysis
     );
     assert!(s.live_analysis.contains("cvc5"), "{}", s.live_analysis);
-    child.kill().unwrap();
-    let _ = child.wait();
 }

@@ -1,15 +1,15 @@
 //! The decision service over real gRPC: the server on 127.0.0.1:0 and a tonic client.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::common::{case_request, config, config_on, copy_dir, live_matrix, live_pack, pack, uid};
 use blue_authz::authoring::suite::{self, Case};
 use blue_authz::engine::pack::PackSpec;
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::service::server::{self, Limits, Running, AUTHORIZER_SERVICE};
-use common::{case_request, config, config_on, copy_dir, live_matrix, live_pack, pack, uid};
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -829,13 +829,19 @@ async fn list_allowed_actions_decides_each_declared_context_and_per_action_conte
             let base = per_action
                 .get(&id)
                 .filter(|_| rtype == "Blue::Dashboard")
-                .map_or("", String::as_str);
-            let declared = blue_authz::engine::decide::declared_contexts(&pack, &id, base);
+                .map_or(Default::default(), |c| match serde_json::from_str(c) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => panic!("{c} is no JSON object"),
+                });
+            let declared = blue_authz::engine::list::actions::declared_contexts(&pack, &id, &base);
             let contexts: Vec<String> = if declared.is_empty() {
                 vec![String::new()]
             } else {
                 with_context += 1;
                 declared
+                    .iter()
+                    .map(|c| serde_json::to_string(c).unwrap())
+                    .collect()
             };
             for context in contexts {
                 let single = client
