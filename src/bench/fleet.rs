@@ -55,11 +55,6 @@ impl Drop for Replica {
     }
 }
 
-fn addr_in(line: &str) -> Option<std::net::SocketAddr> {
-    let at = line.find("addr=")? + 5;
-    line[at..].split_whitespace().next()?.parse().ok()
-}
-
 impl FleetBenchConfig {
     fn url(&self) -> String {
         self.url_of(&self.schema)
@@ -121,23 +116,25 @@ impl FleetBenchConfig {
                 }
             }
         });
-        let (mut decisions, mut data) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
+        let (decisions, data) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .map_err(|_| format!("replica {name} did not start"))?;
-            if line.contains("decision service listening") {
-                decisions = addr_in(&line);
-            } else if line.contains("data service listening") {
-                data = addr_in(&line);
-            } else if line.contains(" serving") {
-                break;
-            } else if line.contains("ERROR") || line.starts_with("error") {
+            // The structured start-up line, once it serves: every bound address.
+            if let Ok(started) = serde_json::from_str::<serde_json::Value>(&line) {
+                if started["blue_authz"] == "serving" {
+                    let addr = |k: &str| -> Option<std::net::SocketAddr> {
+                        started[k].as_str().and_then(|a| a.parse().ok())
+                    };
+                    break (addr("decisions"), addr("data"));
+                }
+            }
+            if line.contains("ERROR") || line.starts_with("error") {
                 return Err(format!("replica {name}: {line}"));
             }
-        }
+        };
         std::thread::spawn(move || while rx.recv().is_ok() {});
         Ok(Replica {
             child,

@@ -9,7 +9,7 @@ use crate::bench::gen;
 use crate::bench::progress::Progress;
 use crate::engine::index::parse_entity;
 use crate::engine::pack::PackSpec;
-use crate::storage::{ChangeSet, Changes, RedbStorage, Storage};
+use crate::service::offline::NewDatabase;
 
 #[derive(clap::Args)]
 pub struct GenCommand {
@@ -73,19 +73,8 @@ pub fn run(spec: &PackSpec, args: GenCommand) -> Result<Exit, AnyError> {
     let Some(pack) = load_or_report(spec)? else {
         return Ok(Exit::Problems);
     };
-    let storage = RedbStorage::open(&db)?;
-    if storage.revision()? != 0 {
-        return Err(format!("{} is not empty", db.display()).into());
-    }
-    let mut set = ChangeSet {
-        changes: Changes {
-            revision: 1,
-            ..Default::default()
-        },
-        schema: Some(pack.schema_version.clone()),
-        ..Default::default()
-    };
-    let changes = &mut set.changes;
+    let target = NewDatabase::open(&db)?;
+    let mut puts = Vec::new();
     let mut count = 0usize;
     let mut failed = None;
     let mut progress = Progress::new("generating and validating entities", Some(expected(scale)));
@@ -97,9 +86,7 @@ pub fn run(spec: &PackSpec, args: GenCommand) -> Result<Exit, AnyError> {
         match parse_entity(e, &pack.entities, "generated") {
             Ok(e) => {
                 let json = e.to_json();
-                changes
-                    .puts
-                    .push((e.uid().to_string(), json.to_string().into_bytes()));
+                puts.push((e.uid().to_string(), json.to_string().into_bytes()));
                 count += 1;
             }
             Err(err) => failed = Some(err),
@@ -112,7 +99,7 @@ pub fn run(spec: &PackSpec, args: GenCommand) -> Result<Exit, AnyError> {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprint!("writing {count} entities into {} ...", db.display());
     }
-    storage.apply(&set)?;
+    target.write(&pack, puts)?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(" done");
     }

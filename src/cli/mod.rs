@@ -67,25 +67,6 @@ impl SourceArgs {
 }
 
 /// A runtime for the commands that talk to a shared source.
-/// Opens the embedded database for an offline command; one a running server holds is an error
-/// that says so and what to do instead (`instead`: the data-service call that does the job).
-fn open_offline(
-    db: &std::path::Path,
-    instead: &str,
-) -> Result<crate::storage::RedbStorage, AnyError> {
-    crate::storage::RedbStorage::open(db).map_err(|e| -> AnyError {
-        if e.in_use {
-            format!(
-                "{}: a running server holds this database; {instead}, or stop the server first",
-                db.display()
-            )
-            .into()
-        } else {
-            e.into()
-        }
-    })
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, AnyError> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

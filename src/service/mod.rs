@@ -2,7 +2,8 @@
 //! and the server's life ([`server`]), the gate every pack passes before it serves ([`gate`]), hot
 //! reload ([`reload`]), the gRPC edge ([`grpc`]: proto
 //! types stop there), listeners ([`listeners`]), settings as given ([`settings`]) and as
-//! resolved ([`config`]), errors ([`error`]) and telemetry ([`telemetry`]).
+//! resolved ([`config`]), errors ([`error`]) and telemetry ([`telemetry`]); and the data commands
+//! that run without a server ([`offline`]), since storage is this room's alone.
 
 pub mod authzen;
 mod bearer;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod gate;
 pub mod grpc;
 pub mod listeners;
+pub mod offline;
 pub mod reload;
 pub mod replica;
 pub mod server;

@@ -133,12 +133,13 @@ fn rooms_reach_only_the_rooms_below_them() {
             &["engine", "files", "storage", "authoring", "analysis"][..],
         ),
         ("bench", &["engine", "service"][..]),
+        // Storage is the service's alone: the CLI's offline data commands go through
+        // `service::offline`.
         (
             "cli",
             &[
                 "engine",
                 "files",
-                "storage",
                 "authoring",
                 "analysis",
                 "service",
@@ -202,4 +203,54 @@ fn proto_types_stop_at_the_grpc_edge() {
         problems.is_empty(),
         "proto types past the edge: {problems:#?}"
     );
+}
+
+#[test]
+fn only_the_service_reaches_storage() {
+    let mut problems = Vec::new();
+    for (path, text) in files(&src()) {
+        let here = room(&path);
+        if here != "service"
+            && here != "storage"
+            && rooms_named(&code(&text)).contains(&"storage".to_string())
+        {
+            problems.push(path.display().to_string());
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "storage reached outside the service: {problems:#?}"
+    );
+}
+
+#[test]
+fn http_types_stop_at_the_edges() {
+    // The HTTP stack (axum, hyper, http) belongs to the AuthZEN edge, the listeners that carry
+    // both protocols, the metrics endpoint, the one layer that rewrites the gRPC stack's own
+    // errors, and the HTTP load generator.
+    let may = |p: &Path| {
+        let rel = p.strip_prefix(src()).unwrap().to_string_lossy().to_string();
+        rel.starts_with("service/authzen/")
+            || rel == "service/listeners.rs"
+            || rel == "service/telemetry.rs"
+            || rel == "service/grpc/transport_errors.rs"
+            || rel == "bench/loadgen.rs"
+    };
+    let mut problems = Vec::new();
+    for (path, text) in files(&src()) {
+        let code = code(&text);
+        let named = ["axum", "hyper", "hyper_util", "http", "http_body_util"]
+            .iter()
+            .any(|c| names_crate(&code, c));
+        if !may(&path) && named {
+            problems.push(path.display().to_string());
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "HTTP types past the edges: {problems:#?}"
+    );
+    // The check sees an HTTP path, and not a word that merely ends in one.
+    assert!(names_crate("use axum::Router;", "axum"));
+    assert!(!names_crate("tower_http::x", "http"));
 }

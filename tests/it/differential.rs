@@ -9,7 +9,7 @@
 //! and report no error.
 //!
 //! The bounded run (`cargo test`) decides at least 10,000 cases. The long run is
-//! `BLUE_AUTHZ_DIFF_PACKS=20000 cargo test --release --test differential -- --ignored`.
+//! `BLUE_AUTHZ_DIFF_PACKS=20000 cargo test --release --test it differential:: -- --ignored`.
 
 use std::fmt::Write as _;
 use std::str::FromStr;

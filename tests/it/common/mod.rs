@@ -202,47 +202,6 @@ pub fn edit(path: &Path, from: &str, to: &str) {
     std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
-/// Drains a child's stderr on a thread (so the child never blocks on a full pipe) and hands
-/// the lines over.
-pub fn log_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-/// The `addr=` field of a log line.
-pub fn addr_in(line: &str) -> Option<std::net::SocketAddr> {
-    let at = line.find("addr=")? + 5;
-    line[at..].split_whitespace().next()?.parse().ok()
-}
-
-/// Waits (20 s at most) for the log line containing `needle` and returns its address; the
-/// rest of the log keeps draining.
-pub fn wait_for_listen_addr(
-    stderr: std::process::ChildStderr,
-    needle: &str,
-) -> std::net::SocketAddr {
-    let rx = log_lines(stderr);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let addr = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx.recv_timeout(left).expect("server start-up log");
-        if line.contains(needle) {
-            break addr_in(&line).expect("an addr= field");
-        }
-    };
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    addr
-}
-
 /// One row of the README's settings table: the file key (None for the config file itself),
 /// flag, environment variable and default, each the cell's code span.
 pub struct Row {
