@@ -59,6 +59,8 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
     };
     tracing::info!(workers = runtime.metrics().num_workers(), "runtime started");
     runtime.block_on(async {
+        // Caught from here on: a SIGTERM during start-up or the moment it serves is a clean stop.
+        let mut shutdown = server::ShutdownSignal::install();
         let mut running = server::start(config).await?;
         announce("listening", &running);
         if let Err(e) = running.load().await {
@@ -101,7 +103,7 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         server::reload_on_sighup(&running);
         tracing::info!("serving");
         announce("serving", &running);
-        server::shutdown_signal().await;
+        shutdown.recv().await;
         running.shutdown().await?;
         tracing::info!("stopped");
         Ok(Exit::Success)

@@ -441,12 +441,14 @@ impl Running {
 pub fn reload_on_sighup(running: &Running) {
     #[cfg(unix)]
     {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered here, before the caller says it serves: a SIGHUP sent the moment it does
+        // reloads rather than ending the process (the signal's default action).
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         let reloader = running.reloader.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading policies");
                 let reloader = reloader.clone();
@@ -458,25 +460,52 @@ pub fn reload_on_sighup(running: &Running) {
     let _ = running;
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT, caught from the moment this is made (so make it before saying the
+/// server serves: a signal sent the moment it does then shuts it down cleanly rather than
+/// ending the process by the signal's default action).
+pub struct ShutdownSignal {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            ShutdownSignal {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
+        #[cfg(not(unix))]
+        ShutdownSignal {}
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.int) => tracing::info!("SIGINT: shutting down"),
+                _ = next(&mut self.term) => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("SIGINT: shutting down");
+        }
     }
 }
 

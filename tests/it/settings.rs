@@ -324,7 +324,8 @@ impl Served {
     /// SIGTERM, then everything the process wrote on standard output.
     fn stop(&mut self) -> String {
         self.server.signal("-TERM");
-        assert!(self.server.wait_exit(Duration::from_secs(60)).success());
+        let status = self.server.wait_exit(Duration::from_secs(60));
+        assert!(status.success(), "{status:?}:\n{}", self.server.log.text());
         self.stdout.take().unwrap().join().unwrap()
     }
 }
