@@ -428,13 +428,25 @@ async fn atomic_saves_each_take_effect_and_a_burst_of_saves_makes_one_reload() {
         pb::Decision::Allow as i32
     );
 
-    // Ten saves in a burst (well inside the quiet period), each a different policy text, so
-    // each would be a new version.
+    // Ten saves about 100 ms apart (a third of the quiet period: the scenario's pace, not a
+    // wait), each a different policy text, so each would be a new version. The gaps are
+    // measured: had a loaded machine stretched one past the quiet period, the burst would not
+    // be one, and the test says so instead of miscounting.
     let company = f.policies.join("company.cedar");
     let original = std::fs::read_to_string(&company).unwrap();
+    let mut saved = Vec::new();
     for i in 0..10 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         save_by_rename(&company, &format!("{original}\n// save {i}\n"));
+        saved.push(Instant::now());
     }
+    let widest = saved.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        widest < blue_authz::service::server::RELOAD_QUIET,
+        "two saves {widest:?} apart: not one burst"
+    );
     let last = PackSpec::new(&f.policies, &[]);
     let last = blue_authz::engine::pack::PolicyPack::load(&last).unwrap();
     // Until the last save's content is live: had any earlier save been reloaded on its own,
