@@ -112,6 +112,23 @@ pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, Reque
     Ok(uid)
 }
 
+/// A context as text ('' for none or `{}`): what a page token binds a listing to, and what the
+/// decision log writes.
+pub fn context_text(context: Option<&ContextMap>) -> String {
+    match context {
+        Some(c) if !c.is_empty() => serde_json::to_string(c).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Request-scoped entities as text ('' for none), as [`context_text`].
+pub fn entities_text(entities: &[Value]) -> String {
+    match entities {
+        [] => String::new(),
+        e => serde_json::to_string(e).unwrap_or_default(),
+    }
+}
+
 /// A bare action id, as policy authors write it in suites and the matrix.
 pub fn action_id(id: &str) -> UidRef<'_> {
     UidRef { ty: "", id }

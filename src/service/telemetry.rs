@@ -44,16 +44,8 @@ impl Input<'_> {
         match *self {
             Input::Text(c, e) => (Cow::Borrowed(c), Cow::Borrowed(e)),
             Input::Json(c, e) => (
-                match c {
-                    Some(c) if !c.is_empty() => {
-                        Cow::Owned(serde_json::to_string(c).unwrap_or_default())
-                    }
-                    _ => Cow::Borrowed(""),
-                },
-                match e {
-                    [] => Cow::Borrowed(""),
-                    e => Cow::Owned(serde_json::to_string(e).unwrap_or_default()),
-                },
+                Cow::Owned(crate::engine::request::context_text(c)),
+                Cow::Owned(crate::engine::request::entities_text(e)),
             ),
         }
     }

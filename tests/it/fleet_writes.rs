@@ -177,7 +177,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         wait_in_transaction(&watcher, "late_r0").await;
         let queued_before = queued(&r0);
         if fault == Fault::PausedBeforeTheShare {
-            signal(r0.server.child.id(), "-STOP");
+            r0.server.signal("-STOP");
         }
         let mut share_client = d0.clone();
         let share_op = edge(true, ("Blue::User", &eve), APOLLO_VIEW);
@@ -193,7 +193,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         });
         if fault == Fault::PausedWithTheShare {
             wait_until(|| queued(&r0) > queued_before, "r0 to queue the share").await;
-            signal(r0.server.child.id(), "-STOP");
+            r0.server.signal("-STOP");
         }
         let e = share
             .await
@@ -227,7 +227,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         .unwrap()
         .revision;
         if fault != Fault::Busy {
-            signal(r0.server.child.id(), "-CONT");
+            r0.server.signal("-CONT");
         }
         // r0 drains: its busy batch ends (committed, or ended by the source while paused)
         // and a write queued after the share is answered.
@@ -356,7 +356,7 @@ async fn a_replica_paused_in_its_transaction_does_not_stall_the_others() {
             .await
         });
         let pid = wait_in_transaction(&watcher, "stall_r0").await;
-        signal(r0.server.child.id(), "-STOP");
+        r0.server.signal("-STOP");
         let still: Option<String> = watcher
             .query_opt("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
             .await
@@ -367,7 +367,7 @@ async fn a_replica_paused_in_its_transaction_does_not_stall_the_others() {
             break;
         }
         // It committed in between: let it go and try again.
-        signal(r0.server.child.id(), "-CONT");
+        r0.server.signal("-CONT");
         let _ = busy.await;
     }
     let busy = held.expect("r0 was never caught holding the head");
@@ -427,7 +427,7 @@ async fn a_replica_paused_in_its_transaction_does_not_stall_the_others() {
     );
     eprintln!("{n} writes through r1 and r2 while r0 was paused, slowest {slowest:?}");
     // r0 resumes: its transaction was ended by the source; it writes again by itself.
-    signal(r0.server.child.id(), "-CONT");
+    r0.server.signal("-CONT");
     let ended = busy.await.unwrap();
     if let Err(e) = &ended {
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");

@@ -131,14 +131,10 @@ pub fn list(
         }
         n => n,
     } as usize;
-    let context_text = match req.context {
-        Some(c) if !c.is_empty() => serde_json::to_string(c).unwrap_or_default(),
-        _ => String::new(),
-    };
-    let entities_text = match req.entities {
-        [] => String::new(),
-        e => serde_json::to_string(e).unwrap_or_default(),
-    };
+    let (context_text, entities_text) = (
+        request::context_text(req.context),
+        request::entities_text(req.entities),
+    );
     let query = token::fingerprint(&[
         match req.listed {
             Listed::Resources => "resources",

@@ -13,7 +13,7 @@ use super::AuthzenService;
 use crate::engine::error::RequestError;
 use crate::engine::list::actions::{ActionOutcome, ActionsRequest};
 use crate::engine::list::{token, ListRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::engine::request::UidRef;
+use crate::engine::request::{self, UidRef};
 use crate::service::state::StateError;
 use crate::service::telemetry::{CallLog, Input};
 
@@ -193,14 +193,8 @@ impl AuthzenService {
             "actions",
             &actions.principal.to_string(),
             &actions.resource.to_string(),
-            &context
-                .filter(|c| !c.is_empty())
-                .map(|c| serde_json::to_string(c).unwrap_or_default())
-                .unwrap_or_default(),
-            &match entities.as_slice() {
-                [] => String::new(),
-                e => serde_json::to_string(e).unwrap_or_default(),
-            },
+            &request::context_text(context),
+            &request::entities_text(&entities),
         ]);
         let cursor = match page_token {
             "" => None,

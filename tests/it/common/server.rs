@@ -36,17 +36,7 @@ impl Default for Binary {
 impl Binary {
     /// `blue-authz`, standard output discarded, standard error read by the harness.
     pub fn new() -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        Binary {
-            cmd,
-            defaults: Vec::new(),
-            args: Vec::new(),
-            shell_prefix: None,
-        }
+        Binary::from_command(Command::new(BIN))
     }
 
     /// A command line already built for the binary (its arguments, environment and
