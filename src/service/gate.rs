@@ -83,6 +83,18 @@ impl GateError {
         }
     }
 
+    /// How many problems: each failed case, failed invariant or diagnostic once (`reasons`
+    /// adds a tally line to the first two).
+    pub fn problems(&self) -> usize {
+        match self {
+            GateError::Load(LoadError::Invalid(diags)) => diags.len(),
+            GateError::Failed { failures, .. } | GateError::Invariants { failures, .. } => {
+                failures.len().max(1)
+            }
+            _ => 1,
+        }
+    }
+
     /// The candidate's version, once it loaded.
     pub fn version(&self) -> Option<&str> {
         match self {

@@ -27,14 +27,32 @@ pub struct Rejection {
     pub at_unix_ms: u64,
     /// The candidate's content hash, when it got far enough to have one.
     pub candidate_version: Option<String>,
-    /// Why, one line (or block) each: located diagnostics, failed test cases, data errors.
+    /// Why, one line (or block) each: located diagnostics, failed test cases, data errors,
+    /// and for failed cases or invariants a closing tally.
     pub reasons: Vec<String>,
+    /// How many problems the reasons describe: a failed case counts once, not again in the
+    /// tally line.
+    pub problems: usize,
+}
+
+impl Rejection {
+    /// A rejection for one problem, described by `reason`.
+    pub fn one(candidate_version: Option<String>, reason: String) -> Self {
+        Rejection {
+            at_unix_ms: now_ms(),
+            candidate_version,
+            reasons: vec![reason],
+            problems: 1,
+        }
+    }
 }
 
 /// What operators can ask about the live policy set.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyStatus {
     pub live_version: String,
+    /// The content hash of every file of the live pack (suites and tables included).
+    pub live_files: String,
     pub live_overlays: Vec<String>,
     pub live_policies: usize,
     pub live_since_unix_ms: u64,
@@ -51,7 +69,12 @@ pub struct PolicyStatus {
 #[derive(Debug)]
 pub enum Outcome {
     Unchanged,
-    Swapped { version: String },
+    /// A new pack serves; `policies_changed` is false when only files the gate alone reads
+    /// (suites, tables, fixtures) changed and the version stays.
+    Swapped {
+        version: String,
+        policies_changed: bool,
+    },
     Rejected(Rejection),
 }
 
@@ -102,6 +125,7 @@ impl Reloader {
         let live = self.engine.pack();
         PolicyStatus {
             live_version: live.as_ref().map(|p| p.version.clone()).unwrap_or_default(),
+            live_files: live.as_ref().map(|p| p.files.clone()).unwrap_or_default(),
             live_overlays: live
                 .as_ref()
                 .map(|p| p.spec.overlays.clone())
@@ -130,11 +154,16 @@ impl Reloader {
         let outcome = match self.candidate() {
             Ok(Some(pack)) => {
                 let version = pack.version.clone();
+                let policies_changed = before.as_ref().is_none_or(|b| b.version != version);
                 match self.engine.swap_pack_checked(pack) {
-                    Ok(()) => Outcome::Swapped { version },
+                    Ok(()) => Outcome::Swapped {
+                        version,
+                        policies_changed,
+                    },
                     Err(reasons) => Outcome::Rejected(Rejection {
                         at_unix_ms: now_ms(),
                         candidate_version: Some(version),
+                        problems: reasons.len(),
                         reasons,
                     }),
                 }
@@ -143,7 +172,10 @@ impl Reloader {
             Err(rejection) => Outcome::Rejected(rejection),
         };
         match &outcome {
-            Outcome::Swapped { version } => {
+            Outcome::Swapped {
+                version,
+                policies_changed,
+            } => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 {
                     // A rejection before this accepted set is history, not the state.
@@ -151,7 +183,12 @@ impl Reloader {
                     status.0 = now_ms();
                     status.1 = None;
                 }
-                tracing::info!(%version, elapsed_ms = started.elapsed().as_millis() as u64, "policy set reloaded");
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                if !policies_changed {
+                    tracing::info!(%version, elapsed_ms, "policy pack reloaded: its suites or tables changed and pass the gate; the policies did not change");
+                    return outcome;
+                }
+                tracing::info!(%version, elapsed_ms, "policy set reloaded");
                 if let (Some(old), Some(new)) = (before, self.engine.pack()) {
                     // Off the reload's path: what the new set decides differently.
                     std::thread::spawn(move || log_semantic_diff(&old, &new));
@@ -171,7 +208,7 @@ impl Reloader {
                 }
                 tracing::warn!(
                     candidate = r.candidate_version.as_deref().unwrap_or("none"),
-                    problems = r.reasons.len(),
+                    problems = r.problems,
                     "policy reload rejected; the last good set keeps serving"
                 );
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(r.clone());
@@ -180,27 +217,24 @@ impl Reloader {
         outcome
     }
 
-    /// The candidate pack if it differs from the live one and passes validation and the
-    /// suites; Ok(None) if nothing changed.
+    /// The candidate pack if any file of it (or the overlays enabled) differs from the live
+    /// one and it passes the gate; Ok(None) if nothing changed.
     fn candidate(&self) -> Result<Option<Arc<PolicyPack>>, Rejection> {
-        let reject = |version: Option<String>, reasons: Vec<String>| Rejection {
-            at_unix_ms: now_ms(),
-            candidate_version: version,
-            reasons,
-        };
-        let spec = (self.spec)().map_err(|e| reject(None, vec![e.to_string()]))?;
+        let spec = (self.spec)().map_err(|e| Rejection::one(None, e.to_string()))?;
         // Paths in the reasons are relative to the policy directory (`company.cedar:10:37`),
         // whatever directory the server was given.
         let dir = format!("{}/", spec.dir.display());
-        let gated = |e: GateError| {
-            let reasons = e.reasons().iter().map(|r| r.replace(&dir, "")).collect();
-            reject(e.version().map(str::to_string), reasons)
+        let gated = |e: GateError| Rejection {
+            at_unix_ms: now_ms(),
+            candidate_version: e.version().map(str::to_string),
+            reasons: e.reasons().iter().map(|r| r.replace(&dir, "")).collect(),
+            problems: e.problems(),
         };
         let pack = PolicyPack::load(&spec).map_err(|e| gated(e.into()))?;
         if self
             .engine
             .pack()
-            .is_some_and(|live| live.version == pack.version)
+            .is_some_and(|live| live.files == pack.files && live.spec == pack.spec)
         {
             return Ok(None);
         }

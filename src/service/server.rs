@@ -406,11 +406,10 @@ impl Running {
         let reloader = self.reloader.clone();
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
             Ok(outcome) => outcome,
-            Err(e) => reload::Outcome::Rejected(reload::Rejection {
-                at_unix_ms: 0,
-                candidate_version: None,
-                reasons: vec![format!("reload task failed: {e}")],
-            }),
+            Err(e) => reload::Outcome::Rejected(reload::Rejection::one(
+                None,
+                format!("reload task failed: {e}"),
+            )),
         }
     }
 

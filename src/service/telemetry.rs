@@ -353,7 +353,11 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?;
-        for (result, n) in [("accepted", status.accepted), ("rejected", status.rejected)] {
+        for (result, n) in [
+            ("accepted", status.accepted),
+            ("rejected", status.rejected),
+            ("unchanged", status.unchanged),
+        ] {
             let labels = vec![label("result", result)];
             ConstCounter::new(n).encode(enc.encode_family(&labels)?)?;
         }

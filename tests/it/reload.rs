@@ -459,3 +459,85 @@ async fn atomic_saves_each_take_effect_and_a_burst_of_saves_makes_one_reload() {
     assert_eq!(after.reloads_rejected, 0, "{after:?}");
     f.running.shutdown().await.unwrap();
 }
+
+/// Every file of the pack is part of the gate (issue 31): a change to a suite alone makes a
+/// candidate. One that now fails is rejected (one failed case, one problem), shown in the
+/// status and log, and a new start on the same files refuses to serve, the same verdict; a
+/// suite change that passes is accepted with the policies' version unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_change_alone_goes_through_the_gate_of_the_real_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = tmp.path().join("policies");
+    copy_dir(&pack(), &policies);
+    let mut server = Binary::serve(&policies, &tmp.path().join("a.redb"))
+        .args(["--watch", "true"])
+        .spawn();
+    server.wait_serving();
+    let addr = server.decisions();
+    let status = async || {
+        PoliciesClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = status().await;
+    assert!(!before.live_files.is_empty());
+
+    // cleo may not edit the wiki; the suite now says she may: one failed case.
+    let suite = policies.join("tests/project.toml");
+    let original = std::fs::read_to_string(&suite).unwrap();
+    let line =
+        "ada = \"allow project.editWiki\", max = \"allow project.editWiki\", cleo = \"deny\"";
+    edit(
+        &suite,
+        line,
+        &line.replace("cleo = \"deny\"", "cleo = \"allow project.editWiki\""),
+    );
+    common::until_async(
+        "the suite change to be judged",
+        Duration::from_secs(60),
+        async || status().await.reloads_rejected == 1,
+    )
+    .await;
+    let s = status().await;
+    let r = s.last_rejection.clone().unwrap();
+    assert_eq!(r.problems, 1, "one failed case is one problem: {r:?}");
+    assert!(
+        r.reasons.iter().any(|x| x.contains("editWiki / cleo")),
+        "{r:?}"
+    );
+    assert_eq!(
+        (
+            s.live_version.as_str(),
+            s.live_files.as_str(),
+            s.reloads_unchanged
+        ),
+        (before.live_version.as_str(), before.live_files.as_str(), 0)
+    );
+    let logged = server
+        .wait_log("policy reload rejected", Duration::from_secs(10))
+        .expect("the rejection is logged");
+    assert!(logged.contains("problems=1"), "{logged}");
+
+    // A new start on the same files: the same gate, the same verdict.
+    let fresh = Binary::serve(&policies, &tmp.path().join("b.redb")).output();
+    assert!(!fresh.status.success());
+    let said = String::from_utf8_lossy(&fresh.stderr);
+    assert!(said.contains("editWiki / cleo"), "{said}");
+
+    // A suite change that passes is accepted; the policies' version stays.
+    std::fs::write(&suite, format!("{original}\n# reviewed\n")).unwrap();
+    common::until_async(
+        "the passing suite to be accepted",
+        Duration::from_secs(60),
+        async || status().await.reloads_accepted == 1,
+    )
+    .await;
+    let s = status().await;
+    assert_eq!(s.live_version, before.live_version);
+    assert_ne!(s.live_files, before.live_files);
+    assert!(s.last_rejection.is_none(), "{s:?}");
+}

@@ -25,7 +25,7 @@ pub use self::actions::ActionEntry;
 pub use self::diagnostics::line_col;
 use self::diagnostics::{at_policy_text, diagnostic, Captured};
 pub use self::files::overlay_names;
-use self::files::{cedar_files, read};
+use self::files::{cedar_files, digest_tree, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::lifecycle::LIFECYCLE_FILE;
 pub use self::names::{Names, NAMES_FILE};
@@ -75,6 +75,10 @@ pub struct PolicyPack {
     pub version: String,
     /// Content hash of the schema alone (entities validated under it stay valid while it holds).
     pub schema_version: String,
+    /// Content hash of every file of the pack directory: `version`'s files and also the suites,
+    /// tables and fixtures that only the gate reads. A reload compares this, so a changed
+    /// suite alone is a candidate that goes through the gate.
+    pub files: String,
     actions: hashbrown::HashMap<EntityUid, ActionEntry>,
     /// Entity type names by their text, so requests skip Cedar's name parser.
     entity_types: hashbrown::HashMap<String, EntityTypeName>,
@@ -92,6 +96,9 @@ impl PolicyPack {
     /// zero errors and zero warnings.
     pub fn load(spec: &PackSpec) -> Result<Arc<PolicyPack>, LoadError> {
         let dir = &spec.dir;
+        // Before anything is read, so a file saved while the pack loads makes the next reload
+        // differ rather than be missed.
+        let all_files = digest_tree(dir)?;
         let mut diags = Vec::new();
         let mut hasher = Sha256::new();
 
@@ -244,6 +251,7 @@ impl PolicyPack {
             origin,
             version,
             schema_version,
+            files: all_files,
             actions,
             entity_types,
             entities,

@@ -26,6 +26,7 @@ impl pb::policies_server::Policies for PoliciesService {
         let s = self.reloader.status();
         Ok(Response::new(pb::PolicyStatus {
             live_version: s.live_version,
+            live_files: s.live_files,
             live_overlays: s.live_overlays,
             live_policies: s.live_policies as u32,
             live_since_unix_ms: s.live_since_unix_ms,
@@ -36,6 +37,7 @@ impl pb::policies_server::Policies for PoliciesService {
                 at_unix_ms: r.at_unix_ms,
                 candidate_version: r.candidate_version.unwrap_or_default(),
                 reasons: r.reasons,
+                problems: r.problems as u32,
             }),
             live_analysis: s.live_analysis,
         }))
