@@ -166,7 +166,8 @@ pub struct SourceStatus {
     head: AtomicU64,
     reachable: AtomicBool,
     answered: Mutex<Option<Instant>>,
-    last_error: Mutex<String>,
+    /// The latest failure since the source last answered, and when failures began (Unix ms).
+    last_error: Mutex<Option<(String, u64)>>,
 }
 
 /// A snapshot of [`SourceStatus`].
@@ -175,20 +176,31 @@ pub struct SourceView {
     pub head: u64,
     pub reachable: bool,
     pub since_answered: Option<Duration>,
-    pub last_error: String,
+    /// The latest failure since the source last answered, and when failures began (Unix ms).
+    pub last_error: Option<(String, u64)>,
 }
 
 impl SourceStatus {
     fn answered(&self, head: u64) {
         self.head.fetch_max(head, Ordering::Relaxed);
         *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if !self.reachable.swap(true, Ordering::Relaxed) {
             tracing::info!(head, "the shared source answers");
         }
     }
 
     fn failed(&self, e: &dyn std::fmt::Display) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+        {
+            let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+            let since = last.as_ref().map(|l| l.1).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+            });
+            *last = Some((e.to_string(), since));
+        }
         if self.reachable.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %e, "the shared source does not answer: serving decisions from the local copy; writes fail until it is back");
         }
@@ -314,7 +326,7 @@ impl Replica {
                         tracing::warn!(error = %e, revision = local_rev, "the shared source does not answer: starting on the local copy");
                         break None;
                     }
-                    tracing::warn!(error = %e, "the shared source does not answer and there is no local copy yet: waiting for it");
+                    tracing::warn!(error = %e, "the shared source cannot be used yet (see the error) and there is no local copy: waiting for it");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -961,15 +973,18 @@ impl DataPath for Arc<Replica> {
     fn view(&self) -> DataView {
         let view = self.status.view();
         let revision = self.state.revision();
-        let fault = self.state.write_fault();
+        let fault = self.state.write_fault_since();
+        let writable = view.reachable && fault.is_none();
+        let error = fault.or(view.last_error);
         DataView {
             source: "postgres",
             revision,
             source_revision: view.head.max(revision),
             reachable: view.reachable,
             since_answered: view.since_answered,
-            writable: view.reachable && fault.is_none(),
-            last_error: fault.unwrap_or(view.last_error),
+            writable,
+            last_error_at_unix_ms: error.as_ref().map(|e| e.1),
+            last_error: error.map(|e| e.0).unwrap_or_default(),
         }
     }
 }

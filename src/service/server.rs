@@ -390,11 +390,14 @@ impl Running {
             .await;
         let (tx, rx) = oneshot::channel();
         self.shutdown.push(tx);
+        // The data path's health entry exists only where the data service is served: with it
+        // off, a probe of `blue.authz.v1.EntityStore` answers NOT_FOUND, never SERVING.
+        let data_served = self.data_addr.is_some() || self.data_unix.is_some();
         if let Some(data) = self.data.get() {
             tokio::spawn(watch_data_path(
                 self.engine.clone(),
                 data.clone(),
-                self.health.clone(),
+                data_served.then(|| self.health.clone()),
                 rx,
             ));
         }
@@ -417,10 +420,13 @@ impl Running {
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.watcher = None;
         // Every health entry, so that a probe of the decision service by name sees it go too.
+        let data_served = self.data_addr.is_some() || self.data_unix.is_some();
         for service in ["", AUTHORIZER_SERVICE, ENTITY_STORE_SERVICE] {
-            self.health
-                .set_service_status(service, ServingStatus::NotServing)
-                .await;
+            if service != ENTITY_STORE_SERVICE || data_served {
+                self.health
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
         }
         for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
@@ -508,14 +514,15 @@ impl ShutdownSignal {
     }
 }
 
-/// Keeps the data path's health entry true: SERVING while writes succeed, NOT_SERVING while
+/// Keeps the data path's health entry (where the data service is served) true and its fault
+/// current: SERVING while writes succeed, NOT_SERVING while
 /// they fail (a full disk, a shared source that does not answer or whose head a write cannot
 /// take; decisions go on from memory), probing the data path every second meanwhile so that
 /// it recovers by itself once the fault is gone, with no write needed.
 async fn watch_data_path(
     engine: Arc<State>,
     data: Arc<dyn DataPath>,
-    health: tonic_health::server::HealthReporter,
+    health: Option<tonic_health::server::HealthReporter>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut fault = engine.subscribe_write_fault();
@@ -529,9 +536,11 @@ async fn watch_data_path(
         } else {
             ServingStatus::Serving
         };
-        health
-            .set_service_status(ENTITY_STORE_SERVICE, status)
-            .await;
+        if let Some(health) = &health {
+            health
+                .set_service_status(ENTITY_STORE_SERVICE, status)
+                .await;
+        }
         if degraded {
             tokio::select! {
                 _ = &mut stop => return,

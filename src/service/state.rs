@@ -205,6 +205,27 @@ pub fn replay(key: &WriteKey, revision: u64, fingerprint: &str) -> Result<Writte
 pub struct Faults {
     pub local: Option<String>,
     pub source: Option<String>,
+    /// When writes began to fail (Unix ms); None while they succeed.
+    pub since_unix_ms: Option<u64>,
+}
+
+impl Faults {
+    /// Keeps `since_unix_ms` true after a change of `local` or `source`.
+    fn stamp(&mut self) {
+        let failing = self.local.is_some() || self.source.is_some();
+        match (failing, self.since_unix_ms) {
+            (true, None) => {
+                self.since_unix_ms = Some(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                )
+            }
+            (false, Some(_)) => self.since_unix_ms = None,
+            _ => {}
+        }
+    }
 }
 
 /// The shared engine state.
@@ -403,6 +424,7 @@ impl State {
                 let changed = self.write_fault.send_if_modified(|f| {
                     let was_ok = f.local.is_none();
                     f.local = Some(why.clone());
+                    f.stamp();
                     was_ok
                 });
                 if changed {
@@ -411,10 +433,11 @@ impl State {
                 Err(StateError::Storage(e.clone()))
             }
             None => {
-                if self
-                    .write_fault
-                    .send_if_modified(|f| f.local.take().is_some())
-                {
+                if self.write_fault.send_if_modified(|f| {
+                    let was = f.local.take().is_some();
+                    f.stamp();
+                    was
+                }) {
                     tracing::info!("writes succeed again: the data path is restored");
                 }
                 Ok(())
@@ -428,6 +451,7 @@ impl State {
         let changed = self.write_fault.send_if_modified(|f| {
             let changed = f.source.is_some() != fault.is_some();
             f.source = fault.clone();
+            f.stamp();
             changed
         });
         match fault {
@@ -443,6 +467,13 @@ impl State {
     pub fn write_fault(&self) -> Option<String> {
         let f = self.write_fault.borrow();
         f.local.clone().or_else(|| f.source.clone())
+    }
+
+    /// Why writes fail now and since when (Unix ms), if they do.
+    pub fn write_fault_since(&self) -> Option<(String, u64)> {
+        let f = self.write_fault.borrow();
+        let why = f.local.clone().or_else(|| f.source.clone())?;
+        Some((why, f.since_unix_ms.unwrap_or(0)))
     }
 
     /// Follows whether writes fail.

@@ -121,7 +121,10 @@ pub struct DataView {
     pub reachable: bool,
     /// Since the source last answered (None: it never did).
     pub since_answered: Option<Duration>,
+    /// Why writes or the source fail now; empty once they succeed.
     pub last_error: String,
+    /// When `last_error` began (Unix ms).
+    pub last_error_at_unix_ms: Option<u64>,
     pub writable: bool,
 }
 
@@ -198,7 +201,7 @@ impl DataPath for LocalPath {
 
     fn view(&self) -> DataView {
         let revision = self.state.revision();
-        let fault = self.state.write_fault();
+        let fault = self.state.write_fault_since();
         DataView {
             source: "embedded",
             revision,
@@ -206,7 +209,8 @@ impl DataPath for LocalPath {
             reachable: true,
             since_answered: Some(Duration::ZERO),
             writable: self.state.live().is_some() && fault.is_none(),
-            last_error: fault.unwrap_or_default(),
+            last_error_at_unix_ms: fault.as_ref().map(|f| f.1),
+            last_error: fault.map(|f| f.0).unwrap_or_default(),
         }
     }
 }

@@ -306,12 +306,40 @@ impl PgSource {
         Ok(client)
     }
 
-    /// Creates the tables if they are missing and reads the head.
+    /// Creates the tables if they are missing (and the search path's schema, if none of its
+    /// schemas exists: `options=-csearch_path=authz` names a schema to use, and PostgreSQL
+    /// would refuse every table with "no schema has been selected to create in"), and reads
+    /// the head.
     pub async fn setup(&self) -> Result<Head, SourceError> {
         let mut client = self.connect(false).await?;
         let txn = self.timed(client.transaction()).await?;
         self.timed(txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK]))
             .await?;
+        let row = self
+            .timed(txn.query_one(
+                "SELECT current_schema(), current_setting('search_path')",
+                &[],
+            ))
+            .await?;
+        let (current, path): (Option<String>, String) = (row.get(0), row.get(1));
+        if current.is_none() {
+            let Some(schema) = first_schema(&path) else {
+                return Err(self.unavailable(format!(
+                    "the search path `{path}` names no schema to create the tables in"
+                )));
+            };
+            let create = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&schema));
+            self.timed(txn.batch_execute(&create)).await.map_err(|e| {
+                self.unavailable(format!(
+                    "cannot create schema `{schema}`, the first of the search path, which does not exist: {}",
+                    match e {
+                        SourceError::Unavailable { message, .. } => message,
+                        other => other.to_string(),
+                    }
+                ))
+            })?;
+            tracing::info!(%schema, source = %self.name, "created the search path's schema, which did not exist");
+        }
         self.timed(txn.batch_execute(SETUP)).await?;
         self.timed(txn.commit()).await?;
         self.head().await
@@ -740,6 +768,26 @@ fn describe(e: &tokio_postgres::Error) -> String {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
     }
+}
+
+/// The first schema a search path names, other than `"$user"`: `authz` of `authz, public`.
+fn first_schema(search_path: &str) -> Option<String> {
+    search_path
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "\"$user\"" && *s != "$user")
+        .map(
+            |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                Some(quoted) => quoted.replace("\"\"", "\""),
+                None => s.to_lowercase(),
+            },
+        )
+        .next()
+}
+
+/// A PostgreSQL identifier, quoted.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Whether PostgreSQL answered this error for a statement it refused (the transaction is

@@ -945,3 +945,35 @@ async fn list_allowed_actions_decides_each_declared_context_and_per_action_conte
     assert!(e.message().contains("context.role"), "{}", e.message());
     running.shutdown().await.unwrap();
 }
+
+/// With the data service off (no data listener) the data path's health entry does not exist:
+/// a probe of it answers NOT_FOUND, never SERVING (issue 31).
+#[tokio::test]
+async fn the_entity_store_health_entry_is_absent_when_the_data_service_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_on(&pack(), dir.path(), Limits::default());
+    cfg.data_listen = None;
+    cfg.data_unix = None;
+    let mut running = server::start(cfg).await.unwrap();
+    running.load().await.unwrap();
+    assert!(running.data_addr.is_none() && running.data_unix.is_none());
+    let mut c = HealthClient::new(channel(running.addr.unwrap()).await);
+    let asked = c
+        .check(HealthCheckRequest {
+            service: "blue.authz.v1.EntityStore".into(),
+        })
+        .await;
+    assert_eq!(
+        asked.map(|r| r.into_inner().status).unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let overall = c
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overall.status, ServingStatus::Serving as i32);
+    running.shutdown().await.unwrap();
+}

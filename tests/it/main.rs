@@ -19,6 +19,7 @@ mod grpc;
 mod hardening;
 mod listing;
 mod oracle;
+mod outage;
 mod policy_pack;
 mod reload;
 mod settings;

@@ -400,6 +400,7 @@ impl EntityStoreRpc for EntityStoreService {
             source_reachable: view.reachable,
             ms_since_source_answered: view.since_answered.map(|d| d.as_millis() as u64),
             last_error: view.last_error,
+            last_error_at_unix_ms: view.last_error_at_unix_ms,
             writable: view.writable,
         }))
     }

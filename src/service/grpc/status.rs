@@ -89,20 +89,29 @@ fn state_status(e: StateError) -> Status {
 }
 
 fn source_status(e: SourceError) -> Status {
-    // The details (host, database, driver message) go to the log only.
-    match e {
-        SourceError::OutcomeUnknown { .. } => {
+    // PostgreSQL's own words (or the driver's, with its cause) go to the caller, who must know
+    // why a write was refused; where the source is (host, database) goes to the log only.
+    match &e {
+        SourceError::OutcomeUnknown { message, .. } => {
             tracing::warn!(error = %e, "write outcome unknown: a commit at the shared source was not answered");
-            Status::unavailable(
-                "outcome unknown: the shared source did not answer the commit, so the batch may \
-                 or may not have been applied; ask GetWrite with its idempotency_key",
-            )
+            Status::unavailable(format!(
+                "outcome unknown: the shared source did not answer the commit ({message}), so \
+                 the batch may or may not have been applied; ask GetWrite with its \
+                 idempotency_key"
+            ))
         }
         SourceError::DeadlinePassed { .. } => {
             Status::deadline_exceeded(StateError::DeadlineExceeded.to_string())
         }
-        SourceError::Unavailable { .. } | SourceError::Corrupt { .. } => {
+        SourceError::Unavailable { message, .. } => {
             tracing::warn!(error = %e, "write refused: the shared source is unavailable");
+            Status::unavailable(format!(
+                "the shared source is unavailable ({message}): the batch was not applied; \
+                 retry later"
+            ))
+        }
+        SourceError::Corrupt { .. } => {
+            tracing::error!(error = %e, "write refused: the shared source holds an unreadable batch");
             Status::unavailable(
                 "the shared source is unavailable: the batch was not applied; retry later",
             )
