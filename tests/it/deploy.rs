@@ -179,6 +179,30 @@ fn check_pod(path: &str, deployment: &Value) -> (toml::Table, Value) {
     let resolved = print_config(&env);
     assert_eq!(resolved["listen"].as_str(), Some("127.0.0.1:50051"));
     assert_eq!(resolved["data_token"].as_str(), Some("<redacted>"));
+    // Every pod proves the pack's invariants (the image carries cvc5) or does not serve.
+    assert_eq!(resolved["analysis"].as_str(), Some("required"), "{path}");
+    // The AuthZEN listener is named, on loopback beside the gRPC one, and the app is told it.
+    assert_eq!(resolved["http_listen"].as_str(), Some("127.0.0.1:8180"));
+    assert!(
+        sidecar["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "BLUE_AUTHZ_HTTP_LISTEN"),
+        "{path} names the AuthZEN listener"
+    );
+    let app = containers
+        .iter()
+        .find(|c| c["name"] != "blue-authz")
+        .unwrap();
+    assert!(
+        app["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v["value"].as_str() == Some("http://127.0.0.1:8180")),
+        "{path}: the app is told where AuthZEN is"
+    );
 
     // Probes: gRPC health, on the health-only listener, which the container exposes.
     let health_port = port_of(resolved["health_listen"].as_str().unwrap());
@@ -327,7 +351,149 @@ fn the_dockerfile_builds_with_the_readme_commands() {
             env.insert(k.to_string(), v.to_string());
         }
     }
-    assert_eq!(env.len(), 4);
+    assert_eq!(env.len(), 9);
     let resolved = print_config(&env);
     assert_eq!(resolved["seed"].as_str(), Some(""));
+    assert_eq!(resolved["analysis"].as_str(), Some("required"));
+
+    // Every EXPOSEd port is a listener the image's settings bind on the container's own
+    // address, and every listener bound so is EXPOSEd (the binary's loopback defaults reach
+    // nothing outside the container).
+    let exposed: std::collections::BTreeSet<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace().map(|p| p.parse::<u64>().unwrap()))
+        .collect();
+    let mut open = std::collections::BTreeSet::new();
+    for key in [
+        "listen",
+        "data_listen",
+        "http_listen",
+        "health_listen",
+        "metrics_listen",
+    ] {
+        let addr = resolved[key].as_str().unwrap_or("");
+        if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
+            open.insert(port_of(addr));
+        } else {
+            assert!(
+                addr.is_empty() || addr.starts_with("127.0.0.1:"),
+                "{key} = {addr}"
+            );
+        }
+    }
+    assert_eq!(exposed, open, "EXPOSE and the listeners the image opens");
+    assert!(open.contains(&8180), "the AuthZEN listener is open");
+}
+
+/// The runtime image carries the solver: a `solver` stage installs cvc5 from the same Debian
+/// release the runtime image is built on and runs `deploy/solver.sh`, which the runtime stage
+/// copies whole. The script is run here, on this machine's Debian and cvc5: what it copies is
+/// cvc5 and every library cvc5 needs beyond what distroless `cc` has, and that copy runs.
+#[test]
+fn the_runtime_image_carries_the_solver() {
+    let text = read("deploy/Dockerfile");
+    let stages: Vec<&str> = text.split("\nFROM ").skip(1).collect();
+    let solver = stages
+        .iter()
+        .find(|s| s.lines().next().unwrap().ends_with(" AS solver"))
+        .expect("a solver stage");
+    let runtime = stages.last().unwrap();
+    assert!(solver.starts_with("debian:bookworm"), "{solver}");
+    assert!(
+        runtime.starts_with("gcr.io/distroless/cc-debian12"),
+        "{runtime}"
+    );
+    assert!(
+        solver.contains("apt-get install -y --no-install-recommends cvc5"),
+        "{solver}"
+    );
+    assert!(solver.contains("sh /solver.sh /solver"), "{solver}");
+    assert!(
+        runtime.contains("COPY --from=solver /solver/ /"),
+        "{runtime}"
+    );
+
+    if Command::new("cvc5").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "cvc5 is required in CI"
+        );
+        eprintln!("\n*** SKIPPED running deploy/solver.sh: no cvc5 on this machine ***\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .arg(root().join("deploy/solver.sh"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cvc5 = dir.path().join("usr/local/bin/cvc5");
+    assert!(cvc5.is_file());
+    // What cvc5 loads, beyond the distroless cc base, is in the copy at its real path.
+    let ldd = Command::new("ldd").arg(&cvc5).output().unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    let base = [
+        "libc.so",
+        "libm.so",
+        "libstdc++.so",
+        "libgcc_s.so",
+        "ld-linux",
+        "linux-vdso",
+    ];
+    let mut needed = 0;
+    for line in ldd.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.is_empty() || base.iter().any(|b| name.contains(b)) {
+            continue;
+        }
+        let path = line
+            .split("=> ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap();
+        let real_dir = std::fs::canonicalize(std::path::Path::new(path).parent().unwrap()).unwrap();
+        let copied = dir
+            .path()
+            .join(real_dir.strip_prefix("/").unwrap())
+            .join(name);
+        assert!(
+            copied.is_file(),
+            "{name} is not in the image's copy: {copied:?}"
+        );
+        needed += 1;
+    }
+    assert!(needed >= 2, "cvc5's own libraries: {ldd}");
+    // The copy runs on its own libraries, and stays small.
+    let libs = dir.path().join("usr/lib/x86_64-linux-gnu");
+    let run = Command::new(&cvc5)
+        .arg("--version")
+        .env("LD_LIBRARY_PATH", &libs)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&run.stdout).contains("cvc5 version"));
+    let bytes: u64 = walk(dir.path())
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    eprintln!("the solver adds {:.1} MB to the image", bytes as f64 / 1e6);
+    assert!(bytes < 64_000_000, "{bytes} bytes");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
