@@ -312,3 +312,33 @@ pub enum EditError {
     #[error(transparent)]
     Invalid(#[from] DataError),
 }
+
+/// Why a name a caller gave is not one of `valid`: the nearest valid name, when one is near
+/// enough to be a slip ("did you mean `Blue::User`?"), and every valid name, sorted.
+/// `what` is the kind of name, plural (`types`, `actions`).
+pub fn unknown_name(what: &str, given: &str, valid: &[String]) -> String {
+    let mut names: Vec<&str> = valid.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    let lower = given.to_lowercase();
+    // The last path segment too, so `User` and `blue::user` find `Blue::User`.
+    let tail = |s: &str| s.rsplit("::").next().unwrap_or(s).to_lowercase();
+    let nearest = names
+        .iter()
+        .map(|n| {
+            let whole = strsim::levenshtein(&lower, &n.to_lowercase());
+            let short = strsim::levenshtein(&tail(&lower), &tail(n));
+            (whole.min(short), *n)
+        })
+        .filter(|(d, n)| *d <= (tail(n).chars().count() / 3).max(1))
+        .min();
+    let mut out = String::new();
+    if let Some((_, n)) = nearest {
+        out.push_str(&format!("did you mean `{n}`? "));
+    }
+    out.push_str(&format!("(this pack's {what}: {})", names.join(", ")));
+    format!(
+        "unknown {} `{}`; {out}",
+        what.trim_end_matches('s'),
+        quote(given)
+    )
+}

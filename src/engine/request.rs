@@ -9,7 +9,7 @@ use std::str::FromStr;
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, Request};
 use serde_json::{Map, Value};
 
-use crate::engine::error::{quote, Field, Part, RequestError};
+use crate::engine::error::{quote, unknown_name, Field, Part, RequestError};
 use crate::engine::index::{parse_entity, EntityStore, Overlay};
 use crate::engine::json::value_refs;
 use crate::engine::pack::{ActionEntry, PolicyPack};
@@ -61,7 +61,7 @@ pub fn parse_uid(
     }
     let Some(ty) = pack.entity_type(r.ty) else {
         let message = match EntityTypeName::from_str(r.ty) {
-            Ok(ty) => format!("unknown entity type `{}`", quote(&ty.to_string())),
+            Ok(ty) => unknown_name("entity types", &ty.to_string(), &pack.entity_type_names()),
             Err(e) => format!("`{}` is not a Cedar type name: {e}", quote(r.ty)),
         };
         return Err(RequestError::new(field(Part::Type), message));
@@ -106,7 +106,7 @@ pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, Reque
     if pack.action(&uid).is_none() {
         return Err(RequestError::new(
             Field::Action(Part::Id),
-            format!("unknown action `{}`", quote(r.id)),
+            unknown_name("actions", r.id, &pack.action_ids()),
         ));
     }
     Ok(uid)

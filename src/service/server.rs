@@ -20,8 +20,8 @@ pub use super::error::ServeError;
 use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
-use super::grpc::transport_errors;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
+use super::grpc::{elsewhere, transport_errors};
 use super::listeners::{bind, bind_unix, Listeners, Protocol};
 use super::reload::{self, Reloader, SpecSource};
 use super::replica::{Replica, ReplicaSlot};
@@ -146,13 +146,24 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
             .max_decoding_message_size(decode_cap);
     let limit = config.limits.max_message_bytes;
-    let health_only = transport_errors::wrap(Routes::new(health_service.clone()), limit);
+    let health_only = transport_errors::wrap(
+        elsewhere::wrap(
+            Routes::new(health_service.clone()),
+            "the health listener",
+            &["grpc.health.v1.Health"],
+        ),
+        limit,
+    );
     let decisions = transport_errors::wrap(
-        Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(authorizer)
-            .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
+        elsewhere::wrap(
+            Routes::new(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(authorizer)
+                .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
+            "the decision listener",
+            DECISION_LISTENER_SERVICES,
+        ),
         limit,
     );
     let mut listeners = Listeners::default();
@@ -186,15 +197,19 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     match &config.data_token {
         Some(token) if !token.is_empty() => {
             let data = transport_errors::wrap(
-                Routes::new(tonic::service::interceptor::InterceptedService::new(
-                    EntityStoreServer::new(EntityStoreService::new(
-                        engine.clone(),
-                        telemetry.clone(),
-                        data.clone(),
-                    ))
-                    .max_decoding_message_size(decode_cap),
-                    bearer_auth(token.clone()),
-                )),
+                elsewhere::wrap(
+                    Routes::new(tonic::service::interceptor::InterceptedService::new(
+                        EntityStoreServer::new(EntityStoreService::new(
+                            engine.clone(),
+                            telemetry.clone(),
+                            data.clone(),
+                        ))
+                        .max_decoding_message_size(decode_cap),
+                        bearer_auth(token.clone()),
+                    )),
+                    "the data listener",
+                    &[ENTITY_STORE_SERVICE],
+                ),
                 limit,
             );
             if let Some(listen) = config.data_listen {

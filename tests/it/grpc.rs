@@ -977,3 +977,111 @@ async fn the_entity_store_health_entry_is_absent_when_the_data_service_is_off() 
     assert_eq!(overall.status, ServingStatus::Serving as i32);
     running.shutdown().await.unwrap();
 }
+
+/// An unknown type or action names the nearest valid name ("did you mean") and lists every
+/// valid one, over gRPC as over HTTP (issue 31).
+#[tokio::test]
+async fn unknown_types_and_actions_say_what_was_meant_and_list_the_valid_names() {
+    let (running, mut client, _dir) = serve(Limits::default()).await;
+    let cases = [
+        (
+            pb::IsAuthorizedRequest {
+                action: uid("Blue::Action", "editProjekt"),
+                ..valid()
+            },
+            "action.id",
+            "did you mean `editProject`?",
+            "this pack's actions: archiveProject,",
+        ),
+        (
+            pb::IsAuthorizedRequest {
+                principal: uid("Blue::Usr", "ada"),
+                ..valid()
+            },
+            "principal.type",
+            "did you mean `Blue::User`?",
+            "this pack's entity types: Blue::Company,",
+        ),
+        (
+            pb::IsAuthorizedRequest {
+                resource: uid("Project", "apollo"),
+                ..valid()
+            },
+            "resource.type",
+            "did you mean `Blue::Project`?",
+            "Blue::User",
+        ),
+    ];
+    for (req, field, meant, listed) in cases {
+        let err = client.is_authorized(req).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let m = err.message();
+        assert!(
+            m.starts_with(field) && m.contains(meant) && m.contains(listed),
+            "{m}"
+        );
+    }
+    // Nothing near: the list alone.
+    let err = client
+        .is_authorized(pb::IsAuthorizedRequest {
+            action: uid("Blue::Action", "fly"),
+            ..valid()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        !err.message().contains("did you mean") && err.message().contains("viewRecord"),
+        "{}",
+        err.message()
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// A call to a service on a listener that does not serve it is UNIMPLEMENTED with a message
+/// naming the listener that does, on the real binary (issue 31).
+#[tokio::test]
+async fn a_call_on_the_wrong_listener_names_the_listener_that_serves_it() {
+    use crate::common::fleet::{channel, Bearer};
+    use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::common::server::Binary::serve(&pack(), &dir.path().join("a.redb"))
+        .args([
+            "--data-listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+        ])
+        .env("BLUE_AUTHZ_DATA_TOKEN", crate::common::TOKEN)
+        .spawn();
+    let started = server.wait_serving().clone();
+    let (decisions, data, health) = (
+        started.decisions.unwrap(),
+        started.data.unwrap(),
+        started.health.unwrap(),
+    );
+    let check = |e: tonic::Status, served_on: &str| {
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        assert!(e.message().contains(served_on), "{}", e.message());
+    };
+    for addr in [data, health] {
+        let e = AuthorizerClient::new(channel(addr).await)
+            .is_authorized(valid())
+            .await
+            .unwrap_err();
+        check(e, "served on the decision listener (--listen");
+    }
+    let e = EntityStoreClient::with_interceptor(channel(decisions).await, Bearer)
+        .get_data_status(pb::GetDataStatusRequest {})
+        .await
+        .unwrap_err();
+    check(e, "served on the data listener (--data-listen");
+    // Each listener still serves its own.
+    EntityStoreClient::with_interceptor(channel(data).await, Bearer)
+        .get_data_status(pb::GetDataStatusRequest {})
+        .await
+        .unwrap();
+    AuthorizerClient::new(channel(decisions).await)
+        .is_authorized(valid())
+        .await
+        .unwrap();
+}

@@ -307,6 +307,19 @@ impl PolicyPack {
         self.entity_types.get(ty)
     }
 
+    /// The entity types of the schema (not the action type), by their Cedar names.
+    pub fn entity_type_names(&self) -> Vec<String> {
+        self.schema.entity_types().map(|t| t.to_string()).collect()
+    }
+
+    /// The ids of the schema's actions.
+    pub fn action_ids(&self) -> Vec<String> {
+        self.actions
+            .keys()
+            .map(|a| a.id().unescaped().to_string())
+            .collect()
+    }
+
     /// The action type name of this schema (`Blue::Action`), taken from its first action.
     pub fn action_type(&self) -> Option<&EntityTypeName> {
         self.actions.keys().next().map(EntityUid::type_name)

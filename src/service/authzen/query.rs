@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::wire::Entity;
-use crate::engine::error::{quote, RequestError};
+use crate::engine::error::{unknown_name, RequestError};
 use crate::engine::index::EntityStore;
 use crate::engine::pack::PolicyPack;
 
@@ -68,11 +68,7 @@ pub(super) fn named<'a>(
     if known.is_none() {
         return Err(RequestError::edge(
             format!("{at}.type"),
-            format!(
-                "unknown type `{}` (this pack's types: {})",
-                quote(&e.ty),
-                known_types(pack)
-            ),
+            unknown_name("types", &e.ty, &known_types(pack)),
         ));
     }
     let id = e.id.as_deref().unwrap_or("");
@@ -87,13 +83,16 @@ pub(super) fn named<'a>(
     })
 }
 
-fn known_types(pack: &PolicyPack) -> String {
+fn known_types(pack: &PolicyPack) -> Vec<String> {
     if pack.names.declared {
-        return pack.names.outside_types().join(", ");
+        return pack
+            .names
+            .outside_types()
+            .into_iter()
+            .map(String::from)
+            .collect();
     }
-    let mut all: Vec<String> = pack.schema.entity_types().map(|t| t.to_string()).collect();
-    all.sort();
-    all.join(", ")
+    pack.entity_type_names()
 }
 
 /// The request-scoped entities of these subjects and resources' `properties`: each the stored

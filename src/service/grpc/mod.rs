@@ -4,6 +4,7 @@
 //! before a handler runs is put in the same codes by [`transport_errors`].
 
 pub mod authorizer;
+pub mod elsewhere;
 pub mod entity_store;
 pub mod policies;
 pub mod status;
