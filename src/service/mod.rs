@@ -13,6 +13,7 @@ pub mod gate;
 pub mod grpc;
 pub mod listeners;
 pub mod offline;
+mod process_metrics;
 pub mod reload;
 pub mod replica;
 pub mod server;

@@ -205,7 +205,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                             data.clone(),
                         ))
                         .max_decoding_message_size(decode_cap),
-                        bearer_auth(token.clone()),
+                        bearer_auth(token.clone(), telemetry.clone()),
                     )),
                     "the data listener",
                     &[ENTITY_STORE_SERVICE],
@@ -274,14 +274,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     if let Some(listen) = config.metrics_listen {
         let (listener, bound) = bind(listen).await?;
         let registry = telemetry.registry(engine.clone(), reloader.clone(), replica.clone());
+        // The metrics follow the listeners' TLS (and mutual TLS: a scraper presents a client
+        // certificate); the health listener alone stays plaintext, for the kubelet's gRPC
+        // probe, which speaks no TLS.
+        let scheme = if tls.is_some() { "https" } else { "http" };
         listeners.spawn(
             listener,
-            None,
+            tls.clone(),
             telemetry::metrics_router(registry),
             Protocol::Http,
             conn,
         );
-        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+        tracing::info!(addr = %bound, "metrics at {scheme}://{bound}/metrics");
         metrics_addr = Some(bound);
     }
     let Listeners { shutdown, tasks } = listeners;

@@ -187,7 +187,9 @@ pub struct ServeSettings {
         default_value_t = 10_000
     )]
     pub handshake_timeout_ms: u64,
-    /// Longest wait for a request's min_revision when the call sets no deadline, in ms.
+    /// Longest a call waits for its min_revision (X-Min-Revision over HTTP), in ms, whatever
+    /// the call's own deadline: a revision not reached by then is FAILED_PRECONDITION (HTTP
+    /// 412).
     #[arg(long, env = "BLUE_AUTHZ_MAX_REVISION_WAIT_MS", default_value_t = 5000)]
     pub max_revision_wait_ms: u64,
     /// Watch the policy directory and the config file, and reload on changes (SIGHUP reloads

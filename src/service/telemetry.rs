@@ -109,7 +109,39 @@ struct HttpErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     method: &'static str,
-    code: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+/// How often a refused caller is logged, at most (the count covers every refusal).
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A gRPC status code as gRPC and the README spell it (`INVALID_ARGUMENT`).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -125,6 +157,10 @@ pub struct Telemetry {
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
     http_errors: Family<HttpErrorLabels, Counter>,
+    /// Calls refused for a missing or wrong token, by listener.
+    refused: Family<ListenerLabels, Counter>,
+    /// When a refusal was last logged, and how many were not logged since.
+    refusal_log: std::sync::Mutex<(Option<Instant>, u64)>,
     next_id: AtomicU64,
     boot: u64,
 }
@@ -148,6 +184,8 @@ impl Telemetry {
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             errors: Family::default(),
             http_errors: Family::default(),
+            refused: Family::default(),
+            refusal_log: std::sync::Mutex::new((None, 0)),
             next_id: AtomicU64::new(0),
             boot,
         })
@@ -174,9 +212,28 @@ impl Telemetry {
             self.errors
                 .get_or_create(&ErrorLabels {
                     method,
-                    code: format!("{code:?}"),
+                    code: code_name(code),
                 })
                 .inc();
+        }
+    }
+
+    /// Counts a call refused on `listener` ("data", "http") for a missing or wrong token, and
+    /// logs it, at most once every 10 s with the number refused since: a misconfigured client
+    /// or a probe shows in the metrics and the log without flooding either.
+    pub fn refused(&self, listener: &'static str) {
+        self.refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+        let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.1 += 1;
+        if log.0.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            tracing::warn!(
+                listener,
+                refused = log.1,
+                "calls refused for a missing or wrong bearer token (logged at most every 10 s; the count is since the last such line)"
+            );
+            *log = (Some(Instant::now()), 0);
         }
     }
 
@@ -281,18 +338,23 @@ impl Telemetry {
         let mut registry = Registry::with_prefix("blue_authz");
         registry.register(
             "request_duration_seconds",
-            "Time to answer a call, by gRPC method or AuthZEN endpoint (`authzen.evaluation`, ...)",
+            "Time to answer a call, by method: the gRPC method, or the AuthZEN endpoint (`authzen.evaluation`, ...)",
             self.latency.clone(),
         );
         registry.register(
             "grpc_errors",
-            "Calls that ended with an error status, by gRPC method and code",
+            "gRPC calls that ended with an error status, by method and code (`INVALID_ARGUMENT`, ...)",
             self.errors.clone(),
         );
         registry.register(
             "http_errors",
-            "AuthZEN HTTP calls answered with an error status, by endpoint and status",
+            "AuthZEN HTTP calls answered with an error status, by method (the endpoint, `authzen.evaluation`, ...) and status",
             self.http_errors.clone(),
+        );
+        registry.register(
+            "unauthenticated",
+            "Calls refused for a missing or wrong bearer token, by listener (data, http)",
+            self.refused.clone(),
         );
         registry.register_collector(Box::new(Scrape {
             telemetry: self.clone(),
@@ -338,7 +400,7 @@ impl Collector for Scrape {
         decisions.sort_by(|a, b| a.0.cmp(&b.0));
         let mut enc = encoder.encode_descriptor(
             "decisions",
-            "Decisions made, by action and result",
+            "Decisions made, by action and decision (allow, deny)",
             None,
             MetricType::Counter,
         )?;
@@ -349,7 +411,7 @@ impl Collector for Scrape {
         let status = self.reloader.status();
         let mut enc = encoder.encode_descriptor(
             "policy_reloads",
-            "Policy reload candidates, by result",
+            "Policy reload candidates, by result (accepted, rejected, unchanged)",
             None,
             MetricType::Counter,
         )?;
@@ -364,7 +426,7 @@ impl Collector for Scrape {
 
         let mut enc = encoder.encode_descriptor(
             "policy_info",
-            "The live policy set (value 1), labelled with its version",
+            "The live policy set (value 1), labelled with its version and enabled overlays",
             None,
             MetricType::Gauge,
         )?;
@@ -418,7 +480,7 @@ impl Collector for Scrape {
         }
         let enc = encoder.encode_descriptor(
             "store_writable",
-            "Whether writes to the entity store succeed (1) or fail, a full disk say (0); decisions go on either way",
+            "Whether writes to the entity store succeed (1) or fail (0: a full disk, the shared source away); decisions go on either way",
             None,
             MetricType::Gauge,
         )?;
@@ -457,13 +519,23 @@ impl Collector for Scrape {
 pub fn metrics_router(registry: Registry) -> axum::Router {
     use axum::http::header::CONTENT_TYPE;
     let registry = Arc::new(registry);
+    // The process's own figures under Prometheus's standard names, without our prefix.
+    let mut process = Registry::default();
+    process.register_collector(Box::new(
+        crate::service::process_metrics::ProcessCollector::new(),
+    ));
+    let process = Arc::new(process);
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let registry = registry.clone();
+            let (registry, process) = (registry.clone(), process.clone());
             async move {
+                use prometheus_client::encoding::text::{encode_eof, encode_registry};
                 let mut body = String::new();
-                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                let encoded = encode_registry(&mut body, &registry)
+                    .and_then(|()| encode_registry(&mut body, &process))
+                    .and_then(|()| encode_eof(&mut body));
+                match encoded {
                     Ok(()) => (
                         axum::http::StatusCode::OK,
                         [(

@@ -864,6 +864,21 @@ async fn malformed_input_is_a_400_naming_the_field() {
         )
         .await;
     assert_eq!(a.status, 200);
+    // A revision not reached within max_revision_wait_ms: 412, as the README says.
+    let a = http
+        .send(
+            "POST",
+            EVALUATION,
+            &[
+                ("content-type", "application/json"),
+                ("x-min-revision", "999999"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(a.status, 412, "{:?}", a.body);
+    let said = a.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("revision 999999 not reached"), "{said}");
     running.shutdown().await.unwrap();
 }
 

@@ -754,3 +754,29 @@ fn print_config_hides_the_source_password() {
         assert_eq!(printed["source"].as_str(), Some(shown));
     }
 }
+
+/// `serve --help` says what `--max-revision-wait-ms` does: it caps the wait whatever the
+/// call's deadline, and what a missed revision answers (issue 31).
+#[test]
+fn serve_help_says_the_revision_wait_is_a_cap() {
+    let out = crate::common::server::Binary::new()
+        .args(["serve", "--help"])
+        .stdout_piped()
+        .output();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let at = help
+        .find("--max-revision-wait-ms")
+        .expect("the flag is listed");
+    let text: String = help[at..]
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        text.contains("whatever the call's own deadline") && text.contains("412"),
+        "{text}"
+    );
+}

@@ -82,6 +82,53 @@ async fn tls_channel(
         .await
 }
 
+/// `GET /metrics` over TLS trusting `ca`, presenting `identity` if given: the response text,
+/// or why there is none.
+async fn https_metrics(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(cert).unwrap()],
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    tls.read_to_string(&mut text)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
 /// One decision over `channel`: Ok(allowed) or the call's error.
 async fn decide(channel: Channel) -> Result<bool, tonic::Status> {
     let d = AuthorizerClient::new(channel)
@@ -107,10 +154,41 @@ async fn mutual_tls_serves_clients_with_a_certificate_and_refuses_the_rest() {
         key: server_cert.1.clone(),
         client_ca: Some(pki.ca("blue")),
     });
+    c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let mut running = server::start(c).await.unwrap();
     running.load().await.unwrap();
     let addr = running.addr.unwrap();
     let ca = pki.ca("blue");
+
+    // /metrics follows the listeners' mutual TLS: a scraper with a certificate is served; one
+    // without, or in plaintext, is not (issue 31).
+    let metrics = running.metrics_addr.unwrap();
+    let scraped = https_metrics(metrics, &ca, Some(&client)).await.unwrap();
+    assert!(
+        scraped.starts_with("HTTP/1.1 200") && scraped.contains("blue_authz_store_revision"),
+        "{scraped}"
+    );
+    let anonymous = https_metrics(metrics, &ca, None).await;
+    assert!(
+        anonymous
+            .as_ref()
+            .map_or(true, |t| !t.contains("blue_authz_")),
+        "{anonymous:?}"
+    );
+    let plain = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(metrics).unwrap();
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(!plain.contains("blue_authz_"), "plaintext was served");
 
     // With a certificate from the trusted CA: served, on both services.
     let channel = tls_channel(addr, &ca, Some(&client)).await.unwrap();
@@ -277,11 +355,11 @@ async fn metrics_count_decisions_errors_reloads_and_the_store() {
         ),
         (r#"decisions_total{action="editWiki",decision="deny"}"#, 1.0),
         (
-            r#"grpc_errors_total{method="IsAuthorized",code="InvalidArgument"}"#,
+            r#"grpc_errors_total{method="IsAuthorized",code="INVALID_ARGUMENT"}"#,
             2.0,
         ),
         (
-            r#"grpc_errors_total{method="WriteEntities",code="InvalidArgument"}"#,
+            r#"grpc_errors_total{method="WriteEntities",code="INVALID_ARGUMENT"}"#,
             1.0,
         ),
         (
@@ -373,4 +451,100 @@ async fn a_stalled_tls_handshake_is_dropped_at_the_handshake_timeout() {
         started.elapsed()
     );
     running.shutdown().await.unwrap();
+}
+
+/// Calls refused for a missing or wrong token are counted by listener and logged, at most
+/// once every 10 s, on the real binary (issue 31).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_are_counted_and_logged_without_flooding() {
+    use crate::common::fleet::channel;
+    let dir = tempfile::tempdir().unwrap();
+    let started_at = std::time::Instant::now();
+    let mut server = common::server::Binary::serve(&pack(), &dir.path().join("a.redb"))
+        .args([
+            "--data-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
+        .env("BLUE_AUTHZ_HTTP_TOKEN", TOKEN)
+        .spawn();
+    let started = server.wait_serving().clone();
+    // Three data calls: no token, a wrong one, two of them.
+    let mut data = EntityStoreClient::new(channel(started.data.unwrap()).await);
+    for header in [None, Some("Bearer wrong"), Some("Basic x")] {
+        let mut req = tonic::Request::new(pb::GetDataStatusRequest {});
+        if let Some(h) = header {
+            req.metadata_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        let e = data.get_data_status(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
+    // Two AuthZEN calls.
+    let http = started.http.unwrap();
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let body = r#"{"subject":{"type":"user","id":"ada"},"action":{"name":"viewProject"},"resource":{"type":"project","id":"apollo"}}"#;
+            let mut s = std::net::TcpStream::connect(http).unwrap();
+            write!(
+                s,
+                "POST /access/v1/evaluation HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    let m = scrape(started.metrics.unwrap());
+    assert_eq!(
+        m[r#"blue_authz_unauthenticated_total{listener="data"}"#],
+        3.0
+    );
+    assert_eq!(
+        m[r#"blue_authz_unauthenticated_total{listener="http"}"#],
+        2.0
+    );
+    // The process's own figures, in Prometheus's standard names: this process's RSS as the
+    // kernel reports it, within a factor of the figure read here a moment later.
+    let rss = m["process_resident_memory_bytes"];
+    let status = std::fs::read_to_string(format!("/proc/{}/status", started.pid)).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        rss > 1e6 && (rss / (kb * 1024.0) - 1.0).abs() < 0.5,
+        "{rss} against {kb} kB"
+    );
+    assert!(m["process_cpu_seconds_total"] > 0.0);
+    assert!(m["process_open_fds"] >= 3.0 && m["process_threads"] >= 1.0);
+    assert!(m.contains_key("process_start_time_seconds"));
+    // Logged, but not once per call: one line per 10 s at most.
+    server
+        .wait_log(
+            "calls refused for a missing or wrong bearer token",
+            std::time::Duration::from_secs(10),
+        )
+        .expect("the refusals are logged");
+    let lines = server
+        .log
+        .lines()
+        .iter()
+        .filter(|l| l.contains("calls refused for a missing or wrong bearer token"))
+        .count();
+    let allowed = 1 + started_at.elapsed().as_secs() as usize / 10;
+    assert!(lines <= allowed, "{lines} lines for 5 refusals");
 }

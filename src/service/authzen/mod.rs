@@ -76,7 +76,10 @@ impl AuthzenService {
         let mut given = headers.get_all(header::AUTHORIZATION).iter();
         match (given.next(), given.next()) {
             (Some(v), None) if bearer_matches(v.as_bytes(), expected) => Ok(()),
-            _ => Err(HttpError::Unauthenticated),
+            _ => {
+                self.telemetry.refused("http");
+                Err(HttpError::Unauthenticated)
+            }
         }
     }
 

@@ -178,12 +178,16 @@ fn precondition(i: usize, p: &pb::EntityPrecondition) -> Result<Precondition, Re
 /// 7235 says; more than one `authorization` header is refused).
 pub fn bearer_auth(
     token: String,
+    telemetry: Arc<Telemetry>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |req: Request<()>| {
         let mut given = req.metadata().get_all("authorization").iter();
         match (given.next(), given.next()) {
             (Some(v), None) if bearer_matches(v.as_bytes(), token.as_bytes()) => Ok(req),
-            _ => Err(ServiceError::Unauthenticated.into()),
+            _ => {
+                telemetry.refused("data");
+                Err(ServiceError::Unauthenticated.into())
+            }
         }
     }
 }
