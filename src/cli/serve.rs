@@ -9,6 +9,8 @@ use clap::ArgMatches;
 use super::{AnyError, Exit};
 use crate::engine::error::LoadError;
 use crate::service::gate::GateError;
+use crate::service::live_config::ConfigFile;
+use crate::service::server::LogFilter;
 use crate::service::server::{self, ServeError};
 use crate::service::settings::{self, PackArgs, ServeSettings};
 use crate::service::telemetry::DECISION_TARGET;
@@ -32,16 +34,27 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
         settings: mut s,
         print_config,
     } = args;
+    // The settings before the file, for reading it again while serving.
+    let before_file = (pack.clone(), s.clone());
     if let Some(file) = &config_file {
         settings::with_file(&mut pack, &mut s, m, file)?;
     }
     let overlays_fixed = config_file.is_none() || settings::overlays_set_by_user(m);
-    let mut config = s.config(&pack, config_file, overlays_fixed)?;
+    let mut config = s.config(&pack, config_file.clone(), overlays_fixed)?;
     let log_filter = tracing_subscriber::EnvFilter::try_new(&s.log)
         .map_err(|e| format!("--log: `{}` is not a log filter: {e}", s.log))?;
     if print_config {
         print!("{}", settings::print(&pack, &s)?);
         return Ok(Exit::Success);
+    }
+    if let Some(file) = config_file {
+        let (pack, serve) = before_file;
+        config.live_config = Some(std::sync::Arc::new(ConfigFile::new(
+            file,
+            pack,
+            serve,
+            settings::user_set_keys(m),
+        )?));
     }
     if let Some(token) = s.read_http_token_file()? {
         config.http_token = Some(token);
@@ -49,7 +62,8 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
     if let Some(token) = s.read_token_file()? {
         config.data_token = Some(token);
     }
-    let _log_guard = init_logging(log_filter, &s.log_format);
+    let (_log_guard, set_filter) = init_logging(log_filter, &s.log_format);
+    config.log_filter = Some(set_filter);
     let runtime = match s.worker_threads {
         0 => tokio::runtime::Runtime::new()?,
         n => tokio::runtime::Builder::new_multi_thread()
@@ -141,7 +155,7 @@ fn announce(event: &str, running: &server::Running) {
 fn init_logging(
     filter: tracing_subscriber::EnvFilter,
     format: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
+) -> (tracing_appender::non_blocking::WorkerGuard, LogFilter) {
     use tracing_subscriber::filter::{filter_fn, Targets};
     use tracing_subscriber::prelude::*;
     let not_decisions = filter_fn(|meta| meta.target() != DECISION_TARGET);
@@ -167,9 +181,15 @@ fn init_logging(
         .with_level(false)
         .with_writer(stdout)
         .with_filter(Targets::new().with_target(DECISION_TARGET, tracing::Level::INFO));
+    // The filter can be replaced while serving (the config file's `log`).
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(ops.with_filter(not_decisions).with_filter(filter))
         .with(decisions)
         .init();
-    guard
+    let set = move |text: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    };
+    (guard, LogFilter(std::sync::Arc::new(set)))
 }

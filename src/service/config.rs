@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::error::ServeError;
 pub use super::replica::SourceConfig;
@@ -54,6 +55,12 @@ pub struct ServeConfig {
     pub http_public_url: Option<String>,
     /// The overlays were set by flag or environment: the file's do not apply.
     pub overlays_fixed: bool,
+    /// The configuration file as `serve` resolved it, read again on every reload (its live
+    /// keys applied, the others logged as needing a restart); None: only `config_file`'s
+    /// overlays are read again.
+    pub live_config: Option<Arc<dyn LiveConfig>>,
+    /// Sets the operational log's filter while serving (None: it stays as started).
+    pub log_filter: Option<LogFilter>,
     /// Whether a pack must have its invariants proved to serve.
     pub analysis: super::gate::Analysis,
 }
@@ -77,6 +84,8 @@ impl ServeConfig {
             watch: true,
             config_file: None,
             overlays_fixed: true,
+            live_config: None,
+            log_filter: None,
             analysis: super::gate::Analysis::default(),
             tls: None,
             metrics_listen: None,
@@ -86,6 +95,37 @@ impl ServeConfig {
             http_token: None,
             http_public_url: None,
         }
+    }
+}
+
+/// Sets the operational log's filter (a checked `EnvFilter` text) while serving.
+#[derive(Clone)]
+pub struct LogFilter(pub Arc<SetFilter>);
+
+/// What sets the log filter: the filter's text, or why it cannot be set.
+pub type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+/// A configuration file read again while serving (`service::live_config::ConfigFile`).
+pub trait LiveConfig: Send + Sync + std::fmt::Debug {
+    /// What the file resolves to now, and which keys changed since the last read.
+    fn reread(&self) -> Result<Reread, super::error::SettingsError>;
+}
+
+/// What a changed configuration file asks of the running server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reread {
+    pub overlays: Vec<String>,
+    pub decision_log: DecisionLog,
+    /// The operational log's filter (already checked to parse).
+    pub log: String,
+    /// The keys whose change applies now, and those that need a restart.
+    pub applied: Vec<String>,
+    pub need_restart: Vec<String>,
+}
+
+impl std::fmt::Debug for LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogFilter")
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gate;
 pub mod grpc;
 pub mod listeners;
+pub mod live_config;
 pub mod offline;
 mod process_metrics;
 pub mod reload;

@@ -15,7 +15,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use super::authzen::{self, AuthzenService};
-pub use super::config::{DecisionLog, ServeConfig, TlsFiles};
+pub use super::config::{DecisionLog, LogFilter, ServeConfig, TlsFiles};
 pub use super::error::ServeError;
 use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
@@ -35,8 +35,23 @@ use crate::engine::pack::PackSpec;
 
 /// Where reloads take the pack spec from: fixed, or with the overlays read from the
 /// configuration file each time.
-fn spec_source(config: &ServeConfig) -> SpecSource {
+fn spec_source(config: &ServeConfig, telemetry: Arc<Telemetry>) -> SpecSource {
     let spec = config.pack.clone();
+    if let Some(file) = config.live_config.clone() {
+        // Read again on every reload: the live keys apply, the overlays go to the gate; a file
+        // that does not resolve is the candidate's rejection, and nothing of it applies.
+        let filter = config.log_filter.clone();
+        return Box::new(move || {
+            let r = file.reread()?;
+            telemetry.set_decision_log(r.decision_log);
+            if let Some(LogFilter(set)) = &filter {
+                if let Err(e) = set(&r.log) {
+                    tracing::warn!(filter = %r.log, "cannot set the log filter: {e}");
+                }
+            }
+            Ok(PackSpec::new(&spec.dir, &r.overlays))
+        });
+    }
     match (&config.config_file, config.overlays_fixed) {
         (Some(file), false) => {
             let file = file.clone();
@@ -135,8 +150,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let engine = Arc::new(State::new(config.limits));
-    let reloader = Reloader::new(engine.clone(), spec_source(&config), config.analysis);
     let telemetry = Telemetry::new(config.decision_log);
+    let reloader = Reloader::new(
+        engine.clone(),
+        spec_source(&config, telemetry.clone()),
+        config.analysis,
+    );
     let replica = ReplicaSlot::default();
     let data = DataSlot::default();
     // tonic refuses anything over twice our limit itself; between the two, the handlers

@@ -299,7 +299,7 @@ fn set_by_user(m: &ArgMatches, id: &str) -> bool {
 }
 
 /// The ids (file keys) of the arguments a clap `Args` struct declares.
-fn keys<A: Args>() -> Vec<String> {
+pub(super) fn keys<A: Args>() -> Vec<String> {
     A::augment_args(clap::Command::new("settings"))
         .get_arguments()
         .map(|a| a.get_id().to_string())
@@ -308,12 +308,12 @@ fn keys<A: Args>() -> Vec<String> {
 
 /// Replaces, in `value`, every setting the file gives and the user did not (by flag or
 /// environment); a key of the file that `value` does not have is left for the caller.
-fn overlay_file<T: Serialize + for<'de> Deserialize<'de>>(
+pub(super) fn overlay_file<T: Serialize + for<'de> Deserialize<'de>>(
     value: &mut T,
     file: &Path,
     table: &toml::Table,
     own: &[String],
-    m: &ArgMatches,
+    user_set: &dyn Fn(&str) -> bool,
 ) -> Result<(), SettingsError> {
     let wrong = |key: &str, message: String| SettingsError::Value {
         file: file.to_path_buf(),
@@ -322,7 +322,7 @@ fn overlay_file<T: Serialize + for<'de> Deserialize<'de>>(
     };
     let mut merged = toml::Table::try_from(&*value).map_err(|e| wrong("", e.to_string()))?;
     for (key, v) in table {
-        if !own.contains(key) || set_by_user(m, key) {
+        if !own.contains(key) || user_set(key) {
             continue;
         }
         merged.insert(key.clone(), v.clone());
@@ -342,6 +342,15 @@ pub fn with_file(
     sub: &ArgMatches,
     file: &Path,
 ) -> Result<(), SettingsError> {
+    let table = read_known(file)?;
+    // Global flags are seen by the subcommand's matches too.
+    let user_set = |key: &str| set_by_user(sub, key);
+    overlay_file(pack, file, &table, &keys::<PackArgs>(), &user_set)?;
+    overlay_file(serve, file, &table, &keys::<ServeSettings>(), &user_set)
+}
+
+/// Reads a configuration file, refusing a key that is not a setting.
+pub(super) fn read_known(file: &Path) -> Result<toml::Table, SettingsError> {
     let table: toml::Table = read_toml(file)?;
     let pack_keys = keys::<PackArgs>();
     let serve_keys = keys::<ServeSettings>();
@@ -354,9 +363,17 @@ pub fn with_file(
             key: key.clone(),
         });
     }
-    // Global flags are seen by the subcommand's matches too.
-    overlay_file(pack, file, &table, &pack_keys, sub)?;
-    overlay_file(serve, file, &table, &serve_keys, sub)
+    Ok(table)
+}
+
+/// The settings a user gave by flag or environment (`sub`: the matches of `serve`): the file's
+/// values of these never apply, at start-up or on a reload.
+pub fn user_set_keys(sub: &ArgMatches) -> Vec<String> {
+    keys::<PackArgs>()
+        .into_iter()
+        .chain(keys::<ServeSettings>())
+        .filter(|k| set_by_user(sub, k))
+        .collect()
 }
 
 /// The overlays a configuration file enables (none if it names none): read again on reloads.
@@ -518,6 +535,8 @@ impl ServeSettings {
             analysis,
             config_file,
             overlays_fixed,
+            live_config: None,
+            log_filter: None,
             tls,
             metrics_listen: self.metrics_listen.0,
             health_listen: self.health_listen.0,

@@ -151,7 +151,10 @@ fn latency_histogram() -> Histogram {
 
 /// Counters and the decision log switch, shared by the gRPC services.
 pub struct Telemetry {
-    pub log: DecisionLog,
+    /// The decision log's switch, sampling and context (settable while serving).
+    log_enabled: std::sync::atomic::AtomicBool,
+    log_sample: AtomicU64,
+    log_context: std::sync::atomic::AtomicBool,
     /// Decisions by action id: [deny, allow].
     decisions: RwLock<hashbrown::HashMap<Box<str>, [AtomicU64; 2]>>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
@@ -167,7 +170,9 @@ pub struct Telemetry {
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry").field("log", &self.log).finish()
+        f.debug_struct("Telemetry")
+            .field("log", &self.decision_log())
+            .finish()
     }
 }
 
@@ -179,7 +184,9 @@ impl Telemetry {
             .unwrap_or_default()
             ^ (std::process::id() as u64) << 40;
         Arc::new(Telemetry {
-            log,
+            log_enabled: log.enabled.into(),
+            log_sample: AtomicU64::new(log.sample.to_bits()),
+            log_context: log.include_context.into(),
             decisions: RwLock::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             errors: Family::default(),
@@ -189,6 +196,24 @@ impl Telemetry {
             next_id: AtomicU64::new(0),
             boot,
         })
+    }
+
+    /// What the decision log writes now.
+    pub fn decision_log(&self) -> DecisionLog {
+        DecisionLog {
+            enabled: self.log_enabled.load(Ordering::Relaxed),
+            sample: f64::from_bits(self.log_sample.load(Ordering::Relaxed)),
+            include_context: self.log_context.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Switches the decision log, its sampling and context, from the next decision on.
+    pub fn set_decision_log(&self, log: DecisionLog) {
+        self.log_sample
+            .store(log.sample.to_bits(), Ordering::Relaxed);
+        self.log_context
+            .store(log.include_context, Ordering::Relaxed);
+        self.log_enabled.store(log.enabled, Ordering::Relaxed);
     }
 
     /// Counts one decision of `action`.
@@ -288,7 +313,11 @@ impl Telemetry {
 
     /// Whether this decision should be logged (the switch, then the sample).
     pub fn sampled(&self) -> bool {
-        self.log.enabled && (self.log.sample >= 1.0 || random_unit() < self.log.sample)
+        if !self.log_enabled.load(Ordering::Relaxed) {
+            return false;
+        }
+        let sample = f64::from_bits(self.log_sample.load(Ordering::Relaxed));
+        sample >= 1.0 || random_unit() < sample
     }
 
     /// The caller's `x-request-id`, or a new process-unique id.
@@ -309,7 +338,7 @@ impl Telemetry {
         let decision = if d.decision.allow { "ALLOW" } else { "DENY" };
         let latency_us = d.latency.as_micros() as u64;
         // Absent (None) fields are left out of the line.
-        let include = self.log.include_context;
+        let include = self.log_context.load(Ordering::Relaxed);
         tracing::info!(
             target: DECISION_TARGET,
             request_id = d.request_id,

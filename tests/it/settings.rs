@@ -780,3 +780,140 @@ fn serve_help_says_the_revision_wait_is_a_cap() {
         "{text}"
     );
 }
+
+/// A watched configuration file, changed while serving (issue 31): the decision log and the
+/// log filter apply at once; a key that needs a restart is logged by name; an unknown key is
+/// refused as at start-up, and nothing of that file applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_applies_what_it_can_and_names_what_needs_a_restart() {
+    use blue_authz::service::grpc::pb::policies_client::PoliciesClient;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("blue-authz.toml");
+    std::fs::write(&cfg, "decision_log = false\nlog = \"warn\"\n").unwrap();
+    let mut server = Binary::serve(&pack(), &dir.path().join("a.redb"))
+        .args(["--watch", "true", "--config"])
+        .arg(&cfg)
+        .env_remove("BLUE_AUTHZ_LOG")
+        .stdout_piped()
+        .spawn();
+    let mut pipe = server.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(&mut pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = server.wait_serving().decisions.unwrap();
+    let mut client = AuthorizerClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let decide = |id: &'static str| {
+        let mut req = tonic::Request::new(ask("ada", "viewProject", "Blue::Project", "apollo"));
+        req.metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        req
+    };
+    client
+        .is_authorized(decide("before-the-change"))
+        .await
+        .unwrap();
+    assert!(
+        !server.log.lines().iter().any(|l| l.contains(" INFO ")),
+        "the filter is warn at first"
+    );
+
+    std::fs::write(
+        &cfg,
+        "decision_log = true\nlog = \"info\"\nworker_threads = 3\n",
+    )
+    .unwrap();
+    server
+        .wait_log(
+            "configuration key `worker_threads` changed: it needs a restart",
+            Duration::from_secs(30),
+        )
+        .expect("the restart-only key is named");
+    // The filter is info now: the reload's own info line shows.
+    server
+        .wait_log("policy files changed nothing", Duration::from_secs(30))
+        .expect("info lines after the change");
+    client
+        .is_authorized(decide("after-the-change"))
+        .await
+        .unwrap();
+    crate::common::until(
+        "the decision log to write the call",
+        Duration::from_secs(10),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("after-the-change"))
+        },
+    )
+    .await;
+    assert!(
+        !lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("before-the-change")),
+        "the decision log was off before"
+    );
+
+    // A misspelt key: refused whole, as at start-up; the decision log stays on.
+    std::fs::write(&cfg, "decison_log = false\nlog = \"info\"\n").unwrap();
+    let mut status = PoliciesClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rejection = loop {
+        let s = status
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(r) = s.last_rejection {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        rejection
+            .reasons
+            .iter()
+            .any(|r| r.contains("unknown setting `decison_log`")),
+        "{rejection:?}"
+    );
+    client
+        .is_authorized(decide("after-the-refusal"))
+        .await
+        .unwrap();
+    crate::common::until(
+        "the decision log to stay on",
+        Duration::from_secs(10),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("after-the-refusal"))
+        },
+    )
+    .await;
+}
