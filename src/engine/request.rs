@@ -147,6 +147,13 @@ pub fn parse_overlay(
     let mut batch = Vec::with_capacity(entities.len());
     let mut seen = std::collections::HashSet::new();
     for (i, value) in entities.iter().enumerate() {
+        // The schema's actions, as Cedar's request entities may list them: left out when they
+        // match the schema, refused when they differ.
+        match pack.entities.declared_action(value) {
+            Some(Ok(())) => continue,
+            Some(Err(how)) => return Err(RequestError::new(Field::Entities(Some(i)), how)),
+            None => {}
+        }
         let e = parse_entity(value.clone(), &pack.entities, "entity")
             .map_err(|e| RequestError::new(Field::Entities(Some(i)), e))?;
         if !seen.insert(e.uid()) {

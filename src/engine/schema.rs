@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{EntityTypeName, Schema};
+use cedar_policy::{EntityTypeName, EntityUid, Schema};
 
 /// What validating an entity needs from a pack: the schema and its declared parent types.
 #[derive(Debug, Clone)]
@@ -15,6 +15,8 @@ pub struct EntitySchema {
     /// Per entity type, its attributes that hold an entity or a set of entities, with the
     /// entity type they hold.
     entity_attrs: HashMap<EntityTypeName, HashMap<String, EntityTypeName>>,
+    /// The schema's actions and their declared ancestors (all of them, transitively).
+    actions: HashMap<EntityUid, HashSet<EntityUid>>,
     /// What a `delete_owned` takes with it (the pack's `lifecycle.toml`).
     pub lifecycle: Lifecycle,
 }
@@ -23,12 +25,66 @@ impl EntitySchema {
     /// The view of a schema parsed from `schema_text`.
     pub fn new(schema: Schema, schema_text: &str) -> Self {
         let (parent_types, entity_attrs) = declared_types(schema_text);
+        let actions = schema
+            .action_entities()
+            .map(|all| {
+                all.iter()
+                    .map(|a| {
+                        let (uid, _, ancestors) = a.clone().into_inner();
+                        (uid, ancestors)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         EntitySchema {
             schema,
             parent_types,
             entity_attrs,
+            actions,
             lifecycle: Lifecycle::default(),
         }
+    }
+
+    /// For an entity (Cedar JSON) that is one of the schema's actions: `Ok` if it says what the
+    /// schema declares (no attributes or tags; its parents, with their declared ancestors,
+    /// are exactly the action's declared ancestors, as Cedar's own entity files list them),
+    /// else how it differs. None for any other entity.
+    pub fn declared_action(&self, value: &serde_json::Value) -> Option<Result<(), String>> {
+        let uid = crate::engine::json::json_uid(value.get("uid"))?;
+        let declared = self.actions.get(&uid)?;
+        let nonempty = |k: &str| {
+            value
+                .get(k)
+                .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+        };
+        if nonempty("attrs") || nonempty("tags") {
+            return Some(Err(format!(
+                "action {uid} has attributes or tags; the schema declares actions without them \
+                 (actions come from the schema: leave them out of entity data)"
+            )));
+        }
+        let given = crate::engine::json::json_uids(value.get("parents"));
+        let mut closed: HashSet<EntityUid> = HashSet::new();
+        for p in &given {
+            closed.insert(p.clone());
+            if let Some(up) = self.actions.get(p) {
+                closed.extend(up.iter().cloned());
+            }
+        }
+        if &closed == declared {
+            return Some(Ok(()));
+        }
+        let names = |set: &HashSet<EntityUid>| {
+            let mut v: Vec<String> = set.iter().map(|u| u.to_string()).collect();
+            v.sort();
+            format!("[{}]", v.join(", "))
+        };
+        Some(Err(format!(
+            "action {uid} differs from the schema's declaration: its parents make its groups {}, \
+             where the schema declares {}",
+            names(&closed),
+            names(declared)
+        )))
     }
 
     /// The entity type an attribute of `ty` holds (itself, or as a set's elements), if it

@@ -1420,3 +1420,97 @@ async fn a_write_whose_deadline_passed_is_refused_and_bad_tokens_are_told_apart(
     );
     n.running.shutdown().await.unwrap();
 }
+
+/// Cedar's own entity files list the schema's actions with the parents the schema declares
+/// (as 950 files of Cedar's integration corpus do): such a file imports, its actions left out
+/// of the data, and its decisions use the schema's action groups. An action entity that differs
+/// from the declaration is refused, saying how (issue 31).
+#[test]
+fn cedar_entity_files_that_list_the_schemas_actions_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        "entity User;\nentity Doc;\n\
+         action read appliesTo { principal: User, resource: Doc };\n\
+         action view in [read] appliesTo { principal: User, resource: Doc };\n\
+         action preview in [view] appliesTo { principal: User, resource: Doc };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("docs.cedar"),
+        "@id(\"doc.read\")\npermit (principal, action in Action::\"read\", resource);\n",
+    )
+    .unwrap();
+    let file = |preview_parents: &str| {
+        let path = dir.path().join("entities.json");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[
+  {{"uid": {{"type": "User", "id": "alice"}}, "attrs": {{}}, "parents": []}},
+  {{"uid": {{"type": "Doc", "id": "d1"}}, "attrs": {{}}, "parents": []}},
+  {{"uid": {{"type": "Action", "id": "read"}}, "attrs": {{}}, "parents": []}},
+  {{"uid": {{"type": "Action", "id": "view"}}, "attrs": {{}}, "parents": [{{"type": "Action", "id": "read"}}]}},
+  {{"uid": {{"type": "Action", "id": "preview"}}, "attrs": {{}}, "parents": [{preview_parents}]}}
+]"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let import = |path: &std::path::Path, db: &str| {
+        Binary::new()
+            .arg("--policies")
+            .arg(&policies)
+            .args(["import", "--db"])
+            .arg(dir.path().join(db))
+            .arg(path)
+            .stdout_piped()
+            .output()
+    };
+    // As Cedar's corpus lists them: each action with its direct parents.
+    let ok = import(&file(r#"{"type": "Action", "id": "view"}"#), "a.redb");
+    let said =
+        String::from_utf8_lossy(&ok.stdout).to_string() + &String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{said}");
+    assert!(
+        said.contains("imported 2 entities"),
+        "only the data is stored: {said}"
+    );
+    // A decision through the schema's groups: preview is in view, which is in read.
+    // `check` reads the same file: preview is in view, which is in read.
+    let out = Binary::new()
+        .arg("--policies")
+        .arg(&policies)
+        .args(["check", "--entities"])
+        .arg(file(r#"{"type": "Action", "id": "view"}"#))
+        .args([
+            "--principal",
+            r#"User::"alice""#,
+            "--action",
+            "preview",
+            "--resource",
+            r#"Doc::"d1""#,
+        ])
+        .stdout_piped()
+        .output();
+    let shown =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        shown.contains("ALLOW") && shown.contains("doc.read"),
+        "{shown}"
+    );
+
+    // preview directly in read only: its groups differ from the declaration.
+    let bad = import(&file(r#"{"type": "Action", "id": "read"}"#), "b.redb");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        said.contains("[4]")
+            && said.contains(r#"action Action::"preview" differs from the schema's declaration"#)
+            && said.contains(r#"where the schema declares [Action::"read", Action::"view"]"#),
+        "{said}"
+    );
+}

@@ -106,8 +106,25 @@ pub fn parse_entities(
     };
     let mut out = Vec::with_capacity(items.len());
     let mut seen = HashSet::new();
+    let mut actions = 0;
     for (i, item) in items.into_iter().enumerate() {
         let label = format!("{what}[{i}]");
+        // Cedar's own entity files list the schema's actions too: those that say what the
+        // schema declares are accepted and left out (actions come from the schema), those
+        // that differ are refused, saying how.
+        match schema.declared_action(&item) {
+            Some(Ok(())) => {
+                actions += 1;
+                continue;
+            }
+            Some(Err(how)) => {
+                return Err(DataError::Invalid {
+                    what: label,
+                    message: how,
+                })
+            }
+            None => {}
+        }
         let e = parse_entity(item, schema, &label)?;
         if !seen.insert(e.uid()) {
             return Err(DataError::Invalid {
@@ -116,6 +133,13 @@ pub fn parse_entities(
             });
         }
         out.push(e);
+    }
+    if actions > 0 {
+        tracing::info!(
+            input = what,
+            actions,
+            "action entities that match the schema's declarations are not stored: actions come from the schema"
+        );
     }
     Ok(out)
 }
