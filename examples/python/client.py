@@ -87,6 +87,12 @@ def main():
     parser.add_argument("--authz", default="127.0.0.1:50051", help="decision service target")
     parser.add_argument("--data", default="127.0.0.1:50052", help="data service target")
     parser.add_argument("--token", default=os.environ.get("BLUE_AUTHZ_DATA_TOKEN", ""))
+    parser.add_argument(
+        "--after-readme-write",
+        action="store_true",
+        help="first make the README's own write (frank joins website as a member), as a reader "
+        "who followed the README would have",
+    )
     args = parser.parse_args()
 
     # Over a Unix socket grpcio sends the socket path as :authority, which the server's HTTP/2
@@ -102,6 +108,18 @@ def main():
 
     # One decision, with its explanation.
     d = wait_until_serving(authz)
+    if args.after_readme_write:
+        frank = '{"uid": {"type": "Blue::User", "id": "frank"}, "attrs": {}, "parents": []}'
+        member = pb.Edge(
+            child=uid("Blue::User", "frank"), parent=uid("Blue::Role", "website/member")
+        )
+        data.WriteEntities(
+            pb.WriteEntitiesRequest(
+                ops=[pb.WriteOp(upsert_json=frank), pb.WriteOp(add_parent=member)]
+            ),
+            metadata=auth,
+        )
+        print("  the README's write made first: frank is a member of website")
     expect("alice viewProject website", decision(d), ALLOW)
     print(f"  determined by {list(d.determining_policies)}, policy version {d.policy_version}")
     d = authz.IsAuthorized(ask("erin", "editWiki", "Blue::Project", "website"))
@@ -120,26 +138,38 @@ def main():
     )
     expect("batch", [decision(r) for r in batch.responses], [ALLOW, DENY, ALLOW, DENY])
 
-    # A membership write: frank joins website as a member, then leaves again. The write's
-    # revision, given as min_revision, makes the next decision see it.
-    d = authz.IsAuthorized(ask("frank", "viewProject", "Blue::Project", "website"))
-    expect("frank viewProject website, before", decision(d), DENY)
-    edge = pb.Edge(child=uid("Blue::User", "frank"), parent=uid("Blue::Role", "website/member"))
+    # A membership write, by a user of the client's own (so that a server on which the README's
+    # write example already made frank a member answers the same): the user is created, joins
+    # website as a member, leaves again, and is deleted. The write's revision, given as
+    # min_revision, makes the next decision see it.
+    me = f"python-client-{os.getpid()}"
+    user = '{"uid": {"type": "Blue::User", "id": "%s"}, "attrs": {}, "parents": []}' % me
+    created = data.WriteEntities(
+        pb.WriteEntitiesRequest(ops=[pb.WriteOp(upsert_json=user)]), metadata=auth
+    )
+    d = authz.IsAuthorized(
+        ask(me, "viewProject", "Blue::Project", "website", min_revision=created.revision)
+    )
+    expect(f"{me} viewProject website, before", decision(d), DENY)
+    edge = pb.Edge(child=uid("Blue::User", me), parent=uid("Blue::Role", "website/member"))
     written = data.WriteEntities(
         pb.WriteEntitiesRequest(ops=[pb.WriteOp(add_parent=edge)]), metadata=auth
     )
     print(f"  membership written at revision {written.revision}")
     d = authz.IsAuthorized(
-        ask("frank", "createRecord", "Blue::Project", "website", min_revision=written.revision)
+        ask(me, "createRecord", "Blue::Project", "website", min_revision=written.revision)
     )
-    expect("frank createRecord website, as a member", decision(d), ALLOW)
+    expect(f"{me} createRecord website, as a member", decision(d), ALLOW)
     removed = data.WriteEntities(
         pb.WriteEntitiesRequest(ops=[pb.WriteOp(remove_parent=edge)]), metadata=auth
     )
     d = authz.IsAuthorized(
-        ask("frank", "viewProject", "Blue::Project", "website", min_revision=removed.revision)
+        ask(me, "viewProject", "Blue::Project", "website", min_revision=removed.revision)
     )
-    expect("frank viewProject website, after leaving", decision(d), DENY)
+    expect(f"{me} viewProject website, after leaving", decision(d), DENY)
+    data.WriteEntities(
+        pb.WriteEntitiesRequest(ops=[pb.WriteOp(delete=uid("Blue::User", me))]), metadata=auth
+    )
 
     # Without the token the data service refuses.
     try:

@@ -45,7 +45,8 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 
-if ! "$venv/bin/python" "$here/client.py" \
+# After the README's own write example, as a reader who followed the README would run it.
+if ! "$venv/bin/python" "$here/client.py" --after-readme-write \
   --authz "unix:$work/authz.sock" --data "unix:$work/data.sock" --token "$token"; then
   echo "--- server log"; cat "$work/server.log"; exit 1
 fi

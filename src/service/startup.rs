@@ -83,12 +83,19 @@ pub fn load_store(
     if revision == 0 {
         if let Some(seed) = seed {
             let mut prepared = store.prepare_file(seed, &pack.entities)?;
+            let entities = prepared.changes.puts.len();
             storage.apply(&ChangeSet {
                 changes: std::mem::take(&mut prepared.changes),
                 schema: Some(pack.schema_version.clone()),
                 ..Default::default()
             })?;
             store.commit(prepared);
+            tracing::info!(
+                seed = %seed.display(),
+                entities,
+                revision = store.revision(),
+                "seeded the empty database from the seed file"
+            );
         }
         return Ok(store);
     }
