@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use super::{load_or_report, runtime, AnyError, Exit};
+use crate::bench::progress::Progress;
 use crate::engine::pack::PackSpec;
 use crate::service::offline;
 
@@ -21,10 +22,16 @@ pub fn run(
     let Some(pack) = load_or_report(spec)? else {
         return Ok(Exit::Problems);
     };
+    // The count of entities read so far, on a terminal.
+    let mut progress = Progress::new("reading and checking entities", None);
+    let mut tick = |n: u64| progress.set(n);
     let imported = match source {
-        Some(url) => runtime()?.block_on(offline::import_shared(pack, file, url, replace))?,
-        None => offline::import_embedded(&pack, file, db, replace)?,
+        Some(url) => {
+            runtime()?.block_on(offline::import_shared(pack, file, url, replace, &mut tick))?
+        }
+        None => offline::import_embedded(&pack, file, db, replace, &mut tick)?,
     };
+    progress.finish();
     println!(
         "imported {} entities into {} (revision {}): {}",
         imported.count, imported.into, imported.revision, imported.how

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod grpc;
+mod import_file;
 pub mod listeners;
 pub mod live_config;
 pub mod offline;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::error::DataError;
-use crate::engine::index::{EntityStore, Prepared, WriteOp};
+use crate::engine::index::WriteOp;
 use crate::engine::pack::PolicyPack;
+use crate::service::import_file::{check_file, CheckError, Checked};
 use crate::service::replica::{Replica, ReplicaError, SourceConfig};
-use crate::service::startup::load_store;
 use crate::service::state::{Limits, State, StateError, Write};
 use crate::service::write::WriteError;
 use crate::storage::{
@@ -32,20 +32,9 @@ pub enum OfflineError {
     NoDatabase(PathBuf),
     #[error("{} is not empty", .0.display())]
     NotEmpty(PathBuf),
-    /// Parents that exist neither in the file nor in the store: nothing was written.
-    #[error(
-        "{}: {child} has parent {parent}, which does not exist in the file or the store ({count} \
-         such parent edges; add_parent refuses them the same way); nothing was written of \
-         {written} entities",
-        .file.display()
-    )]
-    Dangling {
-        file: PathBuf,
-        child: String,
-        parent: String,
-        count: usize,
-        written: usize,
-    },
+    /// A file that does not pass the checks (schema, parents, cycles): nothing was written.
+    #[error(transparent)]
+    Check(#[from] CheckError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -88,26 +77,35 @@ fn open(db: &Path, instead: &'static str) -> Result<RedbStorage, OfflineError> {
     })
 }
 
-/// Imports an entities file into the embedded database as one atomic batch.
+/// Imports an entities file into the embedded database as one atomic batch, streamed: the file
+/// is read and checked one entity at a time (`import_file`), then written in one transaction,
+/// so memory stays a few tens of bytes an entity whatever the file's size. `progress` is told
+/// how many entities were read so far.
 pub fn import_embedded(
     pack: &PolicyPack,
     file: &Path,
     db: &Path,
     replace: bool,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<Imported, OfflineError> {
     let storage = open(
         db,
         "write through the running server with the WriteEntities call of its data service",
     )?;
-    let store = load_store(&storage, pack, None)?;
-    let (prepared, how) = prepare(&store, file, pack, replace)?;
-    let count = prepared.changes.puts.len();
-    let revision = prepared.revision();
-    storage.apply(&ChangeSet {
-        changes: prepared.changes,
-        schema: Some(pack.schema_version.clone()),
-        ..Default::default()
-    })?;
+    let dir = spill_dir(db);
+    let checked = check_file(pack, file, &storage, &dir, replace, progress)?;
+    let how = describe(&checked, replace);
+    let revision = storage.revision()? + 1;
+    let mut entities = checked
+        .entities()
+        .map_err(|e| OfflineError::Stored(format!("the spilled entities: {e}")))?;
+    let deletes: &[String] = if replace { &checked.stored_only } else { &[] };
+    let count = storage.write_stream(
+        revision,
+        &pack.schema_version,
+        &mut || entities.next(),
+        &mut deletes.iter().map(String::as_str),
+    )?;
     Ok(Imported {
         count,
         revision,
@@ -116,57 +114,44 @@ pub fn import_embedded(
     })
 }
 
-/// The file as one batch over `store` (replacing its contents if asked), refused if a parent
-/// exists nowhere; and what the batch does to the rest of the store, in words.
-fn prepare(
-    store: &EntityStore,
-    file: &Path,
-    pack: &PolicyPack,
-    replace: bool,
-) -> Result<(Prepared, String), OfflineError> {
-    let prepared = store.prepare_file(file, &pack.entities)?;
-    let written = prepared.changes.puts.len();
-    let (prepared, how) = if replace {
-        let (prepared, deleted) = prepared.replacing(store);
-        let how = format!("replaced: {deleted} stored entities the file does not name deleted");
-        (prepared, how)
-    } else {
-        let kept = store.len().saturating_sub(
-            prepared
-                .changes
-                .puts
-                .iter()
-                .filter(|(uid, _)| uid.parse().is_ok_and(|u| store.contains(&u)))
-                .count(),
-        );
-        let how = format!(
-            "merged: {kept} stored entities the file does not name kept (--replace deletes them)"
-        );
-        (prepared, how)
-    };
-    let dangling = prepared.dangling_parents(store);
-    if let Some((child, parent)) = dangling.first() {
-        return Err(OfflineError::Dangling {
-            file: file.to_path_buf(),
-            child: child.to_string(),
-            parent: parent.to_string(),
-            count: dangling.len(),
-            written,
-        });
+/// Where the spill file of an import goes: beside the database (the same disk, which has room
+/// for the data it is about to hold).
+fn spill_dir(db: &Path) -> PathBuf {
+    match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
-    Ok((prepared, how))
+}
+
+/// What an import does to the rest of the store, in words.
+fn describe(checked: &Checked, replace: bool) -> String {
+    if replace {
+        format!(
+            "replaced: {} stored entities the file does not name deleted",
+            checked.stored_only.len()
+        )
+    } else {
+        format!(
+            "merged: {} stored entities the file does not name kept (--replace deletes them); \
+             {} stored entities the file names replaced",
+            checked.stored_only.len(),
+            checked.overlap
+        )
+    }
 }
 
 /// Imports an entities file into a shared source, through a replica of it in a scratch
-/// directory: validated whole on top of the source's data, then written in batches.
+/// directory: checked whole against the schema and the source's data first (streamed, as
+/// into the embedded database), then written in batches of 10,000.
 pub async fn import_shared(
     pack: Arc<PolicyPack>,
     file: &Path,
     url: &str,
     replace: bool,
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Imported, OfflineError> {
     let scratch = std::env::temp_dir().join(format!("blue-authz-import-{}", std::process::id()));
-    let result = import_through(pack, file, url, replace, &scratch).await;
+    let result = import_through(pack, file, url, replace, &scratch, progress).await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
@@ -177,6 +162,7 @@ async fn import_through(
     url: &str,
     replace: bool,
     scratch: &Path,
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Imported, OfflineError> {
     let state = Arc::new(State::new(Limits::default()));
     let replica = Arc::new(Replica::new(
@@ -192,30 +178,45 @@ async fn import_through(
         },
     )?);
     let (store, storage, _) = replica.open(&pack, false).await?;
-    // Validated whole on top of the source's data before anything is written.
-    let (prepared, how) = prepare(&store, file, &pack, replace)?;
-    let mut ops: Vec<WriteOp> = prepared
-        .changes
-        .puts
-        .iter()
-        .map(|(_, json)| serde_json::from_slice(json).map(WriteOp::Upsert))
-        .collect::<Result<_, _>>()
-        .map_err(|e| OfflineError::Stored(e.to_string()))?;
-    let count = ops.len();
-    for uid in &prepared.changes.deletes {
-        let uid = uid
-            .parse()
-            .map_err(|e: cedar_policy::ParseErrors| OfflineError::Stored(e.to_string()))?;
-        ops.push(WriteOp::Delete(uid));
-    }
+    // Checked whole on top of the source's data before anything is written.
+    let checked = check_file(&pack, file, storage.as_ref(), scratch, replace, progress)?;
+    let how = describe(&checked, replace);
+    let count = checked.count;
+    let deletes: Vec<WriteOp> = if replace {
+        checked
+            .stored_only
+            .iter()
+            .map(|uid| {
+                uid.parse()
+                    .map(WriteOp::Delete)
+                    .map_err(|e: cedar_policy::ParseErrors| OfflineError::Stored(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
     state.install(pack.clone(), store, storage);
+    let mut entities = checked
+        .entities()
+        .map_err(|e| OfflineError::Stored(format!("the spilled entities: {e}")))?
+        .map(|item| {
+            let (_, json) = item.map_err(OfflineError::Stored)?;
+            serde_json::from_slice(&json)
+                .map(WriteOp::Upsert)
+                .map_err(|e| OfflineError::Stored(e.to_string()))
+        })
+        .chain(deletes.into_iter().map(Ok));
     let mut revision = 0;
-    for chunk in ops.chunks(SHARED_BATCH) {
+    loop {
+        let chunk: Vec<WriteOp> = entities
+            .by_ref()
+            .take(SHARED_BATCH)
+            .collect::<Result<_, _>>()?;
+        if chunk.is_empty() {
+            break;
+        }
         let deadline = std::time::Instant::now() + IMPORT_CHUNK_DEADLINE;
-        revision = replica
-            .write(Write::new(chunk.to_vec(), deadline))
-            .await?
-            .revision;
+        revision = replica.write(Write::new(chunk, deadline)).await?.revision;
     }
     Ok(Imported {
         count,

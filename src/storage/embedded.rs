@@ -273,6 +273,67 @@ impl RedbStorage {
         }
     }
 
+    /// Writes a stream of entities (uid text, Cedar JSON, validated against `schema`) and
+    /// deletes `deletes`, as one atomic, synced batch at `revision`: what an import of a file
+    /// of any size writes without holding it whole in memory. `puts` yields until it is done,
+    /// or an error that abandons the batch (nothing is written). Returns how many were put.
+    pub fn write_stream(
+        &self,
+        revision: u64,
+        schema: &str,
+        puts: &mut dyn FnMut() -> Option<Result<(String, Vec<u8>), String>>,
+        deletes: &mut dyn Iterator<Item = &str>,
+    ) -> Result<usize, StorageError> {
+        self.reopen_if_broken()?;
+        let db = self.db()?;
+        let mut count = 0;
+        let mut stopped = None;
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            txn.set_quick_repair(true);
+            {
+                let mut entities = txn.open_table(ENTITIES)?;
+                let mut last_change = txn.open_table(LAST_CHANGE)?;
+                while let Some(put) = puts() {
+                    match put {
+                        Ok((uid, json)) => {
+                            entities.insert(uid.as_str(), json.as_slice())?;
+                            last_change.insert(uid.as_str(), revision)?;
+                            count += 1;
+                        }
+                        Err(e) => {
+                            stopped = Some(e);
+                            return Ok(());
+                        }
+                    }
+                }
+                for uid in deletes {
+                    entities.remove(uid)?;
+                    last_change.remove(uid)?;
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(REVISION, revision)?;
+                let mut text = txn.open_table(META_TEXT)?;
+                text.insert(SCHEMA, schema)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        drop(db);
+        if let Some(e) = stopped {
+            // The transaction was dropped uncommitted: nothing of the batch is written.
+            return Err(self.err(e));
+        }
+        match result {
+            Ok(()) => {
+                self.committed.store(revision, Ordering::SeqCst);
+                Ok(count)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
     /// Remembers an idempotency key with its revision and fingerprint, forgetting the keys
     /// older than the window.
     fn record_key(

@@ -1514,3 +1514,68 @@ fn cedar_entity_files_that_list_the_schemas_actions_import() {
         "{said}"
     );
 }
+
+/// `import` streams the file (issue 31): an entity whose parent exists nowhere, or a file that
+/// makes an entity its own ancestor, is refused and nothing is written; a good file is then
+/// imported whole, in one batch.
+#[test]
+fn import_refuses_dangling_parents_and_cycles_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.redb");
+    let user = |id: &str, parents: &[(&str, &str)]| {
+        serde_json::json!({"uid": {"type": "Blue::User", "id": id}, "attrs": {},
+            "parents": parents.iter().map(|(t, i)| serde_json::json!({"type": t, "id": i})).collect::<Vec<_>>()})
+    };
+    let role = |id: &str, parents: &[(&str, &str)]| {
+        let mut v = user(id, parents);
+        v["uid"]["type"] = "Blue::Role".into();
+        v
+    };
+    let import = |entities: serde_json::Value| {
+        let path = dir.path().join("file.json");
+        std::fs::write(&path, entities.to_string()).unwrap();
+        Binary::new()
+            .arg("--policies")
+            .arg(pack())
+            .args(["import", "--db"])
+            .arg(&db)
+            .arg(&path)
+            .stdout_piped()
+            .output()
+    };
+    let said = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let dangling = import(serde_json::json!([user(
+        "u1",
+        &[("Blue::Role", "nowhere/admin")]
+    )]));
+    assert!(!dangling.status.success());
+    assert!(
+        said(&dangling).contains(
+            r#"Blue::User::"u1" has parent Blue::Role::"nowhere/admin", which does not exist"#
+        ),
+        "{}",
+        said(&dangling)
+    );
+    let cycle = import(serde_json::json!([
+        role("r1", &[("Blue::Role", "r2")]),
+        role("r2", &[("Blue::Role", "r1")])
+    ]));
+    let text = said(&cycle);
+    assert!(
+        !cycle.status.success() && text.contains("own ancestor"),
+        "{text}"
+    );
+    // Nothing was written by either: the first good import is revision 1.
+    let good = import(serde_json::json!([
+        role("r1", &[]),
+        user("u1", &[("Blue::Role", "r1")])
+    ]));
+    let text = said(&good);
+    assert!(good.status.success(), "{text}");
+    assert!(
+        text.contains("imported 2 entities") && text.contains("(revision 1)"),
+        "{text}"
+    );
+}

@@ -29,10 +29,9 @@ fn a_policy_set_whose_tests_fail_is_refused_at_start_up() {
     let (code, log) = start(&policies, &dir.path().join("a.redb"));
     assert_eq!(code, None, "the shipped pack must serve: {log}");
     // Seeding the empty database is logged, with the count and the revision (issue 31).
-    let fixture: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(pack().join("tests/fixture.json")).unwrap(),
-    )
-    .unwrap();
+    let fixture: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(pack().join("tests/fixture.json")).unwrap())
+            .unwrap();
     let seeded = log
         .lines()
         .find(|l| l.contains("seeded the empty database from the seed file"))

@@ -21,10 +21,12 @@ mod decode;
 mod entity;
 mod facts;
 mod graph;
+mod hierarchy;
 mod intern;
 mod overlay;
 mod reverse;
 mod slice;
+mod stream;
 mod write;
 
 use std::collections::HashMap;
@@ -36,8 +38,10 @@ use serde_json::{Map, Value};
 
 pub use self::decode::{parse_chunk, Parsed};
 pub use self::entity::{parse_entities, parse_entity, NewEntity};
+pub use self::hierarchy::{Hierarchy, HierarchyError};
 pub use self::overlay::Overlay;
 pub use self::reverse::ListView;
+pub use self::stream::each_in_array;
 pub use self::write::{Changes, Prepared, WriteOp};
 pub use crate::engine::facts::Ix;
 use crate::engine::json::uid_json;
