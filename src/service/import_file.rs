@@ -105,7 +105,7 @@ pub fn check_file(
             io_error.get_or_insert(e);
         }
         count += 1;
-        if count % 10_000 == 0 {
+        if count.is_multiple_of(10_000) {
             progress(count as u64);
         }
         Ok(())

@@ -13,6 +13,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use super::{ChangeSet, Storage, StorageError};
 
 /// The entities table: canonical uid text -> the entity as written (Cedar JSON).
+/// One entity of a streamed batch (uid text, Cedar JSON), or why the stream stopped.
+pub type StreamedPut = Result<(String, Vec<u8>), String>;
+
 const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
 /// Store metadata: `revision` -> u64.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -281,7 +284,7 @@ impl RedbStorage {
         &self,
         revision: u64,
         schema: &str,
-        puts: &mut dyn FnMut() -> Option<Result<(String, Vec<u8>), String>>,
+        puts: &mut dyn FnMut() -> Option<StreamedPut>,
         deletes: &mut dyn Iterator<Item = &str>,
     ) -> Result<usize, StorageError> {
         self.reopen_if_broken()?;
