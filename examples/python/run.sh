@@ -2,19 +2,19 @@
 # Runs client.py against a live blue-authz on the demo data, over Unix sockets (no ports to
 # collide with). Creates a virtual environment with grpcio first. Usage, from anywhere:
 #   examples/python/run.sh [path/to/blue-authz]
-# The default binary is the one the README's commands build (target/release/blue-authz), else
-# the one `cargo test` builds (target/debug/blue-authz).
+# The default binary is the one the README's commands build (target/debug/blue-authz, which
+# `cargo test` builds too), else a release build (target/release/blue-authz).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 if [ $# -ge 1 ]; then
   bin="$1"
-elif [ -x "$root/target/release/blue-authz" ]; then
-  bin="$root/target/release/blue-authz"
 elif [ -x "$root/target/debug/blue-authz" ]; then
   bin="$root/target/debug/blue-authz"
+elif [ -x "$root/target/release/blue-authz" ]; then
+  bin="$root/target/release/blue-authz"
 else
-  echo "run.sh: no blue-authz binary; build it with: cargo build --release" >&2
+  echo "run.sh: no blue-authz binary; build it with: cargo build" >&2
   exit 2
 fi
 venv="${BLUE_AUTHZ_PY_VENV:-$root/target/python-venv}"

@@ -255,7 +255,7 @@ fn shipped_pack_matrix_equals_the_committed_table() {
         code,
         0,
         "the matrix of {} differs from {}: if the change is meant, regenerate it with \
-         `cargo run --release -- matrix > docs/permissions.md` and review its diff\n{out}{err}",
+         `cargo run -- matrix > docs/permissions.md` and review its diff\n{out}{err}",
         live_pack().display(),
         committed.display()
     );
