@@ -176,13 +176,14 @@ impl Reloader {
                 version,
                 policies_changed,
             } => {
-                self.accepted.fetch_add(1, Ordering::Relaxed);
                 {
                     // A rejection before this accepted set is history, not the state.
                     let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
                     status.0 = now_ms();
                     status.1 = None;
                 }
+                // Counted once the status says so: a reader that sees the count sees the state.
+                self.accepted.fetch_add(1, Ordering::Relaxed);
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 if !policies_changed {
                     tracing::info!(%version, elapsed_ms, "policy pack reloaded: its suites or tables changed and pass the gate; the policies did not change");
@@ -199,7 +200,6 @@ impl Reloader {
                 tracing::info!("policy files changed nothing: the live set stays as it is")
             }
             Outcome::Rejected(r) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
                 for reason in &r.reasons {
                     tracing::warn!(
                         candidate = r.candidate_version.as_deref().unwrap_or("none"),
@@ -212,6 +212,8 @@ impl Reloader {
                     "policy reload rejected; the last good set keeps serving"
                 );
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(r.clone());
+                // Counted once the rejection is kept: a reader that sees the count sees why.
+                self.rejected.fetch_add(1, Ordering::Relaxed);
             }
         }
         outcome
