@@ -65,6 +65,17 @@ async fn status(f: &mut Fixture) -> pb::PolicyStatus {
         .into_inner()
 }
 
+/// A running binary's policy status, over a fresh connection to `addr`.
+async fn policy_status(addr: std::net::SocketAddr) -> pb::PolicyStatus {
+    PoliciesClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .get_policy_status(pb::GetPolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Polls the status until `done` holds (at most 60 s: a reload runs every suite, and the
 /// proofs when cvc5 is there).
 async fn wait_status(
@@ -358,16 +369,7 @@ async fn sighup_reloads_the_real_binary() {
     };
     let (policies, server) = start("still", "false");
     let (watched, control) = start("watched", "true");
-    let status_of = |addr: std::net::SocketAddr| async move {
-        PoliciesClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap()
-            .get_policy_status(pb::GetPolicyStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let before = status_of(server.decisions()).await;
+    let before = policy_status(server.decisions()).await;
     assert!(!before.live_version.is_empty());
 
     // Without the watcher nothing happens until SIGHUP: the same edit in both copies, and once
@@ -382,22 +384,22 @@ async fn sighup_reloads_the_real_binary() {
     common::until_async(
         "the watching control to reload",
         Duration::from_secs(60),
-        async || status_of(control.decisions()).await.reloads_accepted == 1,
+        async || policy_status(control.decisions()).await.reloads_accepted == 1,
     )
     .await;
-    let s = status_of(server.decisions()).await;
+    let s = policy_status(server.decisions()).await;
     assert_eq!(s.live_version, before.live_version);
     assert_eq!((s.reloads_accepted, s.reloads_unchanged), (0, 0), "{s:?}");
     server.signal("-HUP");
     common::until_async("SIGHUP to reload", Duration::from_secs(60), async || {
-        status_of(server.decisions()).await.reloads_accepted == 1
+        policy_status(server.decisions()).await.reloads_accepted == 1
     })
     .await;
-    let s = status_of(server.decisions()).await;
+    let s = policy_status(server.decisions()).await;
     assert_ne!(s.live_version, before.live_version);
     assert_eq!(
         s.live_version,
-        status_of(control.decisions()).await.live_version
+        policy_status(control.decisions()).await.live_version
     );
 }
 
@@ -476,15 +478,7 @@ async fn a_suite_change_alone_goes_through_the_gate_of_the_real_binary() {
         .spawn();
     server.wait_serving();
     let addr = server.decisions();
-    let status = async || {
-        PoliciesClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap()
-            .get_policy_status(pb::GetPolicyStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    };
+    let status = async || policy_status(addr).await;
     let before = status().await;
     assert!(!before.live_files.is_empty());
 

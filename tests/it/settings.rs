@@ -816,6 +816,11 @@ async fn a_changed_config_file_applies_what_it_can_and_names_what_needs_a_restar
             .await
             .unwrap(),
     );
+    // Whether the decision log has written the call with this request id.
+    let logged = |id: &'static str| {
+        let lines = lines.clone();
+        move || lines.lock().unwrap().iter().any(|l| l.contains(id))
+    };
     let decide = |id: &'static str| {
         let mut req = tonic::Request::new(ask("ada", "viewProject", "Blue::Project", "apollo"));
         req.metadata_mut()
@@ -853,21 +858,11 @@ async fn a_changed_config_file_applies_what_it_can_and_names_what_needs_a_restar
     crate::common::until(
         "the decision log to write the call",
         Duration::from_secs(10),
-        || {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("after-the-change"))
-        },
+        logged("after-the-change"),
     )
     .await;
     assert!(
-        !lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("before-the-change")),
+        !logged("before-the-change")(),
         "the decision log was off before"
     );
 
@@ -880,19 +875,22 @@ async fn a_changed_config_file_applies_what_it_can_and_names_what_needs_a_restar
             .await
             .unwrap(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let rejection = loop {
-        let s = status
-            .get_policy_status(pb::GetPolicyStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(r) = s.last_rejection {
-            break r;
-        }
-        assert!(std::time::Instant::now() < deadline, "never refused: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut rejection = None;
+    crate::common::until_async(
+        "the file to be refused",
+        Duration::from_secs(30),
+        async || {
+            rejection = status
+                .get_policy_status(pb::GetPolicyStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .last_rejection;
+            rejection.is_some()
+        },
+    )
+    .await;
+    let rejection = rejection.unwrap();
     assert!(
         rejection
             .reasons
@@ -907,13 +905,7 @@ async fn a_changed_config_file_applies_what_it_can_and_names_what_needs_a_restar
     crate::common::until(
         "the decision log to stay on",
         Duration::from_secs(10),
-        || {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("after-the-refusal"))
-        },
+        logged("after-the-refusal"),
     )
     .await;
 }
