@@ -8,13 +8,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
 use super::error::SettingsError;
 use super::gate::{self, Analysis, GateError};
-use super::state::State;
+use super::state::{unix_ms, State};
 use crate::engine::pack::{PackSpec, PolicyPack};
 
 /// Where the candidate's spec comes from: called on every reload, so configuration changes
@@ -39,7 +39,7 @@ impl Rejection {
     /// A rejection for one problem, described by `reason`.
     pub fn one(candidate_version: Option<String>, reason: String) -> Self {
         Rejection {
-            at_unix_ms: now_ms(),
+            at_unix_ms: unix_ms(),
             candidate_version,
             reasons: vec![reason],
             problems: 1,
@@ -90,13 +90,6 @@ pub struct Reloader {
     running: Mutex<()>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Reloader {
     pub fn new(engine: Arc<State>, spec: SpecSource, analysis: Analysis) -> Arc<Self> {
         Arc::new(Reloader {
@@ -106,7 +99,7 @@ impl Reloader {
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             unchanged: AtomicU64::new(0),
-            status: Mutex::new((now_ms(), None)),
+            status: Mutex::new((unix_ms(), None)),
             running: Mutex::new(()),
         })
     }
@@ -161,7 +154,7 @@ impl Reloader {
                         policies_changed,
                     },
                     Err(reasons) => Outcome::Rejected(Rejection {
-                        at_unix_ms: now_ms(),
+                        at_unix_ms: unix_ms(),
                         candidate_version: Some(version),
                         problems: reasons.len(),
                         reasons,
@@ -179,7 +172,7 @@ impl Reloader {
                 {
                     // A rejection before this accepted set is history, not the state.
                     let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                    status.0 = now_ms();
+                    status.0 = unix_ms();
                     status.1 = None;
                 }
                 // Counted once the status says so: a reader that sees the count sees the state.
@@ -227,7 +220,7 @@ impl Reloader {
         // whatever directory the server was given.
         let dir = format!("{}/", spec.dir.display());
         let gated = |e: GateError| Rejection {
-            at_unix_ms: now_ms(),
+            at_unix_ms: unix_ms(),
             candidate_version: e.version().map(str::to_string),
             reasons: e.reasons().iter().map(|r| r.replace(&dir, "")).collect(),
             problems: e.problems(),

@@ -193,12 +193,10 @@ impl SourceStatus {
     fn failed(&self, e: &dyn std::fmt::Display) {
         {
             let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
-            let since = last.as_ref().map(|l| l.1).unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0)
-            });
+            let since = last
+                .as_ref()
+                .map(|l| l.1)
+                .unwrap_or_else(crate::service::state::unix_ms);
             *last = Some((e.to_string(), since));
         }
         if self.reachable.swap(false, Ordering::Relaxed) {

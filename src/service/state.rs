@@ -209,19 +209,21 @@ pub struct Faults {
     pub since_unix_ms: Option<u64>,
 }
 
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it): what status
+/// timestamps (a write fault, a source error, a policy rejection) are given in.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Faults {
     /// Keeps `since_unix_ms` true after a change of `local` or `source`.
     fn stamp(&mut self) {
         let failing = self.local.is_some() || self.source.is_some();
         match (failing, self.since_unix_ms) {
-            (true, None) => {
-                self.since_unix_ms = Some(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                )
-            }
+            (true, None) => self.since_unix_ms = Some(unix_ms()),
             (false, Some(_)) => self.since_unix_ms = None,
             _ => {}
         }
