@@ -38,7 +38,17 @@ pub struct DiffReport {
     /// Actions only one of the schemas has.
     pub only_old: Vec<String>,
     pub only_new: Vec<String>,
+    /// The new pack's data assumptions the comparison assumed (empty: none, or `Unassumed`).
+    pub assumed: Vec<String>,
     pub elapsed: Duration,
+}
+
+/// Whether a diff speaks of the data the store can hold (the new pack's `assumptions.toml`)
+/// or of every store the schema allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    Assumed,
+    Unassumed,
 }
 
 impl DiffReport {
@@ -59,6 +69,7 @@ impl DiffReport {
             "unchanged": self.unchanged,
             "only_old": self.only_old,
             "only_new": self.only_new,
+            "assumed": self.assumed,
             "elapsed_ms": self.elapsed.as_millis() as u64,
         })
     }
@@ -89,9 +100,10 @@ impl DiffReport {
     }
 }
 
-/// Compares `old` with `new` under `new`'s schema (blocking; its own runtime and solver).
-pub fn diff(old: &PolicyPack, new: &PolicyPack) -> Result<DiffReport, AnalysisError> {
-    block_on(diff_async(old, new))
+/// Compares `old` with `new` under `new`'s schema (blocking; its own runtime and solver), for
+/// the data `new`'s assumptions allow or for all data.
+pub fn diff(old: &PolicyPack, new: &PolicyPack, data: Data) -> Result<DiffReport, AnalysisError> {
+    block_on(diff_async(old, new, data))
 }
 
 fn env_name(env: &cedar_policy::RequestEnv) -> String {
@@ -103,10 +115,25 @@ fn env_name(env: &cedar_policy::RequestEnv) -> String {
     )
 }
 
-async fn diff_async(old: &PolicyPack, new: &PolicyPack) -> Result<DiffReport, AnalysisError> {
+async fn diff_async(
+    old: &PolicyPack,
+    new: &PolicyPack,
+    data: Data,
+) -> Result<DiffReport, AnalysisError> {
     let started = Instant::now();
     let old_envs: Vec<String> = old.schema.request_envs().map(|e| env_name(&e)).collect();
     let mut prover = Prover::new(&new.schema, &new.schema_version)?;
+    let assumed = match data {
+        Data::Assumed => {
+            prover.assume(&new.entities);
+            new.entities
+                .assumptions
+                .iter()
+                .map(|a| a.id.clone())
+                .collect()
+        }
+        Data::Unassumed => Vec::new(),
+    };
     let new_envs = prover.envs_of(&[]);
     let new_names: Vec<String> = new_envs.iter().map(env_name).collect();
     let mut report = DiffReport {
@@ -118,6 +145,7 @@ async fn diff_async(old: &PolicyPack, new: &PolicyPack) -> Result<DiffReport, An
             .cloned()
             .collect(),
         only_new: Vec::new(),
+        assumed,
         elapsed: Duration::ZERO,
     };
     let (o, n) = (
@@ -130,8 +158,8 @@ async fn diff_async(old: &PolicyPack, new: &PolicyPack) -> Result<DiffReport, An
             continue;
         }
         let what = format!("the diff of {name}");
-        let allowed = prover.implies(&n, &o, env, &what).await?;
-        let denied = prover.implies(&o, &n, env, &what).await?;
+        let allowed = prover.implies_assuming(&n, &o, env, &what).await?;
+        let denied = prover.implies_assuming(&o, &n, env, &what).await?;
         if allowed.is_none() && denied.is_none() {
             report.unchanged.push(name.clone());
             continue;

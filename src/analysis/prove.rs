@@ -7,15 +7,39 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicySet, RequestEnv, Schema};
+use cedar_policy::{
+    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, RequestEnv, Schema,
+    ValidationMode, Validator,
+};
 use cedar_policy_symcc::solver::LocalSolver;
 use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::counterexample::Counterexample;
 use super::run::block_on;
 use super::{solver, AnalysisError};
 use crate::engine::pack::{PackSpec, PolicyPack, Property, OVERLAY_DIR};
+use crate::engine::schema::EntitySchema;
+
+/// One row of a pack's permission table (`matrix.toml`), as what the analysis proves of it for
+/// all data the store can hold. Built and validated by the authoring room.
+#[derive(Debug, Clone)]
+pub struct TableClaim {
+    /// How a failure names it: `table `..`, row `deleteRecord (any record)``.
+    pub row: String,
+    /// The columns the row allows.
+    pub allowed: Vec<String>,
+    pub principal_type: EntityTypeName,
+    pub action: EntityUid,
+    pub resource_type: EntityTypeName,
+    /// `permit (..) when { !(given) || <an allowed column's condition> || .. }`: every ALLOW
+    /// of the pack implies it.
+    pub at_most: PolicySet,
+    /// Per allowed column, `permit (..) when { (given) && (its condition) }`: it implies an
+    /// ALLOW of the pack.
+    pub at_least: Vec<(String, PolicySet)>,
+}
 
 /// One proved (or refuted) property.
 #[derive(Debug, Clone)]
@@ -45,7 +69,11 @@ impl Finding {
     /// The failure as a rejection reason: what failed, where, and the counterexample as JSON.
     pub fn reason(&self) -> Option<String> {
         let at = self.failed_at.as_ref()?;
-        let mut out = format!("invariant {} fails at {at}", self.id);
+        let mut out = if self.id.starts_with("matrix ") {
+            format!("{} fails: {at}", self.id)
+        } else {
+            format!("invariant {} fails at {at}", self.id)
+        };
         if let Some(why) = &self.why {
             out.push_str(&format!(" ({why})"));
         }
@@ -62,6 +90,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// How many invariants were declared.
     pub invariants: usize,
+    /// How many rows of the permission table were proved.
+    pub table_rows: usize,
     /// How many policies were proved never to error (when that property is on).
     pub never_errors_policies: usize,
     /// Queries the solver answered (the others were proved before, in this process, for the
@@ -85,8 +115,9 @@ impl Report {
         let secs = self.elapsed.as_secs_f64();
         if failed == 0 {
             format!(
-                "{} invariants hold, {} policies never error ({} solver queries, {secs:.1} s)",
-                self.invariants, self.never_errors_policies, self.solved
+                "{} invariants hold, {} table rows proved, {} policies never error \
+                 ({} solver queries, {secs:.1} s)",
+                self.invariants, self.table_rows, self.never_errors_policies, self.solved
             )
         } else {
             format!(
@@ -97,14 +128,16 @@ impl Report {
     }
 }
 
-/// Proves every invariant of `pack` (blocking; it runs its own runtime and solver process).
-pub fn analyze(pack: &PolicyPack) -> Result<Report, AnalysisError> {
-    block_on(analyze_async(pack))
+/// Proves every invariant of `pack` and every row of its permission table in `table`
+/// (blocking; it runs its own runtime and solver process), under its data assumptions.
+pub fn analyze(pack: &PolicyPack, table: &[TableClaim]) -> Result<Report, AnalysisError> {
+    block_on(analyze_async(pack, table))
 }
 
-async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
+async fn analyze_async(pack: &PolicyPack, table: &[TableClaim]) -> Result<Report, AnalysisError> {
     let started = Instant::now();
     let mut cx = Prover::new(&pack.schema, &pack.schema_version)?;
+    cx.assume(&pack.entities);
     let mut findings = Vec::new();
     for inv in &pack.invariants.list {
         let t = Instant::now();
@@ -126,7 +159,7 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
                 for env in cx.envs_of(actions) {
                     let what = format!("{} on {}", env.action(), env.resource());
                     f.queries += 1;
-                    if let Some(cex) = cx.implies(&live, &reference, &env, &what).await? {
+                    if let Some(cex) = cx.implies_assuming(&live, &reference, &env, &what).await? {
                         f.fail(cex, &what);
                         break;
                     }
@@ -137,7 +170,7 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
                 for env in cx.envs_of(actions) {
                     let what = format!("{} on {}", env.action(), env.resource());
                     f.queries += 1;
-                    if let Some(cex) = cx.always_denies(&live, &env, &what).await? {
+                    if let Some(cex) = cx.always_denies_assuming(&live, &env, &what).await? {
                         f.fail(cex, &what);
                         break;
                     }
@@ -153,10 +186,83 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
                         let what =
                             format!("overlay {name}, {} on {}", env.action(), env.resource());
                         f.queries += 1;
-                        if let Some(cex) = cx.implies(&with, &base, &env, &what).await? {
+                        if let Some(cex) = cx.implies_assuming(&with, &base, &env, &what).await? {
                             f.fail(cex, &what);
                             break 'overlays;
                         }
+                    }
+                }
+            }
+        }
+        f.elapsed = t.elapsed();
+        findings.push(f);
+    }
+
+    for claim in table {
+        let t = Instant::now();
+        let mut f = Finding {
+            id: format!("matrix {}", claim.row),
+            why: None,
+            holds: true,
+            queries: 0,
+            elapsed: Duration::ZERO,
+            failed_at: None,
+            counterexample: None,
+        };
+        let env = cx.envs.iter().find(|e| {
+            e.principal() == &claim.principal_type
+                && e.action() == &claim.action
+                && e.resource() == &claim.resource_type
+        });
+        let Some(env) = env.cloned() else {
+            return Err(symcc(
+                &claim.row,
+                "the schema has no such principal, action and resource",
+            ));
+        };
+        let live = Named::new("pack", &pack.policies);
+        let what = format!("{} on {}", env.action(), env.resource());
+        let at_most = Named::new(&format!("{}:at_most", claim.row), &claim.at_most);
+        f.queries += 1;
+        if let Some(cex) = cx.implies_assuming(&live, &at_most, &env, &what).await? {
+            let cols = claim.allowed.join(", ");
+            f.fail(
+                cex,
+                &format!(
+                    "{what}: the pack allows someone in no allowed column ({})",
+                    if cols.is_empty() { "none" } else { &cols }
+                ),
+            );
+        } else {
+            // All allowed columns in one query (a set allows when one of its permits does);
+            // only a failure asks column by column, to name the one the pack denies.
+            let mut all = PolicySet::new();
+            for (_, set) in &claim.at_least {
+                for p in set.policies() {
+                    let id = PolicyId::new(format!("column{}", all.policies().count()));
+                    all.add(p.new_id(id)).map_err(|e| symcc(&what, e))?;
+                }
+            }
+            let at_least = Named::new(&format!("{}:at_least", claim.row), &all);
+            f.queries += 1;
+            if !claim.at_least.is_empty()
+                && cx
+                    .assumed_implies(&at_least, &live, &env, &what)
+                    .await?
+                    .is_some()
+            {
+                for (col, set) in &claim.at_least {
+                    let one = Named::new(&format!("{}:{col}", claim.row), set);
+                    f.queries += 1;
+                    if let Some(cex) = cx.assumed_implies(&one, &live, &env, &what).await? {
+                        f.fail(
+                            cex,
+                            &format!(
+                                "{what}: the table allows column `{col}`, the pack denies \
+                                 someone in it"
+                            ),
+                        );
+                        break;
                     }
                 }
             }
@@ -198,6 +304,7 @@ async fn analyze_async(pack: &PolicyPack) -> Result<Report, AnalysisError> {
     Ok(Report {
         findings,
         invariants: pack.invariants.list.len(),
+        table_rows: table.len(),
         never_errors_policies,
         solved: cx.solved,
         elapsed: started.elapsed(),
@@ -258,6 +365,9 @@ pub(super) struct Prover<'s> {
     /// Each action's groups (its ancestors among the schema's actions).
     action_groups: HashMap<EntityUid, Vec<EntityUid>>,
     cache: HashMap<(String, String), Arc<CompiledPolicySet>>,
+    /// Per environment, forbids that state the pack's data assumptions for the entities a
+    /// request of it reaches (see [`Prover::assume`]).
+    assumed: HashMap<String, PolicySet>,
     /// Queries sent to the solver (the rest were known to hold, or held trivially).
     pub solved: usize,
 }
@@ -298,8 +408,127 @@ impl<'s> Prover<'s> {
             envs,
             action_groups,
             cache: HashMap::new(),
+            assumed: HashMap::new(),
             solved: 0,
         })
+    }
+
+    /// Assume the pack's data assumptions from now on: for each environment, every entity of an
+    /// assumption's type a request reaches (the principal, the resource, or an entity one of
+    /// their attributes names) satisfies it. Stated as `forbid (..) unless { condition }`
+    /// over that path, added to the allowing side of a query when the query fails without it:
+    /// sound, since the store refuses data that breaks one.
+    pub fn assume(&mut self, entities: &EntitySchema) {
+        for env in &self.envs {
+            let mut set = PolicySet::new();
+            for a in &entities.assumptions {
+                for (root, ty) in [("principal", env.principal()), ("resource", env.resource())] {
+                    let mut paths = Vec::new();
+                    if ty == &a.entity_type {
+                        paths.push((root.to_string(), json!({ "Var": root })));
+                    }
+                    for (attr, held) in entities.entity_attrs_of(ty) {
+                        if held == &a.entity_type {
+                            paths.push((
+                                format!("{root}.{attr}"),
+                                json!({ ".": { "left": { "Var": root }, "attr": attr } }),
+                            ));
+                        }
+                    }
+                    for (name, path) in paths {
+                        let body = substitute(&a.condition_json, &path);
+                        let policy = json!({
+                            "effect": "forbid",
+                            "principal": { "op": "is", "entity_type": env.principal().to_string() },
+                            "action": { "op": "==", "entity": {
+                                "type": env.action().type_name().to_string(),
+                                "id": env.action().id().unescaped(),
+                            }},
+                            "resource": { "op": "is", "entity_type": env.resource().to_string() },
+                            "conditions": [{ "kind": "unless", "body": body }],
+                        });
+                        let id = PolicyId::new(format!("assumption:{}@{name}", a.id));
+                        let Ok(policy) = Policy::from_json(Some(id), policy) else {
+                            continue;
+                        };
+                        // A path the condition does not type-check on (a set, an optional
+                        // attribute) is left out: assuming less stays sound.
+                        let mut one = PolicySet::new();
+                        if one.add(policy.clone()).is_err() {
+                            continue;
+                        }
+                        let checked = Validator::new(self.schema.clone())
+                            .validate(&one, ValidationMode::Strict);
+                        if checked.validation_errors().next().is_none() {
+                            let _ = set.add(policy);
+                        }
+                    }
+                }
+            }
+            if set.policies().next().is_some() {
+                self.assumed.insert(env_key(env), set);
+            }
+        }
+    }
+
+    /// [`Prover::implies`] for the data the store can hold: when `a` allows a request `b`
+    /// denies, asked again with the assumptions on `a`'s side.
+    pub async fn implies_assuming(
+        &mut self,
+        a: &Named<'_>,
+        b: &Named<'_>,
+        env: &RequestEnv,
+        what: &str,
+    ) -> Result<Option<Counterexample>, AnalysisError> {
+        let plain = self.implies(a, b, env, what).await?;
+        let Some(forbids) = self.assumed.get(&env_key(env)).filter(|_| plain.is_some()) else {
+            return Ok(plain);
+        };
+        let mut set = a.set.clone();
+        for p in forbids.policies() {
+            set.add(p.clone()).map_err(|e| symcc(what, e))?;
+        }
+        let assumed = Named::new(&format!("{}+assumed", a.name), &set);
+        self.implies(&assumed, b, env, what).await
+    }
+
+    /// [`Prover::implies`] with the assumptions on `a`'s side from the start (for a query that
+    /// is not expected to hold without them).
+    pub async fn assumed_implies(
+        &mut self,
+        a: &Named<'_>,
+        b: &Named<'_>,
+        env: &RequestEnv,
+        what: &str,
+    ) -> Result<Option<Counterexample>, AnalysisError> {
+        let Some(forbids) = self.assumed.get(&env_key(env)) else {
+            return self.implies(a, b, env, what).await;
+        };
+        let mut set = a.set.clone();
+        for p in forbids.policies() {
+            set.add(p.clone()).map_err(|e| symcc(what, e))?;
+        }
+        let assumed = Named::new(&format!("{}+assumed", a.name), &set);
+        self.implies(&assumed, b, env, what).await
+    }
+
+    /// [`Prover::always_denies`] for the data the store can hold.
+    pub async fn always_denies_assuming(
+        &mut self,
+        a: &Named<'_>,
+        env: &RequestEnv,
+        what: &str,
+    ) -> Result<Option<Counterexample>, AnalysisError> {
+        let plain = self.always_denies(a, env, what).await?;
+        let Some(forbids) = self.assumed.get(&env_key(env)).filter(|_| plain.is_some()) else {
+            return Ok(plain);
+        };
+        let mut set = a.set.clone();
+        for p in forbids.policies() {
+            set.add(p.clone()).map_err(|e| symcc(what, e))?;
+        }
+        let assumed = Named::new(&format!("{}+assumed", a.name), &set);
+        self.always_denies(&assumed, env, what).await
     }
 
     /// The environments of these actions (all environments when `actions` is empty).
@@ -466,6 +695,24 @@ impl<'s> Prover<'s> {
             }
             Some(env) => Counterexample::from_env(&env, what).map(Some),
         }
+    }
+}
+
+/// `expr` with every `resource` replaced by `path`.
+fn substitute(expr: &Value, path: &Value) -> Value {
+    match expr {
+        Value::Object(map) => {
+            if map.get("Var").and_then(Value::as_str) == Some("resource") {
+                return path.clone();
+            }
+            Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), substitute(v, path)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, path)).collect()),
+        other => other.clone(),
     }
 }
 

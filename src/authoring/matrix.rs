@@ -2,12 +2,16 @@
 //! suites). What to ask is data: `policies/matrix.toml` names the tables, their columns (a
 //! principal each, highest first) and their rows (action, resource, context).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use cedar_policy::{PolicySet, ValidationMode, Validator};
 use serde::Deserialize;
 use serde_json::Value;
+use std::str::FromStr;
 
+use crate::analysis::TableClaim;
 use crate::authoring::suite::short_uid;
 use crate::engine::decide::Decision;
 use crate::engine::index::EntityStore;
@@ -63,6 +67,10 @@ struct TableSpec {
 struct Column {
     name: String,
     principal: String,
+    /// What the column stands for, for all data: per resource type (as rows name it), a Cedar
+    /// condition on `principal` and `resource`. The gate proves each row's `allowed` with it.
+    #[serde(default)]
+    holds: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,10 +83,32 @@ struct RowSpec {
     note: String,
     #[serde(default)]
     context: Option<toml::Table>,
+    /// The columns the row allows (the rest it denies): checked on the fixture, and proved for
+    /// all data under the pack's assumptions with the columns' `holds` conditions.
+    #[serde(default)]
+    allowed: Option<Vec<String>>,
+    /// The situation the row stands for, as a Cedar condition (for the proof); without it,
+    /// the row's context members that are strings, numbers or booleans, each `==` its value.
+    #[serde(default)]
+    given: Option<String>,
 }
 
 /// Computes the matrix and renders it as Markdown.
 pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
+    compute(pack).map(|(text, _)| text)
+}
+
+/// The rows whose cells on the fixture differ from the columns they say they allow, each in
+/// words (empty: every row's `allowed` is what the policies answer). No file, no rows.
+pub fn unexpected(pack: &PolicyPack) -> Result<Vec<String>, MatrixError> {
+    if !pack.spec.dir.join(MATRIX_FILE).is_file() {
+        return Ok(Vec::new());
+    }
+    compute(pack).map(|(_, unexpected)| unexpected)
+}
+
+/// The rendered matrix and the rows that differ from their `allowed`.
+fn compute(pack: &PolicyPack) -> Result<(String, Vec<String>), MatrixError> {
     let dir = &pack.spec.dir;
     let path = dir.join(MATRIX_FILE);
     let spec: MatrixFile = read_toml(&path)?;
@@ -100,10 +130,30 @@ pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
          column is allowed too.",
         spec.entities
     );
+    let mut unexpected = Vec::new();
     for table in &spec.tables {
-        render_table(pack, &store, &path, &spec.namespace, table, &mut out)?;
+        let mut cx = TableOut {
+            out: &mut out,
+            unexpected: &mut unexpected,
+        };
+        render_table(pack, &store, &path, &spec.namespace, table, &mut cx)?;
     }
-    Ok(out)
+    Ok((out, unexpected))
+}
+
+/// Where a table's rendering goes.
+struct TableOut<'a> {
+    out: &'a mut String,
+    unexpected: &'a mut Vec<String>,
+}
+
+/// How the gate and failures name a row: `editWiki` or `deleteRecord (own record)`.
+fn row_name(row: &RowSpec) -> String {
+    if row.note.is_empty() {
+        row.action.clone()
+    } else {
+        format!("{} ({})", row.action, row.note)
+    }
 }
 
 fn render_table(
@@ -112,8 +162,9 @@ fn render_table(
     path: &Path,
     namespace: &str,
     table: &TableSpec,
-    out: &mut String,
+    cx: &mut TableOut<'_>,
 ) -> Result<(), MatrixError> {
+    let out = &mut *cx.out;
     let _ = writeln!(out, "\n## {}\n", table.title);
     if !table.intro.is_empty() {
         let _ = writeln!(out, "{}\n", table.intro.trim());
@@ -178,6 +229,30 @@ fn render_table(
             cells.push(d);
         }
         let allowed: Vec<bool> = cells.iter().map(|d| d.allow).collect();
+        if let Some(expected) = &row.allowed {
+            for name in expected {
+                if !names.contains(&name.as_str()) {
+                    return Err(err(format!("allowed: `{name}` is not a column")));
+                }
+            }
+            for (name, got) in names.iter().zip(&allowed) {
+                let want = expected.iter().any(|e| e == name);
+                if want != *got {
+                    let (policies, table_says) = if *got {
+                        ("allow", "denies")
+                    } else {
+                        ("deny", "allows")
+                    };
+                    cx.unexpected.push(format!(
+                        "{}: table `{}`, row `{}`: on the fixture the policies {policies} \
+                         column `{name}`, the table {table_says} it",
+                        MATRIX_FILE,
+                        table.title,
+                        row_name(row),
+                    ));
+                }
+            }
+        }
         let lowest = lowest(&names, &allowed);
         let allowed_by = policy_list(cells.iter().filter(|d| d.allow));
         let denied_by = policy_list(cells.iter().filter(|d| !d.allow));
@@ -243,4 +318,118 @@ pub fn diff(expected: &str, actual: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Each row with `allowed`, as claims the analysis proves for all data: an ALLOW of the row's
+/// action in the row's situation (`given`) implies one of its allowed columns' conditions,
+/// and each allowed column's condition (in that situation) implies an ALLOW. A table file
+/// without `allowed` rows claims nothing.
+pub fn claims(pack: &PolicyPack) -> Result<Vec<TableClaim>, MatrixError> {
+    let path = pack.spec.dir.join(MATRIX_FILE);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let spec: MatrixFile = read_toml(&path)?;
+    let mut out = Vec::new();
+    for table in &spec.tables {
+        for row in &table.rows {
+            let Some(allowed) = &row.allowed else {
+                continue;
+            };
+            let err = |message: String| MatrixError::Row {
+                path: path.clone(),
+                table: table.title.clone(),
+                row: row_name(row),
+                message,
+            };
+            let ns = &spec.namespace;
+            let resource =
+                short_uid(&row.resource.replace("{principal}", "someone"), ns).map_err(err)?;
+            let principal =
+                short_uid(&format!("{}::someone", table.principal_type), ns).map_err(err)?;
+            let action = request::parse_action(pack, request::action_id(&row.action))
+                .map_err(|e| err(e.to_string()))?;
+            let short_type = resource.type_name().basename().to_string();
+            let holds = |name: &str| -> Result<String, MatrixError> {
+                let col = table
+                    .columns
+                    .iter()
+                    .find(|c| c.name == name)
+                    .ok_or_else(|| err(format!("allowed: `{name}` is not a column")))?;
+                col.holds.get(&short_type).cloned().ok_or_else(|| {
+                    err(format!(
+                        "column `{name}` says nothing of what it holds on a {short_type} \
+                         (`holds = {{ {short_type} = \"<Cedar condition>\" }}`)"
+                    ))
+                })
+            };
+            let given = match &row.given {
+                Some(g) => g.clone(),
+                None => context_given(row.context.as_ref()),
+            };
+            let scope = format!(
+                "permit (principal is {}, action == {action}, resource is {})",
+                principal.type_name(),
+                resource.type_name()
+            );
+            let policy = |what: &str, condition: String| -> Result<PolicySet, MatrixError> {
+                let text = format!("{scope} when {{ {condition} }};");
+                let set = PolicySet::from_str(&text)
+                    .map_err(|e| err(format!("{what} does not parse: {e}")))?;
+                let checked =
+                    Validator::new(pack.schema.clone()).validate(&set, ValidationMode::Strict);
+                if let Some(e) = checked.validation_errors().next() {
+                    return Err(err(format!("{what} does not validate: {e}")));
+                }
+                Ok(set)
+            };
+            let mut any = Vec::new();
+            let mut at_least = Vec::new();
+            for name in allowed {
+                let h = holds(name)?;
+                at_least.push((
+                    name.clone(),
+                    policy(
+                        &format!("column `{name}`'s condition"),
+                        format!("({given}) && ({h})"),
+                    )?,
+                ));
+                any.push(format!("({h})"));
+            }
+            let bound = if any.is_empty() {
+                format!("!({given})")
+            } else {
+                format!("!({given}) || {}", any.join(" || "))
+            };
+            out.push(TableClaim {
+                row: format!("table `{}`, row `{}`", table.title, row_name(row)),
+                allowed: allowed.clone(),
+                principal_type: principal.type_name().clone(),
+                action,
+                resource_type: resource.type_name().clone(),
+                at_most: policy("the row's `given`", bound)?,
+                at_least,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A row's situation from its context: each string, number or boolean member `==` its value.
+fn context_given(context: Option<&toml::Table>) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in context.into_iter().flatten() {
+        let literal = match v {
+            toml::Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => continue,
+        };
+        parts.push(format!("context[{}] == {literal}", serde_json::json!(k)));
+    }
+    if parts.is_empty() {
+        "true".to_string()
+    } else {
+        parts.join(" && ")
+    }
 }

@@ -1,5 +1,6 @@
-//! `blue-authz analyze`: prove the pack's invariants for all data its schema allows, print
-//! each result with its time and, for a failure, a counterexample `check` takes.
+//! `blue-authz analyze`: prove the pack's invariants and the rows of its permission table
+//! (`matrix.toml`) for all data its schema and its data assumptions allow, print each result
+//! with its time and, for a failure, a counterexample `check` takes.
 
 use std::path::PathBuf;
 
@@ -22,7 +23,15 @@ pub fn run(spec: &PackSpec, args: AnalyzeCommand) -> Result<Exit, AnyError> {
     let Some(pack) = load_or_report(spec)? else {
         return Ok(Exit::Problems);
     };
-    let report = analysis::analyze(&pack)?;
+    let table = crate::authoring::matrix::claims(&pack)?;
+    for a in &pack.entities.assumptions {
+        println!(
+            "assuming {} ({})",
+            a.id,
+            a.condition.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    let report = analysis::analyze(&pack, &table)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
     }
@@ -30,7 +39,17 @@ pub fn run(spec: &PackSpec, args: AnalyzeCommand) -> Result<Exit, AnyError> {
     for f in &report.findings {
         let file = match (&args.out, &f.counterexample) {
             (Some(dir), Some(c)) => {
-                let path = dir.join(format!("{}.json", f.id.replace(':', "_")));
+                let name: String =
+                    f.id.chars()
+                        .map(|c| {
+                            if c.is_alphanumeric() || c == '.' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                let path = dir.join(format!("{name}.json"));
                 std::fs::write(&path, serde_json::to_string_pretty(&c.entities)?)?;
                 Some(path.display().to_string())
             }
@@ -67,6 +86,8 @@ pub fn run(spec: &PackSpec, args: AnalyzeCommand) -> Result<Exit, AnyError> {
                 "holds": report.holds(),
                 "findings": out,
                 "never_errors_policies": report.never_errors_policies,
+                "table_rows": report.table_rows,
+                "assumed": pack.entities.assumptions.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
                 "elapsed_ms": report.elapsed.as_millis() as u64,
             }))?
         );

@@ -17,6 +17,10 @@ pub struct DiffCommand {
     /// Print the difference as one JSON document.
     #[arg(long)]
     json: bool,
+    /// Compare for every store the schema allows, not only the data the new pack's
+    /// `assumptions.toml` lets the store hold (for example role groups that are not chained).
+    #[arg(long)]
+    unassumed: bool,
 }
 
 pub fn run(overlays: &[String], args: DiffCommand) -> Result<Exit, AnyError> {
@@ -29,7 +33,12 @@ pub fn run(overlays: &[String], args: DiffCommand) -> Result<Exit, AnyError> {
     ) else {
         return Ok(Exit::Problems);
     };
-    let report = analysis::diff(&old, &new)?;
+    let data = if args.unassumed {
+        analysis::Data::Unassumed
+    } else {
+        analysis::Data::Assumed
+    };
+    let report = analysis::diff(&old, &new, data)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
@@ -45,8 +54,13 @@ pub fn run(overlays: &[String], args: DiffCommand) -> Result<Exit, AnyError> {
                 );
             }
         }
+        let assumed = if report.assumed.is_empty() {
+            "for every store the schema allows".to_string()
+        } else {
+            format!("assuming {}", report.assumed.join(", "))
+        };
         println!(
-            "{} action(s) changed, {} unchanged ({:.1} s)",
+            "{} action(s) changed, {} unchanged, {assumed} ({:.1} s)",
             report.changed_actions().len(),
             report.unchanged.len(),
             report.elapsed.as_secs_f64()

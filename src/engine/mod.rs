@@ -16,6 +16,7 @@
 //! Nothing here imports tonic, prost, tokio, redb or any other transport or storage crate
 //! (`tests/architecture.rs` checks it).
 
+pub mod assume;
 pub mod compiled;
 pub mod decide;
 pub mod error;

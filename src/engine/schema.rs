@@ -19,6 +19,8 @@ pub struct EntitySchema {
     actions: HashMap<EntityUid, HashSet<EntityUid>>,
     /// What a `delete_owned` takes with it (the pack's `lifecycle.toml`).
     pub lifecycle: Lifecycle,
+    /// What every write must leave true of the data (the pack's `assumptions.toml`).
+    pub assumptions: Vec<crate::engine::assume::Assumption>,
 }
 
 impl EntitySchema {
@@ -42,6 +44,7 @@ impl EntitySchema {
             entity_attrs,
             actions,
             lifecycle: Lifecycle::default(),
+            assumptions: Vec::new(),
         }
     }
 
@@ -85,6 +88,32 @@ impl EntitySchema {
             names(&closed),
             names(declared)
         )))
+    }
+
+    /// The attributes of `ty` that hold entities (or sets of them), with their entity type.
+    pub fn entity_attrs_of(&self, ty: &EntityTypeName) -> Vec<(&str, &EntityTypeName)> {
+        let mut out: Vec<(&str, &EntityTypeName)> = self
+            .entity_attrs
+            .get(ty)
+            .into_iter()
+            .flatten()
+            .map(|(a, t)| (a.as_str(), t))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `types` and every type the schema lets be an ancestor of one of them.
+    pub fn with_ancestor_types(&self, types: &[&EntityTypeName]) -> HashSet<EntityTypeName> {
+        let mut out: HashSet<EntityTypeName> = HashSet::new();
+        let mut queue: Vec<EntityTypeName> = types.iter().map(|t| (*t).clone()).collect();
+        while let Some(t) = queue.pop() {
+            if let Some(parents) = self.parent_types.get(&t) {
+                queue.extend(parents.iter().filter(|p| !out.contains(*p)).cloned());
+            }
+            out.insert(t);
+        }
+        out
     }
 
     /// The entity type an attribute of `ty` holds (itself, or as a set's elements), if it

@@ -1,6 +1,8 @@
 //! The gate every policy pack passes before it serves, at start-up and at every reload alike:
 //! it loads (parse, `@id` naming, strict validation against the schema), its own test suites
-//! all pass, and its invariants are proved for all data (`invariants.toml`, with cvc5; without
+//! all pass and its permission table's rows (`matrix.toml`) answer as the table says on its
+//! fixture, and its invariants and table rows are proved for all data its assumptions allow
+//! (`invariants.toml`, `assumptions.toml`, with cvc5; without
 //! the solver, [`Analysis`] says whether the pack is refused or loads with the analysis
 //! plainly skipped). Stored data's conformance to a changed schema is checked where the data
 //! is (start-up's load, `State::swap_pack_checked`). Fail closed: no gated pack, no ALLOW.
@@ -8,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::analysis::{self, AnalysisError};
+use crate::authoring::matrix::{self, MatrixError};
 use crate::authoring::suite::{self, SuiteError};
 use crate::engine::error::LoadError;
 use crate::engine::pack::{PackSpec, PolicyPack};
@@ -33,6 +36,13 @@ pub enum GateError {
         version: String,
         #[source]
         error: SuiteError,
+    },
+    /// The permission table (`matrix.toml`) cannot be read or evaluated.
+    #[error("permission table of version {version}: {error}")]
+    Table {
+        version: String,
+        #[source]
+        error: MatrixError,
     },
     /// Cases that failed (each described), and the tally.
     #[error("policy tests of version {version} failed: {summary}")]
@@ -100,6 +110,7 @@ impl GateError {
         match self {
             GateError::Load(_) => None,
             GateError::Suites { version, .. }
+            | GateError::Table { version, .. }
             | GateError::Failed { version, .. }
             | GateError::Invariants { version, .. }
             | GateError::Analysis { version, .. } => Some(version),
@@ -118,7 +129,11 @@ pub fn load(spec: &PackSpec, analysis: Analysis) -> Result<Arc<PolicyPack>, Gate
 pub fn check(pack: Arc<PolicyPack>, analysis: Analysis) -> Result<Arc<PolicyPack>, GateError> {
     let pack = check_suites(pack)?;
     let version = pack.version.clone();
-    let said = match analysis::analyze(&pack) {
+    let table = matrix::claims(&pack).map_err(|error| GateError::Table {
+        version: version.clone(),
+        error,
+    })?;
+    let said = match analysis::analyze(&pack, &table) {
         Ok(report) if report.holds() => {
             let summary = report.summary();
             tracing::info!(%version, "invariants proved: {summary}");
@@ -148,7 +163,12 @@ fn check_suites(pack: Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
         version: version.clone(),
         error,
     })?;
-    let failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
+    let mut failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
+    // The permission table's rows, on its fixture, say what the policies answer.
+    failures.extend(matrix::unexpected(&pack).map_err(|error| GateError::Table {
+        version: version.clone(),
+        error,
+    })?);
     if !failures.is_empty() {
         return Err(GateError::Failed {
             version,

@@ -237,11 +237,11 @@ impl Reloader {
     }
 }
 
-/// Logs what `new` decides differently from `old`, for all data, in words (when the solver
+/// Logs what `new` decides differently from `old`, for the data its assumptions allow, in words (when the solver
 /// is there; without it, says that no semantic diff was made).
 fn log_semantic_diff(old: &PolicyPack, new: &PolicyPack) {
     let (from, to) = (old.version.as_str(), new.version.as_str());
-    match crate::analysis::diff(old, new) {
+    match crate::analysis::diff(old, new, crate::analysis::Data::Assumed) {
         Ok(report) => {
             for line in report.lines() {
                 tracing::info!(from, to, "policy change: {line}");

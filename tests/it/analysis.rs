@@ -65,12 +65,28 @@ fn load(dir: &Path, overlays: &[&str]) -> std::sync::Arc<PolicyPack> {
 }
 
 /// The decision path's answer for the counterexample's request on its own entities (what
-/// `blue-authz check` prints).
+/// `blue-authz check` prints); the entities must be data the store can hold (the pack's
+/// assumptions are enforced as they load).
 fn check(pack: &PolicyPack, c: &Counterexample) -> bool {
+    check_on(pack, c, &pack.entities)
+}
+
+/// [`check`] for a counterexample about any data the schema allows (`Data::Unassumed`).
+fn check_any_data(pack: &PolicyPack, c: &Counterexample) -> bool {
+    let mut schema = pack.entities.clone();
+    schema.assumptions.clear();
+    check_on(pack, c, &schema)
+}
+
+fn check_on(
+    pack: &PolicyPack,
+    c: &Counterexample,
+    schema: &blue_authz::engine::schema::EntitySchema,
+) -> bool {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("entities.json");
     std::fs::write(&file, c.entities.to_string()).unwrap();
-    let store = EntityStore::load_file(&file, &pack.entities).unwrap_or_else(|e| {
+    let store = EntityStore::load_file(&file, schema).unwrap_or_else(|e| {
         panic!(
             "the counterexample's entities do not load: {e}\n{}",
             c.entities
@@ -126,13 +142,24 @@ fn blue_invariants_hold_for_all_data() {
     let pack = load(&live_pack(), &[]);
     assert!(pack.invariants.declared);
     assert_eq!(pack.invariants.list.len(), 8);
-    let report = analysis::analyze(&pack).unwrap();
+    let table = blue_authz::authoring::matrix::claims(&pack).unwrap();
+    assert_eq!(
+        table.len(),
+        38,
+        "every row of matrix.toml says what it allows"
+    );
+    let report = analysis::analyze(&pack, &table).unwrap();
     for f in &report.findings {
         println!("{}", f.line());
     }
     println!("{}", report.summary());
     assert!(report.holds(), "{:#?}", report.failed());
-    assert_eq!(report.findings.len(), 8, "one finding per invariant");
+    assert_eq!(
+        report.findings.len(),
+        8 + 38,
+        "one finding per invariant and per table row"
+    );
+    assert_eq!(report.table_rows, 38);
     assert_eq!(
         report.never_errors_policies,
         pack.policies.policies().count()
@@ -159,7 +186,7 @@ fn each_mutation_fails_its_invariant_with_a_counterexample_check_confirms() {
         let (_tmp, dir) = copy();
         mutate(&dir);
         let pack = load(&dir, overlays);
-        let report = analysis::analyze(&pack).unwrap();
+        let report = analysis::analyze(&pack, &[]).unwrap();
         let failed: Vec<&str> = report.failed().iter().map(|f| f.id.as_str()).collect();
         assert_eq!(
             failed,
@@ -192,7 +219,7 @@ fn diff_names_exactly_the_changed_actions() {
         return;
     }
     let good = load(&pack(), &[]);
-    let same = analysis::diff(&good, &good).unwrap();
+    let same = analysis::diff(&good, &good, analysis::Data::Assumed).unwrap();
     assert!(same.changed.is_empty(), "{:#?}", same.changed);
     assert_eq!(same.unchanged.len(), good.schema.request_envs().count());
 
@@ -212,7 +239,7 @@ fn diff_names_exactly_the_changed_actions() {
         let before = load(&dir, overlays);
         mutate(&dir);
         let after = load(&dir, overlays);
-        let d = analysis::diff(&before, &after).unwrap();
+        let d = analysis::diff(&before, &after, analysis::Data::Unassumed).unwrap();
         assert_eq!(
             d.changed_actions(),
             vec![action.to_string()],
@@ -229,8 +256,8 @@ fn diff_names_exactly_the_changed_actions() {
         if let Some(denied) = &change.newly_denied {
             println!("{}", denied.words);
             assert!(denied.words.contains("may no longer"), "{}", denied.words);
-            assert!(!check(&after, &denied.counterexample));
-            assert!(check(&before, &denied.counterexample));
+            assert!(!check_any_data(&after, &denied.counterexample));
+            assert!(check_any_data(&before, &denied.counterexample));
         }
         println!("{}", allowed.words);
         assert!(allowed.words.contains(verb), "{}", allowed.words);
@@ -240,8 +267,8 @@ fn diff_names_exactly_the_changed_actions() {
             allowed.words
         );
         // The counterexample is real: the new set allows it, the old one denies it.
-        assert!(check(&after, &allowed.counterexample));
-        assert!(!check(&before, &allowed.counterexample));
+        assert!(check_any_data(&after, &allowed.counterexample));
+        assert!(!check_any_data(&before, &allowed.counterexample));
         // And as JSON for CI.
         let json = d.to_json();
         assert_eq!(json["changed"][0]["action"], action);
@@ -249,14 +276,20 @@ fn diff_names_exactly_the_changed_actions() {
     }
 }
 
-/// The suite updated as a careless author would, so that the tests pass and only the
-/// invariant stands between the mutation and production.
+/// The suite and the table updated as a careless author would, so that the tests pass, the
+/// table says clients may delete projects, and only the invariant stands between the mutation
+/// and production.
 fn client_deletes_with_tests_updated(dir: &Path) {
     client_deletes(dir);
     edit(
         &dir.join("tests/project.toml"),
         "expect = { ada = \"allow project.delete\", max = \"deny\", cleo = \"deny\",",
         "expect = { ada = \"allow project.delete\", max = \"allow project.delete\", cleo = \"allow project.delete\",",
+    );
+    edit(
+        &dir.join("matrix.toml"),
+        "action = \"deleteProject\"\nresource = \"Project::apollo\"\nallowed = [\"admin\"]",
+        "action = \"deleteProject\"\nresource = \"Project::apollo\"\nallowed = [\"admin\", \"member\", \"client\"]",
     );
 }
 
@@ -465,4 +498,171 @@ async fn without_the_solver_optional_serves_and_says_so_and_required_refuses() {
         s.live_analysis
     );
     assert!(s.live_analysis.contains("cvc5"), "{}", s.live_analysis);
+}
+
+/// Widening editWiki from members to clients.
+fn wiki_for_clients(dir: &Path) {
+    edit(
+        &dir.join("project.cedar"),
+        "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };",
+        "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.client };",
+    );
+}
+
+/// Under Blue's declared assumptions (each project's role groups are chained), widening
+/// editWiki from members to clients is a pure gain; for every store the schema allows
+/// (`--unassumed`), it also takes the right from an admin outside an unchained client group.
+#[test]
+fn diff_of_a_widening_reports_only_gains_under_the_packs_assumptions() {
+    if !solver_or_skip("diff_of_a_widening_reports_only_gains") {
+        return;
+    }
+    let (_tmp, dir) = copy();
+    let before = load(&dir, &[]);
+    assert_eq!(
+        before
+            .entities
+            .assumptions
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "project.rolesChained",
+            "company.rolesChained",
+            "dashboard.editorsAreViewers"
+        ]
+    );
+    wiki_for_clients(&dir);
+    let after = load(&dir, &[]);
+
+    let assumed = analysis::diff(&before, &after, analysis::Data::Assumed).unwrap();
+    println!("{:#?}", assumed.lines());
+    assert_eq!(assumed.changed_actions(), ["editWiki"]);
+    let change = &assumed.changed[0];
+    let gain = change
+        .newly_allowed
+        .as_ref()
+        .expect("clients gain editWiki");
+    assert!(gain.words.contains("may now"), "{}", gain.words);
+    assert!(
+        change.newly_denied.is_none(),
+        "a loss reported under the assumptions: {}",
+        change.newly_denied.as_ref().unwrap().words
+    );
+    // The gain's counterexample is data the store can hold: it loads with the assumptions
+    // enforced, and the decision path confirms it.
+    assert!(check(&after, &gain.counterexample));
+    assert!(!check(&before, &gain.counterexample));
+    assert_eq!(assumed.to_json()["assumed"].as_array().unwrap().len(), 3);
+
+    let unassumed = analysis::diff(&before, &after, analysis::Data::Unassumed).unwrap();
+    let loss = unassumed.changed[0]
+        .newly_denied
+        .as_ref()
+        .expect("for all data, an unchained store loses someone");
+    println!("{}", loss.words);
+    assert!(loss.words.contains("may no longer"), "{}", loss.words);
+    assert!(unassumed.assumed.is_empty());
+}
+
+/// Drops every case of `action` from a suite file, as an author who "fixes" the failing tests.
+fn drop_cases(path: &Path, action: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    for (i, block) in text.split("[[test]]").enumerate() {
+        if i > 0 && block.contains(&format!("action = \"{action}\"")) {
+            continue;
+        }
+        if i > 0 {
+            out.push_str("[[test]]");
+        }
+        out.push_str(block);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+const VIEWERS_DELETE: &str = "\n@id(\"record.deleteByViewers\")\npermit (\n  principal is Blue::User,\n  action == Blue::Action::\"deleteRecord\",\n  resource is Blue::Record\n)\nwhen { principal in resource.project.view };\n";
+
+fn add_policy(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    let mut all = std::fs::read_to_string(&path).unwrap();
+    all.push_str(text);
+    std::fs::write(path, all).unwrap();
+}
+
+/// The permission table is part of the gate: a permit that lets view users delete records,
+/// with the suites "fixed" to pass, is refused naming the table row, both when the table's
+/// fixture shows it and when only the proof for all data can; once `matrix.toml` says so (a
+/// visible change), the same pack passes.
+#[test]
+fn the_gate_refuses_a_change_to_who_may_do_what_that_the_table_does_not_show() {
+    use blue_authz::service::gate::{self, Analysis};
+    if !solver_or_skip("the_gate_refuses_a_change_to_who_may_do_what") {
+        return;
+    }
+    const ROW: &str = "row `deleteRecord (any record)`";
+
+    // Seen on the fixture: vic (view) may now delete apollo-task.
+    let (_tmp, dir) = copy();
+    add_policy(&dir, "records.cedar", VIEWERS_DELETE);
+    drop_cases(&dir.join("tests/records.toml"), "deleteRecord");
+    let suites = blue_authz::authoring::suite::run(&PackSpec::new(&dir, &[])).unwrap();
+    assert!(suites.failed().is_empty(), "{}", suites.summary());
+    let refused = gate::load(&PackSpec::new(&dir, &[]), Analysis::Required)
+        .expect_err("view users deleting records passed the gate");
+    let reasons = refused.reasons().join("\n");
+    println!("{reasons}");
+    assert!(reasons.contains(ROW), "{reasons}");
+    assert!(
+        reasons.contains("on the fixture the policies allow column `view`, the table denies it"),
+        "{reasons}"
+    );
+
+    // Only the proof can see it: viewers may delete the records of a user the fixture does
+    // not hold, which no suite case or table row asks about.
+    let (_tmp2, dir2) = copy();
+    add_policy(
+        &dir2,
+        "records.cedar",
+        &VIEWERS_DELETE.replace(
+            "principal in resource.project.view",
+            "principal in resource.project.view && resource.creator == Blue::User::\"mallory\"",
+        ),
+    );
+    let suites = blue_authz::authoring::suite::run(&PackSpec::new(&dir2, &[])).unwrap();
+    assert!(suites.failed().is_empty(), "{}", suites.summary());
+    let refused = gate::load(&PackSpec::new(&dir2, &[]), Analysis::Required)
+        .expect_err("the unseen grant passed the gate");
+    let reasons = refused.reasons().join("\n");
+    println!("{reasons}");
+    assert!(
+        reasons.contains(&format!(
+            "matrix table `Projects and companies (SPEC.md section 2)`, {ROW} fails"
+        )),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("no allowed column (admin, member)"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("counterexample {"), "{reasons}");
+
+    // The visible change: the table now says every role may delete any record, its own too.
+    for d in [&dir, &dir2] {
+        edit(
+            &d.join("matrix.toml"),
+            "given = \"resource.creator != principal\"\nallowed = [\"admin\", \"member\"]",
+            "given = \"resource.creator != principal\"\nallowed = [\"admin\", \"member\", \"client\", \"comment\", \"view\"]",
+        );
+        edit(
+            &d.join("matrix.toml"),
+            "given = \"resource.creator == principal\"\nallowed = [\"admin\", \"member\", \"client\"]",
+            "given = \"resource.creator == principal\"\nallowed = [\"admin\", \"member\", \"client\", \"comment\", \"view\"]",
+        );
+    }
+    gate::load(&PackSpec::new(&dir, &[]), Analysis::Required)
+        .expect("the table says view users may delete any record");
+    let still = gate::load(&PackSpec::new(&dir2, &[]), Analysis::Required)
+        .expect_err("mallory's records only: the fixture's row denies client, comment and view");
+    assert!(still.reasons().join("\n").contains(ROW));
 }

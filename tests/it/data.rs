@@ -1579,3 +1579,107 @@ fn import_refuses_dangling_parents_and_cycles_and_writes_nothing() {
         "{text}"
     );
 }
+
+/// The pack's data assumptions (`assumptions.toml`) are enforced on writes: a batch that would
+/// unchain a project's role groups is refused with INVALID_ARGUMENT naming the assumption and
+/// the project, and nothing of it is written; a batch that writes a new project whose groups
+/// are chained goes through, as do the ordinary membership writes and `delete_owned`.
+#[tokio::test]
+async fn writes_that_break_a_data_assumption_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(dir.path()).await;
+    let before = write(
+        &mut n.data,
+        vec![edge(true, (USER, "gus"), (ROLE, "apollo/view"))],
+    )
+    .await;
+    let refused = n
+        .data
+        .write_entities(pb::WriteEntitiesRequest {
+            ops: vec![
+                edge(true, (USER, "zed"), (ROLE, "apollo/view")),
+                edge(false, (ROLE, "apollo/admin"), (ROLE, "apollo/member")),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unchained project was written");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let m = refused.message();
+    assert!(m.contains("project.rolesChained"), "{m}");
+    assert!(m.contains(r#"Blue::Project::"apollo""#), "{m}");
+    assert!(m.contains("admin in member in client"), "{m}");
+    // Nothing of the batch was written: the revision did not move and admins are still members.
+    let now = write(
+        &mut n.data,
+        vec![edge(true, (USER, "gus"), (ROLE, "apollo/view"))],
+    )
+    .await;
+    assert_eq!(now, before + 1, "the refused batch took no revision");
+    assert!(
+        allowed(
+            &mut n.decisions,
+            ask("ada", "editWiki", "Blue::Project", "apollo", ""),
+            now
+        )
+        .await
+    );
+
+    // A new project whose groups are chained, written in one batch, goes through; one whose
+    // groups are not is refused.
+    let role = |id: &str, parent: (&str, &str)| {
+        upsert(
+            serde_json::json!({"uid": {"type": ROLE, "id": id}, "attrs": {}, "parents": [{"type": parent.0, "id": parent.1}]}),
+        )
+    };
+    let project = |id: &str| {
+        let r =
+            |k: &str| serde_json::json!({"__entity": {"type": ROLE, "id": format!("{id}/{k}")}});
+        upsert(
+            serde_json::json!({"uid": {"type": "Blue::Project", "id": id}, "attrs": {
+            "company": {"__entity": {"type": "Blue::Company", "id": "acme"}},
+            "admin": r("admin"), "member": r("member"), "client": r("client"),
+            "comment": r("comment"), "view": r("view")}, "parents": []}),
+        )
+    };
+    let chained = |id: &str, admin_parent: &str| {
+        vec![
+            project(id),
+            role(&format!("{id}/view"), ("Blue::Project", id)),
+            role(&format!("{id}/comment"), (ROLE, &format!("{id}/view"))),
+            role(&format!("{id}/client"), (ROLE, &format!("{id}/comment"))),
+            role(&format!("{id}/member"), (ROLE, &format!("{id}/client"))),
+            role(
+                &format!("{id}/admin"),
+                (ROLE, &format!("{id}/{admin_parent}")),
+            ),
+        ]
+    };
+    let zeus = write(&mut n.data, chained("zeus", "member")).await;
+    assert_eq!(zeus, now + 1);
+    let bad = n
+        .data
+        .write_entities(pb::WriteEntitiesRequest {
+            // admin's parent is the view group: admin is not in member.
+            ops: chained("hera", "view"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unchained new project was written");
+    assert!(
+        bad.message().contains(r#"Blue::Project::"hera""#),
+        "{}",
+        bad.message()
+    );
+    // delete_owned takes the project with its groups: nothing is left to break the assumption.
+    let gone = write(
+        &mut n.data,
+        vec![pb::WriteOp {
+            op: Some(pb::write_op::Op::DeleteOwned(
+                uid("Blue::Project", "zeus").unwrap(),
+            )),
+        }],
+    )
+    .await;
+    assert_eq!(gone, zeus + 1);
+}

@@ -17,6 +17,7 @@
 //! read), [`reverse`] (the reverse attribute index and what listing reads), [`decode`] (the
 //! start-up decoder).
 
+mod assumed;
 mod decode;
 mod entity;
 mod facts;

@@ -135,7 +135,21 @@ impl EntityStore {
             what: what.clone(),
             source,
         })?;
-        self.prepare_entities(parse_entities(value, schema, &what)?, &what)
+        let prepared = self.prepare_entities(parse_entities(value, schema, &what)?, &what)?;
+        if !schema.assumptions.is_empty() {
+            let chain = Chain::default();
+            let mut working = Working::new(self, &chain);
+            for (uid, json) in &prepared.touched {
+                working.set(uid.clone(), json.clone());
+            }
+            working
+                .check_assumptions(schema, self.is_empty())
+                .map_err(|v| DataError::Invalid {
+                    what: what.clone(),
+                    message: v.to_string(),
+                })?;
+        }
+        Ok(prepared)
     }
 
     /// A batch of already validated upserts; refused if it would close a hierarchy cycle.
@@ -327,6 +341,9 @@ impl EntityStore {
                 }
             }
         }
+        working
+            .check_assumptions(schema, false)
+            .map_err(|v| RequestError::new(Field::Ops(None), v.to_string()))?;
         let prepared = working.finish();
         // The hierarchy as this batch leaves it: the chain's entities it does not touch too.
         let mine: std::collections::HashSet<&EntityUid> =
@@ -476,7 +493,7 @@ impl Chain {
 
 /// The state of a batch being prepared: the final JSON of every touched entity (None:
 /// deleted), over the unchanged store and the batches of a chain before it.
-struct Working<'a> {
+pub(super) struct Working<'a> {
     store: &'a EntityStore,
     chain: &'a Chain,
     touched: HashMap<EntityUid, Option<Value>>,
@@ -491,6 +508,11 @@ impl<'a> Working<'a> {
             touched: HashMap::new(),
             order: Vec::new(),
         }
+    }
+
+    /// The entities this batch touched so far, in order.
+    pub(super) fn touched_uids(&self) -> &[EntityUid] {
+        &self.order
     }
 
     fn set(&mut self, uid: EntityUid, json: Option<Value>) {
@@ -514,7 +536,7 @@ impl<'a> Working<'a> {
         }
     }
 
-    fn json(&self, uid: &EntityUid) -> Option<Value> {
+    pub(super) fn json(&self, uid: &EntityUid) -> Option<Value> {
         match self.written(uid) {
             Some(e) => e.clone(),
             None => self.store.get_json(uid),
@@ -522,14 +544,14 @@ impl<'a> Working<'a> {
     }
 
     /// The entities whose parents include `uid`, as the batch has them so far.
-    fn children(&self, uid: &EntityUid) -> Vec<EntityUid> {
+    pub(super) fn children(&self, uid: &EntityUid) -> Vec<EntityUid> {
         let has_parent = |json: &Value| json_uids(json.get("parents")).contains(uid);
         self.current_among(self.store.stored_children(uid), has_parent)
     }
 
     /// The entities whose attribute `attr` names `uid` (or holds it in a set), as the batch
     /// has them so far.
-    fn holders(&self, attr: &str, uid: &EntityUid) -> Vec<EntityUid> {
+    pub(super) fn holders(&self, attr: &str, uid: &EntityUid) -> Vec<EntityUid> {
         let names = |json: &Value| attr_refs(json, attr).contains(uid);
         self.current_among(self.store.stored_holders(attr, uid), names)
     }

@@ -3,6 +3,7 @@
 //! by action. Every problem is reported with file:line:col and Cedar's own diagnostic.
 
 mod actions;
+mod assumptions;
 mod diagnostics;
 mod files;
 mod invariants;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use self::actions::index_actions;
 pub use self::actions::ActionEntry;
+pub use self::assumptions::ASSUMPTIONS_FILE;
 pub use self::diagnostics::line_col;
 use self::diagnostics::{at_policy_text, diagnostic, Captured};
 pub use self::files::overlay_names;
@@ -198,6 +200,8 @@ impl PolicyPack {
         let mut entities = EntitySchema::new(schema.clone(), &schema_text);
         let (lifecycle, lifecycle_text) = lifecycle::load(dir, &entities)?;
         entities.lifecycle = lifecycle;
+        let (assumed, assumptions_text) = assumptions::load(dir, &schema)?;
+        entities.assumptions = assumed;
         let entity_types = schema
             .entity_types()
             .chain(actions.keys().map(EntityUid::type_name))
@@ -235,6 +239,11 @@ impl PolicyPack {
         )?;
         if let Some(text) = lifecycle_text {
             hasher.update(LIFECYCLE_FILE.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+        }
+        if let Some(text) = assumptions_text {
+            hasher.update(ASSUMPTIONS_FILE.as_bytes());
             hasher.update([0]);
             hasher.update(text.as_bytes());
         }
