@@ -13,7 +13,7 @@ mod words;
 
 pub use counterexample::Counterexample;
 pub use diff::{diff, ActionChange, Change, Data, DiffReport};
-pub use prove::{analyze, Finding, Report, TableClaim};
+pub use prove::{analyze, Finding, Report};
 pub use solver::{solver_path, SOLVER_ENV};
 
 /// Why an analysis could not run to its end (a property that fails is a finding, not this).

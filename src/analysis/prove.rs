@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cedar_policy::{
-    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, RequestEnv, Schema,
-    ValidationMode, Validator,
+    ActionConstraint, EntityUid, Policy, PolicyId, PolicySet, RequestEnv, Schema, ValidationMode,
+    Validator,
 };
 use cedar_policy_symcc::solver::LocalSolver;
 use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet};
@@ -19,27 +19,8 @@ use sha2::{Digest, Sha256};
 use super::counterexample::Counterexample;
 use super::run::block_on;
 use super::{solver, AnalysisError};
-use crate::engine::pack::{PackSpec, PolicyPack, Property, OVERLAY_DIR};
+use crate::engine::pack::{PackSpec, PolicyPack, Property, TableClaim, OVERLAY_DIR};
 use crate::engine::schema::EntitySchema;
-
-/// One row of a pack's permission table (`matrix.toml`), as what the analysis proves of it for
-/// all data the store can hold. Built and validated by the authoring room.
-#[derive(Debug, Clone)]
-pub struct TableClaim {
-    /// How a failure names it: `table `..`, row `deleteRecord (any record)``.
-    pub row: String,
-    /// The columns the row allows.
-    pub allowed: Vec<String>,
-    pub principal_type: EntityTypeName,
-    pub action: EntityUid,
-    pub resource_type: EntityTypeName,
-    /// `permit (..) when { !(given) || <an allowed column's condition> || .. }`: every ALLOW
-    /// of the pack implies it.
-    pub at_most: PolicySet,
-    /// Per allowed column, `permit (..) when { (given) && (its condition) }`: it implies an
-    /// ALLOW of the pack.
-    pub at_least: Vec<(String, PolicySet)>,
-}
 
 /// One proved (or refuted) property.
 #[derive(Debug, Clone)]
@@ -198,6 +179,9 @@ async fn analyze_async(pack: &PolicyPack, table: &[TableClaim]) -> Result<Report
         findings.push(f);
     }
 
+    // The table describes the pack without its overlays (each overlay's effect is its own
+    // invariant's business).
+    let base = base_policies(pack);
     for claim in table {
         let t = Instant::now();
         let mut f = Finding {
@@ -220,7 +204,7 @@ async fn analyze_async(pack: &PolicyPack, table: &[TableClaim]) -> Result<Report
                 "the schema has no such principal, action and resource",
             ));
         };
-        let live = Named::new("pack", &pack.policies);
+        let live = Named::new("base", &base);
         let what = format!("{} on {}", env.action(), env.resource());
         let at_most = Named::new(&format!("{}:at_most", claim.row), &claim.at_most);
         f.queries += 1;

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::str::FromStr;
 
-use crate::analysis::TableClaim;
 use crate::authoring::suite::short_uid;
 use crate::engine::decide::Decision;
 use crate::engine::index::EntityStore;
 use crate::engine::pack::PolicyPack;
+use crate::engine::pack::TableClaim;
 use crate::engine::request;
 use crate::engine::View;
 use crate::files::{read_toml, FileError};
@@ -330,10 +330,27 @@ pub fn claims(pack: &PolicyPack) -> Result<Vec<TableClaim>, MatrixError> {
         return Ok(Vec::new());
     }
     let spec: MatrixFile = read_toml(&path)?;
+    // A table that says what rows allow says it for every row: a row cannot leave the proof
+    // by losing its `allowed`.
+    let says = spec
+        .tables
+        .iter()
+        .flat_map(|t| &t.rows)
+        .any(|r| r.allowed.is_some());
     let mut out = Vec::new();
     for table in &spec.tables {
         for row in &table.rows {
             let Some(allowed) = &row.allowed else {
+                if says {
+                    return Err(MatrixError::Row {
+                        path: path.clone(),
+                        table: table.title.clone(),
+                        row: row_name(row),
+                        message: "says nothing of the columns it allows (`allowed = [..]`), \
+                                  as every other row does"
+                            .into(),
+                    });
+                }
                 continue;
             };
             let err = |message: String| MatrixError::Row {

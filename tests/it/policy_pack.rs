@@ -334,7 +334,17 @@ fn a_flipped_cell_fails_test_and_matrix_check() {
         out.contains("expected: deny") && out.contains("actual:   allow project.editWiki"),
         "{out}"
     );
-    assert!(out.trim_end().ends_with("1 failed"), "{out}");
+    assert!(out.contains(" passed, 1 failed\n"), "{out}");
+    // The permission table's row says members and above: it fails too, named.
+    assert!(
+        out.contains("row `editWiki`: on the fixture the policies allow column `client`"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end()
+            .ends_with("1 row(s) of matrix.toml answer otherwise than the table says"),
+        "{out}"
+    );
 
     let committed = policies().join("../permissions.md");
     let (code, out, _) = run(&["matrix", "--check", committed.to_str().unwrap()], &copy);
@@ -608,7 +618,8 @@ fn shipped_checks_on(dir: &Path) -> (bool, String) {
 
 /// The README's procedure for changing a rule, followed literally on a copy of the project
 /// (the frozen pack, so the edit's text is stable): `editWiki` goes from member and above to
-/// client and above. Validate, update the suite, test, analyze, regenerate the table: the same checks
+/// client and above. Validate, update the suite and the table's row, test, analyze, regenerate
+/// the table: the same checks
 /// `cargo test` makes of the live pack pass on the copy. Skipping the suite's update instead
 /// fails them, naming the suite file and line to update.
 #[test]
@@ -666,9 +677,22 @@ fn the_readme_procedure_for_changing_a_rule_keeps_the_checks_green() {
         expect,
         "expect = { ada = \"allow project.editWiki\", max = \"allow project.editWiki\", cleo = \"allow project.editWiki\"",
     );
+    // `test` now fails on the permission table's row, which still says members and above.
+    let (code, out, _) = run_in(project, &["test"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("row `editWiki`: on the fixture the policies allow column `client`"),
+        "{out}"
+    );
+    // Update the row's `allowed` in matrix.toml, run test.
+    edit(
+        &project.join("policies/matrix.toml"),
+        "action = \"editWiki\"\nresource = \"Project::apollo\"\nallowed = [\"admin\", \"member\"]",
+        "action = \"editWiki\"\nresource = \"Project::apollo\"\nallowed = [\"admin\", \"member\", \"client\"]",
+    );
     let (code, out, _) = run_in(project, &["test"]);
     assert_eq!(code, 0, "{out}");
-    // Run analyze: the invariants still hold.
+    // Run analyze: the invariants still hold, and the table's rows are proved.
     if common::solver_or_skip("the_readme_procedure_for_changing_a_rule_keeps_the_checks_green") {
         let (code, out, err) = run_in(project, &["analyze"]);
         assert_eq!(code, 0, "{out}{err}");
@@ -747,6 +771,61 @@ fn a_lifecycle_rule_the_schema_does_not_back_is_refused_at_load() {
         assert_eq!(code, 1, "{err}");
         assert!(
             err.contains("lifecycle.toml:") && err.contains(message),
+            "{err}"
+        );
+    }
+}
+
+/// A data assumption that names a type the schema lacks, does not validate, or reads more than
+/// `resource` and its attributes' entities is refused at load, at assumptions.toml:line:col
+/// with Cedar's own message, so a misspelled assumption can neither be silently assumed by the
+/// proofs nor be unenforceable on writes.
+#[test]
+fn a_data_assumption_that_cannot_be_enforced_is_refused_at_load() {
+    for (from, to, message) in [
+        (
+            "type = \"Blue::Project\"",
+            "type = \"Blue::Projekt\"",
+            "`Blue::Projekt` is not an entity type of the schema",
+        ),
+        (
+            "holds = \"resource.editors in resource.viewers\"",
+            "holds = \"resource.editors in resource.watchers\"",
+            "does not validate against the schema",
+        ),
+        (
+            "holds = \"resource.editors in resource.viewers\"",
+            "holds = \"resource.owner in resource.company.view\"",
+            "reads an attribute of an entity `resource` names",
+        ),
+        (
+            "holds = \"resource.editors in resource.viewers\"",
+            "holds = \"principal in resource.viewers\"",
+            "reads `principal`",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("policies");
+        copy_dir(&policies(), &dir);
+        let file = dir.join("assumptions.toml");
+        edit(&file, from, to);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let edited = text[..text.find(to).unwrap()].lines().count() + 1;
+        let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
+            .unwrap_err()
+            .to_string();
+        let line: usize = err
+            .split(&format!("{}:", file.display()))
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("no line in {err}"));
+        assert_eq!(line, edited, "{err}");
+        assert!(err.contains(message), "{err}");
+        let (code, _, err) = run(&["validate"], &dir);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("assumptions.toml:") && err.contains(message),
             "{err}"
         );
     }

@@ -55,6 +55,9 @@ async fn fixture(config_file: Option<&str>) -> Fixture {
     }
 }
 
+/// editWiki's row of the permission table.
+const TABLE_WIKI: &str =
+    "action = \"editWiki\"\nresource = \"Project::apollo\"\nallowed = [\"admin\", \"member\"]";
 const WIKI: &str = "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };";
 
 async fn status(f: &mut Fixture) -> pb::PolicyStatus {
@@ -125,7 +128,8 @@ async fn an_edit_goes_live_while_decisions_flow_and_none_fails() {
     };
     common::until("decisions flowing", Duration::from_secs(30), flowing(30)).await;
 
-    // Clients may now edit the wiki: the suite expectation and the policy, in one burst.
+    // Clients may now edit the wiki: the suite expectation, the table and the policy, in one
+    // burst.
     edit(
         &f.policies.join("tests/project.toml"),
         r#"cleo = "deny", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
@@ -136,6 +140,11 @@ action = "editDocuments""#,
 
 [[test]]
 action = "editDocuments""#,
+    );
+    edit(
+        &f.policies.join("matrix.toml"),
+        TABLE_WIKI,
+        &TABLE_WIKI.replace("\"member\"]", "\"member\", \"client\"]"),
     );
     edit(
         &f.policies.join("project.cedar"),

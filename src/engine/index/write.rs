@@ -341,17 +341,17 @@ impl EntityStore {
                 }
             }
         }
+        // The hierarchy as this batch leaves it: the chain's entities it does not touch too.
+        let earlier = chain
+            .upserts()
+            .filter(|(uid, _)| !working.touched.contains_key(*uid));
+        self.acyclic(earlier.chain(working.upserts()))
+            .map_err(|m| RequestError::new(Field::Ops(None), m))?;
+        // Then the pack's data assumptions, on an acyclic hierarchy.
         working
             .check_assumptions(schema, false)
             .map_err(|v| RequestError::new(Field::Ops(None), v.to_string()))?;
-        let prepared = working.finish();
-        // The hierarchy as this batch leaves it: the chain's entities it does not touch too.
-        let mine: std::collections::HashSet<&EntityUid> =
-            prepared.touched.iter().map(|(uid, _)| uid).collect();
-        let earlier = chain.upserts().filter(|(uid, _)| !mine.contains(uid));
-        self.acyclic(earlier.chain(prepared.upserts()))
-            .map_err(|m| RequestError::new(Field::Ops(None), m))?;
-        Ok(prepared)
+        Ok(working.finish())
     }
 
     /// A batch another writer validated (from a shared source's log): its entities are
@@ -508,6 +508,13 @@ impl<'a> Working<'a> {
             touched: HashMap::new(),
             order: Vec::new(),
         }
+    }
+
+    /// The entities the batch writes so far (not those it deletes), in order.
+    fn upserts(&self) -> impl Iterator<Item = (&EntityUid, &Value)> {
+        self.order
+            .iter()
+            .filter_map(|uid| self.touched.get(uid)?.as_ref().map(|j| (uid, j)))
     }
 
     /// The entities this batch touched so far, in order.

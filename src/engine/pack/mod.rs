@@ -9,6 +9,7 @@ mod files;
 mod invariants;
 mod lifecycle;
 mod names;
+mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use self::files::{cedar_files, digest_tree, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::lifecycle::LIFECYCLE_FILE;
 pub use self::names::{Names, NAMES_FILE};
+pub use self::table::TableClaim;
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
 use crate::engine::schema::{plain_type, EntitySchema};
 
