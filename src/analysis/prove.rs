@@ -351,7 +351,7 @@ pub(super) struct Prover<'s> {
     cache: HashMap<(String, String), Arc<CompiledPolicySet>>,
     /// Per environment, forbids that state the pack's data assumptions for the entities a
     /// request of it reaches (see [`Prover::assume`]).
-    assumed: HashMap<String, PolicySet>,
+    assumed: HashMap<String, Vec<(String, Policy)>>,
     /// Queries sent to the solver (the rest were known to hold, or held trivially).
     pub solved: usize,
 }
@@ -404,7 +404,7 @@ impl<'s> Prover<'s> {
     /// sound, since the store refuses data that breaks one.
     pub fn assume(&mut self, entities: &EntitySchema) {
         for env in &self.envs {
-            let mut set = PolicySet::new();
+            let mut stated = Vec::new();
             for a in &entities.assumptions {
                 for (root, ty) in [("principal", env.principal()), ("resource", env.resource())] {
                     let mut paths = Vec::new();
@@ -444,13 +444,13 @@ impl<'s> Prover<'s> {
                         let checked = Validator::new(self.schema.clone())
                             .validate(&one, ValidationMode::Strict);
                         if checked.validation_errors().next().is_none() {
-                            let _ = set.add(policy);
+                            stated.push((name, policy));
                         }
                     }
                 }
             }
-            if set.policies().next().is_some() {
-                self.assumed.insert(env_key(env), set);
+            if !stated.is_empty() {
+                self.assumed.insert(env_key(env), stated);
             }
         }
     }
@@ -465,15 +465,10 @@ impl<'s> Prover<'s> {
         what: &str,
     ) -> Result<Option<Counterexample>, AnalysisError> {
         let plain = self.implies(a, b, env, what).await?;
-        let Some(forbids) = self.assumed.get(&env_key(env)).filter(|_| plain.is_some()) else {
+        if plain.is_none() {
             return Ok(plain);
-        };
-        let mut set = a.set.clone();
-        for p in forbids.policies() {
-            set.add(p.clone()).map_err(|e| symcc(what, e))?;
         }
-        let assumed = Named::new(&format!("{}+assumed", a.name), &set);
-        self.implies(&assumed, b, env, what).await
+        self.assumed_implies(a, b, env, what).await
     }
 
     /// [`Prover::implies`] with the assumptions on `a`'s side from the start (for a query that
@@ -485,15 +480,46 @@ impl<'s> Prover<'s> {
         env: &RequestEnv,
         what: &str,
     ) -> Result<Option<Counterexample>, AnalysisError> {
-        let Some(forbids) = self.assumed.get(&env_key(env)) else {
+        let Some(set) = self.with_assumptions(a.set, &[a.set, b.set], env, what)? else {
             return self.implies(a, b, env, what).await;
         };
-        let mut set = a.set.clone();
-        for p in forbids.policies() {
-            set.add(p.clone()).map_err(|e| symcc(what, e))?;
-        }
         let assumed = Named::new(&format!("{}+assumed", a.name), &set);
         self.implies(&assumed, b, env, what).await
+    }
+
+    /// `set` with the assumptions stated for `env` that the query can need: those about the
+    /// principal or the resource itself, and those about an entity an attribute names only
+    /// where a policy of `reading` reads that attribute (assuming less stays sound, and each
+    /// statement costs the solver). None: nothing to assume.
+    fn with_assumptions(
+        &self,
+        set: &PolicySet,
+        reading: &[&PolicySet],
+        env: &RequestEnv,
+        what: &str,
+    ) -> Result<Option<PolicySet>, AnalysisError> {
+        let Some(stated) = self.assumed.get(&env_key(env)) else {
+            return Ok(None);
+        };
+        let texts: Vec<String> = reading.iter().map(|r| self.relevant(r, env)).collect();
+        let reads = |path: &str| {
+            !path.contains('.')
+                || texts.iter().any(|t| {
+                    t.match_indices(path).any(|(i, _)| {
+                        // `resource.project` followed by something that ends the name.
+                        !t[i + path.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                    })
+                })
+        };
+        let mut out = set.clone();
+        let mut any = false;
+        for (path, policy) in stated {
+            if reads(path) {
+                out.add(policy.clone()).map_err(|e| symcc(what, e))?;
+                any = true;
+            }
+        }
+        Ok(any.then_some(out))
     }
 
     /// [`Prover::always_denies`] for the data the store can hold.
@@ -504,13 +530,12 @@ impl<'s> Prover<'s> {
         what: &str,
     ) -> Result<Option<Counterexample>, AnalysisError> {
         let plain = self.always_denies(a, env, what).await?;
-        let Some(forbids) = self.assumed.get(&env_key(env)).filter(|_| plain.is_some()) else {
+        if plain.is_none() {
+            return Ok(plain);
+        }
+        let Some(set) = self.with_assumptions(a.set, &[a.set], env, what)? else {
             return Ok(plain);
         };
-        let mut set = a.set.clone();
-        for p in forbids.policies() {
-            set.add(p.clone()).map_err(|e| symcc(what, e))?;
-        }
         let assumed = Named::new(&format!("{}+assumed", a.name), &set);
         self.always_denies(&assumed, env, what).await
     }
