@@ -6,6 +6,7 @@
 
 mod counterexample;
 mod diff;
+mod memo;
 mod prove;
 mod run;
 mod solver;
@@ -13,6 +14,7 @@ mod words;
 
 pub use counterexample::Counterexample;
 pub use diff::{diff, ActionChange, Change, Data, DiffReport};
+pub use memo::PROOF_CACHE_ENV;
 pub use prove::{analyze, Finding, Report};
 pub use solver::{solver_path, SOLVER_ENV};
 

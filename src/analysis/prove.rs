@@ -3,8 +3,8 @@
 //! entity store it allows. One solver process serves a whole run; each pack is compiled once
 //! per environment.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedar_policy::{
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::counterexample::Counterexample;
+use super::memo::{known_to_hold, remember, SALT};
 use super::run::block_on;
 use super::{solver, AnalysisError};
 use crate::engine::pack::{PackSpec, PolicyPack, Property, TableClaim, OVERLAY_DIR};
@@ -75,9 +76,12 @@ pub struct Report {
     pub table_rows: usize,
     /// How many policies were proved never to error (when that property is on).
     pub never_errors_policies: usize,
-    /// Queries the solver answered (the others were proved before, in this process, for the
-    /// same policies, or held because both sides had the same policies).
+    /// Queries the solver answered (the others were remembered, or held because both sides
+    /// had the same policies).
     pub solved: usize,
+    /// Queries proved before, by this process or another sharing the proof file, for the same
+    /// schema and policies.
+    pub remembered: usize,
     pub elapsed: Duration,
 }
 
@@ -97,8 +101,12 @@ impl Report {
         if failed == 0 {
             format!(
                 "{} invariants hold, {} table rows proved, {} policies never error \
-                 ({} solver queries, {secs:.1} s)",
-                self.invariants, self.table_rows, self.never_errors_policies, self.solved
+                 ({} solver queries, {} remembered, {secs:.1} s)",
+                self.invariants,
+                self.table_rows,
+                self.never_errors_policies,
+                self.solved,
+                self.remembered
             )
         } else {
             format!(
@@ -291,6 +299,7 @@ async fn analyze_async(pack: &PolicyPack, table: &[TableClaim]) -> Result<Report
         table_rows: table.len(),
         never_errors_policies,
         solved: cx.solved,
+        remembered: cx.remembered,
         elapsed: started.elapsed(),
     })
 }
@@ -318,28 +327,6 @@ impl<'a> Named<'a> {
     }
 }
 
-/// Queries known to hold, by the digest of everything they depend on (the query's kind, the
-/// schema, the request environment and the text of every policy that can apply to it): a
-/// reload that changes one action's policies re-proves only that action. Failures are not
-/// kept (their counterexample is asked for again).
-static HOLDS: Mutex<Option<HashSet<[u8; 32]>>> = Mutex::new(None);
-
-fn known_to_hold(key: &[u8; 32]) -> bool {
-    HOLDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|h| h.contains(key))
-}
-
-fn remember(key: [u8; 32]) {
-    HOLDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(key);
-}
-
 /// The solver session and the per-environment compilation cache of one run.
 pub(super) struct Prover<'s> {
     pub schema: &'s Schema,
@@ -354,6 +341,8 @@ pub(super) struct Prover<'s> {
     assumed: HashMap<String, Vec<(String, Policy)>>,
     /// Queries sent to the solver (the rest were known to hold, or held trivially).
     pub solved: usize,
+    /// Queries known to hold from before.
+    pub remembered: usize,
 }
 
 pub(super) fn symcc(what: &str, e: impl std::fmt::Display) -> AnalysisError {
@@ -394,6 +383,7 @@ impl<'s> Prover<'s> {
             cache: HashMap::new(),
             assumed: HashMap::new(),
             solved: 0,
+            remembered: 0,
         })
     }
 
@@ -590,7 +580,7 @@ impl<'s> Prover<'s> {
 
     fn key(&self, kind: &str, env: &RequestEnv, parts: &[&str]) -> [u8; 32] {
         let mut h = Sha256::new();
-        for piece in [kind, &self.schema_version, &env_key(env)] {
+        for piece in [SALT, kind, &self.schema_version, &env_key(env)] {
             h.update(piece.as_bytes());
             h.update([0xff]);
         }
@@ -634,6 +624,7 @@ impl<'s> Prover<'s> {
         }
         let key = self.key("implies", env, &[&ra, &rb]);
         if known_to_hold(&key) {
+            self.remembered += 1;
             return Ok(None);
         }
         let (ca, cb) = (self.compile(a, env, what)?, self.compile(b, env, what)?);
@@ -656,6 +647,7 @@ impl<'s> Prover<'s> {
         let ra = self.relevant(a.set, env);
         let key = self.key("always_denies", env, &[&ra]);
         if known_to_hold(&key) {
+            self.remembered += 1;
             return Ok(None);
         }
         let ca = self.compile(a, env, what)?;
@@ -678,6 +670,7 @@ impl<'s> Prover<'s> {
         let text = policy.to_string();
         let key = self.key("never_errors", env, &[&text]);
         if known_to_hold(&key) {
+            self.remembered += 1;
             return Ok(None);
         }
         let compiled =

@@ -666,3 +666,59 @@ fn the_gate_refuses_a_change_to_who_may_do_what_that_the_table_does_not_show() {
         .expect_err("mallory's records only: the fixture's row denies client, comment and view");
     assert!(still.reasons().join("\n").contains(ROW));
 }
+
+/// `analyze` by the real binary with the proof file in `cache` (or `off`): exit code and
+/// output.
+fn analyze_with_cache(dir: &Path, cache: &str, xdg: &Path) -> (i32, String) {
+    let out = std::process::Command::new(common::server::BIN)
+        .args(["--policies", dir.to_str().unwrap(), "analyze"])
+        .env(analysis::PROOF_CACHE_ENV, cache)
+        .env("XDG_CACHE_HOME", xdg)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Proofs that held are remembered across processes in the proof file, so a restart on the
+/// same pack asks the solver nothing; a pack whose policies changed is proved again (a broken
+/// one fails with its counterexample, whatever the file holds), and `off` remembers nothing.
+#[test]
+fn proofs_are_remembered_across_processes_and_only_for_the_same_policies() {
+    if !solver_or_skip("proofs_are_remembered_across_processes") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("proofs");
+    let cache = file.to_str().unwrap();
+    let xdg = tmp.path().join("xdg");
+    let (_t, dir) = copy();
+    let (code, first) = analyze_with_cache(&dir, cache, &xdg);
+    assert_eq!(code, 0, "{first}");
+    assert!(first.contains(" 0 remembered"), "{first}");
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+    assert!(lines > 100, "{lines} proofs remembered");
+    let (code, second) = analyze_with_cache(&dir, cache, &xdg);
+    assert_eq!(code, 0, "{second}");
+    assert!(
+        second.contains(&format!("(0 solver queries, {lines} remembered")),
+        "{second}"
+    );
+
+    client_deletes(&dir);
+    let (code, broken) = analyze_with_cache(&dir, cache, &xdg);
+    assert_eq!(code, 1, "{broken}");
+    assert!(broken.contains("FAIL project.adminOnly"), "{broken}");
+    assert!(broken.contains("counterexample: {"), "{broken}");
+
+    // The default place is under XDG_CACHE_HOME; `off` writes nothing there.
+    let (_t2, fresh) = copy();
+    let (code, text) = analyze_with_cache(&fresh, "off", &xdg);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(" 0 remembered"), "{text}");
+    assert!(!xdg.join("blue-authz").exists());
+    let (code, text) = analyze_with_cache(&fresh, "", &xdg);
+    assert_eq!(code, 0, "{text}");
+    assert!(xdg.join("blue-authz/proofs").is_file(), "{text}");
+}
