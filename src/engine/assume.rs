@@ -34,7 +34,8 @@ pub struct Assumption {
 pub struct Violation {
     pub assumption: String,
     pub why: Option<String>,
-    pub entity: EntityUid,
+    /// The entity's uid, as Cedar writes it.
+    pub entity: String,
     /// Cedar's evaluation errors, if the condition errored rather than being false.
     pub errors: Vec<String>,
 }
@@ -69,7 +70,7 @@ impl Assumption {
         let violation = |errors: Vec<String>| Violation {
             assumption: self.id.clone(),
             why: self.why.clone(),
-            entity: uid.clone(),
+            entity: uid.to_string(),
             errors,
         };
         let Some(json) = lookup(uid) else {

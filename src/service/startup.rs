@@ -172,6 +172,22 @@ pub fn load_store(
         closures_ms = (started.elapsed() - scanned).as_millis() as u64,
         "entity index built"
     );
+    if !pack.entities.assumptions.is_empty() {
+        // Writes keep them, but data imported offline, or written before the pack declared
+        // them, may not: the proofs assume them, so a store that breaks one does not serve.
+        let t = std::time::Instant::now();
+        let checked = store
+            .check_assumptions(&pack.entities)
+            .map_err(|v| DataError::Invalid {
+                what: "the stored entities".into(),
+                message: v.to_string(),
+            })?;
+        tracing::info!(
+            checked,
+            ms = t.elapsed().as_millis() as u64,
+            "the stored entities keep the pack's data assumptions"
+        );
+    }
     if !trusted {
         // Everything was just validated under this schema: record it, changing nothing else.
         storage.apply(&ChangeSet {

@@ -337,13 +337,34 @@ impl State {
 
     /// Replaces the live policy pack; calls in flight finish on the one they started with.
     /// When the schema changed, the entity index is first rebuilt under the new schema, and a
-    /// stored entity that no longer conforms rejects the swap.
+    /// stored entity that no longer conforms rejects the swap. A candidate whose data
+    /// assumptions differ has the stored entities checked against them too.
     pub fn swap_pack_checked(&self, pack: Arc<PolicyPack>) -> Result<(), Vec<String>> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let schema_changed = self
-            .pack()
+        let live = self.pack();
+        let schema_changed = live
+            .as_ref()
             .is_some_and(|live| live.schema_version != pack.schema_version);
+        let assumptions = |p: &PolicyPack| -> Vec<(String, String, String)> {
+            let a = &p.entities.assumptions;
+            a.iter()
+                .map(|a| (a.id.clone(), a.entity_type.to_string(), a.condition.clone()))
+                .collect()
+        };
+        let assumptions_changed = live
+            .as_ref()
+            .is_some_and(|live| assumptions(live) != assumptions(&pack));
+        let broken = |v: crate::engine::assume::Violation| {
+            vec![format!(
+                "the stored entities break the candidate's data assumptions: {v}"
+            )]
+        };
         if !schema_changed {
+            if assumptions_changed {
+                self.read_store()
+                    .check_assumptions(&pack.entities)
+                    .map_err(broken)?;
+            }
             self.pack.store(Some(pack));
             return Ok(());
         }
@@ -352,6 +373,7 @@ impl State {
                 "the stored entities do not conform to the candidate schema: {e}"
             )]
         })?;
+        rebuilt.check_assumptions(&pack.entities).map_err(broken)?;
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         *store = rebuilt;
         self.pack.store(Some(pack));

@@ -562,3 +562,92 @@ async fn a_suite_change_alone_goes_through_the_gate_of_the_real_binary() {
     assert_ne!(s.live_files, before.live_files);
     assert!(s.last_rejection.is_none(), "{s:?}");
 }
+
+/// A candidate whose data assumptions the stored entities break is rejected before it goes
+/// live (the proofs would assume what the data does not keep), naming the assumption and the
+/// entity; the last good set keeps serving. A fresh start on the same files and data refuses
+/// to serve, the same verdict. (The suites' fixture keeps the new assumption: only the data
+/// written since breaks it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_whose_assumptions_the_stored_data_breaks_is_rejected() {
+    use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
+    let mut f = fixture(None).await;
+    let before = status(&mut f).await;
+    let channel = Channel::from_shared(format!("http://{}", f.running.data_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", common::TOKEN).parse().unwrap();
+    let mut data = EntityStoreClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", bearer.clone());
+        Ok(r)
+    });
+    // A dashboard owned by max (the fixture's only dashboard is dora's).
+    let group = |id: &str, parent: (&str, &str)| {
+        common::upsert(
+            serde_json::json!({"uid": {"type": "Blue::DashboardGroup", "id": id},
+            "attrs": {}, "parents": [{"type": parent.0, "id": parent.1}]}),
+        )
+    };
+    let e = |ty: &str, id: &str| serde_json::json!({"__entity": {"type": ty, "id": id}});
+    data.write_entities(pb::WriteEntitiesRequest {
+        ops: vec![
+            common::upsert(
+                serde_json::json!({"uid": {"type": "Blue::Dashboard", "id": "max-board"},
+                "attrs": {"company": e("Blue::Company", "acme"), "owner": e("Blue::User", "max"),
+                    "editors": e("Blue::DashboardGroup", "max-board/editors"),
+                    "viewers": e("Blue::DashboardGroup", "max-board/viewers")},
+                "parents": []}),
+            ),
+            group("max-board/viewers", ("Blue::Dashboard", "max-board")),
+            group(
+                "max-board/editors",
+                ("Blue::DashboardGroup", "max-board/viewers"),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let path = f.policies.join("assumptions.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "\n[[assumption]]\nid = \"dashboard.notMaxs\"\ntype = \"Blue::Dashboard\"\nholds = 'resource.owner != Blue::User::\"max\"'\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let s = wait_status(&mut f, |s| {
+        s.last_rejection
+            .as_ref()
+            .is_some_and(|r| r.reasons.iter().any(|x| x.contains("dashboard.notMaxs")))
+    })
+    .await;
+    let reasons = s.last_rejection.unwrap().reasons.join("\n");
+    assert!(
+        reasons.contains("the stored entities break the candidate's data assumptions")
+            && reasons.contains(r#"Blue::Dashboard::"max-board""#),
+        "{reasons}"
+    );
+    assert_eq!(s.live_version, before.live_version);
+    assert_eq!(s.reloads_accepted, 0);
+    f.running.shutdown().await.unwrap();
+
+    // A fresh start on the same files and the same database refuses to serve.
+    let dir = f._tmp.path();
+    let mut cfg = config(dir, Limits::default());
+    cfg.pack = PackSpec::new(&f.policies, &[]);
+    let refused = match server::start(cfg).await {
+        Err(e) => e.to_string(),
+        Ok(mut running) => running
+            .load()
+            .await
+            .expect_err("a store that breaks an assumption served")
+            .to_string(),
+    };
+    assert!(
+        refused.contains("dashboard.notMaxs") && refused.contains("max-board"),
+        "{refused}"
+    );
+}

@@ -66,3 +66,26 @@ impl Working<'_> {
         Ok(())
     }
 }
+
+impl super::EntityStore {
+    /// Checks every stored entity of each assumption's type: at start-up, and before a pack
+    /// whose assumptions differ from the live one's goes live. Returns how many were checked,
+    /// or the first that breaks one.
+    pub fn check_assumptions(&self, schema: &EntitySchema) -> Result<usize, Violation> {
+        let mut checked = 0;
+        for a in &schema.assumptions {
+            let Some(ty) = self.types.iter().position(|t| t == &a.entity_type) else {
+                continue;
+            };
+            for (ix, (key, node)) in self.uids.iter().zip(&self.nodes).enumerate() {
+                if !node.present || key.ty as usize != ty {
+                    continue;
+                }
+                let uid = self.uid_of(ix as super::Ix);
+                a.check(&uid, &|u| self.get_json(u), &schema.schema)?;
+                checked += 1;
+            }
+        }
+        Ok(checked)
+    }
+}
