@@ -25,6 +25,9 @@ pub struct Assumption {
     /// The condition in Cedar's JSON policy format (an expression), for the analysis to state
     /// for the entity wherever a request reaches one of this type.
     pub condition_json: Value,
+    /// The attributes of `resource` the condition reads: only the entities they name (and
+    /// the ancestors of those) can change its truth.
+    pub reads: Vec<String>,
     /// `permit (principal, action, resource) when { condition };`
     pub(crate) policy: PolicySet,
 }
@@ -59,8 +62,8 @@ impl std::fmt::Display for Violation {
 
 impl Assumption {
     /// Whether `uid` satisfies the condition, with its entities as `lookup` has them (their
-    /// final version in a batch). The entity, the entities its attributes name and all their
-    /// ancestors are what Cedar sees.
+    /// final version in a batch). The entity, the entities the attributes it reads name, and
+    /// all their ancestors are what Cedar sees.
     pub fn check(
         &self,
         uid: &EntityUid,
@@ -77,8 +80,10 @@ impl Assumption {
             return Ok(());
         };
         let mut named = Vec::new();
-        if let Some(attrs) = json.get("attrs") {
-            value_refs(attrs, &mut named);
+        for attr in &self.reads {
+            if let Some(v) = json.get("attrs").and_then(|a| a.get(attr)) {
+                value_refs(v, &mut named);
+            }
         }
         // The entity, what it names, and the ancestors of both, each once.
         let mut seen: HashSet<EntityUid> = HashSet::from([uid.clone()]);
@@ -94,7 +99,11 @@ impl Assumption {
                 out.push(j);
             }
         }
-        let entities = match Entities::from_json_value(Value::Array(out), Some(schema)) {
+        // Stored and written entities are canonical Cedar JSON (references as `__entity`),
+        // validated when written: parsed without the schema, which would add and close over
+        // its actions at every check.
+        let _ = schema;
+        let entities = match Entities::from_json_value(Value::Array(out), None) {
             Ok(e) => e,
             Err(e) => return Err(violation(vec![e.to_string()])),
         };

@@ -72,7 +72,9 @@ impl RawChunk {
 /// Builds the in-memory index from durable storage, seeding an empty storage from a Cedar
 /// JSON entities file first (the seed is written durably, as revision 1). Entities stored
 /// under the same schema version were validated when written and are not validated again;
-/// after a schema change every one is, and the new version is recorded.
+/// after a schema change every one is. Entities the data service wrote under the same schema
+/// and data assumptions (`PolicyPack::data_version`) kept them; any others (an import, an
+/// older pack) are checked against the assumptions, and the new version is recorded.
 pub fn load_store(
     storage: &dyn Storage,
     pack: &PolicyPack,
@@ -86,7 +88,7 @@ pub fn load_store(
             let entities = prepared.changes.puts.len();
             storage.apply(&ChangeSet {
                 changes: std::mem::take(&mut prepared.changes),
-                schema: Some(pack.schema_version.clone()),
+                schema: Some(pack.data_version.clone()),
                 ..Default::default()
             })?;
             store.commit(prepared);
@@ -99,7 +101,9 @@ pub fn load_store(
         }
         return Ok(store);
     }
-    let trusted = storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
+    // Data written under this schema and these assumptions was validated as it was written.
+    let trusted = storage.schema()?.as_deref() == Some(pack.data_version.as_str());
+    let same_schema = trusted || storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
     let started = std::time::Instant::now();
     // Room to grow: the index's tables double when full, rehashing every entity under the
     // decisions' lock, so the first batches of new entities would stall decisions for as long.
@@ -118,7 +122,7 @@ pub fn load_store(
                 // Reading takes this thread a third of parsing's time and indexing takes the
                 // other thread about two thirds: parsing two chunks in three here balances them.
                 sent += 1;
-                let chunk = if trusted && !sent.is_multiple_of(3) {
+                let chunk = if same_schema && !sent.is_multiple_of(3) {
                     parse_chunk(raw.items()).map(Chunk::Parsed)
                 } else {
                     Ok(Chunk::Raw(raw))
@@ -138,7 +142,7 @@ pub fn load_store(
         while let Ok(chunk) = rx.recv() {
             let added = chunk.and_then(|chunk| match chunk {
                 Chunk::Parsed(parsed) => store.add_parsed(parsed),
-                Chunk::Raw(raw) if trusted => store.add_parsed(parse_chunk(raw.items())?),
+                Chunk::Raw(raw) if same_schema => store.add_parsed(parse_chunk(raw.items())?),
                 Chunk::Raw(raw) => raw.items().try_for_each(|bytes| {
                     // Validated again under the new schema; stored as written.
                     serde_json::from_slice::<serde_json::Value>(bytes)
@@ -172,7 +176,7 @@ pub fn load_store(
         closures_ms = (started.elapsed() - scanned).as_millis() as u64,
         "entity index built"
     );
-    if !pack.entities.assumptions.is_empty() {
+    if !trusted && !pack.entities.assumptions.is_empty() {
         // Writes keep them, but data imported offline, or written before the pack declared
         // them, may not: the proofs assume them, so a store that breaks one does not serve.
         let t = std::time::Instant::now();
@@ -195,7 +199,7 @@ pub fn load_store(
                 revision,
                 ..Default::default()
             },
-            schema: Some(pack.schema_version.clone()),
+            schema: Some(pack.data_version.clone()),
             ..Default::default()
         })?;
     }

@@ -544,7 +544,7 @@ impl State {
             let prepared = self
                 .read_store()
                 .prepare_changes(&batch.changes, &pack.entities)?;
-            self.commit_prepared(storage, prepared, &pack.schema_version, None, true)?;
+            self.commit_prepared(storage, prepared, &pack.data_version, None, true)?;
         }
         Ok(self.revision())
     }
@@ -657,13 +657,8 @@ impl State {
             w.conditions.check(self.revision(), &last)?;
         }
         let prepared = self.read_store().prepare(w.ops, &pack.entities)?;
-        let revision = self.commit_prepared(
-            storage.as_ref(),
-            prepared,
-            &pack.schema_version,
-            w.key,
-            false,
-        )?;
+        let revision =
+            self.commit_prepared(storage.as_ref(), prepared, &pack.data_version, w.key, false)?;
         Ok(Written {
             revision,
             replayed: false,

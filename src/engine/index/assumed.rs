@@ -21,7 +21,11 @@ impl Working<'_> {
     ) -> Result<(), Violation> {
         for a in &schema.assumptions {
             let ty = &a.entity_type;
-            let attrs = schema.entity_attrs_of(ty);
+            let attrs: Vec<_> = schema
+                .entity_attrs_of(ty)
+                .into_iter()
+                .filter(|(attr, _)| a.reads.iter().any(|r| r == attr))
+                .collect();
             let held: Vec<_> = attrs.iter().map(|(_, t)| *t).collect();
             // Entities of these types can be, or be above, an entity an attribute names.
             let above = schema.with_ancestor_types(&held);

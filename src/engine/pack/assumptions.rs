@@ -93,6 +93,7 @@ pub(super) fn load(
                 why: entry.why,
                 entity_type,
                 condition,
+                reads: attributes_read(&condition_json),
                 condition_json,
                 policy,
             }),
@@ -138,6 +139,36 @@ fn checked(
     ))
     .map_err(|e| e.to_string())?;
     Ok((plain, body))
+}
+
+/// The attributes of `resource` an expression reads (`resource.a`, `resource has a`), sorted.
+fn attributes_read(expr: &Value) -> Vec<String> {
+    fn walk(e: &Value, out: &mut BTreeSet<String>) {
+        match e {
+            Value::Object(map) => {
+                for op in [".", "has"] {
+                    if let Some(inner) = map.get(op) {
+                        let on_resource = inner
+                            .get("left")
+                            .and_then(|l| l.get("Var"))
+                            .and_then(Value::as_str)
+                            == Some("resource");
+                        if let (true, Some(a)) =
+                            (on_resource, inner.get("attr").and_then(Value::as_str))
+                        {
+                            out.insert(a.to_string());
+                        }
+                    }
+                }
+                map.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(expr, &mut out);
+    out.into_iter().collect()
 }
 
 /// Refuses a condition that reads anything but `resource`, or reads deeper than the entities

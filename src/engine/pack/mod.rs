@@ -79,6 +79,11 @@ pub struct PolicyPack {
     pub version: String,
     /// Content hash of the schema alone (entities validated under it stay valid while it holds).
     pub schema_version: String,
+    /// Content hash of the schema and the data assumptions: what the data service records
+    /// beside the entities it wrote, so a start-up on data checked under both trusts it, and
+    /// one on data from elsewhere (an import, an older pack) checks it again. The schema's
+    /// version when the pack declares no assumptions.
+    pub data_version: String,
     /// Content hash of every file of the pack directory: `version`'s files and also the suites,
     /// tables and fixtures that only the gate reads. A reload compares this, so a changed
     /// suite alone is a candidate that goes through the gate.
@@ -244,6 +249,12 @@ impl PolicyPack {
             hasher.update([0]);
             hasher.update(text.as_bytes());
         }
+        let data_version = match &assumptions_text {
+            None => schema_version.clone(),
+            Some(text) => hex8(&Sha256::digest(
+                format!("{schema_text}\u{0}{text}").as_bytes(),
+            )),
+        };
         if let Some(text) = assumptions_text {
             hasher.update(ASSUMPTIONS_FILE.as_bytes());
             hasher.update([0]);
@@ -262,6 +273,7 @@ impl PolicyPack {
             origin,
             version,
             schema_version,
+            data_version,
             files: all_files,
             actions,
             entity_types,
