@@ -565,12 +565,16 @@ impl PgSource {
         // One round trip: BEGIN, the locking read and PostgreSQL's clock once the lock is held,
         // pipelined.
         let began = async {
-            let (_, head, clock) = tokio::try_join!(
+            let (begun, head, clock) = tokio::join!(
                 conn.client.batch_execute(&begin),
                 conn.client.query_one(&conn.statements.select_head, &[]),
                 conn.client.query_one(&conn.statements.clock, &[]),
-            )?;
-            Ok::<_, tokio_postgres::Error>((head, clock))
+            );
+            // The first statement's error, in the order they were sent: a lock wait that
+            // timed out is reported as such, not as the "transaction is aborted" of the
+            // statement after it.
+            begun?;
+            Ok::<_, tokio_postgres::Error>((head?, clock?))
         };
         let timeout = self.limits.call_timeout();
         match tokio::time::timeout(timeout, began).await {

@@ -916,7 +916,7 @@ fn a_store_of_many_chunks_loads_whole_and_a_bad_entity_fails_the_load() {
     assert_eq!(store.len(), seeded + 30_000);
     assert!(store.contains(&last));
     let storage = RedbStorage::open(&path).unwrap();
-    assert_eq!(storage.schema().unwrap(), Some(pack.schema_version.clone()));
+    assert_eq!(storage.schema().unwrap(), Some(pack.data_version.clone()));
     drop(storage);
 
     // An attribute the schema does not declare, found when validating again.

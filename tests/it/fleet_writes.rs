@@ -207,16 +207,34 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
                 .into_inner();
             assert!(got.abandoned && !got.committed, "{got:?}");
         }
-        // The application revokes through r1, which answers at R.
-        let revoked = write_with(
-            &mut d1,
-            vec![edge(false, ("Blue::User", &eve), APOLLO_VIEW)],
-            "",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .revision;
+        // The application revokes through r1, which answers at R. While r0 holds the head
+        // (paused in the middle of sending its batch, PostgreSQL cannot time it out until the
+        // connection does), r1 may answer "not applied, retry later": the application retries,
+        // as the outcome trailer tells it to.
+        let started = Instant::now();
+        let revoked = loop {
+            match write_with(
+                &mut d1,
+                vec![edge(false, ("Blue::User", &eve), APOLLO_VIEW)],
+                "",
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(r) => break r.revision,
+                Err(e)
+                    if e.code() == Code::Unavailable
+                        && outcome(&e) == "not-applied"
+                        && started.elapsed() < Duration::from_secs(60) =>
+                {
+                    println!(
+                        "round {round}: the revoke was not applied ({}); retrying",
+                        e.message()
+                    );
+                }
+                Err(e) => panic!("round {round}: the revoke failed: {e:?}"),
+            }
+        };
         if fault != Fault::Busy {
             r0.server.signal("-CONT");
         }
