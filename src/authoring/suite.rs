@@ -82,6 +82,11 @@ struct TestFile {
     /// Evaluation errors are expected (e.g. an unknown resource).
     #[serde(default)]
     errors: bool,
+    /// The case names a principal or resource the suite's entities do not hold, on purpose:
+    /// it is decided as Cedar decides an unknown entity (with or without errors, as the
+    /// policies make it).
+    #[serde(default)]
+    unknown: bool,
 }
 
 /// The expected outcome of a case.
@@ -158,6 +163,8 @@ pub struct Case {
     pub context: Value,
     pub expect: Expect,
     pub errors_expected: bool,
+    /// The case names an entity the suite's entities do not hold, on purpose.
+    pub unknown: bool,
     /// The line of the suite file that names this case's principal.
     pub line: usize,
     /// The line that names its resource.
@@ -264,6 +271,7 @@ fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
                 context: context.clone(),
                 expect,
                 errors_expected: t.errors,
+                unknown: t.unknown,
                 line: line_of(who_at.span()),
                 resource_line,
                 entities: entities.clone(),
@@ -381,13 +389,26 @@ pub fn run_cases(pack: &PolicyPack, cases: &[Case]) -> Result<Vec<CaseResult>, S
 /// the suite's entities (a misspelled name would otherwise pass as a quiet DENY). A case that
 /// expects evaluation errors may name entities that do not exist on purpose.
 fn missing(store: &EntityStore, case: &Case) -> Option<String> {
-    if case.errors_expected {
-        return None;
-    }
     let file = case
         .entities
         .file_name()
         .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    if case.unknown {
+        // A stale flag would hide a misspelling the next time: the case must name one.
+        let holds_both = store.contains(&case.principal) && store.contains(&case.resource);
+        return holds_both.then(|| {
+            format!(
+                "case `{}` ({}:{}) says `unknown = true`, but the suite's entities ({file}) hold \
+                 both its principal and its resource",
+                case.name,
+                case.suite.display(),
+                case.line
+            )
+        });
+    }
+    if case.errors_expected {
+        return None;
+    }
     let (what, uid, line) = if !store.contains(&case.principal) {
         ("principal", &case.principal, case.line)
     } else if !store.contains(&case.resource) {
@@ -397,7 +418,7 @@ fn missing(store: &EntityStore, case: &Case) -> Option<String> {
     };
     Some(format!(
         "{what} `{uid}` ({}:{line}) is not in the suite's entities ({file}): a misspelled name? \
-         (a case that names an unknown entity on purpose sets `errors = true`)",
+         (a case that names an unknown entity on purpose sets `unknown = true`)",
         case.suite.display()
     ))
 }

@@ -830,3 +830,43 @@ fn a_data_assumption_that_cannot_be_enforced_is_refused_at_load() {
         );
     }
 }
+
+/// A case may name an entity the fixture does not hold on purpose with `unknown = true`: it is
+/// decided as Cedar decides an unknown entity, without demanding evaluation errors (Blue's
+/// policies read only the principal's groups, so an unknown user is denied without one). The
+/// flag on a case whose entities all exist fails, so it cannot outlive its reason and hide a
+/// later misspelling.
+#[test]
+fn a_case_may_name_an_unknown_entity_on_purpose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    copy_dir(&policies(), &dir);
+    let suite = dir.join("tests/unknown.toml");
+    let fixture = "entities = \"fixture.json\"\nnamespace = \"Blue\"\nprincipal_type = \"User\"\n";
+    std::fs::write(
+        &suite,
+        format!(
+            "{fixture}\n[[test]]\nname = \"a user nobody wrote\"\naction = \"viewProject\"\nresource = \"Project::apollo\"\nunknown = true\nexpect = {{ nobody = \"deny\" }}\n"
+        ),
+    )
+    .unwrap();
+    let report = suite::run(&PackSpec::new(&dir, &[])).unwrap();
+    assert!(report.failed().is_empty(), "{}", report.summary());
+
+    std::fs::write(
+        &suite,
+        format!(
+            "{fixture}\n[[test]]\nname = \"stale\"\naction = \"viewProject\"\nresource = \"Project::apollo\"\nunknown = true\nexpect = {{ vic = \"allow project.view\" }}\n"
+        ),
+    )
+    .unwrap();
+    let report = suite::run(&PackSpec::new(&dir, &[])).unwrap();
+    let failed: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(
+        failed[0]
+            .contains("says `unknown = true`, but the suite's entities (fixture.json) hold both"),
+        "{}",
+        failed[0]
+    );
+}

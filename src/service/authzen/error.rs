@@ -1,5 +1,6 @@
 //! The one place where the AuthZEN edge's errors become HTTP statuses: a refused request is
-//! 400 naming the field, a missing or wrong caller token 401, a server not yet loaded 503, and
+//! 400 naming the field, an unknown path 404, a method the path does not take 405, a missing
+//! or wrong caller token 401, a server not yet loaded 503, and
 //! an internal error 500 that reveals no internals (the details go to the log).
 
 use axum::http::StatusCode;
@@ -18,6 +19,9 @@ pub(super) enum HttpError {
     /// No such endpoint: the path and why.
     #[error(transparent)]
     NotFound(RequestError),
+    /// The endpoint exists, the method is not one of its: which method, and why.
+    #[error(transparent)]
+    MethodNotAllowed(RequestError),
     #[error("missing or invalid bearer token")]
     Unauthenticated,
     #[error(transparent)]
@@ -44,6 +48,7 @@ impl HttpError {
         match self {
             HttpError::Invalid(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::Unauthenticated => StatusCode::UNAUTHORIZED,
             HttpError::State(StateError::NotReady) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::State(StateError::RevisionNotReached { .. }) => {
@@ -57,7 +62,7 @@ impl HttpError {
     pub(super) fn body(&self) -> Vec<u8> {
         let status = self.status();
         let (field, message) = match self {
-            HttpError::Invalid(e) | HttpError::NotFound(e) => {
+            HttpError::Invalid(e) | HttpError::NotFound(e) | HttpError::MethodNotAllowed(e) => {
                 (Some(e.field.to_string()), e.to_string())
             }
             HttpError::State(

@@ -249,6 +249,43 @@ async fn not_found(headers: HeaderMap, uri: axum::http::Uri) -> Response {
     )
 }
 
+/// How much of a refused request's body is read, so that a pooled keep-alive connection is
+/// left ready for the next request; a larger (or broken) body closes the connection, and the
+/// response says so with `Connection: close`.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+async fn method_not_allowed(
+    method: axum::http::Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    let drained = axum::body::to_bytes(body, DRAIN_LIMIT).await.is_ok();
+    let allowed = if uri.path() == WELL_KNOWN {
+        "GET"
+    } else {
+        "POST"
+    };
+    let e = RequestError::edge(
+        "method",
+        format!(
+            "{method} is not a method of `{}` (it takes {allowed})",
+            crate::engine::error::quote(uri.path())
+        ),
+    );
+    let mut response = respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        HttpError::MethodNotAllowed(e).body(),
+        &headers,
+    );
+    let h = response.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(allowed));
+    if !drained {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// The AuthZEN routes.
 pub fn router(service: Arc<AuthzenService>) -> Router {
     Router::new()
@@ -259,6 +296,7 @@ pub fn router(service: Arc<AuthzenService>) -> Router {
         .route(SEARCH_ACTION, post(search_action))
         .route(WELL_KNOWN, get(discovery::configuration))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(service)
 }
