@@ -446,7 +446,7 @@ impl<'s> Prover<'s> {
     }
 
     /// [`Prover::implies`] for the data the store can hold: when `a` allows a request `b`
-    /// denies, asked again with the assumptions on `a`'s side.
+    /// denies, asked again with the assumptions on `a`'s side (if any apply).
     pub async fn implies_assuming(
         &mut self,
         a: &Named<'_>,
@@ -458,7 +458,14 @@ impl<'s> Prover<'s> {
         if plain.is_none() {
             return Ok(plain);
         }
-        self.assumed_implies(a, b, env, what).await
+        match self.with_assumptions(a.set, &[a.set, b.set], env, what)? {
+            Some(set) => {
+                let assumed = Named::new(&format!("{}+assumed", a.name), &set);
+                self.implies(&assumed, b, env, what).await
+            }
+            // Nothing to assume: the plain answer stands (not asked again).
+            None => Ok(plain),
+        }
     }
 
     /// [`Prover::implies`] with the assumptions on `a`'s side from the start (for a query that
@@ -470,11 +477,13 @@ impl<'s> Prover<'s> {
         env: &RequestEnv,
         what: &str,
     ) -> Result<Option<Counterexample>, AnalysisError> {
-        let Some(set) = self.with_assumptions(a.set, &[a.set, b.set], env, what)? else {
-            return self.implies(a, b, env, what).await;
-        };
-        let assumed = Named::new(&format!("{}+assumed", a.name), &set);
-        self.implies(&assumed, b, env, what).await
+        match self.with_assumptions(a.set, &[a.set, b.set], env, what)? {
+            Some(set) => {
+                let assumed = Named::new(&format!("{}+assumed", a.name), &set);
+                self.implies(&assumed, b, env, what).await
+            }
+            None => self.implies(a, b, env, what).await,
+        }
     }
 
     /// `set` with the assumptions stated for `env` that the query can need: those about the
@@ -523,11 +532,13 @@ impl<'s> Prover<'s> {
         if plain.is_none() {
             return Ok(plain);
         }
-        let Some(set) = self.with_assumptions(a.set, &[a.set], env, what)? else {
-            return Ok(plain);
-        };
-        let assumed = Named::new(&format!("{}+assumed", a.name), &set);
-        self.always_denies(&assumed, env, what).await
+        match self.with_assumptions(a.set, &[a.set], env, what)? {
+            Some(set) => {
+                let assumed = Named::new(&format!("{}+assumed", a.name), &set);
+                self.always_denies(&assumed, env, what).await
+            }
+            None => Ok(plain),
+        }
     }
 
     /// The environments of these actions (all environments when `actions` is empty).

@@ -4,18 +4,19 @@
 
 use super::{load_or_report, AnyError, Exit};
 use crate::authoring::{matrix, suite};
-use crate::engine::pack::{PackSpec, PolicyPack};
+use crate::engine::pack::PackSpec;
+use crate::service::gate;
 
 pub fn run(spec: &PackSpec) -> Result<Exit, AnyError> {
-    if load_or_report(spec)?.is_none() {
+    let Some(pack) = load_or_report(spec)? else {
         return Ok(Exit::Problems);
-    }
-    let report = suite::run(spec)?;
+    };
+    let report = suite::run_with(pack.clone())?;
     for failure in report.failed() {
         println!("{}", failure.describe());
     }
-    // The table describes the pack without overlays.
-    let base = PolicyPack::load(&PackSpec::new(&spec.dir, &[]))?;
+    // The table describes the pack without overlays, as at the gate.
+    let base = gate::table_pack(&pack)?;
     let rows = matrix::unexpected(&base)?;
     for row in &rows {
         println!("FAIL {row}");

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityTypeName, EntityUid, PolicySet, Request, Schema,
+    Authorizer, Context, Decision, Entities, EntityTypeName, EntityUid, PolicySet, Request,
 };
 use serde_json::Value;
 
@@ -68,7 +68,6 @@ impl Assumption {
         &self,
         uid: &EntityUid,
         lookup: &dyn Fn(&EntityUid) -> Option<Value>,
-        schema: &Schema,
     ) -> Result<(), Violation> {
         let violation = |errors: Vec<String>| Violation {
             assumption: self.id.clone(),
@@ -102,7 +101,6 @@ impl Assumption {
         // Stored and written entities are canonical Cedar JSON (references as `__entity`),
         // validated when written: parsed without the schema, which would add and close over
         // its actions at every check.
-        let _ = schema;
         let entities = match Entities::from_json_value(Value::Array(out), None) {
             Ok(e) => e,
             Err(e) => return Err(violation(vec![e.to_string()])),

@@ -127,9 +127,9 @@ pub fn load(spec: &PackSpec, analysis: Analysis) -> Result<Arc<PolicyPack>, Gate
 /// passes and every invariant holds (or, optionally, the solver is missing). What the analysis
 /// said is kept on the pack (`PolicyPack::analysis`).
 pub fn check(pack: Arc<PolicyPack>, analysis: Analysis) -> Result<Arc<PolicyPack>, GateError> {
-    let pack = check_suites(pack)?;
-    let version = pack.version.clone();
     let base = table_pack(&pack)?;
+    let pack = check_suites(pack, &base)?;
+    let version = pack.version.clone();
     let table = matrix::claims(&base).map_err(|error| GateError::Table {
         version: version.clone(),
         error,
@@ -159,15 +159,16 @@ pub fn check(pack: Arc<PolicyPack>, analysis: Analysis) -> Result<Arc<PolicyPack
 
 /// The pack the permission table describes: the pack without its overlays (what an overlay
 /// does is its `overlays_only_restrict` invariant's business).
-fn table_pack(pack: &Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
+pub fn table_pack(pack: &Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
     if pack.spec.overlays.is_empty() {
         return Ok(pack.clone());
     }
     Ok(PolicyPack::load(&PackSpec::new(&pack.spec.dir, &[]))?)
 }
 
-/// Runs a loaded pack's suites; the pack passes only if every case does.
-fn check_suites(pack: Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
+/// Runs a loaded pack's suites and checks its table's rows on `base` (the pack without
+/// overlays); the pack passes only if every case and row does.
+fn check_suites(pack: Arc<PolicyPack>, base: &PolicyPack) -> Result<Arc<PolicyPack>, GateError> {
     let version = pack.version.clone();
     let report = suite::run_with(pack.clone()).map_err(|error| GateError::Suites {
         version: version.clone(),
@@ -175,8 +176,7 @@ fn check_suites(pack: Arc<PolicyPack>) -> Result<Arc<PolicyPack>, GateError> {
     })?;
     let mut failures: Vec<String> = report.failed().iter().map(|f| f.describe()).collect();
     // The permission table's rows, on its fixture, say what the policies answer.
-    let base = table_pack(&pack)?;
-    failures.extend(matrix::unexpected(&base).map_err(|error| GateError::Table {
+    failures.extend(matrix::unexpected(base).map_err(|error| GateError::Table {
         version: version.clone(),
         error,
     })?);

@@ -723,6 +723,15 @@ fn the_readme_procedure_for_changing_a_rule_keeps_the_checks_green() {
     }
 }
 
+/// The line a load error gives for `file` (`<file>:<line>:<col>: ...`).
+fn error_line(err: &str, file: &Path) -> usize {
+    err.split(&format!("{}:", file.display()))
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no line in {err}"))
+}
+
 /// A lifecycle rule naming a type or an attribute the schema lacks (or one that holds no
 /// entity) is refused at load, at lifecycle.toml:line:col, so a misspelled rule cannot make a
 /// `delete_owned` quietly leave data behind.
@@ -756,12 +765,7 @@ fn a_lifecycle_rule_the_schema_does_not_back_is_refused_at_load() {
         let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
             .unwrap_err()
             .to_string();
-        let line: usize = err
-            .split(&format!("{}:", file.display()))
-            .nth(1)
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|l| l.parse().ok())
-            .unwrap_or_else(|| panic!("no line in {err}"));
+        let line = error_line(&err, &file);
         assert!(
             line + 3 >= edited && line <= edited,
             "line {line}, edited {edited}: {err}"
@@ -814,12 +818,7 @@ fn a_data_assumption_that_cannot_be_enforced_is_refused_at_load() {
         let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
             .unwrap_err()
             .to_string();
-        let line: usize = err
-            .split(&format!("{}:", file.display()))
-            .nth(1)
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|l| l.parse().ok())
-            .unwrap_or_else(|| panic!("no line in {err}"));
+        let line = error_line(&err, &file);
         assert_eq!(line, edited, "{err}");
         assert!(err.contains(message), "{err}");
         let (code, _, err) = run(&["validate"], &dir);

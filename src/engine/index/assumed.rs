@@ -63,7 +63,7 @@ impl Working<'_> {
             let mut done = HashSet::new();
             for uid in check {
                 if done.insert(uid.clone()) {
-                    a.check(&uid, &|u| self.json(u), &schema.schema)?;
+                    a.check(&uid, &|u| self.json(u))?;
                 }
             }
         }
@@ -86,7 +86,7 @@ impl super::EntityStore {
                     continue;
                 }
                 let uid = self.uid_of(ix as super::Ix);
-                a.check(&uid, &|u| self.get_json(u), &schema.schema)?;
+                a.check(&uid, &|u| self.get_json(u))?;
                 checked += 1;
             }
         }

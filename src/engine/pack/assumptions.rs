@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::diagnostics::toml_error;
+use super::diagnostics::{parse_toml, toml_error};
 use crate::engine::assume::Assumption;
 use crate::engine::error::LoadError;
 
@@ -51,10 +51,7 @@ pub(super) fn load(
     }
     let text = super::files::read(&path)?;
     let diag = |offset: usize, message: String| toml_error(&path, &text, offset, message);
-    let file: File = toml::from_str(&text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        LoadError::Invalid(vec![diag(offset, e.message().to_string())])
-    })?;
+    let file: File = parse_toml(&path, &text)?;
     let mut diags = Vec::new();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();

@@ -8,7 +8,7 @@ use miette::{Diagnostic, LabeledSpan};
 
 use crate::engine::error::{LoadError, Location, PolicyDiagnostic, Severity};
 
-/// An error at a byte offset of one of the pack's TOML files (names.toml, invariants.toml).
+/// An error at a byte offset of one of the pack's TOML files (names.toml, invariants.toml, ...).
 pub(super) fn toml_error(
     path: &Path,
     text: &str,
@@ -29,6 +29,22 @@ pub(super) fn toml_error(
         source_text: Some(text.to_string()),
         cedar: None,
     }
+}
+
+/// One of the pack's TOML files parsed into `T`; a syntax or shape error at its file:line:col.
+pub(super) fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, LoadError> {
+    toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        LoadError::Invalid(vec![toml_error(
+            path,
+            text,
+            offset,
+            e.message().to_string(),
+        )])
+    })
 }
 
 /// 1-based line and column of a byte offset in `text`, and that line.

@@ -12,7 +12,7 @@ use cedar_policy::{EntityUid, PolicySet, ValidationMode, Validator};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::diagnostics::{line_col, toml_error};
+use super::diagnostics::{line_col, parse_toml, toml_error};
 use crate::engine::error::{LoadError, Location};
 
 /// The invariants file inside a policy directory.
@@ -128,10 +128,7 @@ pub(super) fn load(
         }
     };
     let diag = |offset: usize, message: String| toml_error(&path, &text, offset, message);
-    let file: File = toml::from_str(&text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        LoadError::Invalid(vec![diag(offset, e.message().to_string())])
-    })?;
+    let file: File = parse_toml(&path, &text)?;
 
     let mut diags = Vec::new();
     let mut seen = BTreeSet::new();

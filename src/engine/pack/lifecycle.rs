@@ -9,7 +9,7 @@ use std::path::Path;
 use cedar_policy::EntityTypeName;
 use serde::Deserialize;
 
-use super::diagnostics::toml_error;
+use super::diagnostics::{parse_toml, toml_error};
 use crate::engine::error::LoadError;
 use crate::engine::schema::{EntitySchema, Lifecycle};
 
@@ -56,10 +56,7 @@ pub(super) fn load(
     }
     let text = super::files::read(&path)?;
     let at = |offset: usize, message: String| toml_error(&path, &text, offset, message);
-    let file: LifecycleFile = toml::from_str(&text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        LoadError::Invalid(vec![at(offset, e.message().to_string())])
-    })?;
+    let file: LifecycleFile = parse_toml(&path, &text)?;
     let mut diags = Vec::new();
     let mut rules = Lifecycle::default();
     let entity_type = |name: &str| -> Result<EntityTypeName, String> {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::diagnostics::toml_error;
+use super::diagnostics::{parse_toml, toml_error};
 use crate::engine::error::LoadError;
 
 /// The names file inside a policy directory.
@@ -94,10 +94,7 @@ pub(super) fn load(
     }
     let text = super::files::read(&path)?;
     let at = |offset: usize, message: String| toml_error(&path, &text, offset, message);
-    let file: NamesFile = toml::from_str(&text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        LoadError::Invalid(vec![at(offset, e.message().to_string())])
-    })?;
+    let file: NamesFile = parse_toml(&path, &text)?;
     let mut diags = Vec::new();
     let mut names = Names {
         declared: true,
