@@ -56,6 +56,9 @@ pub fn run(mut pack: PackArgs, args: ServeCommand, m: &ArgMatches) -> Result<Exi
             settings::user_set_keys(m),
         )?));
     }
+    if let Some(basic) = s.read_http_basic_file()? {
+        config.http_basic = Some(basic);
+    }
     if let Some(token) = s.read_http_token_file()? {
         config.http_token = Some(token);
     }

@@ -154,7 +154,9 @@ pub fn parse_overlay(
             Some(Err(how)) => return Err(RequestError::new(Field::Entities(Some(i)), how)),
             None => {}
         }
-        let e = parse_entity(value.clone(), &pack.entities, "entity")
+        let mut value = value.clone();
+        pack.open_attrs(&mut value);
+        let e = parse_entity(value, &pack.entities, "entity")
             .map_err(|e| RequestError::new(Field::Entities(Some(i)), e))?;
         if !seen.insert(e.uid()) {
             return Err(RequestError::new(
@@ -302,9 +304,11 @@ pub(crate) fn checked_request(
     uids: (&EntityUid, &EntityUid, &EntityUid),
     context: Option<&ContextMap>,
 ) -> Result<(Option<Request>, Vec<EntityUid>), RequestError> {
-    let context = context.filter(|c| !c.is_empty());
+    let id = uids.1.id().unescaped();
+    let opened = context.map(|c| pack.open_context(id, c));
+    let context = opened.as_deref().filter(|c| !c.is_empty());
     let checked = schema_checked_request(pack, entry, uids, context)?;
-    let declared = pack.names.context_values(uids.1.id().unescaped());
+    let declared = pack.names.context_values(id);
     if let (false, Some(context)) = (declared.is_empty(), context) {
         check_declared_values(declared, context)?;
     }

@@ -1,4 +1,5 @@
-//! Caller tokens: the one comparison every listener that requires a bearer token uses.
+//! Caller credentials: the one comparison every listener that requires a bearer token uses,
+//! and HTTP Basic client credentials for the AuthZEN listener.
 
 /// Whether two byte strings are equal, in time that does not depend on where they differ.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -17,9 +18,44 @@ pub(crate) fn bearer_matches(given: &[u8], token: &[u8]) -> bool {
         && constant_time_eq(&given[SCHEME.len()..], token)
 }
 
+/// Whether an `authorization` value is `Basic <base64 of credentials>` (RFC 7617; the scheme
+/// in any case), the decoded `id:secret` compared in constant time.
+pub(crate) fn basic_matches(given: &[u8], credentials: &[u8]) -> bool {
+    use base64::Engine;
+    const SCHEME: &[u8] = b"basic ";
+    if given.len() <= SCHEME.len() || !given[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return false;
+    }
+    let encoded = given[SCHEME.len()..].trim_ascii();
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(decoded) => constant_time_eq(&decoded, credentials),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::bearer_matches;
+    use super::{basic_matches, bearer_matches};
+
+    #[test]
+    fn basic_credentials_decode_and_compare_exactly() {
+        // base64("client:s3cret") = Y2xpZW50OnMzY3JldA==
+        assert!(basic_matches(
+            b"Basic Y2xpZW50OnMzY3JldA==",
+            b"client:s3cret"
+        ));
+        assert!(basic_matches(
+            b"basic Y2xpZW50OnMzY3JldA==",
+            b"client:s3cret"
+        ));
+        assert!(!basic_matches(
+            b"Basic Y2xpZW50OnMzY3JldA==",
+            b"client:other"
+        ));
+        assert!(!basic_matches(b"Basic not base64!", b"client:s3cret"));
+        assert!(!basic_matches(b"Bearer client:s3cret", b"client:s3cret"));
+        assert!(!basic_matches(b"Basic ", b""));
+    }
 
     #[test]
     fn the_scheme_is_case_insensitive_and_the_token_exact() {

@@ -51,6 +51,10 @@ pub struct ServeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Bearer token AuthZEN callers must send (None: none needed).
     pub http_token: Option<String>,
+    /// `client_id:client_secret` AuthZEN callers may send as HTTP Basic (None: not accepted).
+    pub http_basic: Option<String>,
+    /// Whether AuthZEN decisions carry their reason `context` by default.
+    pub http_decision_context: bool,
     /// The base URL discovery names (None: the scheme and the request's `Host`).
     pub http_public_url: Option<String>,
     /// The overlays were set by flag or environment: the file's do not apply.
@@ -93,6 +97,8 @@ impl ServeConfig {
             decision_log: DecisionLog::default(),
             http_listen: None,
             http_token: None,
+            http_basic: None,
+            http_decision_context: true,
             http_public_url: None,
         }
     }

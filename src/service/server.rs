@@ -262,12 +262,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         let service = Arc::new(AuthzenService::new(
             engine.clone(),
             telemetry.clone(),
-            config.http_token.clone(),
-            config.http_public_url.clone(),
-            tls.is_some(),
+            authzen::Callers {
+                token: config.http_token.clone(),
+                basic: config.http_basic.clone(),
+            },
+            authzen::Answers {
+                public_url: config.http_public_url.clone(),
+                decision_context: config.http_decision_context,
+                tls: tls.is_some(),
+            },
         ));
-        if config.http_token.is_none() {
-            tracing::info!("no HTTP caller token configured: AuthZEN calls need none");
+        if config.http_token.is_none() && config.http_basic.is_none() {
+            tracing::info!("no HTTP caller credentials configured: AuthZEN calls need none");
         }
         let secure = tls.is_some();
         listeners.spawn(

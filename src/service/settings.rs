@@ -236,6 +236,21 @@ pub struct ServeSettings {
         conflicts_with = "http_token"
     )]
     pub http_token_file: Option<PathBuf>,
+    /// `client_id:client_secret` AuthZEN callers may send as HTTP Basic credentials
+    /// (`client_secret_basic`), besides or instead of the bearer token; none: not accepted.
+    #[arg(long, env = "BLUE_AUTHZ_HTTP_BASIC", hide_env_values = true)]
+    pub http_basic: Option<String>,
+    /// A file holding `client_id:client_secret` (its first line); instead of --http-basic.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_HTTP_BASIC_FILE",
+        conflicts_with = "http_basic"
+    )]
+    pub http_basic_file: Option<PathBuf>,
+    /// Whether AuthZEN decisions carry their reason `context` unless a request's
+    /// `options.include_context` says otherwise.
+    #[arg(long, env = "BLUE_AUTHZ_HTTP_DECISION_CONTEXT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_decision_context: bool,
     /// The base URL AuthZEN discovery names, as callers reach this server
     /// (`https://authz.example.com`; '': the scheme and the request's Host).
     #[arg(long, env = "BLUE_AUTHZ_HTTP_PUBLIC_URL", default_value = "")]
@@ -398,6 +413,7 @@ pub fn print(pack: &PackArgs, serve: &ServeSettings) -> Result<String, toml::ser
     let mut serve = serve.clone();
     serve.data_token = serve.data_token.map(|_| "<redacted>".to_string());
     serve.http_token = serve.http_token.map(|_| "<redacted>".to_string());
+    serve.http_basic = serve.http_basic.map(|_| "<redacted>".to_string());
     serve.source = redact_password(&serve.source);
     table.extend(toml::Table::try_from(&serve)?);
     toml::to_string(&table)
@@ -542,6 +558,8 @@ impl ServeSettings {
             health_listen: self.health_listen.0,
             http_listen: self.http_listen.0,
             http_token: self.http_token.clone().filter(|t| !t.is_empty()),
+            http_basic: self.http_basic.clone().filter(|t| !t.is_empty()),
+            http_decision_context: self.http_decision_context,
             http_public_url: Some(self.http_public_url.trim().to_string())
                 .filter(|u| !u.is_empty()),
             decision_log: DecisionLog {
@@ -561,6 +579,11 @@ impl ServeSettings {
     /// The token in `http_token_file`, as [`ServeSettings::read_token_file`].
     pub fn read_http_token_file(&self) -> Result<Option<String>, SettingsError> {
         read_token(self.http_token_file.as_deref(), "--http-token-file")
+    }
+
+    /// The credentials in `http_basic_file`, as [`ServeSettings::read_token_file`].
+    pub fn read_http_basic_file(&self) -> Result<Option<String>, SettingsError> {
+        read_token(self.http_basic_file.as_deref(), "--http-basic-file")
     }
 }
 

@@ -492,21 +492,25 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         )
         .await;
     }
-    // In a batch, the index is named.
+    // In a batch, the refused request is its own answer, naming its index; the others stand.
     let mut requests = vec![valid(); 3];
     requests[2].action = uid("Blue::Action", "fly");
-    let err = client
+    let r = client
         .batch_is_authorized(pb::BatchIsAuthorizedRequest {
             requests,
             min_revision: 0,
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .unwrap()
+        .into_inner();
+    assert!(r.responses[..2].iter().all(|x| x.refused.is_none()));
+    let refused = r.responses[2].refused.as_ref().unwrap();
+    assert_eq!(r.responses[2].decision, pb::Decision::Deny as i32);
+    assert_eq!(refused.field, "requests[2].action.id");
     assert!(
-        err.message().starts_with("requests[2].action.id"),
+        refused.message.starts_with("requests[2].action.id: unknown action"),
         "{}",
-        err.message()
+        refused.message
     );
     // A batch over the limit.
     let err = client

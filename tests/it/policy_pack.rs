@@ -565,6 +565,57 @@ fn a_context_declaration_of_an_unknown_field_is_refused_at_load() {
     );
 }
 
+/// `[requests]` in names.toml is checked like the rest of the file: a place for action
+/// properties that is none of the three, an action id or entity type the schema does not have,
+/// each at names.toml:line:col; a declaration that is right loads.
+#[test]
+fn a_requests_declaration_is_checked_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    copy_dir(&policies(), &dir);
+    let names = std::fs::read_to_string(dir.join("names.toml")).unwrap();
+    let cases = [
+        (
+            "action_properties = \"headers\"",
+            "action_properties `headers` is not",
+        ),
+        (
+            "open_context = [\"viewProjects\"]",
+            "`viewProjects` is not an action id of the schema",
+        ),
+        (
+            "open_properties = [\"robot\"]",
+            "`robot` is not an entity type of the schema",
+        ),
+        ("closed = true", "unknown field `closed`"),
+    ];
+    for (line, said) in cases {
+        std::fs::write(
+            dir.join("names.toml"),
+            format!("{names}\n[requests]\n{line}\n"),
+        )
+        .unwrap();
+        let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
+            .unwrap_err()
+            .to_string();
+        let at = names.lines().count() + 3;
+        assert!(
+            err.contains(&format!("names.toml:{at}:")) && err.contains(said),
+            "{line}: {err}"
+        );
+    }
+    std::fs::write(
+        dir.join("names.toml"),
+        format!("{names}\n[requests]\naction_properties = \"context.action\"\nopen_context = [\"*\"]\nopen_properties = [\"user\", \"Blue::Project\"]\n"),
+    )
+    .unwrap();
+    let pack = PolicyPack::load(&PackSpec::new(&dir, &[])).unwrap();
+    assert!(pack.names.open_context.contains("inviteMember"));
+    assert!(pack.names.open_properties.contains("Blue::User"));
+    assert!(pack.names.open_properties.contains("Blue::Project"));
+    assert!(!pack.names.open_properties.contains("Blue::Record"));
+}
+
 /// `blue-authz ARGS` run in `dir` as the README shows it (the default `--policies policies`).
 fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = bin()

@@ -9,6 +9,7 @@ mod files;
 mod invariants;
 mod lifecycle;
 mod names;
+mod shapes;
 mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +32,8 @@ pub use self::files::overlay_names;
 use self::files::{cedar_files, digest_tree, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::lifecycle::LIFECYCLE_FILE;
-pub use self::names::{Names, NAMES_FILE};
+pub use self::names::{ActionProperties, Names, Open, NAMES_FILE};
+pub use self::shapes::{Record, Shapes};
 pub use self::table::TableClaim;
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
 use crate::engine::schema::{plain_type, EntitySchema};
@@ -93,6 +95,9 @@ pub struct PolicyPack {
     entity_types: hashbrown::HashMap<String, EntityTypeName>,
     /// What callers outside Cedar call the pack's types and actions (`names.toml`).
     pub names: Names,
+    /// The record shapes of the types and actions whose requests `names.toml` reads open
+    /// (empty for a strict pack).
+    pub shapes: Shapes,
     /// What must hold for all data the schema allows (`invariants.toml`).
     pub invariants: Invariants,
     /// What the serving gate's analysis said of this pack (`proved: ...` or `skipped: ...`),
@@ -266,6 +271,11 @@ impl PolicyPack {
             hasher.update(text.as_bytes());
         }
         let version = hex8(&hasher.finalize());
+        let shapes = if names.open_context.is_none() && names.open_properties.is_none() {
+            Shapes::default()
+        } else {
+            shapes::of_schema(&schema_text)
+        };
         Ok(Arc::new(PolicyPack {
             spec: spec.clone(),
             schema,
@@ -279,6 +289,7 @@ impl PolicyPack {
             entity_types,
             entities,
             names,
+            shapes,
             invariants,
             analysis: std::sync::OnceLock::new(),
         }))
@@ -286,6 +297,13 @@ impl PolicyPack {
 
     pub fn action(&self, uid: &EntityUid) -> Option<&ActionEntry> {
         self.actions.get(uid)
+    }
+
+    /// An action by its id alone (in the schema's action type).
+    pub fn action_by_id(&self, id: &str) -> Option<&ActionEntry> {
+        let ty = self.action_type()?.clone();
+        self.actions
+            .get(&EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
     }
 
     /// Actions whose policies are not all in the compiled plans' subset, sorted by id: their
@@ -346,6 +364,67 @@ impl PolicyPack {
     /// The action type name of this schema (`Blue::Action`), taken from its first action.
     pub fn action_type(&self) -> Option<&EntityTypeName> {
         self.actions.keys().next().map(EntityUid::type_name)
+    }
+
+    /// The context an action is decided with: the given one, or, where `names.toml` reads
+    /// the action's context open, a copy without the members its schema does not declare
+    /// (logged at debug level). A strict pack never copies.
+    pub fn open_context<'c>(
+        &self,
+        action_id: &str,
+        context: &'c serde_json::Map<String, serde_json::Value>,
+    ) -> std::borrow::Cow<'c, serde_json::Map<String, serde_json::Value>> {
+        use std::borrow::Cow;
+        if !self.names.open_context.contains(action_id) {
+            return Cow::Borrowed(context);
+        }
+        let Some(shape) = self.shapes.contexts.get(action_id) else {
+            return Cow::Borrowed(context);
+        };
+        if !shape.has_undeclared(context) {
+            return Cow::Borrowed(context);
+        }
+        let mut pruned = context.clone();
+        let mut dropped = Vec::new();
+        shape.prune(&mut pruned, "context", &mut dropped);
+        tracing::debug!(
+            action = action_id,
+            ?dropped,
+            "dropped undeclared context members"
+        );
+        Cow::Owned(pruned)
+    }
+
+    /// Drops, from a request-scoped entity's attributes (Cedar JSON), those its type does not
+    /// declare, where `names.toml` reads that type's properties open. Logged at debug level.
+    pub fn open_attrs(&self, entity: &mut serde_json::Value) {
+        if self.names.open_properties.is_none() {
+            return;
+        }
+        let Some(ty) = entity
+            .get("uid")
+            .and_then(|u| u.get("type"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let Some(shape) = self
+            .names
+            .open_properties
+            .contains(&ty)
+            .then(|| self.shapes.entities.get(&ty))
+            .flatten()
+        else {
+            return;
+        };
+        if let Some(serde_json::Value::Object(attrs)) = entity.get_mut("attrs") {
+            if shape.has_undeclared(attrs) {
+                let mut dropped = Vec::new();
+                shape.prune(attrs, "properties", &mut dropped);
+                tracing::debug!(entity_type = ty, ?dropped, "dropped undeclared properties");
+            }
+        }
     }
 }
 

@@ -2,8 +2,12 @@
 //! what callers that do not speak Cedar (the AuthZEN API's subject and resource `type`s and
 //! action `name`s) call them, and the values a context field may take (`[context.<action>]`:
 //! a request with any other value is refused naming the field, not decided as a quiet DENY).
-//! Checked against the schema when the pack loads; without the file, a `type` is a Cedar
-//! entity type name (`Blue::User`) and a `name` an action id, and any value is taken.
+//! Its `[requests]` table says how requests from outside are read: where AuthZEN action
+//! `properties` go (`action_properties`: ignored by default, merged into the context, or one
+//! context attribute), and for which actions and entity types members the schema does not
+//! declare are dropped rather than refused (`open_context`, `open_properties`; strict by
+//! default). Checked against the schema when the pack loads; without the file, a `type` is a
+//! Cedar entity type name (`Blue::User`) and a `name` an action id, and any value is taken.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,6 +33,58 @@ struct NamesFile {
     /// Action id → context field → the string values it may take.
     #[serde(default)]
     context: BTreeMap<toml::Spanned<String>, BTreeMap<toml::Spanned<String>, Vec<String>>>,
+    /// How requests from outside are read.
+    #[serde(default)]
+    requests: RequestsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestsFile {
+    /// Where AuthZEN action `properties` go: `"context.<name>"`, `"context"` or `"ignore"`.
+    #[serde(default)]
+    action_properties: Option<toml::Spanned<String>>,
+    /// Action ids (or `"*"`) whose context members the schema does not declare are dropped.
+    #[serde(default)]
+    open_context: Vec<toml::Spanned<String>>,
+    /// Entity types (outside or Cedar names, or `"*"`) whose undeclared properties are dropped.
+    #[serde(default)]
+    open_properties: Vec<toml::Spanned<String>>,
+}
+
+/// Where the `properties` of an AuthZEN action go (`[requests] action_properties`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum ActionProperties {
+    /// Dropped (logged at debug level): the default, since Cedar actions carry no attributes.
+    #[default]
+    Ignore,
+    /// Merged into the request's context; a member both give is refused.
+    Merge,
+    /// The context attribute of this name, as a record.
+    Attribute(String),
+}
+
+/// A set of names a `[requests]` list declares, or every name (`"*"`).
+#[derive(Debug, Default, Clone)]
+pub enum Open {
+    #[default]
+    None,
+    All,
+    Some(std::collections::HashSet<String>),
+}
+
+impl Open {
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Open::None => false,
+            Open::All => true,
+            Open::Some(set) => set.contains(name),
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, Open::None)
+    }
 }
 
 /// The pack's outside names, both ways. Every name not declared is its Cedar name.
@@ -40,6 +96,12 @@ pub struct Names {
     from_action: HashMap<String, String>,
     /// Action id → (context field, the values it may take), fields sorted.
     context_values: HashMap<String, Vec<(String, Vec<String>)>>,
+    /// Where AuthZEN action properties go.
+    pub action_properties: ActionProperties,
+    /// Action ids whose undeclared context members are dropped rather than refused.
+    pub open_context: Open,
+    /// Entity types (Cedar names) whose undeclared request attributes are dropped.
+    pub open_properties: Open,
     /// Whether the pack has a names file.
     pub declared: bool,
 }
@@ -179,10 +241,62 @@ pub(super) fn load(
         }
         names.context_values.insert(a.clone(), declared);
     }
+    let requests = &file.requests;
+    if let Some(place) = &requests.action_properties {
+        match action_properties(place.get_ref()) {
+            Ok(p) => names.action_properties = p,
+            Err(problem) => diags.push(at(place.span().start, problem)),
+        }
+    }
+    let mut open =
+        |list: &[toml::Spanned<String>], what: &str, known: &dyn Fn(&str) -> Option<String>| {
+            let mut set = std::collections::HashSet::new();
+            for name in list {
+                match (name.get_ref().as_str(), known(name.get_ref())) {
+                    ("*", _) => return Open::All,
+                    (_, Some(cedar)) => {
+                        set.insert(cedar);
+                    }
+                    (n, None) => diags.push(at(
+                        name.span().start,
+                        format!("`{n}` is not {what} of the schema"),
+                    )),
+                }
+            }
+            if set.is_empty() {
+                Open::None
+            } else {
+                Open::Some(set)
+            }
+        };
+    names.open_context = open(&requests.open_context, "an action id", &|a| {
+        is_action(a).then(|| a.to_string())
+    });
+    let cedar_type = |t: &str| {
+        let c = names.to_type.get(t).map_or(t, String::as_str);
+        is_entity_type(c).then(|| c.to_string())
+    };
+    names.open_properties = open(&requests.open_properties, "an entity type", &cedar_type);
     if !diags.is_empty() {
         return Err(LoadError::Invalid(diags));
     }
     Ok((names, Some(text)))
+}
+
+/// Reads `action_properties`: `"ignore"`, `"context"` or `"context.<name>"`.
+fn action_properties(place: &str) -> Result<ActionProperties, String> {
+    match place {
+        "ignore" => Ok(ActionProperties::Ignore),
+        "context" => Ok(ActionProperties::Merge),
+        _ => match place.strip_prefix("context.") {
+            Some(name) if !name.is_empty() && !name.contains('.') => {
+                Ok(ActionProperties::Attribute(name.to_string()))
+            }
+            _ => Err(format!(
+                "action_properties `{place}` is not \"ignore\", \"context\" or \"context.<name>\""
+            )),
+        },
+    }
 }
 
 /// Why an outside type name cannot be used, if it cannot: it must not be empty or look like a

@@ -1,8 +1,11 @@
 //! `evaluation` and `evaluations`: one decision, or many with the top-level defaults merged
 //! into each item (an item's own member replaces the default whole) under one of the three
-//! semantics. A request that cannot be read, or an item that lacks a member with no default,
-//! is a 400 for the whole call; an item that the schema refuses is a `false` decision whose
-//! context holds the error, and counts as a deny for the short-circuits.
+//! semantics. A request that cannot be read is a 400 for the whole call; an item that lacks a
+//! member no default supplies, or that the schema refuses, is a `false` decision whose context
+//! holds the error (so one bad item never costs the caller the other answers), and counts as a
+//! deny for the short-circuits. The reason `context` of a decision is left out when the
+//! request's `options.include_context` is false, or the server's `http_decision_context` is
+//! off and the request does not ask for it; an error's context is always given.
 
 use serde_json::{json, Value};
 
@@ -113,6 +116,14 @@ fn item_error(e: &RequestError) -> Value {
 }
 
 impl AuthzenService {
+    /// Whether decisions carry their reason `context`: the request's option, else the
+    /// server's setting.
+    fn with_context(&self, options: Option<&wire::Options>) -> bool {
+        options
+            .and_then(|o| o.include_context)
+            .unwrap_or(self.decision_context)
+    }
+
     /// Decides one resolved item on the decision path, counted and logged like a gRPC call.
     fn decide_item(
         &self,
@@ -125,11 +136,11 @@ impl AuthzenService {
         let subject = query::named(pack, item.subject.0, &item.subject.1, true)?;
         let resource = query::named(pack, item.resource.0, &item.resource.1, true)?;
         let (action, action_at) = (&item.action.0, &item.action.1);
-        query::no_action_properties(action.properties.as_ref(), action_at)?;
         let action_id = pack.names.action_id(&action.name);
         let (entities, from) =
             query::properties_entities(pack, view.store, &[&subject, &resource])?;
-        let context = item.context.0;
+        let context = query::with_action_properties(pack, item.context.0, action, action_at)?;
+        let context = context.as_deref();
         let paths = Paths {
             subject: &item.subject.1,
             action: action_at,
@@ -177,13 +188,14 @@ impl AuthzenService {
         call: &mut CallLog<'_>,
     ) -> Result<Vec<u8>, HttpError> {
         let req: Evaluation = query::parse(body)?;
+        let with_context = self.with_context(req.options.as_ref());
         let none = Evaluation::default();
         let item = resolve(&req, &none, None)?;
         let live = self.engine.live().ok_or(StateError::NotReady)?;
         let d = self.decide_item(&live, &item, call)?;
         let out = wire::Decision {
             decision: d.allow,
-            context: Some(reason(&d, &live.pack.version, live.store().revision())),
+            context: with_context.then(|| reason(&d, &live.pack.version, live.store().revision())),
         };
         Ok(serde_json::to_vec(&out).unwrap_or_default())
     }
@@ -200,11 +212,13 @@ impl AuthzenService {
                 .as_ref()
                 .and_then(|o| o.evaluations_semantic.as_deref()),
         )?;
+        let with_context = self.with_context(req.options.as_ref());
         let defaults = Evaluation {
             subject: req.subject,
             action: req.action,
             resource: req.resource,
             context: req.context,
+            options: None,
         };
         let items = req.evaluations.unwrap_or_default();
         let live = self.engine.live().ok_or(StateError::NotReady)?;
@@ -217,7 +231,7 @@ impl AuthzenService {
             let d = self.decide_item(&live, &item, call)?;
             let out = wire::Decision {
                 decision: d.allow,
-                context: Some(reason(&d, version, revision)),
+                context: with_context.then(|| reason(&d, version, revision)),
             };
             return Ok(serde_json::to_vec(&out).unwrap_or_default());
         }
@@ -229,30 +243,25 @@ impl AuthzenService {
             )
             .into());
         }
-        // Every item resolves before any is decided: a missing member is the whole call's
-        // error, even past a short-circuit.
-        let resolved = items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| resolve(it, &defaults, Some(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(resolved.len());
-        for item in &resolved {
-            let (allow, mut context) = match self.decide_item(&live, item, call) {
-                Ok(d) => (d.allow, reason(&d, version, revision)),
-                Err(e) => (false, item_error(&e)),
+        let mut out = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let decided = resolve(it, &defaults, Some(i))
+                .and_then(|item| self.decide_item(&live, &item, call));
+            let (allow, mut context) = match decided {
+                Ok(d) => (d.allow, with_context.then(|| reason(&d, version, revision))),
+                Err(e) => (false, Some(item_error(&e))),
             };
             let stop = match semantic {
                 Semantic::ExecuteAll => None,
                 Semantic::DenyOnFirstDeny => (!allow).then_some("deny_on_first_deny"),
                 Semantic::PermitOnFirstPermit => allow.then_some("permit_on_first_permit"),
             };
-            if let (Some(why), Value::Object(m)) = (stop, &mut context) {
+            if let (Some(why), Some(Value::Object(m))) = (stop, &mut context) {
                 m.insert("reason".into(), json!(why));
             }
             out.push(wire::Decision {
                 decision: allow,
-                context: Some(context),
+                context,
             });
             if stop.is_some() {
                 break;

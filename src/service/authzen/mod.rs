@@ -24,7 +24,7 @@ use axum::Router;
 
 use self::error::HttpError;
 use crate::engine::error::RequestError;
-use crate::service::bearer::bearer_matches;
+use crate::service::bearer::{basic_matches, bearer_matches};
 use crate::service::state::State;
 use crate::service::telemetry::{CallLog, Telemetry};
 
@@ -40,14 +40,35 @@ pub const WELL_KNOWN: &str = "/.well-known/authzen-configuration";
 /// `min_revision`).
 pub const MIN_REVISION_HEADER: &str = "x-min-revision";
 
+/// Who may call: a bearer token, HTTP Basic client credentials (`client_id:client_secret`,
+/// OAuth's `client_secret_basic`), either, or neither (anyone).
+#[derive(Debug, Default, Clone)]
+pub struct Callers {
+    pub token: Option<String>,
+    pub basic: Option<String>,
+}
+
+/// How answers are written.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    /// The base URL discovery names (None: the scheme and the request's `Host`).
+    pub public_url: Option<String>,
+    /// Whether decisions carry their reason `context` when the request does not say.
+    pub decision_context: bool,
+    pub tls: bool,
+}
+
 /// What the AuthZEN handlers share.
 pub struct AuthzenService {
     engine: Arc<State>,
     telemetry: Arc<Telemetry>,
-    /// The token callers must send as `Bearer <token>`, if one is configured.
+    /// The token callers may send as `Bearer <token>`, if one is configured.
     bearer: Option<Vec<u8>>,
+    /// The `client_id:client_secret` callers may send as `Basic`, if configured.
+    basic: Option<Vec<u8>>,
     /// The base URL discovery names (None: the scheme and the request's `Host`).
     public_url: Option<String>,
+    decision_context: bool,
     tls: bool,
 }
 
@@ -55,31 +76,41 @@ impl AuthzenService {
     pub fn new(
         engine: Arc<State>,
         telemetry: Arc<Telemetry>,
-        token: Option<String>,
-        public_url: Option<String>,
-        tls: bool,
+        callers: Callers,
+        answers: Answers,
     ) -> Self {
         AuthzenService {
             engine,
             telemetry,
-            bearer: token.map(String::into_bytes),
-            public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
-            tls,
+            bearer: callers.token.map(String::into_bytes),
+            basic: callers.basic.map(String::into_bytes),
+            public_url: answers
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string()),
+            decision_context: answers.decision_context,
+            tls: answers.tls,
         }
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<(), HttpError> {
-        let Some(expected) = &self.bearer else {
+        if self.bearer.is_none() && self.basic.is_none() {
             return Ok(());
-        };
+        }
         // The scheme in any case (RFC 7235); more than one Authorization header is refused.
         let mut given = headers.get_all(header::AUTHORIZATION).iter();
-        match (given.next(), given.next()) {
-            (Some(v), None) if bearer_matches(v.as_bytes(), expected) => Ok(()),
-            _ => {
-                self.telemetry.refused("http");
-                Err(HttpError::Unauthenticated)
+        let ok = match (given.next(), given.next()) {
+            (Some(v), None) => {
+                let v = v.as_bytes();
+                self.bearer.as_ref().is_some_and(|t| bearer_matches(v, t))
+                    || self.basic.as_ref().is_some_and(|c| basic_matches(v, c))
             }
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            self.telemetry.refused("http");
+            Err(HttpError::Unauthenticated)
         }
     }
 

@@ -10,10 +10,10 @@ use cedar_policy::{EntityId, EntityUid};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::wire::Entity;
+use super::wire::{Action, Entity};
 use crate::engine::error::{unknown_name, RequestError};
 use crate::engine::index::EntityStore;
-use crate::engine::pack::PolicyPack;
+use crate::engine::pack::{ActionProperties, PolicyPack};
 
 /// A JSON path in the request, for errors.
 pub(super) type At = Cow<'static, str>;
@@ -138,16 +138,57 @@ pub(super) fn properties_entities<'a>(
     Ok((entities, from))
 }
 
-/// Refuses action `properties`: Cedar actions carry no per-request attributes.
-pub(super) fn no_action_properties(
-    props: Option<&Map<String, Value>>,
+/// The context a request is decided with once its action's `properties` are placed where the
+/// pack's `names.toml` says (`[requests] action_properties`): ignored (the default; logged at
+/// debug level), merged into the context, or one context attribute. A member the context
+/// already gives is refused rather than silently chosen between.
+pub(super) fn with_action_properties<'c>(
+    pack: &PolicyPack,
+    context: Option<&'c Map<String, Value>>,
+    action: &Action,
     at: &str,
-) -> Result<(), RequestError> {
-    match props {
-        Some(p) if !p.is_empty() => Err(RequestError::edge(
-            format!("{at}.properties"),
-            "Cedar actions have no per-request attributes: send these values in `context`",
-        )),
-        _ => Ok(()),
+) -> Result<Option<Cow<'c, Map<String, Value>>>, RequestError> {
+    let Some(props) = action.properties.as_ref().filter(|p| !p.is_empty()) else {
+        return Ok(context.map(Cow::Borrowed));
+    };
+    let clash = |k: &str| {
+        RequestError::edge(
+            format!("{at}.properties.{k}"),
+            format!(
+                "`context` already has a member `{}`",
+                crate::engine::error::quote(k)
+            ),
+        )
+    };
+    match &pack.names.action_properties {
+        ActionProperties::Ignore => {
+            tracing::debug!(
+                action = action.name,
+                ignored = ?props.keys().collect::<Vec<_>>(),
+                "action properties ignored: the pack does not place them"
+            );
+            Ok(context.map(Cow::Borrowed))
+        }
+        ActionProperties::Merge => {
+            let mut merged = context.cloned().unwrap_or_default();
+            for (k, v) in props {
+                if merged.contains_key(k) {
+                    return Err(clash(k));
+                }
+                merged.insert(k.clone(), v.clone());
+            }
+            Ok(Some(Cow::Owned(merged)))
+        }
+        ActionProperties::Attribute(name) => {
+            let mut merged = context.cloned().unwrap_or_default();
+            if merged.contains_key(name) {
+                return Err(RequestError::edge(
+                    format!("{at}.properties"),
+                    format!("go to `context.{name}` (names.toml), which `context` already gives"),
+                ));
+            }
+            merged.insert(name.clone(), Value::Object(props.clone()));
+            Ok(Some(Cow::Owned(merged)))
+        }
     }
 }

@@ -1,18 +1,29 @@
 //! The three searches: subjects (ListSubjects), resources (ListResources) and actions
-//! (ListAllowedActions), one page at a time. A page token continues only the query it came
+//! (ListAllowedActions), one page at a time. A search that names a type or action the pack
+//! does not know, an action that does not apply to the types, or a subject or resource id the
+//! store does not hold (and the request gives no `properties` for) finds nothing: `200` with no
+//! results and the reason in `context.no_results`, never a 400 and never what a permissive
+//! policy would allow an unknown entity. The action search also takes the documented
+//! extensions `options.each_declared_context` and `options.action_contexts` (a whole screen in
+//! one call, as gRPC's ListAllowedActions). A page token continues only the query it came
 //! from: the engine binds its tokens to the query, and this edge binds them to `page.limit`
 //! too (the specification asks that a follow-up change nothing but the token). The last page
 //! has an empty `next_token`.
 
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use cedar_policy::{EntityId, EntityUid};
+use serde_json::{json, Value};
 
 use super::error::{spelled, HttpError, Paths};
 use super::query::{self, Named};
-use super::wire::{Found, FoundAction, PageResponse, Search, SearchResponse};
+use super::wire::{Entity, Found, FoundAction, PageResponse, Search, SearchResponse};
 use super::AuthzenService;
-use crate::engine::error::RequestError;
-use crate::engine::list::actions::{ActionOutcome, ActionsRequest};
+use crate::engine::error::{quote, Field, RequestError};
+use crate::engine::index::EntityStore;
+use crate::engine::list::actions::{ActionOutcome, ActionsRequest, Shown};
 use crate::engine::list::{token, ListRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::engine::pack::PolicyPack;
 use crate::engine::request::{self, UidRef};
 use crate::service::state::StateError;
 use crate::service::telemetry::{CallLog, Input};
@@ -61,6 +72,87 @@ fn required<'a, T>(v: Option<&'a T>, field: &str) -> Result<&'a T, RequestError>
     v.ok_or_else(|| RequestError::edge(field, "is required"))
 }
 
+/// Why a search finds nothing before the engine is asked: a type the pack does not know, or
+/// (`ids`) an entity the store does not hold that the request gives no properties for. An
+/// empty type stays the caller's error.
+fn unknown_entity(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    e: &Entity,
+    at: &str,
+    id_matters: bool,
+) -> Result<Option<String>, RequestError> {
+    if e.ty.is_empty() {
+        return Err(RequestError::edge(format!("{at}.type"), "is empty"));
+    }
+    let ty = pack.names.cedar_type(&e.ty);
+    let Some(cedar) = pack
+        .entity_type(ty)
+        .filter(|t| Some(*t) != pack.action_type())
+    else {
+        return Ok(Some(format!(
+            "{at}.type `{}` is not a type of the policies",
+            quote(&e.ty)
+        )));
+    };
+    let id = e.id.as_deref().unwrap_or("");
+    let has_props = e.properties.as_ref().is_some_and(|p| !p.is_empty());
+    if id_matters && !id.is_empty() && !has_props {
+        let uid = EntityUid::from_type_name_and_id(cedar.clone(), EntityId::new(id));
+        if !store.contains(&uid) {
+            return Ok(Some(format!("{at} {uid} is not an entity the store holds")));
+        }
+    }
+    Ok(None)
+}
+
+/// Why an entity search finds nothing for an action: one the pack does not know, or one that
+/// does not apply to the subject's and resource's types.
+fn unknown_action(
+    pack: &PolicyPack,
+    name: &str,
+    subject: &Entity,
+    resource: &Entity,
+) -> Option<String> {
+    let id = pack.names.action_id(name);
+    let Some(entry) = pack.action_by_id(id) else {
+        return Some(format!(
+            "action `{}` is not an action of the policies",
+            quote(name)
+        ));
+    };
+    let applies = |e: &Entity, types: &std::collections::HashSet<cedar_policy::EntityTypeName>| {
+        pack.entity_type(pack.names.cedar_type(&e.ty))
+            .is_some_and(|t| types.contains(t))
+    };
+    if !applies(subject, &entry.principal_types) || !applies(resource, &entry.resource_types) {
+        return Some(format!(
+            "action `{}` does not apply to a {} and a {}",
+            quote(name),
+            quote(&subject.ty),
+            quote(&resource.ty)
+        ));
+    }
+    None
+}
+
+/// The answer of a search that finds nothing, saying why.
+fn no_results(pack: &PolicyPack, revision: u64, why: &str) -> Vec<u8> {
+    let out = SearchResponse::<Found<'_>> {
+        page: PageResponse {
+            next_token: String::new(),
+            count: 0,
+        },
+        context: json!({
+            "policy_version": pack.version,
+            "revision": revision,
+            "no_results": why,
+        }),
+        results: Vec::new(),
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
 impl AuthzenService {
     /// `POST /access/v1/search/subject` and `/search/resource`.
     pub(super) fn search_entities(
@@ -72,7 +164,6 @@ impl AuthzenService {
         let subject = required(req.subject.as_ref(), "subject")?;
         let action = required(req.action.as_ref(), "action")?;
         let resource = required(req.resource.as_ref(), "resource")?;
-        query::no_action_properties(action.properties.as_ref(), "action")?;
         let (page_size, bound) = limit(req.page.as_ref())?;
         let page_token = inner_token(req.page.as_ref().and_then(|p| p.token.as_deref()), &bound)?;
         let live = self.engine.live().ok_or(StateError::NotReady)?;
@@ -85,6 +176,17 @@ impl AuthzenService {
             Listed::Principals => (subject, "subject", resource, "resource"),
             Listed::Resources => (resource, "resource", subject, "subject"),
         };
+        let nothing = match (
+            unknown_entity(pack, store, searched, searched_at, false)?,
+            unknown_entity(pack, store, other, other_at, true)?,
+        ) {
+            (Some(why), _) | (None, Some(why)) => Some(why),
+            (None, None) => unknown_action(pack, &action.name, subject, resource),
+        };
+        if let Some(why) = nothing {
+            return Ok(no_results(pack, store.revision(), &why));
+        }
+        let context = query::with_action_properties(pack, req.context.as_ref(), action, "action")?;
         if searched.properties.as_ref().is_some_and(|p| !p.is_empty()) {
             return Err(RequestError::edge(
                 format!("{searched_at}.properties"),
@@ -118,7 +220,7 @@ impl AuthzenService {
                     id: action_id,
                 },
                 listed_type: searched_named.ty,
-                context: req.context.as_ref(),
+                context: context.as_deref(),
                 entities: &entities,
                 page_size,
                 page_token,
@@ -160,9 +262,23 @@ impl AuthzenService {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
         let view = live.view();
         let pack = &live.pack;
+        if let Some(why) = unknown_entity(pack, view.store, subject, "subject", true)?.or(
+            unknown_entity(pack, view.store, resource, "resource", true)?,
+        ) {
+            return Ok(no_results(pack, view.store.revision(), &why));
+        }
         let subject = query::named(pack, subject, "subject", true)?;
         let resource = query::named(pack, resource, "resource", true)?;
         let context = req.context.as_ref();
+        let options = req.options.unwrap_or_default();
+        // Per outside action name, its context; keyed by action id for the engine.
+        let mut per_action = BTreeMap::new();
+        let mut given_as = BTreeMap::new();
+        for (name, c) in options.action_contexts.iter().flatten() {
+            let id = pack.names.action_id(name).to_string();
+            given_as.insert(id.clone(), name.clone());
+            per_action.insert(id, c.clone());
+        }
         let (entities, from) =
             query::properties_entities(pack, view.store, &[&subject, &resource])?;
         let paths = Paths {
@@ -184,27 +300,53 @@ impl AuthzenService {
                     id: resource.id,
                 },
                 context,
-                per_action: None,
-                each_declared: false,
+                per_action: Some(&per_action),
+                each_declared: options.each_declared_context.unwrap_or(false),
                 entities: &entities,
             })
-            .map_err(|e| spelled(e, &paths))?;
+            .map_err(|e| match &e.field {
+                Field::ActionContext(id) => RequestError::edge(
+                    format!(
+                        "options.action_contexts.{}",
+                        given_as.get(id).map_or(id.as_str(), String::as_str)
+                    ),
+                    e.message,
+                ),
+                _ => spelled(e, &paths),
+            })?;
+        let per_action_text: Vec<String> = per_action
+            .iter()
+            .map(|(id, c)| format!("{id}={}", request::context_text(Some(c))))
+            .collect();
         let query = token::fingerprint(&[
             "actions",
             &actions.principal.to_string(),
             &actions.resource.to_string(),
             &request::context_text(context),
             &request::entities_text(&entities),
+            &per_action_text.join("\u{0}"),
+            if options.each_declared_context == Some(true) {
+                "each"
+            } else {
+                ""
+            },
         ]);
         let cursor = match page_token {
             "" => None,
             t => Some(token::decode(t, query).map_err(|e| RequestError::edge("page.token", e))?),
         };
         let revision = view.store.revision();
-        let mut allowed = Vec::new();
+        // Each allowed action with the context it was decided with, when that is not the
+        // request's own, keyed for paging by name and that context.
+        let mut allowed: Vec<(String, FoundAction)> = Vec::new();
         let mut not_evaluated = Vec::new();
         for listed in actions.listed {
             let action = listed.action;
+            let shown = match listed.context {
+                Shown::Default => None,
+                Shown::Given => per_action.get(&action).cloned(),
+                Shown::Declared(c) => Some(c),
+            };
             match listed.outcome {
                 ActionOutcome::Decided(d) => {
                     self.telemetry.record(
@@ -218,30 +360,44 @@ impl AuthzenService {
                         revision,
                     );
                     if d.allow {
-                        allowed.push(pack.names.action_name(&action).to_string());
+                        let name = pack.names.action_name(&action).to_string();
+                        let key = match &shown {
+                            None => name.clone(),
+                            Some(c) => format!("{name}\u{0}{}", request::context_text(Some(c))),
+                        };
+                        allowed.push((
+                            key,
+                            FoundAction {
+                                name,
+                                context: shown,
+                            },
+                        ));
                     }
                 }
-                ActionOutcome::NotEvaluated(reason) => not_evaluated.push(json!({
-                    "name": pack.names.action_name(&action),
-                    "reason": reason,
-                })),
+                ActionOutcome::NotEvaluated(reason) => {
+                    let mut item = json!({
+                        "name": pack.names.action_name(&action),
+                        "reason": reason,
+                    });
+                    if let Some(c) = shown {
+                        item["context"] = Value::Object(c);
+                    }
+                    not_evaluated.push(item)
+                }
             }
         }
-        allowed.sort();
+        allowed.sort_by(|a, b| a.0.cmp(&b.0));
         let start = match &cursor {
             None => 0,
-            Some(c) => allowed.partition_point(|a| a.as_str() <= c.as_str()),
+            Some(c) => allowed.partition_point(|a| a.0.as_str() <= c.as_str()),
         };
         let end = (start + page_size as usize).min(allowed.len());
         let next_token = if end < allowed.len() {
-            outer_token(&token::encode(query, &allowed[end - 1]), &bound)
+            outer_token(&token::encode(query, &allowed[end - 1].0), &bound)
         } else {
             String::new()
         };
-        let results: Vec<FoundAction> = allowed[start..end]
-            .iter()
-            .map(|name| FoundAction { name: name.clone() })
-            .collect();
+        let results: Vec<FoundAction> = allowed.drain(start..end).map(|(_, a)| a).collect();
         let mut context = json!({"policy_version": pack.version, "revision": revision});
         if !not_evaluated.is_empty() {
             context["not_evaluated"] = json!(not_evaluated);

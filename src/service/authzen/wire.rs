@@ -34,6 +34,9 @@ pub(super) struct Evaluation {
     pub resource: Option<Entity>,
     #[serde(default)]
     pub context: Option<Map<String, Value>>,
+    /// Read on the single `evaluation` only (an item's own options are ignored).
+    #[serde(default)]
+    pub options: Option<Options>,
 }
 
 /// `POST /access/v1/evaluations`: top-level defaults, the items, the options.
@@ -53,10 +56,14 @@ pub(super) struct Evaluations {
     pub options: Option<Options>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(super) struct Options {
     #[serde(default)]
     pub evaluations_semantic: Option<String>,
+    /// Extension: whether each decision carries its reason `context` (the server's
+    /// `http_decision_context` when absent).
+    #[serde(default)]
+    pub include_context: Option<bool>,
 }
 
 /// The three search requests (the action search has no `action`).
@@ -72,6 +79,19 @@ pub(super) struct Search {
     pub context: Option<Map<String, Value>>,
     #[serde(default)]
     pub page: Option<PageRequest>,
+    #[serde(default)]
+    pub options: Option<SearchOptions>,
+}
+
+/// Extensions of the action search's `options`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct SearchOptions {
+    /// Decide each action whose context values the pack declares once per declared value.
+    #[serde(default)]
+    pub each_declared_context: Option<bool>,
+    /// Per action name, the context to decide that action with.
+    #[serde(default)]
+    pub action_contexts: Option<std::collections::BTreeMap<String, Map<String, Value>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +139,9 @@ pub(super) struct Found<'a> {
 #[derive(Debug, Serialize)]
 pub(super) struct FoundAction {
     pub name: String,
+    /// Extension: the context it was allowed with, when not the request's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Map<String, Value>>,
 }
 
 /// An error's body: `{"error": {"status": 400, "field": "subject.type", "message": "…"}}`, the

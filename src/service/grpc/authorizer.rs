@@ -63,6 +63,7 @@ fn response(d: Decision, version: &str, revision: u64) -> pb::IsAuthorizedRespon
         errors: d.errors,
         policy_version: version.to_string(),
         revision,
+        refused: None,
     }
 }
 
@@ -112,29 +113,43 @@ impl AuthorizerService {
     ) -> Result<pb::BatchIsAuthorizedResponse, ServiceError> {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
         let view = live.view();
-        let mut checked = Vec::with_capacity(req.requests.len());
-        for (i, r) in req.requests.iter().enumerate() {
-            checked.push(check(&view, r).map_err(|e| e.item(i))?);
-        }
         let revision = view.store.revision();
         let version = &live.pack.version;
-        let responses = checked
+        // Each request checked and decided on its own: one refused request is its own
+        // answer's `refused`, never the whole batch's error.
+        let responses = req
+            .requests
             .iter()
-            .zip(&req.requests)
-            .map(|(c, r)| {
-                let d = view.decide(c);
-                let action = r.action.as_ref().map_or("", |a| a.id.as_str());
-                self.telemetry.record(
-                    call,
-                    &c.principal,
-                    action,
-                    &c.resource,
-                    Input::Text(&r.context_json, &r.entities_json),
-                    &d,
-                    version,
-                    revision,
-                );
-                response(d, version, revision)
+            .enumerate()
+            .map(|(i, r)| match check(&view, r) {
+                Ok(c) => {
+                    let d = view.decide(&c);
+                    let action = r.action.as_ref().map_or("", |a| a.id.as_str());
+                    self.telemetry.record(
+                        call,
+                        &c.principal,
+                        action,
+                        &c.resource,
+                        Input::Text(&r.context_json, &r.entities_json),
+                        &d,
+                        version,
+                        revision,
+                    );
+                    response(d, version, revision)
+                }
+                Err(e) => {
+                    let e = e.item(i);
+                    pb::IsAuthorizedResponse {
+                        decision: pb::Decision::Deny as i32,
+                        policy_version: version.clone(),
+                        revision,
+                        refused: Some(pb::RequestRefused {
+                            field: format!("requests{}", e.field),
+                            message: format!("requests{e}"),
+                        }),
+                        ..Default::default()
+                    }
+                }
             })
             .collect();
         Ok(pb::BatchIsAuthorizedResponse {

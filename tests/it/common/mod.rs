@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod http;
 pub mod private_pg;
 pub mod server;
 

@@ -1,0 +1,211 @@
+//! The record shapes a schema declares: each entity type's attributes and each action's
+//! context, nested records included (common types resolved). A pack that reads requests
+//! "open" (`names.toml`, `[requests] open_context` / `open_properties`) uses them to drop the
+//! members a request carries that the schema does not declare, before Cedar validates the
+//! rest; a strict pack never builds them.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+/// The attributes of a record type: each with the shape of its value if that is a record.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    attrs: HashMap<String, Option<Record>>,
+    /// The schema lets this record carry attributes it does not name (`additionalAttributes`).
+    open: bool,
+}
+
+impl Record {
+    /// Removes from `value` every member this record does not declare, recursively into
+    /// declared records; each removed member's path (`at.name`) is pushed to `dropped`.
+    pub fn prune(&self, value: &mut Map<String, Value>, at: &str, dropped: &mut Vec<String>) {
+        if self.open {
+            return;
+        }
+        value.retain(|k, _| {
+            let keep = self.attrs.contains_key(k);
+            if !keep {
+                dropped.push(format!("{at}.{k}"));
+            }
+            keep
+        });
+        for (k, v) in value.iter_mut() {
+            if let (Some(Some(inner)), Value::Object(m)) = (self.attrs.get(k), v) {
+                inner.prune(m, &format!("{at}.{k}"), dropped);
+            }
+        }
+    }
+
+    /// Whether `value` carries a member this record (or a declared record inside it) does
+    /// not declare: the cheap test before anything is cloned.
+    pub fn has_undeclared(&self, value: &Map<String, Value>) -> bool {
+        !self.open
+            && value.iter().any(|(k, v)| match (self.attrs.get(k), v) {
+                (None, _) => true,
+                (Some(Some(inner)), Value::Object(m)) => inner.has_undeclared(m),
+                _ => false,
+            })
+    }
+}
+
+/// Entity type (Cedar name) → its attributes; action id → its context.
+#[derive(Debug, Clone, Default)]
+pub struct Shapes {
+    pub entities: HashMap<String, Record>,
+    pub contexts: HashMap<String, Record>,
+}
+
+/// Reads the shapes out of the schema's JSON form. A schema Cedar accepted always converts.
+pub(super) fn of_schema(schema_text: &str) -> Shapes {
+    let mut shapes = Shapes::default();
+    let Ok((fragment, _)) = cedar_policy::SchemaFragment::from_cedarschema_str(schema_text) else {
+        return shapes;
+    };
+    let Ok(json) = fragment.to_json_value() else {
+        return shapes;
+    };
+    let Some(namespaces) = json.as_object() else {
+        return shapes;
+    };
+    // Common types by their qualified name, to resolve references from any namespace.
+    let qualify = |ns: &str, name: &str| {
+        if ns.is_empty() || name.contains("::") {
+            name.to_string()
+        } else {
+            format!("{ns}::{name}")
+        }
+    };
+    let mut common: HashMap<String, (String, Value)> = HashMap::new();
+    for (ns, body) in namespaces {
+        for (name, ty) in body
+            .get("commonTypes")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            common.insert(qualify(ns, name), (ns.clone(), ty.clone()));
+        }
+    }
+    let resolve = |ns: &str, ty: &Value| record(ns, ty, &common, 0);
+    for (ns, body) in namespaces {
+        for (name, def) in body
+            .get("entityTypes")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let rec = def
+                .get("shape")
+                .and_then(|s| resolve(ns, s))
+                .unwrap_or_default();
+            shapes.entities.insert(qualify(ns, name), rec);
+        }
+        for (id, def) in body
+            .get("actions")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let rec = def
+                .get("appliesTo")
+                .and_then(|a| a.get("context"))
+                .and_then(|c| resolve(ns, c))
+                .unwrap_or_default();
+            shapes.contexts.insert(id.clone(), rec);
+        }
+    }
+    shapes
+}
+
+/// The record a JSON schema type is, following common-type references (not past a depth
+/// that only a cycle, which Cedar refuses, could reach). None: not a record.
+fn record(
+    ns: &str,
+    ty: &Value,
+    common: &HashMap<String, (String, Value)>,
+    depth: usize,
+) -> Option<Record> {
+    if depth > 32 {
+        return None;
+    }
+    let kind = ty.get("type")?.as_str()?;
+    if kind == "Record" {
+        let attrs = ty
+            .get("attributes")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), record(ns, v, common, depth + 1)))
+            .collect();
+        let open = ty
+            .get("additionalAttributes")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        return Some(Record { attrs, open });
+    }
+    // A reference: `{"type": "EntityOrCommon", "name": "T"}` or `{"type": "T"}`.
+    let name = match kind {
+        "EntityOrCommon" => ty.get("name")?.as_str()?,
+        "Set" | "Entity" | "Extension" | "String" | "Long" | "Boolean" | "Bool" => return None,
+        other => other,
+    };
+    let qualified = if ns.is_empty() || name.contains("::") {
+        name.to_string()
+    } else {
+        format!("{ns}::{name}")
+    };
+    let (in_ns, def) = common.get(&qualified).or_else(|| common.get(name))?;
+    record(in_ns, def, common, depth + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SCHEMA: &str = r#"
+        namespace N {
+          type Where = { "ip": String, "geo": { "country": String } };
+          entity U = { "name": String, "meta": { "level": Long } };
+          action a appliesTo { principal: [U], resource: [U], context: { "where"?: Where, "n"?: Long } };
+          action b appliesTo { principal: [U], resource: [U] };
+        }
+    "#;
+
+    #[test]
+    fn undeclared_members_are_dropped_at_every_depth_through_common_types() {
+        let shapes = of_schema(SCHEMA);
+        let mut ctx = json!({"n": 1, "header": "x", "where": {"ip": "1", "port": 2, "geo": {"country": "NL", "city": "A"}}});
+        let ctx = ctx.as_object_mut().unwrap();
+        let a = &shapes.contexts["a"];
+        assert!(a.has_undeclared(ctx));
+        let mut dropped = Vec::new();
+        a.prune(ctx, "context", &mut dropped);
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [
+                "context.header",
+                "context.where.geo.city",
+                "context.where.port"
+            ]
+        );
+        assert_eq!(
+            Value::Object(ctx.clone()),
+            json!({"n": 1, "where": {"ip": "1", "geo": {"country": "NL"}}})
+        );
+        assert!(!a.has_undeclared(ctx));
+        // An action without a context declares nothing: every member goes.
+        let mut other = json!({"x": 1}).as_object().unwrap().clone();
+        let mut dropped = Vec::new();
+        shapes.contexts["b"].prune(&mut other, "context", &mut dropped);
+        assert!(other.is_empty() && dropped == ["context.x"]);
+        // Entity attributes, nested.
+        let mut attrs = json!({"name": "n", "meta": {"level": 1, "x": 0}, "email": "e"});
+        let mut dropped = Vec::new();
+        shapes.entities["N::U"].prune(attrs.as_object_mut().unwrap(), "p", &mut dropped);
+        dropped.sort();
+        assert_eq!(dropped, ["p.email", "p.meta.x"]);
+    }
+}
