@@ -508,7 +508,9 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     assert_eq!(r.responses[2].decision, pb::Decision::Deny as i32);
     assert_eq!(refused.field, "requests[2].action.id");
     assert!(
-        refused.message.starts_with("requests[2].action.id: unknown action"),
+        refused
+            .message
+            .starts_with("requests[2].action.id: unknown action"),
         "{}",
         refused.message
     );

@@ -92,6 +92,12 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
             "http_token_file",
             ("/run/secrets/h", s("/run/secrets/h"), vec![]),
         ),
+        ("http_basic", ("pdp:s3cret", s("<redacted>"), vec![])),
+        (
+            "http_basic_file",
+            ("/run/secrets/b", s("/run/secrets/b"), vec![]),
+        ),
+        ("http_decision_context", ("false", Boolean(false), vec![])),
         (
             "http_public_url",
             (
