@@ -97,8 +97,9 @@ enum Kind {
     Batch(usize),
     /// `POST /access/v1/evaluation`, over h2c (true) or HTTP/1.1.
     HttpDecide(bool),
-    /// `POST /access/v1/evaluations` of n items, over HTTP/1.1.
-    HttpBatch(usize),
+    /// `POST /access/v1/evaluations` of n items, over HTTP/1.1, with each decision's reason
+    /// `context` (true) or without it (`options.include_context: false`).
+    HttpBatch(usize, bool),
 }
 
 /// The AuthZEN body of one request (Cedar names: every type answers to them).
@@ -114,6 +115,16 @@ fn authzen_body(a: &pb::IsAuthorizedRequest) -> serde_json::Value {
     });
     if !a.context_json.is_empty() {
         body["context"] = serde_json::from_str(&a.context_json).unwrap_or_default();
+    }
+    body
+}
+
+/// The body of an AuthZEN `evaluations` call of these requests, with or without reasons.
+fn evaluations_body(asks: &[pb::IsAuthorizedRequest], reasons: bool) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = asks.iter().map(authzen_body).collect();
+    let mut body = serde_json::json!({ "evaluations": items });
+    if !reasons {
+        body["options"] = serde_json::json!({"include_context": false});
     }
     body
 }
@@ -280,7 +291,7 @@ async fn drive(
         let mut conn = match kind {
             Kind::HttpDecide(true) => Some(HttpConn::H2(h2_conns[t % h2_conns.len()].clone())),
             Kind::HttpDecide(h2) => Some(HttpConn::open(&addr, h2).await?),
-            Kind::HttpBatch(_) => Some(HttpConn::open(&addr, false).await?),
+            Kind::HttpBatch(..) => Some(HttpConn::open(&addr, false).await?),
             _ => None,
         };
         tasks.push(tokio::spawn(async move {
@@ -342,11 +353,9 @@ async fn drive(
                         check_http(&d)?;
                         decisions += 1;
                     }
-                    Kind::HttpBatch(n) => {
+                    Kind::HttpBatch(n, reasons) => {
                         i = (i + n) % (asks.len() - n);
-                        let items: Vec<serde_json::Value> =
-                            asks[i..i + n].iter().map(authzen_body).collect();
-                        let body = serde_json::json!({ "evaluations": items }).to_string();
+                        let body = evaluations_body(&asks[i..i + n], reasons).to_string();
                         let conn = conn.as_mut().expect("opened above");
                         let r = conn
                             .post(&addr, "/access/v1/evaluations", body.as_bytes())
@@ -359,6 +368,9 @@ async fn drive(
                         }
                         for a in d["evaluations"].as_array().into_iter().flatten() {
                             check_http(a)?;
+                            if !reasons && a.as_object().map_or(0, |o| o.len()) != 1 {
+                                return Err(format!("a reason where none was asked: {a}"));
+                            }
                         }
                         decisions += n as u64;
                     }
@@ -456,7 +468,16 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             ),
             ("AuthZEN evaluation HTTP/1.1", Kind::HttpDecide(false), 1),
             ("AuthZEN evaluation h2c", Kind::HttpDecide(true), 1),
-            ("AuthZEN evaluations (decs)", Kind::HttpBatch(cfg.batch), 1),
+            (
+                "AuthZEN evaluations (decs)",
+                Kind::HttpBatch(cfg.batch, true),
+                1,
+            ),
+            (
+                "AuthZEN evals, no reasons",
+                Kind::HttpBatch(cfg.batch, false),
+                1,
+            ),
         ]);
     }
     let count = phases.len();
@@ -548,7 +569,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         "one call at a time: p50 {:.2}x the empty call's",
         ratio(us(out[3].p50), us(out[2].p50))
     );
-    if out.len() >= 10 {
+    if out.len() >= 11 {
         for (proto, load, one) in [("HTTP/1.1", 5, 7), ("h2c", 6, 8)] {
             println!(
                 "AuthZEN evaluation over {proto}: throughput {:.2}x IsAuthorized's, p50 one at a time {:.2}x",
@@ -569,6 +590,35 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             },
             out[4].per_second
         );
+        let cpu = |f: &Figures| f.cpu_per_call.map(|c| c.as_secs_f64());
+        println!(
+            "AuthZEN evaluations of {} without reasons: {:.2}x the decisions/s with them{}",
+            cfg.batch,
+            ratio(out[10].per_second, out[9].per_second),
+            match (cpu(&out[10]), cpu(&out[9])) {
+                (Some(a), Some(b)) => format!(", server CPU per decision {:.2}x", ratio(a, b)),
+                _ => String::new(),
+            }
+        );
+        if let Some(http) = &cfg.http_addr {
+            let n = cfg.batch.min(asks.len());
+            let mut conn = HttpConn::open(http, false).await?;
+            let with = evaluations_body(&asks[..n], true).to_string();
+            let without = evaluations_body(&asks[..n], false).to_string();
+            let a = conn
+                .post(http, "/access/v1/evaluations", with.as_bytes())
+                .await?;
+            let b = conn
+                .post(http, "/access/v1/evaluations", without.as_bytes())
+                .await?;
+            println!(
+                "AuthZEN evaluations of {n}: {} bytes answered with reasons, {} without ({:.0} and {:.0} bytes a decision)",
+                a.len(),
+                b.len(),
+                a.len() as f64 / n as f64,
+                b.len() as f64 / n as f64
+            );
+        }
     }
     Ok(out)
 }

@@ -73,6 +73,20 @@ pub fn parse_uid(
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(r.id)))
 }
 
+/// The entity a parsed reference names: itself, or the entity whose declared key
+/// (`names.toml` `[keys]`) its id is; a name with two owners is refused naming them.
+pub fn named_uid(
+    store: &EntityStore,
+    uid: EntityUid,
+    field: fn(Part) -> Field,
+) -> Result<EntityUid, RequestError> {
+    match store.resolve_name(uid.type_name(), uid.id().unescaped()) {
+        Ok(None) => Ok(uid),
+        Ok(Some(owner)) => Ok(owner),
+        Err(m) => Err(RequestError::new(field(Part::Id), m)),
+    }
+}
+
 /// Parses an action reference. An empty type means the schema's action type, so callers may
 /// send a bare action id (`viewProject`).
 pub fn parse_action(pack: &PolicyPack, r: UidRef<'_>) -> Result<EntityUid, RequestError> {
@@ -354,9 +368,17 @@ pub fn check(
     store: &EntityStore,
     req: &DecisionRequest<'_>,
 ) -> Result<CheckedRequest, RequestError> {
-    let principal = parse_uid(pack, req.principal, Field::Principal)?;
+    let principal = named_uid(
+        store,
+        parse_uid(pack, req.principal, Field::Principal)?,
+        Field::Principal,
+    )?;
     let action = parse_action(pack, req.action)?;
-    let resource = parse_uid(pack, req.resource, Field::Resource)?;
+    let resource = named_uid(
+        store,
+        parse_uid(pack, req.resource, Field::Resource)?,
+        Field::Resource,
+    )?;
     let overlay = parse_overlay(pack, store, req.entities)?;
     check_parsed(pack, (principal, action, resource), req.context, overlay)
 }

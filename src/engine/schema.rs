@@ -21,6 +21,9 @@ pub struct EntitySchema {
     pub lifecycle: Lifecycle,
     /// What every write must leave true of the data (the pack's `assumptions.toml`).
     pub assumptions: Vec<crate::engine::assume::Assumption>,
+    /// The String attributes by which an entity may be named instead of its id (the pack's
+    /// `names.toml`, `[keys]`): each value names one entity, checked on every write.
+    pub keys: Vec<(EntityTypeName, Vec<String>)>,
 }
 
 impl EntitySchema {
@@ -45,6 +48,7 @@ impl EntitySchema {
             actions,
             lifecycle: Lifecycle::default(),
             assumptions: Vec::new(),
+            keys: Vec::new(),
         }
     }
 

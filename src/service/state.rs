@@ -304,7 +304,13 @@ impl State {
     }
 
     /// Installs the data and then the pack: from here on decisions are served.
-    pub fn install(&self, pack: Arc<PolicyPack>, store: EntityStore, storage: Arc<dyn Storage>) {
+    pub fn install(
+        &self,
+        pack: Arc<PolicyPack>,
+        mut store: EntityStore,
+        storage: Arc<dyn Storage>,
+    ) {
+        store.set_keys(&pack.entities.keys);
         let revision = store.revision();
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
         *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
@@ -364,6 +370,15 @@ impl State {
                 self.read_store()
                     .check_assumptions(&pack.entities)
                     .map_err(broken)?;
+            }
+            let keys_changed = live
+                .as_ref()
+                .is_some_and(|live| live.entities.keys != pack.entities.keys);
+            if keys_changed {
+                let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+                store.set_keys(&pack.entities.keys);
+                self.pack.store(Some(pack));
+                return Ok(());
             }
             self.pack.store(Some(pack));
             return Ok(());

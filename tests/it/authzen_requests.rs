@@ -722,3 +722,216 @@ async fn the_action_search_answers_a_whole_screen_in_one_call() {
     assert_eq!(error_field(&a), "options.action_contexts.shareDashboard");
     running.shutdown().await.unwrap();
 }
+
+/// A copy of the docs pack whose users may be named by their `email` (`[keys]`), with its
+/// data (alice and bob have emails) beside it as its suite expects.
+fn keyed_docs(dir: &Path) -> PathBuf {
+    let to = dir.join("keyed-docs");
+    std::fs::create_dir_all(to.join("tests")).unwrap();
+    let from = docs().join("policies");
+    let schema = std::fs::read_to_string(from.join("schema.cedarschema")).unwrap();
+    let keyed = schema.replace(
+        "entity User in [Team] = {\n    \"name\": String,",
+        "entity User in [Team] = {\n    \"name\": String,\n    \"email\"?: String,",
+    );
+    assert_ne!(keyed, schema, "the docs schema's User changed");
+    std::fs::write(to.join("schema.cedarschema"), keyed).unwrap();
+    std::fs::copy(from.join("docs.cedar"), to.join("docs.cedar")).unwrap();
+    std::fs::copy(from.join("tests/docs.toml"), to.join("tests/docs.toml")).unwrap();
+    let names = std::fs::read_to_string(from.join("names.toml")).unwrap()
+        + "\n[keys]\nuser = [\"email\"]\n";
+    std::fs::write(to.join("names.toml"), names).unwrap();
+    let mut data: Value =
+        serde_json::from_str(&std::fs::read_to_string(docs().join("data.json")).unwrap()).unwrap();
+    for e in data.as_array_mut().unwrap() {
+        let id = e["uid"]["id"].as_str().unwrap().to_string();
+        if e["uid"]["type"] == "Docs::User" && (id == "alice" || id == "bob") {
+            e["attrs"]["email"] = json!(format!("{id}@example.com"));
+        }
+    }
+    std::fs::write(dir.join("data.json"), data.to_string()).unwrap();
+    to
+}
+
+async fn write_ops(addr: std::net::SocketAddr, entities: &[Value]) -> Result<u64, tonic::Status> {
+    use blue_authz::service::grpc::pb::entity_store_client::EntityStoreClient;
+    let mut client = EntityStoreClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let ops = entities
+        .iter()
+        .map(|e| pb::WriteOp {
+            op: Some(pb::write_op::Op::UpsertJson(e.to_string())),
+        })
+        .collect();
+    let mut req = tonic::Request::new(pb::WriteEntitiesRequest {
+        ops,
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", common::TOKEN).parse().unwrap(),
+    );
+    client
+        .write_entities(req)
+        .await
+        .map(|r| r.into_inner().revision)
+}
+
+fn user(id: &str, email: Option<&str>) -> Value {
+    let mut attrs = json!({"name": id});
+    if let Some(e) = email {
+        attrs["email"] = json!(e);
+    }
+    json!({"uid": {"type": "Docs::User", "id": id}, "attrs": attrs, "parents": []})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_may_be_named_by_a_declared_key_and_a_key_names_one_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = keyed_docs(dir.path());
+    let running = start(dir.path(), &policies, &dir.path().join("data.json"), |_| {}).await;
+    let mut http = Http::connect(running.http_addr.unwrap(), false).await;
+    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
+        .await
+        .unwrap();
+    // By email as by id, over HTTP and gRPC; alice owns plan, bob edits it.
+    for (name, action, want) in [
+        ("alice@example.com", "can_delete", true),
+        ("alice", "can_delete", true),
+        ("bob@example.com", "can_edit", true),
+        ("bob@example.com", "can_delete", false),
+    ] {
+        let a = http.post(EVALUATION, &ask(name, action, "plan")).await;
+        assert_eq!(
+            (a.status, &a.body["decision"]),
+            (200, &json!(want)),
+            "{name} {action}: {}",
+            a.body
+        );
+    }
+    let r = client
+        .is_authorized(pb::IsAuthorizedRequest {
+            principal: uid("Docs::User", "alice@example.com"),
+            action: uid("", "delete"),
+            resource: uid("Docs::Document", "plan"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.determining_policies, ["docs.owner"]);
+    // Searches too: what alice may delete, by her email; who may edit plan lists ids.
+    let q = json!({"subject": {"type": "user", "id": "alice@example.com"}, "action": {"name": "can_delete"}, "resource": {"type": "document"}});
+    let a = http.post(SEARCH_RESOURCE, &q).await;
+    assert_eq!(
+        a.body["results"],
+        json!([{"type": "document", "id": "plan"}]),
+        "{}",
+        a.body
+    );
+    let q = json!({"subject": {"type": "user", "id": "bob@example.com"}, "resource": {"type": "document", "id": "plan"}});
+    let a = http.post(SEARCH_ACTION, &q).await;
+    let names: Vec<&str> = a.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["can_edit", "can_read"], "{}", a.body);
+
+    // A write that gives a key value a second owner is refused whole, naming both.
+    let data = running.data_addr.unwrap();
+    let err = write_ops(data, &[user("carol", Some("alice@example.com"))])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("Docs::User::\"carol\"")
+            && err.message().contains("Docs::User::\"alice\""),
+        "{}",
+        err.message()
+    );
+    let err = write_ops(
+        data,
+        &[
+            user("erin", Some("x@example.com")),
+            user("fred", Some("x@example.com")),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.message().contains("a key names one entity"),
+        "{}",
+        err.message()
+    );
+    // Moving a value in one batch is fine: alice gives hers up as carol takes it.
+    let rev = write_ops(
+        data,
+        &[
+            user("alice", Some("alice@new.example.com")),
+            user("carol", Some("alice@example.com")),
+        ],
+    )
+    .await
+    .unwrap();
+    let at = ask("alice@example.com", "can_delete", "pricing");
+    let a = http
+        .send(
+            "POST",
+            EVALUATION,
+            &[
+                ("content-type", "application/json"),
+                ("x-min-revision", &rev.to_string()),
+            ],
+            &at.to_string(),
+        )
+        .await;
+    // The name is carol's now: she owns pricing, alice owns plan.
+    assert_eq!(a.body["decision"], true, "{}", a.body);
+    let a = http
+        .post(EVALUATION, &ask("alice@example.com", "can_delete", "plan"))
+        .await;
+    assert_eq!(a.body["decision"], false, "now carol's: {}", a.body);
+    // A name that is one entity's id and another's key is refused, naming both.
+    write_ops(
+        data,
+        &[
+            user("gus@example.com", None),
+            user("gus", Some("gus@example.com")),
+        ],
+    )
+    .await
+    .unwrap();
+    let a = http
+        .post(EVALUATION, &ask("gus@example.com", "can_read", "plan"))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(error_field(&a), "subject.id");
+    let said = a.body["error"]["message"].as_str().unwrap();
+    assert!(
+        said.contains("names more than one") && said.contains("by its email"),
+        "{said}"
+    );
+    running.shutdown().await.unwrap();
+
+    // A seed that gives two entities one key value does not load.
+    let mut seed: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data.json")).unwrap())
+            .unwrap();
+    seed.as_array_mut()
+        .unwrap()
+        .push(user("hal", Some("bob@example.com")));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, seed.to_string()).unwrap();
+    let sub = dir.path().join("bad");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mut c = common::config(&sub, Limits::default());
+    c.pack = PackSpec::new(&policies, &[]);
+    c.seed = Some(bad);
+    let mut r = server::start(c).await.unwrap();
+    let err = format!("{:?}", r.load().await.unwrap_err());
+    assert!(err.contains("a key names one entity"), "{err}");
+    r.shutdown().await.unwrap();
+}

@@ -567,7 +567,8 @@ fn a_context_declaration_of_an_unknown_field_is_refused_at_load() {
 
 /// `[requests]` in names.toml is checked like the rest of the file: a place for action
 /// properties that is none of the three, an action id or entity type the schema does not have,
-/// each at names.toml:line:col; a declaration that is right loads.
+/// each at names.toml:line:col, and a `[keys]` attribute that is not a String of its type;
+/// a declaration that is right loads.
 #[test]
 fn a_requests_declaration_is_checked_at_load() {
     let tmp = tempfile::tempdir().unwrap();
@@ -595,6 +596,27 @@ fn a_requests_declaration_is_checked_at_load() {
             format!("{names}\n[requests]\n{line}\n"),
         )
         .unwrap();
+        let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
+            .unwrap_err()
+            .to_string();
+        let at = names.lines().count() + 3;
+        assert!(
+            err.contains(&format!("names.toml:{at}:")) && err.contains(said),
+            "{line}: {err}"
+        );
+    }
+    // `[keys]`: String attributes of a known type only.
+    for (line, said) in [
+        (
+            "project = [\"admin\"]",
+            "key `admin` of `Blue::Project` is not a String attribute",
+        ),
+        (
+            "robot = [\"serial\"]",
+            "`robot` is not an entity type of the schema",
+        ),
+    ] {
+        std::fs::write(dir.join("names.toml"), format!("{names}\n[keys]\n{line}\n")).unwrap();
         let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
             .unwrap_err()
             .to_string();

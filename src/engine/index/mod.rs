@@ -14,8 +14,8 @@
 //! The rooms: [`entity`] (parsing and schema validation), [`intern`] (uids and nodes),
 //! [`write`] (batches and commits), [`graph`] (closures and cycles), [`overlay`]
 //! (request-scoped entities), [`slice`] (per-request Cedar entities), [`facts`] (what plans
-//! read), [`reverse`] (the reverse attribute index and what listing reads), [`decode`] (the
-//! start-up decoder).
+//! read), [`reverse`] (the reverse attribute index and what listing reads), [`keys`] (entities named by a
+//! declared key), [`decode`] (the start-up decoder).
 
 mod assumed;
 mod decode;
@@ -24,6 +24,7 @@ mod facts;
 mod graph;
 mod hierarchy;
 mod intern;
+mod keys;
 mod overlay;
 mod reverse;
 mod slice;
@@ -40,6 +41,7 @@ use serde_json::{Map, Value};
 pub use self::decode::{parse_chunk, Parsed};
 pub use self::entity::{parse_entities, parse_entity, NewEntity};
 pub use self::hierarchy::{Hierarchy, HierarchyError};
+pub use self::keys::KeyDecl;
 pub use self::overlay::Overlay;
 pub use self::reverse::ListView;
 pub use self::stream::each_in_array;
@@ -127,6 +129,8 @@ pub struct EntityStore {
     refs: hashbrown::HashMap<reverse::RefKey, Vec<Ix>>,
     /// Attribute keys some stored entity has held a record in.
     record_attrs: std::collections::HashSet<u16>,
+    /// The declared keys' index (see [`keys`]).
+    keys: keys::Keys,
     present: usize,
     /// The revision of the last committed change set (0: nothing written yet).
     revision: u64,

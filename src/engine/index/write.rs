@@ -119,6 +119,7 @@ impl EntityStore {
     /// Loads a Cedar JSON entities file, validating every entity against the schema.
     pub fn load_file(path: &Path, schema: &EntitySchema) -> Result<Self, DataError> {
         let mut store = EntityStore::default();
+        store.set_keys(&schema.keys);
         let prepared = store.prepare_file(path, schema)?;
         store.commit(prepared);
         Ok(store)
@@ -136,6 +137,17 @@ impl EntityStore {
             source,
         })?;
         let prepared = self.prepare_entities(parse_entities(value, schema, &what)?, &what)?;
+        if !schema.keys.is_empty() {
+            let batch: std::collections::HashSet<&EntityUid> =
+                prepared.touched.iter().map(|(u, _)| u).collect();
+            let written = |u: &EntityUid| batch.contains(u);
+            if let Some(clash) = self.key_clash(&schema.keys, prepared.upserts(), &written) {
+                return Err(DataError::Invalid {
+                    what,
+                    message: clash,
+                });
+            }
+        }
         if !schema.assumptions.is_empty() {
             let chain = Chain::default();
             let mut working = Working::new(self, &chain);
@@ -204,6 +216,7 @@ impl EntityStore {
             }
         }
         self.build_refs();
+        self.build_keys();
         self.close_all().map_err(|e| DataError::Invalid {
             what: "stored entities".into(),
             message: e.to_string(),
@@ -233,6 +246,7 @@ impl EntityStore {
             }
         }
         let mut store = EntityStore::default();
+        store.set_keys(&schema.keys);
         let prepared = store.prepare_unchecked(batch).with_revision(self.revision);
         store.commit(prepared);
         Ok(store)
@@ -347,6 +361,16 @@ impl EntityStore {
             .filter(|(uid, _)| !working.touched.contains_key(*uid));
         self.acyclic(earlier.chain(working.upserts()))
             .map_err(|m| RequestError::new(Field::Ops(None), m))?;
+        // No declared key value with two owners, as the chain and this batch leave the data.
+        let earlier = chain
+            .upserts()
+            .filter(|(uid, _)| !working.touched.contains_key(*uid));
+        let written = |u: &EntityUid| working.touched.contains_key(u) || chain.touches(u);
+        if let Some(clash) =
+            self.key_clash(&schema.keys, earlier.chain(working.upserts()), &written)
+        {
+            return Err(RequestError::new(Field::Ops(None), clash));
+        }
         // Then the pack's data assumptions, on an acyclic hierarchy.
         working
             .check_assumptions(schema, false)
@@ -398,6 +422,7 @@ impl EntityStore {
             let old = std::mem::take(&mut self.nodes[ix as usize]);
             if old.present {
                 self.remove_refs(ix, &old);
+                self.remove_keys(ix, &old);
             }
             for p in old.parents.iter() {
                 if let Some(c) = self.children.get_mut(p) {
@@ -416,6 +441,7 @@ impl EntityStore {
                     self.children.entry(*p).or_default().push(ix);
                 }
                 self.add_refs(ix, &node);
+                self.add_keys(ix, &node);
                 self.nodes[ix as usize] = node;
                 self.present += 1;
             }
@@ -488,6 +514,10 @@ impl Chain {
         self.order
             .iter()
             .filter_map(|uid| self.touched.get(uid)?.as_ref().map(|j| (uid, j)))
+    }
+
+    fn touches(&self, uid: &EntityUid) -> bool {
+        self.touched.contains_key(uid)
     }
 }
 

@@ -95,8 +95,7 @@ pub struct PolicyPack {
     entity_types: hashbrown::HashMap<String, EntityTypeName>,
     /// What callers outside Cedar call the pack's types and actions (`names.toml`).
     pub names: Names,
-    /// The record shapes of the types and actions whose requests `names.toml` reads open
-    /// (empty for a strict pack).
+    /// The record shapes of the schema's entity types and action contexts.
     pub shapes: Shapes,
     /// What must hold for all data the schema allows (`invariants.toml`).
     pub invariants: Invariants,
@@ -220,6 +219,7 @@ impl PolicyPack {
             .map(|t| (t.to_string(), EntityTypeName::from(plain_type(t.as_ref()))))
             .collect();
         let action_type = actions.keys().next().map(EntityUid::type_name);
+        let shapes = shapes::of_schema(&schema_text);
         let (names, names_text) = names::load(
             dir,
             |t| schema.entity_types().any(|e| e.to_string() == t),
@@ -230,7 +230,9 @@ impl PolicyPack {
                 })
             },
             |action, field| string_context_field(&schema, action_type, action, field),
+            |ty, attr| shapes.entities.get(ty).is_some_and(|r| r.is_string(attr)),
         )?;
+        entities.keys = names.keys.clone();
         if let Some(text) = names_text {
             hasher.update(NAMES_FILE.as_bytes());
             hasher.update([0]);
@@ -271,11 +273,6 @@ impl PolicyPack {
             hasher.update(text.as_bytes());
         }
         let version = hex8(&hasher.finalize());
-        let shapes = if names.open_context.is_none() && names.open_properties.is_none() {
-            Shapes::default()
-        } else {
-            shapes::of_schema(&schema_text)
-        };
         Ok(Arc::new(PolicyPack {
             spec: spec.clone(),
             schema,

@@ -6,7 +6,9 @@
 //! `properties` go (`action_properties`: ignored by default, merged into the context, or one
 //! context attribute), and for which actions and entity types members the schema does not
 //! declare are dropped rather than refused (`open_context`, `open_properties`; strict by
-//! default). Checked against the schema when the pack loads; without the file, a `type` is a
+//! default). Its `[keys]` table names String attributes by which a caller may name an
+//! entity instead of its id (`user = ["email", "pid"]`). Checked against the schema when the
+//! pack loads; without the file, a `type` is a
 //! Cedar entity type name (`Blue::User`) and a `name` an action id, and any value is taken.
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +38,10 @@ struct NamesFile {
     /// How requests from outside are read.
     #[serde(default)]
     requests: RequestsFile,
+    /// Entity type (outside or Cedar name) → String attributes that name an entity as its id
+    /// does.
+    #[serde(default)]
+    keys: BTreeMap<toml::Spanned<String>, Vec<toml::Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +108,8 @@ pub struct Names {
     pub open_context: Open,
     /// Entity types (Cedar names) whose undeclared request attributes are dropped.
     pub open_properties: Open,
+    /// Per entity type (Cedar name), the attributes that name its entities besides the id.
+    pub keys: Vec<(cedar_policy::EntityTypeName, Vec<String>)>,
     /// Whether the pack has a names file.
     pub declared: bool,
 }
@@ -149,6 +157,7 @@ pub(super) fn load(
     is_entity_type: impl Fn(&str) -> bool,
     is_action: impl Fn(&str) -> bool,
     is_string_field: impl Fn(&str, &str) -> Result<(), String>,
+    is_string_attr: impl Fn(&str, &str) -> bool,
 ) -> Result<(Names, Option<String>), LoadError> {
     let path = dir.join(NAMES_FILE);
     if !path.is_file() {
@@ -277,6 +286,31 @@ pub(super) fn load(
         is_entity_type(c).then(|| c.to_string())
     };
     names.open_properties = open(&requests.open_properties, "an entity type", &cedar_type);
+    for (ty, attrs) in &file.keys {
+        let Some(cedar) = cedar_type(ty.get_ref()) else {
+            diags.push(at(
+                ty.span().start,
+                format!("`{}` is not an entity type of the schema", ty.get_ref()),
+            ));
+            continue;
+        };
+        let mut keyed = Vec::new();
+        for attr in attrs {
+            let a = attr.get_ref();
+            if !is_string_attr(&cedar, a) {
+                diags.push(at(
+                    attr.span().start,
+                    format!("key `{a}` of `{cedar}` is not a String attribute of that type"),
+                ));
+            } else if !keyed.contains(a) {
+                keyed.push(a.clone());
+            }
+        }
+        match cedar.parse() {
+            Ok(t) if !keyed.is_empty() => names.keys.push((t, keyed)),
+            _ => {}
+        }
+    }
     if !diags.is_empty() {
         return Err(LoadError::Invalid(diags));
     }

@@ -12,11 +12,18 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Default)]
 pub struct Record {
     attrs: HashMap<String, Option<Record>>,
+    /// The attributes whose values are Strings.
+    strings: std::collections::HashSet<String>,
     /// The schema lets this record carry attributes it does not name (`additionalAttributes`).
     open: bool,
 }
 
 impl Record {
+    /// Whether the record declares `attr` as a String.
+    pub fn is_string(&self, attr: &str) -> bool {
+        self.strings.contains(attr)
+    }
+
     /// Removes from `value` every member this record does not declare, recursively into
     /// declared records; each removed member's path (`at.name`) is pushed to `dropped`.
     pub fn prune(&self, value: &mut Map<String, Value>, at: &str, dropped: &mut Vec<String>) {
@@ -131,6 +138,14 @@ fn record(
     }
     let kind = ty.get("type")?.as_str()?;
     if kind == "Record" {
+        let strings = ty
+            .get("attributes")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| is_string(v))
+            .map(|(k, _)| k.clone())
+            .collect();
         let attrs = ty
             .get("attributes")
             .and_then(Value::as_object)
@@ -142,7 +157,11 @@ fn record(
             .get("additionalAttributes")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        return Some(Record { attrs, open });
+        return Some(Record {
+            attrs,
+            strings,
+            open,
+        });
     }
     // A reference: `{"type": "EntityOrCommon", "name": "T"}` or `{"type": "T"}`.
     let name = match kind {
@@ -157,6 +176,18 @@ fn record(
     };
     let (in_ns, def) = common.get(&qualified).or_else(|| common.get(name))?;
     record(in_ns, def, common, depth + 1)
+}
+
+/// Whether a JSON schema type is Cedar's String.
+fn is_string(ty: &Value) -> bool {
+    match ty.get("type").and_then(Value::as_str) {
+        Some("String") => true,
+        Some("EntityOrCommon") => matches!(
+            ty.get("name").and_then(Value::as_str),
+            Some("String" | "__cedar::String")
+        ),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +238,7 @@ mod tests {
         shapes.entities["N::U"].prune(attrs.as_object_mut().unwrap(), "p", &mut dropped);
         dropped.sort();
         assert_eq!(dropped, ["p.email", "p.meta.x"]);
+        assert!(shapes.entities["N::U"].is_string("name"));
+        assert!(!shapes.entities["N::U"].is_string("meta"));
     }
 }

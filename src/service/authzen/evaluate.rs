@@ -133,8 +133,8 @@ impl AuthzenService {
     ) -> Result<Decision, RequestError> {
         let view = live.view();
         let pack = &live.pack;
-        let subject = query::named(pack, item.subject.0, &item.subject.1, true)?;
-        let resource = query::named(pack, item.resource.0, &item.resource.1, true)?;
+        let subject = query::named(pack, view.store, item.subject.0, &item.subject.1, true)?;
+        let resource = query::named(pack, view.store, item.resource.0, &item.resource.1, true)?;
         let (action, action_at) = (&item.action.0, &item.action.1);
         let action_id = pack.names.action_id(&action.name);
         let (entities, from) =
@@ -153,7 +153,7 @@ impl AuthzenService {
             .check(&DecisionRequest {
                 principal: UidRef {
                     ty: subject.ty,
-                    id: subject.id,
+                    id: &subject.id,
                 },
                 action: UidRef {
                     ty: "",
@@ -161,7 +161,7 @@ impl AuthzenService {
                 },
                 resource: UidRef {
                     ty: resource.ty,
-                    id: resource.id,
+                    id: &resource.id,
                 },
                 context,
                 entities: &entities,

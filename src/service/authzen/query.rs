@@ -43,10 +43,11 @@ pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError>
     Ok(value)
 }
 
-/// A subject or resource as Cedar names it: its entity type's name and its id.
+/// A subject or resource as Cedar names it: its entity type's name and its id (the id of
+/// the entity a declared key names, when the given id is such a key's value).
 pub(super) struct Named<'a> {
     pub ty: &'a str,
-    pub id: &'a str,
+    pub id: Cow<'a, str>,
     pub entity: &'a Entity,
     pub at: &'a str,
 }
@@ -54,6 +55,7 @@ pub(super) struct Named<'a> {
 /// Maps an entity's outside `type` to the pack's Cedar type; `need_id`: the id is required.
 pub(super) fn named<'a>(
     pack: &'a PolicyPack,
+    store: &EntityStore,
     e: &'a Entity,
     at: &'a str,
     need_id: bool,
@@ -75,6 +77,11 @@ pub(super) fn named<'a>(
     if need_id && id.is_empty() {
         return Err(RequestError::edge(format!("{at}.id"), "is required"));
     }
+    let id = match known.and_then(|t| store.resolve_name(t, id).transpose()) {
+        None => Cow::Borrowed(id),
+        Some(Ok(owner)) => Cow::Owned(owner.id().unescaped().to_string()),
+        Some(Err(m)) => return Err(RequestError::edge(format!("{at}.id"), m)),
+    };
     Ok(Named {
         ty,
         id,
@@ -119,10 +126,10 @@ pub(super) fn properties_entities<'a>(
             .entity_type(side.ty)
             .expect("checked by named()")
             .clone();
-        let uid = EntityUid::from_type_name_and_id(ty, EntityId::new(side.id));
+        let uid = EntityUid::from_type_name_and_id(ty, EntityId::new(&*side.id));
         let mut json = store.get_json(&uid).unwrap_or_else(|| {
             serde_json::json!({
-                "uid": {"type": side.ty, "id": side.id},
+                "uid": {"type": side.ty, "id": &*side.id},
                 "attrs": {},
                 "parents": [],
             })

@@ -99,7 +99,8 @@ fn unknown_entity(
     let has_props = e.properties.as_ref().is_some_and(|p| !p.is_empty());
     if id_matters && !id.is_empty() && !has_props {
         let uid = EntityUid::from_type_name_and_id(cedar.clone(), EntityId::new(id));
-        if !store.contains(&uid) {
+        let by_key = store.resolve_name(cedar, id).ok().flatten();
+        if by_key.is_none() && !store.contains(&uid) {
             return Ok(Some(format!("{at} {uid} is not an entity the store holds")));
         }
     }
@@ -194,8 +195,8 @@ impl AuthzenService {
             )
             .into());
         }
-        let searched_named = query::named(pack, searched, searched_at, false)?;
-        let other: Named<'_> = query::named(pack, other, other_at, true)?;
+        let searched_named = query::named(pack, view.store, searched, searched_at, false)?;
+        let other: Named<'_> = query::named(pack, view.store, other, other_at, true)?;
         let (entities, _) = query::properties_entities(pack, store, &[&other])?;
         let action_id = pack.names.action_id(&action.name);
         // The other side's properties are the only request-scoped entities.
@@ -213,7 +214,7 @@ impl AuthzenService {
                 listed,
                 other: UidRef {
                     ty: other.ty,
-                    id: other.id,
+                    id: &other.id,
                 },
                 action: UidRef {
                     ty: "",
@@ -267,8 +268,8 @@ impl AuthzenService {
         ) {
             return Ok(no_results(pack, view.store.revision(), &why));
         }
-        let subject = query::named(pack, subject, "subject", true)?;
-        let resource = query::named(pack, resource, "resource", true)?;
+        let subject = query::named(pack, view.store, subject, "subject", true)?;
+        let resource = query::named(pack, view.store, resource, "resource", true)?;
         let context = req.context.as_ref();
         let options = req.options.unwrap_or_default();
         // Per outside action name, its context; keyed by action id for the engine.
@@ -293,11 +294,11 @@ impl AuthzenService {
             .list_actions(&ActionsRequest {
                 principal: UidRef {
                     ty: subject.ty,
-                    id: subject.id,
+                    id: &subject.id,
                 },
                 resource: UidRef {
                     ty: resource.ty,
-                    id: resource.id,
+                    id: &resource.id,
                 },
                 context,
                 per_action: Some(&per_action),

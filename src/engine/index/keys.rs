@@ -1,0 +1,207 @@
+//! Declared keys: String attributes by which a caller may name an entity instead of its id
+//! (the pack's `names.toml`, `[keys] user = ["email", "pid"]`), so a deployment whose callers
+//! name people by an IdP key stores each person once. Indexed value → owners, kept current by
+//! every commit and built again when the declaration changes; a write that gives a value a
+//! second owner is refused ([`EntityStore::key_clash`]), and a name that still has two owners
+//! (data written before the declaration) is a clear error where it is used, never a guess.
+
+use std::collections::HashMap;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde_json::Value;
+
+use super::{EntityStore, Ix, Node, Val};
+
+/// The keys a pack declares: per entity type, its key attributes.
+pub type KeyDecl = Vec<(EntityTypeName, Vec<String>)>;
+
+/// The index: per (type number, attribute name, value), the entities that hold it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Keys {
+    declared: KeyDecl,
+    by_type: HashMap<u16, Vec<Box<str>>>,
+    owners: HashMap<(u16, Box<str>, Box<str>), Vec<Ix>>,
+}
+
+impl EntityStore {
+    /// Indexes the declared keys (a no-op when they are the ones indexed already).
+    pub fn set_keys(&mut self, declared: &KeyDecl) {
+        if self.keys.declared == *declared {
+            return;
+        }
+        let mut keys = Keys {
+            declared: declared.clone(),
+            ..Keys::default()
+        };
+        for (ty, attrs) in declared {
+            let t = match self.type_ix.get(ty) {
+                Some(t) => *t,
+                None => self.add_type(ty.clone()),
+            };
+            keys.by_type
+                .insert(t, attrs.iter().map(|a| a.as_str().into()).collect());
+        }
+        self.keys = keys;
+        self.build_keys();
+    }
+
+    /// Indexes every stored entity's key values again (after a bulk load).
+    pub(super) fn build_keys(&mut self) {
+        self.keys.owners.clear();
+        if self.keys.by_type.is_empty() {
+            return;
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        for (ix, node) in nodes.iter().enumerate() {
+            if node.present {
+                self.add_keys(ix as Ix, node);
+            }
+        }
+        self.nodes = nodes;
+    }
+
+    /// The key values of a node: (attribute, value) for each declared key it holds.
+    fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(Box<str>, &'n str)> {
+        let ty = self.uids[ix as usize].ty;
+        let Some(attrs) = self.keys.by_type.get(&ty) else {
+            return Vec::new();
+        };
+        node.attrs
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = &self.attr_names[*k as usize];
+                match v {
+                    Val::Str(s) if attrs.iter().any(|a| **a == **name) => {
+                        Some((Box::from(&**name), &**s))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn add_keys(&mut self, ix: Ix, node: &Node) {
+        let ty = self.uids[ix as usize].ty;
+        for (attr, value) in self.key_values(ix, node) {
+            self.keys
+                .owners
+                .entry((ty, attr, value.into()))
+                .or_default()
+                .push(ix);
+        }
+    }
+
+    pub(super) fn remove_keys(&mut self, ix: Ix, node: &Node) {
+        let ty = self.uids[ix as usize].ty;
+        for (attr, value) in self.key_values(ix, node) {
+            let key = (ty, attr, Box::from(value));
+            if let Some(owners) = self.keys.owners.get_mut(&key) {
+                owners.retain(|o| *o != ix);
+                if owners.is_empty() {
+                    self.keys.owners.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The stored entities of `ty` whose key attribute `attr` is `value`.
+    fn key_owners(&self, ty: u16, attr: &str, value: &str) -> Vec<Ix> {
+        self.keys
+            .owners
+            .get(&(ty, attr.into(), value.into()))
+            .map(|o| {
+                o.iter()
+                    .copied()
+                    .filter(|ix| self.node(*ix).is_some())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The entity a name of type `ty` stands for: the entity whose id it is, or the one whose
+    /// declared key has that value. `Ok(None)`: take the name as an id (the type has no keys,
+    /// or no key has that value). An error when the name belongs to two entities.
+    pub fn resolve_name(
+        &self,
+        ty: &EntityTypeName,
+        name: &str,
+    ) -> Result<Option<EntityUid>, String> {
+        if self.keys.by_type.is_empty() {
+            return Ok(None);
+        }
+        let Some(t) = self.type_ix.get(ty).copied() else {
+            return Ok(None);
+        };
+        let Some(attrs) = self.keys.by_type.get(&t) else {
+            return Ok(None);
+        };
+        let by_id = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(name));
+        let id_owner = self.lookup(&by_id).filter(|ix| self.node(*ix).is_some());
+        let mut owners: Vec<(String, Ix)> = Vec::new();
+        for attr in attrs {
+            for ix in self.key_owners(t, attr, name) {
+                if Some(ix) != id_owner && !owners.iter().any(|(_, o)| *o == ix) {
+                    owners.push((format!("its {attr}"), ix));
+                }
+            }
+        }
+        if let Some(ix) = id_owner {
+            owners.insert(0, ("its id".into(), ix));
+        }
+        match owners.as_slice() {
+            [] => Ok(None),
+            [(_, ix)] => Ok(Some(self.uid_of(*ix))),
+            many => Err(format!(
+                "`{}` names more than one {ty}: {}",
+                crate::engine::error::quote(name),
+                many.iter()
+                    .map(|(how, ix)| format!("{} by {how}", self.uid_of(*ix)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Why a batch's entities would give a declared key value a second owner, if they would:
+    /// `upserts` are the entities as the batch (and any batch before it not yet committed)
+    /// leaves them; `written` says whether an entity is among them (its stored values no
+    /// longer count).
+    pub(super) fn key_clash<'a>(
+        &self,
+        declared: &KeyDecl,
+        upserts: impl Iterator<Item = (&'a EntityUid, &'a Value)>,
+        written: &dyn Fn(&EntityUid) -> bool,
+    ) -> Option<String> {
+        if declared.is_empty() {
+            return None;
+        }
+        let mut seen: HashMap<(&EntityTypeName, &str, &str), &EntityUid> = HashMap::new();
+        for (uid, json) in upserts {
+            let Some((ty, attrs)) = declared.iter().find(|(t, _)| t == uid.type_name()) else {
+                continue;
+            };
+            for attr in attrs {
+                let Some(Value::String(v)) = json.get("attrs").and_then(|a| a.get(attr)) else {
+                    continue;
+                };
+                let clash = |other: &EntityUid| {
+                    format!(
+                        "{uid} would give its key `{attr}` the value `{}`, which is {other}'s: a key names one entity",
+                        crate::engine::error::quote(v)
+                    )
+                };
+                if let Some(other) = seen.insert((ty, attr, v), uid) {
+                    return Some(clash(other));
+                }
+                let t = self.type_ix.get(ty).copied();
+                for ix in t.map(|t| self.key_owners(t, attr, v)).unwrap_or_default() {
+                    let other = self.uid_of(ix);
+                    if other != *uid && !written(&other) {
+                        return Some(clash(&other));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
