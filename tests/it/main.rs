@@ -9,6 +9,7 @@ mod analysis;
 mod architecture;
 mod author_path;
 mod authzen;
+mod authzen_interop;
 mod authzen_requests;
 mod data;
 mod deploy;
