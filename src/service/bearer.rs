@@ -18,8 +18,10 @@ pub(crate) fn bearer_matches(given: &[u8], token: &[u8]) -> bool {
         && constant_time_eq(&given[SCHEME.len()..], token)
 }
 
-/// Whether an `authorization` value is `Basic <base64 of credentials>` (RFC 7617; the scheme
-/// in any case), the decoded `id:secret` compared in constant time.
+/// Whether an `authorization` value is `Basic <base64 of id:secret>` for these credentials
+/// (`id:secret`): the scheme in any case (RFC 7617), the id and the secret each taken as
+/// written or form-urldecoded first, as OAuth's `client_secret_basic` sends them (RFC 6749
+/// §2.3.1), and compared in constant time.
 pub(crate) fn basic_matches(given: &[u8], credentials: &[u8]) -> bool {
     use base64::Engine;
     const SCHEME: &[u8] = b"basic ";
@@ -27,10 +29,50 @@ pub(crate) fn basic_matches(given: &[u8], credentials: &[u8]) -> bool {
         return false;
     }
     let encoded = given[SCHEME.len()..].trim_ascii();
-    match base64::engine::general_purpose::STANDARD.decode(encoded) {
-        Ok(decoded) => constant_time_eq(&decoded, credentials),
-        Err(_) => false,
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return false;
+    };
+    if constant_time_eq(&decoded, credentials) {
+        return true;
     }
+    let split = |b: &[u8]| {
+        let at = b.iter().position(|c| *c == b':')?;
+        Some((b[..at].to_vec(), b[at + 1..].to_vec()))
+    };
+    match (split(&decoded), split(credentials)) {
+        (Some((id, secret)), Some((want_id, want_secret))) => {
+            let id_ok = constant_time_eq(&form_urldecode(&id), &want_id);
+            let secret_ok = constant_time_eq(&form_urldecode(&secret), &want_secret);
+            id_ok & secret_ok
+        }
+        _ => false,
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a `%` not
+/// followed by two hex digits stays as it is.
+fn form_urldecode(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -55,6 +97,16 @@ mod tests {
         assert!(!basic_matches(b"Basic not base64!", b"client:s3cret"));
         assert!(!basic_matches(b"Bearer client:s3cret", b"client:s3cret"));
         assert!(!basic_matches(b"Basic ", b""));
+        // Form-urlencoded first, as client_secret_basic sends them: base64("my%20app:p%2Bw%3Ad")
+        // for the id "my app" and the secret "p+w:d".
+        assert!(basic_matches(
+            b"Basic bXklMjBhcHA6cCUyQnclM0Fk",
+            b"my app:p+w:d"
+        ));
+        assert!(!basic_matches(
+            b"Basic bXklMjBhcHA6cCUyQnclM0Fk",
+            b"my app:p+w:e"
+        ));
     }
 
     #[test]

@@ -935,3 +935,73 @@ async fn subjects_may_be_named_by_a_declared_key_and_a_key_names_one_entity() {
     assert!(err.contains("a key names one entity"), "{err}");
     r.shutdown().await.unwrap();
 }
+
+/// Blue's pack declares no `[requests]`: action properties are ignored, undeclared context
+/// members refused; searches find nothing for unknown names; one bad item of a batch is its
+/// own answer; reasons are left out when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blues_pack_is_strict_and_answers_every_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        dir.path(),
+        &pack(),
+        &pack().join("tests/fixture.json"),
+        |_| {},
+    )
+    .await;
+    let mut http = Http::connect(running.http_addr.unwrap(), false).await;
+    let blue = |user: &str, action: &str, ty: &str, id: &str| json!({"subject": {"type": "user", "id": user}, "action": {"name": action}, "resource": {"type": ty, "id": id}});
+    let plain = http
+        .post(EVALUATION, &blue("ada", "viewProject", "project", "apollo"))
+        .await;
+    assert_eq!(plain.body["decision"], true, "{}", plain.body);
+    let mut q = blue("ada", "viewProject", "project", "apollo");
+    q["action"]["properties"] = json!({"method": "GET"});
+    let a = http.post(EVALUATION, &q).await;
+    assert_eq!(
+        (a.status, &a.body["decision"]),
+        (200, &json!(true)),
+        "{}",
+        a.body
+    );
+    let q = with(
+        blue("ada", "inviteMember", "project", "apollo"),
+        "context",
+        json!({"role": "view", "ip": "10.0.0.7"}),
+    );
+    let a = http.post(EVALUATION, &q).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(error_field(&a).starts_with("context"), "{}", a.body);
+    for q in [
+        json!({"subject": {"type": "user", "id": "nobody"}, "action": {"name": "viewProject"}, "resource": {"type": "project"}}),
+        json!({"subject": {"type": "user", "id": "ada"}, "action": {"name": "viewProject"}, "resource": {"type": "galaxy"}}),
+        json!({"subject": {"type": "user", "id": "ada"}, "action": {"name": "viewRecord"}, "resource": {"type": "project"}}),
+    ] {
+        let a = http.post(SEARCH_RESOURCE, &q).await;
+        assert_eq!(
+            (a.status, &a.body["results"]),
+            (200, &json!([])),
+            "{q}: {}",
+            a.body
+        );
+    }
+    let q = json!({
+        "subject": {"type": "user", "id": "ada"},
+        "evaluations": [
+            {"action": {"name": "viewProject"}, "resource": {"type": "project", "id": "apollo"}},
+            {"resource": {"type": "project", "id": "apollo"}},
+            {"action": {"name": "editWiki"}, "resource": {"type": "project", "id": "apollo"}},
+        ],
+        "options": {"include_context": false},
+    });
+    let a = http.post(EVALUATIONS, &q).await;
+    let items = a.body["evaluations"].as_array().unwrap();
+    assert_eq!(items[0], json!({"decision": true}), "{}", a.body);
+    assert_eq!(
+        items[1]["context"]["error"]["field"],
+        "evaluations[1].action"
+    );
+    assert_eq!(items[2]["decision"], true, "{}", a.body);
+    assert_eq!(items.len(), 3);
+    running.shutdown().await.unwrap();
+}
