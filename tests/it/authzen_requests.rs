@@ -598,6 +598,19 @@ async fn http_basic_client_credentials_are_accepted_beside_the_bearer_token() {
         for path in [EVALUATION, EVALUATIONS, SEARCH_ACTION] {
             let a = http.send("POST", path, &headers, &body).await;
             assert_eq!(a.status, want, "{auth:?} {path}: {}", a.body);
+            if want == 401 {
+                // Both ways to authenticate are offered.
+                let challenges: Vec<&str> = a
+                    .headers
+                    .get_all("www-authenticate")
+                    .iter()
+                    .map(|v| v.to_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    challenges,
+                    ["Bearer realm=\"blue-authz\"", "Basic realm=\"blue-authz\""]
+                );
+            }
         }
     }
     running.shutdown().await.unwrap();

@@ -149,7 +149,28 @@ impl AuthzenService {
             Ok(b) => b,
             Err(_) => body.unwrap_or_default(),
         };
-        respond(status, body, headers)
+        let mut response = respond(status, body, headers);
+        if status == StatusCode::UNAUTHORIZED && self.basic.is_some() {
+            response.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"blue-authz\""),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED && self.bearer.is_none() {
+            // Basic alone: no Bearer challenge.
+            let basic: Vec<HeaderValue> = response
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter(|v| v.as_bytes().starts_with(b"Basic"))
+                .cloned()
+                .collect();
+            response.headers_mut().remove(header::WWW_AUTHENTICATE);
+            for v in basic {
+                response.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        response
     }
 }
 
