@@ -73,8 +73,9 @@ fn required<'a, T>(v: Option<&'a T>, field: &str) -> Result<&'a T, RequestError>
 }
 
 /// Why a search finds nothing before the engine is asked: a type the pack does not know, or
-/// (`ids`) an entity the store does not hold that the request gives no properties for. An
-/// empty type stays the caller's error.
+/// (where `id_matters`) an entity the store does not hold, by id or declared key, that the
+/// request gives no properties for. An empty type, and a name with two owners, stay the
+/// caller's error.
 fn unknown_entity(
     pack: &PolicyPack,
     store: &EntityStore,
@@ -99,7 +100,9 @@ fn unknown_entity(
     let has_props = e.properties.as_ref().is_some_and(|p| !p.is_empty());
     if id_matters && !id.is_empty() && !has_props {
         let uid = EntityUid::from_type_name_and_id(cedar.clone(), EntityId::new(id));
-        let by_key = store.resolve_name(cedar, id).ok().flatten();
+        let by_key = store
+            .resolve_name(cedar, id)
+            .map_err(|m| RequestError::edge(format!("{at}.id"), m))?;
         if by_key.is_none() && !store.contains(&uid) {
             return Ok(Some(format!("{at} {uid} is not an entity the store holds")));
         }
