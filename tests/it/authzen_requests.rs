@@ -1018,3 +1018,47 @@ async fn blues_pack_is_strict_and_answers_every_item() {
     assert_eq!(items.len(), 3);
     running.shutdown().await.unwrap();
 }
+
+/// A reload that declares `[keys]` indexes the stored data at once, and one that drops them
+/// stops resolving the names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_keys_indexes_the_stored_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = keyed_docs(dir.path());
+    let names = policies.join("names.toml");
+    let keyed = std::fs::read_to_string(&names).unwrap();
+    let plain = keyed.replace("\n[keys]\nuser = [\"email\"]\n", "\n");
+    assert_ne!(plain, keyed);
+    std::fs::write(&names, &plain).unwrap();
+    let running = start(dir.path(), &policies, &dir.path().join("data.json"), |c| {
+        c.watch = false
+    })
+    .await;
+    let mut http = Http::connect(running.http_addr.unwrap(), false).await;
+    let by_email = ask("alice@example.com", "can_delete", "plan");
+    let a = http.post(EVALUATION, &by_email).await;
+    assert_eq!(a.body["decision"], false, "no keys yet: {}", a.body);
+    std::fs::write(&names, &keyed).unwrap();
+    let outcome = running.reload().await;
+    assert!(
+        matches!(
+            outcome,
+            blue_authz::service::reload::Outcome::Swapped { .. }
+        ),
+        "{outcome:?}"
+    );
+    let a = http.post(EVALUATION, &by_email).await;
+    assert_eq!(a.body["decision"], true, "keyed: {}", a.body);
+    std::fs::write(&names, &plain).unwrap();
+    let outcome = running.reload().await;
+    assert!(
+        matches!(
+            outcome,
+            blue_authz::service::reload::Outcome::Swapped { .. }
+        ),
+        "{outcome:?}"
+    );
+    let a = http.post(EVALUATION, &by_email).await;
+    assert_eq!(a.body["decision"], false, "keys dropped: {}", a.body);
+    running.shutdown().await.unwrap();
+}
