@@ -1062,3 +1062,62 @@ async fn a_reload_that_changes_the_keys_indexes_the_stored_data() {
     assert_eq!(a.body["decision"], false, "keys dropped: {}", a.body);
     running.shutdown().await.unwrap();
 }
+
+/// What an open pack drops, and action properties a pack does not place, are logged at debug
+/// level by the real binary.
+#[test]
+fn what_is_dropped_or_ignored_is_logged_at_debug_level() {
+    use crate::common::server::Binary;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = open_docs(dir.path(), "context.action");
+    let mut server = Binary::serve(&policies, &dir.path().join("open.redb"))
+        .args(["--http-listen", "127.0.0.1:0", "--log", "blue_authz=debug"])
+        .arg("--seed")
+        .arg(dir.path().join("data.json"))
+        .spawn();
+    let addr = server.wait_serving().http.expect("an AuthZEN listener");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut http = Http::connect(addr, false).await;
+        let mut q = with(
+            ask("bob", "can_delete", "plan"),
+            "context",
+            json!({"ip": "10.0.0.7", "action": {"soft": true, "reason": "cleanup"}}),
+        );
+        q["resource"]["properties"] = json!({"color": "red"});
+        let a = http.post(EVALUATION, &q).await;
+        assert_eq!(a.body["decision"], true, "{}", a.body);
+    });
+    let wait = std::time::Duration::from_secs(30);
+    let line = server
+        .wait_log("dropped undeclared context members", wait)
+        .expect("a debug line for the dropped context members");
+    assert!(
+        line.contains("context.ip") && line.contains("context.action.reason"),
+        "{line}"
+    );
+    let line = server
+        .wait_log("dropped undeclared properties", wait)
+        .expect("a debug line for the dropped properties");
+    assert!(line.contains("properties.color"), "{line}");
+    drop(server);
+
+    // The docs pack places no action properties: ignoring them is logged.
+    let mut server = Binary::serve(&docs().join("policies"), &dir.path().join("docs.redb"))
+        .args(["--http-listen", "127.0.0.1:0", "--log", "blue_authz=debug"])
+        .arg("--seed")
+        .arg(docs().join("data.json"))
+        .spawn();
+    let addr = server.wait_serving().http.expect("an AuthZEN listener");
+    rt.block_on(async {
+        let mut http = Http::connect(addr, false).await;
+        let mut q = ask("alice", "can_delete", "plan");
+        q["action"]["properties"] = json!({"soft": true});
+        let a = http.post(EVALUATION, &q).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    });
+    let line = server
+        .wait_log("action properties ignored", wait)
+        .expect("a debug line for the ignored action properties");
+    assert!(line.contains("soft"), "{line}");
+}
