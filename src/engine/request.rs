@@ -73,16 +73,18 @@ pub fn parse_uid(
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(r.id)))
 }
 
-/// The entity a parsed reference names: itself, or the entity whose declared key
-/// (`names.toml` `[keys]`) its id is; a name with two owners is refused naming them.
-pub fn named_uid(
+/// Parses a reference and resolves it to the entity it names: itself, or the entity whose
+/// declared key (`names.toml` `[keys]`) its id is; a name with two owners is refused naming
+/// them.
+pub fn parse_named_uid(
+    pack: &PolicyPack,
     store: &EntityStore,
-    uid: EntityUid,
+    r: UidRef<'_>,
     field: fn(Part) -> Field,
 ) -> Result<EntityUid, RequestError> {
+    let uid = parse_uid(pack, r, field)?;
     match store.resolve_name(uid.type_name(), uid.id().unescaped()) {
-        Ok(None) => Ok(uid),
-        Ok(Some(owner)) => Ok(owner),
+        Ok(owner) => Ok(owner.unwrap_or(uid)),
         Err(m) => Err(RequestError::new(field(Part::Id), m)),
     }
 }
@@ -368,17 +370,9 @@ pub fn check(
     store: &EntityStore,
     req: &DecisionRequest<'_>,
 ) -> Result<CheckedRequest, RequestError> {
-    let principal = named_uid(
-        store,
-        parse_uid(pack, req.principal, Field::Principal)?,
-        Field::Principal,
-    )?;
+    let principal = parse_named_uid(pack, store, req.principal, Field::Principal)?;
     let action = parse_action(pack, req.action)?;
-    let resource = named_uid(
-        store,
-        parse_uid(pack, req.resource, Field::Resource)?,
-        Field::Resource,
-    )?;
+    let resource = parse_named_uid(pack, store, req.resource, Field::Resource)?;
     let overlay = parse_overlay(pack, store, req.entities)?;
     check_parsed(pack, (principal, action, resource), req.context, overlay)
 }

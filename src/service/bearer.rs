@@ -35,18 +35,20 @@ pub(crate) fn basic_matches(given: &[u8], credentials: &[u8]) -> bool {
     if constant_time_eq(&decoded, credentials) {
         return true;
     }
-    let split = |b: &[u8]| {
-        let at = b.iter().position(|c| *c == b':')?;
-        Some((b[..at].to_vec(), b[at + 1..].to_vec()))
-    };
-    match (split(&decoded), split(credentials)) {
+    match (split_colon(&decoded), split_colon(credentials)) {
         (Some((id, secret)), Some((want_id, want_secret))) => {
-            let id_ok = constant_time_eq(&form_urldecode(&id), &want_id);
-            let secret_ok = constant_time_eq(&form_urldecode(&secret), &want_secret);
+            let id_ok = constant_time_eq(&form_urldecode(id), want_id);
+            let secret_ok = constant_time_eq(&form_urldecode(secret), want_secret);
             id_ok & secret_ok
         }
         _ => false,
     }
+}
+
+/// `id:secret` split at its first colon.
+fn split_colon(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = b.iter().position(|c| *c == b':')?;
+    Some((&b[..at], &b[at + 1..]))
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a `%` not

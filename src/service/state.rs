@@ -377,8 +377,6 @@ impl State {
             if keys_changed {
                 let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
                 store.set_keys(&pack.entities.keys);
-                self.pack.store(Some(pack));
-                return Ok(());
             }
             self.pack.store(Some(pack));
             return Ok(());

@@ -44,6 +44,23 @@ async fn start(
     running
 }
 
+/// The docs pack on its data, `tweak`ed.
+async fn start_docs(dir: &Path, tweak: impl FnOnce(&mut ServeConfig)) -> Running {
+    start(
+        dir,
+        &docs().join("policies"),
+        &docs().join("data.json"),
+        tweak,
+    )
+    .await
+}
+
+async fn grpc(running: &Running) -> AuthorizerClient<tonic::transport::Channel> {
+    AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
+        .await
+        .unwrap()
+}
+
 /// A copy of the docs pack that declares how requests are read: action properties at
 /// `place`, `delete`'s context and documents' properties open, and a permit that reads an
 /// action property (editors may soft-delete).
@@ -103,13 +120,7 @@ fn error_field(a: &Answer) -> &str {
 async fn action_properties_are_ignored_unless_the_pack_places_them() {
     let dir = tempfile::tempdir().unwrap();
     // The docs pack declares nothing: properties are ignored, the decision is the plain one.
-    let strict = start(
-        dir.path(),
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |_| {},
-    )
-    .await;
+    let strict = start_docs(dir.path(), |_| {}).await;
     let mut http = Http::connect(strict.http_addr.unwrap(), false).await;
     for (who, doc, want) in [("alice", "plan", true), ("bob", "plan", false)] {
         let mut q = ask(who, "can_delete", doc);
@@ -242,9 +253,7 @@ async fn undeclared_members_are_dropped_only_where_the_pack_reads_them_open() {
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(error_field(&a), "subject.properties", "{}", a.body);
     // The engine does it, so gRPC callers get the same.
-    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = grpc(&running).await;
     let r = client
         .is_authorized(pb::IsAuthorizedRequest {
             principal: uid("Docs::User", "bob"),
@@ -262,13 +271,7 @@ async fn undeclared_members_are_dropped_only_where_the_pack_reads_them_open() {
     // The strict docs pack refuses the same undeclared members.
     let sub = dir.path().join("strict");
     std::fs::create_dir_all(&sub).unwrap();
-    let strict = start(
-        &sub,
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |_| {},
-    )
-    .await;
+    let strict = start_docs(&sub, |_| {}).await;
     let mut http = Http::connect(strict.http_addr.unwrap(), false).await;
     let a = http
         .post(
@@ -287,13 +290,7 @@ async fn undeclared_members_are_dropped_only_where_the_pack_reads_them_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_find_nothing_for_an_unknown_type_action_or_id() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(
-        dir.path(),
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |_| {},
-    )
-    .await;
+    let running = start_docs(dir.path(), |_| {}).await;
     let mut http = Http::connect(running.http_addr.unwrap(), false).await;
     let resource_search = |subject: Value, action: &str, ty: &str| json!({"subject": subject, "action": {"name": action}, "resource": {"type": ty}});
     let user = |id: &str| json!({"type": "user", "id": id});
@@ -397,13 +394,7 @@ async fn searches_find_nothing_for_an_unknown_type_action_or_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_item_never_costs_the_caller_the_other_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(
-        dir.path(),
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |_| {},
-    )
-    .await;
+    let running = start_docs(dir.path(), |_| {}).await;
     let mut http = Http::connect(running.http_addr.unwrap(), false).await;
     // No top-level subject: the second item lacks one.
     let q = json!({
@@ -443,9 +434,7 @@ async fn one_bad_item_never_costs_the_caller_the_other_answers() {
     assert_eq!(items[1]["context"]["reason"], "deny_on_first_deny");
 
     // gRPC: one request with an empty id is its own refusal; the others are answered.
-    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = grpc(&running).await;
     let one = |p: &str, d: &str| pb::IsAuthorizedRequest {
         principal: uid("Docs::User", p),
         action: uid("", "read"),
@@ -497,13 +486,7 @@ async fn one_bad_item_never_costs_the_caller_the_other_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_leave_their_reasons_out_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(
-        dir.path(),
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |_| {},
-    )
-    .await;
+    let running = start_docs(dir.path(), |_| {}).await;
     let mut http = Http::connect(running.http_addr.unwrap(), false).await;
     let batch = |options: Value| {
         json!({
@@ -549,13 +532,7 @@ async fn decisions_leave_their_reasons_out_when_asked() {
     // The server's setting makes it the default; a request may still ask for reasons.
     let sub = dir.path().join("quiet");
     std::fs::create_dir_all(&sub).unwrap();
-    let quiet = start(
-        &sub,
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |c| c.http_decision_context = false,
-    )
-    .await;
+    let quiet = start_docs(&sub, |c| c.http_decision_context = false).await;
     let mut http = Http::connect(quiet.http_addr.unwrap(), false).await;
     let a = http.post(EVALUATION, &ask("bob", "can_read", "plan")).await;
     assert_eq!(a.body, json!({"decision": true}));
@@ -571,15 +548,10 @@ async fn decisions_leave_their_reasons_out_when_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_basic_client_credentials_are_accepted_beside_the_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(
-        dir.path(),
-        &docs().join("policies"),
-        &docs().join("data.json"),
-        |c| {
-            c.http_token = Some("t0ken".into());
-            c.http_basic = Some("pdp-client:s3cret".into());
-        },
-    )
+    let running = start_docs(dir.path(), |c| {
+        c.http_token = Some("t0ken".into());
+        c.http_basic = Some("pdp-client:s3cret".into());
+    })
     .await;
     let mut http = Http::connect(running.http_addr.unwrap(), false).await;
     let body = ask("alice", "can_read", "plan").to_string();
@@ -627,9 +599,7 @@ async fn the_action_search_answers_a_whole_screen_in_one_call() {
     )
     .await;
     let mut http = Http::connect(running.http_addr.unwrap(), true).await;
-    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = grpc(&running).await;
     let with_vic = json!({"with": {"type": "Blue::User", "id": "vic"}});
     for (user, ty, cedar, id) in [
         ("ada", "project", "Blue::Project", "apollo"),
@@ -805,9 +775,7 @@ async fn subjects_may_be_named_by_a_declared_key_and_a_key_names_one_entity() {
     let policies = keyed_docs(dir.path());
     let running = start(dir.path(), &policies, &dir.path().join("data.json"), |_| {}).await;
     let mut http = Http::connect(running.http_addr.unwrap(), false).await;
-    let mut client = AuthorizerClient::connect(format!("http://{}", running.addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = grpc(&running).await;
     // By email as by id, over HTTP and gRPC; alice owns plan, bob edits it.
     for (name, action, want) in [
         ("alice@example.com", "can_delete", true),

@@ -575,48 +575,41 @@ fn a_requests_declaration_is_checked_at_load() {
     let dir = tmp.path().join("policies");
     copy_dir(&policies(), &dir);
     let names = std::fs::read_to_string(dir.join("names.toml")).unwrap();
+    // `[requests]` and `[keys]` (String attributes of a known type only).
     let cases = [
         (
+            "requests",
             "action_properties = \"headers\"",
             "action_properties `headers` is not",
         ),
         (
+            "requests",
             "open_context = [\"viewProjects\"]",
             "`viewProjects` is not an action id of the schema",
         ),
         (
+            "requests",
             "open_properties = [\"robot\"]",
             "`robot` is not an entity type of the schema",
         ),
-        ("closed = true", "unknown field `closed`"),
-    ];
-    for (line, said) in cases {
-        std::fs::write(
-            dir.join("names.toml"),
-            format!("{names}\n[requests]\n{line}\n"),
-        )
-        .unwrap();
-        let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
-            .unwrap_err()
-            .to_string();
-        let at = names.lines().count() + 3;
-        assert!(
-            err.contains(&format!("names.toml:{at}:")) && err.contains(said),
-            "{line}: {err}"
-        );
-    }
-    // `[keys]`: String attributes of a known type only.
-    for (line, said) in [
+        ("requests", "closed = true", "unknown field `closed`"),
         (
+            "keys",
             "project = [\"admin\"]",
             "key `admin` of `Blue::Project` is not a String attribute",
         ),
         (
+            "keys",
             "robot = [\"serial\"]",
             "`robot` is not an entity type of the schema",
         ),
-    ] {
-        std::fs::write(dir.join("names.toml"), format!("{names}\n[keys]\n{line}\n")).unwrap();
+    ];
+    for (table, line, said) in cases {
+        std::fs::write(
+            dir.join("names.toml"),
+            format!("{names}\n[{table}]\n{line}\n"),
+        )
+        .unwrap();
         let err = PolicyPack::load(&PackSpec::new(&dir, &[]))
             .unwrap_err()
             .to_string();

@@ -15,12 +15,18 @@ use super::{EntityStore, Ix, Node, Val};
 /// The keys a pack declares: per entity type, its key attributes.
 pub type KeyDecl = Vec<(EntityTypeName, Vec<String>)>;
 
-/// The index: per (type number, attribute name, value), the entities that hold it.
+/// One key attribute of one type: its values and the entities that hold each.
+#[derive(Debug, Clone)]
+struct KeyIndex {
+    attr: Box<str>,
+    owners: HashMap<Box<str>, Vec<Ix>>,
+}
+
+/// The index: per type number, its key attributes with their values' owners.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Keys {
     declared: KeyDecl,
-    by_type: HashMap<u16, Vec<Box<str>>>,
-    owners: HashMap<(u16, Box<str>, Box<str>), Vec<Ix>>,
+    by_type: HashMap<u16, Vec<KeyIndex>>,
 }
 
 impl EntityStore {
@@ -38,8 +44,14 @@ impl EntityStore {
                 Some(t) => *t,
                 None => self.add_type(ty.clone()),
             };
-            keys.by_type
-                .insert(t, attrs.iter().map(|a| a.as_str().into()).collect());
+            let index = attrs
+                .iter()
+                .map(|a| KeyIndex {
+                    attr: a.as_str().into(),
+                    owners: HashMap::new(),
+                })
+                .collect();
+            keys.by_type.insert(t, index);
         }
         self.keys = keys;
         self.build_keys();
@@ -47,9 +59,11 @@ impl EntityStore {
 
     /// Indexes every stored entity's key values again (after a bulk load).
     pub(super) fn build_keys(&mut self) {
-        self.keys.owners.clear();
         if self.keys.by_type.is_empty() {
             return;
+        }
+        for index in self.keys.by_type.values_mut().flatten() {
+            index.owners.clear();
         }
         let nodes = std::mem::take(&mut self.nodes);
         for (ix, node) in nodes.iter().enumerate() {
@@ -60,20 +74,20 @@ impl EntityStore {
         self.nodes = nodes;
     }
 
-    /// The key values of a node: (attribute, value) for each declared key it holds.
-    fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(Box<str>, &'n str)> {
+    /// The key values of a node: (position among its type's keys, value) for each declared
+    /// key it holds.
+    fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(usize, &'n str)> {
         let ty = self.uids[ix as usize].ty;
-        let Some(attrs) = self.keys.by_type.get(&ty) else {
+        let Some(keys) = self.keys.by_type.get(&ty) else {
             return Vec::new();
         };
         node.attrs
             .iter()
             .filter_map(|(k, v)| {
-                let name = &self.attr_names[*k as usize];
+                let name = &*self.attr_names[*k as usize];
+                let at = keys.iter().position(|key| *key.attr == *name)?;
                 match v {
-                    Val::Str(s) if attrs.iter().any(|a| **a == **name) => {
-                        Some((Box::from(&**name), &**s))
-                    }
+                    Val::Str(s) => Some((at, &**s)),
                     _ => None,
                 }
             })
@@ -81,34 +95,40 @@ impl EntityStore {
     }
 
     pub(super) fn add_keys(&mut self, ix: Ix, node: &Node) {
+        let values = self.key_values(ix, node);
         let ty = self.uids[ix as usize].ty;
-        for (attr, value) in self.key_values(ix, node) {
-            self.keys
-                .owners
-                .entry((ty, attr, value.into()))
-                .or_default()
-                .push(ix);
+        let Some(keys) = self.keys.by_type.get_mut(&ty) else {
+            return;
+        };
+        for (at, value) in values {
+            keys[at].owners.entry(value.into()).or_default().push(ix);
         }
     }
 
     pub(super) fn remove_keys(&mut self, ix: Ix, node: &Node) {
+        let values = self.key_values(ix, node);
         let ty = self.uids[ix as usize].ty;
-        for (attr, value) in self.key_values(ix, node) {
-            let key = (ty, attr, Box::from(value));
-            if let Some(owners) = self.keys.owners.get_mut(&key) {
-                owners.retain(|o| *o != ix);
-                if owners.is_empty() {
-                    self.keys.owners.remove(&key);
+        let Some(keys) = self.keys.by_type.get_mut(&ty) else {
+            return;
+        };
+        for (at, value) in values {
+            let owners = &mut keys[at].owners;
+            if let Some(held) = owners.get_mut(value) {
+                held.retain(|o| *o != ix);
+                if held.is_empty() {
+                    owners.remove(value);
                 }
             }
         }
     }
 
-    /// The stored entities of `ty` whose key attribute `attr` is `value`.
+    /// The stored entities of type number `ty` whose key attribute `attr` is `value`.
     fn key_owners(&self, ty: u16, attr: &str, value: &str) -> Vec<Ix> {
         self.keys
-            .owners
-            .get(&(ty, attr.into(), value.into()))
+            .by_type
+            .get(&ty)
+            .and_then(|keys| keys.iter().find(|k| *k.attr == *attr))
+            .and_then(|k| k.owners.get(value))
             .map(|o| {
                 o.iter()
                     .copied()
@@ -129,24 +149,20 @@ impl EntityStore {
         if self.keys.by_type.is_empty() {
             return Ok(None);
         }
-        let Some(t) = self.type_ix.get(ty).copied() else {
-            return Ok(None);
-        };
-        let Some(attrs) = self.keys.by_type.get(&t) else {
+        let Some(keys) = self.type_ix.get(ty).and_then(|t| self.keys.by_type.get(t)) else {
             return Ok(None);
         };
         let by_id = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(name));
         let id_owner = self.lookup(&by_id).filter(|ix| self.node(*ix).is_some());
-        let mut owners: Vec<(String, Ix)> = Vec::new();
-        for attr in attrs {
-            for ix in self.key_owners(t, attr, name) {
-                if Some(ix) != id_owner && !owners.iter().any(|(_, o)| *o == ix) {
-                    owners.push((format!("its {attr}"), ix));
+        // Each entity the name stands for, with how (None: by its id).
+        let mut owners: Vec<(Option<&str>, Ix)> =
+            id_owner.map(|ix| (None, ix)).into_iter().collect();
+        for key in keys {
+            for ix in key.owners.get(name).into_iter().flatten() {
+                if self.node(*ix).is_some() && !owners.iter().any(|(_, o)| o == ix) {
+                    owners.push((Some(&key.attr), *ix));
                 }
             }
-        }
-        if let Some(ix) = id_owner {
-            owners.insert(0, ("its id".into(), ix));
         }
         match owners.as_slice() {
             [] => Ok(None),
@@ -155,7 +171,7 @@ impl EntityStore {
                 "`{}` names more than one {ty}: {}",
                 crate::engine::error::quote(name),
                 many.iter()
-                    .map(|(how, ix)| format!("{} by {how}", self.uid_of(*ix)))
+                    .map(|(how, ix)| format!("{} by its {}", self.uid_of(*ix), how.unwrap_or("id")))
                     .collect::<Vec<_>>()
                     .join(", ")
             )),

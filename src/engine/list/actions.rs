@@ -13,7 +13,7 @@ use crate::engine::index::EntityStore;
 use crate::engine::needs::{Need, Needs, NEED_ALL};
 use crate::engine::pack::PolicyPack;
 use crate::engine::request::{
-    cedar_request, checked_request, named_uid, parse_overlay, parse_uid, ContextMap, UidRef,
+    cedar_request, checked_request, parse_named_uid, parse_overlay, ContextMap, UidRef,
 };
 
 /// A request to decide every action that applies to a principal and a resource.
@@ -103,16 +103,8 @@ pub fn list_actions(
     req: &ActionsRequest<'_>,
     depth: usize,
 ) -> Result<Actions, RequestError> {
-    let principal = named_uid(
-        store,
-        parse_uid(pack, req.principal, Field::Principal)?,
-        Field::Principal,
-    )?;
-    let resource = named_uid(
-        store,
-        parse_uid(pack, req.resource, Field::Resource)?,
-        Field::Resource,
-    )?;
+    let principal = parse_named_uid(pack, store, req.principal, Field::Principal)?;
+    let resource = parse_named_uid(pack, store, req.resource, Field::Resource)?;
     let actions = pack.actions_for(principal.type_name(), resource.type_name());
     for id in req.per_action.into_iter().flat_map(BTreeMap::keys) {
         if !actions.iter().any(|(a, _)| a.id().unescaped() == id) {

@@ -87,11 +87,7 @@ pub fn list(
     depth: usize,
 ) -> Result<Page, RequestError> {
     let (other_field, type_field) = req.fields();
-    let other = request::named_uid(
-        store,
-        request::parse_uid(pack, req.other, other_field)?,
-        other_field,
-    )?;
+    let other = request::parse_named_uid(pack, store, req.other, other_field)?;
     let action = request::parse_action(pack, req.action)?;
     let listed_type = listed_type(pack, req.listed_type, type_field.clone())?;
     let entry = pack

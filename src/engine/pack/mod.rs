@@ -398,20 +398,12 @@ impl PolicyPack {
         if self.names.open_properties.is_none() {
             return;
         }
-        let Some(ty) = entity
+        let Some((ty, shape)) = entity
             .get("uid")
             .and_then(|u| u.get("type"))
             .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-        else {
-            return;
-        };
-        let Some(shape) = self
-            .names
-            .open_properties
-            .contains(&ty)
-            .then(|| self.shapes.entities.get(&ty))
-            .flatten()
+            .filter(|ty| self.names.open_properties.contains(ty))
+            .and_then(|ty| self.shapes.entities.get_key_value(ty))
         else {
             return;
         };

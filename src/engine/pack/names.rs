@@ -8,8 +8,8 @@
 //! declare are dropped rather than refused (`open_context`, `open_properties`; strict by
 //! default). Its `[keys]` table names String attributes by which a caller may name an
 //! entity instead of its id (`user = ["email", "pid"]`). Checked against the schema when the
-//! pack loads; without the file, a `type` is a
-//! Cedar entity type name (`Blue::User`) and a `name` an action id, and any value is taken.
+//! pack loads; without the file, a `type` is a Cedar entity type name (`Blue::User`) and a
+//! `name` an action id, and any value is taken.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

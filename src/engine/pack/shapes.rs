@@ -2,7 +2,7 @@
 //! context, nested records included (common types resolved). A pack that reads requests
 //! "open" (`names.toml`, `[requests] open_context` / `open_properties`) uses them to drop the
 //! members a request carries that the schema does not declare, before Cedar validates the
-//! rest; a strict pack never builds them.
+//! rest; `[keys]` uses them to check that a key is a String attribute.
 
 use std::collections::HashMap;
 
@@ -76,13 +76,6 @@ pub(super) fn of_schema(schema_text: &str) -> Shapes {
         return shapes;
     };
     // Common types by their qualified name, to resolve references from any namespace.
-    let qualify = |ns: &str, name: &str| {
-        if ns.is_empty() || name.contains("::") {
-            name.to_string()
-        } else {
-            format!("{ns}::{name}")
-        }
-    };
     let mut common: HashMap<String, (String, Value)> = HashMap::new();
     for (ns, body) in namespaces {
         for (name, ty) in body
@@ -138,30 +131,26 @@ fn record(
     }
     let kind = ty.get("type")?.as_str()?;
     if kind == "Record" {
-        let strings = ty
+        let mut rec = Record {
+            open: ty
+                .get("additionalAttributes")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            ..Record::default()
+        };
+        for (k, v) in ty
             .get("attributes")
             .and_then(Value::as_object)
             .into_iter()
             .flatten()
-            .filter(|(_, v)| is_string(v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let attrs = ty
-            .get("attributes")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), record(ns, v, common, depth + 1)))
-            .collect();
-        let open = ty
-            .get("additionalAttributes")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        return Some(Record {
-            attrs,
-            strings,
-            open,
-        });
+        {
+            if is_string(v) {
+                rec.strings.insert(k.clone());
+            }
+            rec.attrs
+                .insert(k.clone(), record(ns, v, common, depth + 1));
+        }
+        return Some(rec);
     }
     // A reference: `{"type": "EntityOrCommon", "name": "T"}` or `{"type": "T"}`.
     let name = match kind {
@@ -169,13 +158,19 @@ fn record(
         "Set" | "Entity" | "Extension" | "String" | "Long" | "Boolean" | "Bool" => return None,
         other => other,
     };
-    let qualified = if ns.is_empty() || name.contains("::") {
+    let (in_ns, def) = common
+        .get(&qualify(ns, name))
+        .or_else(|| common.get(name))?;
+    record(in_ns, def, common, depth + 1)
+}
+
+/// A name as written in namespace `ns`, qualified (a name with `::` already is).
+fn qualify(ns: &str, name: &str) -> String {
+    if ns.is_empty() || name.contains("::") {
         name.to_string()
     } else {
         format!("{ns}::{name}")
-    };
-    let (in_ns, def) = common.get(&qualified).or_else(|| common.get(name))?;
-    record(in_ns, def, common, depth + 1)
+    }
 }
 
 /// Whether a JSON schema type is Cedar's String.

@@ -150,31 +150,27 @@ impl AuthzenService {
             Err(_) => body.unwrap_or_default(),
         };
         let mut response = respond(status, body, headers);
-        if status == StatusCode::UNAUTHORIZED && self.basic.is_some() {
-            response.headers_mut().append(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"blue-authz\""),
-            );
-        }
-        if status == StatusCode::UNAUTHORIZED && self.bearer.is_none() {
-            // Basic alone: no Bearer challenge.
-            let basic: Vec<HeaderValue> = response
-                .headers()
-                .get_all(header::WWW_AUTHENTICATE)
-                .iter()
-                .filter(|v| v.as_bytes().starts_with(b"Basic"))
-                .cloned()
-                .collect();
-            response.headers_mut().remove(header::WWW_AUTHENTICATE);
-            for v in basic {
-                response.headers_mut().append(header::WWW_AUTHENTICATE, v);
+        if status == StatusCode::UNAUTHORIZED {
+            // How to authenticate: each way this server takes.
+            let h = response.headers_mut();
+            if self.bearer.is_some() {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"blue-authz\""),
+                );
+            }
+            if self.basic.is_some() {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"blue-authz\""),
+                );
             }
         }
         response
     }
 }
 
-/// A JSON response echoing the caller's `X-Request-ID`; a 401 says how to authenticate.
+/// A JSON response echoing the caller's `X-Request-ID`.
 fn respond(status: StatusCode, body: Vec<u8>, headers: &HeaderMap) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
@@ -185,12 +181,6 @@ fn respond(status: StatusCode, body: Vec<u8>, headers: &HeaderMap) -> Response {
     );
     if let Some(id) = headers.get("x-request-id") {
         h.insert("x-request-id", id.clone());
-    }
-    if status == StatusCode::UNAUTHORIZED {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"blue-authz\""),
-        );
     }
     response
 }
