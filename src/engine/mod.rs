@@ -28,6 +28,7 @@ pub mod narrow;
 pub mod needs;
 pub mod pack;
 pub mod plan;
+pub mod planner;
 pub mod request;
 pub mod schema;
 pub mod view;

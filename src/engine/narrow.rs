@@ -28,7 +28,7 @@ use crate::engine::plan::{eval_known, Node, Plan};
 pub use crate::engine::error::ListedSide as Listed;
 
 /// How a part that does not mention the listed entity relates to a path from it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rel {
     /// `K in X.path`
     KnownIn,
@@ -244,7 +244,12 @@ impl<'a, L: Lookup> At<'a, L> {
     }
 }
 
-fn lookup<L: Lookup>(at: &At<'_, L>, rel: Rel, known: &Node, path: &[SmolStr]) -> Option<Vec<Ix>> {
+pub(crate) fn lookup<L: Lookup>(
+    at: &At<'_, L>,
+    rel: Rel,
+    known: &Node,
+    path: &[SmolStr],
+) -> Option<Vec<Ix>> {
     let k = at.eval(known)?;
     let direct = path.is_empty();
     let mut targets: Vec<Ix> = Vec::new();

@@ -389,7 +389,7 @@ impl<'a, F: Facts> Env<'a, F> {
 }
 
 /// Cedar's `==`: values of different types are not equal (no error). Records give up.
-fn equal(a: &V<'_>, b: &V<'_>) -> Option<bool> {
+pub(crate) fn equal(a: &V<'_>, b: &V<'_>) -> Option<bool> {
     Some(match (a, b) {
         (V::Bool(a), V::Bool(b)) => a == b,
         (V::Long(a), V::Long(b)) => a == b,
@@ -410,7 +410,7 @@ fn equal(a: &V<'_>, b: &V<'_>) -> Option<bool> {
     })
 }
 
-fn contains(items: &[V<'_>], x: &V<'_>) -> Option<bool> {
+pub(crate) fn contains(items: &[V<'_>], x: &V<'_>) -> Option<bool> {
     let mut found = false;
     for i in items {
         found |= equal(i, x)?;

@@ -10,6 +10,7 @@ use crate::engine::index::EntityStore;
 use crate::engine::list::actions::{self, Actions, ActionsRequest};
 use crate::engine::list::{self, ListRequest, Page};
 use crate::engine::pack::PolicyPack;
+use crate::engine::planner::{self, PlanRequest, ResourcePlan};
 use crate::engine::request::{self, CheckedRequest, DecisionRequest};
 
 /// The engine's own limits.
@@ -73,6 +74,11 @@ impl<'a> View<'a> {
     /// One page of the resources (or principals) a request allows.
     pub fn list(&self, req: &ListRequest<'_>) -> Result<Page, RequestError> {
         list::list(self.pack, self.store, req, self.limits.slice_depth)
+    }
+
+    /// The condition under which a resource of a type is allowed, over its own attributes.
+    pub fn plan(&self, req: &PlanRequest<'_>) -> Result<ResourcePlan, RequestError> {
+        planner::plan(self.pack, self.store, req)
     }
 
     /// Every action that applies to a principal and a resource, decided.

@@ -16,13 +16,13 @@ use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::engine::request::{self, ContextMap, DecisionRequest, UidRef};
 use blue_authz::engine::View;
 
-struct Data {
-    store: EntityStore,
+pub(crate) struct Data {
+    pub store: EntityStore,
     /// Entity ids by type name.
-    ids: BTreeMap<String, Vec<String>>,
+    pub ids: BTreeMap<String, Vec<String>>,
 }
 
-fn data(pack: &PolicyPack, scale: f64, seed: u64) -> Data {
+pub(crate) fn data(pack: &PolicyPack, scale: f64, seed: u64) -> Data {
     let mut store = EntityStore::default();
     let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
     gen::generate(scale, seed, &mut |e| {
@@ -39,7 +39,7 @@ fn data(pack: &PolicyPack, scale: f64, seed: u64) -> Data {
 }
 
 /// Contexts worth trying for an action: every role or level its policies compare with.
-fn contexts(action: &str, users: &[String]) -> Vec<String> {
+pub(crate) fn contexts(action: &str, users: &[String]) -> Vec<String> {
     match action {
         "inviteMember" | "changeMemberRole" => ["admin", "member", "client", "comment", "view"]
             .iter()
@@ -92,7 +92,7 @@ fn whole(
 
 /// Brute force: every entity of the type decided as `IsAuthorized` decides it.
 #[allow(clippy::too_many_arguments)]
-fn brute(
+pub(crate) fn brute(
     pack: &PolicyPack,
     store: &EntityStore,
     listed: Side,
@@ -138,12 +138,12 @@ fn brute(
 }
 
 /// A context and request-scoped entities read from their JSON text, as an edge reads them.
-struct Json {
-    context: Option<ContextMap>,
-    entities: Vec<serde_json::Value>,
+pub(crate) struct Json {
+    pub context: Option<ContextMap>,
+    pub entities: Vec<serde_json::Value>,
 }
 
-fn json(context: &str, entities: &str) -> Json {
+pub(crate) fn json(context: &str, entities: &str) -> Json {
     Json {
         context: match context {
             "" => None,

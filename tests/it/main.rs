@@ -22,6 +22,7 @@ mod hardening;
 mod listing;
 mod oracle;
 mod outage;
+mod plans;
 mod policy_pack;
 mod reload;
 mod settings;

@@ -86,6 +86,67 @@ pub fn list(
     req: &ListRequest<'_>,
     depth: usize,
 ) -> Result<Page, RequestError> {
+    let (other, action, listed_type, entry) = target(pack, store, req)?;
+    let page_size = match req.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(RequestError::new(
+                Field::PageSize,
+                format!("{n} is more than the maximum of {MAX_PAGE_SIZE}"),
+            ))
+        }
+        n => n,
+    } as usize;
+    let (context_text, entities_text) = (
+        request::context_text(req.context),
+        request::entities_text(req.entities),
+    );
+    let query = token::fingerprint(&[
+        match req.listed {
+            Listed::Resources => "resources",
+            Listed::Principals => "principals",
+        },
+        &other.to_string(),
+        &action.to_string(),
+        &listed_type.to_string(),
+        &context_text,
+        &entities_text,
+    ]);
+    let cursor = match req.page_token {
+        "" => None,
+        t => Some(token::decode(t, query).map_err(|e| RequestError::new(Field::PageToken, e))?),
+    };
+    let (overlay, placeholder, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
+    let query = Query {
+        pack,
+        store,
+        entry,
+        req,
+        action: &action,
+        listed_type: &listed_type,
+        placeholder: &placeholder,
+        other: &other,
+        context: context_of(probe.request.as_ref()),
+        overlay: &overlay,
+        cursor: cursor.as_deref(),
+        page_size,
+        depth,
+        fingerprint: query,
+    };
+    if overlay.is_empty() {
+        query.run(store)
+    } else {
+        query.run(&store.list_view(&overlay))
+    }
+}
+
+/// What a listing or a plan is over, checked: the other side's entity, the action, the
+/// listed type and the action's entry, each refused naming the request field at fault.
+pub(crate) fn target<'p>(
+    pack: &'p PolicyPack,
+    store: &EntityStore,
+    req: &ListRequest<'_>,
+) -> Result<(EntityUid, EntityUid, EntityTypeName, &'p ActionEntry), RequestError> {
     let (other_field, type_field) = req.fields();
     let other = request::parse_named_uid(pack, store, req.other, other_field)?;
     let action = request::parse_action(pack, req.action)?;
@@ -121,35 +182,19 @@ pub fn list(
         other_what,
     )?;
     applies(listed_types, &listed_type, type_field, what)?;
-    let page_size = match req.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(RequestError::new(
-                Field::PageSize,
-                format!("{n} is more than the maximum of {MAX_PAGE_SIZE}"),
-            ))
-        }
-        n => n,
-    } as usize;
-    let (context_text, entities_text) = (
-        request::context_text(req.context),
-        request::entities_text(req.entities),
-    );
-    let query = token::fingerprint(&[
-        match req.listed {
-            Listed::Resources => "resources",
-            Listed::Principals => "principals",
-        },
-        &other.to_string(),
-        &action.to_string(),
-        &listed_type.to_string(),
-        &context_text,
-        &entities_text,
-    ]);
-    let cursor = match req.page_token {
-        "" => None,
-        t => Some(token::decode(t, query).map_err(|e| RequestError::new(Field::PageToken, e))?),
-    };
+    Ok((other, action, listed_type, entry))
+}
+
+/// The request-scoped entities, a stand-in uid of the listed type, and the context checked
+/// once against the schema with that stand-in.
+pub(crate) fn scope(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &ListRequest<'_>,
+    other: &EntityUid,
+    action: &EntityUid,
+    listed_type: &EntityTypeName,
+) -> Result<(Overlay, EntityUid, request::CheckedRequest), RequestError> {
     let overlay = request::parse_overlay(pack, store, req.entities)?;
     // The context, checked once against the schema (with a stand-in for the listed entity).
     let placeholder = EntityUid::from_type_name_and_id(listed_type.clone(), EntityId::new("?"));
@@ -164,27 +209,7 @@ pub fn list(
         req.context,
         Overlay::default(),
     )?;
-    let query = Query {
-        pack,
-        store,
-        entry,
-        req,
-        action: &action,
-        listed_type: &listed_type,
-        placeholder: &placeholder,
-        other: &other,
-        context: context_of(probe.request.as_ref()),
-        overlay: &overlay,
-        cursor: cursor.as_deref(),
-        page_size,
-        depth,
-        fingerprint: query,
-    };
-    if overlay.is_empty() {
-        query.run(store)
-    } else {
-        query.run(&store.list_view(&overlay))
-    }
+    Ok((overlay, placeholder, probe))
 }
 
 fn listed_type(pack: &PolicyPack, ty: &str, field: Field) -> Result<EntityTypeName, RequestError> {

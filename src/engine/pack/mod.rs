@@ -33,7 +33,7 @@ use self::files::{cedar_files, digest_tree, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::lifecycle::LIFECYCLE_FILE;
 pub use self::names::{ActionProperties, Names, Open, NAMES_FILE};
-pub use self::shapes::{Record, Shapes};
+pub use self::shapes::{Kind, Record, Shapes};
 pub use self::table::TableClaim;
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
 use crate::engine::schema::{plain_type, EntitySchema};

@@ -2,7 +2,8 @@
 //! context, nested records included (common types resolved). A pack that reads requests
 //! "open" (`names.toml`, `[requests] open_context` / `open_properties`) uses them to drop the
 //! members a request carries that the schema does not declare, before Cedar validates the
-//! rest; `[keys]` uses them to check that a key is a String attribute.
+//! rest; `[keys]` uses them to check that a key is a String attribute; resource plans
+//! (`engine/planner`) read each attribute's kind and whether it is required.
 
 use std::collections::HashMap;
 
@@ -16,12 +17,39 @@ pub struct Record {
     strings: std::collections::HashSet<String>,
     /// The schema lets this record carry attributes it does not name (`additionalAttributes`).
     open: bool,
+    /// Each attribute's kind and whether it is required.
+    kinds: HashMap<String, (Kind, bool)>,
+}
+
+/// What an attribute holds, as the schema declares it (entity types qualified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Entity(String),
+    String,
+    Long,
+    Bool,
+    Set(Box<Kind>),
+    Record,
+    /// An extension type, or a name the schema's JSON form did not resolve.
+    Other,
 }
 
 impl Record {
     /// Whether the record declares `attr` as a String.
     pub fn is_string(&self, attr: &str) -> bool {
         self.strings.contains(attr)
+    }
+
+    /// An attribute's kind and whether it is required; None if the record does not declare it.
+    pub fn kind(&self, attr: &str) -> Option<&(Kind, bool)> {
+        self.kinds.get(attr)
+    }
+
+    /// The declared attribute names, sorted.
+    pub fn attr_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.attrs.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Removes from `value` every member this record does not declare, recursively into
@@ -147,6 +175,9 @@ fn record(
             if is_string(v) {
                 rec.strings.insert(k.clone());
             }
+            let required = v.get("required").and_then(Value::as_bool).unwrap_or(true);
+            rec.kinds
+                .insert(k.clone(), (kind_of(ns, v, common, depth + 1), required));
             rec.attrs
                 .insert(k.clone(), record(ns, v, common, depth + 1));
         }
@@ -162,6 +193,44 @@ fn record(
         .get(&qualify(ns, name))
         .or_else(|| common.get(name))?;
     record(in_ns, def, common, depth + 1)
+}
+
+/// The kind of a JSON schema type, following common-type references.
+fn kind_of(ns: &str, ty: &Value, common: &HashMap<String, (String, Value)>, depth: usize) -> Kind {
+    if depth > 32 {
+        return Kind::Other;
+    }
+    let name = |n: &str| -> Kind {
+        match n {
+            "String" | "__cedar::String" => Kind::String,
+            "Long" | "__cedar::Long" => Kind::Long,
+            "Bool" | "Boolean" | "__cedar::Bool" => Kind::Bool,
+            _ => match common.get(&qualify(ns, n)).or_else(|| common.get(n)) {
+                Some((in_ns, def)) => kind_of(in_ns, def, common, depth + 1),
+                None => Kind::Entity(qualify(ns, n)),
+            },
+        }
+    };
+    match ty.get("type").and_then(Value::as_str) {
+        Some("String") => Kind::String,
+        Some("Long") => Kind::Long,
+        Some("Boolean" | "Bool") => Kind::Bool,
+        Some("Record") => Kind::Record,
+        Some("Set") => match ty.get("element") {
+            Some(e) => Kind::Set(Box::new(kind_of(ns, e, common, depth + 1))),
+            None => Kind::Other,
+        },
+        Some("Entity") => match ty.get("name").and_then(Value::as_str) {
+            Some(n) => Kind::Entity(qualify(ns, n)),
+            None => Kind::Other,
+        },
+        Some("EntityOrCommon") => match ty.get("name").and_then(Value::as_str) {
+            Some(n) => name(n),
+            None => Kind::Other,
+        },
+        Some("Extension") | None => Kind::Other,
+        Some(other) => name(other),
+    }
 }
 
 /// A name as written in namespace `ns`, qualified (a name with `::` already is).
@@ -235,5 +304,18 @@ mod tests {
         assert_eq!(dropped, ["p.email", "p.meta.x"]);
         assert!(shapes.entities["N::U"].is_string("name"));
         assert!(!shapes.entities["N::U"].is_string("meta"));
+        let u = &shapes.entities["N::U"];
+        assert_eq!(u.kind("name"), Some(&(Kind::String, true)));
+        assert_eq!(u.kind("meta"), Some(&(Kind::Record, true)));
+        let set = of_schema(
+            "namespace M { type T = Long; entity G; entity D = { \"g\"?: Set<G>, \"n\": T, \"o\": G }; }",
+        );
+        let d = &set.entities["M::D"];
+        assert_eq!(
+            d.kind("g"),
+            Some(&(Kind::Set(Box::new(Kind::Entity("M::G".into()))), false))
+        );
+        assert_eq!(d.kind("n"), Some(&(Kind::Long, true)));
+        assert_eq!(d.kind("o"), Some(&(Kind::Entity("M::G".into()), true)));
     }
 }
