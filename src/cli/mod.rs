@@ -11,6 +11,7 @@ mod gen;
 mod import;
 mod listing;
 mod matrix;
+mod plan;
 mod report;
 mod serve;
 mod test;
@@ -139,6 +140,9 @@ enum Command {
     ListResources(listing::ListResourcesCommand),
     /// Every principal of a type that may act on a resource, against an entities file.
     ListSubjects(listing::ListSubjectsCommand),
+    /// Which resources of a type a principal may act on, as a condition over their own
+    /// attributes (and with --sql a PostgreSQL WHERE fragment), against an entities file.
+    Plan(plan::PlanCommand),
     /// Time listings on generated data beside brute force, and the reverse index's cost.
     ListBench {
         /// Scale of the generated data (1.0: 1.19M entities).
@@ -192,6 +196,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(&spec, args),
         Command::ListResources(args) => listing::resources(&spec, args),
         Command::ListSubjects(args) => listing::subjects(&spec, args),
+        Command::Plan(args) => plan::run(&spec, args),
         Command::ListBench { scale, rounds } => listing::bench(&spec, scale, rounds),
     };
     match result {

@@ -139,6 +139,8 @@ pub enum Field {
     PageToken,
     /// The operations of a write batch, or the one at this index.
     Ops(Option<usize>),
+    /// The column mapping of a resource plan's SQL, or the entry for one attribute.
+    Columns(Option<String>),
     /// Item `n` of a batch, and the field within it.
     Item(usize, Box<Field>),
     /// A field only an edge knows (named in that edge's own words).
@@ -177,6 +179,8 @@ impl fmt::Display for Field {
             Field::PageToken => f.write_str("page_token"),
             Field::Ops(None) => f.write_str("ops"),
             Field::Ops(Some(i)) => write!(f, "ops[{i}]"),
+            Field::Columns(None) => f.write_str("sql.columns"),
+            Field::Columns(Some(k)) => write!(f, "sql.columns.{k}"),
             Field::Item(i, inner) => write!(f, "[{i}].{inner}"),
             Field::Edge(name) => f.write_str(name),
         }

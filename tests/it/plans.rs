@@ -120,6 +120,7 @@ fn plan_of(
         resource_type: rt,
         context: input.context.as_ref(),
         entities: &input.entities,
+        columns: None,
     })
 }
 

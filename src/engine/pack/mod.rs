@@ -32,7 +32,7 @@ pub use self::files::overlay_names;
 use self::files::{cedar_files, digest_tree, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::lifecycle::LIFECYCLE_FILE;
-pub use self::names::{ActionProperties, Names, Open, NAMES_FILE};
+pub use self::names::{plain_column, ActionProperties, Names, Open, NAMES_FILE};
 pub use self::shapes::{Kind, Record, Shapes};
 pub use self::table::TableClaim;
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
@@ -231,6 +231,7 @@ impl PolicyPack {
             },
             |action, field| string_context_field(&schema, action_type, action, field),
             |ty, attr| shapes.entities.get(ty).is_some_and(|r| r.is_string(attr)),
+            &shapes,
         )?;
         entities.keys = names.keys.clone();
         if let Some(text) = names_text {

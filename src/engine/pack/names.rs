@@ -7,7 +7,9 @@
 //! context attribute), and for which actions and entity types members the schema does not
 //! declare are dropped rather than refused (`open_context`, `open_properties`; strict by
 //! default). Its `[keys]` table names String attributes by which a caller may name an
-//! entity instead of its id (`user = ["email", "pid"]`). Checked against the schema when the
+//! entity instead of its id (`user = ["email", "pid"]`). Its `[columns.<type>]` tables map a
+//! resource type's attributes (and `id`) to the columns of the caller's own table, the default
+//! for resource plans' SQL (`project = "project_id"`). Checked against the schema when the
 //! pack loads; without the file, a `type` is a Cedar entity type name (`Blue::User`) and a
 //! `name` an action id, and any value is taken.
 
@@ -42,6 +44,10 @@ struct NamesFile {
     /// does.
     #[serde(default)]
     keys: BTreeMap<toml::Spanned<String>, Vec<toml::Spanned<String>>>,
+    /// Entity type (outside or Cedar name) → attribute (or `id`) → column, for plans' SQL.
+    #[serde(default)]
+    columns:
+        BTreeMap<toml::Spanned<String>, BTreeMap<toml::Spanned<String>, toml::Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +116,9 @@ pub struct Names {
     pub open_properties: Open,
     /// Per entity type (Cedar name), the attributes that name its entities besides the id.
     pub keys: Vec<(cedar_policy::EntityTypeName, Vec<String>)>,
+    /// Per entity type (Cedar name), the default column of each attribute (and `id`) for
+    /// resource plans' SQL.
+    pub columns: HashMap<String, BTreeMap<String, String>>,
     /// Whether the pack has a names file.
     pub declared: bool,
 }
@@ -158,6 +167,7 @@ pub(super) fn load(
     is_action: impl Fn(&str) -> bool,
     is_string_field: impl Fn(&str, &str) -> Result<(), String>,
     is_string_attr: impl Fn(&str, &str) -> bool,
+    shapes: &super::Shapes,
 ) -> Result<(Names, Option<String>), LoadError> {
     let path = dir.join(NAMES_FILE);
     if !path.is_file() {
@@ -311,10 +321,59 @@ pub(super) fn load(
             _ => {}
         }
     }
+    for (ty, columns) in &file.columns {
+        let Some(cedar) = cedar_type(ty.get_ref()) else {
+            diags.push(at(
+                ty.span().start,
+                format!("`{}` is not an entity type of the schema", ty.get_ref()),
+            ));
+            continue;
+        };
+        let attrs = shapes
+            .entities
+            .get(&cedar)
+            .map(|r| r.attr_names())
+            .unwrap_or_default();
+        let mut mapped = BTreeMap::new();
+        for (key, column) in columns {
+            let (k, c) = (key.get_ref(), column.get_ref());
+            if k != "id" && !attrs.contains(&k.as_str()) {
+                diags.push(at(
+                    key.span().start,
+                    format!("`{k}` is not an attribute of `{cedar}` (nor `id`)"),
+                ));
+            } else if !plain_column(c) {
+                diags.push(at(
+                    column.span().start,
+                    format!(
+                        "column `{}` of `{k}` is not a plain column name (letters, digits and \
+                         `_`, optionally `table.column`)",
+                        c.escape_debug()
+                    ),
+                ));
+            }
+            mapped.insert(k.clone(), c.clone());
+        }
+        names.columns.insert(cedar, mapped);
+    }
     if !diags.is_empty() {
         return Err(LoadError::Invalid(diags));
     }
     Ok((names, Some(text)))
+}
+
+/// Whether a column name is a plain SQL identifier (letters, digits and `_`, not starting with
+/// a digit, at most 63 bytes), optionally qualified by a table (`t.column`): the only text of
+/// a caller's that a plan's SQL contains.
+pub fn plain_column(s: &str) -> bool {
+    let part = |p: &str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && p.len() <= 63
+    };
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| part(p))
 }
 
 /// Reads `action_properties`: `"ignore"`, `"context"` or `"context.<name>"`.

@@ -50,8 +50,9 @@ pub(crate) struct Folder<'a, L> {
     pub context: Option<&'a ast::Context>,
 }
 
-/// The conditions under which a part is true, and false.
-type Fold<'a> = Result<(C<'a>, C<'a>), String>;
+/// The conditions under which a part is true, and false, and whether it never errors (then
+/// "false" is "not true", and `a || b` is true where `a` or `b` is).
+type Fold<'a> = Result<(C<'a>, C<'a>, bool), String>;
 
 /// Whether a part depends on which resource it is (its type is known).
 pub(crate) fn depends(n: &Node) -> bool {
@@ -128,39 +129,50 @@ impl<'a, L: Lookup> Folder<'a, L> {
     pub(crate) fn fold(&self, n: &'a Node) -> Fold<'a> {
         if !depends(n) {
             return Ok(match self.known(n)? {
-                V::Bool(b) => (C::Const(b), C::Const(!b)),
+                V::Bool(b) => (C::Const(b), C::Const(!b), true),
                 // A type error: neither true nor false.
-                _ => (C::Const(false), C::Const(false)),
+                _ => (C::Const(false), C::Const(false), false),
             });
         }
         match n {
             Node::And(a, b) => {
-                let (ta, fa) = self.fold(a)?;
+                let (ta, fa, xa) = self.fold(a)?;
                 if matches!(ta, C::Const(false)) {
-                    return Ok((ta, fa));
+                    return Ok((ta, fa, xa));
                 }
-                let (tb, fb) = self.fold(b)?;
-                Ok((and(ta.clone(), tb), or(fa, and(ta, fb))))
+                let (tb, fb, xb) = self.fold(b)?;
+                let f = if xa {
+                    or(fa, fb)
+                } else {
+                    or(fa, and(ta.clone(), fb))
+                };
+                Ok((and(ta, tb), f, xa && xb))
             }
             Node::Or(a, b) => {
-                let (ta, fa) = self.fold(a)?;
+                let (ta, fa, xa) = self.fold(a)?;
                 if matches!(ta, C::Const(true)) {
-                    return Ok((ta, fa));
+                    return Ok((ta, fa, xa));
                 }
-                let (tb, fb) = self.fold(b)?;
-                Ok((or(ta, and(fa.clone(), tb)), and(fa, fb)))
+                let (tb, fb, xb) = self.fold(b)?;
+                let t = if xa {
+                    or(ta, tb)
+                } else {
+                    or(ta, and(fa.clone(), tb))
+                };
+                Ok((t, and(fa, fb), xa && xb))
             }
             Node::Not(a) => {
-                let (t, f) = self.fold(a)?;
-                Ok((f, t))
+                let (t, f, x) = self.fold(a)?;
+                Ok((f, t, x))
             }
             Node::If(c, a, b) => {
-                let (tc, fc) = self.fold(c)?;
-                let (ta, fa) = self.fold(a)?;
-                let (tb, fb) = self.fold(b)?;
+                let (tc, fc, xc) = self.fold(c)?;
+                let (ta, fa, xa) = self.fold(a)?;
+                let (tb, fb, xb) = self.fold(b)?;
                 Ok((
                     or(and(tc.clone(), ta), and(fc.clone(), tb)),
                     or(and(tc, fa), and(fc, fb)),
+                    xc && xa && xb,
                 ))
             }
             _ => self.leaf(n),
@@ -226,9 +238,9 @@ impl<'a, L: Lookup> Folder<'a, L> {
         let t = match (op, known) {
             (Op::Has(a), _) => {
                 return Ok(match self.shape.kind(a) {
-                    None => (C::Const(false), C::Const(true)),
-                    Some((_, true)) => (C::Const(true), C::Const(false)),
-                    Some((_, false)) => (C::Has(a.clone()), not(C::Has(a.clone()))),
+                    None => (C::Const(false), C::Const(true), true),
+                    Some((_, true)) => (C::Const(true), C::Const(false), true),
+                    Some((_, false)) => (C::Has(a.clone()), not(C::Has(a.clone())), true),
                 })
             }
             (Op::Rel(Rel::KnownIn), Some(k)) => is_in(Key::Id, self.up(&k, ty)),
@@ -240,14 +252,14 @@ impl<'a, L: Lookup> Folder<'a, L> {
             _ => return Err(unsupported(n, "an unsupported test of the resource itself")),
         };
         let f = not(t.clone());
-        Ok((t, f))
+        Ok((t, f, true))
     }
 
     /// A leaf on one of the resource's own attributes.
     fn on_attr(&self, n: &'a Node, a: &SmolStr, op: &Op, known: Option<V<'a>>) -> Fold<'a> {
         let Some((kind, required)) = self.shape.kind(a) else {
             // An undeclared attribute: reading it is an error.
-            return Ok((C::Const(false), C::Const(false)));
+            return Ok((C::Const(false), C::Const(false), false));
         };
         let key = || Key::Attr(a.clone());
         let t = match (kind, op, known) {
@@ -313,7 +325,7 @@ impl<'a, L: Lookup> Folder<'a, L> {
     ) -> Fold<'a> {
         let a = &path[0];
         let Some((kind, required)) = self.shape.kind(a) else {
-            return Ok((C::Const(false), C::Const(false)));
+            return Ok((C::Const(false), C::Const(false), false));
         };
         let Kind::Entity(ty) = kind else {
             return Err(unsupported(
@@ -361,10 +373,10 @@ impl<'a, L: Lookup> Folder<'a, L> {
         let t = is_in(key.clone(), yes);
         let f = C::In(key, Set::Where(leaf, false));
         Ok(if *required {
-            (t, f)
+            (t, f, false)
         } else {
             let has = C::Has(a.clone());
-            (and(has.clone(), t), and(has, f))
+            (and(has.clone(), t), and(has, f), false)
         })
     }
 
@@ -477,13 +489,13 @@ fn known_node(n: &Node) -> Option<&Node> {
 
 /// An optional attribute's atom holds only where the attribute is present; reading a missing
 /// one is an error (neither true nor false).
-fn guarded<'a>(a: &SmolStr, required: bool, t: C<'a>) -> (C<'a>, C<'a>) {
+fn guarded<'a>(a: &SmolStr, required: bool, t: C<'a>) -> (C<'a>, C<'a>, bool) {
     if required {
         let f = not(t.clone());
-        (t, f)
+        (t, f, true)
     } else {
         let has = C::Has(a.clone());
-        (and(has.clone(), t.clone()), and(has, not(t)))
+        (and(has.clone(), t.clone()), and(has, not(t)), false)
     }
 }
 

@@ -14,10 +14,11 @@
 
 mod cond;
 mod fold;
+pub mod json;
 mod residual;
 pub mod sql;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cedar_policy_core::ast;
 
@@ -42,6 +43,9 @@ pub struct PlanRequest<'a> {
     pub context: Option<&'a ContextMap>,
     /// Request-scoped entities in Cedar's JSON form.
     pub entities: &'a [serde_json::Value],
+    /// Attribute (or `id`) → column, for the plan's SQL; None or empty: the pack's default
+    /// (`names.toml` `[columns.<type>]`), if it has one.
+    pub columns: Option<&'a BTreeMap<String, String>>,
 }
 
 /// What the plan says of every resource of the type.
@@ -112,6 +116,9 @@ pub struct ResourcePlan {
     pub resource_type: String,
     /// The residual policies in Cedar syntax, one per line, for people.
     pub residual: String,
+    /// The condition as a PostgreSQL `WHERE` fragment, when a column mapping was given or
+    /// the pack has one for the type.
+    pub sql: Option<sql::Where>,
 }
 
 /// Plans a request. Bad input, and a policy that cannot be pushed down, are refused naming
@@ -170,6 +177,16 @@ pub fn plan(
     }
     .map_err(refused)?;
     out.resource_type = resource_type.to_string();
+    let columns = match req.columns {
+        Some(c) if !c.is_empty() => Some(c),
+        _ => pack.names.columns.get(&out.resource_type),
+    };
+    if let Some(columns) = columns {
+        sql::check_columns(columns, &shape.attr_names())
+            .and_then(|()| sql::to_sql(&out.condition, columns))
+            .map(|w| out.sql = Some(w))
+            .map_err(|e| RequestError::new(Field::Columns(e.key), e.message))?;
+    }
     Ok(out)
 }
 
@@ -221,7 +238,7 @@ impl Parts<'_> {
         let mut forbids: Vec<(&str, C<'_>)> = Vec::new();
         let mut residual = Vec::new();
         for ((name, forbid), node) in self.names.iter().zip(&self.plan.conditions) {
-            let (t, _) = folder
+            let (t, _, _) = folder
                 .fold(node)
                 .map_err(|e| format!("policy `{name}`: {e}"))?;
             let t = simplify(t).map_err(|e| format!("policy `{name}`: {e}"))?;
@@ -277,6 +294,7 @@ impl Parts<'_> {
             condition,
             resource_type: String::new(),
             residual: residual.join("\n"),
+            sql: None,
         })
     }
 }

@@ -51,7 +51,7 @@ pub fn check_columns(columns: &BTreeMap<String, String>, attrs: &[&str]) -> Resu
                 ),
             });
         }
-        if !plain_identifier(column) {
+        if !crate::engine::pack::plain_column(column) {
             return Err(SqlError {
                 key: Some(key.clone()),
                 message: format!(
@@ -63,17 +63,6 @@ pub fn check_columns(columns: &BTreeMap<String, String>, attrs: &[&str]) -> Resu
         }
     }
     Ok(())
-}
-
-fn plain_identifier(s: &str) -> bool {
-    let part = |p: &str| {
-        let mut chars = p.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && p.len() <= 63
-    };
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| part(p))
 }
 
 /// The `WHERE` fragment of a condition, with `columns` checked by [`check_columns`].
@@ -169,7 +158,10 @@ fn write(
         }
         Condition::Has { path } => format!("{} IS NOT NULL", column(columns, path)?),
         Condition::Policies { condition, .. } => write(condition, columns, params)?,
-        Condition::Not(x) => format!("NOT ({})", write(x, columns, params)?),
+        Condition::Not(x) => match unwrapped(x) {
+            Condition::Not(y) => write(y, columns, params)?,
+            x => format!("NOT ({})", write(x, columns, params)?),
+        },
         Condition::And(xs) | Condition::Or(xs) => {
             let (op, empty) = match c {
                 Condition::And(_) => (" AND ", "TRUE"),
@@ -185,6 +177,14 @@ fn write(
             format!("({})", parts.join(op))
         }
     })
+}
+
+/// A condition without its branch label.
+fn unwrapped(c: &Condition) -> &Condition {
+    match c {
+        Condition::Policies { condition, .. } => unwrapped(condition),
+        c => c,
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The AuthZEN edge: the OpenID AuthZEN Authorization API 1.0 over HTTP/JSON (evaluation,
-//! evaluations, the three searches, discovery). AuthZEN's JSON and HTTP types stop here: a
+//! evaluations, the three searches, discovery; and the extension `plan/resource`, [`plan`]). AuthZEN's JSON and HTTP types stop here: a
 //! request is read ([`wire`]), its outside names mapped to Cedar by the pack's own
 //! declaration (`names.toml`, [`crate::engine::pack::Names`]), and decided on the same
 //! decision and listing paths as gRPC calls, counted and logged alike. Errors become HTTP
@@ -8,6 +8,7 @@
 mod discovery;
 mod error;
 mod evaluate;
+mod plan;
 mod query;
 mod search;
 mod wire;
@@ -35,6 +36,7 @@ pub const SEARCH_SUBJECT: &str = "/access/v1/search/subject";
 pub const SEARCH_RESOURCE: &str = "/access/v1/search/resource";
 pub const SEARCH_ACTION: &str = "/access/v1/search/action";
 pub const WELL_KNOWN: &str = "/.well-known/authzen-configuration";
+pub use self::plan::PLAN_RESOURCE;
 
 /// An optional request header: the revision a decision must see (read-your-writes, as gRPC's
 /// `min_revision`).
@@ -252,6 +254,13 @@ async fn evaluations(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response
     .await
 }
 
+async fn plan_resource(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
+    s.call("authzen.plan.resource", &headers, body, |s, b, _| {
+        s.plan_resource(b)
+    })
+    .await
+}
+
 async fn search_subject(Shared(s): Svc, headers: HeaderMap, body: Body) -> Response {
     s.call("authzen.search.subject", &headers, body, |s, b, _| {
         s.search_entities(b, search::Listed::Principals)
@@ -336,6 +345,7 @@ pub fn router(service: Arc<AuthzenService>) -> Router {
         .route(SEARCH_SUBJECT, post(search_subject))
         .route(SEARCH_RESOURCE, post(search_resource))
         .route(SEARCH_ACTION, post(search_action))
+        .route(PLAN_RESOURCE, post(plan_resource))
         .route(WELL_KNOWN, get(discovery::configuration))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,6 +1,8 @@
-//! The `Authorizer` service: single decisions, batches and ListAllowedActions, each waiting
+//! The `Authorizer` service: single decisions, batches, ListAllowedActions, listings and
+//! resource plans, each waiting
 //! for its `min_revision`, answered from one consistent view and logged.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use crate::engine::decide::Decision;
 use crate::engine::error::{Field, RequestError};
 use crate::engine::list::actions::{ActionOutcome, ActionsRequest, Shown};
 use crate::engine::list::{self, ListRequest, Side};
+use crate::engine::planner::PlanRequest;
 use crate::engine::request::{ContextMap, DecisionRequest};
 use crate::service::state::{State, StateError};
 use crate::service::telemetry::{CallLog, Input, Telemetry};
@@ -412,6 +415,43 @@ impl Authorizer for AuthorizerService {
                     policy_version,
                     revision,
                 })
+            },
+        )
+        .await
+    }
+
+    async fn plan_resources(
+        &self,
+        request: Request<pb::PlanResourcesRequest>,
+    ) -> Result<Response<pb::PlanResourcesResponse>, Status> {
+        let req = request.get_ref();
+        self.observed(
+            "PlanResources",
+            request.metadata(),
+            async |_call, metadata| {
+                self.check_size(req.encoded_len())?;
+                self.wait(metadata, req.min_revision).await?;
+                let live = self.engine.live().ok_or(StateError::NotReady)?;
+                let view = live.view();
+                let parsed = Parsed::of(&req.context_json, &req.entities_json)?;
+                let columns: BTreeMap<String, String> = req
+                    .sql_columns
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let plan = view.plan(&PlanRequest {
+                    principal: uid(&req.principal, Field::Principal)?,
+                    action: uid(&req.action, Field::Action)?,
+                    resource_type: &req.resource_type,
+                    context: parsed.context.as_ref(),
+                    entities: &parsed.entities,
+                    columns: Some(&columns),
+                })?;
+                Ok(super::plan_wire::response(
+                    plan,
+                    live.pack.version.clone(),
+                    view.store.revision(),
+                ))
             },
         )
         .await

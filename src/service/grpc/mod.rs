@@ -1,11 +1,13 @@
 //! The gRPC edge. Proto types stop here: requests are turned into the decision and data paths'
-//! plain Rust types, one file per service ([`authorizer`], [`entity_store`], [`policies`]),
+//! plain Rust types, one file per service ([`authorizer`], [`entity_store`], [`policies`];
+//! resource plans' proto form in [`plan_wire`]),
 //! and errors become a `Status` in exactly one place ([`status`]); what the gRPC stack answers
 //! before a handler runs is put in the same codes by [`transport_errors`].
 
 pub mod authorizer;
 pub mod elsewhere;
 pub mod entity_store;
+pub mod plan_wire;
 pub mod policies;
 pub mod status;
 pub mod transport_errors;

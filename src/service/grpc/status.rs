@@ -58,6 +58,8 @@ pub fn field_path(f: &Field) -> String {
         Field::PageToken => "page_token".into(),
         Field::Ops(None) => "ops".into(),
         Field::Ops(Some(i)) => format!("ops[{i}]"),
+        Field::Columns(None) => "sql_columns".into(),
+        Field::Columns(Some(k)) => format!("sql_columns[{k}]"),
         Field::Item(i, inner) => format!("requests[{i}].{}", field_path(inner)),
         Field::Edge(name) => name.clone(),
     }
