@@ -23,6 +23,7 @@ mod listing;
 mod oracle;
 mod outage;
 mod plans;
+mod plans_sql;
 mod policy_pack;
 mod reload;
 mod settings;
