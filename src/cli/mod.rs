@@ -143,6 +143,30 @@ enum Command {
     /// Which resources of a type a principal may act on, as a condition over their own
     /// attributes (and with --sql a PostgreSQL WHERE fragment), against an entities file.
     Plan(plan::PlanCommand),
+    /// Time resource plans and a list page in PostgreSQL (plan + SQL against ListResources +
+    /// id = ANY) against a running service, beside the empty call.
+    PlanBench {
+        /// The decision service's address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// PostgreSQL connection string (the records go into its schema plan_bench).
+        #[arg(
+            long,
+            default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+        )]
+        pg: String,
+        /// Scale and seed the service's data was generated with (`gen`).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Users planned for, spread over the generated ones.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Calls timed per figure (pages: a quarter as many).
+        #[arg(long, default_value_t = 4000)]
+        rounds: usize,
+    },
     /// Time listings on generated data beside brute force, and the reverse index's cost.
     ListBench {
         /// Scale of the generated data (1.0: 1.19M entities).
@@ -198,6 +222,21 @@ pub fn main() -> ExitCode {
         Command::ListSubjects(args) => listing::subjects(&spec, args),
         Command::Plan(args) => plan::run(&spec, args),
         Command::ListBench { scale, rounds } => listing::bench(&spec, scale, rounds),
+        Command::PlanBench {
+            addr,
+            pg,
+            scale,
+            seed,
+            users,
+            rounds,
+        } => plan::bench(crate::bench::plans::PlanBenchConfig {
+            addr,
+            pg,
+            scale,
+            seed,
+            users,
+            rounds,
+        }),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -101,3 +101,12 @@ fn flag_error(e: RequestError) -> String {
     };
     format!("{flag}: {}", e.message)
 }
+
+/// `blue-authz plan-bench`.
+pub fn bench(cfg: crate::bench::plans::PlanBenchConfig) -> Result<Exit, AnyError> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime
+        .block_on(crate::bench::plans::run(&cfg))
+        .map_err(|e| e.to_string())?;
+    Ok(Exit::Success)
+}
