@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs client.py against a live blue-authz on the demo data, over Unix sockets (no ports to
-# collide with). Creates a virtual environment with grpcio first. Usage, from anywhere:
+# collide with), then list_page.py (a list page in PostgreSQL filtered by a plan) when
+# PostgreSQL answers. Creates a virtual environment with grpcio and psycopg first. Usage:
 #   examples/python/run.sh [path/to/blue-authz]
 # The default binary is the one the README's commands build (target/debug/blue-authz, which
 # `cargo test` builds too), else a release build (target/release/blue-authz).
@@ -49,4 +50,17 @@ done
 if ! "$venv/bin/python" "$here/client.py" --after-readme-write \
   --authz "unix:$work/authz.sock" --data "unix:$work/data.sock" --token "$token"; then
   echo "--- server log"; cat "$work/server.log"; exit 1
+fi
+
+# A list page in PostgreSQL filtered by a plan (list_page.py), when PostgreSQL answers.
+pg="${BLUE_AUTHZ_EXAMPLE_PG:-host=127.0.0.1 port=5432 dbname=test user=postgres}"
+if "$venv/bin/python" -c "import psycopg, sys; psycopg.connect(sys.argv[1]).close()" "$pg" 2>/dev/null; then
+  if ! (cd "$here" && "$venv/bin/python" list_page.py --authz "unix:$work/authz.sock" --pg "$pg"); then
+    echo "--- server log"; cat "$work/server.log"; exit 1
+  fi
+elif [ "${CI:-}" = "true" ]; then
+  echo "run.sh: PostgreSQL does not answer ($pg); list_page.py needs it in CI" >&2
+  exit 1
+else
+  echo "*** SKIPPED list_page.py: PostgreSQL does not answer ($pg) ***" >&2
 fi
