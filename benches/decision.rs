@@ -17,7 +17,8 @@ use blue_authz::bench::workload::{self, Ask};
 use blue_authz::engine::index::{EntityStore, WriteOp};
 use blue_authz::engine::list::actions::ActionsRequest;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
-use blue_authz::engine::request::UidRef;
+use blue_authz::engine::planner::PlanRequest;
+use blue_authz::engine::request::{self, UidRef};
 use blue_authz::engine::View;
 use blue_authz::service::state::{Limits, State};
 use blue_authz::storage::RedbStorage;
@@ -134,6 +135,30 @@ fn benches(c: &mut Criterion, w: &World) {
         b.iter(|| {
             j = (j + 1) % pairs.len();
             list_one(w, &pairs[j].0, &pairs[j].1)
+        })
+    });
+
+    // A resource plan for a user's viewRecord, with the pack's SQL columns (the work of
+    // PlanResources without the transport).
+    let mut j = 0;
+    c.bench_function("plan viewRecord (user), with SQL", |b| {
+        b.iter(|| {
+            j = (j + 1) % pairs.len();
+            View::new(&w.pack, &w.store)
+                .plan(&PlanRequest {
+                    principal: UidRef {
+                        ty: "Blue::User",
+                        id: &pairs[j].0,
+                    },
+                    action: request::action_id("viewRecord"),
+                    resource_type: "Blue::Record",
+                    context: None,
+                    entities: &[],
+                    columns: None,
+                })
+                .expect("a plan")
+                .sql
+                .is_some()
         })
     });
 

@@ -150,12 +150,9 @@ pub fn plan(
             &owned
         }
     };
-    let shape = pack
-        .shapes
-        .entities
-        .get(&resource_type.to_string())
-        .cloned()
-        .unwrap_or_default();
+    static NO_ATTRS: std::sync::LazyLock<Record> = std::sync::LazyLock::new(Record::default);
+    let type_name = resource_type.to_string();
+    let shape = pack.shapes.entities.get(&type_name).unwrap_or(&NO_ATTRS);
     let names: Vec<(&str, bool)> = entry
         .compiled
         .iter()
@@ -167,7 +164,7 @@ pub fn plan(
         plan,
         principal: principal.as_ref(),
         placeholder: placeholder.as_ref(),
-        shape: &shape,
+        shape,
         context: context_of(probe.request.as_ref()),
     };
     let mut out = if overlay.is_empty() {
@@ -176,7 +173,7 @@ pub fn plan(
         parts.run(&store.list_view(&overlay))
     }
     .map_err(refused)?;
-    out.resource_type = resource_type.to_string();
+    out.resource_type = type_name;
     let columns = match req.columns {
         Some(c) if !c.is_empty() => Some(c),
         _ => pack.names.columns.get(&out.resource_type),
