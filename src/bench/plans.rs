@@ -209,9 +209,26 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
     let (pg, conn) = tokio_postgres::connect(&cfg.pg, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let users = load(&pg, cfg).await?;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cfg.addr))?
-        .connect()
-        .await?;
+    let channel = match cfg.addr.strip_prefix("unix:") {
+        // A sidecar's way: the decision listener's Unix socket.
+        Some(path) => {
+            let path = path.to_string();
+            tonic::transport::Endpoint::try_from("http://localhost")?
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await?
+        }
+        None => {
+            tonic::transport::Channel::from_shared(format!("http://{}", cfg.addr))?
+                .connect()
+                .await?
+        }
+    };
     let mut health = HealthClient::new(channel.clone());
     let mut calls = Calls {
         authz: AuthorizerClient::new(channel),

@@ -146,7 +146,7 @@ enum Command {
     /// Time resource plans and a list page in PostgreSQL (plan + SQL against ListResources +
     /// id = ANY) against a running service, beside the empty call.
     PlanBench {
-        /// The decision service's address.
+        /// The decision service's address, or `unix:<path>` for its Unix socket.
         #[arg(long, default_value = "127.0.0.1:50051")]
         addr: String,
         /// PostgreSQL connection string (the records go into its schema plan_bench).

@@ -104,7 +104,10 @@ fn flag_error(e: RequestError) -> String {
 
 /// `blue-authz plan-bench`.
 pub fn bench(cfg: crate::bench::plans::PlanBenchConfig) -> Result<Exit, AnyError> {
-    let runtime = tokio::runtime::Runtime::new()?;
+    // One thread: a client that measures one call at a time adds no cross-thread wake-ups.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime
         .block_on(crate::bench::plans::run(&cfg))
         .map_err(|e| e.to_string())?;

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub http_basic: Option<String>,
     /// Whether AuthZEN decisions carry their reason `context` by default.
     pub http_decision_context: bool,
+    /// Whether an ext_authz denial's body names the determining policies.
+    pub ext_authz_deny_policies: bool,
     /// The base URL discovery names (None: the scheme and the request's `Host`).
     pub http_public_url: Option<String>,
     /// The overlays were set by flag or environment: the file's do not apply.
@@ -99,6 +101,7 @@ impl ServeConfig {
             http_token: None,
             http_basic: None,
             http_decision_context: true,
+            ext_authz_deny_policies: true,
             http_public_url: None,
         }
     }

@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use super::authzen::{self, AuthzenService};
 pub use super::config::{DecisionLog, LogFilter, ServeConfig, TlsFiles};
 pub use super::error::ServeError;
+use super::grpc::ext_authz::{ExtAuthzService, EXT_AUTHZ_SERVICE};
 use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
@@ -32,6 +33,7 @@ use super::state::State;
 use super::telemetry::{self, Telemetry};
 use super::write::{DataPath, DataSlot, LocalPath};
 use crate::engine::pack::PackSpec;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Where reloads take the pack spec from: fixed, or with the overlays read from the
 /// configuration file each time.
@@ -115,6 +117,17 @@ pub const DECISION_LISTENER_SERVICES: &[&str] = &[
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// Every gRPC service of the decision listener: those reflection lists, and Envoy's ext_authz
+/// (whose descriptors this server does not carry).
+const DECISION_LISTENER_ROUTES: [&str; 6] = [
+    AUTHORIZER_SERVICE,
+    "blue.authz.v1.Policies",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    EXT_AUTHZ_SERVICE,
+];
+
 /// Binds and starts serving, with health NOT_SERVING until [`Running::load`] succeeds.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     if config.listen.is_none() && config.unix.is_none() {
@@ -135,6 +148,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         .await;
     health
         .set_service_status(AUTHORIZER_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(EXT_AUTHZ_SERVICE, ServingStatus::NotServing)
         .await;
     // Reflection in both versions (many tools speak only v1alpha), listing only what the
     // decision listener serves.
@@ -164,6 +180,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let authorizer =
         AuthorizerServer::new(AuthorizerService::new(engine.clone(), telemetry.clone()))
             .max_decoding_message_size(decode_cap);
+    let ext_authz = AuthorizationServer::new(ExtAuthzService::new(
+        engine.clone(),
+        telemetry.clone(),
+        config.ext_authz_deny_policies,
+    ))
+    .max_decoding_message_size(decode_cap);
     let limit = config.limits.max_message_bytes;
     let health_only = transport_errors::wrap(
         elsewhere::wrap(
@@ -179,9 +201,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(authorizer)
+                .add_service(ext_authz)
                 .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
             "the decision listener",
-            DECISION_LISTENER_SERVICES,
+            &DECISION_LISTENER_ROUTES,
         ),
         limit,
     );
@@ -432,6 +455,9 @@ impl Running {
         self.health
             .set_service_status(AUTHORIZER_SERVICE, ServingStatus::Serving)
             .await;
+        self.health
+            .set_service_status(EXT_AUTHZ_SERVICE, ServingStatus::Serving)
+            .await;
         let (tx, rx) = oneshot::channel();
         self.shutdown.push(tx);
         // The data path's health entry exists only where the data service is served: with it
@@ -465,7 +491,12 @@ impl Running {
         self.watcher = None;
         // Every health entry, so that a probe of the decision service by name sees it go too.
         let data_served = self.data_addr.is_some() || self.data_unix.is_some();
-        for service in ["", AUTHORIZER_SERVICE, ENTITY_STORE_SERVICE] {
+        for service in [
+            "",
+            AUTHORIZER_SERVICE,
+            EXT_AUTHZ_SERVICE,
+            ENTITY_STORE_SERVICE,
+        ] {
             if service != ENTITY_STORE_SERVICE || data_served {
                 self.health
                     .set_service_status(service, ServingStatus::NotServing)

@@ -251,6 +251,9 @@ pub struct ServeSettings {
     /// `options.include_context` says otherwise.
     #[arg(long, env = "BLUE_AUTHZ_HTTP_DECISION_CONTEXT", default_value_t = true, action = clap::ArgAction::Set)]
     pub http_decision_context: bool,
+    /// Whether an ext_authz denial's body names the determining policies (Envoy's 403).
+    #[arg(long, env = "BLUE_AUTHZ_EXT_AUTHZ_DENY_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ext_authz_deny_policies: bool,
     /// The base URL AuthZEN discovery names, as callers reach this server
     /// (`https://authz.example.com`; '': the scheme and the request's Host).
     #[arg(long, env = "BLUE_AUTHZ_HTTP_PUBLIC_URL", default_value = "")]
@@ -560,6 +563,7 @@ impl ServeSettings {
             http_token: self.http_token.clone().filter(|t| !t.is_empty()),
             http_basic: self.http_basic.clone().filter(|t| !t.is_empty()),
             http_decision_context: self.http_decision_context,
+            ext_authz_deny_policies: self.ext_authz_deny_policies,
             http_public_url: Some(self.http_public_url.trim().to_string())
                 .filter(|u| !u.is_empty()),
             decision_log: DecisionLog {

@@ -14,6 +14,7 @@ mod authzen_requests;
 mod data;
 mod deploy;
 mod differential;
+mod envoy;
 mod fleet;
 mod fleet_writes;
 mod fuzz;

@@ -98,6 +98,7 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
             ("/run/secrets/b", s("/run/secrets/b"), vec![]),
         ),
         ("http_decision_context", ("false", Boolean(false), vec![])),
+        ("ext_authz_deny_policies", ("false", Boolean(false), vec![])),
         (
             "http_public_url",
             (

@@ -9,6 +9,7 @@ mod files;
 mod invariants;
 mod lifecycle;
 mod names;
+mod routes;
 mod shapes;
 mod table;
 
@@ -33,6 +34,7 @@ use self::files::{cedar_files, digest_tree, read};
 pub use self::invariants::{Invariant, Invariants, Property, INVARIANTS_FILE};
 pub use self::lifecycle::LIFECYCLE_FILE;
 pub use self::names::{plain_column, ActionProperties, Names, Open, NAMES_FILE};
+pub use self::routes::{Mapped, PrincipalFrom, Routes, ROUTES_FILE};
 pub use self::shapes::{Kind, Record, Shapes};
 pub use self::table::TableClaim;
 use crate::engine::error::{LoadError, PolicyDiagnostic, Severity};
@@ -97,6 +99,8 @@ pub struct PolicyPack {
     pub names: Names,
     /// The record shapes of the schema's entity types and action contexts.
     pub shapes: Shapes,
+    /// How HTTP requests map to Cedar requests, for ext_authz (`routes.toml`), if declared.
+    pub routes: Option<Routes>,
     /// What must hold for all data the schema allows (`invariants.toml`).
     pub invariants: Invariants,
     /// What the serving gate's analysis said of this pack (`proved: ...` or `skipped: ...`),
@@ -244,6 +248,28 @@ impl PolicyPack {
             let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id));
             actions.contains_key(&uid).then_some(uid)
         };
+        let type_names = |set: &std::collections::HashSet<EntityTypeName>| -> Vec<String> {
+            set.iter().map(|t| t.to_string()).collect()
+        };
+        let (routes, routes_text) = routes::load(
+            dir,
+            &routes::Schema {
+                is_entity_type: &|t| schema.entity_types().any(|e| e.to_string() == t),
+                applies: &|id| {
+                    let entry = actions.get(&action_uid(id)?)?;
+                    Some((
+                        type_names(&entry.principal_types),
+                        type_names(&entry.resource_types),
+                    ))
+                },
+                shapes: &shapes,
+            },
+        )?;
+        if let Some(text) = routes_text {
+            hasher.update(ROUTES_FILE.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+        }
         let (invariants, invariants_text) = invariants::load(
             dir,
             &invariants::Context {
@@ -288,6 +314,7 @@ impl PolicyPack {
             entities,
             names,
             shapes,
+            routes,
             invariants,
             analysis: std::sync::OnceLock::new(),
         }))

@@ -21,6 +21,10 @@ pub const SERVED_ON: &[(&str, &str)] = &[
         "the decision listener (--listen, --listen-unix)",
     ),
     (
+        "envoy.service.auth.v3.Authorization",
+        "the decision listener (--listen, --listen-unix)",
+    ),
+    (
         "blue.authz.v1.EntityStore",
         "the data listener (--data-listen, --data-listen-unix, with a --data-token)",
     ),

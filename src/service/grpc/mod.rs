@@ -7,6 +7,7 @@
 pub mod authorizer;
 pub mod elsewhere;
 pub mod entity_store;
+pub mod ext_authz;
 pub mod plan_wire;
 pub mod policies;
 pub mod status;

@@ -1,0 +1,304 @@
+//! Envoy's external authorization service (`envoy.service.auth.v3.Authorization/Check`), on the
+//! decision listeners: a mesh sidecar asks it before forwarding each HTTP request. The pack's
+//! `routes.toml` maps the request to a Cedar request (no route in Rust); the answer is Envoy's:
+//! OK with headers the upstream can read (`x-authz-policy-version`, `x-authz-revision`,
+//! `x-authz-policies`), or a denial: 403 with a small JSON body (the decision and, unless the
+//! operator turned them off, the determining policies), 401 when the request carries no
+//! principal, 400 for a value the schema refuses. A request no route matches is denied (fail
+//! closed) and logged with the reason. `x-min-revision` waits for that revision, as
+//! `min_revision` does. Envoy's proto types stop here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HttpStatusCode};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use crate::engine::pack::Mapped;
+use crate::engine::request::{DecisionRequest, UidRef};
+use crate::service::state::State;
+use crate::service::telemetry::Telemetry;
+
+/// The name Envoy calls the service by (health and reflection list it).
+pub const EXT_AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// The request header that asks for a revision (read-your-writes through the gateway).
+pub const MIN_REVISION_HEADER: &str = "x-min-revision";
+
+/// How long a check waits for `x-min-revision` at most.
+const MAX_REVISION_WAIT: Duration = Duration::from_secs(5);
+
+pub struct ExtAuthzService {
+    engine: Arc<State>,
+    telemetry: Arc<Telemetry>,
+    /// Whether a denial's body names the determining policies.
+    show_policies: bool,
+}
+
+impl ExtAuthzService {
+    pub fn new(engine: Arc<State>, telemetry: Arc<Telemetry>, show_policies: bool) -> Self {
+        ExtAuthzService {
+            engine,
+            telemetry,
+            show_policies,
+        }
+    }
+}
+
+fn denied(code: HttpStatusCode, status: Status, body: serde_json::Value) -> CheckResponse {
+    let mut http = DeniedHttpResponseBuilder::new();
+    http.set_http_status(code)
+        .add_header("content-type", "application/json", None, false)
+        .set_body(body.to_string());
+    let mut out = CheckResponse::with_status(status);
+    out.set_http_response(http);
+    out
+}
+
+/// The check's answer and what the log says of it.
+fn decide(service: &ExtAuthzService, req: &CheckRequest) -> (CheckResponse, String) {
+    let http = req
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let Some(http) = http else {
+        return (
+            denied(
+                HttpStatusCode::BadRequest,
+                Status::invalid_argument("no HTTP request attributes"),
+                json!({"decision": "deny", "reason": "no HTTP request in the check"}),
+            ),
+            "no HTTP request attributes".into(),
+        );
+    };
+    let Some(live) = service.engine.live() else {
+        return (
+            denied(
+                HttpStatusCode::Forbidden,
+                Status::unavailable("not serving"),
+                json!({"decision": "deny"}),
+            ),
+            "not serving yet".into(),
+        );
+    };
+    let view = live.view();
+    let pack = &live.pack;
+    let Some(routes) = &pack.routes else {
+        return (
+            denied(
+                HttpStatusCode::Forbidden,
+                Status::permission_denied("no routes"),
+                json!({"decision": "deny"}),
+            ),
+            "the policy pack has no routes.toml".into(),
+        );
+    };
+    let headers = &http.headers;
+    let header = |name: &str| headers.get(name).cloned();
+    let claims = req
+        .attributes
+        .as_ref()
+        .and_then(|a| a.metadata_context.as_ref())
+        .and_then(|m| m.filter_metadata.get("envoy.filters.http.jwt_authn"))
+        .map(struct_json)
+        .and_then(|v| match v {
+            serde_json::Value::Object(m) => {
+                // jwt_authn's payload_in_metadata names a key holding the payload.
+                let inner = m.values().find_map(|x| x.as_object().cloned());
+                Some(inner.unwrap_or(m))
+            }
+            _ => None,
+        });
+    let method = http.method.as_str();
+    let path = http.path.as_str();
+    let what = format!("{method} {path}");
+    match routes.map(method, path, &header, claims.as_ref()) {
+        Mapped::Public => (
+            CheckResponse::with_status(Status::ok("public")),
+            format!("{what}: public route"),
+        ),
+        Mapped::NoRoute => (
+            denied(
+                HttpStatusCode::Forbidden,
+                Status::permission_denied("no route"),
+                json!({"decision": "deny", "reason": "no route"}),
+            ),
+            format!("{what}: denied, no route of routes.toml matches"),
+        ),
+        Mapped::Invalid(why) => (
+            denied(
+                HttpStatusCode::BadRequest,
+                Status::invalid_argument(why.clone()),
+                json!({"decision": "deny", "reason": why}),
+            ),
+            format!("{what}: refused: {why}"),
+        ),
+        Mapped::Decide {
+            route,
+            principal,
+            action,
+            resource_type,
+            resource_id,
+            context,
+        } => {
+            let Some(principal) = principal else {
+                return (
+                    denied(
+                        HttpStatusCode::Unauthorized,
+                        Status::unauthenticated("no principal"),
+                        json!({"decision": "deny", "reason": "no principal"}),
+                    ),
+                    format!("{what} ({route}): no principal"),
+                );
+            };
+            let ctx = (!context.is_empty()).then_some(&context);
+            let decided = view.is_authorized(&DecisionRequest {
+                principal: UidRef {
+                    ty: &routes.principal_type,
+                    id: &principal,
+                },
+                action: UidRef {
+                    ty: "",
+                    id: &action,
+                },
+                resource: UidRef {
+                    ty: &resource_type,
+                    id: &resource_id,
+                },
+                context: ctx,
+                entities: &[],
+            });
+            match decided {
+                Err(e) => (
+                    denied(
+                        HttpStatusCode::BadRequest,
+                        Status::invalid_argument(e.to_string()),
+                        json!({"decision": "deny", "reason": e.to_string()}),
+                    ),
+                    format!("{what} ({route}): refused: {e}"),
+                ),
+                Ok(d) if d.allow => {
+                    let mut ok = OkHttpResponseBuilder::new();
+                    ok.add_header("x-authz-policy-version", pack.version.clone(), None, false)
+                        .add_header(
+                            "x-authz-revision",
+                            view.store.revision().to_string(),
+                            None,
+                            false,
+                        )
+                        .add_header("x-authz-policies", d.determining.join(","), None, false);
+                    let mut out = CheckResponse::with_status(Status::ok("allowed"));
+                    out.set_http_response(ok);
+                    (
+                        out,
+                        format!(
+                            "{what} ({route}): {principal} {action} {resource_type}::{resource_id}: ALLOW by {}",
+                            d.determining.join(",")
+                        ),
+                    )
+                }
+                Ok(d) => {
+                    let mut body = json!({"decision": "deny"});
+                    if service.show_policies {
+                        body["policies"] = json!(d.determining);
+                    }
+                    (
+                        denied(
+                            HttpStatusCode::Forbidden,
+                            Status::permission_denied("denied"),
+                            body,
+                        ),
+                        format!(
+                            "{what} ({route}): {principal} {action} {resource_type}::{resource_id}: DENY{}",
+                            if d.determining.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" by {}", d.determining.join(","))
+                            }
+                        ),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// A protobuf `Struct` as JSON.
+fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+        match &v.kind {
+            Some(Kind::StringValue(s)) => json!(s),
+            Some(Kind::NumberValue(n)) => json!(n),
+            Some(Kind::BoolValue(b)) => json!(b),
+            Some(Kind::StructValue(s)) => struct_json(s),
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(value).collect())
+            }
+            Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        }
+    }
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    )
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let started = std::time::Instant::now();
+        let req = request.into_inner();
+        let min = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| h.headers.get(MIN_REVISION_HEADER))
+            .map(|v| v.trim().parse::<u64>());
+        match min {
+            Some(Err(_)) => {
+                tracing::info!(target: "blue_authz::ext_authz", "refused: {MIN_REVISION_HEADER} is not a revision number");
+                return Ok(Response::new(denied(
+                    HttpStatusCode::BadRequest,
+                    Status::invalid_argument("x-min-revision"),
+                    json!({"decision": "deny", "reason": "x-min-revision is not a revision number"}),
+                )));
+            }
+            Some(Ok(n)) if n > 0 => {
+                if let Err(e) = self
+                    .engine
+                    .wait_for_revision(n, Some(MAX_REVISION_WAIT))
+                    .await
+                {
+                    tracing::info!(target: "blue_authz::ext_authz", "denied: {e}");
+                    return Ok(Response::new(denied(
+                        HttpStatusCode::Forbidden,
+                        Status::failed_precondition(e.to_string()),
+                        json!({"decision": "deny", "reason": e.to_string()}),
+                    )));
+                }
+            }
+            _ => {}
+        }
+        let (out, log) = decide(self, &req);
+        tracing::info!(target: "blue_authz::ext_authz", "{log}");
+        let code = out.status.as_ref().map_or(0, |s| s.code);
+        self.telemetry.finish(
+            "ext_authz.Check",
+            started,
+            (code != 0).then_some(tonic::Code::PermissionDenied),
+        );
+        Ok(Response::new(out))
+    }
+}

