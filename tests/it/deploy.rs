@@ -515,3 +515,124 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The Envoy variant: Envoy, the app and blue-authz in one pod, ext_authz over the Unix socket
+/// that `deploy/envoy/envoy.yaml` names and blue-authz listens on, in a volume both mount; the
+/// Envoy configuration is that file, from a ConfigMap; the pack's ConfigMap has every file.
+#[test]
+fn the_kubernetes_envoy_sidecar_example_agrees_with_envoy_yaml_and_the_binary() {
+    let path = "deploy/kubernetes/sidecar-envoy.yaml";
+    let docs = docs(path);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Secret", "Deployment"]);
+    let pod = &docs[1]["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_sequence().unwrap();
+    let named = |n: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} container"))
+    };
+    let (envoy, sidecar) = (named("envoy"), named("blue-authz"));
+    let documented = documented_env();
+    let mut env = BTreeMap::new();
+    for var in sidecar["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap().to_string();
+        assert!(
+            documented.contains(&name),
+            "{name} is not a documented setting"
+        );
+        env.insert(
+            name,
+            var["value"].as_str().unwrap_or("from-a-secret").to_string(),
+        );
+    }
+    let resolved = print_config(&env);
+    // The socket Envoy's cluster names is the one blue-authz listens on.
+    let envoy_yaml: Value = serde_yaml_ng::from_str(&read("deploy/envoy/envoy.yaml")).unwrap();
+    let cluster = envoy_yaml["static_resources"]["clusters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "blue_authz")
+        .expect("the blue_authz cluster");
+    let socket = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["pipe"]["path"]
+        .as_str()
+        .expect("a Unix socket")
+        .to_string();
+    assert_eq!(resolved["listen_unix"].as_str(), Some(socket.as_str()));
+    assert_eq!(
+        resolved["listen"].as_str(),
+        Some(""),
+        "no TCP decision port"
+    );
+    // Both mount the socket's directory from the same volume.
+    let mount = |c: &Value, dir: &str| -> Option<String> {
+        c["volumeMounts"]
+            .as_sequence()?
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .map(|m| m["name"].as_str().unwrap().to_string())
+    };
+    let dir = std::path::Path::new(&socket)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let shared = mount(sidecar, &dir).expect("blue-authz mounts the socket's directory");
+    assert_eq!(mount(envoy, &dir).as_deref(), Some(shared.as_str()));
+    // Envoy runs envoy.yaml from the ConfigMap the comment says how to make.
+    let args: Vec<&str> = envoy["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["-c", "/etc/envoy/envoy.yaml"]),
+        "{args:?}"
+    );
+    let config_volume = mount(envoy, "/etc/envoy").expect("envoy.yaml is mounted");
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let cm = volumes
+        .iter()
+        .find(|v| v["name"] == config_volume.as_str())
+        .unwrap();
+    let cm_name = cm["configMap"]["name"].as_str().unwrap();
+    assert!(read(path).contains(&format!(
+        "kubectl create configmap {cm_name} --from-file=deploy/envoy/envoy.yaml"
+    )));
+    // The pack's ConfigMap lists every file of policies/, routes.toml included.
+    let items: Vec<&str> = volumes.iter().find(|v| v["name"] == "policies").unwrap()["configMap"]
+        ["items"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    let sidecar_yaml = docs_items("deploy/kubernetes/sidecar.yaml");
+    assert_eq!(
+        items,
+        sidecar_yaml.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(items.contains(&"routes.toml"));
+}
+
+/// The pack ConfigMap's item paths of a manifest, in order.
+fn docs_items(path: &str) -> Vec<String> {
+    let docs = docs(path);
+    docs[1]["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "policies")
+        .unwrap()["configMap"]["items"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap().to_string())
+        .collect()
+}

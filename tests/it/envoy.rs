@@ -177,8 +177,9 @@ async fn upstream() -> u16 {
     port
 }
 
-fn serve(pack: &Path, db: &Path, port: u16, socket: &Path) -> Server {
+fn serve(pack: &Path, db: &Path, port: u16, socket: &Path, extra: &[&str]) -> Server {
     let mut s = Binary::serve(pack, db)
+        .args(extra)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--listen-unix")
         .arg(socket)
@@ -225,7 +226,7 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
     let db = dir.path().join("authz.redb");
     let socket = dir.path().join("authz.sock");
     let port = free_port();
-    let mut server = serve(&pack, &db, port, &socket);
+    let mut server = serve(&pack, &db, port, &socket, &[]);
     let authz_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let up = upstream().await;
     let over_tcp = start_envoy(&bin, dir.path(), "tcp", up, Ok(authz_addr));
@@ -416,8 +417,15 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
             assert_eq!(s, 403, "blue-authz is down: Envoy must not forward");
         }
     }
-    // Restarted on the same addresses: requests pass again, Envoy untouched.
-    let _server = serve(&pack, &db, port, &socket);
+    // Restarted on the same addresses (and told to keep the policies out of denials):
+    // requests pass again, Envoy untouched.
+    let _server = serve(
+        &pack,
+        &db,
+        port,
+        &socket,
+        &["--ext-authz-deny-policies", "false"],
+    );
     for envoy in [&over_tcp, &over_unix] {
         let addr = envoy.addr;
         until_async(
@@ -432,4 +440,18 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
         )
         .await;
     }
+    let (s, _, body) = request(
+        over_tcp.addr,
+        "DELETE",
+        "/projects/website",
+        &[("x-user-id", "erin")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 403);
+    let denial: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        denial["decision"] == "deny" && denial.get("policies").is_none(),
+        "{body}"
+    );
 }
