@@ -17,6 +17,8 @@ use crate::bench::gen;
 use crate::bench::progress::{self, Progress};
 use crate::bench::workload::{self, Ask};
 use crate::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -35,6 +37,9 @@ pub struct BenchConfig {
     pub data: Option<(String, String)>,
     /// Operations per batch those writes make.
     pub write_ops: usize,
+    /// A pack's routes: adds Envoy's ext_authz `Check` beside `IsAuthorized` on the same
+    /// requests (the mix's requests that a route maps, as HTTP requests through the routes).
+    pub routes: Option<crate::engine::pack::Routes>,
 }
 
 /// One phase's figures.
@@ -100,6 +105,63 @@ enum Kind {
     /// `POST /access/v1/evaluations` of n items, over HTTP/1.1, with each decision's reason
     /// `context` (true) or without it (`options.include_context: false`).
     HttpBatch(usize, bool),
+    /// `IsAuthorized` on the requests a route maps.
+    RoutedDecide,
+    /// Envoy's ext_authz `Check` on the same requests, as HTTP requests.
+    ExtAuthz,
+}
+
+/// A request of the mix and the ext_authz check of the HTTP request a route maps it from.
+type Routed = Arc<Vec<(pb::IsAuthorizedRequest, CheckRequest)>>;
+
+/// The mix's requests without a context that some route maps, as (request, check).
+fn routed(asks: &[pb::IsAuthorizedRequest], routes: &crate::engine::pack::Routes) -> Routed {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    let list = routes.list();
+    let mut out = Vec::new();
+    for a in asks.iter().filter(|a| a.context_json.is_empty()) {
+        let (Some(p), Some(act), Some(r)) = (&a.principal, &a.action, &a.resource) else {
+            continue;
+        };
+        let Some((method, template, _, _, id)) = list
+            .iter()
+            .find(|(_, _, action, ty, _)| *action == act.id && *ty == r.r#type)
+        else {
+            continue;
+        };
+        let path: String = template
+            .split('/')
+            .skip(1)
+            .map(
+                |seg| match seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+                    Some(x) if x == *id => format!("/{}", r.id),
+                    Some(_) => "/x".to_string(),
+                    None => format!("/{seg}"),
+                },
+            )
+            .collect();
+        let header = match &routes.principal_from {
+            crate::engine::pack::PrincipalFrom::Header(h) => h.clone(),
+            crate::engine::pack::PrincipalFrom::Claim(_) => continue,
+        };
+        let check = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: method.to_string(),
+                        path,
+                        headers: [(header, p.id.clone())].into_iter().collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        out.push((a.clone(), check));
+    }
+    Arc::new(out)
 }
 
 /// The AuthZEN body of one request (Cedar names: every type answers to them).
@@ -221,6 +283,7 @@ async fn run_phase(
     duration: Duration,
     pid: Option<u32>,
     http: Option<&str>,
+    routed: &Routed,
 ) -> Result<Figures, String> {
     // Warm-up, then the measured window.
     let _ = drive(
@@ -230,12 +293,13 @@ async fn run_phase(
         concurrency,
         Duration::from_millis(500),
         http,
+        routed,
     )
     .await?;
     let cpu_before = pid.and_then(cpu_time);
     let started = Instant::now();
     let (mut lat, calls, decisions) =
-        drive(kind, channels, asks, concurrency, duration, http).await?;
+        drive(kind, channels, asks, concurrency, duration, http, routed).await?;
     let elapsed = started.elapsed();
     let cpu_after = pid.and_then(cpu_time);
     lat.sort_unstable();
@@ -270,6 +334,7 @@ async fn drive(
     concurrency: usize,
     duration: Duration,
     http: Option<&str>,
+    routed: &Routed,
 ) -> Result<(Vec<Duration>, u64, u64), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -286,6 +351,7 @@ async fn drive(
     for t in 0..concurrency {
         let channel = channels[t % channels.len()].clone();
         let asks = asks.clone();
+        let routed = routed.clone();
         let stop = stop.clone();
         let addr = http.unwrap_or_default().to_string();
         let mut conn = match kind {
@@ -299,6 +365,7 @@ async fn drive(
             let mut decisions = 0u64;
             let mut i = t * 7919;
             let mut authz = AuthorizerClient::new(channel.clone());
+            let mut ext = AuthorizationClient::new(channel.clone());
             let mut health = HealthClient::new(channel);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
@@ -351,6 +418,30 @@ async fn drive(
                         let d: serde_json::Value =
                             serde_json::from_slice(&r).map_err(|e| e.to_string())?;
                         check_http(&d)?;
+                        decisions += 1;
+                    }
+                    Kind::RoutedDecide => {
+                        i = (i + 1) % routed.len();
+                        let r = authz
+                            .is_authorized(routed[i].0.clone())
+                            .await
+                            .map_err(|e| format!("IsAuthorized failed: {e}"))?
+                            .into_inner();
+                        check_answer(&r, &routed[i].0)?;
+                        decisions += 1;
+                    }
+                    Kind::ExtAuthz => {
+                        i = (i + 1) % routed.len();
+                        let r = ext
+                            .check(routed[i].1.clone())
+                            .await
+                            .map_err(|e| format!("ext_authz Check failed: {e}"))?
+                            .into_inner();
+                        // OK (0) or PERMISSION_DENIED (7): a decision, not a refusal.
+                        let code = r.status.as_ref().map_or(-1, |s| s.code);
+                        if code != 0 && code != 7 {
+                            return Err(format!("ext_authz answered {r:?}"));
+                        }
                         decisions += 1;
                     }
                     Kind::HttpBatch(n, reasons) => {
@@ -480,6 +571,23 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             ),
         ]);
     }
+    let routed = match &cfg.routes {
+        Some(routes) => {
+            let r = routed(&asks, routes);
+            if r.is_empty() {
+                return Err("no request of the mix maps to a route".into());
+            }
+            eprintln!("{} requests of the mix map to a route", r.len());
+            phases.extend([
+                ("IsAuthorized (routed)", Kind::RoutedDecide, cfg.concurrency),
+                ("ext_authz Check (routed)", Kind::ExtAuthz, cfg.concurrency),
+                ("IsAuthorized (routed)", Kind::RoutedDecide, 1),
+                ("ext_authz Check (routed)", Kind::ExtAuthz, 1),
+            ]);
+            r
+        }
+        None => Arc::new(Vec::new()),
+    };
     let count = phases.len();
     for (i, (name, kind, conc)) in phases.into_iter().enumerate() {
         // A ticking line on a terminal while the phase runs: which phase, how far.
@@ -502,6 +610,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             cfg.duration,
             cfg.pid,
             cfg.http_addr.as_deref(),
+            &routed,
         )
         .await;
         ticker.abort();
@@ -522,6 +631,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             cfg.duration,
             None,
             None,
+            &routed,
         )
         .await?;
         println!("{}", idle.line());
@@ -535,6 +645,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
             cfg.duration,
             None,
             None,
+            &routed,
         )
         .await?;
         let writes = writer.stop().await?;

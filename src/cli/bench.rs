@@ -38,9 +38,23 @@ pub struct BenchCommand {
     /// Operations per batch written with --data-addr.
     #[arg(long, default_value_t = 10_000)]
     write_ops: usize,
+    /// Add Envoy's ext_authz Check beside IsAuthorized on the same requests, mapped through
+    /// the routes.toml of --policies.
+    #[arg(long)]
+    ext_authz: bool,
 }
 
-pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
+pub fn run(spec: &crate::engine::pack::PackSpec, args: BenchCommand) -> Result<Exit, AnyError> {
+    let routes = if args.ext_authz {
+        let pack = crate::engine::pack::PolicyPack::load(spec).map_err(|e| e.to_string())?;
+        Some(
+            pack.routes
+                .clone()
+                .ok_or("--ext-authz: the policy pack has no routes.toml")?,
+        )
+    } else {
+        None
+    };
     let cfg = loadgen::BenchConfig {
         addr: args.addr,
         scale: args.scale,
@@ -52,6 +66,7 @@ pub fn run(args: BenchCommand) -> Result<Exit, AnyError> {
         http_addr: args.http_addr,
         data: args.data_addr.zip(args.data_token),
         write_ops: args.write_ops.max(1),
+        routes,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(loadgen::run(&cfg))?;

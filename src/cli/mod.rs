@@ -215,7 +215,7 @@ pub fn main() -> ExitCode {
         } => import::run(&spec, &file, &db.db, source.url().as_deref(), replace),
         Command::Export { db, source } => export::run(&db.db, source.url().as_deref()),
         Command::Gen(args) => gen::run(&spec, args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(&spec, args),
         Command::FleetBench(args) => fleet_bench::run(&spec, args),
         Command::Check(args) => check::run(&spec, args),
         Command::ListResources(args) => listing::resources(&spec, args),
