@@ -159,10 +159,13 @@ impl Routes {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
-        let segments: Vec<String> = path
+        let segments: Vec<std::borrow::Cow<'_, str>> = path
             .split('/')
             .skip(1)
-            .map(|s| percent_decode(s).unwrap_or_else(|| s.to_string()))
+            .map(|s| match s.contains('%') {
+                false => std::borrow::Cow::Borrowed(s),
+                true => std::borrow::Cow::Owned(percent_decode(s).unwrap_or_else(|| s.to_string())),
+            })
             .collect();
         let method_matches = |m: &str| m == "*" || m.eq_ignore_ascii_case(method);
         for (m, template) in &self.public {
@@ -248,18 +251,21 @@ impl Routes {
 }
 
 /// The path parameters if `segments` fit the template.
-fn matches<'t>(template: &'t [Segment], segments: &[String]) -> Option<Vec<(&'t str, String)>> {
+fn matches<'t, S: AsRef<str>>(
+    template: &'t [Segment],
+    segments: &[S],
+) -> Option<Vec<(&'t str, String)>> {
     let mut params = Vec::new();
     for (i, t) in template.iter().enumerate() {
         match t {
             Segment::Rest => return Some(params),
             Segment::Literal(l) => {
-                if segments.get(i) != Some(l) {
+                if segments.get(i).map(AsRef::as_ref) != Some(l.as_str()) {
                     return None;
                 }
             }
-            Segment::Param(p) => match segments.get(i) {
-                Some(s) if !s.is_empty() => params.push((p.as_str(), s.clone())),
+            Segment::Param(p) => match segments.get(i).map(AsRef::as_ref) {
+                Some(s) if !s.is_empty() => params.push((p.as_str(), s.to_string())),
                 _ => return None,
             },
         }

@@ -59,43 +59,58 @@ fn denied(code: HttpStatusCode, status: Status, body: serde_json::Value) -> Chec
     out
 }
 
-/// The check's answer and what the log says of it.
-fn decide(service: &ExtAuthzService, req: &CheckRequest) -> (CheckResponse, String) {
+/// Logs what a check did: at info level when an operator should hear of it (no route, no
+/// principal, a refused value), else at debug level, the text built only if it is written.
+fn note(notable: bool, text: &dyn Fn() -> String) {
+    const TARGET: &str = "blue_authz::ext_authz";
+    if notable {
+        tracing::info!(target: TARGET, "{}", text());
+    } else if tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
+        tracing::debug!(target: TARGET, "{}", text());
+    }
+}
+
+fn deny(code: HttpStatusCode, status: Status, reason: Option<&str>) -> CheckResponse {
+    let body = match reason {
+        Some(r) => json!({"decision": "deny", "reason": r}),
+        None => json!({"decision": "deny"}),
+    };
+    denied(code, status, body)
+}
+
+/// The check's answer (logged by [`note`]).
+fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
     let http = req
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
     let Some(http) = http else {
-        return (
-            denied(
-                HttpStatusCode::BadRequest,
-                Status::invalid_argument("no HTTP request attributes"),
-                json!({"decision": "deny", "reason": "no HTTP request in the check"}),
-            ),
-            "no HTTP request attributes".into(),
+        note(true, &|| "a check without HTTP request attributes".into());
+        return deny(
+            HttpStatusCode::BadRequest,
+            Status::invalid_argument("no HTTP request attributes"),
+            Some("no HTTP request in the check"),
         );
     };
     let Some(live) = service.engine.live() else {
-        return (
-            denied(
-                HttpStatusCode::Forbidden,
-                Status::unavailable("not serving"),
-                json!({"decision": "deny"}),
-            ),
-            "not serving yet".into(),
+        note(true, &|| "denied: not serving yet".into());
+        return deny(
+            HttpStatusCode::Forbidden,
+            Status::unavailable("not serving"),
+            None,
         );
     };
     let view = live.view();
     let pack = &live.pack;
     let Some(routes) = &pack.routes else {
-        return (
-            denied(
-                HttpStatusCode::Forbidden,
-                Status::permission_denied("no routes"),
-                json!({"decision": "deny"}),
-            ),
-            "the policy pack has no routes.toml".into(),
+        note(true, &|| {
+            "denied: the policy pack has no routes.toml".into()
+        });
+        return deny(
+            HttpStatusCode::Forbidden,
+            Status::permission_denied("no routes"),
+            None,
         );
     };
     let headers = &http.headers;
@@ -114,116 +129,114 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> (CheckResponse, Stri
             }
             _ => None,
         });
-    let method = http.method.as_str();
-    let path = http.path.as_str();
-    let what = format!("{method} {path}");
-    match routes.map(method, path, &header, claims.as_ref()) {
-        Mapped::Public => (
-            CheckResponse::with_status(Status::ok("public")),
-            format!("{what}: public route"),
-        ),
-        Mapped::NoRoute => (
+    let (method, path) = (http.method.as_str(), http.path.as_str());
+    let (route, principal, action, resource_type, resource_id, context) =
+        match routes.map(method, path, &header, claims.as_ref()) {
+            Mapped::Public => {
+                note(false, &|| format!("{method} {path}: public route"));
+                return CheckResponse::with_status(Status::ok("public"));
+            }
+            Mapped::NoRoute => {
+                note(true, &|| {
+                    format!("{method} {path}: denied, no route of routes.toml matches")
+                });
+                return deny(
+                    HttpStatusCode::Forbidden,
+                    Status::permission_denied("no route"),
+                    Some("no route"),
+                );
+            }
+            Mapped::Invalid(why) => {
+                note(true, &|| format!("{method} {path}: refused: {why}"));
+                return deny(
+                    HttpStatusCode::BadRequest,
+                    Status::invalid_argument(why.clone()),
+                    Some(&why),
+                );
+            }
+            Mapped::Decide {
+                route,
+                principal,
+                action,
+                resource_type,
+                resource_id,
+                context,
+            } => (
+                route,
+                principal,
+                action,
+                resource_type,
+                resource_id,
+                context,
+            ),
+        };
+    let Some(principal) = principal else {
+        note(true, &|| format!("{method} {path} ({route}): no principal"));
+        return deny(
+            HttpStatusCode::Unauthorized,
+            Status::unauthenticated("no principal"),
+            Some("no principal"),
+        );
+    };
+    let decided = view.is_authorized(&DecisionRequest {
+        principal: UidRef {
+            ty: &routes.principal_type,
+            id: &principal,
+        },
+        action: UidRef {
+            ty: "",
+            id: &action,
+        },
+        resource: UidRef {
+            ty: &resource_type,
+            id: &resource_id,
+        },
+        context: (!context.is_empty()).then_some(&context),
+        entities: &[],
+    });
+    let said = |d: &str, by: &[String]| {
+        format!(
+            "{method} {path} ({route}): {principal} {action} {resource_type}::{resource_id}: \
+             {d} {}",
+            by.join(",")
+        )
+    };
+    match decided {
+        Err(e) => {
+            note(true, &|| format!("{method} {path} ({route}): refused: {e}"));
+            let reason = e.to_string();
+            deny(
+                HttpStatusCode::BadRequest,
+                Status::invalid_argument(reason.clone()),
+                Some(&reason),
+            )
+        }
+        Ok(d) if d.allow => {
+            note(false, &|| said("ALLOW by", &d.determining));
+            let mut ok = OkHttpResponseBuilder::new();
+            ok.add_header("x-authz-policy-version", pack.version.clone(), None, false)
+                .add_header(
+                    "x-authz-revision",
+                    view.store.revision().to_string(),
+                    None,
+                    false,
+                )
+                .add_header("x-authz-policies", d.determining.join(","), None, false);
+            let mut out = CheckResponse::with_status(Status::ok("allowed"));
+            out.set_http_response(ok);
+            out
+        }
+        Ok(d) => {
+            note(false, &|| said("DENY", &d.determining));
+            let mut body = json!({"decision": "deny"});
+            if service.show_policies {
+                body["policies"] = json!(d.determining);
+            }
             denied(
                 HttpStatusCode::Forbidden,
-                Status::permission_denied("no route"),
-                json!({"decision": "deny", "reason": "no route"}),
-            ),
-            format!("{what}: denied, no route of routes.toml matches"),
-        ),
-        Mapped::Invalid(why) => (
-            denied(
-                HttpStatusCode::BadRequest,
-                Status::invalid_argument(why.clone()),
-                json!({"decision": "deny", "reason": why}),
-            ),
-            format!("{what}: refused: {why}"),
-        ),
-        Mapped::Decide {
-            route,
-            principal,
-            action,
-            resource_type,
-            resource_id,
-            context,
-        } => {
-            let Some(principal) = principal else {
-                return (
-                    denied(
-                        HttpStatusCode::Unauthorized,
-                        Status::unauthenticated("no principal"),
-                        json!({"decision": "deny", "reason": "no principal"}),
-                    ),
-                    format!("{what} ({route}): no principal"),
-                );
-            };
-            let ctx = (!context.is_empty()).then_some(&context);
-            let decided = view.is_authorized(&DecisionRequest {
-                principal: UidRef {
-                    ty: &routes.principal_type,
-                    id: &principal,
-                },
-                action: UidRef {
-                    ty: "",
-                    id: &action,
-                },
-                resource: UidRef {
-                    ty: &resource_type,
-                    id: &resource_id,
-                },
-                context: ctx,
-                entities: &[],
-            });
-            match decided {
-                Err(e) => (
-                    denied(
-                        HttpStatusCode::BadRequest,
-                        Status::invalid_argument(e.to_string()),
-                        json!({"decision": "deny", "reason": e.to_string()}),
-                    ),
-                    format!("{what} ({route}): refused: {e}"),
-                ),
-                Ok(d) if d.allow => {
-                    let mut ok = OkHttpResponseBuilder::new();
-                    ok.add_header("x-authz-policy-version", pack.version.clone(), None, false)
-                        .add_header(
-                            "x-authz-revision",
-                            view.store.revision().to_string(),
-                            None,
-                            false,
-                        )
-                        .add_header("x-authz-policies", d.determining.join(","), None, false);
-                    let mut out = CheckResponse::with_status(Status::ok("allowed"));
-                    out.set_http_response(ok);
-                    (
-                        out,
-                        format!(
-                            "{what} ({route}): {principal} {action} {resource_type}::{resource_id}: ALLOW by {}",
-                            d.determining.join(",")
-                        ),
-                    )
-                }
-                Ok(d) => {
-                    let mut body = json!({"decision": "deny"});
-                    if service.show_policies {
-                        body["policies"] = json!(d.determining);
-                    }
-                    (
-                        denied(
-                            HttpStatusCode::Forbidden,
-                            Status::permission_denied("denied"),
-                            body,
-                        ),
-                        format!(
-                            "{what} ({route}): {principal} {action} {resource_type}::{resource_id}: DENY{}",
-                            if d.determining.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" by {}", d.determining.join(","))
-                            }
-                        ),
-                    )
-                }
-            }
+                Status::permission_denied("denied"),
+                body,
+            )
         }
     }
 }
@@ -291,8 +304,7 @@ impl Authorization for ExtAuthzService {
             }
             _ => {}
         }
-        let (out, log) = decide(self, &req);
-        tracing::info!(target: "blue_authz::ext_authz", "{log}");
+        let out = decide(self, &req);
         let code = out.status.as_ref().map_or(0, |s| s.code);
         self.telemetry.finish(
             "ext_authz.Check",
