@@ -107,8 +107,9 @@ struct ContextSource {
 struct Route {
     method: String,
     segments: Vec<Segment>,
-    /// The template as written, for logs.
+    /// The template as written, and `METHOD /template` for logs.
     path: String,
+    name: String,
     action: String,
     resource: String,
     id: String,
@@ -126,16 +127,16 @@ pub struct Routes {
 
 /// What an HTTP request maps to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Mapped {
+pub enum Mapped<'r> {
     /// A route that needs no decision.
     Public,
     /// A Cedar request: the principal's id (None: the request does not carry it), the
     /// action, the resource, and the context.
     Decide {
-        route: String,
+        route: &'r str,
         principal: Option<String>,
-        action: String,
-        resource_type: String,
+        action: &'r str,
+        resource_type: &'r str,
         resource_id: String,
         context: serde_json::Map<String, serde_json::Value>,
     },
@@ -155,7 +156,7 @@ impl Routes {
         path_and_query: &str,
         header: &dyn Fn(&str) -> Option<String>,
         claims: Option<&serde_json::Map<String, serde_json::Value>>,
-    ) -> Mapped {
+    ) -> Mapped<'_> {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
@@ -220,10 +221,10 @@ impl Routes {
             context.insert(c.name.clone(), value);
         }
         Mapped::Decide {
-            route: format!("{} {}", route.method, route.path),
+            route: &route.name,
             principal,
-            action: route.action.clone(),
-            resource_type: route.resource.clone(),
+            action: &route.action,
+            resource_type: &route.resource,
             resource_id: params
                 .into_iter()
                 .find(|(k, _)| *k == route.id)
@@ -460,6 +461,7 @@ pub(super) fn load(
             }
         }
         routes.push(Route {
+            name: format!("{} {}", route.method, route.path),
             method: route.method.clone(),
             segments,
             path: route.path.clone(),

@@ -49,12 +49,24 @@ impl ExtAuthzService {
     }
 }
 
-fn denied(code: HttpStatusCode, status: Status, body: serde_json::Value) -> CheckResponse {
+/// The gRPC status of a check's answer (Envoy reads only its code).
+fn status(code: tonic::Code, message: &str) -> envoy_types::pb::google::rpc::Status {
+    envoy_types::pb::google::rpc::Status {
+        code: code as i32,
+        message: message.to_string(),
+        details: Vec::new(),
+    }
+}
+
+fn denied(code: HttpStatusCode, grpc: tonic::Code, message: &str, body: String) -> CheckResponse {
     let mut http = DeniedHttpResponseBuilder::new();
     http.set_http_status(code)
         .add_header("content-type", "application/json", None, false)
-        .set_body(body.to_string());
-    let mut out = CheckResponse::with_status(status);
+        .set_body(body);
+    let mut out = CheckResponse {
+        status: Some(status(grpc, message)),
+        ..Default::default()
+    };
     out.set_http_response(http);
     out
 }
@@ -70,12 +82,12 @@ fn note(notable: bool, text: &dyn Fn() -> String) {
     }
 }
 
-fn deny(code: HttpStatusCode, status: Status, reason: Option<&str>) -> CheckResponse {
+fn deny(code: HttpStatusCode, grpc: tonic::Code, reason: Option<&str>) -> CheckResponse {
     let body = match reason {
         Some(r) => json!({"decision": "deny", "reason": r}),
         None => json!({"decision": "deny"}),
     };
-    denied(code, status, body)
+    denied(code, grpc, reason.unwrap_or("denied"), body.to_string())
 }
 
 /// The check's answer (logged by [`note`]).
@@ -89,17 +101,13 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
         note(true, &|| "a check without HTTP request attributes".into());
         return deny(
             HttpStatusCode::BadRequest,
-            Status::invalid_argument("no HTTP request attributes"),
+            tonic::Code::InvalidArgument,
             Some("no HTTP request in the check"),
         );
     };
     let Some(live) = service.engine.live() else {
         note(true, &|| "denied: not serving yet".into());
-        return deny(
-            HttpStatusCode::Forbidden,
-            Status::unavailable("not serving"),
-            None,
-        );
+        return deny(HttpStatusCode::Forbidden, tonic::Code::Unavailable, None);
     };
     let view = live.view();
     let pack = &live.pack;
@@ -109,7 +117,7 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
         });
         return deny(
             HttpStatusCode::Forbidden,
-            Status::permission_denied("no routes"),
+            tonic::Code::PermissionDenied,
             None,
         );
     };
@@ -134,7 +142,10 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
         match routes.map(method, path, &header, claims.as_ref()) {
             Mapped::Public => {
                 note(false, &|| format!("{method} {path}: public route"));
-                return CheckResponse::with_status(Status::ok("public"));
+                return CheckResponse {
+                    status: Some(status(tonic::Code::Ok, "public")),
+                    ..Default::default()
+                };
             }
             Mapped::NoRoute => {
                 note(true, &|| {
@@ -142,7 +153,7 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
                 });
                 return deny(
                     HttpStatusCode::Forbidden,
-                    Status::permission_denied("no route"),
+                    tonic::Code::PermissionDenied,
                     Some("no route"),
                 );
             }
@@ -150,7 +161,7 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
                 note(true, &|| format!("{method} {path}: refused: {why}"));
                 return deny(
                     HttpStatusCode::BadRequest,
-                    Status::invalid_argument(why.clone()),
+                    tonic::Code::InvalidArgument,
                     Some(&why),
                 );
             }
@@ -174,7 +185,7 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
         note(true, &|| format!("{method} {path} ({route}): no principal"));
         return deny(
             HttpStatusCode::Unauthorized,
-            Status::unauthenticated("no principal"),
+            tonic::Code::Unauthenticated,
             Some("no principal"),
         );
     };
@@ -183,12 +194,9 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
             ty: &routes.principal_type,
             id: &principal,
         },
-        action: UidRef {
-            ty: "",
-            id: &action,
-        },
+        action: UidRef { ty: "", id: action },
         resource: UidRef {
-            ty: &resource_type,
+            ty: resource_type,
             id: &resource_id,
         },
         context: (!context.is_empty()).then_some(&context),
@@ -207,7 +215,7 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
             let reason = e.to_string();
             deny(
                 HttpStatusCode::BadRequest,
-                Status::invalid_argument(reason.clone()),
+                tonic::Code::InvalidArgument,
                 Some(&reason),
             )
         }
@@ -222,19 +230,26 @@ fn decide(service: &ExtAuthzService, req: &CheckRequest) -> CheckResponse {
                     false,
                 )
                 .add_header("x-authz-policies", d.determining.join(","), None, false);
-            let mut out = CheckResponse::with_status(Status::ok("allowed"));
+            let mut out = CheckResponse {
+                status: Some(status(tonic::Code::Ok, "allowed")),
+                ..Default::default()
+            };
             out.set_http_response(ok);
             out
         }
         Ok(d) => {
             note(false, &|| said("DENY", &d.determining));
-            let mut body = json!({"decision": "deny"});
-            if service.show_policies {
-                body["policies"] = json!(d.determining);
-            }
+            // Policy ids are plain names, but written as JSON strings all the same.
+            let body = if service.show_policies {
+                let ids = serde_json::to_string(&d.determining).unwrap_or_else(|_| "[]".into());
+                format!(r#"{{"decision":"deny","policies":{ids}}}"#)
+            } else {
+                r#"{"decision":"deny"}"#.to_string()
+            };
             denied(
                 HttpStatusCode::Forbidden,
-                Status::permission_denied("denied"),
+                tonic::Code::PermissionDenied,
+                "denied",
                 body,
             )
         }
@@ -282,10 +297,10 @@ impl Authorization for ExtAuthzService {
         match min {
             Some(Err(_)) => {
                 tracing::info!(target: "blue_authz::ext_authz", "refused: {MIN_REVISION_HEADER} is not a revision number");
-                return Ok(Response::new(denied(
+                return Ok(Response::new(deny(
                     HttpStatusCode::BadRequest,
-                    Status::invalid_argument("x-min-revision"),
-                    json!({"decision": "deny", "reason": "x-min-revision is not a revision number"}),
+                    tonic::Code::InvalidArgument,
+                    Some("x-min-revision is not a revision number"),
                 )));
             }
             Some(Ok(n)) if n > 0 => {
@@ -295,10 +310,10 @@ impl Authorization for ExtAuthzService {
                     .await
                 {
                     tracing::info!(target: "blue_authz::ext_authz", "denied: {e}");
-                    return Ok(Response::new(denied(
+                    return Ok(Response::new(deny(
                         HttpStatusCode::Forbidden,
-                        Status::failed_precondition(e.to_string()),
-                        json!({"decision": "deny", "reason": e.to_string()}),
+                        tonic::Code::FailedPrecondition,
+                        Some(&e.to_string()),
                     )));
                 }
             }
