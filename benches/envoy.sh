@@ -56,7 +56,7 @@ done
 p() { # p50 and p99 (µs) of h2load's per-request log, and requests/s
   python3 - "$1" "$2" <<'PY'
 import sys
-d = sorted(int(l.split("\t")[3]) for l in open(sys.argv[1]) if l.strip())
+d = sorted(int(l.rstrip("\n").split("\t")[-1]) for l in open(sys.argv[1]) if l.strip())
 codes = set(l.split("\t")[1] for l in open(sys.argv[1]) if l.strip())
 print(f"p50 {d[len(d)//2]:>6} µs  p99 {d[int(len(d)*0.99)]:>6} µs  {sys.argv[2]:>9} req/s  statuses {sorted(codes)}")
 PY
@@ -65,6 +65,7 @@ for run in $(seq 1 "$runs"); do
   for name in without with; do
     for conc in 1 16; do
       sed "s/PORT/$(port_of $name)/" "$work/uris.tmpl" > "$work/uris"
+      rm -f "$work/h2.log"
       out=$(taskset -c 1 h2load --h1 -n "$n" -c "$conc" -m 1 -H "x-user-id: $user" -i "$work/uris" --log-file "$work/h2.log")
       rps=$(echo "$out" | awk '/^finished in/ {print $4}')
       printf 'run %s  %-24s c=%-3s ' "$run" "ext_authz $name" "$conc"
