@@ -530,4 +530,80 @@ mod tests {
         );
         assert_eq!(query_param("a=1", "role"), None);
     }
+
+    fn routes(principal_from: PrincipalFrom) -> Routes {
+        Routes {
+            principal_type: "N::U".into(),
+            principal_from,
+            routes: vec![Route {
+                method: "GET".into(),
+                segments: template("/docs/{doc}", false).unwrap(),
+                path: "/docs/{doc}".into(),
+                name: "GET /docs/{doc}".into(),
+                action: "read".into(),
+                resource: "N::D".into(),
+                id: "doc".into(),
+                context: vec![ContextSource {
+                    name: "n".into(),
+                    query: Some("n".into()),
+                    header: None,
+                    kind: Kind::Long,
+                }],
+            }],
+            public: vec![("*".into(), template("/static/*", true).unwrap())],
+        }
+    }
+
+    #[test]
+    fn requests_map_to_principals_from_headers_or_claims_and_typed_context() {
+        let none = |_: &str| None;
+        let by_header = routes(PrincipalFrom::Header("x-user-id".into()));
+        let header = |h: &str| (h == "x-user-id").then(|| "ada".to_string());
+        let Mapped::Decide {
+            principal,
+            resource_id,
+            context,
+            ..
+        } = by_header.map("GET", "/docs/a%20b?n=7", &header, None)
+        else {
+            panic!("not decided")
+        };
+        assert_eq!(principal.as_deref(), Some("ada"));
+        assert_eq!(resource_id, "a b");
+        assert_eq!(context["n"], serde_json::json!(7));
+        // A value the schema's type refuses; no principal; no route; a public prefix.
+        assert!(matches!(
+            by_header.map("GET", "/docs/a?n=seven", &header, None),
+            Mapped::Invalid(why) if why.contains("context.n")
+        ));
+        assert!(matches!(
+            by_header.map("GET", "/docs/a", &none, None),
+            Mapped::Decide {
+                principal: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            by_header.map("POST", "/docs/a", &header, None),
+            Mapped::NoRoute
+        );
+        assert_eq!(
+            by_header.map("PUT", "/static/x/y.css", &none, None),
+            Mapped::Public
+        );
+        // From the JWT payload's claim.
+        let by_claim = routes(PrincipalFrom::Claim("sub".into()));
+        let claims = serde_json::json!({"sub": "bob", "email": "b@x"});
+        assert!(matches!(
+            by_claim.map("GET", "/docs/a", &header, claims.as_object()),
+            Mapped::Decide { principal: Some(p), .. } if p == "bob"
+        ));
+        assert!(matches!(
+            by_claim.map("GET", "/docs/a", &header, None),
+            Mapped::Decide {
+                principal: None,
+                ..
+            }
+        ));
+    }
 }
