@@ -120,7 +120,7 @@ fn mentions(n: &Node, listed: Listed) -> bool {
 }
 
 /// The attribute path from the listed entity, if `n` is one (`X`, `X.a`, `X.a.b`).
-fn path_of(n: &Node, listed: Listed) -> Option<Vec<SmolStr>> {
+pub(crate) fn path_of(n: &Node, listed: Listed) -> Option<Vec<SmolStr>> {
     match n {
         Node::Principal if listed == Listed::Principals => Some(Vec::new()),
         Node::Resource if listed == Listed::Resources => Some(Vec::new()),

@@ -123,9 +123,18 @@ fn params(ps: &[pb::SqlParam]) -> Vec<Box<dyn ToSql + Sync + Send>> {
 }
 
 async fn select(pg: &tokio_postgres::Client, ty: &str, sql: &pb::SqlWhere) -> BTreeSet<String> {
+    ids_where(pg, table(ty), sql).await
+}
+
+/// The ids of a table's rows that a plan's SQL selects.
+async fn ids_where(
+    pg: &tokio_postgres::Client,
+    table: &str,
+    sql: &pb::SqlWhere,
+) -> BTreeSet<String> {
     let ps = params(&sql.params);
     let refs: Vec<&(dyn ToSql + Sync)> = ps.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-    let q = format!("SELECT id FROM {} WHERE {}", table(ty), sql.r#where);
+    let q = format!("SELECT id FROM {table} WHERE {}", sql.r#where);
     pg.query(&q, &refs)
         .await
         .unwrap_or_else(|e| panic!("{q}: {e}"))
@@ -650,17 +659,8 @@ when { resource.owner == resource.owner && resource.locked && !resource.locked }
                 .unwrap()
                 .into_inner();
             let sql = plan.sql.unwrap();
-            let ps = params(&sql.params);
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                ps.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            let q = format!("SELECT id FROM documents WHERE {}", sql.r#where);
-            let rows: BTreeSet<String> = pg
-                .query(&q, &refs)
-                .await
-                .unwrap_or_else(|e| panic!("{q}: {e}"))
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let rows = ids_where(&pg, "documents", &sql).await;
+            let q = &sql.r#where;
             let mut allowed = BTreeSet::new();
             for d in &all_docs {
                 let r = authz

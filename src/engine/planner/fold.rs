@@ -76,15 +76,7 @@ pub(crate) fn depends(n: &Node) -> bool {
 
 /// The attribute path from the resource, if `n` is one (`resource`, `resource.a.b`).
 fn path_of(n: &Node) -> Option<Vec<SmolStr>> {
-    match n {
-        Node::Resource => Some(Vec::new()),
-        Node::Attr(e, a) => {
-            let mut p = path_of(e)?;
-            p.push(a.clone());
-            Some(p)
-        }
-        _ => None,
-    }
+    crate::engine::narrow::path_of(n, Listed::Resources)
 }
 
 fn unsupported(n: &Node, why: &str) -> String {
