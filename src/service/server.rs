@@ -115,16 +115,6 @@ pub const DECISION_LISTENER_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
-];
-
-/// Every gRPC service of the decision listener: those reflection lists, and Envoy's ext_authz
-/// (whose descriptors this server does not carry).
-const DECISION_LISTENER_ROUTES: [&str; 6] = [
-    AUTHORIZER_SERVICE,
-    "blue.authz.v1.Policies",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
     EXT_AUTHZ_SERVICE,
 ];
 
@@ -157,7 +147,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let reflection = || {
         let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                crate::service::grpc::ext_authz::FILE_DESCRIPTOR_SET,
+            );
         for name in DECISION_LISTENER_SERVICES {
             b = b.with_service_name(*name);
         }
@@ -204,7 +197,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 .add_service(ext_authz)
                 .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
             "the decision listener",
-            &DECISION_LISTENER_ROUTES,
+            DECISION_LISTENER_SERVICES,
         ),
         limit,
     );

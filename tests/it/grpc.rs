@@ -8,12 +8,14 @@ use std::path::Path;
 use crate::common::{case_request, config, config_on, copy_dir, live_matrix, live_pack, pack, uid};
 use blue_authz::authoring::suite::{self, Case};
 use blue_authz::engine::pack::PackSpec;
+use blue_authz::service::grpc::ext_authz::EXT_AUTHZ_SERVICE;
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use blue_authz::service::server::{self, Limits, Running, AUTHORIZER_SERVICE};
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 
 /// A server on the frozen pack, for tests with hand-written expectations.
 async fn serve(limits: Limits) -> (Running, AuthorizerClient<Channel>, tempfile::TempDir) {
@@ -747,11 +749,81 @@ async fn reflection_speaks_v1alpha_and_lists_only_what_the_decision_listener_ser
             "{services:?}"
         );
         assert!(
+            services.contains(&EXT_AUTHZ_SERVICE.to_string()),
+            "Envoy's ext_authz is listed: {services:?}"
+        );
+        assert!(
             !services.iter().any(|s| s.contains("EntityStore")),
             "the data service is not on this listener: {services:?}"
         );
     }
+    // A reflection client can describe Envoy's service and, file by file as grpcurl asks,
+    // everything it imports, so a tool can call Check with no proto files of its own.
+    let mut files = files_for(
+        addr,
+        MessageRequest::FileContainingSymbol(EXT_AUTHZ_SERVICE.into()),
+    )
+    .await;
+    let service = files
+        .iter()
+        .flat_map(|f| f.service.iter())
+        .find(|s| s.name() == "Authorization")
+        .expect("the Authorization service is described");
+    assert_eq!(service.method[0].name(), "Check");
+    assert_eq!(
+        service.method[0].input_type(),
+        ".envoy.service.auth.v3.CheckRequest"
+    );
+    let mut seen: BTreeSet<String> = files.iter().map(|f| f.name().to_string()).collect();
+    while let Some(f) = files.pop() {
+        for dep in &f.dependency {
+            if seen.insert(dep.clone()) {
+                let got = files_for(addr, MessageRequest::FileByFilename(dep.clone())).await;
+                assert_eq!(
+                    got[0].name(),
+                    dep,
+                    "reflection sends {dep}, imported by {}",
+                    f.name()
+                );
+                files.extend(got);
+            }
+        }
+    }
+    assert!(
+        seen.contains("envoy/config/core/v3/base.proto")
+            && seen.contains("validate/validate.proto"),
+        "{seen:?}"
+    );
     running.shutdown().await.unwrap();
+}
+
+/// The file descriptors reflection (v1) answers for a symbol or a file name.
+async fn files_for(
+    addr: std::net::SocketAddr,
+    request: MessageRequest,
+) -> Vec<prost_types::FileDescriptorProto> {
+    use prost::Message;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut c = ServerReflectionClient::new(channel(addr).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    match stream.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(r)) => r
+            .file_descriptor_proto
+            .iter()
+            .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap())
+            .collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -26,6 +26,11 @@ use crate::service::telemetry::Telemetry;
 /// The name Envoy calls the service by (health and reflection list it).
 pub const EXT_AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
+/// Encoded descriptor set of Envoy's ext_authz protos (compiled by `build.rs` from
+/// `proto/vendor`), for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("envoy_ext_authz_descriptor");
+
 /// The request header that asks for a revision (read-your-writes through the gateway).
 pub const MIN_REVISION_HEADER: &str = "x-min-revision";
 
