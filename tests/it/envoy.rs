@@ -4,7 +4,7 @@
 //! by the test's). Through Envoy over real HTTP: every route of Blue's `routes.toml` for every
 //! demo user answers as `IsAuthorized` does (200 from the upstream, or 403), over TCP and over
 //! the Unix socket; an unmatched route is 403, no principal 401; `x-min-revision` gives
-//! read-your-writes; a reload of the routes changes Envoy's answers; blue-authz stopped is 403,
+//! read-your-writes; a reload of the routes, and one of a policy, change Envoy's answers; blue-authz stopped is 403,
 //! never 200, and restarted it answers again with no Envoy restart.
 
 use std::net::SocketAddr;
@@ -402,6 +402,47 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
         },
     )
     .await;
+    // A reload that changes a policy: the wiki becomes admin-only, in the policy, the pack's
+    // table and its tests together (the gate refuses any one of them alone). alice, a member
+    // of mobile-app, passes PUT /projects/mobile-app/wiki until then and is refused after;
+    // bob, its admin, still passes; no restart of either.
+    let wiki = async |user: &str| {
+        request(
+            addr,
+            "PUT",
+            "/projects/mobile-app/wiki",
+            &[("x-user-id", user)],
+        )
+        .await
+        .map(|(s, _, _)| s)
+    };
+    assert_eq!(wiki("alice").await, Some(200), "a member edits the wiki");
+    common::edit(
+        &pack.join("matrix.toml"),
+        "action = \"editWiki\"\nresource = \"Project::apollo\"\nallowed = [\"admin\", \"member\"]",
+        "action = \"editWiki\"\nresource = \"Project::apollo\"\nallowed = [\"admin\"]",
+    );
+    common::edit(
+        &pack.join("tests/project.toml"),
+        "max = \"allow project.editWiki\"",
+        "max = \"deny\"",
+    );
+    common::edit(
+        &pack.join("project.cedar"),
+        "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.member };",
+        "action == Blue::Action::\"editWiki\",\n  resource is Blue::Project\n)\nwhen { principal in resource.admin };",
+    );
+    until_async(
+        "the reloaded policy decides through Envoy",
+        Duration::from_secs(60),
+        async || wiki("alice").await == Some(403),
+    )
+    .await;
+    assert_eq!(
+        wiki("bob").await,
+        Some(200),
+        "the admin still edits the wiki"
+    );
     // blue-authz stopped: 403, never a 200.
     server.kill();
     for envoy in [&over_tcp, &over_unix] {
