@@ -83,6 +83,18 @@ fn start_envoy(
     upstream: u16,
     authz: Result<SocketAddr, &Path>,
 ) -> Envoy {
+    start_envoy_with(bin, dir, name, upstream, authz, |c| c)
+}
+
+/// [`start_envoy`], with the shipped configuration changed by `change` first.
+fn start_envoy_with(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    upstream: u16,
+    authz: Result<SocketAddr, &Path>,
+    change: impl Fn(String) -> String,
+) -> Envoy {
     let shipped = std::fs::read_to_string(common::root().join("deploy/envoy/envoy.yaml")).unwrap();
     let port = free_port();
     let admin = free_port();
@@ -108,7 +120,7 @@ fn start_envoy(
         "the shipped configuration changed shape"
     );
     let file = dir.join(format!("{name}.yaml"));
-    std::fs::write(&file, config).unwrap();
+    std::fs::write(&file, change(config)).unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(bin)
         .args([
@@ -494,5 +506,144 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
     assert!(
         denial["decision"] == "deny" && denial.get("policies").is_none(),
         "{body}"
+    );
+}
+
+/// The JWT secret of the JWT test, as Envoy's `jwt_authn` holds it (an `oct` JWK) and as the
+/// test signs with it.
+const JWT_SECRET: &[u8] = b"blue-authz envoy test secret, 32+ bytes long";
+
+/// An HS256 JWT with these claims, signed with `key`.
+fn jwt(claims: &serde_json::Value, key: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64.encode(claims.to_string());
+    let signing = format!("{head}.{body}");
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        signing.as_bytes(),
+    );
+    format!("{signing}.{}", b64.encode(tag.as_ref()))
+}
+
+/// Envoy's `jwt_authn` in front of ext_authz: it verifies the bearer token against a local
+/// key (a token-less request passes on, for the pack to answer 401) and puts the payload in
+/// the request's metadata, where the routes' `claim` reads the principal.
+fn with_jwt_authn(config: String) -> String {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(JWT_SECRET);
+    let jwks = format!(r#"{{"keys":[{{"kty":"oct","alg":"HS256","k":"{k}"}}]}}"#);
+    let filter = format!(
+        r#"                  - name: envoy.filters.http.jwt_authn
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+                      providers:
+                        blue:
+                          issuer: https://id.blue.example
+                          local_jwks:
+                            inline_string: '{jwks}'
+                          payload_in_metadata: jwt_payload
+                      rules:
+                        - match: {{ prefix: "/" }}
+                          requires:
+                            requires_any:
+                              requirements:
+                                - provider_name: blue
+                                - allow_missing: {{}}
+"#
+    );
+    let anchor = "                  - name: envoy.filters.http.ext_authz\n";
+    assert!(
+        config.contains(anchor),
+        "the shipped configuration changed shape"
+    );
+    config.replacen(anchor, &format!("{filter}{anchor}"), 1)
+}
+
+/// The principal from a claim of the JWT that Envoy's `jwt_authn` verified: a pack whose
+/// routes read `sub` instead of `x-user-id`, and the shipped Envoy configuration with
+/// `jwt_authn` added before ext_authz (the shipped ext_authz already asks for its metadata).
+#[tokio::test]
+async fn the_principal_can_come_from_a_verified_jwt_claim() {
+    let Some(bin) = envoy_bin() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("policies");
+    common::copy_dir(&common::live_pack(), &pack);
+    common::edit(
+        &pack.join("routes.toml"),
+        "header = \"x-user-id\"",
+        "claim = \"sub\"",
+    );
+    let db = dir.path().join("authz.redb");
+    let socket = dir.path().join("authz.sock");
+    let port = free_port();
+    let _server = serve(&pack, &db, port, &socket, &[]);
+    let up = upstream().await;
+    let envoy = start_envoy_with(
+        &bin,
+        dir.path(),
+        "jwt",
+        up,
+        Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        with_jwt_authn,
+    );
+    let addr = envoy.addr;
+    until_async(
+        "Envoy answers a public route",
+        Duration::from_secs(60),
+        async || {
+            matches!(
+                request(addr, "GET", "/health", &[]).await,
+                Some((200, _, _))
+            )
+        },
+    )
+    .await;
+    let token = |sub: &str| {
+        format!(
+            "Bearer {}",
+            jwt(
+                &serde_json::json!({"iss": "https://id.blue.example", "sub": sub}),
+                JWT_SECRET
+            )
+        )
+    };
+    let status = async |method: &str, path: &str, headers: &[(&str, &str)]| {
+        request(addr, method, path, headers).await.unwrap().0
+    };
+    // erin views both projects and may delete neither; frank holds no role.
+    for (user, method, path, want) in [
+        ("erin", "GET", "/projects/mobile-app", 200),
+        ("erin", "DELETE", "/projects/website", 403),
+        ("alice", "DELETE", "/projects/website", 200),
+        ("frank", "GET", "/projects/mobile-app", 403),
+    ] {
+        let t = token(user);
+        assert_eq!(
+            status(method, path, &[("authorization", &t)]).await,
+            want,
+            "{user}: {method} {path}"
+        );
+    }
+    // No token: no principal, 401. The header the other pack reads names no one here.
+    assert_eq!(status("GET", "/projects/mobile-app", &[]).await, 401);
+    assert_eq!(
+        status("GET", "/projects/mobile-app", &[("x-user-id", "erin")]).await,
+        401
+    );
+    // A token signed with another key never reaches blue-authz or the upstream.
+    let forged = format!(
+        "Bearer {}",
+        jwt(
+            &serde_json::json!({"iss": "https://id.blue.example", "sub": "alice"}),
+            b"another key, not the one Envoy trusts"
+        )
+    );
+    assert_eq!(
+        status("DELETE", "/projects/website", &[("authorization", &forged)]).await,
+        401
     );
 }
