@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", &protoc);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .codec_path("crate::service::grpc::codec::BoundedCodec")
         .file_descriptor_set_path(out.join("blue_authz_descriptor.bin"))
         .compile_protos(&["proto/blue/authz/v1/authz.proto"], &["proto"])?;
     let status = Command::new(&protoc)

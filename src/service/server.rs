@@ -22,7 +22,7 @@ use super::grpc::pb::authorizer_server::AuthorizerServer;
 use super::grpc::pb::entity_store_server::EntityStoreServer;
 use super::grpc::pb::policies_server::PoliciesServer;
 use super::grpc::{bearer_auth, pb, AuthorizerService, EntityStoreService, PoliciesService};
-use super::grpc::{elsewhere, transport_errors};
+use super::grpc::{codec, elsewhere, transport_errors};
 use super::listeners::{bind, bind_unix, Listeners, Protocol};
 use super::reload::{self, Reloader, SpecSource};
 use super::replica::{Replica, ReplicaSlot};
@@ -148,9 +148,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                crate::service::grpc::ext_authz::FILE_DESCRIPTOR_SET,
-            );
+            .register_encoded_file_descriptor_set(super::grpc::ext_authz::FILE_DESCRIPTOR_SET);
         for name in DECISION_LISTENER_SERVICES {
             b = b.with_service_name(*name);
         }
@@ -189,15 +187,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         limit,
     );
     let decisions = transport_errors::wrap(
-        elsewhere::wrap(
-            Routes::new(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(authorizer)
-                .add_service(ext_authz)
-                .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
-            "the decision listener",
-            DECISION_LISTENER_SERVICES,
+        codec::with_max_batch(
+            elsewhere::wrap(
+                Routes::new(health_service)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .add_service(authorizer)
+                    .add_service(ext_authz)
+                    .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
+                "the decision listener",
+                DECISION_LISTENER_SERVICES,
+            ),
+            config.limits.max_batch,
         ),
         limit,
     );

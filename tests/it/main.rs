@@ -27,6 +27,7 @@ mod plans;
 mod plans_sql;
 mod policy_pack;
 mod reload;
+mod request_bounds;
 mod settings;
 mod startup;
 mod tls_metrics;

@@ -220,7 +220,11 @@ impl AuthzenService {
             context: req.context,
             options: None,
         };
-        let items = req.evaluations.unwrap_or_default();
+        let max = self.engine.limits.max_batch;
+        let items: Vec<Evaluation> = match &req.evaluations {
+            Some(raw) => query::bounded_items(raw, "evaluations", max)?,
+            None => Vec::new(),
+        };
         let live = self.engine.live().ok_or(StateError::NotReady)?;
         let version = &live.pack.version;
         let revision = live.store().revision();
@@ -234,14 +238,6 @@ impl AuthzenService {
                 context: with_context.then(|| reason(&d, version, revision)),
             };
             return Ok(serde_json::to_vec(&out).unwrap_or_default());
-        }
-        let max = self.engine.limits.max_batch;
-        if items.len() > max {
-            return Err(RequestError::edge(
-                "evaluations",
-                format!("{} items exceed the limit of {max} per call", items.len()),
-            )
-            .into());
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, it) in items.iter().enumerate() {

@@ -7,7 +7,10 @@
 use std::borrow::Cow;
 
 use cedar_policy::{EntityId, EntityUid};
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::wire::{Action, Entity};
@@ -41,6 +44,76 @@ pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError>
     de.end()
         .map_err(|e| RequestError::edge("request", format!("invalid JSON: {e}")))?;
     Ok(value)
+}
+
+/// The items of a JSON array member (`field`), decoded one at a time and refused as soon as
+/// there are more than `max`: the array is never decoded whole first, so a body of a million
+/// `{}` costs no more than `max` items do. An item of the wrong shape is named by its path
+/// (`evaluations[3].subject.id`).
+pub(super) fn bounded_items<T: DeserializeOwned>(
+    raw: &RawValue,
+    field: &str,
+    max: usize,
+) -> Result<Vec<T>, RequestError> {
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut track = serde_path_to_error::Track::new();
+    let seed = Items::<T> {
+        max,
+        over: &over,
+        item: PhantomData,
+    };
+    let items = seed
+        .deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+        .map_err(|e| {
+            if over.get() {
+                return RequestError::edge(
+                    field.to_string(),
+                    format!("more than {max} items exceed the limit of {max} per call"),
+                );
+            }
+            let path = track.path().to_string();
+            match path.as_str() {
+                "" | "." => RequestError::edge(field.to_string(), e),
+                p => RequestError::edge(format!("{field}{p}"), e),
+            }
+        })?;
+    Ok(items)
+}
+
+/// The seed and visitor of [`bounded_items`].
+struct Items<'a, T> {
+    max: usize,
+    over: &'a std::cell::Cell<bool>,
+    item: PhantomData<T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Items<'_, T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for Items<'_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max).min(1024));
+        while let Some(item) = seq.next_element()? {
+            if out.len() == self.max {
+                self.over.set(true);
+                return Err(A::Error::custom("too many items"));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
 }
 
 /// A subject or resource as Cedar names it: its entity type's name and its id (the id of

@@ -50,8 +50,9 @@ pub(super) struct Evaluations {
     pub resource: Option<Entity>,
     #[serde(default)]
     pub context: Option<Map<String, Value>>,
+    /// Decoded item by item, up to the batch limit ([`super::query::bounded_items`]).
     #[serde(default)]
-    pub evaluations: Option<Vec<Evaluation>>,
+    pub evaluations: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     pub options: Option<Options>,
 }

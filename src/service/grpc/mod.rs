@@ -5,6 +5,7 @@
 //! before a handler runs is put in the same codes by [`transport_errors`].
 
 pub mod authorizer;
+pub mod codec;
 pub mod elsewhere;
 pub mod entity_store;
 pub mod ext_authz;
