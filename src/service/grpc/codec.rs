@@ -171,8 +171,10 @@ mod tests {
         };
         assert_eq!(count_field(&batch.encode_to_vec(), 1), Some(5));
         assert_eq!(count_field(&batch.encode_to_vec(), 2), Some(1));
-        let mut one = pb::IsAuthorizedRequest::default();
-        one.context_json = "{}".into();
+        let one = pb::IsAuthorizedRequest {
+            context_json: "{}".into(),
+            ..Default::default()
+        };
         let batch = pb::BatchIsAuthorizedRequest {
             requests: vec![one; 3],
             min_revision: 0,
