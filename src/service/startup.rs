@@ -176,6 +176,7 @@ pub fn load_store(
         closures_ms = (started.elapsed() - scanned).as_millis() as u64,
         "entity index built"
     );
+    tracing::info!(footprint = %store.footprint().summary(), "entity index footprint");
     if !trusted && !pack.entities.assumptions.is_empty() {
         // Writes keep them, but data imported offline, or written before the pack declared
         // them, may not: the proofs assume them, so a store that breaks one does not serve.

@@ -29,6 +29,23 @@ pub(super) struct Keys {
     by_type: HashMap<u16, Vec<KeyIndex>>,
 }
 
+impl Keys {
+    /// The index's heap, estimated from its capacities (see `footprint`).
+    pub(super) fn footprint(&self) -> usize {
+        self.by_type
+            .values()
+            .flatten()
+            .map(|k| {
+                k.owners.capacity() * (std::mem::size_of::<(Box<str>, Vec<Ix>)>() + 1)
+                    + k.owners
+                        .iter()
+                        .map(|(v, o)| v.len() + o.capacity() * std::mem::size_of::<Ix>())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
 impl EntityStore {
     /// Indexes the declared keys (a no-op when they are the ones indexed already).
     pub fn set_keys(&mut self, declared: &KeyDecl) {

@@ -15,12 +15,13 @@
 //! [`write`] (batches and commits), [`graph`] (closures and cycles), [`overlay`]
 //! (request-scoped entities), [`slice`] (per-request Cedar entities), [`facts`] (what plans
 //! read), [`reverse`] (the reverse attribute index and what listing reads), [`keys`] (entities named by a
-//! declared key), [`decode`] (the start-up decoder).
+//! declared key), [`decode`] (the start-up decoder), [`footprint`] (where its bytes go).
 
 mod assumed;
 mod decode;
 mod entity;
 mod facts;
+mod footprint;
 mod graph;
 mod hierarchy;
 mod intern;
@@ -40,6 +41,7 @@ use serde_json::{Map, Value};
 
 pub use self::decode::{parse_chunk, Parsed};
 pub use self::entity::{parse_entities, parse_entity, NewEntity};
+pub use self::footprint::Footprint;
 pub use self::hierarchy::{Hierarchy, HierarchyError};
 pub use self::keys::KeyDecl;
 pub use self::overlay::Overlay;
