@@ -119,7 +119,7 @@ impl EntityStore {
             .collect();
         let attrs: Vec<u16> = local.attrs.names.iter().map(|a| self.attr_key(a)).collect();
         for (ix, mut node) in nodes {
-            for p in node.parents.iter_mut() {
+            for p in node.parents_mut().iter_mut() {
                 *p = uids[*p as usize];
             }
             for (k, v) in node.attrs.iter_mut() {
@@ -163,11 +163,11 @@ impl<'de> Visitor<'de> for EntitySeed<'_> {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match &*key {
                 "uid" => uid = Some(map.next_value_seed(UidSeed(store))?),
-                "parents" => node.parents = map.next_value_seed(UidsSeed(store))?,
+                "parents" => node.set_parents(map.next_value_seed(UidsSeed(store))?),
                 "attrs" => node.attrs = map.next_value_seed(AttrsSeed(store))?,
                 "tags" => {
                     let tags = map.next_value_seed(FieldsSeed(store))?;
-                    node.tags = (!tags.is_empty()).then_some(tags);
+                    node.tags = (!tags.is_empty()).then(|| Box::new(tags));
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;

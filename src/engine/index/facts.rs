@@ -2,7 +2,7 @@
 
 use cedar_policy_core::ast;
 
-use super::{EntityStore, Ix, UidRef, Val};
+use super::{EntityStore, Ix, Val};
 use crate::engine::facts::{Ent, Facts, V};
 
 /// The index as a compiled plan reads it (see [`crate::plan`]).
@@ -12,12 +12,7 @@ impl Facts for EntityStore {
             .core_types
             .iter()
             .position(|t| t == uid.entity_type())?;
-        self.index
-            .get(&UidRef {
-                ty: ty as u16,
-                id: uid.eid().as_ref(),
-            })
-            .copied()
+        self.index.get(&self.uids, ty as u16, uid.eid().as_ref())
     }
 
     fn present(&self, ix: Ix) -> bool {
@@ -43,7 +38,7 @@ impl Facts for EntityStore {
 
     fn in_closure(&self, ix: Ix, ancestor: Ix) -> bool {
         self.node(ix)
-            .is_some_and(|n| n.closure.binary_search(&ancestor).is_ok())
+            .is_some_and(|n| n.closure().binary_search(&ancestor).is_ok())
     }
 
     fn type_is(&self, ix: Ix, ty: &ast::EntityType) -> bool {

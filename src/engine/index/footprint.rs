@@ -85,11 +85,11 @@ impl EntityStore {
             if !node.present {
                 continue;
             }
-            let p = node.parents.len() * size_of::<Ix>();
-            let c = node.closure.len() * size_of::<Ix>();
+            let p = node.parents().len() * size_of::<Ix>();
+            let c = node.closure().len() * size_of::<Ix>();
             let a = node.attrs.len() * size_of::<(u16, Val)>()
                 + node.attrs.iter().map(|(_, v)| val_heap(v)).sum::<usize>();
-            let t = node.tags.as_ref().map_or(0, fields_heap);
+            let t = node.tags.as_deref().map_or(0, fields_heap);
             parents += p;
             closures += c;
             attrs += a;
@@ -126,11 +126,11 @@ impl EntityStore {
                 "uids",
                 self.uids.capacity() * size_of::<UidKey>() + long_ids,
             ),
-            ("uid table", table::<(UidKey, Ix)>(self.index.capacity())),
+            ("uid table", table::<Ix>(self.index.capacity())),
             ("nodes", self.nodes.capacity() * size_of::<Node>()),
             (
                 "shared slice entities (slots)",
-                self.shared.capacity() * size_of::<std::sync::OnceLock<std::sync::Arc<()>>>(),
+                self.shared.capacity() * size_of::<super::Shared>(),
             ),
             ("parents", parents),
             ("closures", closures),
@@ -140,7 +140,7 @@ impl EntityStore {
             ("reverse attribute index", refs),
             ("declared keys", self.keys.footprint()),
         ];
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         let mut by_type: Vec<(String, usize, usize)> = self
             .types
             .iter()
@@ -148,7 +148,7 @@ impl EntityStore {
             .filter(|(_, (n, _))| *n > 0)
             .map(|(t, (n, b))| (t.to_string(), n, b))
             .collect();
-        by_type.sort_by(|a, b| b.2.cmp(&a.2));
+        by_type.sort_by_key(|t| std::cmp::Reverse(t.2));
         Footprint { parts, by_type }
     }
 }

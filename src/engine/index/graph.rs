@@ -32,7 +32,7 @@ impl EntityStore {
                 if !expanded {
                     state[i] = 1;
                     stack.push((ix, true));
-                    for p in self.nodes[i].parents.iter() {
+                    for p in self.nodes[i].parents().iter() {
                         match state[*p as usize] {
                             0 => stack.push((*p, false)),
                             // On the current path: a cycle.
@@ -47,20 +47,20 @@ impl EntityStore {
                     continue;
                 }
                 let node = &self.nodes[i];
-                let closure: Box<[Ix]> = match node.parents.len() {
+                let closure: Box<[Ix]> = match node.parents().len() {
                     0 => Box::default(),
                     _ => {
                         let mut c: Vec<Ix> = Vec::new();
-                        for p in node.parents.iter() {
+                        for p in node.parents().iter() {
                             c.push(*p);
-                            c.extend_from_slice(&self.nodes[*p as usize].closure);
+                            c.extend_from_slice(&self.nodes[*p as usize].closure());
                         }
                         c.sort_unstable();
                         c.dedup();
                         c.into()
                     }
                 };
-                self.nodes[i].closure = closure;
+                self.nodes[i].set_closure(&closure);
                 state[i] = 2;
             }
         }
@@ -98,7 +98,7 @@ impl EntityStore {
             if !expanded {
                 state.insert(ix, 1);
                 stack.push((ix, true));
-                for p in self.nodes[ix as usize].parents.iter() {
+                for p in self.nodes[ix as usize].parents().iter() {
                     if state.get(p) == Some(&0) {
                         stack.push((*p, false));
                     }
@@ -106,13 +106,13 @@ impl EntityStore {
                 continue;
             }
             let mut closure: Vec<Ix> = Vec::new();
-            for p in self.nodes[ix as usize].parents.iter() {
+            for p in self.nodes[ix as usize].parents().iter() {
                 closure.push(*p);
-                closure.extend(self.nodes[*p as usize].closure.iter().copied());
+                closure.extend(self.nodes[*p as usize].closure().iter().copied());
             }
             closure.sort_unstable();
             closure.dedup();
-            self.nodes[ix as usize].closure = closure.into();
+            self.nodes[ix as usize].set_closure(&closure);
             state.insert(ix, 2);
         }
     }
@@ -157,7 +157,7 @@ impl View<'_> {
                 color.insert(ix, 1);
                 stack.push((ix, true));
                 let Some(node) = self.node(ix) else { continue };
-                for p in node.parents.iter() {
+                for p in node.parents().iter() {
                     match color.get(p) {
                         Some(1) => return Some(*p),
                         Some(_) => {}
@@ -182,7 +182,7 @@ impl View<'_> {
     pub(super) fn stale(&self, ix: Ix, stored: &Node) -> bool {
         self.nodes.contains_key(&ix)
             || stored
-                .closure
+                .closure()
                 .iter()
                 .any(|a| self.reparented.binary_search(a).is_ok())
     }
@@ -193,19 +193,19 @@ impl View<'_> {
         let mut seen: HashSet<Ix> = HashSet::new();
         let mut queue: Vec<Ix> = self
             .node(ix)
-            .map(|n| n.parents.to_vec())
+            .map(|n| n.parents().to_vec())
             .unwrap_or_default();
         while let Some(p) = queue.pop() {
             if !seen.insert(p) {
                 continue;
             }
             if let Some(n) = self.nodes.get(&p) {
-                queue.extend(n.parents.iter().copied());
+                queue.extend(n.parents().iter().copied());
             } else if let Some(n) = self.store.node(p) {
                 if self.stale(p, n) {
-                    queue.extend(n.parents.iter().copied());
+                    queue.extend(n.parents().iter().copied());
                 } else {
-                    seen.extend(n.closure.iter().copied());
+                    seen.extend(n.closure().iter().copied());
                 }
             }
         }
@@ -219,7 +219,7 @@ impl View<'_> {
         if !self.reparented.is_empty() && !self.nodes.contains_key(&ix) && self.stale(ix, node) {
             return std::borrow::Cow::Owned(self.fresh_closure(ix));
         }
-        std::borrow::Cow::Borrowed(&node.closure)
+        std::borrow::Cow::Borrowed(&node.closure())
     }
 }
 
@@ -276,7 +276,7 @@ mod tests {
     fn closure(store: &EntityStore, of: &str) -> Vec<String> {
         let ix = store.lookup(&uid(of)).unwrap();
         let mut out: Vec<String> = store.nodes[ix as usize]
-            .closure
+            .closure()
             .iter()
             .map(|a| store.uid_of(*a).to_string())
             .collect();

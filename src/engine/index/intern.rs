@@ -1,12 +1,12 @@
 //! Interning: uids, entity types and attribute names become small numbers, and stored entities
 //! (canonical Cedar JSON) become index nodes with entity references as indexes.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cedar_policy::{EntityTypeName, EntityUid};
 use serde_json::Value;
 
-use super::{EntityStore, Fields, Ix, Node, UidKey, UidRef, Val};
+use super::{EntityStore, Fields, Ix, Node, Shared, UidKey, UidRef, Val};
 use crate::engine::json::{json_uid, json_uid_parts};
 use crate::engine::schema::plain_type;
 
@@ -44,18 +44,17 @@ impl EntityStore {
     }
 
     pub(super) fn intern_id(&mut self, ty: u16, id: &str) -> Ix {
-        if let Some(ix) = self.index.get(&UidRef { ty, id }) {
-            return *ix;
+        if let Some(ix) = self.index.get(&self.uids, ty, id) {
+            return ix;
         }
         let ix = self.uids.len() as Ix;
-        let key = UidKey {
+        self.uids.push(UidKey {
             ty,
             id: smol_str::SmolStr::new(id),
-        };
-        self.uids.push(key.clone());
-        self.index.insert(key, ix);
+        });
+        self.index.insert(&self.uids, ix);
         self.nodes.push(Node::default());
-        self.shared.push(OnceLock::new());
+        self.shared.push(Shared::new());
         ix
     }
 
@@ -78,13 +77,63 @@ impl EntityStore {
             .into_iter()
             .map(|(k, v)| (self.attr_key(&k), v))
             .collect();
-        Node {
-            present: true,
-            parents: parsed.parents,
-            closure: Box::default(),
-            attrs,
-            tags: parsed.tags,
-        }
+        Node::new(parsed.parents, attrs, parsed.tags)
+    }
+}
+
+/// The uid table: each uid's number, found by hashing `(type, id)`. It holds only the
+/// numbers (4 bytes a bucket); the keys it compares and rehashes are the store's `uids`, so
+/// a uid is kept once, not twice.
+#[derive(Debug, Clone, Default)]
+pub(super) struct UidTable {
+    table: hashbrown::HashTable<Ix>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl UidTable {
+    fn hash(&self, ty: u16, id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(UidRef { ty, id })
+    }
+
+    pub(super) fn get(&self, uids: &[UidKey], ty: u16, id: &str) -> Option<Ix> {
+        self.table
+            .find(self.hash(ty, id), |&ix| {
+                let k = &uids[ix as usize];
+                k.ty == ty && *k.id == *id
+            })
+            .copied()
+    }
+
+    /// Adds `ix`, whose key is `uids[ix]` (not in the table yet).
+    pub(super) fn insert(&mut self, uids: &[UidKey], ix: Ix) {
+        let k = &uids[ix as usize];
+        let hash = self.hash(k.ty, &k.id);
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, ix, |&i| {
+            use std::hash::BuildHasher;
+            let k = &uids[i as usize];
+            hasher.hash_one(UidRef {
+                ty: k.ty,
+                id: &k.id,
+            })
+        });
+    }
+
+    pub(super) fn reserve(&mut self, uids: &[UidKey], n: usize) {
+        let hasher = &self.hasher;
+        self.table.reserve(n, |&i| {
+            use std::hash::BuildHasher;
+            let k = &uids[i as usize];
+            hasher.hash_one(UidRef {
+                ty: k.ty,
+                id: &k.id,
+            })
+        });
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.table.capacity()
     }
 }
 

@@ -33,7 +33,7 @@ mod stream;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use cedar_policy_core::ast;
@@ -67,16 +67,60 @@ enum Val {
 /// Named values: a record's fields, an entity's tags.
 type Fields = Box<[(Box<str>, Val)]>;
 
-/// One stored entity.
+/// One stored entity, in 48 bytes: its parents and its closure share one allocation, and
+/// tags (rare) cost a null pointer when absent.
 #[derive(Debug, Clone, Default)]
 struct Node {
-    present: bool,
-    parents: Box<[Ix]>,
-    /// Every ancestor, sorted.
-    closure: Box<[Ix]>,
+    /// The parents, then every ancestor sorted (the closure).
+    edges: Box<[Ix]>,
     attrs: Box<[(u16, Val)]>,
-    tags: Option<Fields>,
+    tags: Option<Box<Fields>>,
+    /// How many of `edges` are parents.
+    n_parents: u32,
+    present: bool,
 }
+
+impl Node {
+    /// A present node with these parents and attributes (closure not yet computed).
+    fn new(parents: Box<[Ix]>, attrs: Box<[(u16, Val)]>, tags: Option<Fields>) -> Node {
+        Node {
+            n_parents: parents.len() as u32,
+            edges: parents,
+            attrs,
+            tags: tags.map(Box::new),
+            present: true,
+        }
+    }
+
+    fn parents(&self) -> &[Ix] {
+        &self.edges[..self.n_parents as usize]
+    }
+
+    fn parents_mut(&mut self) -> &mut [Ix] {
+        &mut self.edges[..self.n_parents as usize]
+    }
+
+    /// Every ancestor, sorted.
+    fn closure(&self) -> &[Ix] {
+        &self.edges[self.n_parents as usize..]
+    }
+
+    /// Replaces the parents (and forgets the closure, to be computed again).
+    fn set_parents(&mut self, parents: Box<[Ix]>) {
+        self.n_parents = parents.len() as u32;
+        self.edges = parents;
+    }
+
+    fn set_closure(&mut self, closure: &[Ix]) {
+        let mut edges = Vec::with_capacity(self.n_parents as usize + closure.len());
+        edges.extend_from_slice(self.parents());
+        edges.extend_from_slice(closure);
+        self.edges = edges.into_boxed_slice();
+    }
+}
+
+/// A slot for an entity's shared Cedar form: set at most once (a pointer, 8 bytes a slot).
+type Shared = once_cell::race::OnceBox<Arc<ast::Entity>>;
 
 /// The uid key of the interning table; looked up by `(type, &str)` without allocating.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,12 +163,12 @@ pub struct EntityStore {
     attr_names: Vec<Arc<str>>,
     attr_ix: HashMap<Arc<str>, u16>,
     uids: Vec<UidKey>,
-    index: hashbrown::HashMap<UidKey, Ix>,
+    index: intern::UidTable,
     nodes: Vec<Node>,
     /// The Cedar form of entities without parents, reached through another entity's
     /// attribute (projects, companies): the same in every slice, so built once and shared.
     /// Reset when the entity is written.
-    shared: Vec<OnceLock<Arc<ast::Entity>>>,
+    shared: Vec<Shared>,
     children: HashMap<Ix, Vec<Ix>>,
     /// The reverse attribute index: who refers to an entity through which attribute (see
     /// [`reverse`]).
@@ -169,12 +213,7 @@ impl EntityStore {
 
     pub fn lookup(&self, uid: &EntityUid) -> Option<Ix> {
         let ty = *self.type_ix.get(uid.type_name())?;
-        self.index
-            .get(&UidRef {
-                ty,
-                id: uid.id().unescaped(),
-            })
-            .copied()
+        self.index.get(&self.uids, ty, uid.id().unescaped())
     }
 
     fn node(&self, ix: Ix) -> Option<&Node> {
@@ -219,7 +258,7 @@ impl EntityStore {
         out.insert(
             "parents".into(),
             Value::Array(
-                node.parents
+                node.parents()
                     .iter()
                     .map(|p| uid_json(&self.uid_of(*p)))
                     .collect(),

@@ -59,7 +59,7 @@ impl<'a> View<'a> {
         for ix in ixs {
             let closure = view.fresh_closure(ix);
             if let Some(n) = view.nodes.get_mut(&ix) {
-                n.closure = closure.into();
+                n.set_closure(&closure);
             }
         }
         view
@@ -127,7 +127,7 @@ impl<'a> View<'a> {
             // A uid the store knows, present or only referenced (as a parent, say): stored
             // closures run through it with its stored parents (none if absent).
             if let Some(stored) = self.store.nodes.get(ix as usize) {
-                let mut before = stored.parents.to_vec();
+                let mut before = stored.parents().to_vec();
                 let mut after = parsed.parents.to_vec();
                 before.sort_unstable();
                 after.sort_unstable();
@@ -137,16 +137,8 @@ impl<'a> View<'a> {
                 }
             }
             self.names.insert(ix, names);
-            self.nodes.insert(
-                ix,
-                Node {
-                    present: true,
-                    parents: parsed.parents,
-                    closure: Box::default(),
-                    attrs: attrs.into(),
-                    tags: parsed.tags,
-                },
-            );
+            self.nodes
+                .insert(ix, Node::new(parsed.parents, attrs.into(), parsed.tags));
         }
         self.reparented.sort_unstable();
         self.reparented.dedup();

@@ -113,7 +113,7 @@ impl EntityStore {
 impl Lookup for EntityStore {
     fn ancestors(&self, ix: Ix, out: &mut Vec<Ix>) {
         if let Some(n) = self.node(ix) {
-            out.extend_from_slice(&n.closure);
+            out.extend_from_slice(&n.closure());
         }
     }
 
@@ -225,7 +225,7 @@ impl Lookup for ListView<'_> {
             let start = out.len();
             self.view.store.stored_descendants(x, out, &mut seen);
             for (c, n) in &self.view.nodes {
-                if n.parents.contains(&x) && seen.insert(*c) {
+                if n.parents().contains(&x) && seen.insert(*c) {
                     out.push(*c);
                 }
             }

@@ -3,7 +3,7 @@
 //! say), each with only the ancestors the request can compare it with.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cedar_policy::EntityUid;
 use cedar_policy_core::ast;
@@ -88,7 +88,7 @@ impl EntityStore {
                 }
                 let e = Arc::new(view.entity(*ix, &relevant)?);
                 if let (Some(slot), true) = (shareable, via_attribute) {
-                    let _ = slot.set(e.clone());
+                    let _ = slot.set(Box::new(e.clone()));
                 }
                 Ok(e)
             })
@@ -99,13 +99,15 @@ impl EntityStore {
 impl<'a> View<'a> {
     /// The shared slot of a stored entity whose Cedar form does not depend on the request:
     /// no parents (so no ancestors to cut down), not replaced by the overlay.
-    pub(super) fn shareable(&self, ix: Ix) -> Option<&'a OnceLock<Arc<ast::Entity>>> {
+    pub(super) fn shareable(&self, ix: Ix) -> Option<&'a super::Shared> {
         if self.nodes.contains_key(&ix) {
             return None;
         }
         let store: &'a EntityStore = self.store;
         let node = store.node(ix)?;
-        node.parents.is_empty().then(|| &store.shared[ix as usize])
+        node.parents()
+            .is_empty()
+            .then(|| &store.shared[ix as usize])
     }
 
     /// The Cedar value of an attribute value. Built directly; only extension values go

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
 
 use cedar_policy::EntityUid;
 use serde_json::Value;
@@ -201,7 +200,7 @@ impl EntityStore {
     /// Makes room for `n` more entities, so that a bulk load does not grow the index in steps.
     pub fn reserve(&mut self, n: usize) {
         self.uids.reserve(n);
-        self.index.reserve(n);
+        self.index.reserve(&self.uids, n);
         self.nodes.reserve(n);
         self.shared.reserve(n);
     }
@@ -211,7 +210,7 @@ impl EntityStore {
     pub fn finish_bulk(&mut self, revision: u64) -> Result<(), DataError> {
         self.children.clear();
         for (ix, node) in self.nodes.iter().enumerate() {
-            for p in node.parents.iter() {
+            for p in node.parents().iter() {
                 self.children.entry(*p).or_default().push(ix as Ix);
             }
         }
@@ -418,13 +417,13 @@ impl EntityStore {
         let mut touched = Vec::with_capacity(prepared.touched.len());
         for (uid, json) in prepared.touched {
             let ix = self.intern(&uid);
-            self.shared[ix as usize] = OnceLock::new();
+            self.shared[ix as usize] = super::Shared::new();
             let old = std::mem::take(&mut self.nodes[ix as usize]);
             if old.present {
                 self.remove_refs(ix, &old);
                 self.remove_keys(ix, &old);
             }
-            for p in old.parents.iter() {
+            for p in old.parents().iter() {
                 if let Some(c) = self.children.get_mut(p) {
                     c.retain(|x| *x != ix);
                     if c.is_empty() {
@@ -437,7 +436,7 @@ impl EntityStore {
             }
             if let Some(json) = json {
                 let node = self.node_from_json(&json);
-                for p in node.parents.iter() {
+                for p in node.parents().iter() {
                     self.children.entry(*p).or_default().push(ix);
                 }
                 self.add_refs(ix, &node);
