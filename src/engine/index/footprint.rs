@@ -85,8 +85,8 @@ impl EntityStore {
             if !node.present {
                 continue;
             }
-            let p = node.parents().len() * size_of::<Ix>();
-            let c = node.closure().len() * size_of::<Ix>();
+            let p = std::mem::size_of_val(node.parents());
+            let c = std::mem::size_of_val(node.closure());
             let a = node.attrs.len() * size_of::<(u16, Val)>()
                 + node.attrs.iter().map(|(_, v)| val_heap(v)).sum::<usize>();
             let t = node.tags.as_deref().map_or(0, fields_heap);

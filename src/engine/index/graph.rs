@@ -53,7 +53,7 @@ impl EntityStore {
                         let mut c: Vec<Ix> = Vec::new();
                         for p in node.parents().iter() {
                             c.push(*p);
-                            c.extend_from_slice(&self.nodes[*p as usize].closure());
+                            c.extend_from_slice(self.nodes[*p as usize].closure());
                         }
                         c.sort_unstable();
                         c.dedup();
@@ -219,7 +219,7 @@ impl View<'_> {
         if !self.reparented.is_empty() && !self.nodes.contains_key(&ix) && self.stale(ix, node) {
             return std::borrow::Cow::Owned(self.fresh_closure(ix));
         }
-        std::borrow::Cow::Borrowed(&node.closure())
+        std::borrow::Cow::Borrowed(node.closure())
     }
 }
 

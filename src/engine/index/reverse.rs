@@ -113,7 +113,7 @@ impl EntityStore {
 impl Lookup for EntityStore {
     fn ancestors(&self, ix: Ix, out: &mut Vec<Ix>) {
         if let Some(n) = self.node(ix) {
-            out.extend_from_slice(&n.closure());
+            out.extend_from_slice(n.closure());
         }
     }
 
