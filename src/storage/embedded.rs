@@ -38,7 +38,7 @@ const KEYS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("wri
 /// How long idempotency keys are remembered unless set otherwise.
 pub const DEFAULT_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// redb's page cache.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// redb-backed storage: one file.
 pub struct RedbStorage {

@@ -43,8 +43,8 @@ impl Facts for EntityStore {
 
     fn type_is(&self, ix: Ix, ty: &ast::EntityType) -> bool {
         self.uids
-            .get(ix as usize)
-            .is_some_and(|k| self.core_types[k.ty as usize] == *ty)
+            .ty(ix)
+            .is_some_and(|t| self.core_types[t as usize] == *ty)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::mem::size_of;
 
-use super::{EntityStore, Fields, Ix, Node, UidKey, Val};
+use super::{EntityStore, Fields, Ix, Node, Val};
 
 /// The estimate: (part, bytes), largest first; and per entity type (type, entities, bytes of
 /// their nodes' own allocations: parents, closures, attributes, tags).
@@ -98,17 +98,6 @@ impl EntityStore {
             row.0 += 1;
             row.1 += p + c + a + t;
         }
-        let long_ids: usize = self
-            .uids
-            .iter()
-            .map(|k| {
-                if k.id.is_heap_allocated() {
-                    k.id.len()
-                } else {
-                    0
-                }
-            })
-            .sum();
         let children = table::<(Ix, Vec<Ix>)>(self.children.capacity())
             + self
                 .children
@@ -122,10 +111,7 @@ impl EntityStore {
                 .map(|v| v.capacity() * size_of::<Ix>())
                 .sum::<usize>();
         let mut parts = vec![
-            (
-                "uids",
-                self.uids.capacity() * size_of::<UidKey>() + long_ids,
-            ),
+            ("uids", self.uids.footprint()),
             ("uid table", table::<Ix>(self.index.capacity())),
             ("nodes", self.nodes.capacity() * size_of::<Node>()),
             (

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use cedar_policy::{EntityTypeName, EntityUid};
 use serde_json::Value;
 
-use super::{EntityStore, Fields, Ix, Node, Shared, UidKey, UidRef, Val};
+use super::uids::Uids;
+use super::{EntityStore, Fields, Ix, Node, Shared, UidRef, Val};
 use crate::engine::json::{json_uid, json_uid_parts};
 use crate::engine::schema::plain_type;
 
@@ -47,11 +48,7 @@ impl EntityStore {
         if let Some(ix) = self.index.get(&self.uids, ty, id) {
             return ix;
         }
-        let ix = self.uids.len() as Ix;
-        self.uids.push(UidKey {
-            ty,
-            id: smol_str::SmolStr::new(id),
-        });
+        let ix = self.uids.push(ty, id);
         self.index.insert(&self.uids, ix);
         self.nodes.push(Node::default());
         self.shared.push(Shared::new());
@@ -96,39 +93,33 @@ impl UidTable {
         self.hasher.hash_one(UidRef { ty, id })
     }
 
-    pub(super) fn get(&self, uids: &[UidKey], ty: u16, id: &str) -> Option<Ix> {
+    pub(super) fn get(&self, uids: &Uids, ty: u16, id: &str) -> Option<Ix> {
         self.table
             .find(self.hash(ty, id), |&ix| {
-                let k = &uids[ix as usize];
-                k.ty == ty && *k.id == *id
+                let k = uids.get(ix);
+                k.ty == ty && k.id == id
             })
             .copied()
     }
 
     /// Adds `ix`, whose key is `uids[ix]` (not in the table yet).
-    pub(super) fn insert(&mut self, uids: &[UidKey], ix: Ix) {
-        let k = &uids[ix as usize];
-        let hash = self.hash(k.ty, &k.id);
+    pub(super) fn insert(&mut self, uids: &Uids, ix: Ix) {
+        let k = uids.get(ix);
+        let hash = self.hash(k.ty, k.id);
         let hasher = &self.hasher;
         self.table.insert_unique(hash, ix, |&i| {
             use std::hash::BuildHasher;
-            let k = &uids[i as usize];
-            hasher.hash_one(UidRef {
-                ty: k.ty,
-                id: &k.id,
-            })
+            let k = uids.get(i);
+            hasher.hash_one(UidRef { ty: k.ty, id: k.id })
         });
     }
 
-    pub(super) fn reserve(&mut self, uids: &[UidKey], n: usize) {
+    pub(super) fn reserve(&mut self, uids: &Uids, n: usize) {
         let hasher = &self.hasher;
         self.table.reserve(n, |&i| {
             use std::hash::BuildHasher;
-            let k = &uids[i as usize];
-            hasher.hash_one(UidRef {
-                ty: k.ty,
-                id: &k.id,
-            })
+            let k = uids.get(i);
+            hasher.hash_one(UidRef { ty: k.ty, id: k.id })
         });
     }
 

@@ -94,7 +94,7 @@ impl EntityStore {
     /// The key values of a node: (position among its type's keys, value) for each declared
     /// key it holds.
     fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(usize, &'n str)> {
-        let ty = self.uids[ix as usize].ty;
+        let ty = self.uids.get(ix).ty;
         let Some(keys) = self.keys.by_type.get(&ty) else {
             return Vec::new();
         };
@@ -113,7 +113,7 @@ impl EntityStore {
 
     pub(super) fn add_keys(&mut self, ix: Ix, node: &Node) {
         let values = self.key_values(ix, node);
-        let ty = self.uids[ix as usize].ty;
+        let ty = self.uids.get(ix).ty;
         let Some(keys) = self.keys.by_type.get_mut(&ty) else {
             return;
         };
@@ -124,7 +124,7 @@ impl EntityStore {
 
     pub(super) fn remove_keys(&mut self, ix: Ix, node: &Node) {
         let values = self.key_values(ix, node);
-        let ty = self.uids[ix as usize].ty;
+        let ty = self.uids.get(ix).ty;
         let Some(keys) = self.keys.by_type.get_mut(&ty) else {
             return;
         };

@@ -30,6 +30,7 @@ mod overlay;
 mod reverse;
 mod slice;
 mod stream;
+mod uids;
 mod write;
 
 use std::collections::HashMap;
@@ -162,7 +163,7 @@ pub struct EntityStore {
     type_by_name: hashbrown::HashMap<Box<str>, u16>,
     attr_names: Vec<Arc<str>>,
     attr_ix: HashMap<Arc<str>, u16>,
-    uids: Vec<UidKey>,
+    uids: uids::Uids,
     index: intern::UidTable,
     nodes: Vec<Node>,
     /// The Cedar form of entities without parents, reached through another entity's
@@ -225,20 +226,17 @@ impl EntityStore {
     }
 
     fn core_uid_of(&self, ix: Ix) -> ast::EntityUID {
-        let key = &self.uids[ix as usize];
+        let key = self.uids.get(ix);
         ast::EntityUID::from_components(
             self.core_types[key.ty as usize].clone(),
-            ast::Eid::new(key.id.clone()),
+            ast::Eid::new(smol_str::SmolStr::new(key.id)),
             None,
         )
     }
 
     fn uid_of(&self, ix: Ix) -> EntityUid {
-        let key = &self.uids[ix as usize];
-        EntityUid::from_type_name_and_id(
-            self.types[key.ty as usize].clone(),
-            EntityId::new(&*key.id),
-        )
+        let key = self.uids.get(ix);
+        EntityUid::from_type_name_and_id(self.types[key.ty as usize].clone(), EntityId::new(key.id))
     }
 
     /// The entity as written, in canonical Cedar JSON.

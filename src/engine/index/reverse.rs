@@ -147,7 +147,7 @@ impl Lookup for EntityStore {
     }
 
     fn id(&self, ix: Ix) -> &str {
-        &self.uids[ix as usize].id
+        self.uids.get(ix).id
     }
 
     fn uid(&self, ix: Ix) -> EntityUid {
@@ -269,7 +269,7 @@ impl Lookup for ListView<'_> {
     fn id(&self, ix: Ix) -> &str {
         let n = self.view.store.uids.len();
         if (ix as usize) < n {
-            &self.view.store.uids[ix as usize].id
+            self.view.store.uids.get(ix).id
         } else {
             self.view.extra[ix as usize - n].id().unescaped()
         }
