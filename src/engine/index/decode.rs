@@ -311,7 +311,7 @@ impl<'de> Visitor<'de> for ValSeed<'_> {
         i64::try_from(v).map(Val::Long).map_err(E::custom)
     }
     fn visit_str<E>(self, v: &str) -> Result<Val, E> {
-        Ok(Val::Str(v.into()))
+        Ok(Val::Str(Box::new(v.into())))
     }
     fn visit_unit<E>(self) -> Result<Val, E> {
         Ok(Val::Record(Box::default()))
@@ -321,7 +321,7 @@ impl<'de> Visitor<'de> for ValSeed<'_> {
         while let Some(v) = seq.next_element_seed(ValSeed(self.0))? {
             out.push(v);
         }
-        Ok(Val::Set(out.into()))
+        Ok(Val::Set(Box::new(out.into())))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
         let mut fields = Vec::new();
@@ -349,6 +349,6 @@ impl<'de> Visitor<'de> for ValSeed<'_> {
                 }
             }
         }
-        Ok(Val::Record(fields.into()))
+        Ok(Val::Record(Box::new(fields.into())))
     }
 }

@@ -187,8 +187,10 @@ fn val_from_json(r: &mut impl Resolve, v: &Value) -> Val {
     match v {
         Value::Bool(b) => Val::Bool(*b),
         Value::Number(n) => Val::Long(n.as_i64().unwrap_or_default()),
-        Value::String(s) => Val::Str(s.as_str().into()),
-        Value::Array(items) => Val::Set(items.iter().map(|i| val_from_json(r, i)).collect()),
+        Value::String(s) => Val::Str(Box::new(s.as_str().into())),
+        Value::Array(items) => Val::Set(Box::new(
+            items.iter().map(|i| val_from_json(r, i)).collect(),
+        )),
         Value::Object(map) => {
             if let Some(ix) = map.get("__entity").and_then(|e| r.json_ix(e)) {
                 return Val::Entity(ix);
@@ -198,11 +200,11 @@ fn val_from_json(r: &mut impl Resolve, v: &Value) -> Val {
                 let arg = x.get("arg").and_then(Value::as_str).unwrap_or_default();
                 return Val::Ext(Box::new((func.into(), arg.into())));
             }
-            Val::Record(
+            Val::Record(Box::new(
                 map.iter()
                     .map(|(k, v)| (Box::from(k.as_str()), val_from_json(r, v)))
                     .collect(),
-            )
+            ))
         }
         Value::Null => Val::Record(Box::default()),
     }

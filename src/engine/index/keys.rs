@@ -104,7 +104,7 @@ impl EntityStore {
                 let name = &*self.attr_names[*k as usize];
                 let at = keys.iter().position(|key| *key.attr == *name)?;
                 match v {
-                    Val::Str(s) => Some((at, &**s)),
+                    Val::Str(s) => Some((at, &***s)),
                     _ => None,
                 }
             })

@@ -58,9 +58,11 @@ enum Val {
     Entity(Ix),
     Bool(bool),
     Long(i64),
-    Str(Box<str>),
-    Set(Box<[Val]>),
-    Record(Fields),
+    // Boxed twice: a thin pointer keeps a value at 16 bytes (an attribute at 24), where
+    // strings, sets and records are rare and entity references common.
+    Str(Box<Box<str>>),
+    Set(Box<Box<[Val]>>),
+    Record(Box<Fields>),
     /// An extension value (`decimal("1.0")`, `ip("10.0.0.1")`): function and argument.
     Ext(Box<(Box<str>, Box<str>)>),
 }
@@ -80,6 +82,10 @@ struct Node {
     n_parents: u32,
     present: bool,
 }
+
+// The sizes the index's memory figures rest on (BENCHMARKS.md, issue 35).
+const _: () = assert!(std::mem::size_of::<Val>() == 16);
+const _: () = assert!(std::mem::size_of::<Node>() == 48);
 
 impl Node {
     /// A present node with these parents and attributes (closure not yet computed).
