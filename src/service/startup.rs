@@ -1,6 +1,7 @@
-//! Start-up, before anything is served: load the policy pack through the gate (validated, its
-//! suites passing), open durable storage, and build the in-memory entity index from it (a
-//! reader thread scans and parses while this one indexes), seeding an empty database first.
+//! Start-up, before anything is served: load the policy pack, open durable storage, and build
+//! the in-memory entity index from it (a reader thread scans and parses while this one
+//! indexes), seeding an empty database first; meanwhile the pack goes through the gate (its
+//! suites and invariants) on a thread of its own. Both must succeed before anything serves.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,8 +27,8 @@ pub fn load(
     key_window: std::time::Duration,
 ) -> Result<Loaded, ServeError> {
     let started = std::time::Instant::now();
-    // The same gate as a reload: a pack whose own tests or invariants fail never serves.
-    let pack = gate::load(spec, analysis)?;
+    // Parsed and validated first: the data is validated against its schema.
+    let pack = PolicyPack::load(spec).map_err(gate::GateError::from)?;
     let loaded = started.elapsed();
     let redb = RedbStorage::open(db).map_err(StateError::from)?;
     redb.set_key_window(key_window);
@@ -37,8 +38,31 @@ pub fn load(
         open_ms = (started.elapsed() - loaded).as_millis() as u64,
         "policies loaded, database open"
     );
-    let store = load_store(storage.as_ref(), &pack, seed)?;
-    Ok((pack, store, storage))
+    // The same gate as a reload (a pack whose own tests or invariants fail never serves),
+    // run on another thread while the data loads: nothing is served until both are done, and
+    // a refused pack refuses the start-up whatever the data did. An empty database is seeded
+    // only by a pack that passed.
+    if seed.is_some() && storage.revision().map_err(StateError::from)? == 0 {
+        let pack = gate::check(pack, analysis)?;
+        let store = load_store(storage.as_ref(), &pack, seed)?;
+        return Ok((pack, store, storage));
+    }
+    std::thread::scope(|s| {
+        let gated = s.spawn(|| {
+            let t = std::time::Instant::now();
+            let checked = gate::check(pack.clone(), analysis);
+            tracing::info!(
+                gate_ms = t.elapsed().as_millis() as u64,
+                "the pack's suites and invariants checked, beside the data load"
+            );
+            checked
+        });
+        let store = load_store(storage.as_ref(), &pack, seed);
+        let pack = gated
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok((pack, store?, storage.clone()))
+    })
 }
 
 /// What the start-up reader thread hands over.

@@ -1,5 +1,6 @@
 //! The start-up gate, on the real binary: a policy set whose own tests fail never serves, at
-//! start-up as at reload (a pod restart after a rejected edit must not bring the edit live).
+//! start-up as at reload (a pod restart after a rejected edit must not bring the edit live),
+//! whether it seeds an empty database or is checked beside the load of stored data.
 
 use std::path::Path;
 
@@ -65,6 +66,19 @@ expect = { vic = "allow project.delete" }
     assert!(
         log.contains("vic") && log.contains("deleteProject"),
         "the failed case: {log}"
+    );
+    assert!(log.contains("1 failed"), "{log}");
+    // The same pack on the database the shipped pack seeded: there the gate runs beside the
+    // data load, and still refuses.
+    let (code, log) = start(&policies, &dir.path().join("a.redb"));
+    assert_eq!(
+        code,
+        Some(1),
+        "a pack whose tests fail must not serve on loaded data: {log}"
+    );
+    assert!(
+        log.contains("beside the data load") && log.contains("refusing to serve"),
+        "{log}"
     );
     assert!(log.contains("1 failed"), "{log}");
 }
