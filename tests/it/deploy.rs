@@ -20,6 +20,25 @@ fn documented_env() -> Vec<String> {
     settings_table().into_iter().map(|row| row.env).collect()
 }
 
+/// A container's environment, each variable a documented setting (a value from a secret
+/// stands in as `from-a-secret`).
+fn documented_container_env(container: &Value) -> BTreeMap<String, String> {
+    let documented = documented_env();
+    let mut env = BTreeMap::new();
+    for var in container["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap().to_string();
+        assert!(
+            documented.contains(&name),
+            "{name} is not a documented setting"
+        );
+        env.insert(
+            name,
+            var["value"].as_str().unwrap_or("from-a-secret").to_string(),
+        );
+    }
+    env
+}
+
 /// `serve --print-config` with exactly these environment variables: they must all parse.
 fn print_config(env: &BTreeMap<String, String>) -> toml::Table {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blue-authz"));
@@ -180,21 +199,7 @@ fn check_pod(path: &str, deployment: &Value) -> (toml::Table, Value) {
         .expect("the blue-authz container");
 
     // Its environment: documented settings only, and the binary accepts every value.
-    let documented = documented_env();
-    let mut env = BTreeMap::new();
-    for var in sidecar["env"].as_sequence().unwrap() {
-        let name = var["name"].as_str().unwrap().to_string();
-        assert!(
-            documented.contains(&name),
-            "{name} is not a documented setting"
-        );
-        let value = match var["value"].as_str() {
-            Some(v) => v.to_string(),
-            None => "from-a-secret".to_string(),
-        };
-        env.insert(name, value);
-    }
-    let resolved = print_config(&env);
+    let resolved = print_config(&documented_container_env(sidecar));
     assert_eq!(resolved["listen"].as_str(), Some("127.0.0.1:50051"));
     assert_eq!(resolved["data_token"].as_str(), Some("<redacted>"));
     // Every pod proves the pack's invariants (the image carries cvc5) or does not serve.
@@ -534,20 +539,7 @@ fn the_kubernetes_envoy_sidecar_example_agrees_with_envoy_yaml_and_the_binary() 
             .unwrap_or_else(|| panic!("no {n} container"))
     };
     let (envoy, sidecar) = (named("envoy"), named("blue-authz"));
-    let documented = documented_env();
-    let mut env = BTreeMap::new();
-    for var in sidecar["env"].as_sequence().unwrap() {
-        let name = var["name"].as_str().unwrap().to_string();
-        assert!(
-            documented.contains(&name),
-            "{name} is not a documented setting"
-        );
-        env.insert(
-            name,
-            var["value"].as_str().unwrap_or("from-a-secret").to_string(),
-        );
-    }
-    let resolved = print_config(&env);
+    let resolved = print_config(&documented_container_env(sidecar));
     // The socket Envoy's cluster names is the one blue-authz listens on.
     let envoy_yaml: Value = serde_yaml_ng::from_str(&read("deploy/envoy/envoy.yaml")).unwrap();
     let cluster = envoy_yaml["static_resources"]["clusters"]

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use crate::common::fleet::{channel, write, Bearer, Data};
+use crate::common::fleet::{channel, data_at, write};
 use crate::common::server::{Binary, Server};
 use crate::common::{self, until_async, TOKEN};
 
@@ -173,6 +173,22 @@ async fn request(
     Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Waits until Envoy on `addr` answers a public route through ext_authz (Envoy up, its
+/// cluster connected, blue-authz serving).
+async fn until_envoy_answers(addr: SocketAddr) {
+    until_async(
+        "Envoy answers a public route through ext_authz",
+        Duration::from_secs(60),
+        async || {
+            matches!(
+                request(addr, "GET", "/health", &[]).await,
+                Some((200, _, _))
+            )
+        },
+    )
+    .await;
+}
+
 /// A small upstream: 200 and the authorization headers Envoy passed on.
 async fn upstream() -> u16 {
     let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
@@ -244,18 +260,7 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
     let over_tcp = start_envoy(&bin, dir.path(), "tcp", up, Ok(authz_addr));
     let over_unix = start_envoy(&bin, dir.path(), "unix", up, Err(&socket));
     for envoy in [&over_tcp, &over_unix] {
-        let addr = envoy.addr;
-        until_async(
-            "Envoy answers a public route through ext_authz",
-            Duration::from_secs(60),
-            async || {
-                matches!(
-                    request(addr, "GET", "/health", &[]).await,
-                    Some((200, _, _))
-                )
-            },
-        )
-        .await;
+        until_envoy_answers(envoy.addr).await;
     }
     // Every route, every demo user, two resources of each type where there are two.
     let loaded = PolicyPack::load(&PackSpec::new(&pack, &[])).unwrap();
@@ -365,10 +370,7 @@ async fn envoy_enforces_the_packs_routes_and_fails_closed() {
     .unwrap();
     assert_eq!(s, 403);
     let started = server.wait_serving().clone();
-    let mut data: Data = pb::entity_store_client::EntityStoreClient::with_interceptor(
-        channel(started.data.unwrap()).await,
-        Bearer,
-    );
+    let mut data = data_at(started.data.unwrap()).await;
     let revision = write(
         &mut data,
         vec![common::edge(
@@ -591,17 +593,7 @@ async fn the_principal_can_come_from_a_verified_jwt_claim() {
         with_jwt_authn,
     );
     let addr = envoy.addr;
-    until_async(
-        "Envoy answers a public route",
-        Duration::from_secs(60),
-        async || {
-            matches!(
-                request(addr, "GET", "/health", &[]).await,
-                Some((200, _, _))
-            )
-        },
-    )
-    .await;
+    until_envoy_answers(addr).await;
     let token = |sub: &str| {
         format!(
             "Bearer {}",

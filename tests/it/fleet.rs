@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{delete, edge, pack, uid, upsert};
-use blue_authz::service::grpc::pb::{
-    self, authorizer_client::AuthorizerClient, entity_store_client::EntityStoreClient,
-};
+use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -794,8 +792,7 @@ async fn watch_changes_needs_a_shared_source() {
     config.watch = false;
     let mut running = blue_authz::service::server::start(config).await.unwrap();
     running.load().await.unwrap();
-    let mut d =
-        EntityStoreClient::with_interceptor(channel(running.data_addr.unwrap()).await, Bearer);
+    let mut d = data_at(running.data_addr.unwrap()).await;
     let err = d
         .watch_changes(pb::WatchChangesRequest { from_revision: 0 })
         .await

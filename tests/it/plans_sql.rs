@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 use tonic::transport::Channel;
 
-use crate::common::fleet::{channel, schema, write, Bearer, Data};
+use crate::common::fleet::{channel, data_at, schema, write};
 use crate::common::http::Http;
 use crate::common::server::{Binary, Server};
 use crate::common::{self, live_pack, TOKEN};
@@ -466,10 +466,7 @@ async fn plans_over_http_follow_writes_and_name_bad_fields() {
         "{}",
         before.body
     );
-    let mut data: Data = pb::entity_store_client::EntityStoreClient::with_interceptor(
-        channel(started.data.unwrap()).await,
-        Bearer,
-    );
+    let mut data = data_at(started.data.unwrap()).await;
     let revision = write(
         &mut data,
         vec![common::edge(

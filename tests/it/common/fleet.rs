@@ -114,8 +114,13 @@ pub async fn channel(addr: SocketAddr) -> Channel {
         .unwrap()
 }
 
+/// A data service client with the test token, on `addr`.
+pub async fn data_at(addr: SocketAddr) -> Data {
+    EntityStoreClient::with_interceptor(channel(addr).await, Bearer)
+}
+
 pub async fn data(r: &Replica) -> Data {
-    EntityStoreClient::with_interceptor(channel(r.data).await, Bearer)
+    data_at(r.data).await
 }
 
 pub async fn decisions(r: &Replica) -> AuthorizerClient<Channel> {
