@@ -321,6 +321,8 @@ impl Authorizer for AuthorizerService {
             "BatchIsAuthorized",
             request.metadata(),
             async |mut call, metadata| {
+                // The codec refuses an over-limit batch before decoding it (`codec.rs`) where
+                // the listener sets the limit; this is for a service served without it.
                 let max = self.engine.limits.max_batch;
                 if req.requests.len() > max {
                     let n = req.requests.len();
