@@ -170,15 +170,14 @@ impl Routes {
             .collect();
         let method_matches = |m: &str| m == "*" || m.eq_ignore_ascii_case(method);
         for (m, template) in &self.public {
-            if method_matches(m) && matches(template, &segments).is_some() {
+            if method_matches(m) && fits(template, &segments) {
                 return Mapped::Public;
             }
         }
-        let Some((route, params)) = self
+        let Some(route) = self
             .routes
             .iter()
-            .filter(|r| method_matches(&r.method))
-            .find_map(|r| matches(&r.segments, &segments).map(|p| (r, p)))
+            .find(|r| method_matches(&r.method) && fits(&r.segments, &segments))
         else {
             return Mapped::NoRoute;
         };
@@ -225,11 +224,9 @@ impl Routes {
             principal,
             action: &route.action,
             resource_type: &route.resource,
-            resource_id: params
-                .into_iter()
-                .find(|(k, _)| *k == route.id)
-                .map(|(_, v)| v)
-                .unwrap_or_default(),
+            resource_id: param(&route.segments, &segments, &route.id)
+                .unwrap_or_default()
+                .to_string(),
             context,
         }
     }
@@ -251,27 +248,31 @@ impl Routes {
     }
 }
 
-/// The path parameters if `segments` fit the template.
-fn matches<'t, S: AsRef<str>>(
-    template: &'t [Segment],
-    segments: &[S],
-) -> Option<Vec<(&'t str, String)>> {
-    let mut params = Vec::new();
+/// Whether `segments` fit the template (no allocation: a check tries every route in turn).
+fn fits<S: AsRef<str>>(template: &[Segment], segments: &[S]) -> bool {
     for (i, t) in template.iter().enumerate() {
+        let seg = segments.get(i).map(AsRef::as_ref);
         match t {
-            Segment::Rest => return Some(params),
-            Segment::Literal(l) => {
-                if segments.get(i).map(AsRef::as_ref) != Some(l.as_str()) {
-                    return None;
-                }
-            }
-            Segment::Param(p) => match segments.get(i).map(AsRef::as_ref) {
-                Some(s) if !s.is_empty() => params.push((p.as_str(), s.to_string())),
-                _ => return None,
-            },
+            Segment::Rest => return true,
+            Segment::Literal(l) if seg != Some(l.as_str()) => return false,
+            Segment::Param(_) if seg.is_none_or(str::is_empty) => return false,
+            _ => {}
         }
     }
-    (segments.len() == template.len()).then_some(params)
+    segments.len() == template.len()
+}
+
+/// The value of path parameter `name` in segments that fit the template.
+fn param<'s, S: AsRef<str>>(
+    template: &[Segment],
+    segments: &'s [S],
+    name: &str,
+) -> Option<&'s str> {
+    template
+        .iter()
+        .position(|t| matches!(t, Segment::Param(p) if p == name))
+        .and_then(|i| segments.get(i))
+        .map(AsRef::as_ref)
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -513,14 +514,15 @@ mod tests {
                 .map(|s| percent_decode(s).unwrap())
                 .collect()
         };
-        assert_eq!(
-            matches(&t, &segs("/projects/web%20site/wiki")),
-            Some(vec![("project", "web site".to_string())])
-        );
-        assert_eq!(matches(&t, &segs("/projects//wiki")), None);
-        assert_eq!(matches(&t, &segs("/projects/a/wiki/x")), None);
+        let site = segs("/projects/web%20site/wiki");
+        assert!(fits(&t, &site));
+        assert_eq!(param(&t, &site, "project"), Some("web site"));
+        assert_eq!(param(&t, &site, "wiki"), None);
+        assert!(!fits(&t, &segs("/projects//wiki")));
+        assert!(!fits(&t, &segs("/projects/a/wiki/x")));
+        assert!(!fits(&t, &segs("/projects/a")));
         let rest = template("/static/*", true).unwrap();
-        assert!(matches(&rest, &segs("/static/a/b.css")).is_some());
+        assert!(fits(&rest, &segs("/static/a/b.css")));
         assert!(template("/a/*", false).is_err());
         assert!(template("/a/{x}/{x}", false).is_err());
         assert!(template("a", false).is_err());
