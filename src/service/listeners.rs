@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::error::ServeError;
+use super::inflight::{Budget, InFlight, ReqBody};
 
 /// The guards every listener applies to its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,14 +52,25 @@ impl Default for ConnLimits {
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// The servers started, and how to stop them.
-#[derive(Default)]
 pub(super) struct Listeners {
     pub(super) shutdown: Vec<oneshot::Sender<()>>,
     pub(super) tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    /// What all requests in flight on every listener may hold (see [`super::inflight`]).
+    budget: Budget,
 }
 
 impl Listeners {
-    /// Serves `service` on `listener` until the server stops.
+    /// No listeners yet; every one spawned shares `budget`.
+    pub(super) fn new(budget: Budget) -> Self {
+        Listeners {
+            shutdown: Vec::new(),
+            tasks: Vec::new(),
+            budget,
+        }
+    }
+
+    /// Serves `service` on `listener` until the server stops, each request's body read first
+    /// and charged against the budget.
     pub(super) fn spawn<L, S, B>(
         &mut self,
         listener: L,
@@ -68,18 +80,16 @@ impl Listeners {
         limits: ConnLimits,
     ) where
         L: Accept,
-        S: tonic::codegen::Service<
-                hyper::Request<hyper::body::Incoming>,
-                Response = hyper::Response<B>,
-            > + Clone
+        S: tonic::codegen::Service<hyper::Request<ReqBody>, Response = hyper::Response<B>>
+            + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
+        B: hyper::body::Body<Data = hyper::body::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let service = InFlight::new(service, self.budget.clone(), protocol);
         let (tx, rx) = oneshot::channel::<()>();
         self.shutdown.push(tx);
         let stop = async {

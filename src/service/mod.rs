@@ -12,6 +12,7 @@ pub mod error;
 pub mod gate;
 pub mod grpc;
 mod import_file;
+mod inflight;
 pub mod listeners;
 pub mod live_config;
 pub mod offline;

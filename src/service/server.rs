@@ -202,7 +202,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         ),
         limit,
     );
-    let mut listeners = Listeners::default();
+    let mut listeners = Listeners::new(super::inflight::Budget::new(
+        config.limits.max_inflight_bytes,
+        config.limits.max_message_bytes,
+    ));
     let mut addr = None;
     if let Some(listen) = config.listen {
         let (listener, bound) = bind(listen).await?;
@@ -330,7 +333,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         tracing::info!(addr = %bound, "metrics at {scheme}://{bound}/metrics");
         metrics_addr = Some(bound);
     }
-    let Listeners { shutdown, tasks } = listeners;
+    let Listeners {
+        shutdown, tasks, ..
+    } = listeners;
     Ok(Running {
         addr,
         data_addr,

@@ -163,6 +163,15 @@ pub struct ServeSettings {
     /// Largest request message, in bytes.
     #[arg(long, env = "BLUE_AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Bytes of request bodies that all calls in flight may hold at once, on every listener;
+    /// past it a call is refused (RESOURCE_EXHAUSTED, HTTP 503) before it is decoded. At least
+    /// max_message_bytes.
+    #[arg(
+        long,
+        env = "BLUE_AUTHZ_MAX_INFLIGHT_BYTES",
+        default_value_t = super::state::DEFAULT_MAX_INFLIGHT_BYTES
+    )]
+    pub max_inflight_bytes: usize,
     /// Open connections per listener; at the limit, new ones wait to be accepted.
     #[arg(long, env = "BLUE_AUTHZ_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -481,6 +490,16 @@ impl ServeSettings {
                 format!("`{}` is not text or json", self.log_format),
             ));
         }
+        if self.max_inflight_bytes < self.max_message_bytes {
+            return Err(invalid(
+                "--max-inflight-bytes",
+                format!(
+                    "{} is below max_message_bytes ({}): a request of the largest size could \
+                     never be served",
+                    self.max_inflight_bytes, self.max_message_bytes
+                ),
+            ));
+        }
         if self.data_token.is_some() && self.data_token_file.is_some() {
             return Err(invalid(
                 "--data-token-file",
@@ -520,6 +539,7 @@ impl ServeSettings {
                 max_batch: self.max_batch,
                 max_write_ops: self.max_write_ops,
                 max_message_bytes: self.max_message_bytes,
+                max_inflight_bytes: self.max_inflight_bytes,
                 max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
                 max_write_wait: Duration::from_millis(self.max_write_wait_ms.max(1)),
                 key_window: Duration::from_secs(self.idempotency_window_secs),

@@ -26,6 +26,8 @@ pub struct Limits {
     pub max_write_ops: usize,
     /// Encoded size of one request message.
     pub max_message_bytes: usize,
+    /// Bytes of request bodies all calls in flight may hold at once, on every listener.
+    pub max_inflight_bytes: usize,
     /// Longest wait for `min_revision` when the call has no deadline.
     pub max_revision_wait: Duration,
     /// Longest a write may take when the call has no deadline (and the most it may take).
@@ -34,6 +36,9 @@ pub struct Limits {
     pub key_window: Duration,
 }
 
+/// The default of `max_inflight_bytes`: sixteen requests of the largest size.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -41,6 +46,7 @@ impl Default for Limits {
             max_batch: 10_000,
             max_write_ops: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             max_revision_wait: Duration::from_secs(5),
             max_write_wait: Duration::from_secs(10),
             key_window: crate::storage::DEFAULT_KEY_WINDOW,

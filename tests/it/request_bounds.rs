@@ -3,17 +3,21 @@
 //! shape just under the 4 MiB message limit (AuthZEN `evaluations` of `{}` items, gRPC
 //! `BatchIsAuthorized` of empty requests). Each is refused (400 / INVALID_ARGUMENT naming the
 //! limit) while it is decoded, the process's peak resident memory stays within a bound, and
-//! decisions go on.
+//! decisions go on. All requests in flight share one budget of bytes (`--max-inflight-bytes`).
 
 use std::time::Duration;
 
 use crate::common::{self, fleet::channel, http::Http, server::Binary};
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 
-/// The bound on the peak: the four requests' bodies held at once (a copy each in flight)
-/// and their items up to the limit, with room for the allocator's slack. Before the items
-/// were counted while decoding, one AuthZEN body alone took ~1.1 GB and one gRPC batch 0.8 GB.
-const PEAK_BOUND: u64 = 160 << 20;
+/// The budget of request bytes in flight the server is given (`--max-inflight-bytes`):
+/// room for the eight bodies at once.
+const BUDGET: u64 = 40 << 20;
+
+/// The bound on the peak: a small multiple of the budget (each body held while its items are
+/// decoded up to the limit, with room for the allocator's slack). Before the items were
+/// counted while decoding, one AuthZEN body alone took ~1.1 GB and one gRPC batch 0.8 GB.
+const PEAK_BOUND: u64 = 4 * BUDGET;
 
 fn status_kb(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -30,6 +34,7 @@ fn over_limit_batches_are_refused_while_decoding_within_a_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Binary::serve(&common::live_pack(), &dir.path().join("authz.redb"))
         .args(["--http-listen", "127.0.0.1:0"])
+        .args(["--max-inflight-bytes", &BUDGET.to_string()])
         .arg("--seed")
         .arg(common::root().join("data/demo.json"))
         .spawn();
@@ -117,13 +122,143 @@ fn over_limit_batches_are_refused_while_decoding_within_a_memory_bound() {
     });
     let peak = status_kb(pid, "VmHWM:") * 1024;
     println!(
-        "resident before {} MB, peak {} MB while refusing 4 AuthZEN bodies of {n_http} items and 4 gRPC batches of {n_grpc} requests (bound: {} MB above before)",
+        "resident before {} MB, peak {} MB while refusing 4 AuthZEN bodies of {n_http} items and 4 gRPC batches of {n_grpc} requests (bound: 4 x the {} MB budget, {} MB above before)",
         before >> 20,
         peak >> 20,
+        BUDGET >> 20,
         PEAK_BOUND >> 20
     );
     assert!(
         peak <= before + PEAK_BOUND,
         "peak {peak} bytes, more than {PEAK_BOUND} above {before}"
+    );
+}
+
+/// All requests in flight share one budget (`--max-inflight-bytes`): while one large call
+/// holds most of it (waiting for a revision), another large call is refused before it is
+/// decoded (gRPC RESOURCE_EXHAUSTED, HTTP 503 with Retry-After, both naming the setting), a
+/// small decision still fits, and once the holder is gone the large call passes.
+#[test]
+fn the_requests_in_flight_share_one_budget_of_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Binary::serve(&common::live_pack(), &dir.path().join("authz.redb"))
+        .args(["--http-listen", "127.0.0.1:0"])
+        .args(["--max-message-bytes", "1048576"])
+        .args(["--max-inflight-bytes", "1200000"])
+        .args(["--max-revision-wait-ms", "120000"])
+        .arg("--seed")
+        .arg(common::root().join("data/demo.json"))
+        .spawn();
+    let started = server.wait_serving();
+    let (http, grpc) = (started.http.unwrap(), started.decisions.unwrap());
+    // About 700 KB: more than half the budget, under the message limit.
+    let batch = |min_revision: u64| pb::BatchIsAuthorizedRequest {
+        requests: vec![common::ask("alice", "viewProject", "Blue::Project", "website"); 9_000],
+        min_revision,
+    };
+    let size = prost::Message::encoded_len(&batch(0));
+    assert!(1_200_000 - size < size && size < 1048576, "{size}");
+    let mut evaluations = String::from("{\"evaluations\":[");
+    let item = r#"{"subject":{"type":"Blue::User","id":"alice"},"action":{"name":"viewProject"},"resource":{"type":"Blue::Project","id":"website"}}"#;
+    for i in 0..(size / item.len()) {
+        if i > 0 {
+            evaluations.push(',');
+        }
+        evaluations.push_str(item);
+    }
+    evaluations.push_str("]}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut holder_client = AuthorizerClient::new(channel(grpc).await);
+        // The holder: a revision far ahead, so it waits (holding its body's bytes) until
+        // dropped.
+        let holder = tokio::spawn(async move {
+            let _ = holder_client.batch_is_authorized(batch(1_000_000)).await;
+        });
+        let mut c = AuthorizerClient::new(channel(grpc).await);
+        let mut refused = None;
+        common::until_async(
+            "a large call refused while the holder waits",
+            Duration::from_secs(60),
+            async || match c.batch_is_authorized(batch(0)).await {
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                    refused = Some(e);
+                    true
+                }
+                Err(e) => panic!("{e:?}"),
+                Ok(_) => false, // sent before the holder's body arrived
+            },
+        )
+        .await;
+        let refused = refused.unwrap();
+        assert!(
+            refused
+                .message()
+                .contains("max_inflight_bytes (1200000 bytes)"),
+            "{refused:?}"
+        );
+        // Over HTTP too.
+        let mut h = Http::connect(http, false).await;
+        let a = h
+            .send(
+                "POST",
+                "/access/v1/evaluations",
+                &[("content-type", "application/json")],
+                &evaluations,
+            )
+            .await;
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(
+            a.body.to_string().contains("max_inflight_bytes"),
+            "{}",
+            a.body
+        );
+        assert_eq!(
+            a.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        // A small decision fits in what is left.
+        let d = c
+            .is_authorized(common::ask(
+                "alice",
+                "viewProject",
+                "Blue::Project",
+                "website",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.decision, pb::Decision::Allow as i32);
+        // The holder gone (its call cancelled), its bytes come back.
+        holder.abort();
+        common::until_async(
+            "the large call passes once the holder is gone",
+            Duration::from_secs(60),
+            async || c.batch_is_authorized(batch(0)).await.is_ok(),
+        )
+        .await;
+        let a = h
+            .send(
+                "POST",
+                "/access/v1/evaluations",
+                &[("content-type", "application/json")],
+                &evaluations,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    });
+}
+
+#[test]
+fn a_budget_below_the_message_limit_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Binary::serve(&common::live_pack(), &dir.path().join("authz.redb"))
+        .args(["--max-inflight-bytes", "1000"])
+        .output();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-inflight-bytes") && err.contains("below max_message_bytes"),
+        "{err}"
     );
 }
