@@ -200,7 +200,9 @@ where
                 budget: budget.clone(),
                 held: 0,
             };
-            let mut chunks: Vec<Bytes> = Vec::new();
+            // Most bodies are one frame: kept as it came, without a copy.
+            let mut first: Option<Bytes> = None;
+            let mut more: Vec<Bytes> = Vec::new();
             let mut read = 0usize;
             let mut rest = None;
             while let Some(frame) = body.frame().await {
@@ -217,16 +219,26 @@ where
                     return Ok(refused(protocol, &budget.refusal()));
                 }
                 read += data.len();
-                chunks.push(data);
+                match &first {
+                    None => first = Some(data),
+                    Some(_) => more.push(data),
+                }
                 if read > budget.per_request {
                     rest = Some(body);
                     break;
                 }
             }
-            let head = match chunks.len() {
-                0 => Bytes::new(),
-                1 => chunks.pop().unwrap_or_default(),
-                _ => Bytes::from(chunks.concat()),
+            let head = match first {
+                None => Bytes::new(),
+                Some(only) if more.is_empty() => only,
+                Some(first) => {
+                    let mut all = Vec::with_capacity(read);
+                    all.extend_from_slice(&first);
+                    for chunk in &more {
+                        all.extend_from_slice(chunk);
+                    }
+                    Bytes::from(all)
+                }
             };
             let body = ReqBody {
                 head: Some(head),
