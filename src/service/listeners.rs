@@ -164,9 +164,12 @@ where
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
+    // A client may shut its side once its request is sent: bodies are read whole before a
+    // handler runs (`inflight.rs`), so the end of its bytes must not end the call.
     builder
         .http1()
         .timer(TokioTimer::new())
+        .half_close(true)
         .header_read_timeout(limits.handshake_timeout);
     builder
         .http2()

@@ -7,6 +7,7 @@ mod common;
 
 mod analysis;
 mod architecture;
+mod atomic_batches;
 mod author_path;
 mod authzen;
 mod authzen_interop;
