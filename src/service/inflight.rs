@@ -23,7 +23,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body a handler reads: what was buffered, then (past the size limit) the rest as it
 /// comes.
 pub struct ReqBody {
-    head: Option<Bytes>,
+    /// The frames read, in order (handed on as they came: no copy).
+    head: std::collections::VecDeque<Bytes>,
     rest: Option<Incoming>,
 }
 
@@ -35,8 +36,8 @@ impl hyper::body::Body for ReqBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        if let Some(head) = self.head.take().filter(|h| !h.is_empty()) {
-            return Poll::Ready(Some(Ok(hyper::body::Frame::data(head))));
+        if let Some(chunk) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))));
         }
         match &mut self.rest {
             Some(rest) => Pin::new(rest).poll_frame(cx),
@@ -45,12 +46,11 @@ impl hyper::body::Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.as_ref().is_none_or(Bytes::is_empty)
-            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.head.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let head: u64 = self.head.iter().map(|c| c.len() as u64).sum();
         match &self.rest {
             None => hyper::body::SizeHint::with_exact(head),
             Some(rest) => {
@@ -200,9 +200,7 @@ where
                 budget: budget.clone(),
                 held: 0,
             };
-            // Most bodies are one frame: kept as it came, without a copy.
-            let mut first: Option<Bytes> = None;
-            let mut more: Vec<Bytes> = Vec::new();
+            let mut head = std::collections::VecDeque::new();
             let mut read = 0usize;
             let mut rest = None;
             while let Some(frame) = body.frame().await {
@@ -219,31 +217,15 @@ where
                     return Ok(refused(protocol, &budget.refusal()));
                 }
                 read += data.len();
-                match &first {
-                    None => first = Some(data),
-                    Some(_) => more.push(data),
+                if !data.is_empty() {
+                    head.push_back(data);
                 }
                 if read > budget.per_request {
                     rest = Some(body);
                     break;
                 }
             }
-            let head = match first {
-                None => Bytes::new(),
-                Some(only) if more.is_empty() => only,
-                Some(first) => {
-                    let mut all = Vec::with_capacity(read);
-                    all.extend_from_slice(&first);
-                    for chunk in &more {
-                        all.extend_from_slice(chunk);
-                    }
-                    Bytes::from(all)
-                }
-            };
-            let body = ReqBody {
-                head: Some(head),
-                rest,
-            };
+            let body = ReqBody { head, rest };
             let response = inner
                 .call(hyper::Request::from_parts(parts, body))
                 .await
