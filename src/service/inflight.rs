@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Bytes, Incoming};
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::listeners::Protocol;
 
@@ -23,8 +23,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body a handler reads: what was buffered, then (past the size limit) the rest as it
 /// comes.
 pub struct ReqBody {
-    /// The frames read, in order (handed on as they came: no copy).
-    head: std::collections::VecDeque<Bytes>,
+    /// The frames read, in order (handed on as they came: no copy); most bodies are one.
+    first: Option<Bytes>,
+    more: std::collections::VecDeque<Bytes>,
     rest: Option<Incoming>,
 }
 
@@ -36,7 +37,7 @@ impl hyper::body::Body for ReqBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        if let Some(chunk) = self.head.pop_front() {
+        if let Some(chunk) = self.first.take().or_else(|| self.more.pop_front()) {
             return Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))));
         }
         match &mut self.rest {
@@ -46,11 +47,18 @@ impl hyper::body::Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.first.is_none()
+            && self.more.is_empty()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        let head: u64 = self.head.iter().map(|c| c.len() as u64).sum();
+        let head: u64 = self
+            .first
+            .iter()
+            .chain(&self.more)
+            .map(|c| c.len() as u64)
+            .sum();
         match &self.rest {
             None => hyper::body::SizeHint::with_exact(head),
             Some(rest) => {
@@ -69,7 +77,8 @@ impl hyper::body::Body for ReqBody {
 /// The shared budget of bytes (cheap to clone: every listener holds the same one).
 #[derive(Clone, Debug)]
 pub struct Budget {
-    permits: Arc<Semaphore>,
+    /// Bytes charged now (never waited on: a call that does not fit is refused).
+    used: Arc<AtomicUsize>,
     bytes: usize,
     /// Bytes a body is buffered up to (the largest request message, and gRPC's frame header).
     per_request: usize,
@@ -78,9 +87,8 @@ pub struct Budget {
 impl Budget {
     /// A budget of `bytes`; bodies are buffered up to `max_message_bytes`.
     pub fn new(bytes: usize, max_message_bytes: usize) -> Budget {
-        let bytes = bytes.min(Semaphore::MAX_PERMITS);
         Budget {
-            permits: Arc::new(Semaphore::new(bytes)),
+            used: Arc::new(AtomicUsize::new(0)),
             bytes,
             per_request: max_message_bytes.saturating_add(5),
         }
@@ -88,7 +96,7 @@ impl Budget {
 
     /// Bytes charged to requests in flight now.
     pub fn in_use(&self) -> usize {
-        self.bytes - self.permits.available_permits()
+        self.used.load(Ordering::Relaxed)
     }
 
     fn refusal(&self) -> String {
@@ -107,24 +115,21 @@ struct Charge {
 
 impl Charge {
     fn take(&mut self, n: usize) -> bool {
-        let Ok(n32) = u32::try_from(n) else {
-            return false;
-        };
-        match self.budget.permits.try_acquire_many(n32) {
-            Ok(permit) => {
-                permit.forget();
-                self.held += n;
-                true
-            }
-            Err(_) => false,
+        let used = &self.budget.used;
+        let taken = used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+            u.checked_add(n).filter(|&total| total <= self.budget.bytes)
+        });
+        if taken.is_ok() {
+            self.held += n;
         }
+        taken.is_ok()
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
         if self.held > 0 {
-            self.budget.permits.add_permits(self.held);
+            self.budget.used.fetch_sub(self.held, Ordering::AcqRel);
         }
     }
 }
@@ -200,7 +205,7 @@ where
                 budget: budget.clone(),
                 held: 0,
             };
-            let mut head = std::collections::VecDeque::new();
+            let (mut first, mut more) = (None, std::collections::VecDeque::new());
             let mut read = 0usize;
             let mut rest = None;
             while let Some(frame) = body.frame().await {
@@ -217,15 +222,17 @@ where
                     return Ok(refused(protocol, &budget.refusal()));
                 }
                 read += data.len();
-                if !data.is_empty() {
-                    head.push_back(data);
+                if first.is_none() {
+                    first = Some(data);
+                } else if !data.is_empty() {
+                    more.push_back(data);
                 }
                 if read > budget.per_request {
                     rest = Some(body);
                     break;
                 }
             }
-            let body = ReqBody { head, rest };
+            let body = ReqBody { first, more, rest };
             let response = inner
                 .call(hyper::Request::from_parts(parts, body))
                 .await
