@@ -16,8 +16,6 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Bytes, Incoming};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::listeners::Protocol;
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body a handler reads: what was buffered, then (past the size limit) the rest as it
@@ -139,31 +137,32 @@ impl Drop for Charge {
 pub struct InFlight<S> {
     inner: S,
     budget: Budget,
-    protocol: Protocol,
+    /// Whether the listener speaks gRPC (else HTTP): how a refusal is answered.
+    grpc: bool,
 }
 
 impl<S> InFlight<S> {
-    pub fn new(inner: S, budget: Budget, protocol: Protocol) -> Self {
+    pub fn new(inner: S, budget: Budget, grpc: bool) -> Self {
         InFlight {
             inner,
             budget,
-            protocol,
+            grpc,
         }
     }
 }
 
 /// The answer to a request the budget cannot take.
-fn refused<B>(protocol: Protocol, message: &str) -> hyper::Response<Either<B, Full<Bytes>>> {
+fn refused<B>(grpc: bool, message: &str) -> hyper::Response<Either<B, Full<Bytes>>> {
     let builder = hyper::Response::builder();
-    let response = match protocol {
+    let response = match grpc {
         // Trailers-only: the status in the headers, no message.
-        Protocol::Grpc => builder
+        true => builder
             .status(200)
             .header("content-type", "application/grpc")
             .header("grpc-status", "8")
             .header("grpc-message", message)
             .body(Either::Right(Full::new(Bytes::new()))),
-        Protocol::Http => {
+        false => {
             let body = serde_json::json!({"error": {"status": 503, "message": message}});
             builder
                 .status(503)
@@ -198,7 +197,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let budget = self.budget.clone();
-        let protocol = self.protocol;
+        let grpc = self.grpc;
         Box::pin(async move {
             let (parts, mut body) = request.into_parts();
             let mut charge = Charge {
@@ -219,7 +218,7 @@ where
                         in_use = budget.in_use(),
                         "a request was refused: the requests in flight hold the whole budget"
                     );
-                    return Ok(refused(protocol, &budget.refusal()));
+                    return Ok(refused(grpc, &budget.refusal()));
                 }
                 read += data.len();
                 if first.is_none() {

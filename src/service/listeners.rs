@@ -89,7 +89,7 @@ impl Listeners {
         B: hyper::body::Body<Data = hyper::body::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let service = InFlight::new(service, self.budget.clone(), protocol);
+        let service = InFlight::new(service, self.budget.clone(), protocol == Protocol::Grpc);
         let (tx, rx) = oneshot::channel::<()>();
         self.shutdown.push(tx);
         let stop = async {
