@@ -440,13 +440,16 @@ impl State {
         let revision = prepared.revision();
         let entities = set.changes.puts.len() + set.changes.deletes.len();
         drop(set);
+        // The batch's uids resolved and its entities decoded beside decisions (a read lock);
+        // under the write lock only what is new to the store is interned.
+        prepared.resolve(&self.read_store());
         let waited = std::time::Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         let held = std::time::Instant::now();
         store.commit(prepared);
         drop(store);
-        // How long decisions waited for this batch (the index swap is the only part of a
-        // write that holds the decisions' lock).
+        // How long decisions waited for this batch (the commit is the only part of a write
+        // that holds the decisions' lock).
         tracing::debug!(
             revision,
             entities,

@@ -290,6 +290,70 @@ mod tests {
         out
     }
 
+    /// A batch resolved beside decisions (`Prepared::resolve`) commits exactly as one that is
+    /// not: known uids, new ones, re-parented entities; and a resolution against another
+    /// store (a clone, whose numbering may diverge) is not trusted.
+    #[test]
+    fn a_batch_resolved_outside_the_lock_commits_as_one_that_is_not() {
+        let ops = || {
+            vec![
+                WriteOp::Upsert(ent("User", "u", &["g3"])),
+                WriteOp::Upsert(ent("User", "w", &["g1", "g9"])),
+                WriteOp::Upsert(ent("Group", "g9", &["g2"])),
+                WriteOp::AddParent {
+                    child: uid(r#"User::"v""#),
+                    parent: uid(r#"Group::"g1""#),
+                },
+                WriteOp::Delete(uid(r#"Group::"g3""#)),
+            ]
+        };
+        let (mut plain, schema) = chain();
+        let (mut resolved, _) = chain();
+        let p = plain.prepare(ops(), &schema);
+        plain.commit(p.unwrap());
+        let mut p = resolved.prepare(ops(), &schema).unwrap();
+        p.resolve(&resolved);
+        // u, v and g3 are numbered already; u, v and g9 decode (w names g9, which is new).
+        assert_eq!(p.known(), (3, 3));
+        // Something committed between resolving and committing: numbers only ever grow.
+        let extra = resolved
+            .prepare(vec![WriteOp::Upsert(ent("Group", "g0", &[]))], &schema)
+            .unwrap();
+        resolved.commit(extra);
+        let mut p2 = plain
+            .prepare(vec![WriteOp::Upsert(ent("Group", "g0", &[]))], &schema)
+            .unwrap();
+        p2.resolve(&plain.clone());
+        plain.commit(p2);
+        resolved.commit(p.with_revision(plain.revision()));
+        for who in [
+            r#"User::"u""#,
+            r#"User::"v""#,
+            r#"User::"w""#,
+            r#"Group::"g1""#,
+            r#"Group::"g9""#,
+            r#"Group::"g0""#,
+        ] {
+            assert_eq!(closure(&plain, who), closure(&resolved, who), "{who}");
+            // (A stored entity's parents come back in no set order.)
+            let json = |store: &EntityStore| {
+                let mut j = store.get_json(&uid(who)).unwrap();
+                let mut parents: Vec<String> = j["parents"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(Value::to_string)
+                    .collect();
+                parents.sort();
+                j["parents"] = json!(parents);
+                j
+            };
+            assert_eq!(json(&plain), json(&resolved), "{who}");
+        }
+        assert!(!resolved.contains(&uid(r#"Group::"g3""#)));
+        assert_eq!(plain.len(), resolved.len());
+    }
+
     #[test]
     fn closures_hold_every_ancestor_and_follow_writes_to_descendants() {
         let (mut store, schema) = chain();

@@ -149,6 +149,56 @@ impl Resolve for EntityStore {
     }
 }
 
+/// Resolves only what the store already numbers, reading it (beside decisions); anything new
+/// marks the result unusable, to be interned under the lock instead.
+pub(super) struct Existing<'a> {
+    pub(super) store: &'a EntityStore,
+    pub(super) missing: bool,
+}
+
+impl Resolve for Existing<'_> {
+    fn ix(&mut self, uid: &EntityUid) -> Ix {
+        self.store.lookup(uid).unwrap_or_else(|| {
+            self.missing = true;
+            0
+        })
+    }
+
+    fn json_ix(&mut self, v: &Value) -> Option<Ix> {
+        let (ty, id) = json_uid_parts(v)?;
+        let found = self
+            .store
+            .type_by_name
+            .get(ty)
+            .and_then(|t| self.store.index.get(&self.store.uids, *t, id));
+        if found.is_none() {
+            self.missing = true;
+        }
+        Some(found.unwrap_or(0))
+    }
+}
+
+impl EntityStore {
+    /// A node from canonical Cedar JSON decoded without changing the store, if everything it
+    /// names (entities, their types, attribute names) is numbered already.
+    pub(super) fn node_if_known(&self, json: &Value) -> Option<Node> {
+        let mut r = Existing {
+            store: self,
+            missing: false,
+        };
+        let parsed = parse_node(&mut r, json);
+        if r.missing {
+            return None;
+        }
+        let attrs = parsed
+            .attrs
+            .into_iter()
+            .map(|(k, v)| self.attr_ix.get(k.as_str()).map(|key| (*key, v)))
+            .collect::<Option<Box<[_]>>>()?;
+        Some(Node::new(parsed.parents, attrs, parsed.tags))
+    }
+}
+
 /// An entity's parts from canonical Cedar JSON.
 pub(super) struct ParsedNode {
     pub(super) parents: Box<[Ix]>,

@@ -187,6 +187,33 @@ pub struct EntityStore {
     present: usize,
     /// The revision of the last committed change set (0: nothing written yet).
     revision: u64,
+    /// Which store this is: what a batch resolved against it outside the lock may trust.
+    identity: Identity,
+}
+
+/// A store's identity: new for every store and every clone (a clone's numbering may diverge
+/// from its original's). Uid, type and attribute numbers are only ever added, so a number
+/// resolved against a store stays valid in that store.
+#[derive(Debug, PartialEq, Eq)]
+struct Identity(u64);
+
+impl Identity {
+    fn fresh() -> Identity {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Identity(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity::fresh()
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity::fresh()
+    }
 }
 
 impl EntityStore {

@@ -9,7 +9,7 @@ use cedar_policy::EntityUid;
 use serde_json::Value;
 
 use super::entity::{parse_entities, parse_entity, NewEntity};
-use super::{EntityStore, Ix};
+use super::{EntityStore, Ix, Node};
 use crate::engine::error::{DataError, EditError, Field, RequestError};
 use crate::engine::json::{json_uid, json_uid_parts, json_uids, uid_json};
 use crate::engine::schema::EntitySchema;
@@ -49,6 +49,16 @@ pub struct Prepared {
     touched: Vec<(EntityUid, Option<Value>)>,
     /// What the durable storage must write: the entities as written, by uid text.
     pub changes: Changes,
+    /// What [`Prepared::resolve`] worked out beside decisions, and the store it holds for.
+    resolved: Option<Resolved>,
+}
+
+/// For each touched entity: its number and its decoded node, where the store knew all they
+/// name.
+#[derive(Debug)]
+struct Resolved {
+    store: u64,
+    each: Vec<(Option<Ix>, Option<Node>)>,
 }
 
 impl Prepared {
@@ -104,6 +114,33 @@ impl Prepared {
             }
         }
         dangling
+    }
+
+    /// Resolves the batch's uids and decodes its entities against `store` without changing
+    /// it, so that a caller can do it holding only a read lock: committing to the same store
+    /// then only swaps them in. (Anything the store does not number yet is left to the
+    /// commit.)
+    pub fn resolve(&mut self, store: &EntityStore) {
+        let each = self
+            .touched
+            .iter()
+            .map(|(uid, json)| {
+                let node = json.as_ref().and_then(|j| store.node_if_known(j));
+                (store.lookup(uid), node)
+            })
+            .collect();
+        self.resolved = Some(Resolved {
+            store: store.identity.0,
+            each,
+        });
+    }
+
+    /// How many of the touched entities [`Prepared::resolve`] numbered, and decoded.
+    #[cfg(test)]
+    pub(super) fn known(&self) -> (usize, usize) {
+        let each = self.resolved.iter().flat_map(|r| &r.each);
+        let numbered = each.clone().filter(|(ix, _)| ix.is_some()).count();
+        (numbered, each.filter(|(_, node)| node.is_some()).count())
     }
 
     /// Replaces the revision (when rebuilding from storage, which knows it).
@@ -415,8 +452,18 @@ impl EntityStore {
     /// affect (the touched ones and their descendants). Cannot fail.
     pub fn commit(&mut self, prepared: Prepared) {
         let mut touched = Vec::with_capacity(prepared.touched.len());
+        // What was resolved outside the lock holds only for this very store, and only if the
+        // batch was not changed after.
+        let mut resolved = prepared
+            .resolved
+            .filter(|r| r.store == self.identity.0 && r.each.len() == prepared.touched.len())
+            .map(|r| r.each.into_iter());
         for (uid, json) in prepared.touched {
-            let ix = self.intern(&uid);
+            let (known_ix, known_node) = resolved
+                .as_mut()
+                .and_then(Iterator::next)
+                .unwrap_or((None, None));
+            let ix = known_ix.unwrap_or_else(|| self.intern(&uid));
             self.shared[ix as usize] = super::Shared::new();
             let old = std::mem::take(&mut self.nodes[ix as usize]);
             if old.present {
@@ -435,7 +482,7 @@ impl EntityStore {
                 self.present -= 1;
             }
             if let Some(json) = json {
-                let node = self.node_from_json(&json);
+                let node = known_node.unwrap_or_else(|| self.node_from_json(&json));
                 for p in node.parents().iter() {
                     self.children.entry(*p).or_default().push(ix);
                 }
@@ -679,6 +726,7 @@ impl<'a> Working<'a> {
             revision,
             touched,
             changes,
+            resolved: None,
         }
     }
 }
