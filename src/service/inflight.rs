@@ -9,12 +9,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Bytes, Incoming};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

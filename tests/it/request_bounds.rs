@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use crate::common::{self, fleet::channel, http::Http, server::Binary};
+use crate::common::http::{Answer, Http};
+use crate::common::server::{Binary, Server};
+use crate::common::{self, fleet::channel};
 use blue_authz::service::grpc::pb::{self, authorizer_client::AuthorizerClient};
 
 /// The budget of request bytes in flight the server is given (`--max-inflight-bytes`):
@@ -18,6 +20,32 @@ const BUDGET: u64 = 40 << 20;
 /// decoded up to the limit, with room for the allocator's slack). Before the items were
 /// counted while decoding, one AuthZEN body alone took ~1.1 GB and one gRPC batch 0.8 GB.
 const PEAK_BOUND: u64 = 4 * BUDGET;
+
+/// The real binary started on the demo data, with the AuthZEN listener and `args`.
+fn demo_server(dir: &std::path::Path, args: &[&str]) -> Server {
+    Binary::serve(&common::live_pack(), &dir.join("authz.redb"))
+        .args(["--http-listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--seed")
+        .arg(common::root().join("data/demo.json"))
+        .spawn()
+}
+
+/// An AuthZEN `evaluations` call with this body.
+async fn post_evaluations(h: &mut Http, body: &str) -> Answer {
+    h.send(
+        "POST",
+        "/access/v1/evaluations",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// A decision every demo server allows.
+fn alice_views_website() -> pb::IsAuthorizedRequest {
+    common::ask("alice", "viewProject", "Blue::Project", "website")
+}
 
 fn status_kb(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -32,12 +60,7 @@ fn status_kb(pid: u32, key: &str) -> u64 {
 #[test]
 fn over_limit_batches_are_refused_while_decoding_within_a_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Binary::serve(&common::live_pack(), &dir.path().join("authz.redb"))
-        .args(["--http-listen", "127.0.0.1:0"])
-        .args(["--max-inflight-bytes", &BUDGET.to_string()])
-        .arg("--seed")
-        .arg(common::root().join("data/demo.json"))
-        .spawn();
+    let mut server = demo_server(dir.path(), &["--max-inflight-bytes", &BUDGET.to_string()]);
     let started = server.wait_serving();
     let (pid, http, grpc) = (
         started.pid,
@@ -71,14 +94,7 @@ fn over_limit_batches_are_refused_while_decoding_within_a_memory_bound() {
             let body = body.clone();
             calls.push(tokio::spawn(async move {
                 let mut c = Http::connect(http, false).await;
-                let a = c
-                    .send(
-                        "POST",
-                        "/access/v1/evaluations",
-                        &[("content-type", "application/json")],
-                        &body,
-                    )
-                    .await;
+                let a = post_evaluations(&mut c, &body).await;
                 assert_eq!(a.status, 400, "{}", a.body);
                 let text = a.body.to_string();
                 assert!(
@@ -107,12 +123,7 @@ fn over_limit_batches_are_refused_while_decoding_within_a_memory_bound() {
         let mut c = AuthorizerClient::new(channel(grpc).await);
         let d = tokio::time::timeout(
             Duration::from_secs(30),
-            c.is_authorized(common::ask(
-                "alice",
-                "viewProject",
-                "Blue::Project",
-                "website",
-            )),
+            c.is_authorized(alice_views_website()),
         )
         .await
         .expect("a decision after the refusals")
@@ -141,19 +152,22 @@ fn over_limit_batches_are_refused_while_decoding_within_a_memory_bound() {
 #[test]
 fn the_requests_in_flight_share_one_budget_of_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Binary::serve(&common::live_pack(), &dir.path().join("authz.redb"))
-        .args(["--http-listen", "127.0.0.1:0"])
-        .args(["--max-message-bytes", "1048576"])
-        .args(["--max-inflight-bytes", "1200000"])
-        .args(["--max-revision-wait-ms", "120000"])
-        .arg("--seed")
-        .arg(common::root().join("data/demo.json"))
-        .spawn();
+    let mut server = demo_server(
+        dir.path(),
+        &[
+            "--max-message-bytes",
+            "1048576",
+            "--max-inflight-bytes",
+            "1200000",
+            "--max-revision-wait-ms",
+            "120000",
+        ],
+    );
     let started = server.wait_serving();
     let (http, grpc) = (started.http.unwrap(), started.decisions.unwrap());
     // About 700 KB: more than half the budget, under the message limit.
     let batch = |min_revision: u64| pb::BatchIsAuthorizedRequest {
-        requests: vec![common::ask("alice", "viewProject", "Blue::Project", "website"); 9_000],
+        requests: vec![alice_views_website(); 9_000],
         min_revision,
     };
     let size = prost::Message::encoded_len(&batch(0));
@@ -199,14 +213,7 @@ fn the_requests_in_flight_share_one_budget_of_bytes() {
         );
         // Over HTTP too.
         let mut h = Http::connect(http, false).await;
-        let a = h
-            .send(
-                "POST",
-                "/access/v1/evaluations",
-                &[("content-type", "application/json")],
-                &evaluations,
-            )
-            .await;
+        let a = post_evaluations(&mut h, &evaluations).await;
         assert_eq!(a.status, 503, "{}", a.body);
         assert!(
             a.body.to_string().contains("max_inflight_bytes"),
@@ -219,12 +226,7 @@ fn the_requests_in_flight_share_one_budget_of_bytes() {
         );
         // A small decision fits in what is left.
         let d = c
-            .is_authorized(common::ask(
-                "alice",
-                "viewProject",
-                "Blue::Project",
-                "website",
-            ))
+            .is_authorized(alice_views_website())
             .await
             .unwrap()
             .into_inner();
@@ -237,14 +239,7 @@ fn the_requests_in_flight_share_one_budget_of_bytes() {
             async || c.batch_is_authorized(batch(0)).await.is_ok(),
         )
         .await;
-        let a = h
-            .send(
-                "POST",
-                "/access/v1/evaluations",
-                &[("content-type", "application/json")],
-                &evaluations,
-            )
-            .await;
+        let a = post_evaluations(&mut h, &evaluations).await;
         assert_eq!(a.status, 200, "{}", a.body);
     });
 }
