@@ -11,7 +11,8 @@
 //!
 //! Leaf modules shared by those: [`error`] (typed errors), [`json`] (entity references in
 //! Cedar JSON), [`schema`] (the schema as the index sees it), [`needs`] (what slices must
-//! carry), [`facts`] (what plans read of entity data, implemented by the index).
+//! carry), [`facts`] (what plans read of entity data, implemented by the index), [`pace`]
+//! (long work that gives way to decisions).
 //!
 //! Nothing here imports tonic, prost, tokio, redb or any other transport or storage crate
 //! (`tests/architecture.rs` checks it).
@@ -26,6 +27,7 @@ pub mod json;
 pub mod list;
 pub mod narrow;
 pub mod needs;
+pub mod pace;
 pub mod pack;
 pub mod plan;
 pub mod planner;

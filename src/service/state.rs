@@ -440,21 +440,24 @@ impl State {
         let revision = prepared.revision();
         let entities = set.changes.puts.len() + set.changes.deletes.len();
         drop(set);
-        // The batch's uids resolved and its entities decoded beside decisions (a read lock);
-        // under the write lock only what is new to the store is interned.
+        // The batch's uids resolved, its entities decoded and its closures worked out beside
+        // decisions (a read lock; the writer lock keeps the store as it was); under the write
+        // lock only what is new to the store is interned, and what is old is dropped after.
         prepared.resolve(&self.read_store());
         let waited = std::time::Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         let held = std::time::Instant::now();
-        store.commit(prepared);
+        let retired = store.commit(prepared);
         drop(store);
+        let held_for = held.elapsed();
+        drop(retired);
         // How long decisions waited for this batch (the commit is the only part of a write
         // that holds the decisions' lock).
         tracing::debug!(
             revision,
             entities,
             lock_wait_us = (held - waited).as_micros() as u64,
-            lock_held_us = held.elapsed().as_micros() as u64,
+            lock_held_us = held_for.as_micros() as u64,
             "batch visible"
         );
         self.revision.send_replace(revision);

@@ -11,6 +11,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{ChangeSet, Storage, StorageError};
+use crate::engine::pace::Pacer;
 
 /// The entities table: canonical uid text -> the entity as written (Cedar JSON).
 /// One entity of a streamed batch (uid text, Cedar JSON), or why the stream stopped.
@@ -234,7 +235,9 @@ impl RedbStorage {
             {
                 let mut entities = txn.open_table(ENTITIES)?;
                 let mut last_change = txn.open_table(LAST_CHANGE)?;
+                let mut pacer = Pacer::new();
                 for (i, (uid, json)) in changes.puts.iter().enumerate() {
+                    pacer.tick();
                     entities.insert(uid.as_str(), json.as_slice())?;
                     let at = set.put_revisions.get(i).copied();
                     last_change.insert(uid.as_str(), at.unwrap_or(changes.revision))?;

@@ -48,7 +48,7 @@ pub use self::keys::KeyDecl;
 pub use self::overlay::Overlay;
 pub use self::reverse::ListView;
 pub use self::stream::each_in_array;
-pub use self::write::{Changes, Prepared, WriteOp};
+pub use self::write::{Changes, Prepared, Retired, WriteOp};
 pub use crate::engine::facts::Ix;
 use crate::engine::json::uid_json;
 
@@ -119,10 +119,22 @@ impl Node {
     }
 
     fn set_closure(&mut self, closure: &[Ix]) {
+        self.edges = self.edges_with(closure);
+    }
+
+    /// This node's parents and `closure`, as one allocation (for [`Node::put_edges`]).
+    fn edges_with(&self, closure: &[Ix]) -> Box<[Ix]> {
         let mut edges = Vec::with_capacity(self.n_parents as usize + closure.len());
         edges.extend_from_slice(self.parents());
         edges.extend_from_slice(closure);
-        self.edges = edges.into_boxed_slice();
+        edges.into_boxed_slice()
+    }
+
+    /// Puts in edges made by [`Node::edges_with`] (same parents, another closure); returns
+    /// the old ones.
+    fn put_edges(&mut self, edges: Box<[Ix]>) -> Box<[Ix]> {
+        debug_assert_eq!(&edges[..self.n_parents as usize], self.parents());
+        std::mem::replace(&mut self.edges, edges)
     }
 }
 

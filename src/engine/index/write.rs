@@ -12,6 +12,7 @@ use super::entity::{parse_entities, parse_entity, NewEntity};
 use super::{EntityStore, Ix, Node};
 use crate::engine::error::{DataError, EditError, Field, RequestError};
 use crate::engine::json::{json_uid, json_uid_parts, json_uids, uid_json};
+use crate::engine::pace::Pacer;
 use crate::engine::schema::EntitySchema;
 
 /// One operation of an atomic write batch.
@@ -54,11 +55,25 @@ pub struct Prepared {
 }
 
 /// For each touched entity: its number and its decoded node, where the store knew all they
-/// name.
+/// name. When it knew all of them: the closures too, in the written nodes and as new edges
+/// for their stored descendants.
 #[derive(Debug)]
 struct Resolved {
     store: u64,
+    /// The store's revision when resolved: the closures hold for that state only.
+    revision: u64,
     each: Vec<(Option<Ix>, Option<Node>)>,
+    descendants: Option<Vec<(Ix, Box<[Ix]>)>>,
+}
+
+/// What a commit took out of the index (old nodes, closures, shared forms): dropped by the
+/// caller once it let go of the lock, so that freeing them does not hold decisions up.
+#[derive(Debug, Default)]
+pub struct Retired {
+    batch: Vec<(EntityUid, Option<Value>)>,
+    nodes: Vec<Node>,
+    edges: Vec<Box<[Ix]>>,
+    shared: Vec<super::Shared>,
 }
 
 impl Prepared {
@@ -121,26 +136,68 @@ impl Prepared {
     /// then only swaps them in. (Anything the store does not number yet is left to the
     /// commit.)
     pub fn resolve(&mut self, store: &EntityStore) {
-        let each = self
+        let mut pacer = Pacer::new();
+        let mut each: Vec<(Option<Ix>, Option<Node>)> = self
             .touched
             .iter()
             .map(|(uid, json)| {
+                pacer.tick();
                 let node = json.as_ref().and_then(|j| store.node_if_known(j));
                 (store.lookup(uid), node)
             })
             .collect();
+        let descendants = Self::closures(store, &self.touched, &mut each);
         self.resolved = Some(Resolved {
             store: store.identity.0,
+            revision: store.revision,
             each,
+            descendants,
         });
     }
 
-    /// How many of the touched entities [`Prepared::resolve`] numbered, and decoded.
+    /// When every touched entity is numbered and every written one decoded: their closures
+    /// as the batch leaves them, set in the nodes, and the new edges of their stored
+    /// descendants. None otherwise (the commit then computes them).
+    fn closures(
+        store: &EntityStore,
+        touched: &[(EntityUid, Option<Value>)],
+        each: &mut [(Option<Ix>, Option<Node>)],
+    ) -> Option<Vec<(Ix, Box<[Ix]>)>> {
+        let mut next: HashMap<Ix, Option<&Node>> = HashMap::with_capacity(each.len());
+        for ((_, json), (ix, node)) in touched.iter().zip(each.iter()) {
+            let node = match (json, node) {
+                (Some(_), None) => return None,
+                (Some(_), Some(node)) => Some(node),
+                (None, _) => None,
+            };
+            if next.insert((*ix)?, node).is_some() {
+                return None;
+            }
+        }
+        let mut closures = store.closures_after(&next);
+        drop(next);
+        for (ix, node) in each.iter_mut() {
+            let closure = ix.and_then(|ix| closures.remove(&ix));
+            if let (Some(node), Some(closure)) = (node, closure) {
+                node.set_closure(&closure);
+            }
+        }
+        let descendants = closures
+            .into_iter()
+            .map(|(ix, closure)| (ix, store.nodes[ix as usize].edges_with(&closure)))
+            .collect();
+        Some(descendants)
+    }
+
+    /// How many of the touched entities [`Prepared::resolve`] numbered and decoded, and
+    /// whether it worked out the closures.
     #[cfg(test)]
-    pub(super) fn known(&self) -> (usize, usize) {
+    pub(super) fn known(&self) -> (usize, usize, bool) {
         let each = self.resolved.iter().flat_map(|r| &r.each);
         let numbered = each.clone().filter(|(ix, _)| ix.is_some()).count();
-        (numbered, each.filter(|(_, node)| node.is_some()).count())
+        let decoded = each.filter(|(_, node)| node.is_some()).count();
+        let closures = self.resolved.iter().any(|r| r.descendants.is_some());
+        (numbered, decoded, closures)
     }
 
     /// Replaces the revision (when rebuilding from storage, which knows it).
@@ -327,7 +384,9 @@ impl EntityStore {
         schema: &EntitySchema,
     ) -> Result<Prepared, RequestError> {
         let mut working = Working::new(self, chain);
+        let mut pacer = Pacer::new();
         for (i, op) in ops.into_iter().enumerate() {
+            pacer.tick();
             let field = Field::Ops(Some(i));
             match op {
                 WriteOp::Upsert(value) => {
@@ -449,52 +508,87 @@ impl EntityStore {
     }
 
     /// Applies a prepared batch and recomputes the ancestor closure of every entity it can
-    /// affect (the touched ones and their descendants). Cannot fail.
-    pub fn commit(&mut self, prepared: Prepared) {
+    /// affect (the touched ones and their descendants), or puts in the closures
+    /// [`Prepared::resolve`] worked out against this very state. Cannot fail. Returns what it
+    /// took out, for the caller to drop outside any lock.
+    pub fn commit(&mut self, prepared: Prepared) -> Retired {
+        let mut retired = Retired::default();
         let mut touched = Vec::with_capacity(prepared.touched.len());
         // What was resolved outside the lock holds only for this very store, and only if the
-        // batch was not changed after.
-        let mut resolved = prepared
+        // batch was not changed after; its closures only if nothing was committed since.
+        let resolved = prepared
             .resolved
-            .filter(|r| r.store == self.identity.0 && r.each.len() == prepared.touched.len())
-            .map(|r| r.each.into_iter());
-        for (uid, json) in prepared.touched {
+            .filter(|r| r.store == self.identity.0 && r.each.len() == prepared.touched.len());
+        let mut descendants = None;
+        let mut resolved = resolved.map(|r| {
+            if r.revision == self.revision {
+                descendants = r.descendants;
+            }
+            r.each.into_iter()
+        });
+        for (uid, json) in &prepared.touched {
             let (known_ix, known_node) = resolved
                 .as_mut()
                 .and_then(Iterator::next)
                 .unwrap_or((None, None));
-            let ix = known_ix.unwrap_or_else(|| self.intern(&uid));
-            self.shared[ix as usize] = super::Shared::new();
+            let ix = known_ix.unwrap_or_else(|| self.intern(uid));
+            let shared = std::mem::take(&mut self.shared[ix as usize]);
+            if shared.get().is_some() {
+                retired.shared.push(shared);
+            }
             let old = std::mem::take(&mut self.nodes[ix as usize]);
-            if old.present {
+            let node = json
+                .as_ref()
+                .map(|json| known_node.unwrap_or_else(|| self.node_from_json(json)));
+            // Rewriting an entity with the same parents or attributes (the common upsert)
+            // leaves the children and reverse indexes as they are.
+            let same_parents =
+                old.present && node.as_ref().is_some_and(|n| n.parents() == old.parents());
+            let same_attrs = old.present && node.as_ref().is_some_and(|n| n.attrs == old.attrs);
+            if old.present && !same_attrs {
                 self.remove_refs(ix, &old);
                 self.remove_keys(ix, &old);
             }
-            for p in old.parents().iter() {
-                if let Some(c) = self.children.get_mut(p) {
-                    c.retain(|x| *x != ix);
-                    if c.is_empty() {
-                        self.children.remove(p);
+            if !same_parents {
+                for p in old.parents().iter() {
+                    if let Some(c) = self.children.get_mut(p) {
+                        c.retain(|x| *x != ix);
+                        if c.is_empty() {
+                            self.children.remove(p);
+                        }
                     }
                 }
             }
             if old.present {
                 self.present -= 1;
             }
-            if let Some(json) = json {
-                let node = known_node.unwrap_or_else(|| self.node_from_json(&json));
-                for p in node.parents().iter() {
-                    self.children.entry(*p).or_default().push(ix);
+            retired.nodes.push(old);
+            if let Some(node) = node {
+                if !same_parents {
+                    for p in node.parents().iter() {
+                        self.children.entry(*p).or_default().push(ix);
+                    }
                 }
-                self.add_refs(ix, &node);
-                self.add_keys(ix, &node);
+                if !same_attrs {
+                    self.add_refs(ix, &node);
+                    self.add_keys(ix, &node);
+                }
                 self.nodes[ix as usize] = node;
                 self.present += 1;
             }
             touched.push(ix);
         }
-        self.refresh_closures(&touched);
+        match descendants {
+            Some(descendants) => {
+                for (ix, edges) in descendants {
+                    retired.edges.push(self.nodes[ix as usize].put_edges(edges));
+                }
+            }
+            None => self.refresh_closures(&touched),
+        }
         self.revision = prepared.revision;
+        retired.batch = prepared.touched;
+        retired
     }
 }
 
@@ -712,7 +806,9 @@ impl<'a> Working<'a> {
         };
         let mut touched = Vec::with_capacity(self.order.len());
         let mut final_state = self.touched;
+        let mut pacer = Pacer::new();
         for uid in self.order {
+            pacer.tick();
             let json = final_state.remove(&uid).flatten();
             match &json {
                 Some(j) => changes

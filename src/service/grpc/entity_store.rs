@@ -13,14 +13,15 @@ use tonic::{Request, Response, Status};
 use sha2::Digest;
 
 use super::pb::entity_store_server::EntityStore as EntityStoreRpc;
-use super::{check_size, deadline, pb, ServiceError};
+use super::{check_size, pb, ServiceError};
 use crate::engine::error::RequestError;
 use crate::engine::index::WriteOp;
 use crate::engine::json::json_uid;
+use crate::engine::pace::Pacer;
 use crate::service::bearer::bearer_matches;
 use crate::service::state::{Conditions, Precondition, State, StateError, Write};
 use crate::service::telemetry::Telemetry;
-use crate::service::write::{DataPath, DataSlot};
+use crate::service::write::{DataPath, DataSlot, WriteError};
 use crate::storage::{ChangeSet, WriteKey, ABANDONED};
 
 /// The most entities one `ExportEntities` chunk may hold (a chunk is one message, held in
@@ -57,48 +58,29 @@ impl EntityStoreService {
 
     async fn write(
         &self,
-        request: &pb::WriteEntitiesRequest,
+        request: pb::WriteEntitiesRequest,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<pb::WriteEntitiesResponse, Status> {
-        check_size(self.engine.limits.max_message_bytes, request.encoded_len())?;
-        let max = self.engine.limits.max_write_ops;
-        if request.ops.len() > max {
-            return Err(ServiceError::from(RequestError::edge(
-                "ops",
-                format!(
-                    "{} operations exceed the limit of {max} per batch",
-                    request.ops.len()
-                ),
-            ))
-            .into());
-        }
-        let ops = request
-            .ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| write_op(i, op))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ServiceError::from)?;
-        let conditions = Conditions {
-            expected_revision: request.expected_revision,
-            entities: request
-                .preconditions
-                .iter()
-                .enumerate()
-                .map(|(i, p)| precondition(i, p))
-                .collect::<Result<_, _>>()
-                .map_err(ServiceError::from)?,
-        };
-        let key = write_key(request).map_err(ServiceError::from)?;
-        // The caller's deadline, never longer than the server's maximum: a write not committed
-        // by then is never committed.
+        // The caller's deadline, never longer than the server's maximum, from the call's
+        // arrival: a write not committed by then is never committed.
         let max = self.engine.limits.max_write_wait;
-        let wait = deadline(metadata).map_or(max, |d| d.min(max));
+        let deadline = Instant::now() + super::deadline(metadata).map_or(max, |d| d.min(max));
+        let max_bytes = self.engine.limits.max_message_bytes;
+        let max_ops = self.engine.limits.max_write_ops;
+        // A large batch is read (JSON parsed, key hashed) and then dropped on a blocking
+        // thread: on the runtime's workers it would hold up the decisions queued behind it.
+        let (ops, conditions, key) = if request.ops.len() <= INLINE_OPS {
+            read_write(&request, max_bytes, max_ops)?
+        } else {
+            tokio::task::spawn_blocking(move || read_write(&request, max_bytes, max_ops))
+                .await
+                .map_err(|e| ServiceError::from(WriteError::Internal(e.to_string())))??
+        };
         let data = self.data()?;
         let written = data
             .write(Write {
                 ops,
-                deadline: Instant::now() + wait,
+                deadline,
                 conditions,
                 key,
             })
@@ -109,6 +91,50 @@ impl EntityStoreService {
             replayed: written.replayed,
         })
     }
+}
+
+/// Batches of up to this many operations are read on the runtime's worker.
+const INLINE_OPS: usize = 64;
+
+/// A write request read: its size and number of operations checked, its operations parsed,
+/// its conditions and its idempotency key.
+fn read_write(
+    request: &pb::WriteEntitiesRequest,
+    max_bytes: usize,
+    max_ops: usize,
+) -> Result<(Vec<WriteOp>, Conditions, Option<WriteKey>), ServiceError> {
+    check_size(max_bytes, request.encoded_len())?;
+    if request.ops.len() > max_ops {
+        return Err(RequestError::edge(
+            "ops",
+            format!(
+                "{} operations exceed the limit of {max_ops} per batch",
+                request.ops.len()
+            ),
+        )
+        .into());
+    }
+    let mut pacer = Pacer::new();
+    let ops = request
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            pacer.tick();
+            write_op(i, op)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let conditions = Conditions {
+        expected_revision: request.expected_revision,
+        entities: request
+            .preconditions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| precondition(i, p))
+            .collect::<Result<_, _>>()?,
+    };
+    let key = write_key(request)?;
+    Ok((ops, conditions, key))
 }
 
 /// Refuses an idempotency key that is empty or too long.
@@ -284,7 +310,8 @@ impl EntityStoreRpc for EntityStoreService {
         request: Request<pb::WriteEntitiesRequest>,
     ) -> Result<Response<pb::WriteEntitiesResponse>, Status> {
         let started = Instant::now();
-        let result = self.write(request.get_ref(), request.metadata()).await;
+        let (metadata, _, request) = request.into_parts();
+        let result = self.write(request, &metadata).await;
         let code = result.as_ref().err().map(Status::code);
         self.telemetry.finish("WriteEntities", started, code);
         Ok(Response::new(result?))
