@@ -326,11 +326,88 @@ fn threads(w: &World) {
     }
 }
 
+/// The part of a 10,000-operation write batch that holds the decisions' lock
+/// (`EntityStore::commit`), with the batch resolved beside decisions first (as the service
+/// does) and without: users written again as they are, and users given a role and then
+/// losing it.
+fn critical_section(w: &mut World) {
+    let mut users: Vec<String> = workload::member_pairs(&w.generated, 23, 12_000)
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    users.sort();
+    users.dedup();
+    users.truncate(10_000);
+    let pairs = workload::member_pairs(&w.generated, 29, 10_000);
+    let uid = |ty: &str, id: &str| -> cedar_policy::EntityUid {
+        format!("Blue::{ty}::\"{id}\"").parse().unwrap()
+    };
+    let rewrite = |store: &EntityStore| -> Vec<WriteOp> {
+        users
+            .iter()
+            .map(|u| WriteOp::Upsert(store.get_json(&uid("User", u)).unwrap()))
+            .collect()
+    };
+    let roles = |add: bool| -> Vec<WriteOp> {
+        pairs
+            .iter()
+            .map(|(u, p)| {
+                let (child, parent) = (uid("User", u), uid("Role", &format!("{p}/comment")));
+                if add {
+                    WriteOp::AddParent { child, parent }
+                } else {
+                    WriteOp::RemoveParent { child, parent }
+                }
+            })
+            .collect()
+    };
+    let schema = &w.pack.entities;
+    for (kind, resolve) in [
+        ("as they are", true),
+        ("as they are", false),
+        ("roles", true),
+        ("roles", false),
+    ] {
+        let mut held: Vec<Duration> = Vec::new();
+        for round in 0..10 {
+            let ops = if kind == "roles" {
+                roles(round % 2 == 0)
+            } else {
+                rewrite(&w.store)
+            };
+            let mut prepared = w.store.prepare(ops, schema).expect("a valid batch");
+            if resolve {
+                prepared.resolve(&w.store);
+            }
+            let t = Instant::now();
+            let retired = w.store.commit(prepared);
+            held.push(t.elapsed());
+            drop(retired);
+        }
+        held.sort();
+        eprintln!(
+            "10,000-op batch, users {kind}, {}: commit (the lock) p50 {:?}, max {:?}",
+            if resolve {
+                "resolved beside decisions"
+            } else {
+                "not resolved"
+            },
+            held[held.len() / 2],
+            held[held.len() - 1]
+        );
+    }
+}
+
 fn all(c: &mut Criterion) {
-    let w = world();
+    let mut w = world();
+    if std::env::var_os("BLUE_AUTHZ_BENCH_ONLY_COMMIT").is_some() {
+        critical_section(&mut w);
+        return;
+    }
     benches(c, &w);
     percentiles(&w);
     threads(&w);
+    critical_section(&mut w);
     write_bench(c, w);
 }
 

@@ -30,31 +30,32 @@ fn targets(v: &Val, out: &mut Vec<Ix>) {
 impl EntityStore {
     /// Adds a node's attribute references to the reverse index.
     pub(super) fn add_refs(&mut self, ix: Ix, node: &Node) {
-        let mut ts = Vec::new();
         for (k, v) in node.attrs.iter() {
-            if matches!(v, Val::Record(_)) {
-                self.record_attrs.insert(*k);
-            }
-            ts.clear();
-            targets(v, &mut ts);
-            for t in &ts {
-                self.refs.entry((*k, *t)).or_default().push(ix);
-            }
+            self.add_attr_refs(ix, *k, v);
         }
     }
 
-    /// Removes a node's attribute references from the reverse index.
-    pub(super) fn remove_refs(&mut self, ix: Ix, node: &Node) {
+    /// Adds the references of one attribute of `ix` to the reverse index.
+    pub(super) fn add_attr_refs(&mut self, ix: Ix, k: u16, v: &Val) {
+        if matches!(v, Val::Record(_)) {
+            self.record_attrs.insert(k);
+        }
         let mut ts = Vec::new();
-        for (k, v) in node.attrs.iter() {
-            ts.clear();
-            targets(v, &mut ts);
-            for t in &ts {
-                if let Some(holders) = self.refs.get_mut(&(*k, *t)) {
-                    holders.retain(|h| *h != ix);
-                    if holders.is_empty() {
-                        self.refs.remove(&(*k, *t));
-                    }
+        targets(v, &mut ts);
+        for t in &ts {
+            self.refs.entry((k, *t)).or_default().push(ix);
+        }
+    }
+
+    /// Removes the references of one attribute of `ix` from the reverse index.
+    pub(super) fn remove_attr_refs(&mut self, ix: Ix, k: u16, v: &Val) {
+        let mut ts = Vec::new();
+        targets(v, &mut ts);
+        for t in &ts {
+            if let Some(holders) = self.refs.get_mut(&(k, *t)) {
+                holders.retain(|h| *h != ix);
+                if holders.is_empty() {
+                    self.refs.remove(&(k, *t));
                 }
             }
         }
