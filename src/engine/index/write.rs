@@ -924,8 +924,11 @@ mod tests {
         )
     }
 
+    /// An entity, its children, and who names it as `lead` and in `teams`.
+    type Indexed = (String, Vec<String>, Vec<String>, Vec<String>);
+
     /// The children and both reverse attribute indexes of every entity, as sorted texts.
-    fn indexes(store: &EntityStore) -> Vec<(String, Vec<String>, Vec<String>, Vec<String>)> {
+    fn indexes(store: &EntityStore) -> Vec<Indexed> {
         let sorted = |v: Vec<EntityUid>| {
             let mut v: Vec<String> = v.iter().map(ToString::to_string).collect();
             v.sort();
@@ -964,7 +967,7 @@ mod tests {
                 .collect();
             store.commit(store.prepare(ops, &schema).unwrap());
         };
-        let batches = vec![
+        let batches = [
             vec![
                 user("a", &["t1"], Some("b"), &["t1", "t2"]),
                 user("b", &["t1", "t2"], None, &["t1"]),
