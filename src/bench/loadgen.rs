@@ -650,6 +650,19 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         .await?;
         let writes = writer.stop().await?;
         println!("{}", loaded.line());
+        // The same writer with no decisions beside it: what a write costs on its own.
+        let alone = Writer::start(data_addr, token, cfg.write_ops).await?;
+        tokio::time::sleep(cfg.duration).await;
+        let alone = alone.stop().await?;
+        println!(
+            "writes alone: {} batches of {} operations in {:.1} s, commit p50 {:.1} ms",
+            alone.len(),
+            cfg.write_ops,
+            cfg.duration.as_secs_f64(),
+            alone
+                .get(alone.len() / 2)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        );
         println!(
             "during the writes: {} batches of {} operations, commit p50 {:.1} ms, max {:.1} ms; \
              decisions p99 {:.2}x and p99.9 {:.2}x of those without writes",
