@@ -67,17 +67,23 @@ impl EntityStore {
         Ok(())
     }
 
-    /// Recomputes the closure of `roots` and of every descendant, parents first.
-    pub(super) fn refresh_closures(&mut self, roots: &[Ix]) {
-        let mut affected: HashSet<Ix> = HashSet::new();
-        let mut queue: VecDeque<Ix> = roots.iter().copied().collect();
+    /// `roots` and every stored descendant of theirs.
+    fn with_descendants(&self, roots: impl Iterator<Item = Ix>) -> HashSet<Ix> {
+        let mut out: HashSet<Ix> = HashSet::new();
+        let mut queue: VecDeque<Ix> = roots.collect();
         while let Some(ix) = queue.pop_front() {
-            if affected.insert(ix) {
+            if out.insert(ix) {
                 if let Some(c) = self.children.get(&ix) {
                     queue.extend(c.iter().copied());
                 }
             }
         }
+        out
+    }
+
+    /// Recomputes the closure of `roots` and of every descendant, parents first.
+    pub(super) fn refresh_closures(&mut self, roots: &[Ix]) {
+        let affected = self.with_descendants(roots.iter().copied());
         // 0: stale, 1: in progress (a cycle stops here), 2: done.
         let mut state: HashMap<Ix, u8> = affected.iter().map(|ix| (*ix, 0)).collect();
         let order: Vec<Ix> = affected.iter().copied().collect();
@@ -93,15 +99,7 @@ impl EntityStore {
     pub(super) fn closures_after(&self, next: &HashMap<Ix, Option<&Node>>) -> HashMap<Ix, Vec<Ix>> {
         // Whose closure can change: the written entities and their stored descendants (an
         // entity the batch does not write keeps its parents, so its children too).
-        let mut affected: HashSet<Ix> = HashSet::new();
-        let mut queue: VecDeque<Ix> = next.keys().copied().collect();
-        while let Some(ix) = queue.pop_front() {
-            if affected.insert(ix) {
-                if let Some(c) = self.children.get(&ix) {
-                    queue.extend(c.iter().copied());
-                }
-            }
-        }
+        let affected = self.with_descendants(next.keys().copied());
         let parents = |ix: Ix| -> &[Ix] {
             match next.get(&ix) {
                 Some(Some(node)) => node.parents(),

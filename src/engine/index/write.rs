@@ -153,10 +153,7 @@ impl Prepared {
             .iter()
             .map(
                 |(ix, node)| match (ix.and_then(|ix| store.node(ix)), node) {
-                    (Some(old), Some(node)) => (
-                        same_items(node.parents(), old.parents()),
-                        same_items(&node.attrs, &old.attrs),
-                    ),
+                    (Some(old), Some(node)) => keeps(node, old),
                     _ => (false, false),
                 },
             )
@@ -566,10 +563,7 @@ impl EntityStore {
             // changed is updated.
             let (same_parents, same_attrs) = match (&same, &node) {
                 (Some(same), Some(_)) => same[i],
-                (None, Some(n)) if old.present => (
-                    same_items(n.parents(), old.parents()),
-                    same_items(&n.attrs, &old.attrs),
-                ),
+                (None, Some(n)) if old.present => keeps(n, &old),
                 _ => (false, false),
             };
             let no_attrs: &[(u16, super::Val)] = &[];
@@ -579,7 +573,8 @@ impl EntityStore {
                 None => (no_attrs, no_parents),
             };
             if !same_attrs {
-                let old_attrs: &[(u16, super::Val)] = if old.present { &old.attrs } else { &[] };
+                // (An absent node holds no attributes.)
+                let old_attrs = &old.attrs[..];
                 for (k, v) in old_attrs {
                     if !new_attrs.iter().any(|(k2, v2)| k2 == k && v2 == v) {
                         self.remove_attr_refs(ix, *k, v);
@@ -643,6 +638,14 @@ impl EntityStore {
         retired.each = resolved.unwrap_or_default();
         retired
     }
+}
+
+/// Whether `node` keeps `old`'s parents, and its attributes (each in any order).
+fn keeps(node: &Node, old: &Node) -> (bool, bool) {
+    (
+        same_items(node.parents(), old.parents()),
+        same_items(&node.attrs, &old.attrs),
+    )
 }
 
 /// Whether two short lists without duplicates hold the same items, in any order.
