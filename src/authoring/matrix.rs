@@ -98,6 +98,41 @@ pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
     compute(pack).map(|(text, _)| text)
 }
 
+/// The contexts the pack's matrix rows ask, by action id (as written, before any namespace),
+/// each once. No file, none.
+pub fn row_contexts(
+    pack: &PolicyPack,
+) -> Result<BTreeMap<String, Vec<serde_json::Map<String, Value>>>, MatrixError> {
+    let path = pack.spec.dir.join(MATRIX_FILE);
+    let mut out: BTreeMap<String, Vec<serde_json::Map<String, Value>>> = BTreeMap::new();
+    if !path.is_file() {
+        return Ok(out);
+    }
+    let spec: MatrixFile = read_toml(&path)?;
+    for table in &spec.tables {
+        for row in &table.rows {
+            let Some(context) = &row.context else {
+                continue;
+            };
+            let err = |message: String| MatrixError::Row {
+                path: path.clone(),
+                table: table.title.clone(),
+                row: row_name(row),
+                message,
+            };
+            let Value::Object(m) = serde_json::to_value(context).map_err(|e| err(e.to_string()))?
+            else {
+                return Err(err("context: must be a table".to_string()));
+            };
+            let seen = out.entry(row.action.clone()).or_default();
+            if !seen.contains(&m) {
+                seen.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The rows whose cells on the fixture differ from the columns they say they allow, each in
 /// words (empty: every row's `allowed` is what the policies answer). No file, no rows.
 pub fn unexpected(pack: &PolicyPack) -> Result<Vec<String>, MatrixError> {

@@ -70,7 +70,7 @@ pub fn run(overlays: &[String], args: DiffCommand) -> Result<Exit, AnyError> {
 }
 
 /// A directory argument as a path: itself, or `git:<rev>:<path>` checked out into `into`.
-fn materialize(arg: &str, into: &Path) -> Result<PathBuf, AnyError> {
+pub(super) fn materialize(arg: &str, into: &Path) -> Result<PathBuf, AnyError> {
     let Some(rest) = arg.strip_prefix("git:") else {
         return Ok(PathBuf::from(arg));
     };

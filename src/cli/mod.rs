@@ -8,6 +8,7 @@ mod diff;
 mod export;
 mod fleet_bench;
 mod gen;
+mod impact;
 mod import;
 mod listing;
 mod matrix;
@@ -125,6 +126,9 @@ enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Which stored (principal, resource) pairs would gain or lose each action if a candidate
+    /// pack replaced the current one, with the policies responsible.
+    Impact(impact::ImpactCommand),
     /// Generate realistic Blue data for benchmarks (deterministic by seed).
     Gen(gen::GenCommand),
     /// Drive a running service over gRPC with a realistic request mix and print throughput
@@ -215,6 +219,7 @@ pub fn main() -> ExitCode {
         } => import::run(&spec, &file, &db.db, source.url().as_deref(), replace),
         Command::Export { db, source } => export::run(&db.db, source.url().as_deref()),
         Command::Gen(args) => gen::run(&spec, args),
+        Command::Impact(args) => impact::run(&spec, args),
         Command::Bench(args) => bench::run(&spec, args),
         Command::FleetBench(args) => fleet_bench::run(&spec, args),
         Command::Check(args) => check::run(&spec, args),

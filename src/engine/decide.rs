@@ -19,7 +19,7 @@ use crate::engine::request::{cedar_request, context_of, CheckedRequest};
 pub const DEFAULT_SLICE_DEPTH: usize = 1;
 
 /// A decision with its explanation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
     /// `@id`s of the policies that determined the decision, sorted.

@@ -4,7 +4,8 @@
 //!
 //! A finder may answer a superset, never a subset: listing checks every candidate on the
 //! decision path, so a finder only has to keep every entity the permit could allow. Forbids
-//! only take away, so they need no finder. The shapes followed backwards, with `X` the listed
+//! only take away, so listing reads no forbid's finder; comparing two packs reads them, to
+//! find the pairs a changed forbid can deny. The shapes followed backwards, with `X` the listed
 //! entity and `K` a part of the condition that does not mention it (evaluated first, as plans
 //! evaluate):
 //! - `K in X.a.b`: `X.a.b` is `K` or one of its ancestors;
@@ -66,40 +67,60 @@ pub(crate) enum Finder {
     },
 }
 
-/// The finders of one action's permits, for each side, in the order of its compiled policies
-/// (None for forbids).
+/// The finders of one action's policies, for each side, in the order of its compiled policies.
+/// Listing reads the permits' alone; a comparison of two packs also reads the forbids'.
 #[derive(Debug)]
 pub struct Finders {
-    principals: Vec<Option<Finder>>,
-    resources: Vec<Option<Finder>>,
+    principals: Vec<Finder>,
+    resources: Vec<Finder>,
+    forbid: Vec<bool>,
 }
 
 impl Finders {
-    /// The finders of a plan's permits (`forbid[i]` tells whether policy i is a forbid).
+    /// The finders of a plan's policies (`forbid[i]` tells whether policy i is a forbid).
     pub fn compile(plan: &Plan, forbid: &[bool]) -> Finders {
         let side = |listed| {
             plan.conditions
                 .iter()
-                .zip(forbid)
-                .map(|(c, f)| (!f).then(|| compile(c, listed)))
+                .map(|c| compile(c, listed))
                 .collect()
         };
         Finders {
             principals: side(Listed::Principals),
             resources: side(Listed::Resources),
+            forbid: forbid.to_vec(),
         }
     }
 
-    pub(crate) fn side(&self, listed: Listed) -> &[Option<Finder>] {
-        match listed {
+    /// Every policy's finder for one side, with whether the policy is a forbid.
+    fn all(&self, listed: Listed) -> impl Iterator<Item = (&Finder, bool)> {
+        let finders = match listed {
             Listed::Principals => &self.principals,
             Listed::Resources => &self.resources,
-        }
+        };
+        finders.iter().zip(self.forbid.iter().copied())
+    }
+
+    /// The permits' finders for one side: what listing reads (forbids only take away).
+    pub(crate) fn permits(&self, listed: Listed) -> impl Iterator<Item = &Finder> {
+        self.all(listed).filter(|(_, f)| !f).map(|(finder, _)| finder)
+    }
+
+    /// The finder of policy `i` (in the order of the action's compiled policies).
+    pub(crate) fn policy(&self, listed: Listed, i: usize) -> Option<&Finder> {
+        self.all(listed).nth(i).map(|(finder, _)| finder)
     }
 
     /// Whether every permit narrows the candidates of this type (known from the policies alone).
     pub fn narrows(&self, listed: Listed, ty: &ast::EntityType) -> bool {
-        self.side(listed).iter().flatten().all(|f| f.narrows(ty))
+        self.permits(listed).all(|f| f.narrows(ty))
+    }
+
+    /// Whether policy `i`'s finder never scans the whole type unless a fact of the other
+    /// side says so (a part that does not mention the listed entity counts as narrowing: for
+    /// most entities of the other side it finds nothing or everything, and which is data).
+    pub fn policy_bounded(&self, listed: Listed, i: usize, ty: &ast::EntityType) -> bool {
+        self.policy(listed, i).is_some_and(|f| f.bounded(ty))
     }
 }
 
@@ -187,6 +208,18 @@ impl Finder {
             Finder::IsType(t) => t != ty,
             Finder::And(a, b) => a.narrows(ty) || b.narrows(ty),
             Finder::Or(a, b) => a.narrows(ty) && b.narrows(ty),
+        }
+    }
+
+    /// [`Finder::narrows`], with a part that does not mention the listed entity counted as
+    /// narrowing.
+    fn bounded(&self, ty: &ast::EntityType) -> bool {
+        match self {
+            Finder::Nothing | Finder::Lookup { .. } | Finder::Known(_) => true,
+            Finder::Everything => false,
+            Finder::IsType(t) => t != ty,
+            Finder::And(a, b) => a.bounded(ty) || b.bounded(ty),
+            Finder::Or(a, b) => a.bounded(ty) && b.bounded(ty),
         }
     }
 

@@ -76,6 +76,16 @@ impl<'a> View<'a> {
         list::list(self.pack, self.store, req, self.limits.slice_depth)
     }
 
+    /// For comparing two packs: the listed entities the finders of the selected policies keep
+    /// (see [`list::candidates`]).
+    pub fn candidates(
+        &self,
+        req: &ListRequest<'_>,
+        selected: &[usize],
+    ) -> Result<Vec<String>, RequestError> {
+        list::candidates(self.pack, self.store, req, selected)
+    }
+
     /// The condition under which a resource of a type is allowed, over its own attributes.
     pub fn plan(&self, req: &PlanRequest<'_>) -> Result<ResourcePlan, RequestError> {
         planner::plan(self.pack, self.store, req)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::error::DataError;
-use crate::engine::index::WriteOp;
+use crate::engine::index::{EntityStore, WriteOp};
 use crate::engine::pack::PolicyPack;
 use crate::service::import_file::{check_file, CheckError, Checked};
 use crate::service::replica::{Replica, ReplicaError, SourceConfig};
@@ -28,7 +28,7 @@ const IMPORT_CHUNK_DEADLINE: Duration = Duration::from_secs(120);
 pub enum OfflineError {
     #[error("{}: a running server holds this database; {instead}, or stop the server first", .db.display())]
     InUse { db: PathBuf, instead: &'static str },
-    #[error("{}: no such database file (export reads an existing one; `--db` names it)", .0.display())]
+    #[error("{}: no such database file (this command reads an existing one; `--db` names it)", .0.display())]
     NoDatabase(PathBuf),
     #[error("{} is not empty", .0.display())]
     NotEmpty(PathBuf),
@@ -75,6 +75,18 @@ fn open(db: &Path, instead: &'static str) -> Result<RedbStorage, OfflineError> {
             e.into()
         }
     })
+}
+
+/// Reads the embedded database into an index under `pack`, writing nothing to it.
+pub fn read_embedded(db: &Path, pack: &PolicyPack) -> Result<EntityStore, OfflineError> {
+    if !db.is_file() {
+        return Err(OfflineError::NoDatabase(db.to_path_buf()));
+    }
+    let storage = open(
+        db,
+        "give its data as a file instead (`--entities`, from the data service's ExportEntities)",
+    )?;
+    Ok(super::startup::read_store(&storage, pack)?.0)
 }
 
 /// Imports an entities file into the embedded database as one atomic batch, streamed: the file

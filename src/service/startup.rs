@@ -104,9 +104,9 @@ pub fn load_store(
     pack: &PolicyPack,
     seed: Option<&std::path::Path>,
 ) -> Result<EntityStore, StateError> {
-    let mut store = EntityStore::default();
     let revision = storage.revision()?;
     if revision == 0 {
+        let mut store = EntityStore::default();
         if let Some(seed) = seed {
             let mut prepared = store.prepare_file(seed, &pack.entities)?;
             let entities = prepared.changes.puts.len();
@@ -125,6 +125,30 @@ pub fn load_store(
         }
         return Ok(store);
     }
+    let (store, trusted) = read_store(storage, pack)?;
+    if !trusted {
+        // Everything was just validated under this schema: record it, changing nothing else.
+        storage.apply(&ChangeSet {
+            changes: Changes {
+                revision,
+                ..Default::default()
+            },
+            schema: Some(pack.data_version.clone()),
+            ..Default::default()
+        })?;
+    }
+    Ok(store)
+}
+
+/// Builds the in-memory index from durable storage without writing to it: entities stored
+/// under another schema or other data assumptions are validated and checked anew (whether
+/// they were is the second value). For tools that read a database a server may also use.
+pub fn read_store(
+    storage: &dyn Storage,
+    pack: &PolicyPack,
+) -> Result<(EntityStore, bool), StateError> {
+    let mut store = EntityStore::default();
+    let revision = storage.revision()?;
     // Data written under this schema and these assumptions was validated as it was written.
     let trusted = storage.schema()?.as_deref() == Some(pack.data_version.as_str());
     let same_schema = trusted || storage.schema()?.as_deref() == Some(pack.schema_version.as_str());
@@ -217,16 +241,5 @@ pub fn load_store(
             "the stored entities keep the pack's data assumptions"
         );
     }
-    if !trusted {
-        // Everything was just validated under this schema: record it, changing nothing else.
-        storage.apply(&ChangeSet {
-            changes: Changes {
-                revision,
-                ..Default::default()
-            },
-            schema: Some(pack.data_version.clone()),
-            ..Default::default()
-        })?;
-    }
-    Ok(store)
+    Ok((store, trusted))
 }

@@ -257,6 +257,23 @@ impl EntityStore {
             .collect()
     }
 
+    /// The ids of the entities of a type the store holds, sorted (none for a type it does
+    /// not know).
+    pub fn ids_of_type(&self, ty: &EntityTypeName) -> Vec<String> {
+        let Some(t) = self.type_ix.get(ty).copied() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = self
+            .uids
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(key, node)| key.ty == t && node.present)
+            .map(|(key, _)| key.id.to_string())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     pub fn lookup(&self, uid: &EntityUid) -> Option<Ix> {
         let ty = *self.type_ix.get(uid.type_name())?;
         self.index.get(&self.uids, ty, uid.id().unescaped())

@@ -252,7 +252,7 @@ impl Query<'_> {
         };
         let mut found: Option<Vec<Ix>> = self.entry.finders.as_ref().and_then(|f| {
             let mut all = Vec::new();
-            for finder in f.side(self.req.listed).iter().flatten() {
+            for finder in f.permits(self.req.listed) {
                 all.extend(finder.find(&at)?);
             }
             Some(all)
@@ -340,6 +340,64 @@ impl Query<'_> {
             decided,
         })
     }
+}
+
+/// For comparing two packs: the entities of the listed type that the finders of the selected
+/// policies (permits or forbids, by their index in the action's compiled policies) keep for
+/// the other side's entity, sorted by id. A superset of those for which any selected policy's
+/// condition can hold; every entity of the type where one of them has no finder.
+pub fn candidates(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &ListRequest<'_>,
+    selected: &[usize],
+) -> Result<Vec<String>, RequestError> {
+    let (other, action, listed_type, entry) = target(pack, store, req)?;
+    let (overlay, placeholder, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
+    if !overlay.is_empty() {
+        return Err(RequestError::new(
+            Field::Entities(None),
+            "request-scoped entities are not read here",
+        ));
+    }
+    let core_type = listed_type.as_ref();
+    let at = At {
+        facts: store,
+        listed: req.listed,
+        listed_type: core_type,
+        placeholder: placeholder.as_ref(),
+        other: other.as_ref(),
+        context: context_of(probe.request.as_ref()),
+    };
+    let found = entry.finders.as_ref().and_then(|f| {
+        let mut all = Vec::new();
+        for &i in selected {
+            all.extend(f.policy(req.listed, i)?.find(&at)?);
+        }
+        Some(all)
+    });
+    let ixs = found.unwrap_or_else(|| {
+        let mut all = Vec::new();
+        store.of_type(core_type, &mut all);
+        all
+    });
+    Ok(sorted_ids(store, ixs, core_type))
+}
+
+/// The ids of the present entities of a type among `ixs`, sorted, each once.
+fn sorted_ids<L: Lookup>(
+    facts: &L,
+    mut ixs: Vec<Ix>,
+    ty: &cedar_policy_core::ast::EntityType,
+) -> Vec<String> {
+    ixs.retain(|ix| facts.present(*ix) && facts.type_is(*ix, ty));
+    let mut ids: Vec<String> = ixs
+        .into_iter()
+        .map(|ix| facts.id(ix).to_string())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The actions whose listing of some type checks every entity of the type, because a permit's
