@@ -21,7 +21,7 @@ use crate::engine::index::EntityStore;
 use crate::engine::decide::Decision;
 use crate::engine::list::{ListRequest, Side};
 use crate::engine::pack::{ActionEntry, PolicyPack};
-use crate::engine::request::{self, ContextMap, DecisionRequest, UidRef};
+use crate::engine::request::{self, ContextMap, UidRef};
 use crate::engine::View;
 
 /// What to compare.
@@ -405,17 +405,18 @@ fn compare(
                         }
                         candidates.sort_unstable();
                         candidates.dedup();
+                        let [before, after] = [0, 1].map(|i| {
+                            let ((pack, store), applies, _) = sides[i];
+                            side.decide(pack, store, applies, &candidates)
+                        });
+                        let (before, after) = (before?, after?);
+                        part.decided += 2 * candidates.len();
                         let mut changed = 0;
-                        for listed_id in &candidates {
-                            let [before, after] = [0, 1].map(|i| {
-                                let ((pack, store), applies, _) = sides[i];
-                                side.decide(pack, store, applies, listed_id)
-                            });
-                            let (before, after) = (before?, after?);
-                            part.decided += 2;
+                        for ((listed_id, before), after) in candidates.iter().zip(before).zip(after) {
                             if before.allow != after.allow {
+                                let gained = after.allow;
                                 let pair = side.pair(listed_id, before.determining, after.determining);
-                                if after.allow {
+                                if gained {
                                     part.gained.push(pair);
                                 } else {
                                     part.lost.push(pair);
@@ -481,14 +482,8 @@ impl Listing<'_> {
         }
     }
 
-    /// The listed entities the selected policies' finders keep.
-    fn candidates(
-        &self,
-        pack: &PolicyPack,
-        store: &EntityStore,
-        selected: &[usize],
-    ) -> Result<Vec<String>, ImpactError> {
-        let req = ListRequest {
+    fn request(&self) -> ListRequest<'_> {
+        ListRequest {
             listed: self.listed,
             other: self.other,
             action: request::action_id(self.t.action),
@@ -497,9 +492,18 @@ impl Listing<'_> {
             entities: &[],
             page_size: 0,
             page_token: "",
-        };
+        }
+    }
+
+    /// The listed entities the selected policies' finders keep.
+    fn candidates(
+        &self,
+        pack: &PolicyPack,
+        store: &EntityStore,
+        selected: &[usize],
+    ) -> Result<Vec<String>, ImpactError> {
         View::new(pack, store)
-            .candidates(&req, selected)
+            .candidates(&self.request(), selected)
             .map_err(|e| self.request_error(e))
     }
 
@@ -515,26 +519,20 @@ impl Listing<'_> {
         }
     }
 
-    /// A pair's decision under one pack (a deny by nothing where it lacks the action).
+    /// The decisions of listed entities under one pack (denies by nothing where it lacks the
+    /// action).
     fn decide(
         &self,
         pack: &PolicyPack,
         store: &EntityStore,
         applies: bool,
-        listed_id: &str,
-    ) -> Result<Decision, ImpactError> {
+        listed: &[String],
+    ) -> Result<Vec<Decision>, ImpactError> {
         if !applies {
-            return Ok(Decision::default());
+            return Ok(vec![Decision::default(); listed.len()]);
         }
-        let (principal, resource) = self.uids(listed_id);
         View::new(pack, store)
-            .is_authorized(&DecisionRequest {
-                principal,
-                action: request::action_id(self.t.action),
-                resource,
-                context: self.t.context,
-                entities: &[],
-            })
+            .decide_listed(&self.request(), listed)
             .map_err(|e| self.request_error(e))
     }
 

@@ -86,6 +86,16 @@ impl<'a> View<'a> {
         list::candidates(self.pack, self.store, req, selected)
     }
 
+    /// For comparing two packs: the decisions of listed entities for the other side's entity
+    /// (see [`list::decide_listed`]).
+    pub fn decide_listed(
+        &self,
+        req: &ListRequest<'_>,
+        ids: &[String],
+    ) -> Result<Vec<Decision>, RequestError> {
+        list::decide_listed(self.pack, self.store, req, ids, self.limits.slice_depth)
+    }
+
     /// The condition under which a resource of a type is allowed, over its own attributes.
     pub fn plan(&self, req: &PlanRequest<'_>) -> Result<ResourcePlan, RequestError> {
         planner::plan(self.pack, self.store, req)

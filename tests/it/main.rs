@@ -21,6 +21,7 @@ mod fleet_writes;
 mod fuzz;
 mod grpc;
 mod hardening;
+mod impact;
 mod listing;
 mod oracle;
 mod outage;

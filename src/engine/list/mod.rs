@@ -384,6 +384,56 @@ pub fn candidates(
     Ok(sorted_ids(store, ixs, core_type))
 }
 
+/// For comparing two packs: decides the listed entities `ids` for the other side's entity, as
+/// [`list`] decides its candidates (the plan straight over the index where it answers, else
+/// the whole decision path). An id the store lacks is decided as an entity with no data.
+pub fn decide_listed(
+    pack: &PolicyPack,
+    store: &EntityStore,
+    req: &ListRequest<'_>,
+    ids: &[String],
+    depth: usize,
+) -> Result<Vec<decide::Decision>, RequestError> {
+    let (other, action, listed_type, entry) = target(pack, store, req)?;
+    let (overlay, _, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
+    if !overlay.is_empty() {
+        return Err(RequestError::new(
+            Field::Entities(None),
+            "request-scoped entities are not read here",
+        ));
+    }
+    let context = context_of(probe.request.as_ref());
+    let other_ent = match store.lookup(&other) {
+        Some(ix) => Ent::Ix(ix),
+        None => Ent::Other(other.as_ref()),
+    };
+    let other_side = (other_ent, other.as_ref().entity_type());
+    let core_type = listed_type.as_ref();
+    ids.iter()
+        .map(|id| {
+            let uid = EntityUid::from_type_name_and_id(listed_type.clone(), EntityId::new(id));
+            let planned = store.lookup(&uid).and_then(|ix| {
+                let me = (Ent::Ix(ix), core_type);
+                let (p, r) = match req.listed {
+                    Listed::Resources => (other_side, me),
+                    Listed::Principals => (me, other_side),
+                };
+                decide::decide_planned_at(entry, store, p, r, context)
+            });
+            if let Some(d) = planned {
+                return Ok(d);
+            }
+            let (p, r) = match req.listed {
+                Listed::Resources => (other.clone(), uid),
+                Listed::Principals => (uid, other.clone()),
+            };
+            let checked =
+                request::check_parsed(pack, (p, action.clone(), r), req.context, overlay.clone())?;
+            Ok(decide::decide(pack, store, &checked, depth))
+        })
+        .collect()
+}
+
 /// The ids of the present entities of a type among `ixs`, sorted, each once.
 fn sorted_ids<L: Lookup>(
     facts: &L,
