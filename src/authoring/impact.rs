@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use cedar_policy::EntityTypeName;
 use serde_json::{json, Value};
 
+use crate::engine::decide::Decision;
 use crate::engine::error::RequestError;
 use crate::engine::index::EntityStore;
-use crate::engine::decide::Decision;
 use crate::engine::list::{ListRequest, Side};
 use crate::engine::pack::{ActionEntry, PolicyPack};
 use crate::engine::request::{self, ContextMap, UidRef};
@@ -196,10 +196,7 @@ pub fn changed_actions(old: &PolicyPack, new: &PolicyPack) -> Vec<String> {
 /// What decides an action: its policies' names, effects and conditions, sorted.
 fn signature(compiled: Option<&[crate::engine::compiled::Compiled]>) -> Option<Vec<String>> {
     compiled.map(|cs| {
-        let mut out: Vec<String> = cs
-            .iter()
-            .map(policy_signature)
-            .collect();
+        let mut out: Vec<String> = cs.iter().map(policy_signature).collect();
         out.sort();
         out
     })
@@ -251,7 +248,10 @@ pub fn impact(
         for pt in types(|e| &e.principal_types) {
             for rt in types(|e| &e.resource_types) {
                 for context in &contexts {
-                    if input.limit.is_some_and(|l| total.load(Ordering::Relaxed) > l) {
+                    if input
+                        .limit
+                        .is_some_and(|l| total.load(Ordering::Relaxed) > l)
+                    {
                         break;
                     }
                     let one = Target {
@@ -265,7 +265,9 @@ pub fn impact(
             }
         }
     }
-    let truncated = input.limit.is_some_and(|l| total.load(Ordering::Relaxed) > l);
+    let truncated = input
+        .limit
+        .is_some_and(|l| total.load(Ordering::Relaxed) > l);
     Ok(Impact {
         changed,
         actions,
@@ -388,7 +390,10 @@ fn compare(
                 s.spawn(move || {
                     let mut part = Part::default();
                     for id in ids {
-                        if input.limit.is_some_and(|l| total.load(Ordering::Relaxed) > l) {
+                        if input
+                            .limit
+                            .is_some_and(|l| total.load(Ordering::Relaxed) > l)
+                        {
                             break;
                         }
                         let side = Listing {
@@ -412,10 +417,12 @@ fn compare(
                         let (before, after) = (before?, after?);
                         part.decided += 2 * candidates.len();
                         let mut changed = 0;
-                        for ((listed_id, before), after) in candidates.iter().zip(before).zip(after) {
+                        for ((listed_id, before), after) in candidates.iter().zip(before).zip(after)
+                        {
                             if before.allow != after.allow {
                                 let gained = after.allow;
-                                let pair = side.pair(listed_id, before.determining, after.determining);
+                                let pair =
+                                    side.pair(listed_id, before.determining, after.determining);
                                 if gained {
                                     part.gained.push(pair);
                                 } else {

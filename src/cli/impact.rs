@@ -121,7 +121,10 @@ pub fn run(spec: &PackSpec, args: ImpactCommand) -> Result<Exit, AnyError> {
         report.lost(),
         report.elapsed.as_secs_f64()
     );
-    println!("actions whose policies differ: {}", super::list(&report.changed));
+    println!(
+        "actions whose policies differ: {}",
+        super::list(&report.changed)
+    );
     for a in &report.actions {
         let context = a
             .context

@@ -79,12 +79,7 @@ pub struct Finders {
 impl Finders {
     /// The finders of a plan's policies (`forbid[i]` tells whether policy i is a forbid).
     pub fn compile(plan: &Plan, forbid: &[bool]) -> Finders {
-        let side = |listed| {
-            plan.conditions
-                .iter()
-                .map(|c| compile(c, listed))
-                .collect()
-        };
+        let side = |listed| plan.conditions.iter().map(|c| compile(c, listed)).collect();
         Finders {
             principals: side(Listed::Principals),
             resources: side(Listed::Resources),
@@ -103,7 +98,9 @@ impl Finders {
 
     /// The permits' finders for one side: what listing reads (forbids only take away).
     pub(crate) fn permits(&self, listed: Listed) -> impl Iterator<Item = &Finder> {
-        self.all(listed).filter(|(_, f)| !f).map(|(finder, _)| finder)
+        self.all(listed)
+            .filter(|(_, f)| !f)
+            .map(|(finder, _)| finder)
     }
 
     /// The finder of policy `i` (in the order of the action's compiled policies).

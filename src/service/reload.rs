@@ -5,6 +5,7 @@
 //! on the set they started with). A rejected candidate changes nothing; why it was rejected is
 //! logged with file:line:col, counted, and kept for `GetPolicyStatus`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use notify::{RecursiveMode, Watcher};
 use super::error::SettingsError;
 use super::gate::{self, Analysis, GateError};
 use super::state::{unix_ms, State};
+use crate::authoring::impact::Impact;
 use crate::engine::pack::{PackSpec, PolicyPack};
 
 /// Where the candidate's spec comes from: called on every reload, so configuration changes
@@ -47,6 +49,57 @@ impl Rejection {
     }
 }
 
+/// What the last accepted reload changed on the stored data, as counts.
+#[derive(Debug, Clone, Default)]
+pub struct ImpactSummary {
+    pub from_version: String,
+    pub to_version: String,
+    /// Pairs that gained an action, and pairs that lost one.
+    pub gained: usize,
+    pub lost: usize,
+    /// The store revision it was computed at.
+    pub revision: u64,
+    pub elapsed_ms: u64,
+    /// Per action and resource type, those with a change: (action, resource type, gained,
+    /// lost).
+    pub actions: Vec<(String, String, usize, usize)>,
+    /// Changed actions not compared, with the reason.
+    pub skipped: Vec<String>,
+}
+
+impl ImpactSummary {
+    fn of(from: &str, to: &str, impact: &Impact) -> Self {
+        let mut actions: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+        for a in &impact.actions {
+            if a.gained.is_empty() && a.lost.is_empty() {
+                continue;
+            }
+            let e = actions
+                .entry((a.action.clone(), a.resource_type.clone()))
+                .or_default();
+            e.0 += a.gained.len();
+            e.1 += a.lost.len();
+        }
+        ImpactSummary {
+            from_version: from.to_string(),
+            to_version: to.to_string(),
+            gained: impact.gained(),
+            lost: impact.lost(),
+            revision: impact.revision,
+            elapsed_ms: impact.elapsed.as_millis() as u64,
+            actions: actions
+                .into_iter()
+                .map(|((a, t), (g, l))| (a, t, g, l))
+                .collect(),
+            skipped: impact
+                .skipped
+                .iter()
+                .map(|(a, why)| format!("{a}: {why}"))
+                .collect(),
+        }
+    }
+}
+
 /// What operators can ask about the live policy set.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyStatus {
@@ -63,6 +116,8 @@ pub struct PolicyStatus {
     pub last_rejection: Option<Rejection>,
     /// What the gate's analysis said of the live set (`proved: ...`, `skipped: ...`).
     pub live_analysis: String,
+    /// What the last accepted reload that changed the policies changed on the stored data.
+    pub last_impact: Option<ImpactSummary>,
 }
 
 /// The outcome of one reload attempt.
@@ -74,6 +129,8 @@ pub enum Outcome {
     Swapped {
         version: String,
         policies_changed: bool,
+        /// What it changed on the stored data (None: nothing served before it).
+        impact: Option<ImpactSummary>,
     },
     Rejected(Rejection),
 }
@@ -86,6 +143,7 @@ pub struct Reloader {
     rejected: AtomicU64,
     unchanged: AtomicU64,
     status: Mutex<(u64, Option<Rejection>)>,
+    last_impact: Mutex<Option<ImpactSummary>>,
     /// Serializes reloads.
     running: Mutex<()>,
 }
@@ -100,6 +158,7 @@ impl Reloader {
             rejected: AtomicU64::new(0),
             unchanged: AtomicU64::new(0),
             status: Mutex::new((unix_ms(), None)),
+            last_impact: Mutex::new(None),
             running: Mutex::new(()),
         })
     }
@@ -136,6 +195,11 @@ impl Reloader {
                 .as_ref()
                 .and_then(|p| p.analysis.get().cloned())
                 .unwrap_or_default(),
+            last_impact: self
+                .last_impact
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -149,7 +213,11 @@ impl Reloader {
                 let version = pack.version.clone();
                 let policies_changed = before.as_ref().is_none_or(|b| b.version != version);
                 match self.engine.swap_pack_checked(pack) {
-                    Ok(()) => Outcome::Swapped {
+                    Ok(impact) => Outcome::Swapped {
+                        impact: impact.map(|i| {
+                            let from = before.as_ref().map(|b| b.version.as_str());
+                            ImpactSummary::of(from.unwrap_or(""), &version, &i)
+                        }),
                         version,
                         policies_changed,
                     },
@@ -168,12 +236,16 @@ impl Reloader {
             Outcome::Swapped {
                 version,
                 policies_changed,
+                impact,
             } => {
                 {
                     // A rejection before this accepted set is history, not the state.
                     let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
                     status.0 = unix_ms();
                     status.1 = None;
+                }
+                if let Some(i) = impact.as_ref().filter(|_| *policies_changed) {
+                    *self.last_impact.lock().unwrap_or_else(|e| e.into_inner()) = Some(i.clone());
                 }
                 // Counted once the status says so: a reader that sees the count sees the state.
                 self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +255,21 @@ impl Reloader {
                     return outcome;
                 }
                 tracing::info!(%version, elapsed_ms, "policy set reloaded");
+                if let Some(i) = impact {
+                    for (action, ty, gained, lost) in &i.actions {
+                        tracing::info!(%version, action, resource_type = ty, gained, lost, "reload impact");
+                    }
+                    tracing::info!(
+                        %version,
+                        gained = i.gained,
+                        lost = i.lost,
+                        revision = i.revision,
+                        impact_ms = i.elapsed_ms,
+                        "reload impact on the stored data: {} pair(s) gained an action, {} lost one",
+                        i.gained,
+                        i.lost
+                    );
+                }
                 if let (Some(old), Some(new)) = (before, self.engine.pack()) {
                     // Off the reload's path: what the new set decides differently.
                     std::thread::spawn(move || log_semantic_diff(&old, &new));

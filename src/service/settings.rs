@@ -172,6 +172,10 @@ pub struct ServeSettings {
         default_value_t = super::state::DEFAULT_MAX_INFLIGHT_BYTES
     )]
     pub max_inflight_bytes: usize,
+    /// Most (principal, resource) pairs of the stored data whose decision a policy reload may
+    /// change; a candidate that changes more is refused and says so (0: any number).
+    #[arg(long, env = "BLUE_AUTHZ_MAX_RELOAD_IMPACT", default_value_t = 0)]
+    pub max_reload_impact: usize,
     /// Open connections per listener; at the limit, new ones wait to be accepted.
     #[arg(long, env = "BLUE_AUTHZ_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -543,6 +547,7 @@ impl ServeSettings {
                 max_revision_wait: Duration::from_millis(self.max_revision_wait_ms),
                 max_write_wait: Duration::from_millis(self.max_write_wait_ms.max(1)),
                 key_window: Duration::from_secs(self.idempotency_window_secs),
+                max_reload_impact: Some(self.max_reload_impact).filter(|n| *n > 0),
             },
             conn: super::listeners::ConnLimits {
                 max_connections: self.max_connections.max(1),

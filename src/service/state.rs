@@ -2,12 +2,15 @@
 //! storage behind it, and the store revision. Writes are serialized, validated whole, made
 //! durable, then made visible at once; decisions read one consistent view.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
+use crate::authoring::impact::{self, Impact, ImpactInput};
+use crate::authoring::matrix;
 use crate::engine::error::{DataError, RequestError};
 use crate::engine::index::{EntityStore, Prepared, WriteOp};
 use crate::engine::pack::PolicyPack;
@@ -34,6 +37,9 @@ pub struct Limits {
     pub max_write_wait: Duration,
     /// How long idempotency keys are remembered.
     pub key_window: Duration,
+    /// Most (principal, resource) pairs of the stored data whose decision a reload may
+    /// change; a candidate that changes more is refused (None: any number).
+    pub max_reload_impact: Option<usize>,
 }
 
 /// The default of `max_inflight_bytes`: sixteen requests of the largest size.
@@ -50,6 +56,7 @@ impl Default for Limits {
             max_revision_wait: Duration::from_secs(5),
             max_write_wait: Duration::from_secs(10),
             key_window: crate::storage::DEFAULT_KEY_WINDOW,
+            max_reload_impact: None,
         }
     }
 }
@@ -351,7 +358,7 @@ impl State {
     /// When the schema changed, the entity index is first rebuilt under the new schema, and a
     /// stored entity that no longer conforms rejects the swap. A candidate whose data
     /// assumptions differ has the stored entities checked against them too.
-    pub fn swap_pack_checked(&self, pack: Arc<PolicyPack>) -> Result<(), Vec<String>> {
+    pub fn swap_pack_checked(&self, pack: Arc<PolicyPack>) -> Result<Option<Impact>, Vec<String>> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.pack();
         let schema_changed = live
@@ -372,11 +379,16 @@ impl State {
             )]
         };
         if !schema_changed {
+            let store = self.read_store();
             if assumptions_changed {
-                self.read_store()
-                    .check_assumptions(&pack.entities)
-                    .map_err(broken)?;
+                store.check_assumptions(&pack.entities).map_err(broken)?;
             }
+            // Writes wait for the comparison (the writer lock is held); decisions do not.
+            let impact = match &live {
+                Some(live) => Some(self.reload_impact(live, (&pack, &store), &store)?),
+                None => None,
+            };
+            drop(store);
             let keys_changed = live
                 .as_ref()
                 .is_some_and(|live| live.entities.keys != pack.entities.keys);
@@ -385,7 +397,7 @@ impl State {
                 store.set_keys(&pack.entities.keys);
             }
             self.pack.store(Some(pack));
-            return Ok(());
+            return Ok(impact);
         }
         let rebuilt = self.read_store().rebuild(&pack.entities).map_err(|e| {
             vec![format!(
@@ -393,10 +405,83 @@ impl State {
             )]
         })?;
         rebuilt.check_assumptions(&pack.entities).map_err(broken)?;
+        let impact = match &live {
+            Some(live) => Some(self.reload_impact(live, (&pack, &rebuilt), &self.read_store())?),
+            None => None,
+        };
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         *store = rebuilt;
         self.pack.store(Some(pack));
-        Ok(())
+        Ok(impact)
+    }
+
+    /// What replacing `live` by the candidate changes on the stored data; past
+    /// `max_reload_impact` pairs, a refusal that says so.
+    fn reload_impact(
+        &self,
+        live: &PolicyPack,
+        (pack, new_store): (&PolicyPack, &EntityStore),
+        old_store: &EntityStore,
+    ) -> Result<Impact, Vec<String>> {
+        let mut contexts = BTreeMap::new();
+        for p in [live, pack] {
+            let rows = matrix::row_contexts(p).map_err(|e| vec![e.to_string()])?;
+            for (action, cs) in rows {
+                let all: &mut Vec<_> = contexts.entry(action).or_default();
+                for c in cs {
+                    if !all.contains(&c) {
+                        all.push(c);
+                    }
+                }
+            }
+        }
+        let limit = self.limits.max_reload_impact;
+        let report = impact::impact(
+            &ImpactInput {
+                old: (live, old_store),
+                new: (pack, new_store),
+                contexts: &BTreeMap::new(),
+                threads: 1,
+                limit,
+            },
+            &contexts,
+        )
+        .map_err(|e| vec![format!("the candidate's impact on the stored data: {e}")])?;
+        if let Some(max) = limit.filter(|max| report.pairs() > *max) {
+            let mut biggest: Vec<(usize, String)> = report
+                .actions
+                .iter()
+                .filter(|a| !a.gained.is_empty() || !a.lost.is_empty())
+                .map(|a| {
+                    (
+                        a.gained.len() + a.lost.len(),
+                        format!(
+                            "{} on {}: +{} -{}",
+                            a.action,
+                            a.resource_type,
+                            a.gained.len(),
+                            a.lost.len()
+                        ),
+                    )
+                })
+                .collect();
+            biggest.sort_by(|a, b| b.0.cmp(&a.0));
+            return Err(vec![format!(
+                "the candidate changes the decisions of more than max_reload_impact ({max}) \
+                 pairs of the stored data: at least {} gain an action and {} lose one ({}); \
+                 `blue-authz impact` lists them, and a larger max_reload_impact lets such an \
+                 edit through",
+                report.gained(),
+                report.lost(),
+                biggest
+                    .into_iter()
+                    .take(5)
+                    .map(|(_, words)| words)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )]);
+        }
+        Ok(report)
     }
 
     pub fn revision(&self) -> u64 {

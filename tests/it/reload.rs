@@ -27,10 +27,14 @@ struct Fixture {
 }
 
 async fn fixture(config_file: Option<&str>) -> Fixture {
+    fixture_with(config_file, Limits::default()).await
+}
+
+async fn fixture_with(config_file: Option<&str>, limits: Limits) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let policies = tmp.path().join("policies");
     copy_dir(&pack(), &policies);
-    let mut cfg = config(tmp.path(), Limits::default());
+    let mut cfg = config(tmp.path(), limits);
     cfg.pack = PackSpec::new(&policies, &[]);
     if let Some(text) = config_file {
         let path = tmp.path().join("blue-authz.toml");
@@ -190,6 +194,20 @@ action = "editDocuments""#,
     assert_eq!(after.live_version, new_version);
     assert_eq!(after.reloads_accepted, 1, "{after:?}");
     assert_eq!(after.reloads_rejected, 0, "{after:?}");
+    // What the reload changed on the stored data: cleo, apollo's client, may edit its wiki.
+    let impact = after.last_impact.expect("the reload's impact");
+    assert_eq!((impact.gained, impact.lost), (1, 0), "{impact:?}");
+    assert_eq!(impact.from_version, before.live_version);
+    assert_eq!(impact.to_version, new_version);
+    assert_eq!(
+        impact.actions,
+        vec![pb::ActionImpact {
+            action: "editWiki".into(),
+            resource_type: "Blue::Project".into(),
+            gained: 1,
+            lost: 0
+        }]
+    );
     // Every answer was consistent with the version it names, and the switch happened once.
     assert!(seen.len() > 20, "{} calls", seen.len());
     for (allow, version) in &seen {
@@ -650,4 +668,111 @@ async fn a_candidate_whose_assumptions_the_stored_data_breaks_is_rejected() {
         refused.contains("dashboard.notMaxs") && refused.contains("max-board"),
         "{refused}"
     );
+}
+
+/// The wiki edit of `an_edit_goes_live_while_decisions_flow_and_none_fails`: the suite
+/// expectation, the table row and the policy, in one burst.
+fn clients_may_edit_the_wiki(policies: &Path) {
+    edit(
+        &policies.join("tests/project.toml"),
+        r#"cleo = "deny", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
+
+[[test]]
+action = "editDocuments""#,
+        r#"cleo = "allow project.editWiki", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
+
+[[test]]
+action = "editDocuments""#,
+    );
+    edit(
+        &policies.join("matrix.toml"),
+        TABLE_WIKI,
+        &TABLE_WIKI.replace("\"member\"]", "\"member\", \"client\"]"),
+    );
+    edit(
+        &policies.join("project.cedar"),
+        WIKI,
+        &WIKI.replace("resource.member", "resource.client"),
+    );
+}
+
+/// `max_reload_impact` refuses a candidate that would change more stored decisions than it
+/// allows, and says which; decisions go on throughout, on the last good set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_reload_impact_refuses_a_broad_edit_while_decisions_go_on() {
+    let limits = Limits {
+        max_reload_impact: Some(5),
+        ..Limits::default()
+    };
+    let mut f = fixture_with(None, limits).await;
+    let good = status(&mut f).await.live_version;
+    // Ten more clients of apollo, beyond the suites' fixture: the edit passes its suites, and
+    // changes eleven stored decisions.
+    let mut data = pb::entity_store_client::EntityStoreClient::connect(format!(
+        "http://{}",
+        f.running.data_addr.unwrap()
+    ))
+    .await
+    .unwrap();
+    let ops = (0..10)
+        .map(|i| {
+            common::upsert(serde_json::json!({
+                "uid": {"type": "Blue::User", "id": format!("client{i}")},
+                "attrs": {},
+                "parents": [{"type": "Blue::Role", "id": "apollo/client"}]
+            }))
+        })
+        .collect();
+    let mut req = tonic::Request::new(pb::WriteEntitiesRequest {
+        ops,
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", common::TOKEN).parse().unwrap(),
+    );
+    data.write_entities(req).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flow = {
+        let mut c = f.decisions.clone();
+        let (stop, calls) = (stop.clone(), calls.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .is_authorized(ask("client3", "editWiki", "Blue::Project", "apollo"))
+                    .await
+                    .expect("a call failed during the reload")
+                    .into_inner();
+                assert_eq!(r.decision, pb::Decision::Deny as i32);
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    clients_may_edit_the_wiki(&f.policies);
+    let s = wait_status(&mut f, |s| s.reloads_rejected == 1).await;
+    let r = s.last_rejection.clone().expect("why");
+    let why = r.reasons.join("\n");
+    assert!(
+        why.contains("more than max_reload_impact (5)")
+            && why.contains("at least 11 gain an action and 0 lose one")
+            && why.contains("editWiki on Blue::Project: +11 -0"),
+        "{why}"
+    );
+    assert_eq!(s.live_version, good);
+    assert_eq!(s.reloads_accepted, 0);
+    assert!(s.last_impact.is_none(), "{s:?}");
+    // Decisions went on, and go on, on the last good set.
+    let at = calls.load(Ordering::Relaxed);
+    let counted = calls.clone();
+    common::until(
+        "decisions after the refusal",
+        Duration::from_secs(30),
+        move || counted.load(Ordering::Relaxed) >= at + 10,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    flow.await.unwrap();
+    f.running.shutdown().await.unwrap();
 }

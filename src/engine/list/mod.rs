@@ -441,10 +441,7 @@ fn sorted_ids<L: Lookup>(
     ty: &cedar_policy_core::ast::EntityType,
 ) -> Vec<String> {
     ixs.retain(|ix| facts.present(*ix) && facts.type_is(*ix, ty));
-    let mut ids: Vec<String> = ixs
-        .into_iter()
-        .map(|ix| facts.id(ix).to_string())
-        .collect();
+    let mut ids: Vec<String> = ixs.into_iter().map(|ix| facts.id(ix).to_string()).collect();
     ids.sort_unstable();
     ids.dedup();
     ids

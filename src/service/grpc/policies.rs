@@ -40,6 +40,25 @@ impl pb::policies_server::Policies for PoliciesService {
                 problems: r.problems as u32,
             }),
             live_analysis: s.live_analysis,
+            last_impact: s.last_impact.map(|i| pb::ReloadImpact {
+                from_version: i.from_version,
+                to_version: i.to_version,
+                gained: i.gained as u64,
+                lost: i.lost as u64,
+                revision: i.revision,
+                elapsed_ms: i.elapsed_ms,
+                actions: i
+                    .actions
+                    .into_iter()
+                    .map(|(action, resource_type, gained, lost)| pb::ActionImpact {
+                        action,
+                        resource_type,
+                        gained: gained as u64,
+                        lost: lost as u64,
+                    })
+                    .collect(),
+                skipped: i.skipped,
+            }),
         }))
     }
 }
