@@ -311,3 +311,123 @@ fn impact_equals_brute_force_on_generated_data_by_stride() {
         );
     }
 }
+
+fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+}
+
+/// The command on an embedded database: counts, a sample, and every pair as JSON lines, equal
+/// to the library's answer; bad input named.
+#[test]
+fn the_impact_command_reads_a_database_and_writes_every_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::pack();
+    let db = dir.path().join("authz.redb");
+    let out = bin()
+        .args(["--policies", base.to_str().unwrap(), "import"])
+        .arg(base.join("tests/fixture.json"))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = load(&base, &[]);
+    let store = EntityStore::load_file(&base.join("tests/fixture.json"), &old.entities).unwrap();
+    for (name, to, overlays) in edits(dir.path(), "max", "gus") {
+        let pairs = dir.path().join("pairs.jsonl");
+        let out = bin()
+            .args(["--policies", base.to_str().unwrap(), "impact", "--to"])
+            .arg(&to)
+            .arg("--to-overlay")
+            .arg(overlays.join(","))
+            .arg("--db")
+            .arg(&db)
+            .arg("--pairs")
+            .arg(&pairs)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want = run_impact(&old, &load(&to, &overlays), &store);
+        assert_eq!(summary["gained"], want.gained(), "{name}");
+        assert_eq!(summary["lost"], want.lost(), "{name}");
+        assert_eq!(summary["changed_actions"], serde_json::json!(want.changed));
+        let lines: Vec<Value> = std::fs::read_to_string(&pairs)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let wanted: Vec<Value> = want.lines().collect();
+        assert_eq!(lines, wanted, "{name}");
+        // Each line names the action, the change, both entities and the policies.
+        for l in &lines {
+            for key in [
+                "action",
+                "change",
+                "principal",
+                "resource",
+                "before",
+                "after",
+            ] {
+                assert!(l.get(key).is_some(), "{l}");
+            }
+        }
+    }
+    // In words: the wiki edit's one pair, with the permit responsible.
+    let out = bin()
+        .args(["--policies", base.to_str().unwrap(), "impact", "--to"])
+        .arg(dir.path().join("wiki"))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 pair(s) gain an action, 0 lose one")
+            && text.contains(
+                "+ Blue::User::\"cleo\" on Blue::Project::\"apollo\" (before: none; after: project.editWiki)"
+            ),
+        "{text}"
+    );
+    // Bad input: no database, a candidate that does not parse.
+    let out = bin()
+        .args(["--policies", base.to_str().unwrap(), "impact", "--to"])
+        .arg(dir.path().join("wiki"))
+        .arg("--db")
+        .arg(dir.path().join("missing.redb"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.redb: no such database file"), "{err}");
+    let broken = edited(dir.path(), "broken", |d| {
+        replace(
+            d,
+            "project.cedar",
+            "when { principal in resource.admin };\n\n// Projektschablone",
+            "when { principal in resource.admin }\n\n// Projektschablone",
+        )
+    });
+    let out = bin()
+        .args(["--policies", base.to_str().unwrap(), "impact", "--to"])
+        .arg(&broken)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("project.cedar:14:1: error: unexpected token"),
+        "{err}"
+    );
+}
