@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::{list, load_or_report, AnyError, Exit};
 use crate::engine::error::{Field, RequestError};
+use crate::engine::explain::{Explanation, Why};
 use crate::engine::index::EntityStore;
 use crate::engine::pack::PackSpec;
 use crate::engine::request::{self, ContextMap, DecisionRequest, UidRef};
@@ -26,6 +27,10 @@ pub struct CheckCommand {
     /// Context as a Cedar JSON record.
     #[arg(long, default_value = "{}")]
     context: String,
+    /// For a deny that nothing permitted, say which part of each permit failed, and the
+    /// values it read.
+    #[arg(long)]
+    explain: bool,
 }
 
 pub fn run(spec: &PackSpec, args: CheckCommand) -> Result<Exit, AnyError> {
@@ -46,12 +51,48 @@ pub fn run(spec: &PackSpec, args: CheckCommand) -> Result<Exit, AnyError> {
             entities: &[],
         })
         .map_err(flag_error)?;
-    let d = view.decide(&req);
+    let explained = args.explain.then(|| view.explain(&req));
+    let d = match &explained {
+        Some(e) => e.decision.clone(),
+        None => view.decide(&req),
+    };
     println!("decision: {}", if d.allow { "ALLOW" } else { "DENY" });
     println!("determining policies: {}", list(&d.determining));
     println!("errors: {}", list(&d.errors));
     println!("policy version: {}", pack.version);
+    if let Some(e) = explained {
+        print_explanation(&e);
+    }
     Ok(Exit::Success)
+}
+
+fn print_explanation(e: &Explanation) {
+    match e.why {
+        Why::Permitted => println!("why: permitted by {}", list(&e.decision.determining)),
+        Why::Forbidden => println!("why: forbidden by {}", list(&e.decision.determining)),
+        Why::NothingPermits if e.permits.is_empty() => {
+            println!("why: no permit applies to this action")
+        }
+        Why::NothingPermits => {
+            println!("why: no permit holds");
+            for u in &e.permits {
+                println!("  {}: {}", u.policy, u.words);
+                println!("    failed: {}", u.failed);
+                for r in &u.read {
+                    if r.ancestors.is_empty() {
+                        println!("    read: {} = {}", r.expr, r.value);
+                    } else {
+                        println!(
+                            "    read: {} = {} (in {})",
+                            r.expr,
+                            r.value,
+                            r.ancestors.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The `--context` flag read as a JSON object (empty: none).

@@ -2,12 +2,13 @@
 //! is loaded, named by `@id`, validated strictly and indexed by action ([`pack`]); each action's
 //! policies are compiled once ([`compiled`]) and, where they are in a common Cedar subset, into
 //! a plan evaluated straight over the entity index ([`plan`]); requests are checked against the
-//! schema ([`request`]) and decided with an explanation ([`decide`]) over the in-memory entity
-//! index ([`index`]). Listing ([`list`]) enumerates the principals or resources a request
+//! schema ([`request`]) and decided with the determining policies ([`decide`]) over the
+//! in-memory entity index ([`index`]); [`explain`] says why, and for a deny that nothing
+//! permitted, which part of each permit failed. Listing ([`list`]) enumerates the principals or resources a request
 //! allows, with candidates found by [`narrow`] from the plans and checked on the decision path.
 //!
 //! Callers enter through [`view`]: one [`view::View`] of a pack, an index and the limits per
-//! call, with `check`, `decide`, `list` and `list_actions`.
+//! call, with `check`, `decide`, `explain`, `list` and `list_actions`.
 //!
 //! Leaf modules shared by those: [`error`] (typed errors), [`json`] (entity references in
 //! Cedar JSON), [`schema`] (the schema as the index sees it), [`needs`] (what slices must
@@ -21,6 +22,7 @@ pub mod assume;
 pub mod compiled;
 pub mod decide;
 pub mod error;
+pub mod explain;
 pub mod facts;
 pub mod index;
 pub mod json;

@@ -6,6 +6,7 @@
 
 use crate::engine::decide::{self, Decision, DEFAULT_SLICE_DEPTH};
 use crate::engine::error::RequestError;
+use crate::engine::explain::{self, Explanation};
 use crate::engine::index::EntityStore;
 use crate::engine::list::actions::{self, Actions, ActionsRequest};
 use crate::engine::list::{self, ListRequest, Page};
@@ -58,6 +59,12 @@ impl<'a> View<'a> {
     /// Decides a checked request, with the policies that determined it.
     pub fn decide(&self, req: &CheckedRequest) -> Decision {
         decide::decide(self.pack, self.store, req, self.limits.slice_depth)
+    }
+
+    /// Decides a checked request and explains it: for a deny that nothing permitted, each
+    /// permit that could apply with the part of its condition that failed.
+    pub fn explain(&self, req: &CheckedRequest) -> Explanation {
+        explain::explain(self.pack, self.store, req, self.limits.slice_depth)
     }
 
     /// [`View::decide`] always through Cedar's evaluator over a slice, never a compiled plan:
