@@ -93,14 +93,15 @@ pub fn explain(
     let mut seeds = vec![(&req.principal, &NEED_ALL), (&req.resource, &NEED_ALL)];
     seeds.extend(req.context_refs.iter().map(|r| (r, &NEED_ALL)));
     seeds.extend(entry.literals.iter().map(|l| (l, &NEED_ALL)));
-    let built = decide::slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry])
-        .and_then(|entities| {
-            cedar_request(
-                req.request.as_ref(),
-                (&req.principal, &req.action, &req.resource),
-            )
-            .map(|r| (entities, r.into_owned()))
-        });
+    let built =
+        decide::slice_entities(store, &seeds, &req.overlay, depth, &entry.literals, [entry])
+            .and_then(|entities| {
+                cedar_request(
+                    req.request.as_ref(),
+                    (&req.principal, &req.action, &req.resource),
+                )
+                .map(|r| (entities, r.into_owned()))
+            });
     let (entities, request) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -121,12 +122,10 @@ pub fn explain(
     for p in entry.compiled.iter().filter(|p| !p.forbid) {
         let mut parts = Vec::new();
         conjuncts(&p.condition, &mut parts);
-        let unmet = parts.into_iter().find_map(|part| {
-            match at.eval(part) {
-                Ok(v) if is_true(&v) => None,
-                Ok(_) => Some((part, None)),
-                Err(e) => Some((part, Some(e))),
-            }
+        let unmet = parts.into_iter().find_map(|part| match at.eval(part) {
+            Ok(v) if is_true(&v) => None,
+            Ok(_) => Some((part, None)),
+            Err(e) => Some((part, Some(e))),
         });
         // A permit whose every part holds would have allowed: it is not unmet (the decision
         // then denied for an error, which the decision's errors say).

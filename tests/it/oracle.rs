@@ -352,3 +352,119 @@ fn listed_actions_agree_with_single_decisions_through_cedar() {
     println!("{decided} listed decisions agree ({allowed} allowed)");
     assert!(decided > 1000 && allowed > 100 && allowed < decided - 100);
 }
+
+/// For every deny of the suites (with and without the overlays), the explanation names the
+/// forbid that denied, or every permit of the action, each with a part of its condition that
+/// plain Cedar, over every entity at once, finds not true for that request.
+#[test]
+fn every_suite_deny_is_explained_by_a_part_that_plain_cedar_finds_false() {
+    use blue_authz::engine::explain::Why;
+    let mut explained = 0;
+    for overlays in [
+        vec![],
+        vec![
+            "clients-read-only".to_string(),
+            "invite-client-and-above".to_string(),
+        ],
+    ] {
+        let pack = PolicyPack::load(&PackSpec::new(pack_dir(), &overlays)).unwrap();
+        let fixture = pack_dir().join("tests/fixture.json");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+        let all = Entities::from_json_value(json, Some(&pack.schema)).unwrap();
+        let store = EntityStore::load_file(&fixture, &pack.entities).unwrap();
+        let suites = suite::load_suites(&pack_dir().join("tests")).unwrap();
+        let view = View::new(&pack, &store);
+        for case in suite::effective_cases(&suites, &overlays) {
+            if case.expect.invalid.is_some() {
+                continue;
+            }
+            let action = request::parse_action(&pack, request::action_id(&case.action)).unwrap();
+            let serde_json::Value::Object(context) = &case.context else {
+                panic!("{}: context", case.name)
+            };
+            let req = request::check_parsed(
+                &pack,
+                (
+                    case.principal.clone(),
+                    action.clone(),
+                    case.resource.clone(),
+                ),
+                Some(context),
+                Default::default(),
+            )
+            .unwrap();
+            let e = view.explain(&req);
+            assert_eq!(e.decision, view.decide(&req), "{}", case.name);
+            if e.decision.allow {
+                assert_eq!(e.why, Why::Permitted, "{}", case.name);
+                continue;
+            }
+            let entry = pack.action(&action).unwrap();
+            if !e.decision.determining.is_empty() {
+                assert_eq!(e.why, Why::Forbidden, "{}", case.name);
+                for id in &e.decision.determining {
+                    assert!(
+                        entry.compiled.iter().any(|c| c.forbid && &c.name == id),
+                        "{}: {id} is not a forbid",
+                        case.name
+                    );
+                }
+                continue;
+            }
+            assert_eq!(e.why, Why::NothingPermits, "{}", case.name);
+            let mut named: Vec<&str> = e.permits.iter().map(|u| u.policy.as_str()).collect();
+            let mut permits: Vec<&str> = entry
+                .compiled
+                .iter()
+                .filter(|c| !c.forbid)
+                .map(|c| c.name.as_str())
+                .collect();
+            named.sort();
+            permits.sort();
+            assert_eq!(named, permits, "{}: every permit, each once", case.name);
+            for u in &e.permits {
+                assert!(!u.words.is_empty(), "{}: {}", case.name, u.policy);
+                // The failed part, as a policy of its own, evaluated by plain Cedar.
+                let text = format!(
+                    "permit (principal, action, resource) when {{ {} }};",
+                    u.failed
+                );
+                let set: cedar_policy::PolicySet = text.parse().unwrap_or_else(|e| {
+                    panic!("{}: `{}` does not parse: {e}", case.name, u.failed)
+                });
+                let context =
+                    Context::from_json_value(case.context.clone(), Some((&pack.schema, &action)))
+                        .unwrap();
+                let request = Request::new(
+                    case.principal.clone(),
+                    action.clone(),
+                    case.resource.clone(),
+                    context,
+                    None,
+                )
+                .unwrap();
+                let answer = Authorizer::new().is_authorized(&request, &set, &all);
+                assert_eq!(
+                    answer.decision(),
+                    Decision::Deny,
+                    "{}: {} names `{}`, which holds",
+                    case.name,
+                    u.policy,
+                    u.failed
+                );
+                // False, not an error, unless the explanation says it failed.
+                assert_eq!(
+                    answer.diagnostics().errors().next().is_some(),
+                    u.error.is_some(),
+                    "{}: {}",
+                    case.name,
+                    u.policy
+                );
+                explained += 1;
+            }
+        }
+    }
+    assert!(explained > 100, "{explained} failing parts checked");
+    println!("{explained} failing parts checked against plain Cedar");
+}
