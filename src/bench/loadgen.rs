@@ -507,6 +507,7 @@ fn to_proto(a: &Ask) -> pb::IsAuthorizedRequest {
         context_json: a.context_json.clone(),
         entities_json: String::new(),
         min_revision: 0,
+        explain: false,
     }
 }
 

@@ -465,7 +465,7 @@ impl State {
                     )
                 })
                 .collect();
-            biggest.sort_by(|a, b| b.0.cmp(&a.0));
+            biggest.sort_by_key(|b| std::cmp::Reverse(b.0));
             return Err(vec![format!(
                 "the candidate changes the decisions of more than max_reload_impact ({max}) \
                  pairs of the stored data: at least {} gain an action and {} lose one ({}); \

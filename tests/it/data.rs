@@ -83,6 +83,7 @@ fn ask(user: &str, action: &str, rtype: &str, rid: &str, context: &str) -> pb::I
         context_json: context.to_string(),
         entities_json: String::new(),
         min_revision: 0,
+        explain: false,
     }
 }
 

@@ -227,6 +227,7 @@ async fn list_allowed_actions_equals_each_roles_matrix_row_and_agrees_with_is_au
                         context_json: String::new(),
                         entities_json: String::new(),
                         min_revision: 0,
+                        explain: false,
                     })
                     .await
                     .unwrap()
@@ -298,6 +299,7 @@ async fn request_scoped_entities_apply_to_that_request_only() {
         context_json: String::new(),
         entities_json: entities.to_string(),
         min_revision: 0,
+        explain: false,
     };
     let r = client
         .is_authorized(ask(new_record))
@@ -321,6 +323,7 @@ async fn request_scoped_entities_apply_to_that_request_only() {
             context_json: String::new(),
             entities_json: newcomer.to_string(),
             min_revision: 0,
+            explain: false,
         })
         .await
         .unwrap()
@@ -337,6 +340,7 @@ fn valid() -> pb::IsAuthorizedRequest {
         context_json: r#"{"role": "view"}"#.into(),
         entities_json: String::new(),
         min_revision: 0,
+        explain: false,
     }
 }
 

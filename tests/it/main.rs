@@ -16,6 +16,7 @@ mod data;
 mod deploy;
 mod differential;
 mod envoy;
+mod explain;
 mod fleet;
 mod fleet_writes;
 mod fuzz;

@@ -5,7 +5,8 @@
 //! holds the error (so one bad item never costs the caller the other answers), and counts as a
 //! deny for the short-circuits. The reason `context` of a decision is left out when the
 //! request's `options.include_context` is false, or the server's `http_decision_context` is
-//! off and the request does not ask for it; an error's context is always given.
+//! off and the request does not ask for it; an error's context is always given. With
+//! `options.explain`, each decision's context carries `reason_admin`: why it came out so.
 
 use serde_json::{json, Value};
 
@@ -15,6 +16,7 @@ use super::wire::{self, Action, Entity, Evaluation, Evaluations};
 use super::AuthzenService;
 use crate::engine::decide::Decision;
 use crate::engine::error::RequestError;
+use crate::engine::explain::{Explanation, Why};
 use crate::engine::request::{DecisionRequest, UidRef};
 use crate::service::state::{Live, StateError};
 use crate::service::telemetry::{CallLog, Input};
@@ -111,8 +113,56 @@ fn reason(d: &Decision, version: &str, revision: u64) -> Value {
     Value::Object(m)
 }
 
+/// An explanation as AuthZEN's `reason_admin`.
+fn explanation(e: &Explanation) -> Value {
+    json!({
+        "why": match e.why {
+            Why::Permitted => "permitted",
+            Why::Forbidden => "forbidden",
+            Why::NothingPermits => "nothing_permits",
+        },
+        "policies": e.decision.determining,
+        "unmet_permits": e.permits.iter().map(|u| {
+            let mut m = json!({
+                "policy": u.policy,
+                "failed": u.failed,
+                "words": u.words,
+                "read": u.read.iter().map(|r| json!({
+                    "expr": r.expr, "value": r.value, "ancestors": r.ancestors
+                })).collect::<Vec<_>>(),
+            });
+            if let Some(err) = &u.error {
+                m["error"] = json!(err);
+            }
+            m
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// A decision's context, with its explanation when there is one.
+fn context_of(
+    d: &Decision,
+    explained: Option<&Explanation>,
+    with_context: bool,
+    version: &str,
+    revision: u64,
+) -> Option<Value> {
+    if !with_context && explained.is_none() {
+        return None;
+    }
+    let mut c = reason(d, version, revision);
+    if let (Some(e), Value::Object(m)) = (explained, &mut c) {
+        m.insert("reason_admin".into(), explanation(e));
+    }
+    Some(c)
+}
+
 fn item_error(e: &RequestError) -> Value {
     json!({"error": {"status": 400, "field": e.field.to_string(), "message": e.to_string()}})
+}
+
+fn explain_of(options: Option<&wire::Options>) -> bool {
+    options.and_then(|o| o.explain).unwrap_or(false)
 }
 
 impl AuthzenService {
@@ -129,8 +179,9 @@ impl AuthzenService {
         &self,
         live: &Live<'_>,
         item: &Item<'_>,
+        explain: bool,
         call: &mut CallLog<'_>,
-    ) -> Result<Decision, RequestError> {
+    ) -> Result<(Decision, Option<Explanation>), RequestError> {
         let view = live.view();
         let pack = &live.pack;
         let subject = query::named(pack, view.store, item.subject.0, &item.subject.1, true)?;
@@ -167,7 +218,11 @@ impl AuthzenService {
                 entities: &entities,
             })
             .map_err(|e| spelled(e, &paths))?;
-        let d = view.decide(&checked);
+        let explained = explain.then(|| view.explain(&checked));
+        let d = match &explained {
+            Some(e) => e.decision.clone(),
+            None => view.decide(&checked),
+        };
         self.telemetry.record(
             call,
             &checked.principal,
@@ -178,7 +233,7 @@ impl AuthzenService {
             &pack.version,
             view.store.revision(),
         );
-        Ok(d)
+        Ok((d, explained))
     }
 
     /// `POST /access/v1/evaluation`.
@@ -189,13 +244,20 @@ impl AuthzenService {
     ) -> Result<Vec<u8>, HttpError> {
         let req: Evaluation = query::parse(body)?;
         let with_context = self.with_context(req.options.as_ref());
+        let explain = explain_of(req.options.as_ref());
         let none = Evaluation::default();
         let item = resolve(&req, &none, None)?;
         let live = self.engine.live().ok_or(StateError::NotReady)?;
-        let d = self.decide_item(&live, &item, call)?;
+        let (d, explained) = self.decide_item(&live, &item, explain, call)?;
         let out = wire::Decision {
             decision: d.allow,
-            context: with_context.then(|| reason(&d, &live.pack.version, live.store().revision())),
+            context: context_of(
+                &d,
+                explained.as_ref(),
+                with_context,
+                &live.pack.version,
+                live.store().revision(),
+            ),
         };
         Ok(serde_json::to_vec(&out).unwrap_or_default())
     }
@@ -213,6 +275,7 @@ impl AuthzenService {
                 .and_then(|o| o.evaluations_semantic.as_deref()),
         )?;
         let with_context = self.with_context(req.options.as_ref());
+        let explain = explain_of(req.options.as_ref());
         let defaults = Evaluation {
             subject: req.subject,
             action: req.action,
@@ -232,19 +295,22 @@ impl AuthzenService {
         if items.is_empty() {
             let none = Evaluation::default();
             let item = resolve(&defaults, &none, None)?;
-            let d = self.decide_item(&live, &item, call)?;
+            let (d, explained) = self.decide_item(&live, &item, explain, call)?;
             let out = wire::Decision {
                 decision: d.allow,
-                context: with_context.then(|| reason(&d, version, revision)),
+                context: context_of(&d, explained.as_ref(), with_context, version, revision),
             };
             return Ok(serde_json::to_vec(&out).unwrap_or_default());
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, it) in items.iter().enumerate() {
             let decided = resolve(it, &defaults, Some(i))
-                .and_then(|item| self.decide_item(&live, &item, call));
+                .and_then(|item| self.decide_item(&live, &item, explain, call));
             let (allow, mut context) = match decided {
-                Ok(d) => (d.allow, with_context.then(|| reason(&d, version, revision))),
+                Ok((d, explained)) => (
+                    d.allow,
+                    context_of(&d, explained.as_ref(), with_context, version, revision),
+                ),
                 Err(e) => (false, Some(item_error(&e))),
             };
             let stop = match semantic {

@@ -65,6 +65,11 @@ pub(super) struct Options {
     /// `http_decision_context` when absent).
     #[serde(default)]
     pub include_context: Option<bool>,
+    /// Extension: each decision's context carries `reason_admin`, why it came out as it did
+    /// (for a deny that nothing permitted, which part of each permit failed). Off by default:
+    /// it costs more.
+    #[serde(default)]
+    pub explain: Option<bool>,
 }
 
 /// The three search requests (the action search has no `action`).

@@ -14,6 +14,7 @@ use super::pb::authorizer_server::Authorizer;
 use super::{check_size, context_json, deadline, entities_json, pb, uid, ServiceError};
 use crate::engine::decide::Decision;
 use crate::engine::error::{Field, RequestError};
+use crate::engine::explain::{Explanation, Why};
 use crate::engine::list::actions::{ActionOutcome, ActionsRequest, Shown};
 use crate::engine::list::{self, ListRequest, Side};
 use crate::engine::planner::PlanRequest;
@@ -67,6 +68,52 @@ fn response(d: Decision, version: &str, revision: u64) -> pb::IsAuthorizedRespon
         policy_version: version.to_string(),
         revision,
         refused: None,
+        explanation: None,
+    }
+}
+
+/// An explanation as the proto says it.
+fn explanation(e: Explanation) -> pb::Explanation {
+    pb::Explanation {
+        why: match e.why {
+            Why::Permitted => "permitted",
+            Why::Forbidden => "forbidden",
+            Why::NothingPermits => "nothing_permits",
+        }
+        .to_string(),
+        permits: e
+            .permits
+            .into_iter()
+            .map(|u| pb::UnmetPermit {
+                policy: u.policy,
+                failed: u.failed,
+                words: u.words,
+                read: u
+                    .read
+                    .into_iter()
+                    .map(|r| pb::ReadValue {
+                        expr: r.expr,
+                        value: r.value,
+                        ancestors: r.ancestors,
+                    })
+                    .collect(),
+                error: u.error.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// Decides, and explains when asked.
+fn decide_maybe_explained(
+    view: &crate::engine::View<'_>,
+    checked: &crate::engine::request::CheckedRequest,
+    explain: bool,
+) -> (Decision, Option<pb::Explanation>) {
+    if explain {
+        let e = view.explain(checked);
+        (e.decision.clone(), Some(explanation(e)))
+    } else {
+        (view.decide(checked), None)
     }
 }
 
@@ -93,7 +140,7 @@ impl AuthorizerService {
         let live = self.engine.live().ok_or(StateError::NotReady)?;
         let view = live.view();
         let checked = check(&view, req)?;
-        let d = view.decide(&checked);
+        let (d, explained) = decide_maybe_explained(&view, &checked, req.explain);
         let revision = view.store.revision();
         let action = req.action.as_ref().map_or("", |a| a.id.as_str());
         self.telemetry.record(
@@ -106,7 +153,10 @@ impl AuthorizerService {
             &live.pack.version,
             revision,
         );
-        Ok(response(d, &live.pack.version, revision))
+        Ok(pb::IsAuthorizedResponse {
+            explanation: explained,
+            ..response(d, &live.pack.version, revision)
+        })
     }
 
     fn batch_inner(
@@ -126,7 +176,7 @@ impl AuthorizerService {
             .enumerate()
             .map(|(i, r)| match check(&view, r) {
                 Ok(c) => {
-                    let d = view.decide(&c);
+                    let (d, explained) = decide_maybe_explained(&view, &c, r.explain);
                     let action = r.action.as_ref().map_or("", |a| a.id.as_str());
                     self.telemetry.record(
                         call,
@@ -138,7 +188,10 @@ impl AuthorizerService {
                         version,
                         revision,
                     );
-                    response(d, version, revision)
+                    pb::IsAuthorizedResponse {
+                        explanation: explained,
+                        ..response(d, version, revision)
+                    }
                 }
                 Err(e) => {
                     let e = e.item(i);
