@@ -209,25 +209,81 @@ pub fn impact(
     matrix_contexts: &BTreeMap<String, Vec<ContextMap>>,
 ) -> Result<Impact, ImpactError> {
     let started = Instant::now();
-    let changed = changed_actions(input.old.0, input.new.0);
+    let (old, new) = (input.old, input.new);
+    let plan = targets(old.0, new.0, input.contexts, matrix_contexts);
     let total = AtomicUsize::new(0);
+    let over = |total: &AtomicUsize| {
+        input
+            .limit
+            .is_some_and(|l| total.load(Ordering::Relaxed) > l)
+    };
     let mut actions = Vec::new();
+    for t in &plan.targets {
+        if over(&total) {
+            break;
+        }
+        let e = enumerate(old, new, t);
+        let mut action = ActionImpact::new(t, &e);
+        let how = (input.threads, input.limit, &total);
+        compare_some(old, new, t, &e, &e.others, how, &mut action)?;
+        action.finish();
+        actions.push(action);
+    }
+    Ok(Impact {
+        changed: plan.changed,
+        actions,
+        skipped: plan.skipped,
+        truncated: over(&total),
+        entities: new.1.len(),
+        revision: new.1.revision(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What to compare: the actions whose policies differ, and for each its principal types,
+/// resource types and contexts.
+pub struct Targets {
+    pub changed: Vec<String>,
+    pub targets: Vec<Target>,
+    /// Changed actions that cannot be compared, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// One action, principal type, resource type and context to compare.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub action: String,
+    pub principal_type: String,
+    pub resource_type: String,
+    pub context: Option<ContextMap>,
+}
+
+/// The targets of a comparison of two packs.
+pub fn targets(
+    old: &PolicyPack,
+    new: &PolicyPack,
+    contexts: &BTreeMap<String, Vec<ContextMap>>,
+    matrix_contexts: &BTreeMap<String, Vec<ContextMap>>,
+) -> Targets {
+    let changed = changed_actions(old, new);
+    let mut targets = Vec::new();
     let mut skipped = Vec::new();
     for id in &changed {
-        let entries = (input.old.0.action_by_id(id), input.new.0.action_by_id(id));
-        let present: Vec<&ActionEntry> = [entries.0, entries.1].into_iter().flatten().collect();
+        let present: Vec<&ActionEntry> = [old.action_by_id(id), new.action_by_id(id)]
+            .into_iter()
+            .flatten()
+            .collect();
         let types = |f: fn(&ActionEntry) -> &std::collections::HashSet<EntityTypeName>| {
             present
                 .iter()
                 .flat_map(|e| f(e).iter().map(|t| t.to_string()))
                 .collect::<BTreeSet<String>>()
         };
-        let contexts: Vec<Option<ContextMap>> = if present.iter().all(|e| e.empty_context) {
+        let asked: Vec<Option<ContextMap>> = if present.iter().all(|e| e.empty_context) {
             vec![None]
         } else {
             let mut seen = BTreeSet::new();
-            input
-                .contexts
+            contexts
                 .get(id)
                 .into_iter()
                 .chain(matrix_contexts.get(id))
@@ -236,7 +292,7 @@ pub fn impact(
                 .map(|c| Some(c.clone()))
                 .collect()
         };
-        if contexts.is_empty() {
+        if asked.is_empty() {
             skipped.push((
                 id.clone(),
                 format!(
@@ -247,44 +303,99 @@ pub fn impact(
         }
         for pt in types(|e| &e.principal_types) {
             for rt in types(|e| &e.resource_types) {
-                for context in &contexts {
-                    if input
-                        .limit
-                        .is_some_and(|l| total.load(Ordering::Relaxed) > l)
-                    {
-                        break;
-                    }
-                    let one = Target {
-                        action: id,
-                        principal_type: &pt,
-                        resource_type: &rt,
-                        context: context.as_ref(),
-                    };
-                    actions.push(compare(input, &one, &total)?);
+                for context in &asked {
+                    targets.push(Target {
+                        action: id.clone(),
+                        principal_type: pt.clone(),
+                        resource_type: rt.clone(),
+                        context: context.clone(),
+                    });
                 }
             }
         }
     }
-    let truncated = input
-        .limit
-        .is_some_and(|l| total.load(Ordering::Relaxed) > l);
-    Ok(Impact {
+    Targets {
         changed,
-        actions,
+        targets,
         skipped,
-        truncated,
-        entities: input.new.1.len(),
-        revision: input.new.1.revision(),
-        elapsed: started.elapsed(),
-    })
+    }
 }
 
-/// One action, principal type, resource type and context to compare.
-struct Target<'a> {
-    action: &'a str,
-    principal_type: &'a str,
-    resource_type: &'a str,
-    context: Option<&'a ContextMap>,
+/// Which side a target is compared by: the entities of the other side, each listed for.
+pub struct Enumeration {
+    listed: Side,
+    /// The ids of the other side's entities, sorted.
+    pub others: Vec<String>,
+    selected: (Vec<usize>, Vec<usize>),
+}
+
+/// Chooses the side to enumerate for a target: the one with fewer entities, unless only the
+/// other side's listing keeps from scanning a whole type.
+pub fn enumerate(
+    old: (&PolicyPack, &EntityStore),
+    new: (&PolicyPack, &EntityStore),
+    t: &Target,
+) -> Enumeration {
+    let selected = (
+        changed_policies(old.0, new.0, &t.action),
+        changed_policies(new.0, old.0, &t.action),
+    );
+    let union = |ty: &str| {
+        let mut all: BTreeSet<String> = ids(old.1, old.0, ty).into_iter().collect();
+        all.extend(ids(new.1, new.0, ty));
+        all.into_iter().collect::<Vec<String>>()
+    };
+    let (principals, resources) = (union(&t.principal_type), union(&t.resource_type));
+    let both = |listed, ty: &str| {
+        narrows(old.0, &t.action, &selected.0, listed, ty)
+            && narrows(new.0, &t.action, &selected.1, listed, ty)
+    };
+    let by_count = if principals.len() <= resources.len() {
+        Side::Resources
+    } else {
+        Side::Principals
+    };
+    let listed = match (
+        both(Side::Resources, &t.resource_type),
+        both(Side::Principals, &t.principal_type),
+    ) {
+        (true, false) => Side::Resources,
+        (false, true) => Side::Principals,
+        _ => by_count,
+    };
+    Enumeration {
+        listed,
+        others: match listed {
+            Side::Resources => principals,
+            Side::Principals => resources,
+        },
+        selected,
+    }
+}
+
+impl ActionImpact {
+    /// An empty result for a target.
+    pub fn new(t: &Target, e: &Enumeration) -> Self {
+        ActionImpact {
+            action: t.action.clone(),
+            principal_type: t.principal_type.clone(),
+            resource_type: t.resource_type.clone(),
+            context: t.context.clone(),
+            gained: Vec::new(),
+            lost: Vec::new(),
+            decided: 0,
+            enumerated: match e.listed {
+                Side::Resources => "principals",
+                Side::Principals => "resources",
+            },
+        }
+    }
+
+    /// Sorts the pairs, once every part is in.
+    pub fn finish(&mut self) {
+        self.gained.sort();
+        self.lost.sort();
+    }
 }
 
 /// A policy as it decides: its name, effect and condition.
@@ -324,12 +435,12 @@ fn narrows(pack: &PolicyPack, action: &str, selected: &[usize], listed: Side, ty
 }
 
 /// Whether a pack has the action for these principal and resource types.
-fn applies(pack: &PolicyPack, t: &Target<'_>) -> bool {
-    pack.action_by_id(t.action).is_some_and(|e| {
+fn applies(pack: &PolicyPack, t: &Target) -> bool {
+    pack.action_by_id(&t.action).is_some_and(|e| {
         let has = |types: &std::collections::HashSet<EntityTypeName>, ty: &str| {
             pack.entity_type(ty).is_some_and(|x| types.contains(x))
         };
-        has(&e.principal_types, t.principal_type) && has(&e.resource_types, t.resource_type)
+        has(&e.principal_types, &t.principal_type) && has(&e.resource_types, &t.resource_type)
     })
 }
 
@@ -339,49 +450,28 @@ fn ids(store: &EntityStore, pack: &PolicyPack, ty: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn compare(
-    input: &ImpactInput<'_>,
-    t: &Target<'_>,
-    total: &AtomicUsize,
-) -> Result<ActionImpact, ImpactError> {
-    let (old, new) = (input.old, input.new);
-    let selected = (
-        changed_policies(old.0, new.0, t.action),
-        changed_policies(new.0, old.0, t.action),
-    );
-    let union = |ty: &str| {
-        let mut all: BTreeSet<String> = ids(old.1, old.0, ty).into_iter().collect();
-        all.extend(ids(new.1, new.0, ty));
-        all.into_iter().collect::<Vec<String>>()
-    };
-    let (principals, resources) = (union(t.principal_type), union(t.resource_type));
-    let both = |listed, ty| {
-        narrows(old.0, t.action, &selected.0, listed, ty)
-            && narrows(new.0, t.action, &selected.1, listed, ty)
-    };
-    let by_count = if principals.len() <= resources.len() {
-        Side::Resources
-    } else {
-        Side::Principals
-    };
-    let listed = match (
-        both(Side::Resources, t.resource_type),
-        both(Side::Principals, t.principal_type),
-    ) {
-        (true, false) => Side::Resources,
-        (false, true) => Side::Principals,
-        _ => by_count,
-    };
-    let (others, other_type, listed_type) = match listed {
-        Side::Resources => (&principals, t.principal_type, t.resource_type),
-        Side::Principals => (&resources, t.resource_type, t.principal_type),
+/// Compares a target for some of its enumeration's entities (`others`, a part of
+/// `e.others`) on `threads` threads, adding the changed pairs to `into`; stops once more than
+/// `limit` pairs changed over every call sharing `total`.
+pub fn compare_some(
+    old: (&PolicyPack, &EntityStore),
+    new: (&PolicyPack, &EntityStore),
+    t: &Target,
+    e: &Enumeration,
+    others: &[String],
+    (threads, limit, total): (usize, Option<usize>, &AtomicUsize),
+    into: &mut ActionImpact,
+) -> Result<(), ImpactError> {
+    let listed = e.listed;
+    let (other_type, listed_type) = match listed {
+        Side::Resources => (t.principal_type.as_str(), t.resource_type.as_str()),
+        Side::Principals => (t.resource_type.as_str(), t.principal_type.as_str()),
     };
     let sides = [
-        (old, applies(old.0, t), &selected.0[..]),
-        (new, applies(new.0, t), &selected.1[..]),
+        (old, applies(old.0, t), &e.selected.0[..]),
+        (new, applies(new.0, t), &e.selected.1[..]),
     ];
-    let threads = input.threads.max(1);
-    let chunk = others.len().div_ceil(threads).max(1);
+    let chunk = others.len().div_ceil(threads.max(1)).max(1);
     let results: Vec<Result<Part, ImpactError>> = std::thread::scope(|s| {
         let handles: Vec<_> = others
             .chunks(chunk)
@@ -390,10 +480,7 @@ fn compare(
                 s.spawn(move || {
                     let mut part = Part::default();
                     for id in ids {
-                        if input
-                            .limit
-                            .is_some_and(|l| total.load(Ordering::Relaxed) > l)
-                        {
+                        if limit.is_some_and(|l| total.load(Ordering::Relaxed) > l) {
                             break;
                         }
                         let side = Listing {
@@ -442,28 +529,13 @@ fn compare(
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    let mut out = ActionImpact {
-        action: t.action.to_string(),
-        principal_type: t.principal_type.to_string(),
-        resource_type: t.resource_type.to_string(),
-        context: t.context.cloned(),
-        gained: Vec::new(),
-        lost: Vec::new(),
-        decided: 0,
-        enumerated: match listed {
-            Side::Resources => "principals",
-            Side::Principals => "resources",
-        },
-    };
     for r in results {
         let part = r?;
-        out.gained.extend(part.gained);
-        out.lost.extend(part.lost);
-        out.decided += part.decided;
+        into.gained.extend(part.gained);
+        into.lost.extend(part.lost);
+        into.decided += part.decided;
     }
-    out.gained.sort();
-    out.lost.sort();
-    Ok(out)
+    Ok(())
 }
 
 #[derive(Default)]
@@ -475,7 +547,7 @@ struct Part {
 
 /// One entity of the other side, and the side listed for it.
 struct Listing<'a> {
-    t: &'a Target<'a>,
+    t: &'a Target,
     listed: Side,
     other: UidRef<'a>,
     listed_type: &'a str,
@@ -493,9 +565,9 @@ impl Listing<'_> {
         ListRequest {
             listed: self.listed,
             other: self.other,
-            action: request::action_id(self.t.action),
+            action: request::action_id(&self.t.action),
             listed_type: self.listed_type,
-            context: self.t.context,
+            context: self.t.context.as_ref(),
             entities: &[],
             page_size: 0,
             page_token: "",

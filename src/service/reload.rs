@@ -65,6 +65,9 @@ pub struct ImpactSummary {
     pub actions: Vec<(String, String, usize, usize)>,
     /// Changed actions not compared, with the reason.
     pub skipped: Vec<String>,
+    /// The comparison stopped early (at max_reload_impact, or after its time budget): the
+    /// counts are lower bounds.
+    pub truncated: bool,
 }
 
 impl ImpactSummary {
@@ -96,6 +99,7 @@ impl ImpactSummary {
                 .iter()
                 .map(|(a, why)| format!("{a}: {why}"))
                 .collect(),
+            truncated: impact.truncated,
         }
     }
 }
@@ -265,6 +269,7 @@ impl Reloader {
                         lost = i.lost,
                         revision = i.revision,
                         impact_ms = i.elapsed_ms,
+                        complete = !i.truncated,
                         "reload impact on the stored data: {} pair(s) gained an action, {} lost one",
                         i.gained,
                         i.lost

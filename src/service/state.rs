@@ -3,13 +3,14 @@
 //! durable, then made visible at once; decisions read one consistent view.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use crate::authoring::impact::{self, Impact, ImpactInput};
+use crate::authoring::impact::{self, Impact};
 use crate::authoring::matrix;
 use crate::engine::error::{DataError, RequestError};
 use crate::engine::index::{EntityStore, Prepared, WriteOp};
@@ -41,6 +42,12 @@ pub struct Limits {
     /// change; a candidate that changes more is refused (None: any number).
     pub max_reload_impact: Option<usize>,
 }
+
+/// How long a reload's impact on the stored data may take when no `max_reload_impact` asks
+/// for it whole: it is then for the log and the status, and a longer one is cut short.
+pub const RELOAD_IMPACT_BUDGET: Duration = Duration::from_secs(10);
+/// Entities of one side compared per read lock of the index during a reload's impact.
+const RELOAD_IMPACT_CHUNK: usize = 64;
 
 /// The default of `max_inflight_bytes`: sixteen requests of the largest size.
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
@@ -359,6 +366,13 @@ impl State {
     /// stored entity that no longer conforms rejects the swap. A candidate whose data
     /// assumptions differ has the stored entities checked against them too.
     pub fn swap_pack_checked(&self, pack: Arc<PolicyPack>) -> Result<Option<Impact>, Vec<String>> {
+        // Same schema: the impact is worked out before the writer lock, so writes go on while
+        // it runs (it reads the data as they leave it; the figures say at which revision).
+        let same_schema = |live: &PolicyPack| live.schema_version == pack.schema_version;
+        let early = match self.pack() {
+            Some(live) if same_schema(&live) => Some(self.reload_impact(&live, &pack, None)?),
+            _ => None,
+        };
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.pack();
         let schema_changed = live
@@ -379,16 +393,11 @@ impl State {
             )]
         };
         if !schema_changed {
-            let store = self.read_store();
             if assumptions_changed {
-                store.check_assumptions(&pack.entities).map_err(broken)?;
+                self.read_store()
+                    .check_assumptions(&pack.entities)
+                    .map_err(broken)?;
             }
-            // Writes wait for the comparison (the writer lock is held); decisions do not.
-            let impact = match &live {
-                Some(live) => Some(self.reload_impact(live, (&pack, &store), &store)?),
-                None => None,
-            };
-            drop(store);
             let keys_changed = live
                 .as_ref()
                 .is_some_and(|live| live.entities.keys != pack.entities.keys);
@@ -397,7 +406,7 @@ impl State {
                 store.set_keys(&pack.entities.keys);
             }
             self.pack.store(Some(pack));
-            return Ok(impact);
+            return Ok(early);
         }
         let rebuilt = self.read_store().rebuild(&pack.entities).map_err(|e| {
             vec![format!(
@@ -405,8 +414,9 @@ impl State {
             )]
         })?;
         rebuilt.check_assumptions(&pack.entities).map_err(broken)?;
+        // Writes wait for this comparison (the writer lock is held); decisions do not.
         let impact = match &live {
-            Some(live) => Some(self.reload_impact(live, (&pack, &rebuilt), &self.read_store())?),
+            Some(live) => Some(self.reload_impact(live, &pack, Some(&rebuilt))?),
             None => None,
         };
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
@@ -415,14 +425,18 @@ impl State {
         Ok(impact)
     }
 
-    /// What replacing `live` by the candidate changes on the stored data; past
-    /// `max_reload_impact` pairs, a refusal that says so.
+    /// What replacing `live` by the candidate changes on the stored data (`rebuilt`: the
+    /// store as the candidate's new schema reads it); past `max_reload_impact` pairs, a
+    /// refusal that says so. The index's read lock is taken for a few entities at a time, so
+    /// writes go on between them unless the caller holds the writer lock. Without a limit the
+    /// comparison is for the log and the status, and stops after [`RELOAD_IMPACT_BUDGET`].
     fn reload_impact(
         &self,
         live: &PolicyPack,
-        (pack, new_store): (&PolicyPack, &EntityStore),
-        old_store: &EntityStore,
+        pack: &PolicyPack,
+        rebuilt: Option<&EntityStore>,
     ) -> Result<Impact, Vec<String>> {
+        let started = Instant::now();
         let mut contexts = BTreeMap::new();
         for p in [live, pack] {
             let rows = matrix::row_contexts(p).map_err(|e| vec![e.to_string()])?;
@@ -436,17 +450,47 @@ impl State {
             }
         }
         let limit = self.limits.max_reload_impact;
-        let report = impact::impact(
-            &ImpactInput {
-                old: (live, old_store),
-                new: (pack, new_store),
-                contexts: &BTreeMap::new(),
-                threads: 1,
-                limit,
-            },
-            &contexts,
-        )
-        .map_err(|e| vec![format!("the candidate's impact on the stored data: {e}")])?;
+        let budget = limit.is_none().then_some(RELOAD_IMPACT_BUDGET);
+        let failed = |e: impact::ImpactError| {
+            vec![format!("the candidate's impact on the stored data: {e}")]
+        };
+        let plan = impact::targets(live, pack, &BTreeMap::new(), &contexts);
+        let total = AtomicUsize::new(0);
+        let over = |total: &AtomicUsize| limit.is_some_and(|l| total.load(Ordering::Relaxed) > l);
+        let mut actions = Vec::new();
+        let mut stopped = false;
+        'targets: for t in &plan.targets {
+            let e = {
+                let store = self.read_store();
+                impact::enumerate((live, &store), (pack, rebuilt.unwrap_or(&store)), t)
+            };
+            let mut action = impact::ActionImpact::new(t, &e);
+            for chunk in e.others.chunks(RELOAD_IMPACT_CHUNK) {
+                if over(&total) || budget.is_some_and(|b| started.elapsed() > b) {
+                    stopped = true;
+                    action.finish();
+                    actions.push(action);
+                    break 'targets;
+                }
+                let store = self.read_store();
+                let (old, new) = ((live, &*store), (pack, rebuilt.unwrap_or(&store)));
+                impact::compare_some(old, new, t, &e, chunk, (1, limit, &total), &mut action)
+                    .map_err(failed)?;
+            }
+            action.finish();
+            actions.push(action);
+        }
+        let store = self.read_store();
+        let report = Impact {
+            changed: plan.changed,
+            actions,
+            skipped: plan.skipped,
+            truncated: stopped || over(&total),
+            entities: store.len(),
+            revision: store.revision(),
+            elapsed: started.elapsed(),
+        };
+        drop(store);
         if let Some(max) = limit.filter(|max| report.pairs() > *max) {
             let mut biggest: Vec<(usize, String)> = report
                 .actions

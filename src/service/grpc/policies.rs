@@ -58,6 +58,7 @@ impl pb::policies_server::Policies for PoliciesService {
                     })
                     .collect(),
                 skipped: i.skipped,
+                truncated: i.truncated,
             }),
         }))
     }
