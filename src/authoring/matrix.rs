@@ -95,7 +95,40 @@ struct RowSpec {
 
 /// Computes the matrix and renders it as Markdown.
 pub fn render(pack: &PolicyPack) -> Result<String, MatrixError> {
-    compute(pack).map(|(text, _)| text)
+    compute(pack).map(|(text, _, _)| text)
+}
+
+/// One table of the matrix as data: what `render` shows, for a page to draw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GridTable {
+    pub title: String,
+    pub intro: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<GridRow>,
+}
+
+/// One row: the action (with its note), the resource type, and a cell per column.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GridRow {
+    pub action: String,
+    pub note: String,
+    pub resource_type: String,
+    pub cells: Vec<GridCell>,
+}
+
+/// One cell: the decision, and the policies that determined it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GridCell {
+    pub allowed: bool,
+    pub policies: Vec<String>,
+}
+
+/// The matrix as data, computed as `render` computes it. No file, no tables.
+pub fn grid(pack: &PolicyPack) -> Result<Vec<GridTable>, MatrixError> {
+    if !pack.spec.dir.join(MATRIX_FILE).is_file() {
+        return Ok(Vec::new());
+    }
+    compute(pack).map(|(_, _, grid)| grid)
 }
 
 /// The contexts the pack's matrix rows ask, by action id (as written, before any namespace),
@@ -139,11 +172,11 @@ pub fn unexpected(pack: &PolicyPack) -> Result<Vec<String>, MatrixError> {
     if !pack.spec.dir.join(MATRIX_FILE).is_file() {
         return Ok(Vec::new());
     }
-    compute(pack).map(|(_, unexpected)| unexpected)
+    compute(pack).map(|(_, unexpected, _)| unexpected)
 }
 
-/// The rendered matrix and the rows that differ from their `allowed`.
-fn compute(pack: &PolicyPack) -> Result<(String, Vec<String>), MatrixError> {
+/// The rendered matrix, the rows that differ from their `allowed`, and the matrix as data.
+fn compute(pack: &PolicyPack) -> Result<(String, Vec<String>, Vec<GridTable>), MatrixError> {
     let dir = &pack.spec.dir;
     let path = dir.join(MATRIX_FILE);
     let spec: MatrixFile = read_toml(&path)?;
@@ -166,20 +199,23 @@ fn compute(pack: &PolicyPack) -> Result<(String, Vec<String>), MatrixError> {
         spec.entities
     );
     let mut unexpected = Vec::new();
+    let mut grid = Vec::new();
     for table in &spec.tables {
         let mut cx = TableOut {
             out: &mut out,
             unexpected: &mut unexpected,
+            grid: &mut grid,
         };
         render_table(pack, &store, &path, &spec.namespace, table, &mut cx)?;
     }
-    Ok((out, unexpected))
+    Ok((out, unexpected, grid))
 }
 
 /// Where a table's rendering goes.
 struct TableOut<'a> {
     out: &'a mut String,
     unexpected: &'a mut Vec<String>,
+    grid: &'a mut Vec<GridTable>,
 }
 
 /// How the gate and failures name a row: `editWiki` or `deleteRecord (own record)`.
@@ -205,6 +241,12 @@ fn render_table(
         let _ = writeln!(out, "{}\n", table.intro.trim());
     }
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    cx.grid.push(GridTable {
+        title: table.title.clone(),
+        intro: table.intro.trim().to_string(),
+        columns: names.iter().map(|n| n.to_string()).collect(),
+        rows: Vec::new(),
+    });
     let _ = writeln!(
         out,
         "| action | resource | {} | lowest | allowed by | denied by |",
@@ -287,6 +329,20 @@ fn render_table(
                     ));
                 }
             }
+        }
+        if let Some(t) = cx.grid.last_mut() {
+            t.rows.push(GridRow {
+                action: row.action.clone(),
+                note: row.note.clone(),
+                resource_type: resource_type.clone(),
+                cells: cells
+                    .iter()
+                    .map(|d| GridCell {
+                        allowed: d.allow,
+                        policies: d.determining.clone(),
+                    })
+                    .collect(),
+            });
         }
         let lowest = lowest(&names, &allowed);
         let allowed_by = policy_list(cells.iter().filter(|d| d.allow));

@@ -53,7 +53,7 @@ fn split_colon(b: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a `%` not
 /// followed by two hex digits stays as it is.
-fn form_urldecode(b: &[u8]) -> Vec<u8> {
+pub(crate) fn form_urldecode(b: &[u8]) -> Vec<u8> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

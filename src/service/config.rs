@@ -47,6 +47,9 @@ pub struct ServeConfig {
     /// decisions stay on loopback); plaintext.
     pub health_listen: Option<SocketAddr>,
     pub decision_log: DecisionLog,
+    /// Where to serve the policy author's console (None: not at all); it needs the data
+    /// token.
+    pub console_listen: Option<SocketAddr>,
     /// Where to serve the AuthZEN HTTP API (None: not at all).
     pub http_listen: Option<SocketAddr>,
     /// Bearer token AuthZEN callers must send (None: none needed).
@@ -98,6 +101,7 @@ impl ServeConfig {
             health_listen: None,
             decision_log: DecisionLog::default(),
             http_listen: None,
+            console_listen: None,
             http_token: None,
             http_basic: None,
             http_decision_context: true,

@@ -8,7 +8,9 @@
 pub mod authzen;
 mod bearer;
 pub mod config;
+pub mod console;
 pub mod error;
+mod explain_json;
 pub mod gate;
 pub mod grpc;
 mod import_file;

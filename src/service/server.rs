@@ -76,6 +76,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// The metrics endpoint's address as bound, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// The console's address as bound, if it runs.
+    pub console_addr: Option<SocketAddr>,
     /// The health-only listener's address as bound, if any.
     pub health_addr: Option<SocketAddr>,
     /// The decision service's Unix socket, if it listens on one.
@@ -307,6 +309,29 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         http_addr = Some(bound);
     }
 
+    let mut console_addr = None;
+    if let Some(listen) = config.console_listen {
+        let Some(token) = config.data_token.clone() else {
+            return Err(ServeError::Config(
+                "--console-listen: the console needs the data token (--data-token or \
+                 --data-token-file), and none is set"
+                    .to_string(),
+            ));
+        };
+        let (listener, bound) = bind(listen).await?;
+        let console = super::console::Console::new(engine.clone(), config.analysis, token);
+        listeners.spawn(
+            listener,
+            tls.clone(),
+            super::console::router(console),
+            Protocol::Http,
+            conn,
+        );
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %bound, "policy console at {scheme}://{bound}/console (behind the data token)");
+        console_addr = Some(bound);
+    }
+
     let mut health_addr = None;
     if let Some(listen) = config.health_listen {
         let (listener, bound) = bind(listen).await?;
@@ -341,6 +366,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         data_addr,
         http_addr,
         metrics_addr,
+        console_addr,
         health_addr,
         unix,
         data_unix,

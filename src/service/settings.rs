@@ -238,6 +238,10 @@ pub struct ServeSettings {
     /// '': none).
     #[arg(long, env = "BLUE_AUTHZ_HTTP_LISTEN", default_value = "127.0.0.1:8180", value_parser = parse_listen)]
     pub http_listen: Listen,
+    /// TCP address of the policy author's console, a web page at `/console` behind the data
+    /// token ('': none; loopback unless you mean otherwise).
+    #[arg(long, env = "BLUE_AUTHZ_CONSOLE_LISTEN", default_value = "", value_parser = parse_listen)]
+    pub console_listen: Listen,
     /// Bearer token AuthZEN callers must send (`Authorization: Bearer <token>`); none: no
     /// token needed.
     #[arg(long, env = "BLUE_AUTHZ_HTTP_TOKEN", hide_env_values = true)]
@@ -585,6 +589,7 @@ impl ServeSettings {
             metrics_listen: self.metrics_listen.0,
             health_listen: self.health_listen.0,
             http_listen: self.http_listen.0,
+            console_listen: self.console_listen.0,
             http_token: self.http_token.clone().filter(|t| !t.is_empty()),
             http_basic: self.http_basic.clone().filter(|t| !t.is_empty()),
             http_decision_context: self.http_decision_context,

@@ -425,16 +425,41 @@ impl State {
         Ok(impact)
     }
 
-    /// What replacing `live` by the candidate changes on the stored data (`rebuilt`: the
-    /// store as the candidate's new schema reads it); past `max_reload_impact` pairs, a
-    /// refusal that says so. The index's read lock is taken for a few entities at a time, so
-    /// writes go on between them unless the caller holds the writer lock. Without a limit the
-    /// comparison is for the log and the status, and stops after [`RELOAD_IMPACT_BUDGET`].
+    /// What a candidate would change on the live store, for a preview (the console): as a
+    /// reload computes it without a limit, within its time budget.
+    pub fn preview_impact(
+        &self,
+        live: &PolicyPack,
+        candidate: &PolicyPack,
+    ) -> Result<Impact, Vec<String>> {
+        if live.schema_version != candidate.schema_version {
+            return Err(vec![
+                "the draft changes the schema: its impact is computed at reload".to_string(),
+            ]);
+        }
+        self.reload_impact_within(live, candidate, None, None)
+    }
+
     fn reload_impact(
         &self,
         live: &PolicyPack,
         pack: &PolicyPack,
         rebuilt: Option<&EntityStore>,
+    ) -> Result<Impact, Vec<String>> {
+        self.reload_impact_within(live, pack, rebuilt, self.limits.max_reload_impact)
+    }
+
+    /// What replacing `live` by the candidate changes on the stored data (`rebuilt`: the
+    /// store as the candidate's new schema reads it); past `max_reload_impact` pairs, a
+    /// refusal that says so. The index's read lock is taken for a few entities at a time, so
+    /// writes go on between them unless the caller holds the writer lock. Without a limit the
+    /// comparison is for the log and the status, and stops after [`RELOAD_IMPACT_BUDGET`].
+    fn reload_impact_within(
+        &self,
+        live: &PolicyPack,
+        pack: &PolicyPack,
+        rebuilt: Option<&EntityStore>,
+        limit: Option<usize>,
     ) -> Result<Impact, Vec<String>> {
         let started = Instant::now();
         let mut contexts = BTreeMap::new();
@@ -449,7 +474,6 @@ impl State {
                 }
             }
         }
-        let limit = self.limits.max_reload_impact;
         let budget = limit.is_none().then_some(RELOAD_IMPACT_BUDGET);
         let failed = |e: impact::ImpactError| {
             vec![format!("the candidate's impact on the stored data: {e}")]

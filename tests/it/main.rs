@@ -12,6 +12,7 @@ mod author_path;
 mod authzen;
 mod authzen_interop;
 mod authzen_requests;
+mod console;
 mod data;
 mod deploy;
 mod differential;

@@ -16,7 +16,7 @@ use super::wire::{self, Action, Entity, Evaluation, Evaluations};
 use super::AuthzenService;
 use crate::engine::decide::Decision;
 use crate::engine::error::RequestError;
-use crate::engine::explain::{Explanation, Why};
+use crate::engine::explain::Explanation;
 use crate::engine::request::{DecisionRequest, UidRef};
 use crate::service::state::{Live, StateError};
 use crate::service::telemetry::{CallLog, Input};
@@ -113,32 +113,6 @@ fn reason(d: &Decision, version: &str, revision: u64) -> Value {
     Value::Object(m)
 }
 
-/// An explanation as AuthZEN's `reason_admin`.
-fn explanation(e: &Explanation) -> Value {
-    json!({
-        "why": match e.why {
-            Why::Permitted => "permitted",
-            Why::Forbidden => "forbidden",
-            Why::NothingPermits => "nothing_permits",
-        },
-        "policies": e.decision.determining,
-        "unmet_permits": e.permits.iter().map(|u| {
-            let mut m = json!({
-                "policy": u.policy,
-                "failed": u.failed,
-                "words": u.words,
-                "read": u.read.iter().map(|r| json!({
-                    "expr": r.expr, "value": r.value, "ancestors": r.ancestors
-                })).collect::<Vec<_>>(),
-            });
-            if let Some(err) = &u.error {
-                m["error"] = json!(err);
-            }
-            m
-        }).collect::<Vec<_>>(),
-    })
-}
-
 /// A decision's context, with its explanation when there is one.
 fn context_of(
     d: &Decision,
@@ -152,7 +126,10 @@ fn context_of(
     }
     let mut c = reason(d, version, revision);
     if let (Some(e), Value::Object(m)) = (explained, &mut c) {
-        m.insert("reason_admin".into(), explanation(e));
+        m.insert(
+            "reason_admin".into(),
+            crate::service::explain_json::explanation(e),
+        );
     }
     Some(c)
 }
