@@ -137,7 +137,10 @@ fn samples() -> BTreeMap<&'static str, (&'static str, toml::Value, Vec<&'static 
         ("max_message_bytes", ("1234", Integer(1234), vec![])),
         ("max_inflight_bytes", ("5000000", Integer(5000000), vec![])),
         ("max_reload_impact", ("250", Integer(250), vec![])),
-        ("console_listen", ("127.0.0.1:8191", s("127.0.0.1:8191"), vec![])),
+        (
+            "console_listen",
+            ("127.0.0.1:8191", s("127.0.0.1:8191"), vec![]),
+        ),
         ("max_revision_wait_ms", ("99", Integer(99), vec![])),
         ("max_connections", ("17", Integer(17), vec![])),
         ("max_streams_per_connection", ("9", Integer(9), vec![])),

@@ -97,12 +97,14 @@ async fn handle(
         (_, p) if p.starts_with("/console/api/") => {
             let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
                 Ok(b) => b,
-                Err(_) => return api::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
+                Err(_) => {
+                    return api::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!(
                         "the request is larger than the console's limit of {MAX_BODY_BYTES} bytes"
                     ),
-                ),
+                    )
+                }
             };
             api::call(console, method, uri, body).await
         }
