@@ -424,6 +424,51 @@ async fn the_console_in_a_real_browser() {
     .unwrap();
     save_screenshot(&c, "console-impact.png").await;
 
+    // A whole candidate directory on the server's machine: the same impact.
+    let candidate = dir.path().join("candidate");
+    common::copy_dir(&common::pack(), &candidate);
+    std::fs::copy(&upload, candidate.join("project.cedar")).unwrap();
+    c.execute(
+        "document.getElementById('impact-gained').textContent = '';
+         document.getElementById('draft-dir').value = arguments[0];",
+        vec![json!(candidate.to_str().unwrap())],
+    )
+    .await
+    .unwrap();
+    c.find(Locator::Css("#draft-check-dir"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let gained = until("the directory's impact", async || {
+        let t = text(&c, "#impact-gained").await;
+        (!t.is_empty()).then_some(t)
+    })
+    .await;
+    assert_eq!(gained, "1");
+    c.execute(
+        "document.getElementById('draft-dir').value = 'policies';",
+        vec![],
+    )
+    .await
+    .unwrap();
+    c.find(Locator::Css("#draft-check-dir"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = until("a relative directory refused", async || {
+        let t = text(&c, "#draft-status").await;
+        t.starts_with("dir:").then_some(t)
+    })
+    .await;
+    assert_eq!(
+        refused,
+        "dir: must be the absolute path of a directory on the server"
+    );
+
     // A draft that does not parse: its errors at line and column.
     let broken = std::fs::read_to_string(&upload).unwrap().replacen(
         "when { principal in resource.admin };",

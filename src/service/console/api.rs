@@ -258,11 +258,21 @@ fn explain(console: &Console, body: &[u8]) -> Answer {
 }
 
 /// `{"file": "project.cedar", "text": "..."}`: the live pack with that file replaced (or
-/// added), checked as the gate would, compared with the live set, and its impact on the live
-/// store. Nothing is written to the pack.
+/// added), or `{"dir": "/abs/path"}`: a whole candidate pack directory on the server's
+/// machine; either checked as the gate would, compared with the live set, and its impact on
+/// the live store. Nothing is written to the pack.
 fn draft(console: &Console, body: &[u8]) -> Answer {
     let req: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let live = live(console)?;
+    if let Some(dir) = req.get("dir") {
+        let dir = dir
+            .as_str()
+            .map(Path::new)
+            .filter(|d| d.is_absolute() && d.is_dir())
+            .ok_or_else(|| bad("dir: must be the absolute path of a directory on the server"))?;
+        return check_candidate(console, &live, dir);
+    }
     let file = req["file"]
         .as_str()
         .ok_or_else(|| bad("file: is required (a file name in the pack)"))?;
@@ -279,7 +289,6 @@ fn draft(console: &Console, body: &[u8]) -> Answer {
             "file: `{file}` is not a .cedar, .cedarschema, .toml or .json file inside the pack"
         )));
     }
-    let live = live(console)?;
     let scratch = tempfile::tempdir().map_err(|_| internal())?;
     let dir = scratch.path().join("pack");
     copy_dir(&live.spec.dir, &dir).map_err(|_| internal())?;
@@ -287,6 +296,12 @@ fn draft(console: &Console, body: &[u8]) -> Answer {
         std::fs::create_dir_all(parent).map_err(|_| internal())?;
     }
     std::fs::write(dir.join(rel), text).map_err(|_| internal())?;
+    check_candidate(console, &live, &dir)
+}
+
+/// A candidate pack directory checked as the gate would, compared with the live set, and its
+/// impact on the live store.
+fn check_candidate(console: &Console, live: &PolicyPack, dir: &Path) -> Answer {
     let shown = |p: &Path| -> String { p.strip_prefix(&dir).unwrap_or(p).display().to_string() };
     let candidate = match PolicyPack::load(&PackSpec::new(&dir, &live.spec.overlays)) {
         Ok(p) => p,
@@ -327,11 +342,11 @@ fn draft(console: &Console, body: &[u8]) -> Answer {
             "reasons": e.reasons().iter().map(|r| r.replace(&format!("{}/", dir.display()), "")).collect::<Vec<_>>(),
         }),
     };
-    let diff = match crate::analysis::diff(&live, &candidate, crate::analysis::Data::Assumed) {
+    let diff = match crate::analysis::diff(live, &candidate, crate::analysis::Data::Assumed) {
         Ok(report) => json!({"lines": report.lines(), "changed": report.changed_actions()}),
         Err(e) => json!({"lines": [], "skipped": format!("no semantic diff: {e}")}),
     };
-    let impact = match console.engine.preview_impact(&live, &candidate) {
+    let impact = match console.engine.preview_impact(live, &candidate) {
         Ok(i) => {
             let mut v = i.to_json(IMPACT_SAMPLE);
             v["complete"] = json!(!i.truncated);
