@@ -302,8 +302,8 @@ fn draft(console: &Console, body: &[u8]) -> Answer {
 /// A candidate pack directory checked as the gate would, compared with the live set, and its
 /// impact on the live store.
 fn check_candidate(console: &Console, live: &PolicyPack, dir: &Path) -> Answer {
-    let shown = |p: &Path| -> String { p.strip_prefix(&dir).unwrap_or(p).display().to_string() };
-    let candidate = match PolicyPack::load(&PackSpec::new(&dir, &live.spec.overlays)) {
+    let shown = |p: &Path| -> String { p.strip_prefix(dir).unwrap_or(p).display().to_string() };
+    let candidate = match PolicyPack::load(&PackSpec::new(dir, &live.spec.overlays)) {
         Ok(p) => p,
         Err(LoadError::Invalid(diags)) => {
             let errors: Vec<Value> = diags
