@@ -18,6 +18,7 @@ mod inflight;
 pub mod listeners;
 pub mod live_config;
 pub mod offline;
+pub mod preview;
 mod process_metrics;
 pub mod reload;
 pub mod replica;

@@ -196,7 +196,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                     .add_service(reflection_v1alpha)
                     .add_service(authorizer)
                     .add_service(ext_authz)
-                    .add_service(PoliciesServer::new(PoliciesService::new(reloader.clone()))),
+                    .add_service(PoliciesServer::new(PoliciesService::new(
+                        reloader.clone(),
+                        engine.clone(),
+                        config.analysis,
+                        config.data_token.clone().filter(|t| !t.is_empty()),
+                    ))),
                 "the decision listener",
                 DECISION_LISTENER_SERVICES,
             ),

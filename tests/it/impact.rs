@@ -429,3 +429,141 @@ fn the_impact_command_reads_a_database_and_writes_every_pair() {
         "{err}"
     );
 }
+
+/// `PreviewPolicies` on a running server: behind the data token, the candidate's problems or
+/// its gate verdict, diff and impact on the live index, with a sample of the pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_policies_over_grpc_shows_the_impact_on_the_live_index() {
+    use blue_authz::service::grpc::pb::{self, policies_client::PoliciesClient};
+    use blue_authz::service::server::{self, Limits};
+    let dir = tempfile::tempdir().unwrap();
+    let running = {
+        let mut r = server::start(common::config(dir.path(), Limits::default()))
+            .await
+            .unwrap();
+        r.load().await.unwrap();
+        r
+    };
+    let mut c = PoliciesClient::connect(format!("http://{}", running.addr.unwrap()))
+        .await
+        .unwrap();
+    let edits = edits(dir.path(), "max", "gus");
+    let wiki = std::fs::read_to_string(edits[0].1.join("project.cedar")).unwrap();
+    let ask = |files: Vec<(&str, String)>, dir: &str, sample: u32, token: Option<&str>| {
+        let mut r = tonic::Request::new(pb::PreviewPoliciesRequest {
+            dir: dir.to_string(),
+            files: files.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            sample,
+        });
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    };
+    // Without the token, or with a wrong one: refused.
+    for token in [None, Some("wrong")] {
+        let e = c
+            .preview_policies(ask(vec![("project.cedar", wiki.clone())], "", 0, token))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    // The wiki edit: the suites refuse it; one stored pair gains editWiki.
+    let r = c
+        .preview_policies(ask(
+            vec![("project.cedar", wiki.clone())],
+            "",
+            0,
+            Some(common::TOKEN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.problems.is_empty(), "{r:?}");
+    assert!(!r.accepted);
+    assert!(
+        r.reasons.iter().any(|x| x.contains("tests/project.toml")),
+        "{:?}",
+        r.reasons
+    );
+    let impact = r.impact.as_ref().expect("an impact");
+    assert_eq!((impact.gained, impact.lost), (1, 0));
+    assert_eq!(
+        r.pairs,
+        vec![pb::ImpactPair {
+            action: "editWiki".into(),
+            gained: true,
+            principal: "Blue::User::\"cleo\"".into(),
+            resource: "Blue::Project::\"apollo\"".into(),
+            before: vec![],
+            after: vec!["project.editWiki".into()],
+            context_json: String::new(),
+        }]
+    );
+    if common::solver_or_skip("preview diff") {
+        assert!(
+            r.diff.iter().any(|l| l.contains("editWiki")),
+            "{:?}",
+            r.diff
+        );
+    }
+    // The same as a whole directory, with the other edits too.
+    let r = c
+        .preview_policies(ask(
+            vec![],
+            edits[2].1.to_str().unwrap(),
+            1,
+            Some(common::TOKEN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let impact = r.impact.unwrap();
+    assert!(impact.gained > 0 && impact.lost > 0, "{impact:?}");
+    // Bad input, named.
+    let broken = wiki.replacen(
+        "when { principal in resource.admin };",
+        "when { principal in resource.admin }",
+        1,
+    );
+    let r = c
+        .preview_policies(ask(
+            vec![("project.cedar", broken)],
+            "",
+            0,
+            Some(common::TOKEN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.starts_with("project.cedar:14:1: unexpected token")),
+        "{:?}",
+        r.problems
+    );
+    for (files, dir, sample, field) in [
+        (vec![], "policies", 0, "dir: must be the absolute path"),
+        (
+            vec![("../x.cedar", String::new())],
+            "",
+            0,
+            "file: `../x.cedar`",
+        ),
+        (
+            vec![("project.cedar", wiki.clone())],
+            "",
+            5000,
+            "sample: 5000",
+        ),
+    ] {
+        let e = c
+            .preview_policies(ask(files, dir, sample, Some(common::TOKEN)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(field), "{e:?}");
+    }
+}

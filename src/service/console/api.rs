@@ -3,7 +3,7 @@
 //! `{"error": ...}` with a 4xx status naming what was wrong.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::Console;
-use crate::authoring::{matrix, suite};
-use crate::engine::error::LoadError;
+use crate::authoring::matrix;
 use crate::engine::pack::{PackSpec, PolicyPack, OVERLAY_DIR};
 use crate::engine::request::{self, DecisionRequest, UidRef};
 use crate::service::bearer::form_urldecode;
 use crate::service::explain_json;
+use crate::service::preview::{self, Draft, Preview, PreviewError};
 
 /// Ids a search answers at most.
 const SEARCH_LIMIT: usize = 20;
@@ -259,106 +259,59 @@ fn explain(console: &Console, body: &[u8]) -> Answer {
 
 /// `{"file": "project.cedar", "text": "..."}`: the live pack with that file replaced (or
 /// added), or `{"dir": "/abs/path"}`: a whole candidate pack directory on the server's
-/// machine; either checked as the gate would, compared with the live set, and its impact on
-/// the live store. Nothing is written to the pack.
+/// machine; previewed (`service::preview`). Nothing is written to the pack.
 fn draft(console: &Console, body: &[u8]) -> Answer {
     let req: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let live = live(console)?;
-    if let Some(dir) = req.get("dir") {
-        let dir = dir
-            .as_str()
-            .map(Path::new)
-            .filter(|d| d.is_absolute() && d.is_dir())
-            .ok_or_else(|| bad("dir: must be the absolute path of a directory on the server"))?;
-        return check_candidate(console, &live, dir);
-    }
-    let file = req["file"]
-        .as_str()
-        .ok_or_else(|| bad("file: is required (a file name in the pack)"))?;
-    let text = req["text"]
-        .as_str()
-        .ok_or_else(|| bad("text: is required (the file's new text)"))?;
-    let rel = Path::new(file);
-    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
-    let kind_ok = [".cedar", ".cedarschema", ".toml", ".json"]
-        .iter()
-        .any(|s| file.ends_with(s));
-    if file.is_empty() || !plain || !kind_ok {
-        return Err(bad(format!(
-            "file: `{file}` is not a .cedar, .cedarschema, .toml or .json file inside the pack"
-        )));
-    }
-    let scratch = tempfile::tempdir().map_err(|_| internal())?;
-    let dir = scratch.path().join("pack");
-    copy_dir(&live.spec.dir, &dir).map_err(|_| internal())?;
-    if let Some(parent) = dir.join(rel).parent() {
-        std::fs::create_dir_all(parent).map_err(|_| internal())?;
-    }
-    std::fs::write(dir.join(rel), text).map_err(|_| internal())?;
-    check_candidate(console, &live, &dir)
-}
-
-/// A candidate pack directory checked as the gate would, compared with the live set, and its
-/// impact on the live store.
-fn check_candidate(console: &Console, live: &PolicyPack, dir: &Path) -> Answer {
-    let shown = |p: &Path| -> String { p.strip_prefix(dir).unwrap_or(p).display().to_string() };
-    let candidate = match PolicyPack::load(&PackSpec::new(dir, &live.spec.overlays)) {
-        Ok(p) => p,
-        Err(LoadError::Invalid(diags)) => {
-            let errors: Vec<Value> = diags
+    let files: BTreeMap<String, String>;
+    let draft = match req.get("dir") {
+        Some(dir) => Draft::Dir(dir.as_str().ok_or_else(|| bad("dir: must be a string"))?),
+        None => {
+            let file = req["file"]
+                .as_str()
+                .ok_or_else(|| bad("file: is required (a file name in the pack)"))?;
+            let text = req["text"]
+                .as_str()
+                .ok_or_else(|| bad("text: is required (the file's new text)"))?;
+            files = BTreeMap::from([(file.to_string(), text.to_string())]);
+            Draft::Files(&files)
+        }
+    };
+    let checked = match preview::preview(&console.engine, console.analysis, draft) {
+        Ok(Preview::Checked(c)) => c,
+        Ok(Preview::Invalid(problems)) => {
+            let errors: Vec<Value> = problems
                 .iter()
-                .map(|d| {
-                    json!({
-                        "file": shown(&d.location.file),
-                        "line": d.location.line,
-                        "col": d.location.col,
-                        "message": d.message,
-                        "help": d.help,
-                    })
+                .map(|p| {
+                    json!({"file": p.file, "line": p.line, "col": p.col,
+                           "message": p.message, "help": p.help})
                 })
                 .collect();
             return Ok(json!({"valid": false, "errors": errors}));
         }
-        Err(e) => return Ok(json!({"valid": false, "errors": [{"message": e.to_string()}]})),
+        Err(PreviewError::Bad { field, message }) => {
+            return Err(bad(format!("{field}: {message}")))
+        }
+        Err(PreviewError::NotReady) => return Err(unavailable()),
+        Err(PreviewError::Scratch(_)) => return Err(internal()),
     };
-    let suites = suite::run_with(candidate.clone()).map(|report| {
-        let failed: Vec<String> = report
-            .failed()
-            .iter()
-            .map(|r| r.describe().replace(&format!("{}/", dir.display()), ""))
-            .collect();
-        json!({"summary": report.summary(), "failed": failed})
-    });
-    let suites = suites.unwrap_or_else(|e| json!({"summary": e.to_string(), "failed": []}));
-    let gate = match crate::service::gate::check(candidate.clone(), console.analysis) {
-        Ok(p) => json!({
-            "accepted": true,
-            "analysis": p.analysis.get().cloned().unwrap_or_default(),
-            "reasons": [],
-        }),
-        Err(e) => json!({
-            "accepted": false,
-            "reasons": e.reasons().iter().map(|r| r.replace(&format!("{}/", dir.display()), "")).collect::<Vec<_>>(),
-        }),
+    let diff = match &checked.diff {
+        Ok((lines, changed)) => json!({"lines": lines, "changed": changed}),
+        Err(skipped) => json!({"lines": [], "skipped": skipped}),
     };
-    let diff = match crate::analysis::diff(live, &candidate, crate::analysis::Data::Assumed) {
-        Ok(report) => json!({"lines": report.lines(), "changed": report.changed_actions()}),
-        Err(e) => json!({"lines": [], "skipped": format!("no semantic diff: {e}")}),
-    };
-    let impact = match console.engine.preview_impact(live, &candidate) {
+    let impact = match &checked.impact {
         Ok(i) => {
             let mut v = i.to_json(IMPACT_SAMPLE);
             v["complete"] = json!(!i.truncated);
             v
         }
-        Err(reasons) => json!({"error": reasons.join("; ")}),
+        Err(e) => json!({"error": e}),
     };
     Ok(json!({
         "valid": true,
-        "version": candidate.version,
-        "suites": suites,
-        "gate": gate,
+        "version": checked.version,
+        "suites": {"summary": checked.suites.0, "failed": checked.suites.1},
+        "gate": {"accepted": checked.accepted, "analysis": checked.analysis, "reasons": checked.reasons},
         "diff": diff,
         "impact": impact,
     }))
@@ -369,18 +322,4 @@ fn internal() -> (StatusCode, String) {
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal error".to_string(),
     )
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let path = e.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(&path, to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
 }

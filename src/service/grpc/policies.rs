@@ -1,24 +1,145 @@
-//! The `Policies` service: which policy set is live, and why the last candidate was rejected.
+//! The `Policies` service: which policy set is live, why the last candidate was rejected,
+//! and a candidate previewed against the live one (behind the data token).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::pb;
+use crate::service::bearer::bearer_matches;
+use crate::service::gate::Analysis;
+use crate::service::preview::{self, Draft, Preview, PreviewError};
 use crate::service::reload::Reloader;
+use crate::service::state::State;
+
+/// Changed pairs a preview returns per action and direction, by default and at most.
+const DEFAULT_SAMPLE: u32 = 5;
+const MAX_SAMPLE: u32 = 1000;
 
 pub struct PoliciesService {
     reloader: Arc<Reloader>,
+    engine: Arc<State>,
+    analysis: Analysis,
+    /// The data token, which a preview needs (None: previews are refused).
+    token: Option<String>,
 }
 
 impl PoliciesService {
-    pub fn new(reloader: Arc<Reloader>) -> Self {
-        PoliciesService { reloader }
+    pub fn new(
+        reloader: Arc<Reloader>,
+        engine: Arc<State>,
+        analysis: Analysis,
+        token: Option<String>,
+    ) -> Self {
+        PoliciesService {
+            reloader,
+            engine,
+            analysis,
+            token,
+        }
+    }
+}
+
+fn preview_response(p: Preview, sample: usize, live_version: &str) -> pb::PreviewPoliciesResponse {
+    let c = match p {
+        Preview::Invalid(problems) => {
+            return pb::PreviewPoliciesResponse {
+                problems: problems
+                    .iter()
+                    .map(|p| match p.file.as_str() {
+                        "" => p.message.clone(),
+                        f => format!("{f}:{}:{}: {}", p.line, p.col, p.message),
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        }
+        Preview::Checked(c) => c,
+    };
+    let (diff, diff_skipped) = match c.diff {
+        Ok((lines, _)) => (lines, String::new()),
+        Err(e) => (Vec::new(), e),
+    };
+    let (impact, impact_skipped, pairs) = match c.impact {
+        Ok(i) => {
+            let mut pairs = Vec::new();
+            let mut actions: std::collections::BTreeMap<(String, String), (u64, u64)> =
+                Default::default();
+            for a in &i.actions {
+                let context_json = a
+                    .context
+                    .as_ref()
+                    .map(|m| serde_json::Value::Object(m.clone()).to_string())
+                    .unwrap_or_default();
+                for (gained, list) in [(true, &a.gained), (false, &a.lost)] {
+                    for p in list.iter().take(sample) {
+                        pairs.push(pb::ImpactPair {
+                            action: a.action.clone(),
+                            gained,
+                            principal: p.principal.clone(),
+                            resource: p.resource.clone(),
+                            before: p.before.clone(),
+                            after: p.after.clone(),
+                            context_json: context_json.clone(),
+                        });
+                    }
+                }
+                if !a.gained.is_empty() || !a.lost.is_empty() {
+                    let e = actions
+                        .entry((a.action.clone(), a.resource_type.clone()))
+                        .or_default();
+                    e.0 += a.gained.len() as u64;
+                    e.1 += a.lost.len() as u64;
+                }
+            }
+            let impact = pb::ReloadImpact {
+                from_version: live_version.to_string(),
+                to_version: c.version.clone(),
+                gained: i.gained() as u64,
+                lost: i.lost() as u64,
+                revision: i.revision,
+                elapsed_ms: i.elapsed.as_millis() as u64,
+                actions: actions
+                    .into_iter()
+                    .map(
+                        |((action, resource_type), (gained, lost))| pb::ActionImpact {
+                            action,
+                            resource_type,
+                            gained,
+                            lost,
+                        },
+                    )
+                    .collect(),
+                skipped: i.skipped.iter().map(|(a, w)| format!("{a}: {w}")).collect(),
+                truncated: i.truncated,
+            };
+            (Some(impact), String::new(), pairs)
+        }
+        Err(e) => (None, e, Vec::new()),
+    };
+    pb::PreviewPoliciesResponse {
+        problems: Vec::new(),
+        candidate_version: c.version,
+        accepted: c.accepted,
+        reasons: c.reasons,
+        analysis: c.analysis,
+        diff,
+        diff_skipped,
+        impact,
+        impact_skipped,
+        pairs,
     }
 }
 
 #[tonic::async_trait]
 impl pb::policies_server::Policies for PoliciesService {
+    async fn preview_policies(
+        &self,
+        request: Request<pb::PreviewPoliciesRequest>,
+    ) -> Result<Response<pb::PreviewPoliciesResponse>, Status> {
+        self.preview(request).await
+    }
+
     async fn get_policy_status(
         &self,
         _request: Request<pb::GetPolicyStatusRequest>,
@@ -61,5 +182,66 @@ impl pb::policies_server::Policies for PoliciesService {
                 truncated: i.truncated,
             }),
         }))
+    }
+}
+
+impl PoliciesService {
+    /// `PreviewPolicies`, off the runtime's workers (it runs suites, proofs and a comparison).
+    pub(super) async fn preview(
+        &self,
+        request: Request<pb::PreviewPoliciesRequest>,
+    ) -> Result<Response<pb::PreviewPoliciesResponse>, Status> {
+        let token_ok = self.token.as_ref().is_some_and(|t| {
+            let mut given = request.metadata().get_all("authorization").iter();
+            matches!(
+                (given.next(), given.next()),
+                (Some(v), None) if bearer_matches(v.as_bytes(), t.as_bytes())
+            )
+        });
+        if !token_ok {
+            return Err(Status::unauthenticated(
+                "PreviewPolicies needs the data token (authorization: Bearer <token>)",
+            ));
+        }
+        let req = request.into_inner();
+        if req.sample > MAX_SAMPLE {
+            return Err(Status::invalid_argument(format!(
+                "sample: {} is more than the maximum of {MAX_SAMPLE}",
+                req.sample
+            )));
+        }
+        let sample = match req.sample {
+            0 => DEFAULT_SAMPLE,
+            n => n,
+        } as usize;
+        if !req.dir.is_empty() && !req.files.is_empty() {
+            return Err(Status::invalid_argument(
+                "dir: give a directory or files, not both",
+            ));
+        }
+        let (engine, analysis) = (self.engine.clone(), self.analysis);
+        let answer = tokio::task::spawn_blocking(move || {
+            let files: std::collections::BTreeMap<String, String> = req.files.into_iter().collect();
+            let draft = if req.dir.is_empty() {
+                Draft::Files(&files)
+            } else {
+                Draft::Dir(&req.dir)
+            };
+            let live = engine.pack().map(|p| p.version.clone()).unwrap_or_default();
+            preview::preview(&engine, analysis, draft).map(|p| preview_response(p, sample, &live))
+        })
+        .await
+        .map_err(|_| Status::internal("internal error"))?;
+        match answer {
+            Ok(r) => Ok(Response::new(r)),
+            Err(PreviewError::Bad { field, message }) => {
+                Err(Status::invalid_argument(format!("{field}: {message}")))
+            }
+            Err(PreviewError::NotReady) => Err(Status::unavailable("no policy set is live yet")),
+            Err(PreviewError::Scratch(e)) => {
+                tracing::error!("preview: {e}");
+                Err(Status::internal("internal error"))
+            }
+        }
     }
 }
