@@ -6,9 +6,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb;
+use super::ServiceError;
+use crate::engine::error::RequestError;
 use crate::service::bearer::bearer_matches;
 use crate::service::gate::Analysis;
-use crate::service::preview::{self, Draft, Preview, PreviewError};
+use crate::service::preview::{self, Draft, Preview};
 use crate::service::reload::Reloader;
 use crate::service::state::State;
 
@@ -199,25 +201,23 @@ impl PoliciesService {
             )
         });
         if !token_ok {
-            return Err(Status::unauthenticated(
-                "PreviewPolicies needs the data token (authorization: Bearer <token>)",
-            ));
+            return Err(ServiceError::Unauthenticated.into());
         }
         let req = request.into_inner();
         if req.sample > MAX_SAMPLE {
-            return Err(Status::invalid_argument(format!(
-                "sample: {} is more than the maximum of {MAX_SAMPLE}",
-                req.sample
-            )));
+            let e = RequestError::edge(
+                "sample",
+                format!("{} is more than the maximum of {MAX_SAMPLE}", req.sample),
+            );
+            return Err(ServiceError::from(e).into());
         }
         let sample = match req.sample {
             0 => DEFAULT_SAMPLE,
             n => n,
         } as usize;
         if !req.dir.is_empty() && !req.files.is_empty() {
-            return Err(Status::invalid_argument(
-                "dir: give a directory or files, not both",
-            ));
+            let e = RequestError::edge("dir", "give a directory or files, not both");
+            return Err(ServiceError::from(e).into());
         }
         let (engine, analysis) = (self.engine.clone(), self.analysis);
         let answer = tokio::task::spawn_blocking(move || {
@@ -234,14 +234,7 @@ impl PoliciesService {
         .map_err(|_| Status::internal("internal error"))?;
         match answer {
             Ok(r) => Ok(Response::new(r)),
-            Err(PreviewError::Bad { field, message }) => {
-                Err(Status::invalid_argument(format!("{field}: {message}")))
-            }
-            Err(PreviewError::NotReady) => Err(Status::unavailable("no policy set is live yet")),
-            Err(PreviewError::Scratch(e)) => {
-                tracing::error!("preview: {e}");
-                Err(Status::internal("internal error"))
-            }
+            Err(e) => Err(ServiceError::from(e).into()),
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum ServiceError {
     Watch(#[from] WatchError),
     #[error("missing or invalid bearer token")]
     Unauthenticated,
+    #[error(transparent)]
+    Preview(#[from] crate::service::preview::PreviewError),
 }
 
 impl From<RequestError> for ServiceError {
@@ -125,6 +127,17 @@ impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         match e {
             ServiceError::Unauthenticated => Status::unauthenticated(e.to_string()),
+            ServiceError::Preview(e) => {
+                use crate::service::preview::PreviewError;
+                match e {
+                    PreviewError::Bad { .. } => Status::invalid_argument(e.to_string()),
+                    PreviewError::NotReady => Status::unavailable(e.to_string()),
+                    PreviewError::Scratch(_) => {
+                        tracing::error!(error = %e, "internal error: a preview");
+                        Status::internal("internal error")
+                    }
+                }
+            }
             ServiceError::State(e) => state_status(e),
             ServiceError::Watch(e) => match e {
                 WatchError::NoChangeLog => Status::failed_precondition(e.to_string()),
