@@ -71,7 +71,8 @@ pub struct ImpactSummary {
 }
 
 impl ImpactSummary {
-    fn of(from: &str, to: &str, impact: &Impact) -> Self {
+    /// The counts of an impact, between two versions.
+    pub fn of(from: &str, to: &str, impact: &Impact) -> Self {
         let mut actions: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
         for a in &impact.actions {
             if a.gained.is_empty() && a.lost.is_empty() {

@@ -89,19 +89,15 @@ async fn start(dir: &Path) -> Running {
     running
 }
 
-/// Waits until `f` gives Some, polling the page.
+/// Waits until `f` gives Some, polling the page ([`common::until_async`]).
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still waiting after 60 s for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut found = None;
+    common::until_async(what, Duration::from_secs(60), async || {
+        found = f().await;
+        found.is_some()
+    })
+    .await;
+    found.expect("the condition held")
 }
 
 async fn text(c: &Client, css: &str) -> String {

@@ -32,22 +32,9 @@ type Row = (
 /// A copy of the frozen pack with `edit` applied to its files.
 fn edited(dir: &Path, name: &str, edit: impl Fn(&Path)) -> PathBuf {
     let to = dir.join(name);
-    copy_dir(&common::pack(), &to);
+    common::copy_dir(&common::pack(), &to);
     edit(&to);
     to
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let path = e.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Replaces `old` by `new` in one file of a pack, which must contain it once.

@@ -3,7 +3,6 @@
 //! `{"error": ...}` with a 4xx status naming what was wrong.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::Console;
 use crate::authoring::matrix;
-use crate::engine::pack::{PackSpec, PolicyPack, OVERLAY_DIR};
+use crate::engine::pack::{overlay_names, PackSpec, PolicyPack};
 use crate::engine::request::{self, DecisionRequest, UidRef};
 use crate::service::bearer::form_urldecode;
 use crate::service::explain_json;
@@ -90,21 +89,6 @@ fn live(console: &Console) -> Result<Arc<PolicyPack>, (StatusCode, String)> {
     console.engine.pack().ok_or_else(unavailable)
 }
 
-/// The overlays a pack directory offers (`optional/*.cedar`), by name.
-fn overlays_of(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir.join(OVERLAY_DIR))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".cedar").map(str::to_string)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// The live pack's types, actions, overlays and version.
 fn meta(console: &Console) -> Answer {
     let pack = live(console)?;
@@ -132,7 +116,7 @@ fn meta(console: &Console) -> Answer {
         "version": pack.version,
         "types": types,
         "actions": actions,
-        "overlays": overlays_of(&pack.spec.dir),
+        "overlays": overlay_names(&pack.spec.dir).unwrap_or_default(),
         "live_overlays": pack.spec.overlays,
         "revision": console.engine.revision(),
     }))
@@ -149,7 +133,7 @@ fn grid(console: &Console, overlays: Option<&str>) -> Answer {
             .collect(),
         None => pack.spec.overlays.clone(),
     };
-    let offered = overlays_of(&pack.spec.dir);
+    let offered = overlay_names(&pack.spec.dir).map_err(|e| bad(e.to_string()))?;
     if let Some(o) = overlays.iter().find(|o| !offered.contains(o)) {
         return Err(bad(format!(
             "overlays: `{o}` is not an overlay of the pack"

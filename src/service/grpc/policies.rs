@@ -11,7 +11,7 @@ use crate::engine::error::RequestError;
 use crate::service::bearer::bearer_matches;
 use crate::service::gate::Analysis;
 use crate::service::preview::{self, Draft, Preview};
-use crate::service::reload::Reloader;
+use crate::service::reload::{ImpactSummary, Reloader};
 use crate::service::state::State;
 
 /// Changed pairs a preview returns per action and direction, by default and at most.
@@ -42,6 +42,30 @@ impl PoliciesService {
     }
 }
 
+/// The counts of an impact as the proto says them.
+fn reload_impact(i: ImpactSummary) -> pb::ReloadImpact {
+    pb::ReloadImpact {
+        from_version: i.from_version,
+        to_version: i.to_version,
+        gained: i.gained as u64,
+        lost: i.lost as u64,
+        revision: i.revision,
+        elapsed_ms: i.elapsed_ms,
+        actions: i
+            .actions
+            .into_iter()
+            .map(|(action, resource_type, gained, lost)| pb::ActionImpact {
+                action,
+                resource_type,
+                gained: gained as u64,
+                lost: lost as u64,
+            })
+            .collect(),
+        skipped: i.skipped,
+        truncated: i.truncated,
+    }
+}
+
 fn preview_response(p: Preview, sample: usize, live_version: &str) -> pb::PreviewPoliciesResponse {
     let c = match p {
         Preview::Invalid(problems) => {
@@ -65,8 +89,6 @@ fn preview_response(p: Preview, sample: usize, live_version: &str) -> pb::Previe
     let (impact, impact_skipped, pairs) = match c.impact {
         Ok(i) => {
             let mut pairs = Vec::new();
-            let mut actions: std::collections::BTreeMap<(String, String), (u64, u64)> =
-                Default::default();
             for a in &i.actions {
                 let context_json = a
                     .context
@@ -86,36 +108,9 @@ fn preview_response(p: Preview, sample: usize, live_version: &str) -> pb::Previe
                         });
                     }
                 }
-                if !a.gained.is_empty() || !a.lost.is_empty() {
-                    let e = actions
-                        .entry((a.action.clone(), a.resource_type.clone()))
-                        .or_default();
-                    e.0 += a.gained.len() as u64;
-                    e.1 += a.lost.len() as u64;
-                }
             }
-            let impact = pb::ReloadImpact {
-                from_version: live_version.to_string(),
-                to_version: c.version.clone(),
-                gained: i.gained() as u64,
-                lost: i.lost() as u64,
-                revision: i.revision,
-                elapsed_ms: i.elapsed.as_millis() as u64,
-                actions: actions
-                    .into_iter()
-                    .map(
-                        |((action, resource_type), (gained, lost))| pb::ActionImpact {
-                            action,
-                            resource_type,
-                            gained,
-                            lost,
-                        },
-                    )
-                    .collect(),
-                skipped: i.skipped.iter().map(|(a, w)| format!("{a}: {w}")).collect(),
-                truncated: i.truncated,
-            };
-            (Some(impact), String::new(), pairs)
+            let summary = ImpactSummary::of(live_version, &c.version, &i);
+            (Some(reload_impact(summary)), String::new(), pairs)
         }
         Err(e) => (None, e, Vec::new()),
     };
@@ -163,26 +158,7 @@ impl pb::policies_server::Policies for PoliciesService {
                 problems: r.problems as u32,
             }),
             live_analysis: s.live_analysis,
-            last_impact: s.last_impact.map(|i| pb::ReloadImpact {
-                from_version: i.from_version,
-                to_version: i.to_version,
-                gained: i.gained as u64,
-                lost: i.lost as u64,
-                revision: i.revision,
-                elapsed_ms: i.elapsed_ms,
-                actions: i
-                    .actions
-                    .into_iter()
-                    .map(|(action, resource_type, gained, lost)| pb::ActionImpact {
-                        action,
-                        resource_type,
-                        gained: gained as u64,
-                        lost: lost as u64,
-                    })
-                    .collect(),
-                skipped: i.skipped,
-                truncated: i.truncated,
-            }),
+            last_impact: s.last_impact.map(reload_impact),
         }))
     }
 }
