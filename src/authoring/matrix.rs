@@ -131,6 +131,25 @@ pub fn grid(pack: &PolicyPack) -> Result<Vec<GridTable>, MatrixError> {
     compute(pack).map(|(_, _, grid)| grid)
 }
 
+/// The contexts of the matrix rows of several packs (an edit's old and new), merged per
+/// action without repeats: what an impact compares each action's pairs under.
+pub fn merged_row_contexts(
+    packs: &[&PolicyPack],
+) -> Result<BTreeMap<String, Vec<serde_json::Map<String, Value>>>, MatrixError> {
+    let mut out: BTreeMap<String, Vec<serde_json::Map<String, Value>>> = BTreeMap::new();
+    for pack in packs {
+        for (action, cs) in row_contexts(pack)? {
+            let all = out.entry(action).or_default();
+            for c in cs {
+                if !all.contains(&c) {
+                    all.push(c);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The contexts the pack's matrix rows ask, by action id (as written, before any namespace),
 /// each once. No file, none.
 pub fn row_contexts(

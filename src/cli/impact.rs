@@ -79,15 +79,7 @@ pub fn run(spec: &PackSpec, args: ImpactCommand) -> Result<Exit, AnyError> {
     } else {
         Some(load(&new)?)
     };
-    let mut matrix_contexts = matrix::row_contexts(&old)?;
-    for (action, cs) in matrix::row_contexts(&new)? {
-        let all = matrix_contexts.entry(action).or_default();
-        for c in cs {
-            if !all.contains(&c) {
-                all.push(c);
-            }
-        }
-    }
+    let matrix_contexts = matrix::merged_row_contexts(&[&old, &new])?;
     let report = impact::impact(
         &ImpactInput {
             old: (&old, &old_store),

@@ -462,18 +462,8 @@ impl State {
         limit: Option<usize>,
     ) -> Result<Impact, Vec<String>> {
         let started = Instant::now();
-        let mut contexts = BTreeMap::new();
-        for p in [live, pack] {
-            let rows = matrix::row_contexts(p).map_err(|e| vec![e.to_string()])?;
-            for (action, cs) in rows {
-                let all: &mut Vec<_> = contexts.entry(action).or_default();
-                for c in cs {
-                    if !all.contains(&c) {
-                        all.push(c);
-                    }
-                }
-            }
-        }
+        let contexts =
+            matrix::merged_row_contexts(&[live, pack]).map_err(|e| vec![e.to_string()])?;
         let budget = limit.is_none().then_some(RELOAD_IMPACT_BUDGET);
         let failed = |e: impact::ImpactError| {
             vec![format!("the candidate's impact on the stored data: {e}")]

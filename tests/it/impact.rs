@@ -100,16 +100,7 @@ fn load(dir: &Path, overlays: &[String]) -> Arc<PolicyPack> {
 }
 
 fn contexts(old: &PolicyPack, new: &PolicyPack) -> BTreeMap<String, Vec<ContextMap>> {
-    let mut all = matrix::row_contexts(old).unwrap();
-    for (a, cs) in matrix::row_contexts(new).unwrap() {
-        let e = all.entry(a).or_default();
-        for c in cs {
-            if !e.contains(&c) {
-                e.push(c);
-            }
-        }
-    }
-    all
+    matrix::merged_row_contexts(&[old, new]).unwrap()
 }
 
 fn run_impact(old: &PolicyPack, new: &PolicyPack, store: &EntityStore) -> Impact {

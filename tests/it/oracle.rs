@@ -36,15 +36,7 @@ fn oracle(
     context: &serde_json::Value,
 ) -> (bool, Vec<String>) {
     let action: EntityUid = format!("Blue::Action::\"{action}\"").parse().unwrap();
-    let context = Context::from_json_value(context.clone(), Some((&pack.schema, &action))).unwrap();
-    let request = Request::new(
-        principal.clone(),
-        action,
-        resource.clone(),
-        context,
-        Some(&pack.schema),
-    )
-    .unwrap();
+    let request = cedar_request(pack, principal, &action, resource, context);
     let response = Authorizer::new().is_authorized(&request, &pack.policies, all);
     let mut ids: Vec<String> = response
         .diagnostics()
@@ -53,6 +45,25 @@ fn oracle(
         .collect();
     ids.sort();
     (response.decision() == Decision::Allow, ids)
+}
+
+/// A plain Cedar request, its context validated by the pack's schema.
+fn cedar_request(
+    pack: &PolicyPack,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+    context: &serde_json::Value,
+) -> Request {
+    let context = Context::from_json_value(context.clone(), Some((&pack.schema, action))).unwrap();
+    Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        Some(&pack.schema),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -433,17 +444,13 @@ fn every_suite_deny_is_explained_by_a_part_that_plain_cedar_finds_false() {
                 let set: cedar_policy::PolicySet = text.parse().unwrap_or_else(|e| {
                     panic!("{}: `{}` does not parse: {e}", case.name, u.failed)
                 });
-                let context =
-                    Context::from_json_value(case.context.clone(), Some((&pack.schema, &action)))
-                        .unwrap();
-                let request = Request::new(
-                    case.principal.clone(),
-                    action.clone(),
-                    case.resource.clone(),
-                    context,
-                    None,
-                )
-                .unwrap();
+                let request = cedar_request(
+                    &pack,
+                    &case.principal,
+                    &action,
+                    &case.resource,
+                    &case.context,
+                );
                 let answer = Authorizer::new().is_authorized(&request, &set, &all);
                 assert_eq!(
                     answer.decision(),

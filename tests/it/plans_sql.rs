@@ -2,9 +2,10 @@
 //! and projects loaded into tables of a schema of the test's own (`id`, the attribute columns,
 //! and for records `title` and `due`), then for users and actions the rows a plan's SQL
 //! selects equal `ListResources`'s answer over gRPC, and on a sample equal `IsAuthorized`;
-//! on the demo data (every user) and on `gen --scale 0.1` (users by stride), with and
-//! without each overlay. Also: the HTTP extension's shape, read-your-writes with
-//! `min_revision`, bad input named by field, and a second pack.
+//! on the demo data (every user) and on `gen --scale 0.1` (users by stride; every user in an
+//! ignored test run on purpose in a release build), with and without each overlay. Also: the
+//! HTTP extension's shape, read-your-writes with `min_revision`, bad input named by field, and
+//! a second pack.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -240,57 +241,74 @@ async fn compare(
     let (mut compared, mut nonempty) = (0, 0);
     for (ty, action, context) in cases(all_users) {
         for u in users {
-            let plan = authz
-                .plan_resources(plan_request(u, action, ty, &context))
-                .await
-                .unwrap_or_else(|e| panic!("plan {u} {action}: {e}"))
-                .into_inner();
-            let sql = plan.sql.clone().expect("a mapping was given");
-            let rows = select(pg, ty, &sql).await;
-            let list = listed(authz, u, action, ty, &context).await;
-            assert_eq!(
-                rows, list,
-                "{u} {action} {ty} {context}: the plan's rows and ListResources differ\n{}\n{:?}",
-                plan.residual, sql
-            );
-            match PlanDecision::try_from(plan.decision).unwrap() {
-                PlanDecision::AlwaysDenied => assert!(rows.is_empty()),
-                PlanDecision::AlwaysAllowed => assert_eq!(rows.len(), ids[ty].len()),
-                _ => {}
-            }
-            // Brute force on a sample: about 40 resources of the type, spread out.
-            let step = (ids[ty].len() / 40).max(1);
-            let sample: Vec<&String> = ids[ty].iter().step_by(step).take(40).collect();
-            let batch = authz
-                .batch_is_authorized(pb::BatchIsAuthorizedRequest {
-                    requests: sample
-                        .iter()
-                        .map(|r| pb::IsAuthorizedRequest {
-                            principal: uid("Blue::User", u),
-                            action: uid("Blue::Action", action),
-                            resource: uid(ty, r),
-                            context_json: context.clone(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            for (r, d) in sample.iter().zip(&batch.responses) {
-                let allowed = d.decision == pb::Decision::Allow as i32;
-                assert_eq!(
-                    rows.contains(*r),
-                    allowed,
-                    "{u} {action} {ty}::{r} {context}"
-                );
-            }
+            let rows = compare_one(pg, authz, u, (ty, action, &context), ids, true).await;
             compared += 1;
-            nonempty += usize::from(!rows.is_empty());
+            nonempty += usize::from(rows > 0);
         }
     }
     (compared, nonempty)
+}
+
+/// One user and case: the plan's SQL rows equal ListResources's answer, and with `sample`,
+/// about 40 resources of the type, spread out, are decided by IsAuthorized as the rows say.
+/// Returns how many rows the plan selects.
+async fn compare_one(
+    pg: &tokio_postgres::Client,
+    authz: &mut AuthorizerClient<Channel>,
+    u: &str,
+    (ty, action, context): (&str, &str, &str),
+    ids: &std::collections::BTreeMap<String, Vec<String>>,
+    sample: bool,
+) -> usize {
+    let plan = authz
+        .plan_resources(plan_request(u, action, ty, context))
+        .await
+        .unwrap_or_else(|e| panic!("plan {u} {action}: {e}"))
+        .into_inner();
+    let sql = plan.sql.clone().expect("a mapping was given");
+    let rows = select(pg, ty, &sql).await;
+    let list = listed(authz, u, action, ty, context).await;
+    assert_eq!(
+        rows, list,
+        "{u} {action} {ty} {context}: the plan's rows and ListResources differ\n{}\n{:?}",
+        plan.residual, sql
+    );
+    match PlanDecision::try_from(plan.decision).unwrap() {
+        PlanDecision::AlwaysDenied => assert!(rows.is_empty()),
+        PlanDecision::AlwaysAllowed => assert_eq!(rows.len(), ids[ty].len()),
+        _ => {}
+    }
+    if !sample {
+        return rows.len();
+    }
+    let step = (ids[ty].len() / 40).max(1);
+    let sample: Vec<&String> = ids[ty].iter().step_by(step).take(40).collect();
+    let batch = authz
+        .batch_is_authorized(pb::BatchIsAuthorizedRequest {
+            requests: sample
+                .iter()
+                .map(|r| pb::IsAuthorizedRequest {
+                    principal: uid("Blue::User", u),
+                    action: uid("Blue::Action", action),
+                    resource: uid(ty, r),
+                    context_json: context.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for (r, d) in sample.iter().zip(&batch.responses) {
+        let allowed = d.decision == pb::Decision::Allow as i32;
+        assert_eq!(
+            rows.contains(*r),
+            allowed,
+            "{u} {action} {ty}::{r} {context}"
+        );
+    }
+    rows.len()
 }
 
 fn bin_import(pack: &Path, file: &Path, db: &Path) {
@@ -341,6 +359,34 @@ fn ids_by_type(entities: &[Value]) -> std::collections::BTreeMap<String, Vec<Str
     ids
 }
 
+/// `gen --scale 0.1 --seed 7`, written by the binary and imported into a database in `dir`:
+/// the entities, their ids by type and the database.
+fn generated(
+    dir: &Path,
+) -> (
+    Vec<Value>,
+    std::collections::BTreeMap<String, Vec<String>>,
+    std::path::PathBuf,
+) {
+    let gen_file = dir.join("gen.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
+        .args(["gen", "--scale", "0.1", "--seed", "7", "--out"])
+        .arg(&gen_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&gen_file).unwrap()).unwrap();
+    let ids = ids_by_type(&generated);
+    let db = dir.join("gen.redb");
+    bin_import(&live_pack(), &gen_file, &db);
+    (generated, ids, db)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_sql_selects_exactly_what_is_authorized_on_demo_and_generated_data() {
     let Some((pg, _)) = schema("plans_sql").await else {
@@ -354,23 +400,7 @@ async fn plan_sql_selects_exactly_what_is_authorized_on_demo_and_generated_data(
     let demo_ids = ids_by_type(&demo);
     let demo_db = dir.path().join("demo.redb");
     bin_import(&live_pack(), &demo_file, &demo_db);
-    // gen --scale 0.1, written by the binary.
-    let gen_file = dir.path().join("gen.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blue-authz"))
-        .args(["gen", "--scale", "0.1", "--seed", "7", "--out"])
-        .arg(&gen_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let generated: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(&gen_file).unwrap()).unwrap();
-    let gen_ids = ids_by_type(&generated);
-    let gen_db = dir.path().join("gen.redb");
-    bin_import(&live_pack(), &gen_file, &gen_db);
+    let (generated, gen_ids, gen_db) = generated(dir.path());
     for (name, entities, db, ids, stride) in [
         ("demo", &demo, &demo_db, &demo_ids, 1),
         ("gen 0.1", &generated, &gen_db, &gen_ids, 331),
@@ -397,6 +427,86 @@ async fn plan_sql_selects_exactly_what_is_authorized_on_demo_and_generated_data(
             assert!(nonempty * 4 > compared, "{nonempty} of {compared}");
             server.kill();
         }
+    }
+}
+
+/// Every user of `gen --scale 0.1` (10,000), every record and dashboard action (sharing at
+/// both levels), with and
+/// without each overlay: the plan's SQL rows equal `ListResources`, and for every 331st user
+/// a sample equals `IsAuthorized`. Minutes in a release build, so run on purpose:
+/// `cargo test --release --test it -- --ignored every_user`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes in a release build: cargo test --release --test it -- --ignored every_user"]
+async fn plan_sql_equals_listing_for_every_user_of_generated_data() {
+    let Some((pg, _)) = schema("plans_sql_every_user").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (generated, ids, db) = generated(dir.path());
+    load_tables(&pg, &generated).await;
+    let pg = std::sync::Arc::new(pg);
+    let ids = std::sync::Arc::new(ids);
+    let users = ids["Blue::User"].clone();
+    let started = std::time::Instant::now();
+    for overlays in [
+        vec![],
+        vec!["clients-read-only"],
+        vec!["invite-client-and-above"],
+    ] {
+        let mut server = serve(&db, &overlays, false);
+        let authz = AuthorizerClient::new(channel(server.decisions()).await);
+        // Four workers, each every fourth user, over one connection each way.
+        let mut workers = tokio::task::JoinSet::new();
+        for k in 0..4 {
+            let (pg, ids, mut authz) = (pg.clone(), ids.clone(), authz.clone());
+            let all = users.clone();
+            let users: Vec<(usize, String)> = users
+                .iter()
+                .cloned()
+                .enumerate()
+                .skip(k)
+                .step_by(4)
+                .collect();
+            workers.spawn(async move {
+                let (mut compared, mut nonempty) = (0usize, 0usize);
+                for (i, u) in &users {
+                    for (ty, action, context) in cases(&all) {
+                        if ty == "Blue::Project" {
+                            continue;
+                        }
+                        let rows = compare_one(
+                            &pg,
+                            &mut authz,
+                            u,
+                            (ty, action, &context),
+                            &ids,
+                            i % 331 == 0,
+                        )
+                        .await;
+                        compared += 1;
+                        nonempty += usize::from(rows > 0);
+                    }
+                }
+                (compared, nonempty)
+            });
+        }
+        let (mut compared, mut nonempty) = (0, 0);
+        while let Some(done) = workers.join_next().await {
+            let (c, n) = done.unwrap();
+            compared += c;
+            nonempty += n;
+        }
+        println!(
+            "gen 0.1 {overlays:?}: {compared} plans' SQL equal ListResources ({nonempty} \
+             non-empty), {} users x 12 record and dashboard cases, {:.0} s so far",
+            users.len(),
+            started.elapsed().as_secs_f64()
+        );
+        // Four record actions, four dashboard actions, and `shareDashboard` at both levels
+        // with two users to share with.
+        assert_eq!(compared, users.len() * 12);
+        assert!(nonempty * 4 > compared, "{nonempty} of {compared}");
+        server.kill();
     }
 }
 

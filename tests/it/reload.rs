@@ -134,27 +134,7 @@ async fn an_edit_goes_live_while_decisions_flow_and_none_fails() {
 
     // Clients may now edit the wiki: the suite expectation, the table and the policy, in one
     // burst.
-    edit(
-        &f.policies.join("tests/project.toml"),
-        r#"cleo = "deny", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
-
-[[test]]
-action = "editDocuments""#,
-        r#"cleo = "allow project.editWiki", cora = "deny", vic = "deny", gus = "deny", zed = "deny" }
-
-[[test]]
-action = "editDocuments""#,
-    );
-    edit(
-        &f.policies.join("matrix.toml"),
-        TABLE_WIKI,
-        &TABLE_WIKI.replace("\"member\"]", "\"member\", \"client\"]"),
-    );
-    edit(
-        &f.policies.join("project.cedar"),
-        WIKI,
-        &WIKI.replace("resource.member", "resource.client"),
-    );
+    clients_may_edit_the_wiki(&f.policies);
     let written = Instant::now();
     let mut c = f.decisions.clone();
     let new_version = loop {
@@ -670,8 +650,8 @@ async fn a_candidate_whose_assumptions_the_stored_data_breaks_is_rejected() {
     );
 }
 
-/// The wiki edit of `an_edit_goes_live_while_decisions_flow_and_none_fails`: the suite
-/// expectation, the table row and the policy, in one burst.
+/// Clients may edit the wiki: the suite expectation, the table row and the policy, in one
+/// burst.
 fn clients_may_edit_the_wiki(policies: &Path) {
     edit(
         &policies.join("tests/project.toml"),

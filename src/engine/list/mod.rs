@@ -19,7 +19,7 @@ use crate::engine::decide;
 use crate::engine::error::{quote, Field, ListedSide, Part, RequestError};
 use crate::engine::facts::{Ent, Ix, Lookup};
 use crate::engine::index::{EntityStore, Overlay};
-use crate::engine::narrow::{At, Listed};
+use crate::engine::narrow::{At, Finder, Listed};
 use crate::engine::pack::{ActionEntry, PolicyPack};
 use crate::engine::request::{self, context_of, ContextMap, UidRef};
 
@@ -86,7 +86,8 @@ pub fn list(
     req: &ListRequest<'_>,
     depth: usize,
 ) -> Result<Page, RequestError> {
-    let (other, action, listed_type, entry) = target(pack, store, req)?;
+    let target = target(pack, store, req)?;
+    let (other, action, listed_type, _) = &target;
     let page_size = match req.page_size {
         0 => DEFAULT_PAGE_SIZE,
         n if n > MAX_PAGE_SIZE => {
@@ -116,27 +117,21 @@ pub fn list(
         "" => None,
         t => Some(token::decode(t, query).map_err(|e| RequestError::new(Field::PageToken, e))?),
     };
-    let (overlay, placeholder, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
+    let scoped = Scoped::of(pack, store, req, target)?;
     let query = Query {
         pack,
         store,
-        entry,
         req,
-        action: &action,
-        listed_type: &listed_type,
-        placeholder: &placeholder,
-        other: &other,
-        context: context_of(probe.request.as_ref()),
-        overlay: &overlay,
+        scoped: &scoped,
         cursor: cursor.as_deref(),
         page_size,
         depth,
         fingerprint: query,
     };
-    if overlay.is_empty() {
+    if scoped.overlay.is_empty() {
         query.run(store)
     } else {
-        query.run(&store.list_view(&overlay))
+        query.run(&store.list_view(&scoped.overlay))
     }
 }
 
@@ -221,17 +216,146 @@ fn listed_type(pack: &PolicyPack, ty: &str, field: Field) -> Result<EntityTypeNa
         .ok_or_else(|| RequestError::new(field, format!("unknown entity type `{}`", quote(ty))))
 }
 
+/// A listing's request checked once: the other side (and its index entry), the action and
+/// its entry, the listed type, the request-scoped entities, and the context checked with a
+/// stand-in for the listed entity.
+struct Scoped<'p> {
+    other: EntityUid,
+    other_ix: Option<Ix>,
+    action: EntityUid,
+    listed_type: EntityTypeName,
+    entry: &'p ActionEntry,
+    overlay: Overlay,
+    placeholder: EntityUid,
+    probe: request::CheckedRequest,
+}
+
+type Target<'p> = (EntityUid, EntityUid, EntityTypeName, &'p ActionEntry);
+
+impl<'p> Scoped<'p> {
+    fn of(
+        pack: &PolicyPack,
+        store: &EntityStore,
+        req: &ListRequest<'_>,
+        (other, action, listed_type, entry): Target<'p>,
+    ) -> Result<Self, RequestError> {
+        let (overlay, placeholder, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
+        Ok(Scoped {
+            other_ix: store.lookup(&other),
+            other,
+            action,
+            listed_type,
+            entry,
+            overlay,
+            placeholder,
+            probe,
+        })
+    }
+
+    /// For comparing two packs, which reads the stored entities alone.
+    fn stored(
+        pack: &'p PolicyPack,
+        store: &EntityStore,
+        req: &ListRequest<'_>,
+    ) -> Result<Self, RequestError> {
+        let scoped = Scoped::of(pack, store, req, target(pack, store, req)?)?;
+        if !scoped.overlay.is_empty() {
+            return Err(RequestError::new(
+                Field::Entities(None),
+                "request-scoped entities are not read here",
+            ));
+        }
+        Ok(scoped)
+    }
+
+    fn context(&self) -> Option<&cedar_policy_core::ast::Context> {
+        context_of(self.probe.request.as_ref())
+    }
+
+    /// What the finders evaluate their known parts against.
+    fn at<'a, L: Lookup>(&'a self, facts: &'a L, listed: Listed) -> At<'a, L> {
+        At {
+            facts,
+            listed,
+            listed_type: self.listed_type.as_ref(),
+            placeholder: self.placeholder.as_ref(),
+            other: self.other.as_ref(),
+            context: self.context(),
+        }
+    }
+
+    /// The candidates the finders keep (None: a finder does not narrow), else every entity
+    /// of the listed type; unsorted, with repeats.
+    fn found<'f, L: Lookup>(
+        &self,
+        facts: &L,
+        listed: Listed,
+        finders: Option<impl Iterator<Item = Option<&'f Finder>>>,
+    ) -> (Vec<Ix>, bool) {
+        let at = self.at(facts, listed);
+        let found = finders.and_then(|fs| {
+            let mut all = Vec::new();
+            for finder in fs {
+                all.extend(finder?.find(&at)?);
+            }
+            Some(all)
+        });
+        let narrowed = found.is_some();
+        let ixs = found.unwrap_or_else(|| {
+            let mut all = Vec::new();
+            facts.of_type(self.listed_type.as_ref(), &mut all);
+            all
+        });
+        (ixs, narrowed)
+    }
+
+    /// Decides one listed entity as `IsAuthorized` would: the plan straight over the index
+    /// where it answers (`ix`: the entity's index entry, without request-scoped entities),
+    /// else the whole decision path for `uid()`.
+    fn decide(
+        &self,
+        (pack, store): (&PolicyPack, &EntityStore),
+        req: &ListRequest<'_>,
+        ix: Option<Ix>,
+        uid: impl FnOnce() -> EntityUid,
+        depth: usize,
+    ) -> Result<decide::Decision, RequestError> {
+        let planned = ix.filter(|_| self.overlay.is_empty()).and_then(|ix| {
+            let other = match self.other_ix {
+                Some(o) => Ent::Ix(o),
+                None => Ent::Other(self.other.as_ref()),
+            };
+            let other = (other, self.other.as_ref().entity_type());
+            let me = (Ent::Ix(ix), self.listed_type.as_ref());
+            let (p, r) = match req.listed {
+                Listed::Resources => (other, me),
+                Listed::Principals => (me, other),
+            };
+            decide::decide_planned_at(self.entry, store, p, r, self.context())
+        });
+        if let Some(d) = planned {
+            return Ok(d);
+        }
+        let uid = uid();
+        let (p, r) = match req.listed {
+            Listed::Resources => (self.other.clone(), uid),
+            Listed::Principals => (uid, self.other.clone()),
+        };
+        let checked = request::check_parsed(
+            pack,
+            (p, self.action.clone(), r),
+            req.context,
+            self.overlay.clone(),
+        )?;
+        Ok(decide::decide(pack, store, &checked, depth))
+    }
+}
+
 struct Query<'a> {
     pack: &'a PolicyPack,
     store: &'a EntityStore,
-    entry: &'a ActionEntry,
     req: &'a ListRequest<'a>,
-    action: &'a EntityUid,
-    listed_type: &'a EntityTypeName,
-    placeholder: &'a EntityUid,
-    other: &'a EntityUid,
-    context: Option<&'a cedar_policy_core::ast::Context>,
-    overlay: &'a Overlay,
+    scoped: &'a Scoped<'a>,
     cursor: Option<&'a str>,
     page_size: usize,
     depth: usize,
@@ -241,28 +365,12 @@ struct Query<'a> {
 impl Query<'_> {
     /// The candidates, deduplicated and ordered by id; whether the finders narrowed them.
     fn candidates<L: Lookup>(&self, facts: &L) -> (Vec<Ix>, bool) {
-        let core_type = self.listed_type.as_ref();
-        let at = At {
-            facts,
-            listed: self.req.listed,
-            listed_type: core_type,
-            placeholder: self.placeholder.as_ref(),
-            other: self.other.as_ref(),
-            context: self.context,
-        };
-        let mut found: Option<Vec<Ix>> = self.entry.finders.as_ref().and_then(|f| {
-            let mut all = Vec::new();
-            for finder in f.permits(self.req.listed) {
-                all.extend(finder.find(&at)?);
-            }
-            Some(all)
-        });
-        let narrowed = found.is_some();
-        let mut ixs = found.take().unwrap_or_else(|| {
-            let mut all = Vec::new();
-            facts.of_type(core_type, &mut all);
-            all
-        });
+        let listed = self.req.listed;
+        let finders = self.scoped.entry.finders.as_ref();
+        let (mut ixs, narrowed) =
+            self.scoped
+                .found(facts, listed, finders.map(|f| f.permits(listed).map(Some)));
+        let core_type = self.scoped.listed_type.as_ref();
         ixs.retain(|ix| {
             facts.present(*ix)
                 && facts.type_is(*ix, core_type)
@@ -280,42 +388,15 @@ impl Query<'_> {
         let mut more = false;
         // Without request-scoped entities the candidates are the index's own, and the plan
         // decides them as `IsAuthorized` would, without building uids; anything the plan
-        // leaves to Cedar goes the whole way below.
-        let direct = self.overlay.is_empty() && self.entry.plan.is_some();
-        let other_ent = match self.store.lookup(self.other) {
-            Some(ix) => Ent::Ix(ix),
-            None => Ent::Other(self.other.as_ref()),
-        };
-        let other = (other_ent, self.other.as_ref().entity_type());
-        let listed_type = self.listed_type.as_ref();
+        // leaves to Cedar goes the whole way.
         for ix in candidates {
-            let planned = if direct {
-                let me = (Ent::Ix(ix), listed_type);
-                let (p, r) = match self.req.listed {
-                    Listed::Resources => (other, me),
-                    Listed::Principals => (me, other),
-                };
-                decide::decide_planned_at(self.entry, self.store, p, r, self.context)
-            } else {
-                None
-            };
-            let d = match planned {
-                Some(d) => d,
-                None => {
-                    let uid = facts.uid(ix);
-                    let (p, r) = match self.req.listed {
-                        Listed::Resources => (self.other.clone(), uid),
-                        Listed::Principals => (uid, self.other.clone()),
-                    };
-                    let checked = request::check_parsed(
-                        self.pack,
-                        (p, self.action.clone(), r),
-                        self.req.context,
-                        self.overlay.clone(),
-                    )?;
-                    decide::decide(self.pack, self.store, &checked, self.depth)
-                }
-            };
+            let d = self.scoped.decide(
+                (self.pack, self.store),
+                self.req,
+                Some(ix),
+                || facts.uid(ix),
+                self.depth,
+            )?;
             decided += 1;
             if !d.allow {
                 continue;
@@ -352,36 +433,14 @@ pub fn candidates(
     req: &ListRequest<'_>,
     selected: &[usize],
 ) -> Result<Vec<String>, RequestError> {
-    let (other, action, listed_type, entry) = target(pack, store, req)?;
-    let (overlay, placeholder, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
-    if !overlay.is_empty() {
-        return Err(RequestError::new(
-            Field::Entities(None),
-            "request-scoped entities are not read here",
-        ));
-    }
-    let core_type = listed_type.as_ref();
-    let at = At {
-        facts: store,
-        listed: req.listed,
-        listed_type: core_type,
-        placeholder: placeholder.as_ref(),
-        other: other.as_ref(),
-        context: context_of(probe.request.as_ref()),
-    };
-    let found = entry.finders.as_ref().and_then(|f| {
-        let mut all = Vec::new();
-        for &i in selected {
-            all.extend(f.policy(req.listed, i)?.find(&at)?);
-        }
-        Some(all)
+    let scoped = Scoped::stored(pack, store, req)?;
+    let finders = scoped.entry.finders.as_ref().map(|f| {
+        selected
+            .iter()
+            .map(move |&i| f.policy(req.listed, i))
     });
-    let ixs = found.unwrap_or_else(|| {
-        let mut all = Vec::new();
-        store.of_type(core_type, &mut all);
-        all
-    });
-    Ok(sorted_ids(store, ixs, core_type))
+    let (ixs, _) = scoped.found(store, req.listed, finders);
+    Ok(sorted_ids(store, ixs, scoped.listed_type.as_ref()))
 }
 
 /// For comparing two packs: decides the listed entities `ids` for the other side's entity, as
@@ -394,42 +453,12 @@ pub fn decide_listed(
     ids: &[String],
     depth: usize,
 ) -> Result<Vec<decide::Decision>, RequestError> {
-    let (other, action, listed_type, entry) = target(pack, store, req)?;
-    let (overlay, _, probe) = scope(pack, store, req, &other, &action, &listed_type)?;
-    if !overlay.is_empty() {
-        return Err(RequestError::new(
-            Field::Entities(None),
-            "request-scoped entities are not read here",
-        ));
-    }
-    let context = context_of(probe.request.as_ref());
-    let other_ent = match store.lookup(&other) {
-        Some(ix) => Ent::Ix(ix),
-        None => Ent::Other(other.as_ref()),
-    };
-    let other_side = (other_ent, other.as_ref().entity_type());
-    let core_type = listed_type.as_ref();
+    let scoped = Scoped::stored(pack, store, req)?;
     ids.iter()
         .map(|id| {
-            let uid = EntityUid::from_type_name_and_id(listed_type.clone(), EntityId::new(id));
-            let planned = store.lookup(&uid).and_then(|ix| {
-                let me = (Ent::Ix(ix), core_type);
-                let (p, r) = match req.listed {
-                    Listed::Resources => (other_side, me),
-                    Listed::Principals => (me, other_side),
-                };
-                decide::decide_planned_at(entry, store, p, r, context)
-            });
-            if let Some(d) = planned {
-                return Ok(d);
-            }
-            let (p, r) = match req.listed {
-                Listed::Resources => (other.clone(), uid),
-                Listed::Principals => (uid, other.clone()),
-            };
-            let checked =
-                request::check_parsed(pack, (p, action.clone(), r), req.context, overlay.clone())?;
-            Ok(decide::decide(pack, store, &checked, depth))
+            let uid =
+                EntityUid::from_type_name_and_id(scoped.listed_type.clone(), EntityId::new(id));
+            scoped.decide((pack, store), req, store.lookup(&uid), || uid, depth)
         })
         .collect()
 }
