@@ -434,11 +434,11 @@ pub fn candidates(
     selected: &[usize],
 ) -> Result<Vec<String>, RequestError> {
     let scoped = Scoped::stored(pack, store, req)?;
-    let finders = scoped.entry.finders.as_ref().map(|f| {
-        selected
-            .iter()
-            .map(move |&i| f.policy(req.listed, i))
-    });
+    let finders = scoped
+        .entry
+        .finders
+        .as_ref()
+        .map(|f| selected.iter().map(move |&i| f.policy(req.listed, i)));
     let (ixs, _) = scoped.found(store, req.listed, finders);
     Ok(sorted_ids(store, ixs, scoped.listed_type.as_ref()))
 }
