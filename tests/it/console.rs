@@ -107,6 +107,33 @@ async fn text(c: &Client, css: &str) -> String {
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, keys: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .send_keys(keys)
+        .await
+        .unwrap();
+}
+
+/// Waits until the element's text is not empty, and returns it.
+async fn wait_text(c: &Client, what: &str, css: &str) -> String {
+    until(what, async || {
+        let t = text(c, css).await;
+        (!t.is_empty()).then_some(t)
+    })
+    .await
+}
+
 /// The marks of every matrix row as the page shows them: (table, action and note) → the
 /// allowed flags, column by column.
 async fn page_cells(c: &Client) -> BTreeMap<(usize, String), Vec<bool>> {
@@ -216,18 +243,8 @@ async fn the_console_in_a_real_browser() {
     c.goto(&format!("{base}/console")).await.unwrap();
     assert!(text(&c, "body").await.contains("Data token"));
     assert!(c.find(Locator::Css("#matrix-tables")).await.is_err());
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("wrong")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "#token", "wrong").await;
+    click(&c, "#login").await;
     until("the wrong token refused", async || {
         text(&c, "#problem")
             .await
@@ -235,18 +252,8 @@ async fn the_console_in_a_real_browser() {
             .then_some(())
     })
     .await;
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(common::TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "#token", common::TOKEN).await;
+    click(&c, "#login").await;
 
     // The matrix: every cell as `blue-authz matrix` has it.
     until("the matrix", async || {
@@ -258,32 +265,17 @@ async fn the_console_in_a_real_browser() {
     assert!(shown.len() > 30, "{} rows", shown.len());
     assert_eq!(shown, cli_cells(&[]));
     // A cell links to its policies.
-    c.find(Locator::Css(
-        "td.cell[data-action='editWiki'][data-column='member']",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    let policy = until("the cell's policy", async || {
-        let t = text(
-            &c,
-            "#cell-policies pre.policy[data-policy='project.editWiki']",
-        )
-        .await;
-        (!t.is_empty()).then_some(t)
-    })
+    click(&c, "td.cell[data-action='editWiki'][data-column='member']").await;
+    let policy = wait_text(
+        &c,
+        "the cell's policy",
+        "#cell-policies pre.policy[data-policy='project.editWiki']",
+    )
     .await;
     assert!(policy.contains("principal in resource.member"), "{policy}");
     save_screenshot(&c, "console-matrix.png").await;
     // An overlay switched on.
-    c.find(Locator::Css("input.overlay[value='clients-read-only']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "input.overlay[value='clients-read-only']").await;
     until("the matrix with the overlay", async || {
         let ready = c
             .find(Locator::Css(
@@ -298,12 +290,7 @@ async fn the_console_in_a_real_browser() {
     assert_ne!(with_overlay, shown);
 
     // A deny explained.
-    c.find(Locator::Css("#tab-explain"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#tab-explain").await;
     c.execute(
         "document.getElementById('action').value = 'editWiki';
          document.getElementById('action').dispatchEvent(new Event('change'));",
@@ -311,29 +298,10 @@ async fn the_console_in_a_real_browser() {
     )
     .await
     .unwrap();
-    c.find(Locator::Css("#principal-id"))
-        .await
-        .unwrap()
-        .send_keys("vic")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#resource-id"))
-        .await
-        .unwrap()
-        .send_keys("apollo")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#explain-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let decision = until("the decision", async || {
-        let t = text(&c, "#decision").await;
-        (!t.is_empty()).then_some(t)
-    })
-    .await;
+    type_into(&c, "#principal-id", "vic").await;
+    type_into(&c, "#resource-id", "apollo").await;
+    click(&c, "#explain-button").await;
+    let decision = wait_text(&c, "the decision", "#decision").await;
     assert_eq!(decision, "DENY");
     let words = text(&c, "#explanation li[data-policy='project.editWiki'] .words").await;
     assert_eq!(
@@ -348,19 +316,9 @@ async fn the_console_in_a_real_browser() {
     assert!(source.contains("@id(\"project.editWiki\")"), "{source}");
 
     // A draft uploaded: its diff and its impact on the live store.
-    c.find(Locator::Css("#tab-draft"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#tab-draft").await;
     let upload = wiki_draft(dir.path());
-    c.find(Locator::Css("#draft-upload"))
-        .await
-        .unwrap()
-        .send_keys(upload.to_str().unwrap())
-        .await
-        .unwrap();
+    type_into(&c, "#draft-upload", upload.to_str().unwrap()).await;
     until("the upload read", async || {
         let v = c
             .find(Locator::Css("#draft-text"))
@@ -382,17 +340,8 @@ async fn the_console_in_a_real_browser() {
             .as_deref(),
         Some("project.cedar")
     );
-    c.find(Locator::Css("#draft-check"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let gained = until("the draft's impact", async || {
-        let t = text(&c, "#impact-gained").await;
-        (!t.is_empty()).then_some(t)
-    })
-    .await;
+    click(&c, "#draft-check").await;
+    let gained = wait_text(&c, "the draft's impact", "#impact-gained").await;
     // The frozen fixture: cleo, apollo's client, gains editWiki; the suites say otherwise.
     assert_eq!(gained, "1");
     assert_eq!(text(&c, "#impact-lost").await, "0");
@@ -431,17 +380,8 @@ async fn the_console_in_a_real_browser() {
     )
     .await
     .unwrap();
-    c.find(Locator::Css("#draft-check-dir"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let gained = until("the directory's impact", async || {
-        let t = text(&c, "#impact-gained").await;
-        (!t.is_empty()).then_some(t)
-    })
-    .await;
+    click(&c, "#draft-check-dir").await;
+    let gained = wait_text(&c, "the directory's impact", "#impact-gained").await;
     assert_eq!(gained, "1");
     c.execute(
         "document.getElementById('draft-dir').value = 'policies';",
@@ -449,12 +389,7 @@ async fn the_console_in_a_real_browser() {
     )
     .await
     .unwrap();
-    c.find(Locator::Css("#draft-check-dir"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#draft-check-dir").await;
     let refused = until("a relative directory refused", async || {
         let t = text(&c, "#draft-status").await;
         t.starts_with("dir:").then_some(t)
@@ -477,17 +412,8 @@ async fn the_console_in_a_real_browser() {
     )
     .await
     .unwrap();
-    c.find(Locator::Css("#draft-check"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let errors = until("the draft's errors", async || {
-        let t = text(&c, "#draft-errors").await;
-        (!t.is_empty()).then_some(t)
-    })
-    .await;
+    click(&c, "#draft-check").await;
+    let errors = wait_text(&c, "the draft's errors", "#draft-errors").await;
     assert!(
         errors.contains("project.cedar:14:1: unexpected token"),
         "{errors}"
@@ -500,12 +426,7 @@ async fn the_console_in_a_real_browser() {
     )
     .await
     .unwrap();
-    c.find(Locator::Css("#draft-check"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#draft-check").await;
     let refused = until("the huge draft refused", async || {
         let t = text(&c, "#draft-status").await;
         t.contains("limit").then_some(t)
