@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::authoring::impact::{self, Impact};
 use crate::authoring::matrix;
 use crate::engine::error::{DataError, RequestError};
-use crate::engine::index::{EntityStore, Prepared, WriteOp};
+use crate::engine::index::{EntityStore, Prepared, Staging, WriteOp};
 use crate::engine::pack::PolicyPack;
 use crate::engine::View;
 use crate::storage::{ChangeSet, SourceError, Storage, StorageError, WriteKey};
@@ -249,6 +249,10 @@ impl Faults {
         }
     }
 }
+
+/// Entries of a published batch folded into the index per hold of its lock: tens of
+/// microseconds, whatever the batch's size.
+const FOLD_STEP: usize = 256;
 
 /// The shared engine state.
 pub struct State {
@@ -587,24 +591,55 @@ impl State {
         // decisions (a read lock; the writer lock keeps the store as it was); under the write
         // lock only what is new to the store is interned, and what is old is dropped after.
         prepared.resolve(&self.read_store());
+        // Staged beside decisions too: a batch that names nothing new to the store is then
+        // published whole in constant time and folded in short steps (`index::pending`).
+        let staged = prepared.stage(&self.read_store());
         let waited = std::time::Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         let held = std::time::Instant::now();
-        let retired = store.commit(prepared);
+        let (retired, staged) = match staged {
+            Staging::Staged(staged) => (store.publish(staged), true),
+            Staging::Whole(prepared) => (store.commit(prepared), false),
+        };
         drop(store);
         let held_for = held.elapsed();
         drop(retired);
-        // How long decisions waited for this batch (the commit is the only part of a write
-        // that holds the decisions' lock).
+        self.revision.send_replace(revision);
+        let (steps, longest) = if staged { self.fold() } else { (0, held_for) };
+        // How long decisions waited for this batch (publishing it, or committing it whole, and
+        // the fold's steps are the only parts of a write that hold the decisions' lock).
         tracing::debug!(
             revision,
             entities,
+            staged,
             lock_wait_us = (held - waited).as_micros() as u64,
             lock_held_us = held_for.as_micros() as u64,
+            fold_steps = steps,
+            fold_step_max_us = longest.as_micros() as u64,
             "batch visible"
         );
-        self.revision.send_replace(revision);
         Ok(revision)
+    }
+
+    /// Folds the published batch into the index in steps of [`FOLD_STEP`] entries, letting
+    /// decisions in between; returns the steps and the longest. The caller holds the writer
+    /// lock.
+    fn fold(&self) -> (usize, Duration) {
+        let (mut steps, mut longest) = (0, Duration::ZERO);
+        loop {
+            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+            let held = Instant::now();
+            let (done, retired) = store.fold(FOLD_STEP);
+            drop(store);
+            longest = longest.max(held.elapsed());
+            steps += 1;
+            drop(retired);
+            if done {
+                return (steps, longest);
+            }
+            // Decisions queued behind this step go first.
+            std::thread::yield_now();
+        }
     }
 
     /// Records whether the data path can write (a failed write or probe degrades it, a

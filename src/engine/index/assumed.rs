@@ -81,11 +81,11 @@ impl super::EntityStore {
             let Some(ty) = self.types.iter().position(|t| t == &a.entity_type) else {
                 continue;
             };
-            for (ix, (key, node)) in self.uids.iter().zip(&self.nodes).enumerate() {
+            for (ix, key, node) in self.each_stored() {
                 if !node.present || key.ty as usize != ty {
                     continue;
                 }
-                let uid = self.uid_of(ix as super::Ix);
+                let uid = self.uid_of(ix);
                 a.check(&uid, &|u| self.get_json(u))?;
                 checked += 1;
             }

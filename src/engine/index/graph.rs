@@ -73,7 +73,7 @@ impl EntityStore {
         let mut queue: VecDeque<Ix> = roots.collect();
         while let Some(ix) = queue.pop_front() {
             if out.insert(ix) {
-                if let Some(c) = self.children.get(&ix) {
+                if let Some(c) = self.children_of(ix) {
                     queue.extend(c.iter().copied());
                 }
             }
@@ -104,7 +104,7 @@ impl EntityStore {
             match next.get(&ix) {
                 Some(Some(node)) => node.parents(),
                 Some(None) => &[],
-                None => self.nodes.get(ix as usize).map_or(&[], |n| n.parents()),
+                None => self.stored(ix).map_or(&[], |n| n.parents()),
             }
         };
         let mut done: HashMap<Ix, Vec<Ix>> = HashMap::with_capacity(affected.len());
@@ -132,7 +132,7 @@ impl EntityStore {
                         // Not affected: its stored closure stands. (Affected but not done only
                         // on a cycle, which a validated batch cannot close.)
                         None if !affected.contains(p) => {
-                            if let Some(n) = self.nodes.get(*p as usize) {
+                            if let Some(n) = self.stored(*p) {
                                 closure.extend_from_slice(n.closure());
                             }
                         }

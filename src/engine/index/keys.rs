@@ -49,6 +49,7 @@ impl Keys {
 impl EntityStore {
     /// Indexes the declared keys (a no-op when they are the ones indexed already).
     pub fn set_keys(&mut self, declared: &KeyDecl) {
+        self.settle();
         if self.keys.declared == *declared {
             return;
         }
@@ -93,7 +94,7 @@ impl EntityStore {
 
     /// The key values of a node: (position among its type's keys, value) for each declared
     /// key it holds.
-    fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(usize, &'n str)> {
+    pub(super) fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(usize, &'n str)> {
         let ty = self.uids.get(ix).ty;
         let Some(keys) = self.keys.by_type.get(&ty) else {
             return Vec::new();
@@ -139,13 +140,43 @@ impl EntityStore {
         }
     }
 
+    /// The owners of a key value in the tables beneath a published batch: type number,
+    /// position among the type's keys, value.
+    pub(super) fn key_owners_beneath(&self, ty: u16, at: usize, value: &str) -> Option<&Vec<Ix>> {
+        self.keys.by_type.get(&ty)?.get(at)?.owners.get(value)
+    }
+
+    /// The owners of a key value as the last published batch leaves them.
+    fn owners_at(&self, ty: u16, at: usize, value: &str) -> Option<&Vec<Ix>> {
+        if let Some(p) = self.pending() {
+            if let Some(list) = p.keys.get(&(ty, at, Box::from(value))) {
+                return Some(list);
+            }
+        }
+        self.key_owners_beneath(ty, at, value)
+    }
+
+    /// Puts in a key value's final owners (none: the value is removed); returns the old ones.
+    pub(super) fn put_key_owners(
+        &mut self,
+        (ty, at, value): &(u16, usize, Box<str>),
+        owners: Vec<Ix>,
+    ) -> Option<Vec<Ix>> {
+        let index = &mut self.keys.by_type.get_mut(ty)?.get_mut(*at)?.owners;
+        if owners.is_empty() {
+            index.remove(value)
+        } else {
+            index.insert(value.clone(), owners)
+        }
+    }
+
     /// The stored entities of type number `ty` whose key attribute `attr` is `value`.
     fn key_owners(&self, ty: u16, attr: &str, value: &str) -> Vec<Ix> {
         self.keys
             .by_type
             .get(&ty)
-            .and_then(|keys| keys.iter().find(|k| *k.attr == *attr))
-            .and_then(|k| k.owners.get(value))
+            .and_then(|keys| keys.iter().position(|k| *k.attr == *attr))
+            .and_then(|at| self.owners_at(ty, at, value))
             .map(|o| {
                 o.iter()
                     .copied()
@@ -174,8 +205,9 @@ impl EntityStore {
         // Each entity the name stands for, with how (None: by its id).
         let mut owners: Vec<(Option<&str>, Ix)> =
             id_owner.map(|ix| (None, ix)).into_iter().collect();
-        for key in keys {
-            for ix in key.owners.get(name).into_iter().flatten() {
+        let t = self.type_ix[ty];
+        for (at, key) in keys.iter().enumerate() {
+            for ix in self.owners_at(t, at, name).into_iter().flatten() {
                 if self.node(*ix).is_some() && !owners.iter().any(|(_, o)| o == ix) {
                     owners.push((Some(&key.attr), *ix));
                 }

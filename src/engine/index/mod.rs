@@ -27,6 +27,7 @@ mod hierarchy;
 mod intern;
 mod keys;
 mod overlay;
+mod pending;
 mod reverse;
 mod slice;
 mod stream;
@@ -46,6 +47,7 @@ pub use self::footprint::Footprint;
 pub use self::hierarchy::{Hierarchy, HierarchyError};
 pub use self::keys::KeyDecl;
 pub use self::overlay::Overlay;
+pub use self::pending::{Staged, Staging};
 pub use self::reverse::ListView;
 pub use self::stream::each_in_array;
 pub use self::write::{Changes, Prepared, Retired, WriteOp};
@@ -201,6 +203,8 @@ pub struct EntityStore {
     revision: u64,
     /// Which store this is: what a batch resolved against it outside the lock may trust.
     identity: Identity,
+    /// A published batch not yet folded into the tables above: read first (see [`pending`]).
+    pending: Option<Box<pending::Pending>>,
 }
 
 /// A store's identity: new for every store and every clone (a clone's numbering may diverge
@@ -244,7 +248,7 @@ impl EntityStore {
     /// How many entities of each type the store holds, by type name.
     pub fn counts_by_type(&self) -> Vec<(String, usize)> {
         let mut counts = vec![0usize; self.types.len()];
-        for (key, node) in self.uids.iter().zip(&self.nodes) {
+        for (_, key, node) in self.each_stored() {
             if node.present {
                 counts[key.ty as usize] += 1;
             }
@@ -264,11 +268,9 @@ impl EntityStore {
             return Vec::new();
         };
         let mut out: Vec<String> = self
-            .uids
-            .iter()
-            .zip(&self.nodes)
-            .filter(|(key, node)| key.ty == t && node.present)
-            .map(|(key, _)| key.id.to_string())
+            .each_stored()
+            .filter(|(_, key, node)| key.ty == t && node.present)
+            .map(|(_, key, _)| key.id.to_string())
             .collect();
         out.sort_unstable();
         out
@@ -280,7 +282,20 @@ impl EntityStore {
     }
 
     fn node(&self, ix: Ix) -> Option<&Node> {
-        self.nodes.get(ix as usize).filter(|n| n.present)
+        self.stored(ix).filter(|n| n.present)
+    }
+
+    /// Every numbered entity with its node as the last published batch leaves it.
+    fn each_stored(&self) -> impl Iterator<Item = (Ix, uids::Uid<'_>, &Node)> {
+        self.uids.iter().enumerate().filter_map(|(ix, key)| {
+            let ix = ix as Ix;
+            Some((ix, key, self.stored(ix)?))
+        })
+    }
+
+    /// Folds a published batch in whole (before anything that changes the tables).
+    pub(super) fn settle(&mut self) {
+        while !self.fold(usize::MAX).0 {}
     }
 
     pub fn contains(&self, uid: &EntityUid) -> bool {

@@ -126,7 +126,7 @@ impl<'a> View<'a> {
                 .unzip();
             // A uid the store knows, present or only referenced (as a parent, say): stored
             // closures run through it with its stored parents (none if absent).
-            if let Some(stored) = self.store.nodes.get(ix as usize) {
+            if let Some(stored) = self.store.stored(ix) {
                 let mut before = stored.parents().to_vec();
                 let mut after = parsed.parents.to_vec();
                 before.sort_unstable();

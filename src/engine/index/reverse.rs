@@ -99,7 +99,7 @@ impl EntityStore {
     fn stored_descendants(&self, ix: Ix, out: &mut Vec<Ix>, seen: &mut HashSet<Ix>) {
         let mut queue = vec![ix];
         while let Some(x) = queue.pop() {
-            if let Some(children) = self.children.get(&x) {
+            if let Some(children) = self.children_of(x) {
                 for c in children {
                     if seen.insert(*c) {
                         out.push(*c);
@@ -124,7 +124,7 @@ impl Lookup for EntityStore {
 
     fn holders(&self, attr: &str, target: Ix, out: &mut Vec<Ix>) {
         if let Some(k) = self.attr_ix.get(attr) {
-            if let Some(h) = self.refs.get(&(*k, target)) {
+            if let Some(h) = self.holders_of(*k, target) {
                 out.extend_from_slice(h);
             }
         }
@@ -140,9 +140,9 @@ impl Lookup for EntityStore {
         let Some(t) = self.core_types.iter().position(|x| x == ty) else {
             return;
         };
-        for (ix, (key, node)) in self.uids.iter().zip(&self.nodes).enumerate() {
+        for (ix, key, node) in self.each_stored() {
             if key.ty as usize == t && node.present {
-                out.push(ix as Ix);
+                out.push(ix);
             }
         }
     }

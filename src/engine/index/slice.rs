@@ -105,9 +105,7 @@ impl<'a> View<'a> {
         }
         let store: &'a EntityStore = self.store;
         let node = store.node(ix)?;
-        node.parents()
-            .is_empty()
-            .then(|| &store.shared[ix as usize])
+        node.parents().is_empty().then(|| store.shared_slot(ix))
     }
 
     /// The Cedar value of an attribute value. Built directly; only extension values go

@@ -46,37 +46,44 @@ pub struct Changes {
 /// commit; committing cannot fail.
 #[derive(Debug)]
 pub struct Prepared {
-    revision: u64,
-    touched: Vec<(EntityUid, Option<Value>)>,
+    pub(super) revision: u64,
+    pub(super) touched: Vec<(EntityUid, Option<Value>)>,
     /// What the durable storage must write: the entities as written, by uid text.
     pub changes: Changes,
     /// What [`Prepared::resolve`] worked out beside decisions, and the store it holds for.
-    resolved: Option<Resolved>,
+    pub(super) resolved: Option<Resolved>,
 }
 
 /// For each touched entity: its number and its decoded node, where the store knew all they
 /// name. When it knew all of them: the closures too, in the written nodes and as new edges
 /// for their stored descendants.
 #[derive(Debug)]
-struct Resolved {
-    store: u64,
+pub(super) struct Resolved {
+    pub(super) store: u64,
     /// The store's revision when resolved: the closures hold for that state only.
-    revision: u64,
-    each: Vec<(Option<Ix>, Option<Node>)>,
+    pub(super) revision: u64,
+    pub(super) each: Vec<(Option<Ix>, Option<Node>)>,
     /// For each: whether it keeps its stored parents, and its stored attributes.
-    same: Vec<(bool, bool)>,
-    descendants: Option<Vec<(Ix, Box<[Ix]>)>>,
+    pub(super) same: Vec<(bool, bool)>,
+    pub(super) descendants: Option<Vec<(Ix, Box<[Ix]>)>>,
 }
 
 /// What a commit took out of the index (old nodes, closures, shared forms): dropped by the
 /// caller once it let go of the lock, so that freeing them does not hold decisions up.
 #[derive(Debug, Default)]
 pub struct Retired {
-    batch: Vec<(EntityUid, Option<Value>)>,
+    pub(super) batch: Vec<(EntityUid, Option<Value>)>,
     each: Vec<(Option<Ix>, Option<Node>)>,
-    nodes: Vec<Node>,
+    pub(super) nodes: Vec<Node>,
     edges: Vec<Box<[Ix]>>,
-    shared: Vec<super::Shared>,
+    pub(super) shared: Vec<super::Shared>,
+    /// Lists of the children, reverse attribute and key indexes a fold replaced.
+    pub(super) lists: Vec<Vec<Ix>>,
+    /// Tables a published batch replaced with grown copies.
+    pub(super) children: Option<HashMap<Ix, Vec<Ix>>>,
+    pub(super) refs: Option<hashbrown::HashMap<super::reverse::RefKey, Vec<Ix>>>,
+    /// A folded batch's emptied layer.
+    pub(super) pending: Option<Box<super::pending::Pending>>,
 }
 
 impl Prepared {
@@ -525,6 +532,7 @@ impl EntityStore {
     /// [`Prepared::resolve`] worked out against this very state. Cannot fail. Returns what it
     /// took out, for the caller to drop outside any lock.
     pub fn commit(&mut self, prepared: Prepared) -> Retired {
+        self.settle();
         let mut retired = Retired::default();
         let mut touched = Vec::new();
         // What was resolved outside the lock holds only for this very store, and only if the
@@ -664,12 +672,11 @@ fn attr_refs(json: &Value, attr: &str) -> Vec<EntityUid> {
 
 impl EntityStore {
     /// The stored entities whose parents include `uid`.
-    fn stored_children(&self, uid: &EntityUid) -> Vec<EntityUid> {
+    pub(super) fn stored_children(&self, uid: &EntityUid) -> Vec<EntityUid> {
         let Some(ix) = self.lookup(uid) else {
             return Vec::new();
         };
-        self.children
-            .get(&ix)
+        self.children_of(ix)
             .into_iter()
             .flatten()
             .filter(|c| self.node(**c).is_some())
@@ -682,8 +689,7 @@ impl EntityStore {
         let (Some(ix), Some(key)) = (self.lookup(uid), self.attr_ix.get(attr)) else {
             return Vec::new();
         };
-        self.refs
-            .get(&(*key, ix))
+        self.holders_of(*key, ix)
             .into_iter()
             .flatten()
             .filter(|h| self.node(**h).is_some())
