@@ -12,7 +12,7 @@ impl Facts for EntityStore {
             .core_types
             .iter()
             .position(|t| t == uid.entity_type())?;
-        self.index.get(&self.uids, ty as u16, uid.eid().as_ref())
+        self.find(ty as u16, uid.eid().as_ref())
     }
 
     fn present(&self, ix: Ix) -> bool {
@@ -42,8 +42,7 @@ impl Facts for EntityStore {
     }
 
     fn type_is(&self, ix: Ix, ty: &ast::EntityType) -> bool {
-        self.uids
-            .ty(ix)
+        self.uid_type(ix)
             .is_some_and(|t| self.core_types[t as usize] == *ty)
     }
 }

@@ -126,6 +126,19 @@ impl UidTable {
     pub(super) fn capacity(&self) -> usize {
         self.table.capacity()
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// A copy with room for `n` more numbers, if this table has not: grown beside decisions.
+    pub(super) fn grown(&self, uids: &Uids, n: usize) -> Option<UidTable> {
+        (self.capacity() - self.len() < n).then(|| {
+            let mut t = self.clone();
+            t.reserve(uids, n.max(self.len()));
+            t
+        })
+    }
 }
 
 /// Turns uids into indexes: interning in the store, per request in a view.

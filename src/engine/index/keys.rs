@@ -95,7 +95,11 @@ impl EntityStore {
     /// The key values of a node: (position among its type's keys, value) for each declared
     /// key it holds.
     pub(super) fn key_values<'n>(&self, ix: Ix, node: &'n Node) -> Vec<(usize, &'n str)> {
-        let ty = self.uids.get(ix).ty;
+        self.key_values_of(self.uid_key(ix).ty, node)
+    }
+
+    /// The key values of a node of type number `ty`.
+    pub(super) fn key_values_of<'n>(&self, ty: u16, node: &'n Node) -> Vec<(usize, &'n str)> {
         let Some(keys) = self.keys.by_type.get(&ty) else {
             return Vec::new();
         };

@@ -29,6 +29,7 @@ mod keys;
 mod overlay;
 mod pending;
 mod reverse;
+mod slab;
 mod slice;
 mod stream;
 mod uids;
@@ -185,11 +186,11 @@ pub struct EntityStore {
     attr_ix: HashMap<Arc<str>, u16>,
     uids: uids::Uids,
     index: intern::UidTable,
-    nodes: Vec<Node>,
+    nodes: slab::Slab<Node>,
     /// The Cedar form of entities without parents, reached through another entity's
     /// attribute (projects, companies): the same in every slice, so built once and shared.
     /// Reset when the entity is written.
-    shared: Vec<Shared>,
+    shared: slab::Slab<Shared>,
     children: HashMap<Ix, Vec<Ix>>,
     /// The reverse attribute index: who refers to an entity through which attribute (see
     /// [`reverse`]).
@@ -278,7 +279,43 @@ impl EntityStore {
 
     pub fn lookup(&self, uid: &EntityUid) -> Option<Ix> {
         let ty = *self.type_ix.get(uid.type_name())?;
-        self.index.get(&self.uids, ty, uid.id().unescaped())
+        self.find(ty, uid.id().unescaped())
+    }
+
+    /// The number of a uid, if it has one (in the tables, or new with a published batch).
+    fn find(&self, ty: u16, id: &str) -> Option<Ix> {
+        self.index.get(&self.uids, ty, id).or_else(|| {
+            let p = self.pending()?;
+            p.extra_ix.get(&UidRef { ty, id }).copied()
+        })
+    }
+
+    /// How many uids are numbered, counting those new with a published batch.
+    fn numbered(&self) -> usize {
+        match self.pending() {
+            Some(p) => self.uids.len().max(p.first + p.extra.len()),
+            None => self.uids.len(),
+        }
+    }
+
+    /// The uid numbered `ix` (numbers come from the store).
+    fn uid_key(&self, ix: Ix) -> uids::Uid<'_> {
+        if (ix as usize) < self.uids.len() {
+            return self.uids.get(ix);
+        }
+        let p = self
+            .pending()
+            .expect("a number past the tables is a published batch's");
+        let key = &p.extra[ix as usize - p.first];
+        uids::Uid {
+            ty: key.ty,
+            id: key.id.as_str(),
+        }
+    }
+
+    /// The type number of `ix`, if it is numbered.
+    fn uid_type(&self, ix: Ix) -> Option<u16> {
+        ((ix as usize) < self.numbered()).then(|| self.uid_key(ix).ty)
     }
 
     fn node(&self, ix: Ix) -> Option<&Node> {
@@ -287,10 +324,7 @@ impl EntityStore {
 
     /// Every numbered entity with its node as the last published batch leaves it.
     fn each_stored(&self) -> impl Iterator<Item = (Ix, uids::Uid<'_>, &Node)> {
-        self.uids.iter().enumerate().filter_map(|(ix, key)| {
-            let ix = ix as Ix;
-            Some((ix, key, self.stored(ix)?))
-        })
+        (0..self.numbered() as Ix).filter_map(|ix| Some((ix, self.uid_key(ix), self.stored(ix)?)))
     }
 
     /// Folds a published batch in whole (before anything that changes the tables).
@@ -303,7 +337,7 @@ impl EntityStore {
     }
 
     fn core_uid_of(&self, ix: Ix) -> ast::EntityUID {
-        let key = self.uids.get(ix);
+        let key = self.uid_key(ix);
         ast::EntityUID::from_components(
             self.core_types[key.ty as usize].clone(),
             ast::Eid::new(smol_str::SmolStr::new(key.id)),
@@ -312,7 +346,7 @@ impl EntityStore {
     }
 
     fn uid_of(&self, ix: Ix) -> EntityUid {
-        let key = self.uids.get(ix);
+        let key = self.uid_key(ix);
         EntityUid::from_type_name_and_id(self.types[key.ty as usize].clone(), EntityId::new(key.id))
     }
 

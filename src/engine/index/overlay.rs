@@ -90,14 +90,14 @@ impl<'a> View<'a> {
         if let Some(ix) = self.extra_ix.get(uid) {
             return *ix;
         }
-        let ix = (self.store.uids.len() + self.extra.len()) as Ix;
+        let ix = (self.store.numbered() + self.extra.len()) as Ix;
         self.extra.push(uid.clone());
         self.extra_ix.insert(uid.clone(), ix);
         ix
     }
 
     pub(super) fn uid_of(&self, ix: Ix) -> ast::EntityUID {
-        let n = self.store.uids.len();
+        let n = self.store.numbered();
         if (ix as usize) < n {
             self.store.core_uid_of(ix)
         } else {

@@ -8,14 +8,21 @@
 //! is already final, so no step shows half a batch. A table the batch would grow is grown
 //! beside decisions, as a copy swapped in when the batch is published.
 //!
-//! Only batches that name nothing new to the store (uids, types, attribute names) are staged;
-//! the rest are committed whole under the lock, as before.
+//! Uids new to the store are numbered after its own and read from the layer until the fold
+//! numbers them in the tables. A batch that names an entity type or an attribute name new to
+//! the store (bounded by the schema, so rare) is committed whole under the lock, as before.
 
 use std::collections::{HashMap, HashSet};
 
+use cedar_policy::EntityUid;
+use serde_json::Value;
+
+use super::intern::{parse_node, Resolve, UidTable};
 use super::reverse::RefKey;
+use super::uids::Room;
 use super::write::{Prepared, Retired};
-use super::{EntityStore, Ix, Node, Shared, Val};
+use super::{EntityStore, Ix, Node, Shared, UidKey, UidRef, Val};
+use crate::engine::json::json_uid_parts;
 use crate::engine::pace::Pacer;
 
 /// A key value of the declared keys' index: type number, position among its keys, value.
@@ -24,6 +31,10 @@ type KeyAt = (u16, usize, Box<str>);
 /// The final state a published batch leaves, read before the tables beneath.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Pending {
+    /// Uids new to the store, numbered from `first` on (the store's count when staged).
+    pub(super) first: usize,
+    pub(super) extra: Vec<UidKey>,
+    pub(super) extra_ix: hashbrown::HashMap<UidKey, Ix>,
     pub(super) nodes: HashMap<Ix, Node>,
     /// Fresh shared slots for the entities the batch writes.
     pub(super) shared: HashMap<Ix, Shared>,
@@ -39,6 +50,8 @@ pub(super) struct Pending {
 
 #[derive(Debug, Clone)]
 enum Item {
+    /// The `k`th new uid, numbered in the tables (before anything names it there).
+    Intern(usize),
     Node(Ix),
     Children(Ix),
     Refs(RefKey),
@@ -57,6 +70,8 @@ pub struct Staged {
     /// Grown copies of tables the batch would otherwise grow under the lock.
     children: Option<HashMap<Ix, Vec<Ix>>>,
     refs: Option<hashbrown::HashMap<RefKey, Vec<Ix>>>,
+    index: Option<UidTable>,
+    uids: Option<Room>,
     /// The batch as written, dropped after the lock.
     retired: Retired,
 }
@@ -142,6 +157,66 @@ impl<K: std::hash::Hash + Eq + Clone> Edits<K> {
     }
 }
 
+/// Numbers uids as the store does, and those new to it after the store's own, in order; notes
+/// a type it does not know (such a batch is committed whole).
+struct Numbering<'a> {
+    store: &'a EntityStore,
+    first: usize,
+    extra: Vec<UidKey>,
+    extra_ix: hashbrown::HashMap<UidKey, Ix>,
+    unknown: bool,
+}
+
+impl Numbering<'_> {
+    fn number(&mut self, ty: u16, id: &str) -> Ix {
+        if let Some(ix) = self.store.index.get(&self.store.uids, ty, id) {
+            return ix;
+        }
+        if let Some(ix) = self.extra_ix.get(&UidRef { ty, id }) {
+            return *ix;
+        }
+        let ix = (self.first + self.extra.len()) as Ix;
+        let key = UidKey { ty, id: id.into() };
+        self.extra.push(key.clone());
+        self.extra_ix.insert(key, ix);
+        ix
+    }
+
+    /// A node from canonical Cedar JSON; None if it names an attribute the store does not.
+    fn decode(&mut self, json: &Value) -> Option<Node> {
+        let parsed = parse_node(self, json);
+        let attrs = parsed
+            .attrs
+            .into_iter()
+            .map(|(k, v)| self.store.attr_ix.get(k.as_str()).map(|key| (*key, v)))
+            .collect::<Option<Box<[_]>>>()?;
+        Some(Node::new(parsed.parents, attrs, parsed.tags))
+    }
+}
+
+impl Resolve for Numbering<'_> {
+    fn ix(&mut self, uid: &EntityUid) -> Ix {
+        match self.store.type_ix.get(uid.type_name()) {
+            Some(t) => self.number(*t, uid.id().unescaped()),
+            None => {
+                self.unknown = true;
+                0
+            }
+        }
+    }
+
+    fn json_ix(&mut self, v: &Value) -> Option<Ix> {
+        let (ty, id) = json_uid_parts(v)?;
+        match self.store.type_by_name.get(ty) {
+            Some(t) => Some(self.number(*t, id)),
+            None => {
+                self.unknown = true;
+                Some(0)
+            }
+        }
+    }
+}
+
 /// The entity references of one attribute value (as the reverse index keeps them).
 fn targets(v: &Val) -> Vec<Ix> {
     match v {
@@ -166,36 +241,84 @@ impl Prepared {
         let Some(resolved) = self.resolved.as_ref() else {
             return Staging::Whole(self);
         };
-        let whole = resolved.store == store.identity.0
+        let same_state = resolved.store == store.identity.0
             && resolved.revision == store.revision
             && store.pending.is_none()
-            && resolved.descendants.is_some()
-            && resolved.each.len() == self.touched.len()
-            && resolved
-                .each
-                .iter()
-                .zip(&self.touched)
-                .all(|((ix, node), (_, json))| ix.is_some() && node.is_some() == json.is_some());
-        if !whole {
+            && resolved.each.len() == self.touched.len();
+        if !same_state {
             return Staging::Whole(self);
         }
-        let resolved = self.resolved.take().expect("checked above");
+        // Number the uids new to the store (after its own), and decode what resolving could
+        // not, against the store and those numbers.
+        let mut numbering = Numbering {
+            store,
+            first: store.uids.len(),
+            extra: Vec::new(),
+            extra_ix: hashbrown::HashMap::new(),
+            unknown: false,
+        };
+        let mut fixes = Vec::new();
+        for (i, ((ix, node), (uid, json))) in resolved.each.iter().zip(&self.touched).enumerate() {
+            let decode = json.is_some() && node.is_none();
+            if ix.is_some() && !decode {
+                continue;
+            }
+            let ix = ix.unwrap_or_else(|| numbering.ix(uid));
+            let node = match json {
+                Some(json) if decode => match numbering.decode(json) {
+                    Some(node) => Some(node),
+                    None => return Staging::Whole(self),
+                },
+                _ => None,
+            };
+            fixes.push((i, ix, node));
+        }
+        if numbering.unknown {
+            return Staging::Whole(self);
+        }
+        let mut resolved = self.resolved.take().expect("checked above");
+        let fixed = !fixes.is_empty();
+        for (i, ix, node) in fixes {
+            resolved.each[i].0 = Some(ix);
+            if node.is_some() {
+                resolved.each[i].1 = node;
+            }
+        }
+        let descendants = match resolved.descendants.take() {
+            Some(d) if !fixed => d,
+            _ => match Prepared::closures(store, &self.touched, &mut resolved.each) {
+                Some(d) => d,
+                // (A uid touched twice.) Committed whole, resolved again under the lock.
+                None => return Staging::Whole(self),
+            },
+        };
+        let Numbering {
+            first,
+            extra,
+            extra_ix,
+            ..
+        } = numbering;
         let mut pacer = Pacer::new();
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            first,
+            ..Pending::default()
+        };
+        pending.work.extend((0..extra.len()).map(Item::Intern));
         let mut present = store.present;
         let mut record_attrs = Vec::new();
         let mut children = Edits::new();
         let mut refs = Edits::new();
         let mut keys: Edits<KeyAt> = Edits::new();
         let no_node = Node::default();
-        for (((ix, node), (same_parents, same_attrs)), (_, json)) in resolved
+        for (((ix, node), (same_parents, same_attrs)), (uid, json)) in resolved
             .each
             .into_iter()
             .zip(resolved.same)
             .zip(&self.touched)
         {
             pacer.tick();
-            let ix = ix.expect("checked above");
+            let ix = ix.expect("numbered above");
+            let ty = store.type_ix[uid.type_name()];
             let old = store.nodes.get(ix as usize).unwrap_or(&no_node);
             let node = if json.is_some() { node } else { None };
             let (same_parents, same_attrs) = match &node {
@@ -219,14 +342,13 @@ impl Prepared {
                         }
                     }
                 }
-                let ty = store.uids.get(ix).ty;
                 if old.present {
-                    for (at, value) in store.key_values(ix, old) {
+                    for (at, value) in store.key_values_of(ty, old) {
                         keys.remove((ty, at, Box::from(value)), ix);
                     }
                 }
                 if node.is_some() {
-                    for (at, value) in store.key_values(ix, new) {
+                    for (at, value) in store.key_values_of(ty, new) {
                         keys.add((ty, at, Box::from(value)), ix);
                     }
                 }
@@ -248,7 +370,7 @@ impl Prepared {
             pending.shared.insert(ix, Shared::new());
             pending.work.push(Item::Node(ix));
         }
-        for (ix, edges) in resolved.descendants.expect("checked above") {
+        for (ix, edges) in descendants {
             pacer.tick();
             let mut node = store.nodes[ix as usize].clone();
             node.put_edges(edges);
@@ -282,6 +404,10 @@ impl Prepared {
             grown.extend(store.refs.iter().map(|(k, v)| (*k, v.clone())));
             grown
         });
+        let index = store.index.grown(&store.uids, extra.len());
+        let uids = store.uids.room_for(extra.len());
+        pending.extra = extra;
+        pending.extra_ix = extra_ix;
         pending
             .work
             .extend(pending.children.keys().map(|k| Item::Children(*k)));
@@ -304,6 +430,8 @@ impl Prepared {
             pending,
             children: children_grown,
             refs: refs_grown,
+            index,
+            uids,
             retired,
         }))
     }
@@ -326,6 +454,12 @@ impl EntityStore {
         if let Some(grown) = staged.refs {
             retired.refs = Some(std::mem::replace(&mut self.refs, grown));
         }
+        if let Some(grown) = staged.index {
+            retired.index = Some(std::mem::replace(&mut self.index, grown));
+        }
+        if let Some(room) = staged.uids {
+            retired.uids = Some(self.uids.put_room(room));
+        }
         self.record_attrs.extend(staged.record_attrs);
         self.present = staged.present;
         self.revision = staged.revision;
@@ -347,6 +481,11 @@ impl EntityStore {
                 break;
             };
             match item {
+                Item::Intern(k) => {
+                    let key = &pending.extra[k];
+                    let ix = self.intern_id(key.ty, &key.id);
+                    debug_assert_eq!(ix as usize, pending.first + k);
+                }
                 Item::Node(ix) => {
                     if let Some(node) = pending.nodes.remove(&ix) {
                         let old = std::mem::replace(&mut self.nodes[ix as usize], node);
@@ -495,9 +634,9 @@ mod tests {
         )
     }
 
-    const TEAMS: [&str; 4] = ["t1", "t2", "t3", "t4"];
-    const USERS: [&str; 5] = ["a", "b", "c", "d", "e"];
-    const EMAILS: [&str; 4] = ["a@x", "b@x", "c@x", "shared@x"];
+    const TEAMS: [&str; 5] = ["t1", "t2", "t3", "t4", "t5"];
+    const USERS: [&str; 7] = ["a", "b", "c", "d", "e", "f", "g"];
+    const EMAILS: [&str; 5] = ["a@x", "b@x", "c@x", "shared@x", "f@x"];
 
     /// Everything a reader can ask of the store about the test's entities, as text: each
     /// entity as written, its ancestors, its children, who names it as `lead` and in `teams`,
@@ -602,6 +741,18 @@ mod tests {
                 // d gives up `shared@x` as b takes it.
                 user("e", &["t2"], Some("c"), &[], "c@x"),
             ],
+            // New entities: a team under t1, a user in it whose lead (g) does not exist yet,
+            // and a stored user who joins the new team.
+            vec![
+                team("t5", &["t1"]),
+                user("f", &["t5"], Some("g"), &["t5", "t1"], "f@x"),
+                user("a", &["t5"], Some("f"), &[], "a@x"),
+            ],
+            // g arrives under t5 as f leaves.
+            vec![
+                WriteOp::Delete(uid("User", "f")),
+                user("g", &["t5", "t2"], None, &["t5"], "f@x"),
+            ],
         ];
         let mut staged_any = 0;
         for (i, ops) in batches.iter().enumerate() {
@@ -648,12 +799,20 @@ mod tests {
         // The last state, spelled out.
         let last = seen(&store);
         let a = last.iter().find(|l| l.starts_with(r#"User::"a""#)).unwrap();
-        assert!(a.contains("ancestors []"), "{a}");
+        assert!(a.contains(r#"ancestors [Team::"t1",Team::"t5"]"#), "{a}");
         let t3 = last
             .iter()
             .find(|l| l.starts_with(r#"Team::"t3""#))
             .unwrap();
-        assert!(t3.contains(r#"descendants [Team::"t2",User::"e"]"#), "{t3}");
+        assert!(
+            t3.contains(r#"descendants [Team::"t2",User::"e",User::"g"]"#),
+            "{t3}"
+        );
+        let f = last.iter().find(|l| l.starts_with("f@x:")).unwrap();
+        assert!(
+            f.contains("Ok(Some(") && f.contains(r#""g""#),
+            "g took f's email: {f}"
+        );
         let c = last.iter().find(|l| l.starts_with("c@x:")).unwrap();
         assert!(
             c.contains("Ok(Some(") && c.contains(r#""e""#),
@@ -684,11 +843,14 @@ mod tests {
         };
         store.commit(prepared);
         assert!(store.contains(&uid("User", "a")));
-        // A batch that names a new entity is not staged either.
+        // A batch that names an attribute new to the store is not staged either.
         let mut prepared = store
-            .prepare(vec![user("z", &[], None, &[], "")], &schema)
+            .prepare(vec![user("z", &[], None, &[], "z@x")], &schema)
             .unwrap();
         prepared.resolve(&store);
-        assert!(prepared.stage(&store).staged().is_none());
+        assert!(
+            prepared.stage(&store).staged().is_none(),
+            "the first email names a new attribute"
+        );
     }
 }

@@ -148,7 +148,7 @@ impl Lookup for EntityStore {
     }
 
     fn id(&self, ix: Ix) -> &str {
-        self.uids.get(ix).id
+        self.uid_key(ix).id
     }
 
     fn uid(&self, ix: Ix) -> EntityUid {
@@ -268,16 +268,16 @@ impl Lookup for ListView<'_> {
     }
 
     fn id(&self, ix: Ix) -> &str {
-        let n = self.view.store.uids.len();
+        let n = self.view.store.numbered();
         if (ix as usize) < n {
-            self.view.store.uids.get(ix).id
+            self.view.store.uid_key(ix).id
         } else {
             self.view.extra[ix as usize - n].id().unescaped()
         }
     }
 
     fn uid(&self, ix: Ix) -> EntityUid {
-        let n = self.view.store.uids.len();
+        let n = self.view.store.numbered();
         if (ix as usize) < n {
             self.view.store.uid_of(ix)
         } else {

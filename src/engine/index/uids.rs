@@ -21,6 +21,10 @@ struct Key {
 
 const LONG: u16 = u16::MAX;
 
+/// The uid slots, grown (see [`Uids::room_for`]).
+#[derive(Debug)]
+pub(super) struct Room(Vec<Key>);
+
 /// A numbered uid, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Uid<'a> {
@@ -47,11 +51,6 @@ impl Uids {
             ty: k.ty,
             id: self.text(ix, k),
         }
-    }
-
-    /// The type of `ix`, if it is numbered.
-    pub(super) fn ty(&self, ix: Ix) -> Option<u16> {
-        self.keys.get(ix as usize).map(|k| k.ty)
     }
 
     fn text(&self, ix: Ix, k: Key) -> &str {
@@ -114,6 +113,22 @@ impl Uids {
         Some(at as u32)
     }
 
+    /// A copy of the slots with room for `n` more, if there is not: grown beside decisions,
+    /// put in with [`Uids::put_room`].
+    pub(super) fn room_for(&self, n: usize) -> Option<Room> {
+        (self.keys.capacity() - self.keys.len() < n).then(|| {
+            let mut keys = Vec::with_capacity(self.keys.len() + n.max(self.keys.len()));
+            keys.extend_from_slice(&self.keys);
+            Room(keys)
+        })
+    }
+
+    /// Puts in slots made by [`Uids::room_for`] on these very slots; returns the old ones.
+    pub(super) fn put_room(&mut self, room: Room) -> Room {
+        debug_assert_eq!(room.0.len(), self.keys.len());
+        Room(std::mem::replace(&mut self.keys, room.0))
+    }
+
     pub(super) fn reserve(&mut self, n: usize) {
         self.keys.reserve(n);
     }
@@ -146,6 +161,5 @@ mod tests {
             assert_eq!((got.ty, got.id), ((i % 7) as u16, id.as_str()));
         }
         assert_eq!(u.iter().nth(1000).unwrap().id, long);
-        assert_eq!(u.ty(ids.len() as Ix), None);
     }
 }

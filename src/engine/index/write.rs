@@ -84,6 +84,9 @@ pub struct Retired {
     pub(super) refs: Option<hashbrown::HashMap<super::reverse::RefKey, Vec<Ix>>>,
     /// A folded batch's emptied layer.
     pub(super) pending: Option<Box<super::pending::Pending>>,
+    /// The uid table and slots a published batch replaced with grown copies.
+    pub(super) index: Option<super::intern::UidTable>,
+    pub(super) uids: Option<super::uids::Room>,
 }
 
 impl Prepared {
@@ -178,7 +181,7 @@ impl Prepared {
     /// When every touched entity is numbered and every written one decoded: their closures
     /// as the batch leaves them, set in the nodes, and the new edges of their stored
     /// descendants. None otherwise (the commit then computes them).
-    fn closures(
+    pub(super) fn closures(
         store: &EntityStore,
         touched: &[(EntityUid, Option<Value>)],
         each: &mut [(Option<Ix>, Option<Node>)],
