@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use blue_authz::bench::gen;
 use blue_authz::bench::workload::{self, Ask};
-use blue_authz::engine::index::{EntityStore, WriteOp};
+use blue_authz::engine::index::{EntityStore, Staging, WriteOp};
 use blue_authz::engine::list::actions::ActionsRequest;
 use blue_authz::engine::pack::{PackSpec, PolicyPack};
 use blue_authz::engine::planner::PlanRequest;
@@ -361,23 +361,75 @@ fn critical_section(w: &mut World) {
             })
             .collect()
     };
+    let fresh = |round: usize| -> Vec<WriteOp> {
+        (0..10_000)
+            .map(|i| {
+                WriteOp::Upsert(serde_json::json!({
+                    "uid": {"type": "Blue::User", "id": format!("bench-new-{round}-{i}")},
+                    "attrs": {}, "parents": []
+                }))
+            })
+            .collect()
+    };
     let schema = &w.pack.entities;
-    for (kind, resolve) in [
-        ("as they are", true),
-        ("as they are", false),
-        ("roles", true),
-        ("roles", false),
+    // How each batch reaches the index: committed whole under the lock, not resolved or
+    // resolved beside decisions first; or staged beside decisions, published and folded in
+    // steps of 256 (the service's path).
+    #[derive(PartialEq, Clone, Copy)]
+    enum How {
+        Whole,
+        Resolved,
+        Staged,
+    }
+    let mut created = 0;
+    for (kind, how) in [
+        ("as they are", How::Staged),
+        ("as they are", How::Resolved),
+        ("as they are", How::Whole),
+        ("roles", How::Staged),
+        ("roles", How::Resolved),
+        ("roles", How::Whole),
+        ("new users", How::Staged),
+        ("new users", How::Resolved),
     ] {
         let mut held: Vec<Duration> = Vec::new();
+        let (mut steps, mut staging) = (0, Vec::new());
         for round in 0..10 {
-            let ops = if kind == "roles" {
-                roles(round % 2 == 0)
-            } else {
-                rewrite(&w.store)
+            let ops = match kind {
+                "roles" => roles(round % 2 == 0),
+                "new users" => {
+                    created += 1;
+                    fresh(created)
+                }
+                _ => rewrite(&w.store),
             };
             let mut prepared = w.store.prepare(ops, schema).expect("a valid batch");
-            if resolve {
+            if how != How::Whole {
                 prepared.resolve(&w.store);
+            }
+            if how == How::Staged {
+                let t = Instant::now();
+                let staged = match prepared.stage(&w.store) {
+                    Staging::Staged(s) => s,
+                    Staging::Whole(_) => panic!("a {kind} batch stages"),
+                };
+                staging.push(t.elapsed());
+                let t = Instant::now();
+                let retired = w.store.publish(staged);
+                let mut longest = t.elapsed();
+                drop(retired);
+                loop {
+                    let t = Instant::now();
+                    let (done, retired) = w.store.fold(256);
+                    longest = longest.max(t.elapsed());
+                    drop(retired);
+                    steps += 1;
+                    if done {
+                        break;
+                    }
+                }
+                held.push(longest);
+                continue;
             }
             let t = Instant::now();
             let retired = w.store.commit(prepared);
@@ -385,13 +437,18 @@ fn critical_section(w: &mut World) {
             drop(retired);
         }
         held.sort();
+        staging.sort();
+        let what = match how {
+            How::Whole => "committed whole, not resolved".to_string(),
+            How::Resolved => "committed whole, resolved beside decisions".to_string(),
+            How::Staged => format!(
+                "staged beside decisions (p50 {:?}), published and folded in {} steps a batch",
+                staging[staging.len() / 2],
+                steps / 10
+            ),
+        };
         eprintln!(
-            "10,000-op batch, users {kind}, {}: commit (the lock) p50 {:?}, max {:?}",
-            if resolve {
-                "resolved beside decisions"
-            } else {
-                "not resolved"
-            },
+            "10,000-op batch, users {kind}, {what}: longest hold of the lock p50 {:?}, max {:?}",
             held[held.len() / 2],
             held[held.len() - 1]
         );
