@@ -12,7 +12,9 @@
 //! that belong to the resource at hand.
 //!
 //! The rooms: [`entity`] (parsing and schema validation), [`intern`] (uids and nodes),
-//! [`write`] (batches and commits), [`graph`] (closures and cycles), [`overlay`]
+//! [`write`] (batches and commits), [`pending`] (batches staged beside decisions, published
+//! whole and folded in steps, over a [`layer`]), [`slab`] (tables that grow without moving),
+//! [`graph`] (closures and cycles), [`overlay`]
 //! (request-scoped entities), [`slice`] (per-request Cedar entities), [`facts`] (what plans
 //! read), [`reverse`] (the reverse attribute index and what listing reads), [`keys`] (entities named by a
 //! declared key), [`decode`] (the start-up decoder), [`footprint`] (where its bytes go).
@@ -26,6 +28,7 @@ mod graph;
 mod hierarchy;
 mod intern;
 mod keys;
+mod layer;
 mod overlay;
 mod pending;
 mod reverse;
@@ -205,7 +208,7 @@ pub struct EntityStore {
     /// Which store this is: what a batch resolved against it outside the lock may trust.
     identity: Identity,
     /// A published batch not yet folded into the tables above: read first (see [`pending`]).
-    pending: Option<Box<pending::Pending>>,
+    pending: Option<Box<layer::Pending>>,
 }
 
 /// A store's identity: new for every store and every clone (a clone's numbering may diverge

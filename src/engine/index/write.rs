@@ -83,7 +83,7 @@ pub struct Retired {
     pub(super) children: Option<HashMap<Ix, Vec<Ix>>>,
     pub(super) refs: Option<hashbrown::HashMap<super::reverse::RefKey, Vec<Ix>>>,
     /// A folded batch's emptied layer.
-    pub(super) pending: Option<Box<super::pending::Pending>>,
+    pub(super) pending: Option<Box<super::layer::Pending>>,
     /// The uid table and slots a published batch replaced with grown copies.
     pub(super) index: Option<super::intern::UidTable>,
     pub(super) uids: Option<super::uids::Room>,
