@@ -201,7 +201,10 @@ impl EntityStore {
         if self.keys.by_type.is_empty() {
             return Ok(None);
         }
-        let Some(keys) = self.type_ix.get(ty).and_then(|t| self.keys.by_type.get(t)) else {
+        let Some(t) = self.type_ix.get(ty).copied() else {
+            return Ok(None);
+        };
+        let Some(keys) = self.keys.by_type.get(&t) else {
             return Ok(None);
         };
         let by_id = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(name));
@@ -209,7 +212,6 @@ impl EntityStore {
         // Each entity the name stands for, with how (None: by its id).
         let mut owners: Vec<(Option<&str>, Ix)> =
             id_owner.map(|ix| (None, ix)).into_iter().collect();
-        let t = self.type_ix[ty];
         for (at, key) in keys.iter().enumerate() {
             for ix in self.owners_at(t, at, name).into_iter().flatten() {
                 if self.node(*ix).is_some() && !owners.iter().any(|(_, o)| o == ix) {

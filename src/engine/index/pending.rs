@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::intern::{parse_node, Resolve, UidTable};
 use super::layer::{Item, KeyAt, Pending};
-use super::reverse::RefKey;
+use super::reverse::{targets, RefKey};
 use super::uids::Room;
 use super::write::{Prepared, Retired};
 use super::{EntityStore, Ix, Node, Shared, UidKey, UidRef, Val};
@@ -185,21 +185,6 @@ impl Resolve for Numbering<'_> {
     }
 }
 
-/// The entity references of one attribute value (as the reverse index keeps them).
-fn targets(v: &Val) -> Vec<Ix> {
-    match v {
-        Val::Entity(t) => vec![*t],
-        Val::Set(items) => items
-            .iter()
-            .filter_map(|i| match i {
-                Val::Entity(t) => Some(*t),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl Prepared {
     /// The batch's final state, worked out against `store` beside decisions (the caller holds
     /// the writer lock, so the store stays as it is until [`EntityStore::publish`]). Given back
@@ -297,14 +282,16 @@ impl Prepared {
             if !same_attrs {
                 for (k, v) in old.attrs.iter() {
                     if !new.attrs.iter().any(|(k2, v2)| k2 == k && v2 == v) {
-                        targets(v)
-                            .into_iter()
-                            .for_each(|t| refs.remove((*k, t), ix));
+                        let mut ts = Vec::new();
+                        targets(v, &mut ts);
+                        ts.into_iter().for_each(|t| refs.remove((*k, t), ix));
                     }
                 }
                 for (k, v) in new.attrs.iter() {
                     if !old.attrs.iter().any(|(k2, v2)| k2 == k && v2 == v) {
-                        targets(v).into_iter().for_each(|t| refs.add((*k, t), ix));
+                        let mut ts = Vec::new();
+                        targets(v, &mut ts);
+                        ts.into_iter().for_each(|t| refs.add((*k, t), ix));
                         if matches!(v, Val::Record(_)) && !store.record_attrs.contains(k) {
                             record_attrs.push(*k);
                         }
@@ -547,19 +534,16 @@ impl EntityStore {
 
 #[cfg(test)]
 mod tests {
-    use cedar_policy::{EntityUid, Schema};
+    use cedar_policy::Schema;
     use serde_json::{json, Value};
 
     use super::super::{EntityStore, WriteOp};
     use super::Staging;
     use crate::engine::facts::Lookup;
+    use crate::engine::index::write::tests::{keyed_user as user, uid};
     use crate::engine::schema::EntitySchema;
 
     const SCHEMA: &str = "entity Team in [Team]; entity User in [Team] { lead?: User, teams?: Set<Team>, email?: String };";
-
-    fn uid(ty: &str, id: &str) -> EntityUid {
-        format!("{ty}::\"{id}\"").parse().unwrap()
-    }
 
     fn team(id: &str, parents: &[&str]) -> WriteOp {
         let parents: Vec<Value> = parents
@@ -567,39 +551,6 @@ mod tests {
             .map(|p| json!({"type": "Team", "id": p}))
             .collect();
         WriteOp::Upsert(json!({"uid": {"type": "Team", "id": id}, "attrs": {}, "parents": parents}))
-    }
-
-    fn user(
-        id: &str,
-        parents: &[&str],
-        lead: Option<&str>,
-        teams: &[&str],
-        email: &str,
-    ) -> WriteOp {
-        let mut attrs = serde_json::Map::new();
-        if let Some(l) = lead {
-            attrs.insert(
-                "lead".into(),
-                json!({"__entity": {"type": "User", "id": l}}),
-            );
-        }
-        if !teams.is_empty() {
-            let teams: Vec<Value> = teams
-                .iter()
-                .map(|t| json!({"__entity": {"type": "Team", "id": t}}))
-                .collect();
-            attrs.insert("teams".into(), Value::Array(teams));
-        }
-        if !email.is_empty() {
-            attrs.insert("email".into(), json!(email));
-        }
-        let parents: Vec<Value> = parents
-            .iter()
-            .map(|p| json!({"type": "Team", "id": p}))
-            .collect();
-        WriteOp::Upsert(
-            json!({"uid": {"type": "User", "id": id}, "attrs": attrs, "parents": parents}),
-        )
     }
 
     const TEAMS: [&str; 5] = ["t1", "t2", "t3", "t4", "t5"];

@@ -16,7 +16,7 @@ use crate::engine::facts::{Facts, Lookup, V};
 pub(super) type RefKey = (u16, Ix);
 
 /// The entity references of one attribute value: the entity, or a set's entity members.
-fn targets(v: &Val, out: &mut Vec<Ix>) {
+pub(super) fn targets(v: &Val, out: &mut Vec<Ix>) {
     match v {
         Val::Entity(t) => out.push(*t),
         Val::Set(items) => out.extend(items.iter().filter_map(|i| match i {

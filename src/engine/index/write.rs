@@ -898,7 +898,7 @@ impl<'a> Working<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use cedar_policy::{EntityUid, Schema};
     use serde_json::{json, Value};
 
@@ -908,11 +908,22 @@ mod tests {
     const SCHEMA: &str =
         "entity Team in [Team]; entity User in [Team] { lead?: User, teams?: Set<Team> };";
 
-    fn uid(ty: &str, id: &str) -> EntityUid {
+    pub(in crate::engine::index) fn uid(ty: &str, id: &str) -> EntityUid {
         format!("{ty}::\"{id}\"").parse().unwrap()
     }
 
     fn user(id: &str, parents: &[&str], lead: Option<&str>, teams: &[&str]) -> WriteOp {
+        keyed_user(id, parents, lead, teams, "")
+    }
+
+    /// A `User` upsert with an optional `lead`, `teams` and (when not empty) `email`.
+    pub(in crate::engine::index) fn keyed_user(
+        id: &str,
+        parents: &[&str],
+        lead: Option<&str>,
+        teams: &[&str],
+        email: &str,
+    ) -> WriteOp {
         let mut attrs = serde_json::Map::new();
         if let Some(l) = lead {
             attrs.insert(
@@ -926,6 +937,9 @@ mod tests {
                 .map(|t| json!({"__entity": {"type": "Team", "id": t}}))
                 .collect();
             attrs.insert("teams".into(), Value::Array(teams));
+        }
+        if !email.is_empty() {
+            attrs.insert("email".into(), json!(email));
         }
         let parents: Vec<Value> = parents
             .iter()
