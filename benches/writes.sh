@@ -7,6 +7,9 @@
 #
 #   benches/writes.sh BENCH_BIN OLD_BIN NEW_BIN /tmp/full.redb [runs] [extra serve flags]
 #
+# BENCH_FLAGS=--write-roles makes every batch change its users' roles (ancestors and all)
+# instead of writing them again as they are.
+#
 # Run from the repository root (the policies are read from ./policies), alone on the machine.
 set -euo pipefail
 BENCH=$1 OLD=$2 NEW=$3 DB=$4 RUNS=${5:-3}
@@ -23,7 +26,7 @@ run() { # binary label
   for _ in $(seq 1500); do grep -q 'cli::serve: serving' "$LOG" && break; sleep 0.2; done
   echo "== $2"
   "$BENCH" bench --addr 127.0.0.1:50061 --scale 1 --seed 42 --seconds 8 --concurrency 4 \
-    --data-addr 127.0.0.1:50062 --data-token bench-token --write-ops 10000 --pid "$pid" \
+    --data-addr 127.0.0.1:50062 --data-token bench-token --write-ops 10000 --pid "$pid" ${BENCH_FLAGS:-} \
     | grep -E "IsAuthorized|writes|batch|p99" || true
   kill "$pid"; wait "$pid" 2>/dev/null || true
   # Per batch: the lock's longest hold (whole commit or publish, and the fold's longest step).

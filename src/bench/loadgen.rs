@@ -37,6 +37,8 @@ pub struct BenchConfig {
     pub data: Option<(String, String)>,
     /// Operations per batch those writes make.
     pub write_ops: usize,
+    /// Whether each write batch changes its entities' roles (see [`Writer`]).
+    pub write_roles: bool,
     /// A pack's routes: adds Envoy's ext_authz `Check` beside `IsAuthorized` on the same
     /// requests (the mix's requests that a route maps, as HTTP requests through the routes).
     pub routes: Option<crate::engine::pack::Routes>,
@@ -636,7 +638,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         )
         .await?;
         println!("{}", idle.line());
-        let writer = Writer::start(data_addr, token, cfg.write_ops).await?;
+        let writer = Writer::start(data_addr, token, cfg.write_ops, cfg.write_roles).await?;
         let loaded = run_phase(
             &format!("IsAuthorized, {}-op writes", cfg.write_ops),
             Kind::Decide,
@@ -652,7 +654,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
         let writes = writer.stop().await?;
         println!("{}", loaded.line());
         // The same writer with no decisions beside it: what a write costs on its own.
-        let alone = Writer::start(data_addr, token, cfg.write_ops).await?;
+        let alone = Writer::start(data_addr, token, cfg.write_ops, cfg.write_roles).await?;
         tokio::time::sleep(cfg.duration).await;
         let alone = alone.stop().await?;
         println!(
@@ -750,13 +752,16 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Figures>, String> {
 
 /// Writes batches of `ops` upserts to the data service in a loop, back to back, until
 /// stopped; the same entities every time (the store does not grow), each batch a full commit.
+/// With `roles`, every other batch gives each of them a role (`Role::"p0/comment"`) and the
+/// next takes it away, so that every entity of every batch changes, ancestors and all;
+/// without, each batch writes them again as they are.
 struct Writer {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Result<Vec<Duration>, String>>,
 }
 
 impl Writer {
-    async fn start(addr: &str, token: &str, ops: usize) -> Result<Writer, String> {
+    async fn start(addr: &str, token: &str, ops: usize, roles: bool) -> Result<Writer, String> {
         use crate::service::grpc::pb::entity_store_client::EntityStoreClient;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
@@ -769,24 +774,35 @@ impl Writer {
         let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
             .parse()
             .map_err(|_| "the data token is not a valid header value".to_string())?;
-        let batch: Vec<pb::WriteOp> = (0..ops)
-            .map(|i| pb::WriteOp {
-                op: Some(pb::write_op::Op::UpsertJson(
-                    serde_json::json!({
-                        "uid": {"type": "Blue::User", "id": format!("bench-writer-{i}")},
-                        "attrs": {}, "parents": []
-                    })
-                    .to_string(),
-                )),
-            })
-            .collect();
+        let batch = |parents: serde_json::Value| -> Vec<pb::WriteOp> {
+            (0..ops)
+                .map(|i| pb::WriteOp {
+                    op: Some(pb::write_op::Op::UpsertJson(
+                        serde_json::json!({
+                            "uid": {"type": "Blue::User", "id": format!("bench-writer-{i}")},
+                            "attrs": {}, "parents": parents
+                        })
+                        .to_string(),
+                    )),
+                })
+                .collect()
+        };
+        let plain = batch(serde_json::json!([]));
+        let batches = if roles {
+            vec![
+                batch(serde_json::json!([{"type": "Blue::Role", "id": "p0/comment"}])),
+                plain,
+            ]
+        } else {
+            vec![plain]
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
             let mut took = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let mut req = tonic::Request::new(pb::WriteEntitiesRequest {
-                    ops: batch.clone(),
+                    ops: batches[took.len() % batches.len()].clone(),
                     ..Default::default()
                 });
                 req.metadata_mut().insert("authorization", header.clone());

@@ -38,6 +38,10 @@ pub struct BenchCommand {
     /// Operations per batch written with --data-addr.
     #[arg(long, default_value_t = 10_000)]
     write_ops: usize,
+    /// Every other batch gives the written users a role and the next takes it away (each
+    /// entity changes, with its ancestors); by default they are written again as they are.
+    #[arg(long)]
+    write_roles: bool,
     /// Add Envoy's ext_authz Check beside IsAuthorized on the same requests, mapped through
     /// the routes.toml of --policies.
     #[arg(long)]
@@ -66,6 +70,7 @@ pub fn run(spec: &crate::engine::pack::PackSpec, args: BenchCommand) -> Result<E
         http_addr: args.http_addr,
         data: args.data_addr.zip(args.data_token),
         write_ops: args.write_ops.max(1),
+        write_roles: args.write_roles,
         routes,
     };
     let runtime = tokio::runtime::Runtime::new()?;

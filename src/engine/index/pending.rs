@@ -321,12 +321,27 @@ impl Prepared {
                 }
             }
             present = present - usize::from(old.present) + usize::from(node.is_some());
+            // Written exactly as stored (parents, attributes, tags and ancestors): nothing to
+            // publish or fold, and its shared form stands.
+            let unchanged = old.present
+                && same_parents
+                && same_attrs
+                && node
+                    .as_ref()
+                    .is_some_and(|n| n.tags == old.tags && n.closure() == old.closure());
+            if unchanged {
+                continue;
+            }
             pending.nodes.insert(ix, node.unwrap_or_default());
             pending.shared.insert(ix, Shared::new());
             pending.work.push(Item::Node(ix));
         }
         for (ix, edges) in descendants {
             pacer.tick();
+            if store.nodes[ix as usize].edges == edges {
+                // Its ancestors are as they were.
+                continue;
+            }
             let mut node = store.nodes[ix as usize].clone();
             node.put_edges(edges);
             pending.nodes.insert(ix, node);
@@ -636,7 +651,15 @@ mod tests {
                 user("c", &["t3"], Some("a"), &[], "c@x"),
                 user("d", &[], Some("a"), &["t3"], "shared@x"),
             ],
-            // Written again as they are, in another order of parents and set members.
+            // Written exactly as stored, a team with descendants among them: nothing to
+            // publish or fold.
+            vec![
+                team("t1", &[]),
+                team("t2", &["t1"]),
+                user("c", &["t3"], Some("a"), &[], "c@x"),
+            ],
+            // Written again as they are, in another order of parents and set members (Cedar
+            // orders a set's members, and parents are a set): nothing to fold either.
             vec![
                 user("a", &["t2"], Some("b"), &["t2", "t1"], "a@x"),
                 user("b", &["t3", "t1"], None, &["t1"], "b@x"),
@@ -689,7 +712,11 @@ mod tests {
                 .expect("a batch that names nothing new stages");
             assert_eq!(seen(&store), before, "batch {i}: staging changes nothing");
             let entries = staged.entries();
-            assert!(entries > 0);
+            assert_eq!(
+                entries == 0,
+                i == 1 || i == 2,
+                "batch {i}: {entries} entries to fold"
+            );
             store.publish(staged);
             assert_eq!(seen(&store), want, "batch {i}, published");
             let mut steps = 0;
@@ -701,7 +728,7 @@ mod tests {
                     break;
                 }
             }
-            assert_eq!(steps, entries, "batch {i}: one entry a step");
+            assert_eq!(steps, entries.max(1), "batch {i}: one entry a step");
             assert!(store.pending().is_none());
             let afresh = store.rebuild(&schema).unwrap();
             let mut afresh = afresh;
