@@ -11,7 +11,8 @@
 //! call, with `check`, `decide`, `explain`, `list` and `list_actions`.
 //!
 //! Leaf modules shared by those: [`error`] (typed errors), [`json`] (entity references in
-//! Cedar JSON), [`schema`] (the schema as the index sees it), [`needs`] (what slices must
+//! Cedar JSON), [`schema`] (the schema as the index sees it), [`entity_types`] (its type
+//! descriptions, built once for Cedar's entity parser), [`needs`] (what slices must
 //! carry), [`facts`] (what plans read of entity data, implemented by the index), [`pace`]
 //! (long work that gives way to decisions).
 //!
@@ -21,6 +22,7 @@
 pub mod assume;
 pub mod compiled;
 pub mod decide;
+pub mod entity_types;
 pub mod error;
 pub mod explain;
 pub mod facts;

@@ -10,6 +10,8 @@ use cedar_policy::{EntityTypeName, EntityUid, Schema};
 #[derive(Debug, Clone)]
 pub struct EntitySchema {
     pub schema: Schema,
+    /// The schema's entity type descriptions, built once for Cedar's entity parser.
+    pub types: crate::engine::entity_types::EntityTypes,
     /// The parent types each entity type declares (`entity User in [Role, ...]`), direct only.
     parent_types: HashMap<EntityTypeName, HashSet<EntityTypeName>>,
     /// Per entity type, its attributes that hold an entity or a set of entities, with the
@@ -41,8 +43,10 @@ impl EntitySchema {
                     .collect()
             })
             .unwrap_or_default();
+        let types = crate::engine::entity_types::EntityTypes::new(schema.as_ref());
         EntitySchema {
             schema,
+            types,
             parent_types,
             entity_attrs,
             actions,

@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use cedar_policy::{Entity, EntityUid};
+use cedar_policy::EntityUid;
+use cedar_policy_core::entities::{EntityJsonParser, TCComputation};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
 use crate::engine::error::DataError;
@@ -50,8 +52,17 @@ pub fn parse_entity(
         Some(uid) => format!("{what} {uid}"),
         None => what.to_string(),
     };
-    let entity =
-        Entity::from_json_value(value, Some(&schema.schema)).map_err(|e| DataError::Invalid {
+    // Cedar's parser and validation (as `Entity::from_json_value` with the schema), with the
+    // type descriptions built once (`engine::entity_types`).
+    let described = schema.types.schema(schema.schema.as_ref());
+    let parser = EntityJsonParser::new(
+        Some(&described),
+        Extensions::all_available(),
+        TCComputation::ComputeNow,
+    );
+    let entity = parser
+        .single_from_json_value(value)
+        .map_err(|e| DataError::Invalid {
             what: label.clone(),
             message: error_chain(&e),
         })?;
@@ -60,7 +71,7 @@ pub fn parse_entity(
         .map_err(|source| DataError::entities(&label, source))?;
     // Cedar checks ancestor types only once a transitive closure exists, and then against
     // the closed set; the direct parents are checked against the declared `in` types here.
-    let uid = entity.uid();
+    let uid = EntityUid::from(entity.uid().clone());
     let ty = uid.type_name();
     for parent in json_uids(json.get("parents")) {
         if !schema.allows_parent(ty, parent.type_name()) {
@@ -142,4 +153,80 @@ pub fn parse_entities(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use cedar_policy::{Entity, Schema};
+    use serde_json::json;
+
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        entity Team;
+        entity Color enum ["red", "blue"];
+        entity User in [Team] {
+            email: String,
+            age?: Long,
+            lead?: User,
+            teams?: Set<Team>,
+            meta?: { on: Bool },
+            color?: Color,
+        } tags String;
+    "#;
+
+    /// Parsing with the descriptions built once gives exactly what Cedar's own
+    /// `Entity::from_json_value` with the schema gives: the same entity, or the same error.
+    #[test]
+    fn parsing_with_shared_descriptions_is_cedars_own() {
+        let cedar: Schema = SCHEMA.parse().unwrap();
+        let schema = EntitySchema::new(cedar.clone(), SCHEMA);
+        let user = |attrs: Value, parents: Value| json!({"uid": {"type": "User", "id": "a"}, "attrs": attrs, "parents": parents});
+        let team = json!([{"type": "Team", "id": "t"}]);
+        let cases = [
+            user(json!({"email": "a@x"}), json!([])),
+            user(
+                json!({"email": "a@x", "age": 3, "lead": {"__entity": {"type": "User", "id": "b"}},
+                       "teams": [{"type": "Team", "id": "t2"}, {"type": "Team", "id": "t1"}],
+                       "meta": {"on": true}, "color": {"type": "Color", "id": "red"}}),
+                team.clone(),
+            ),
+            json!({"uid": {"type": "User", "id": "a"}, "attrs": {"email": "a@x"}, "parents": [],
+                   "tags": {"k": "v"}}),
+            json!({"uid": {"type": "Team", "id": "t"}, "attrs": {}, "parents": []}),
+            // Refused, each for its own reason.
+            user(json!({}), json!([])),
+            user(json!({"email": 1}), json!([])),
+            user(json!({"email": "a@x", "nick": "a"}), json!([])),
+            user(json!({"email": "a@x", "meta": {"on": "yes"}}), json!([])),
+            user(
+                json!({"email": "a@x", "color": {"type": "Color", "id": "green"}}),
+                json!([]),
+            ),
+            json!({"uid": {"type": "User", "id": "a"}, "attrs": {"email": "a@x"}, "parents": [],
+                   "tags": {"k": 1}}),
+            json!({"uid": {"type": "Nope", "id": "a"}, "attrs": {}, "parents": []}),
+            json!({"uid": {"type": "Team", "id": "t"}, "attrs": {}, "parents": [
+                {"type": "User", "id": "a"}]}),
+            json!({"uid": "User::\"a\""}),
+        ];
+        let (mut ok, mut refused) = (0, 0);
+        for case in cases {
+            let ours = parse_entity(case.clone(), &schema, "input");
+            let theirs = Entity::from_json_value(case.clone(), Some(&cedar));
+            match (ours, theirs) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours.json, theirs.to_json_value().unwrap(), "{case}");
+                    assert_eq!(ours.uid, theirs.uid(), "{case}");
+                    ok += 1;
+                }
+                (Err(DataError::Invalid { message, .. }), Err(theirs)) => {
+                    assert_eq!(message, error_chain(&theirs), "{case}");
+                    refused += 1;
+                }
+                (ours, theirs) => panic!("{case}: ours {ours:?}, Cedar's {theirs:?}"),
+            }
+        }
+        assert_eq!((ok, refused), (4, 9));
+    }
 }
