@@ -150,6 +150,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
     rounds.extend(std::iter::repeat_n(Fault::PausedWithTheShare, 20));
     rounds.extend(std::iter::repeat_n(Fault::PausedBeforeTheShare, 5));
     let mut resurrected = Vec::new();
+    let mut busy_missed = 0;
     for (round, fault) in rounds.into_iter().enumerate() {
         let eve = format!("eve-{round}");
         let key = format!("share-{round}");
@@ -186,15 +187,25 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
             wait_until(|| queued(&r0) > queued_before, "r0 to queue the share").await;
             r0.server.signal("-STOP");
         }
-        let e = share
-            .await
-            .unwrap()
-            .expect_err("the share must miss its deadline while r0 is busy or paused");
-        // The server's DEADLINE_EXCEEDED, or the client's own timer (tonic: CANCELLED).
-        assert!(
-            matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
-            "{e:?}"
-        );
+        let e = match (share.await.unwrap(), fault) {
+            Err(e) => {
+                // The server's DEADLINE_EXCEEDED, or the client's own timer (tonic: CANCELLED).
+                assert!(
+                    matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+                    "{e:?}"
+                );
+                if fault == Fault::Busy {
+                    busy_missed += 1;
+                }
+                Some(e)
+            }
+            // r0 got through its busy batch and the share within the 300 ms: committed, and
+            // before the revoke below, which must still win.
+            (Ok(_), Fault::Busy) => None,
+            (Ok(r), _) => {
+                panic!("round {round}: the share must miss its deadline while r0 is paused: {r:?}")
+            }
+        };
         if fault == Fault::PausedBeforeTheShare {
             // Whatever r0 does with it later, the share's key never commits now.
             let got = d1
@@ -263,15 +274,21 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
         // is a little later) may the share have committed, and then only before the revoke:
         // the caller does not know the outcome, and the revoke still wins.
         let after = shared.iter().any(|r| *r as u64 > revoked);
-        if after || (!shared.is_empty() && e.code() != Code::Cancelled) {
-            resurrected.push((eve.clone(), fault, e.code(), revoked, shared));
+        let code = e.as_ref().map(|e| e.code());
+        if after || (!shared.is_empty() && code.is_some_and(|c| c != Code::Cancelled)) {
+            resurrected.push((eve.clone(), fault, code, revoked, shared));
         } else if !shared.is_empty() {
             println!(
                 "round {round}: the share committed at {shared:?}, before the revoke at \
-                 {revoked}, as the client's own timer fired ({fault:?})"
+                 {revoked} ({fault:?}, answered {code:?})"
             );
         }
     }
+    // Most busy rounds keep the share waiting past its deadline; on a fast run a few may not.
+    assert!(
+        busy_missed > 0,
+        "no busy round kept the share past its deadline: the busy rounds tested nothing"
+    );
     assert!(
         resurrected.is_empty(),
         "late shares in the log (user, fault, the share's answer, revoked at, share \
