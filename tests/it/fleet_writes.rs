@@ -188,7 +188,7 @@ async fn a_write_that_missed_its_deadline_never_commits_after_a_newer_one() {
             r0.server.signal("-STOP");
         }
         let e = match (share.await.unwrap(), fault) {
-            Err(e) => {
+            (Err(e), _) => {
                 // The server's DEADLINE_EXCEEDED, or the client's own timer (tonic: CANCELLED).
                 assert!(
                     matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
