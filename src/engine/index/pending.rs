@@ -338,10 +338,6 @@ impl Prepared {
         }
         for (ix, edges) in descendants {
             pacer.tick();
-            if store.nodes[ix as usize].edges == edges {
-                // Its ancestors are as they were.
-                continue;
-            }
             let mut node = store.nodes[ix as usize].clone();
             node.put_edges(edges);
             pending.nodes.insert(ix, node);

@@ -179,8 +179,8 @@ impl Prepared {
     }
 
     /// When every touched entity is numbered and every written one decoded: their closures
-    /// as the batch leaves them, set in the nodes, and the new edges of their stored
-    /// descendants. None otherwise (the commit then computes them).
+    /// as the batch leaves them, set in the nodes, and the new edges of those of their stored
+    /// descendants whose ancestors change. None otherwise (the commit then computes them).
     pub(super) fn closures(
         store: &EntityStore,
         touched: &[(EntityUid, Option<Value>)],
@@ -205,9 +205,13 @@ impl Prepared {
                 node.set_closure(&closure);
             }
         }
+        // A descendant whose ancestors stay as they are is left as it is.
         let descendants = closures
             .into_iter()
-            .map(|(ix, closure)| (ix, store.nodes[ix as usize].edges_with(&closure)))
+            .filter_map(|(ix, closure)| {
+                let node = &store.nodes[ix as usize];
+                (node.closure() != closure.as_slice()).then(|| (ix, node.edges_with(&closure)))
+            })
             .collect();
         Some(descendants)
     }
