@@ -174,6 +174,11 @@ impl Reloader {
     }
 
     pub fn status(&self) -> PolicyStatus {
+        // The counts first: each is raised (Release) after the state it counts is kept, so a
+        // reader that sees a count (Acquire) sees that state below.
+        let accepted = self.accepted.load(Ordering::Acquire);
+        let rejected = self.rejected.load(Ordering::Acquire);
+        let unchanged = self.unchanged.load(Ordering::Acquire);
         let (since, last) = self
             .status
             .lock()
@@ -192,9 +197,9 @@ impl Reloader {
                 .map(|p| p.policies.policies().count())
                 .unwrap_or(0),
             live_since_unix_ms: since,
-            accepted: self.accepted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            unchanged: self.unchanged.load(Ordering::Relaxed),
+            accepted,
+            rejected,
+            unchanged,
             last_rejection: last,
             live_analysis: live
                 .as_ref()
@@ -253,7 +258,7 @@ impl Reloader {
                     *self.last_impact.lock().unwrap_or_else(|e| e.into_inner()) = Some(i.clone());
                 }
                 // Counted once the status says so: a reader that sees the count sees the state.
-                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.accepted.fetch_add(1, Ordering::Release);
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 if !policies_changed {
                     tracing::info!(%version, elapsed_ms, "policy pack reloaded: its suites or tables changed and pass the gate; the policies did not change");
@@ -282,7 +287,7 @@ impl Reloader {
                 }
             }
             Outcome::Unchanged => {
-                self.unchanged.fetch_add(1, Ordering::Relaxed);
+                self.unchanged.fetch_add(1, Ordering::Release);
                 tracing::info!("policy files changed nothing: the live set stays as it is")
             }
             Outcome::Rejected(r) => {
@@ -299,7 +304,7 @@ impl Reloader {
                 );
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(r.clone());
                 // Counted once the rejection is kept: a reader that sees the count sees why.
-                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.rejected.fetch_add(1, Ordering::Release);
             }
         }
         outcome
