@@ -1,7 +1,8 @@
 //! The plan benchmark behind `blue-authz plan-bench`: against a running service holding `gen`
 //! data and a real PostgreSQL holding the same records (`id`, `project_id`, `creator_id`,
 //! `title`, `due`, indexed on `project_id`, `creator_id` and `due`), in one run and for the
-//! same users: the empty gRPC call (health `Check`), `PlanResources` for `viewRecord`, and the
+//! same users: the empty gRPC call (health `Check`), one `IsAuthorized` for `viewRecord` (the
+//! Authorizer path itself), `PlanResources` for `viewRecord`, and the
 //! list page "the first 50 records the user may see, by due date" two ways: the plan's SQL in
 //! the query, or `ListResources` (every page) and `WHERE id = ANY(…)`. The two pages are
 //! compared row for row before anything is timed.
@@ -23,6 +24,18 @@ pub struct PlanBenchConfig {
     pub seed: u64,
     pub users: usize,
     pub rounds: usize,
+    /// The server's process, for its CPU time per call.
+    pub pid: Option<u32>,
+}
+
+/// The CPU time every thread of a process has run, in nanoseconds (schedstat's first field).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -152,6 +165,21 @@ impl Calls {
             .into_inner())
     }
 
+    /// One decision on one record, for the cost of the Authorizer service's path itself.
+    async fn decide(&mut self, user: &str, record: &str) -> Result<i32, Error> {
+        Ok(self
+            .authz
+            .is_authorized(pb::IsAuthorizedRequest {
+                principal: uid("Blue::User", user),
+                action: uid("Blue::Action", "viewRecord"),
+                resource: uid("Blue::Record", record),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .decision)
+    }
+
     async fn list(&mut self, user: &str) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
         let mut token = String::new();
@@ -204,6 +232,55 @@ async fn page_by_list(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The server's CPU time per call of each kind: blocks of 50 calls of one kind in turn, the
+/// server's CPU time read around each block.
+async fn cpu_per_call(
+    pid: u32,
+    health: &mut HealthClient<tonic::transport::Channel>,
+    calls: &mut Calls,
+    users: &[String],
+    seen: &[String],
+    rounds: usize,
+) -> Result<(), Error> {
+    const BLOCK: usize = 50;
+    let cpu = || cpu_ns(pid).ok_or_else(|| format!("cannot read /proc/{pid}/task/*/schedstat"));
+    let mut spent = [0u64; 3];
+    let mut i = 0;
+    for _ in 0..rounds.div_ceil(BLOCK) {
+        for (kind, total) in spent.iter_mut().enumerate() {
+            let before = cpu()?;
+            for k in 0..BLOCK {
+                let u = (i + k) % users.len();
+                match kind {
+                    0 => {
+                        health
+                            .check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await?;
+                    }
+                    1 => {
+                        calls.decide(&users[u], &seen[u]).await?;
+                    }
+                    _ => {
+                        calls.plan(&users[u]).await?;
+                    }
+                }
+            }
+            *total += cpu()? - before;
+        }
+        i += BLOCK;
+    }
+    let per = |ns: u64| ns as f64 / (rounds.div_ceil(BLOCK) * BLOCK) as f64 / 1e3;
+    println!(
+        "server CPU per call: empty {:.1} µs, IsAuthorized {:.1} µs, PlanResources {:.1} µs",
+        per(spent[0]),
+        per(spent[1]),
+        per(spent[2])
+    );
+    Ok(())
+}
+
 /// Runs the benchmark and prints its figures.
 pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
     let (pg, conn) = tokio_postgres::connect(&cfg.pg, tokio_postgres::NoTls).await?;
@@ -234,7 +311,9 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
         authz: AuthorizerClient::new(channel),
     };
     // The two pages agree for every user before anything is timed.
-    let mut visible = 0usize;
+    let (mut visible, mut bytes) = (0usize, 0usize);
+    // A record each user may see, for the single decisions.
+    let mut seen = Vec::new();
     for u in &users {
         let (a, b) = (
             page_by_plan(&mut calls, &pg, u).await?,
@@ -243,15 +322,24 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
         if a != b {
             return Err(format!("{u}: the plan's page and the listing's page differ").into());
         }
+        let record = a.first().cloned().unwrap_or_else(|| "r0".to_string());
+        if !a.is_empty() && calls.decide(u, &record).await? != pb::Decision::Allow as i32 {
+            return Err(format!("{u}: {record} is on the plan's page but not allowed").into());
+        }
+        seen.push(record);
         visible += calls.list(u).await?.len();
+        bytes += prost::Message::encoded_len(&calls.plan(u).await?);
     }
     println!(
-        "{} users, {:.0} visible records each on average; pages agree row for row",
+        "{} users, {:.0} visible records each on average; pages agree row for row; \
+         a plan's answer is {:.0} bytes on average",
         users.len(),
-        visible as f64 / users.len() as f64
+        visible as f64 / users.len() as f64,
+        bytes as f64 / users.len() as f64
     );
     let n = cfg.rounds.max(1);
     let mut t = (vec![], vec![], vec![], vec![]);
+    let mut decisions = vec![];
     for i in 0..n {
         let u = &users[i % users.len()];
         let s = Instant::now();
@@ -261,6 +349,9 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
             })
             .await?;
         t.0.push(s.elapsed());
+        let s = Instant::now();
+        calls.decide(u, &seen[i % users.len()]).await?;
+        decisions.push(s.elapsed());
         let s = Instant::now();
         calls.plan(u).await?;
         t.1.push(s.elapsed());
@@ -274,12 +365,18 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
         page_by_list(&mut calls, &pg, u).await?;
         t.3.push(s.elapsed());
     }
+    if let Some(pid) = cfg.pid {
+        cpu_per_call(pid, &mut health, &mut calls, &users, &seen, n).await?;
+    }
     let empty = report("empty call (health Check)", t.0);
+    let decision = report("IsAuthorized viewRecord (one record)", decisions);
     let plan = report("PlanResources viewRecord (with SQL)", t.1);
     let by_plan = report("page of 50 by due: plan + SQL", t.2);
     let by_list = report("page of 50 by due: ListResources + WHERE id = ANY", t.3);
     println!(
-        "plan / empty call {:.2}x; page by listing / page by plan {:.2}x",
+        "decision / empty call {:.2}x; plan / empty call {:.2}x; page by listing / page by \
+         plan {:.2}x",
+        decision.as_secs_f64() / empty.as_secs_f64(),
         plan.as_secs_f64() / empty.as_secs_f64(),
         by_list.as_secs_f64() / by_plan.as_secs_f64()
     );

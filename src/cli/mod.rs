@@ -170,6 +170,10 @@ enum Command {
         /// Calls timed per figure (pages: a quarter as many).
         #[arg(long, default_value_t = 4000)]
         rounds: usize,
+        /// The server's process id: also measure its CPU time per call of each kind (from
+        /// /proc/PID/task/*/schedstat, on the same machine).
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Time listings on generated data beside brute force, and the reverse index's cost.
     ListBench {
@@ -234,6 +238,7 @@ pub fn main() -> ExitCode {
             seed,
             users,
             rounds,
+            pid,
         } => plan::bench(crate::bench::plans::PlanBenchConfig {
             addr,
             pg,
@@ -241,6 +246,7 @@ pub fn main() -> ExitCode {
             seed,
             users,
             rounds,
+            pid,
         }),
     };
     match result {

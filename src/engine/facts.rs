@@ -67,6 +67,12 @@ pub trait Lookup: Facts {
     fn descendants(&self, ix: Ix, out: &mut Vec<Ix>);
     /// Every entity whose attribute `attr` is `target` or a set holding it, appended to `out`.
     fn holders(&self, attr: &str, target: Ix, out: &mut Vec<Ix>);
+    /// [`Lookup::holders`] of each of `targets`, appended to `out`.
+    fn holders_of_each(&self, attr: &str, targets: &[Ix], out: &mut Vec<Ix>) {
+        for t in targets {
+            self.holders(attr, *t, out);
+        }
+    }
     /// Whether attribute `attr` of some entity holds a record (so a path through it cannot be
     /// followed backwards by the reverse index).
     fn record_valued(&self, attr: &str) -> bool;
@@ -76,4 +82,6 @@ pub trait Lookup: Facts {
     fn id(&self, ix: Ix) -> &str;
     /// The uid of an entity.
     fn uid(&self, ix: Ix) -> cedar_policy::EntityUid;
+    /// The type name of an entity, as Cedar writes it (`Blue::Project`).
+    fn type_text(&self, ix: Ix) -> std::borrow::Cow<'_, str>;
 }

@@ -345,9 +345,7 @@ pub(crate) fn lookup<L: Lookup>(
         let mut holders = Vec::new();
         targets.sort_unstable();
         targets.dedup();
-        for t in &targets {
-            at.facts.holders(attr, *t, &mut holders);
-        }
+        at.facts.holders_of_each(attr, &targets, &mut holders);
         targets = holders;
     }
     Some(targets)

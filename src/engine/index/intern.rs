@@ -23,7 +23,9 @@ impl EntityStore {
     pub(super) fn add_type(&mut self, ty: EntityTypeName) -> u16 {
         let t = self.types.len() as u16;
         self.core_types.push(plain_type(ty.as_ref()));
-        self.type_by_name.insert(ty.to_string().into(), t);
+        let text: Box<str> = ty.to_string().into();
+        self.type_by_name.insert(text.clone(), t);
+        self.type_texts.push(text);
         self.type_ix.insert(ty.clone(), t);
         self.types.push(ty);
         t

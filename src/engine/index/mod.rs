@@ -185,6 +185,8 @@ pub struct EntityStore {
     core_types: Vec<ast::EntityType>,
     type_ix: hashbrown::HashMap<EntityTypeName, u16>,
     type_by_name: hashbrown::HashMap<Box<str>, u16>,
+    /// The types' names as text, by number.
+    type_texts: Vec<Box<str>>,
     attr_names: Vec<Arc<str>>,
     attr_ix: HashMap<Arc<str>, u16>,
     uids: uids::Uids,

@@ -3,6 +3,7 @@
 //! commit and built once at start-up; and [`Lookup`], what listing reads, over the store and
 //! over the store seen through a request's entities ([`ListView`]).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use cedar_policy::{EntityId, EntityUid};
@@ -123,9 +124,16 @@ impl Lookup for EntityStore {
     }
 
     fn holders(&self, attr: &str, target: Ix, out: &mut Vec<Ix>) {
+        self.holders_of_each(attr, std::slice::from_ref(&target), out);
+    }
+
+    fn holders_of_each(&self, attr: &str, targets: &[Ix], out: &mut Vec<Ix>) {
+        // The attribute's number once, not once a target.
         if let Some(k) = self.attr_ix.get(attr) {
-            if let Some(h) = self.holders_of(*k, target) {
-                out.extend_from_slice(h);
+            for t in targets {
+                if let Some(h) = self.holders_of(*k, *t) {
+                    out.extend_from_slice(h);
+                }
             }
         }
     }
@@ -153,6 +161,10 @@ impl Lookup for EntityStore {
 
     fn uid(&self, ix: Ix) -> EntityUid {
         self.uid_of(ix)
+    }
+
+    fn type_text(&self, ix: Ix) -> Cow<'_, str> {
+        Cow::Borrowed(&self.type_texts[self.uid_key(ix).ty as usize])
     }
 }
 
@@ -286,6 +298,15 @@ impl Lookup for ListView<'_> {
                 u.type_name().clone(),
                 EntityId::new(u.id().unescaped()),
             )
+        }
+    }
+
+    fn type_text(&self, ix: Ix) -> Cow<'_, str> {
+        let n = self.view.store.numbered();
+        if (ix as usize) < n {
+            self.view.store.type_text(ix)
+        } else {
+            Cow::Owned(self.view.extra[ix as usize - n].type_name().to_string())
         }
     }
 }

@@ -372,8 +372,11 @@ pub fn plain_column(s: &str) -> bool {
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
             && p.len() <= 63
     };
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| part(p))
+    let mut parts = 0;
+    s.split('.').all(|p| {
+        parts += 1;
+        parts <= 2 && part(p)
+    })
 }
 
 /// Reads `action_properties`: `"ignore"`, `"context"` or `"context.<name>"`.

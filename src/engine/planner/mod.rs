@@ -358,13 +358,10 @@ fn public<L: Lookup>(c: &C<'_>, facts: &L) -> Condition {
 
 fn value<L: Lookup>(v: &Val, facts: &L) -> Value {
     match v {
-        Val::Ix(ix) => {
-            let uid = facts.uid(*ix);
-            Value::Entity {
-                ty: uid.type_name().to_string(),
-                id: uid.id().unescaped().to_string(),
-            }
-        }
+        Val::Ix(ix) => Value::Entity {
+            ty: facts.type_text(*ix).into_owned(),
+            id: facts.id(*ix).to_string(),
+        },
         Val::Uid(u) => Value::Entity {
             ty: u.entity_type().to_string(),
             id: u.eid().as_ref().to_string(),

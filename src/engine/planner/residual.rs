@@ -58,7 +58,12 @@ pub(crate) fn value<L: Lookup>(v: &V<'_>, facts: &L) -> String {
         V::Bool(b) => b.to_string(),
         V::Long(n) => n.to_string(),
         V::Str(s) => quoted(s),
-        V::Ent(Ent::Ix(ix)) => facts.uid(*ix).to_string(),
+        // As Cedar writes a uid, from the index's own text.
+        V::Ent(Ent::Ix(ix)) => format!(
+            "{}::\"{}\"",
+            facts.type_text(*ix),
+            facts.id(*ix).escape_debug()
+        ),
         V::Ent(Ent::Other(u)) => u.to_string(),
         V::Set(items) => format!(
             "[{}]",
