@@ -239,7 +239,7 @@ async fn cpu_per_call(
     health: &mut HealthClient<tonic::transport::Channel>,
     calls: &mut Calls,
     users: &[String],
-    seen: &[String],
+    records: &[String],
     rounds: usize,
 ) -> Result<(), Error> {
     const BLOCK: usize = 50;
@@ -260,7 +260,7 @@ async fn cpu_per_call(
                             .await?;
                     }
                     1 => {
-                        calls.decide(&users[u], &seen[u]).await?;
+                        calls.decide(&users[u], &records[u]).await?;
                     }
                     _ => {
                         calls.plan(&users[u]).await?;
@@ -312,8 +312,9 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
     };
     // The two pages agree for every user before anything is timed.
     let (mut visible, mut bytes) = (0usize, 0usize);
-    // A record each user may see, for the single decisions.
-    let mut seen = Vec::new();
+    // A record each user may see, for the single decisions (a user who sees none is asked
+    // about `r0`, a denial).
+    let mut records = Vec::new();
     for u in &users {
         let (a, b) = (
             page_by_plan(&mut calls, &pg, u).await?,
@@ -326,7 +327,7 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
         if !a.is_empty() && calls.decide(u, &record).await? != pb::Decision::Allow as i32 {
             return Err(format!("{u}: {record} is on the plan's page but not allowed").into());
         }
-        seen.push(record);
+        records.push(record);
         visible += calls.list(u).await?.len();
         bytes += prost::Message::encoded_len(&calls.plan(u).await?);
     }
@@ -350,7 +351,7 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
             .await?;
         t.0.push(s.elapsed());
         let s = Instant::now();
-        calls.decide(u, &seen[i % users.len()]).await?;
+        calls.decide(u, &records[i % users.len()]).await?;
         decisions.push(s.elapsed());
         let s = Instant::now();
         calls.plan(u).await?;
@@ -366,7 +367,7 @@ pub async fn run(cfg: &PlanBenchConfig) -> Result<(), Error> {
         t.3.push(s.elapsed());
     }
     if let Some(pid) = cfg.pid {
-        cpu_per_call(pid, &mut health, &mut calls, &users, &seen, n).await?;
+        cpu_per_call(pid, &mut health, &mut calls, &users, &records, n).await?;
     }
     let empty = report("empty call (health Check)", t.0);
     let decision = report("IsAuthorized viewRecord (one record)", decisions);
