@@ -372,11 +372,9 @@ pub fn plain_column(s: &str) -> bool {
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
             && p.len() <= 63
     };
-    let mut parts = 0;
-    s.split('.').all(|p| {
-        parts += 1;
-        parts <= 2 && part(p)
-    })
+    // One or two plain parts, and no third (nothing collected: this runs once a plan).
+    let mut parts = s.split('.');
+    parts.by_ref().take(2).all(part) && parts.next().is_none()
 }
 
 /// Reads `action_properties`: `"ignore"`, `"context"` or `"context.<name>"`.
@@ -404,5 +402,21 @@ fn bad_outside_name(name: &str) -> Option<&'static str> {
         Some("contains `::`: outside names are not Cedar paths")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_column;
+
+    #[test]
+    fn plain_columns_are_one_or_two_plain_parts() {
+        for ok in ["id", "_x1", "records.project_id", &"c".repeat(63)] {
+            assert!(plain_column(ok), "{ok} is plain");
+        }
+        let long = "c".repeat(64);
+        for bad in ["", "1x", "a.b.c", "a..b", ".a", "a.", "x; DROP", "é", &long] {
+            assert!(!plain_column(bad), "{bad} is not plain");
+        }
     }
 }
